@@ -1,0 +1,53 @@
+"""Task table: label sets, regression flag and the metric that selects the best checkpoint.
+
+One place for everything that differs between tasks, so data converters, metrics, heads and logs agree.
+Label order follows GLUE / HF `transformers` processors (MNLI: contradiction, entailment, neutral).
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str                      # canonical name as users write it (SST-2, MNLI, MR, ...)
+    labels: Tuple[str, ...]        # label strings in id order; () for regression
+    main_metric: str               # metric logged as "The best acc is X" and used to keep the best checkpoint
+    metrics: Tuple[str, ...]       # every metric reported per eval
+    regression: bool = False
+    eval_splits: Tuple[str, ...] = ("dev",)   # MNLI has dev_matched and dev_mismatched
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.regression else len(self.labels)
+
+
+_BIN = ("0", "1")
+_ENT2 = ("entailment", "not_entailment")
+
+TASKS = {
+    t.name.lower(): t for t in [
+        Task("MR", _BIN, "acc", ("acc",)),
+        Task("SST-2", _BIN, "acc", ("acc",)),
+        Task("CoLA", _BIN, "mcc", ("mcc", "acc")),
+        Task("MRPC", _BIN, "f1", ("f1", "acc")),
+        Task("QQP", _BIN, "f1", ("f1", "acc")),
+        Task("STS-B", (), "pearson", ("pearson", "spearman"), regression=True),
+        Task("MNLI", ("contradiction", "entailment", "neutral"), "acc", ("acc",),
+             eval_splits=("dev_matched", "dev_mismatched")),
+        Task("QNLI", _ENT2, "acc", ("acc",)),
+        Task("RTE", _ENT2, "acc", ("acc",)),
+    ]
+}
+
+
+def get_task(name: str, labels: Optional[List[str]] = None) -> Task:
+    """Look a task up by name (case-insensitive). `labels` defines a generic task named "csv"."""
+    key = str(name).lower()
+    if key == "csv":
+        if not labels:
+            raise ValueError("task 'csv' needs a label list (data.labels), e.g. ['neg', 'pos']; "
+                             "an empty list is only valid with regression")
+        return Task("csv", tuple(str(x) for x in labels), "acc", ("acc", "f1") if len(labels) == 2 else ("acc",))
+    if key not in TASKS:
+        raise ValueError(f"unknown task '{name}': expected one of {', '.join(t.name for t in TASKS.values())}, csv")
+    return TASKS[key]
