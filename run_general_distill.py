@@ -1,0 +1,24 @@
+"""General distillation (TinyBERT): pretrained teacher -> student on raw-text records.
+
+    python run_general_distill.py --config_path configs/gd.yaml --data.dir data/imdb_gd --output_dir output/gd
+
+Writes <output_dir>/student.ckpt (student backbone under `bert.` + fit_dense, reused by TD phase 1),
+config.json, log.txt, metrics.jsonl, manifest.json and config_resolved.yaml.
+"""
+import os
+import sys
+
+from src.errors import run_main
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "gd.yaml")
+
+
+def main(argv=None):
+    from src.config import load_config, save_resolved
+    from src import general_distill
+    cfg = load_config(DEFAULT_CONFIG, argv)
+    return general_distill.run(cfg, save_resolved)
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])

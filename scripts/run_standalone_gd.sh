@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# General distillation on one device (model-zoo style).
+#   bash scripts/run_standalone_gd.sh                      # embedded default: MiniLM-L6 teacher, IMDB corpus
+#   bash scripts/run_standalone_gd.sh [CONFIG] [--key value ...]
+#   e.g. bash scripts/run_standalone_gd.sh configs/gd.yaml --data.dir data/wiki --train.epochs 3
+# Output: output_dir from the config (default output/gd): log.txt, student.ckpt, config.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+CONFIG=${1:-configs/gd.yaml}
+[ $# -gt 0 ] && shift
+if [ "$CONFIG" = "configs/gd.yaml" ] && [ $# -eq 0 ]; then
+  PYTHON=$PYTHON bash scripts/prepare_default.sh
+fi
+$PYTHON run_general_distill.py --config_path "$CONFIG" "$@"

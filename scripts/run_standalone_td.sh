@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Task distillation on one device (model-zoo style): phase 1 (td1) then phase 2 (td2), from a fine-tuned teacher
+# and a GD student.
+#   bash scripts/run_standalone_td.sh                      # embedded default (MR), fine-tunes the teacher and
+#                                                          # runs GD first when their checkpoints are missing
+#   bash scripts/run_standalone_td.sh [CONFIG] [--key value ...]
+#   grep "The best acc" output/td_mr/td2/log.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+CONFIG=${1:-configs/td_mr.yaml}
+[ $# -gt 0 ] && shift
+if [ "$CONFIG" = "configs/td_mr.yaml" ] && [ $# -eq 0 ]; then
+  PYTHON=$PYTHON bash scripts/prepare_default.sh
+  if [ ! -f output/td_mr/teacher/best.ckpt ]; then
+    echo "fine-tuned teacher missing: running phase finetune first"
+    $PYTHON run_task_distill.py --config_path "$CONFIG" --phase finetune
+  fi
+  if [ ! -f output/gd/student.ckpt ]; then
+    echo "GD student missing: running general distillation first"
+    PYTHON=$PYTHON bash scripts/run_standalone_gd.sh
+  fi
+fi
+$PYTHON run_task_distill.py --config_path "$CONFIG" --phase td1 "$@"
+$PYTHON run_task_distill.py --config_path "$CONFIG" --phase td2 "$@"

@@ -1,0 +1,96 @@
+"""Distillation losses (TinyBERT, TernaryBERT, DynaBERT) as MindSpore functions, plus a small registry.
+
+All functions are graph-mode safe (pure tensor ops). Conventions, stated once because peers differ silently:
+
+- attention_mse: MSE between pre-softmax attention scores (mask already added). `mask_padding=True` (default)
+  averages over valid (query, key) pairs only. `mask_padding=False` reproduces the TinyBERT / model-zoo anchors:
+  every entry <= -100 is replaced by 0 in both tensors, then a plain mean over B*H*S*S (padded query rows and the
+  keys' zeros count in the denominator).
+- hidden_mse: MSE between (projected) student and teacher hidden states; `mask_padding` as above (anchors: all
+  positions).
+- soft_cross_entropy: -softmax(t/T) . log_softmax(s/T). reduction "mean" = mean over all B*C elements (the
+  TinyBERT / TernaryBERT anchors; equals true CE / C); "ce" = mean over batch of the sum over classes (true CE,
+  DynaBERT / TextBrewer). No T^2 factor (as TinyBERT); say `temperature_squared: true` to add it.
+- regression prediction loss: MSE between student and teacher outputs (not the gold label).
+"""
+import mindspore as ms
+from mindspore import ops
+
+SOFT_CE_REDUCTIONS = ("mean", "ce")
+
+
+def _valid_pairs(input_mask):
+    m = input_mask.astype(ms.float32)
+    return m[:, None, :, None] * m[:, None, None, :]        # [B,1,S,S]: query valid AND key valid
+
+
+def attention_mse(student_scores, teacher_scores, input_mask, mask_padding=True):
+    if mask_padding:
+        w = _valid_pairs(input_mask)
+        diff = (student_scores - teacher_scores) ** 2 * w
+        heads = student_scores.shape[1]
+        return diff.sum() / (w.sum() * heads)
+    s = ops.where(student_scores <= -100.0, ops.zeros_like(student_scores), student_scores)
+    t = ops.where(teacher_scores <= -100.0, ops.zeros_like(teacher_scores), teacher_scores)
+    return ((s - t) ** 2).mean()
+
+
+def hidden_mse(student_hidden, teacher_hidden, input_mask, mask_padding=True):
+    if mask_padding:
+        m = input_mask.astype(ms.float32)[:, :, None]
+        diff = (student_hidden - teacher_hidden) ** 2 * m
+        return diff.sum() / (m.sum() * student_hidden.shape[-1])
+    return ((student_hidden - teacher_hidden) ** 2).mean()
+
+
+def soft_cross_entropy(student_logits, teacher_logits, temperature=1.0, reduction="mean",
+                       temperature_squared=False):
+    t_prob = ops.softmax(teacher_logits / temperature, axis=-1)
+    s_logp = ops.log_softmax(student_logits / temperature, axis=-1)
+    per_elem = -t_prob * s_logp
+    loss = per_elem.mean() if reduction == "mean" else per_elem.sum(axis=-1).mean()
+    if temperature_squared:
+        loss = loss * (temperature * temperature)
+    return loss
+
+
+def hard_cross_entropy(logits, labels):
+    logp = ops.log_softmax(logits, axis=-1)
+    onehot = ops.one_hot(labels.astype(ms.int32), logits.shape[-1], ms.Tensor(1.0, ms.float32),
+                         ms.Tensor(0.0, ms.float32))
+    return -(onehot * logp).sum(axis=-1).mean()
+
+
+def mse(a, b):
+    return ((a - b) ** 2).mean()
+
+
+def uniform_layer_map(teacher_layers: int, student_layers: int):
+    """TinyBERT's uniform map with k = M // N: student attention i <- teacher (i+1)k-1 (0-based),
+    student hidden i (0 = embeddings) <- teacher hidden i*k."""
+    if student_layers < 1 or teacher_layers < student_layers:
+        raise ValueError(f"layer map needs 1 <= student layers ({student_layers}) <= teacher layers "
+                         f"({teacher_layers})")
+    k = teacher_layers // student_layers
+    attention = [(i + 1) * k - 1 for i in range(student_layers)]
+    hidden = [i * k for i in range(student_layers + 1)]
+    return attention, hidden
+
+
+def resolve_layer_map(teacher_layers, student_layers, attention=None, hidden=None):
+    """Uniform map unless explicit lists are given; validates lengths and ranges with clear messages."""
+    ua, uh = uniform_layer_map(teacher_layers, student_layers)
+    attention = list(ua if attention is None else attention)
+    hidden = list(uh if hidden is None else hidden)
+    if len(attention) != student_layers:
+        raise ValueError(f"layer_map.attention has {len(attention)} entries, expected one per student layer "
+                         f"({student_layers})")
+    if len(hidden) != student_layers + 1:
+        raise ValueError(f"layer_map.hidden has {len(hidden)} entries, expected student layers + 1 "
+                         f"({student_layers + 1}, embeddings first)")
+    for name, values, hi in (("attention", attention, teacher_layers - 1), ("hidden", hidden, teacher_layers)):
+        bad = [v for v in values if not 0 <= int(v) <= hi]
+        if bad:
+            raise ValueError(f"layer_map.{name} entries {bad} out of range: teacher has {teacher_layers} layers, "
+                             f"so {name} indices must be in [0, {hi}]")
+    return [int(v) for v in attention], [int(v) for v in hidden]

@@ -1,0 +1,167 @@
+"""Wiring shared by the entry scripts: MindSpore context, seeds, data-parallel setup, building models from
+config files and checkpoints, loading record splits. Nothing algorithmic lives here."""
+import os
+import random
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import mindspore as ms
+
+from src.errors import UserError
+from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
+
+RECORD_EXT = {"tfrecord": ".tf_record", "mindrecord": ".mindrecord"}
+
+
+def init_context(device_target: str = "CPU", mode: str = "graph", threads: int = 0, distributed: bool = False):
+    """Graph mode by default (PyNative is 4-6x slower on CPU: debugging only). Returns (rank, world)."""
+    if device_target not in ("CPU", "GPU", "Ascend"):
+        raise UserError(f"device_target '{device_target}': expected CPU, GPU or Ascend")
+    if mode not in ("graph", "pynative"):
+        raise UserError(f"mode '{mode}': expected graph or pynative")
+    ms.set_device(device_target)
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    if device_target == "CPU" and threads:
+        ms.device_context.cpu.op_tuning.threads_num(int(threads))
+    if not distributed:
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    return get_rank(), get_group_size()
+
+
+def set_seed(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    ms.set_seed(seed)
+
+
+def require_file(path: str, what: str) -> str:
+    if not path:
+        raise UserError(f"{what}: no path given")
+    if not os.path.exists(path):
+        raise UserError(f"{what}: '{path}' does not exist")
+    return path
+
+
+def load_bert_config(path: str, what: str, **overrides) -> BertConfig:
+    require_file(path, what)
+    try:
+        cfg = BertConfig.from_json_file(path)
+        return cfg.replace(**overrides) if overrides else cfg
+    except (ValueError, TypeError, OSError) as e:
+        raise UserError(f"{what} '{path}': {e}") from None
+
+
+def student_config(teacher_cfg: BertConfig, spec: dict) -> BertConfig:
+    """Student shape from the YAML `student.arch` block; vocab/positions/types always follow the teacher."""
+    keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "hidden_act",
+            "hidden_dropout_prob", "attention_probs_dropout_prob")
+    kw = {k: spec[k] for k in keys if spec.get(k) is not None}
+    try:
+        return teacher_cfg.replace(layer_num_heads=None, layer_intermediate_sizes=None, **kw)
+    except ValueError as e:
+        raise UserError(f"student.arch: {e}") from None
+
+
+def build_classifier(cfg: BertConfig, head_type: str) -> BertForSequenceClassification:
+    try:
+        return BertForSequenceClassification(cfg, head_type=head_type)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def cell_state(cell, extra_cells: Optional[dict] = None, prefix: str = "") -> Dict[str, "ms.Parameter"]:
+    """Parameters by name relative to `cell` (stable whatever wrapper cells the model sits in), optionally
+    under `prefix`, plus the parameters of `extra_cells` (e.g. {"fit_dense": FitDense}) under their key."""
+    state = {prefix + n: p for n, p in cell.parameters_and_names()}
+    for key, extra in (extra_cells or {}).items():
+        state.update({f"{key}.{n}": p for n, p in extra.parameters_and_names()})
+    return state
+
+
+def save_cell(cell, path: str, extra: Optional[dict] = None, prefix: str = "", **extra_cells):
+    """Atomic checkpoint of a cell (names relative to it, under `prefix`) + extra cells + scalar metadata."""
+    from src.checkpoint import save_checkpoint_atomic
+    params = [{"name": n, "data": p} for n, p in cell_state(cell, extra_cells, prefix).items()]
+    save_checkpoint_atomic(params, path, extra=extra)
+
+
+def load_into(cell, ckpt: str, what: str, strict: bool = True, prefix_map: Optional[dict] = None,
+              allow_missing: Sequence[str] = (), allow_unexpected: Sequence[str] = (),
+              extra_cells: Optional[dict] = None):
+    """Load a MindSpore checkpoint into `cell` (+ extra cells) by relative name.
+
+    Strict: every missing/unexpected key and shape mismatch is reported in one UserError, except keys starting
+    with a prefix in allow_missing / allow_unexpected (e.g. the classifier of a freshly built head).
+    prefix_map {"": "bert."} renames checkpoint keys (a BertModel checkpoint into a classifier's backbone).
+    """
+    from src.checkpoint import check_state, read_ms_checkpoint
+    require_file(ckpt, what)
+    loaded = read_ms_checkpoint(ckpt)
+    for old, new in (prefix_map or {}).items():
+        loaded = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in loaded.items()}
+    state = cell_state(cell, extra_cells)
+    check_state({k: tuple(p.shape) for k, p in state.items()}, {k: tuple(v.shape) for k, v in loaded.items()},
+                source=f"{what} '{ckpt}'", strict=strict, allow_missing=allow_missing,
+                allow_unexpected=allow_unexpected)
+    for k, p in state.items():
+        if k in loaded and tuple(loaded[k].shape) == tuple(p.shape):
+            p.set_data(ms.Tensor(loaded[k], p.dtype))
+
+
+def copy_teacher_layers(student, teacher, layers: Sequence[int]):
+    """DistilBERT-style init: embeddings, pooler and the chosen encoder layers copied from the teacher.
+    Requires equal hidden size; student layer i <- teacher layer layers[i]."""
+    s_bert = student.bert if hasattr(student, "bert") else student
+    t_bert = teacher.bert if hasattr(teacher, "bert") else teacher
+    if s_bert.config.hidden_size != t_bert.config.hidden_size:
+        raise UserError(f"student.init=teacher_layers needs equal hidden sizes (student "
+                        f"{s_bert.config.hidden_size}, teacher {t_bert.config.hidden_size})")
+    if len(layers) != s_bert.num_layers or any(not 0 <= i < t_bert.num_layers for i in layers):
+        raise UserError(f"student.teacher_layers {list(layers)}: expected {s_bert.num_layers} indices in "
+                        f"[0, {t_bert.num_layers - 1}]")
+
+    def copy(dst_cell, src_cell):
+        src = dict(src_cell.parameters_and_names())       # names relative to the cell
+        for key, p in dst_cell.parameters_and_names():
+            if src[key].shape != p.shape:
+                raise UserError(f"student.init=teacher_layers: {p.name} shape {p.shape} differs from teacher "
+                                f"{src[key].shape} (heads/FFN sizes must match the teacher)")
+            p.set_data(ms.Tensor(src[key].asnumpy()))
+
+    copy(s_bert.embeddings, t_bert.embeddings)
+    copy(s_bert.pooler, t_bert.pooler)
+    for i, ti in enumerate(layers):
+        copy(s_bert.encoder[i], t_bert.encoder[ti])
+
+
+def split_files(data_dir: str, split: str, dataset_type: str):
+    if dataset_type not in RECORD_EXT:
+        raise UserError(f"data.dataset_type '{dataset_type}': expected one of {list(RECORD_EXT)}")
+    return (os.path.join(data_dir, split + RECORD_EXT[dataset_type]),
+            os.path.join(data_dir, f"{split}_schema.json"))
+
+
+def load_split(data_dir: str, split: str, dataset_type: str, seq_length: int, task=None,
+               columns: Sequence[str] = ("input_ids", "input_mask", "segment_ids", "label_ids")) -> Dict[str, np.ndarray]:
+    """All rows of one split as numpy arrays (file order), validated against the expected sequence length and
+    the task's label set."""
+    from src.dataset import check_labels, read_all
+    records, schema = split_files(data_dir, split, dataset_type)
+    require_file(records, f"data split '{split}'")
+    arrays = read_all(records, schema, list(columns), dataset_type)
+    got = arrays["input_ids"].shape[1]
+    if got != seq_length:
+        raise UserError(f"{records}: input_ids has length {got}, config data.max_seq_length is {seq_length}")
+    if task is not None and "label_ids" in arrays:
+        if task.regression:
+            arrays["label_ids"] = arrays["label_ids"].astype(np.float32)
+        else:
+            check_labels(arrays["label_ids"], task, source=records)
+            arrays["label_ids"] = arrays["label_ids"].astype(np.int32)
+    for k in ("input_ids", "input_mask", "segment_ids"):
+        if k in arrays:
+            arrays[k] = arrays[k].astype(np.int32)
+    return arrays

@@ -1,0 +1,198 @@
+"""Phases of task distillation, wired from a resolved config: finetune (teacher), td1, td2, eval.
+
+The algorithms (losses, loss cells, train step) are in src/losses.py and src/distill.py; this file only builds
+the objects each phase needs and hands them to the Trainer.
+"""
+import os
+import time
+
+import numpy as np
+
+from src import runtime
+from src.callbacks import RunLog, write_manifest
+from src.distill import (CachedLogitsPhase2Loss, DistillLossConfig, FinetuneLoss, FitDense, TaskDistillPhase1Loss,
+                         TaskDistillPhase2Loss, TrainStep, WarmupLinearDecayLR, build_optimizer)
+from src.errors import UserError
+from src.losses import resolve_layer_map
+from src.tasks import get_task
+from src.tinybert_model import LogitsOnly, count_params
+from src.trainer import ArrayBatcher, Trainer, evaluate, predict
+
+
+def loss_config(cfg) -> DistillLossConfig:
+    try:
+        return DistillLossConfig(**cfg.loss.to_dict())
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def _task(cfg):
+    try:
+        return get_task(cfg.task.name, list(cfg.task.labels) or None)
+    except ValueError as e:
+        raise UserError(f"task.name: {e}") from None
+
+
+def _eval_sets(cfg, task):
+    splits = task.eval_splits if cfg.eval.split == "dev" else (cfg.eval.split,)
+    return {s: runtime.load_split(cfg.data.dir, s, cfg.data.dataset_type, cfg.data.max_seq_length, task)
+            for s in splits}
+
+
+def _teacher(cfg, task, ckpt_key="ckpt"):
+    tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels)
+    teacher = runtime.build_classifier(tcfg, cfg.teacher.head_type)
+    return tcfg, teacher
+
+
+def _student(cfg, task, tcfg):
+    scfg = runtime.load_bert_config(cfg.student.config, "student.config", num_labels=task.num_labels)
+    if scfg.vocab_size != tcfg.vocab_size:
+        raise UserError(f"student.config vocab_size {scfg.vocab_size} differs from the teacher's {tcfg.vocab_size}")
+    return scfg, runtime.build_classifier(scfg, cfg.student.head_type)
+
+
+def _eval_fn(model, eval_sets, cfg, task, train_cells=()):
+    net = LogitsOnly(model)
+
+    def run():
+        net.set_train(False)
+        metrics = evaluate(net, eval_sets, cfg.eval.batch_size, task)
+        for c in train_cells:
+            c.set_train(True)
+        return metrics
+    return run
+
+
+def _step(loss_net, cfg, phase_cfg, steps_per_epoch, distributed):
+    total = steps_per_epoch * phase_cfg.epochs
+    if phase_cfg.max_steps:
+        total = min(total, phase_cfg.max_steps)
+    lr = WarmupLinearDecayLR(phase_cfg.lr, total, int(total * phase_cfg.warmup_ratio), cfg.optim.end_lr)
+    opt = build_optimizer(loss_net.trainable_params(), lr, cfg.optim.weight_decay, cfg.optim.eps)
+    try:
+        step = TrainStep(loss_net, opt, cfg.optim.clip_norm, cfg.optim.clip_mode, cfg.optim.loss_scale,
+                         data_parallel=distributed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    step.set_train(True)
+    return step, lr
+
+
+def run(cfg, out_dir, save_resolved):
+    task = _task(cfg)
+    phase = cfg.phase
+    phase_cfg = cfg[phase] if phase in ("finetune", "td1", "td2") else None
+    rank, world = runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
+    runtime.set_seed(cfg.seed)
+    is_main = rank == 0
+    if os.path.isfile(out_dir):
+        raise UserError(f"output_dir: '{out_dir}' is a file, expected a directory")
+    log = RunLog(out_dir, rank)
+    if is_main:
+        save_resolved(cfg, out_dir)
+        write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"phase": phase, "rank_size": world})
+    log.info(f"phase {phase}, task {task.name}, output {out_dir}, rank {rank}/{world}")
+
+    eval_sets = _eval_sets(cfg, task)
+    for s, a in eval_sets.items():
+        log.info(f"{s} eval dataset size: {len(a['input_ids'])}")
+    tcfg, teacher = _teacher(cfg, task)
+
+    if phase == "eval":
+        return _run_eval(cfg, task, tcfg, eval_sets, log)
+
+    train = runtime.load_split(cfg.data.dir, "train", cfg.data.dataset_type, cfg.data.max_seq_length, task)
+    log.info(f"train dataset size: {len(train['input_ids'])}")
+    lcfg = loss_config(cfg)
+    bucket_cfg = list(cfg.data.length_buckets)
+
+    if phase == "finetune":
+        model = teacher
+        runtime.load_into(model, cfg.teacher.init_ckpt, "teacher.init_ckpt", strict=True,
+                          prefix_map={"": "bert."}, allow_missing=("classifier.",))
+        if phase_cfg.freeze_word_embeddings:
+            model.bert.embeddings.word_embeddings.embedding_table.requires_grad = False
+        loss_net = FinetuneLoss(model, task.regression)
+        inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["ce"]
+        model_cfg, extra_save = tcfg, {}
+    else:
+        runtime.load_into(teacher, cfg.teacher.ckpt, "teacher.ckpt", strict=True)
+        scfg, model = _student(cfg, task, tcfg)
+        fit_dense = FitDense(scfg.hidden_size, tcfg.hidden_size)
+        model_cfg = scfg
+        if phase == "td1":
+            _init_student_td1(cfg, model, teacher, fit_dense, log)
+            try:
+                att_map, hid_map = resolve_layer_map(tcfg.num_hidden_layers, scfg.num_hidden_layers,
+                                                     cfg.layer_map.attention, cfg.layer_map.hidden)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            if scfg.num_attention_heads != tcfg.num_attention_heads and lcfg.attention_weight:
+                raise UserError(f"attention loss needs equal head counts: student {scfg.num_attention_heads}, "
+                                f"teacher {tcfg.num_attention_heads} (set loss.attention_weight 0 or match heads)")
+            log.info(f"layer map: attention {att_map}, hidden {hid_map}")
+            loss_net = TaskDistillPhase1Loss(model, teacher, fit_dense, att_map, hid_map, lcfg)
+            inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["att", "rep"]
+            extra_save = {"fit_dense": fit_dense}
+        else:
+            runtime.load_into(model, cfg.student.td1_ckpt, "student.td1_ckpt", strict=True,
+                              allow_unexpected=("fit_dense.",))
+            extra_save = {}
+            inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["soft", "hard"]
+            if phase_cfg.cache_teacher_logits:
+                t0 = time.time()
+                net = LogitsOnly(teacher)
+                net.set_train(False)
+                train["teacher_logits"] = predict(net, train, cfg.eval.batch_size).astype(np.float32)
+                log.info(f"cached teacher logits for {len(train['input_ids'])} train rows in {time.time() - t0:.1f}s")
+                loss_net = CachedLogitsPhase2Loss(model, lcfg, task.regression)
+                inputs = inputs + ["teacher_logits"]
+            else:
+                loss_net = TaskDistillPhase2Loss(model, teacher, lcfg, task.regression)
+
+    batcher = ArrayBatcher(train, phase_cfg.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
+                           length_buckets=bucket_cfg)
+    step, lr = _step(loss_net, cfg, phase_cfg, len(batcher), cfg.distributed)
+    log.info(f"model params {count_params(model)}; {len(batcher)} steps per epoch, buckets {batcher.buckets}")
+    model_cfg.to_json_file(os.path.join(out_dir, "config.json")) if is_main else None
+
+    ckpt_name = "best.ckpt" if phase != "td1" else "student.ckpt"
+    eval_fn = _eval_fn(model, eval_sets, cfg, task, [step]) if phase != "td1" else None
+
+    def save_best(metrics):
+        runtime.save_cell(model, os.path.join(out_dir, ckpt_name), extra={**metrics}, **extra_save)
+
+    def save_last():
+        runtime.save_cell(model, os.path.join(out_dir, "last.ckpt" if phase != "td1" else ckpt_name), **extra_save)
+
+    trainer = Trainer(step, batcher, inputs, parts, log, phase_cfg.epochs, lr.value, cfg.log_every,
+                      eval_fn=eval_fn, main_metric=task.main_metric, eval_every=cfg.eval.every,
+                      save_best=save_best if eval_fn else None, save_last=save_last, is_main=is_main,
+                      max_steps=phase_cfg.max_steps)
+    result = trainer.fit()
+    if eval_fn is not None and is_main:
+        log.info(f"best {task.main_metric} {trainer.best:.6f} at step {trainer.best_step}; "
+                 f"checkpoint {os.path.join(out_dir, ckpt_name)}")
+    log.close()
+    return result
+
+
+def _init_student_td1(cfg, student, teacher, fit_dense, log):
+    init = cfg.student.init
+    if init == "gd":
+        runtime.load_into(student, cfg.student.gd_ckpt, "student.gd_ckpt", strict=True,
+                          allow_missing=("classifier.",), extra_cells={"fit_dense": fit_dense})
+        log.info(f"student initialised from GD checkpoint {cfg.student.gd_ckpt} (with its fit_dense)")
+    elif init == "teacher_layers":
+        runtime.copy_teacher_layers(student, teacher, list(cfg.student.teacher_layers))
+        log.info(f"student initialised from teacher layers {list(cfg.student.teacher_layers)}")
+    elif init == "random":
+        log.info("student initialised at random")
+    else:
+        raise UserError(f"student.init '{init}': expected gd, teacher_layers or random")
+
+
+def _run_eval(cfg, task, tcfg, eval_sets, log):
+    """Evaluate student.td1_ckpt's successor: the checkpoint given as --eval.ckpt or the TD2 best."""
+    raise UserError("phase eval: not implemented yet")

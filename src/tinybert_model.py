@@ -1,0 +1,290 @@
+"""BERT / TinyBERT cells for MindSpore (post-LN BERT, as in Google BERT and HF `modeling_bert.py`).
+
+One readable model file. It knows nothing about distillation, quantization or width search:
+- `BertConfig` describes the shape, including per-layer head and FFN sizes, so a narrowed sub-model is just a
+  config (`layer_num_heads`, `layer_intermediate_sizes`). It reads and writes HF `config.json`.
+- `BertModel` returns what every TinyBERT loss needs: the sequence output, the pooled output, all L+1 hidden
+  states (embedding output first) and all L attention score tensors (pre-softmax, mask added).
+- `BertForSequenceClassification` adds the task head: dropout -> dense (standard, default) or the anchors'
+  ReLU-on-pooler head (`head_type="relu_pooler"`, TinyBERT/MindSpore-zoo parity).
+
+Parameter names mirror HF `BertModel` (see `tools/convert_checkpoint.py` for the explicit map), e.g.
+`bert.encoder.0.attention.query.weight`, `bert.embeddings.LayerNorm.gamma`.
+"""
+import copy
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import List, Optional
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.common.initializer import Normal, TruncatedNormal, initializer
+
+# HF `hidden_act` strings -> whether GELU uses the tanh approximation.
+_GELU_APPROX = {"gelu": False, "gelu_exact": False, "gelu_new": True, "gelu_pytorch_tanh": True,
+                "gelu_tanh": True, "gelu_fast": True}
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"                 # "gelu" = exact erf GELU; "gelu_tanh"/"gelu_new" = tanh approximation
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    # Per-layer sizes of a narrowed model (None = uniform). Head size stays hidden_size / num_attention_heads.
+    layer_num_heads: Optional[List[int]] = None
+    layer_intermediate_sizes: Optional[List[int]] = None
+    # Task head (saved in config.json as HF does).
+    num_labels: int = 2
+
+    def __post_init__(self):
+        if self.hidden_act not in _GELU_APPROX:
+            raise ValueError(f"hidden_act '{self.hidden_act}' not supported: expected one of {sorted(_GELU_APPROX)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
+                             f"{self.num_attention_heads}")
+        for name in ("layer_num_heads", "layer_intermediate_sizes"):
+            v = getattr(self, name)
+            if v is not None:
+                if len(v) != self.num_hidden_layers:
+                    raise ValueError(f"{name} has {len(v)} entries, expected num_hidden_layers="
+                                     f"{self.num_hidden_layers}")
+                if any(int(x) < 1 for x in v):
+                    raise ValueError(f"{name} must be >= 1 per layer, got {v}")
+                setattr(self, name, [int(x) for x in v])
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def gelu_approximate(self) -> bool:
+        return _GELU_APPROX[self.hidden_act]
+
+    def heads(self, layer: int) -> int:
+        return self.layer_num_heads[layer] if self.layer_num_heads else self.num_attention_heads
+
+    def ffn(self, layer: int) -> int:
+        return self.layer_intermediate_sizes[layer] if self.layer_intermediate_sizes else self.intermediate_size
+
+    def replace(self, **kw) -> "BertConfig":
+        d = asdict(self)
+        d.update(kw)
+        return BertConfig(**d)
+
+    # ---- HF config.json ----
+    @classmethod
+    def from_dict(cls, d: dict) -> "BertConfig":
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "num_labels" not in d and "id2label" in d:
+            kw["num_labels"] = len(d["id2label"])
+        return cls(**kw)
+
+    @classmethod
+    def from_json_file(cls, path: str) -> "BertConfig":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["layer_num_heads"] is None:
+            del d["layer_num_heads"]
+        if d["layer_intermediate_sizes"] is None:
+            del d["layer_intermediate_sizes"]
+        d["model_type"] = "bert"
+        d["architectures"] = ["BertModel"]
+        d["pad_token_id"] = 0
+        d["position_embedding_type"] = "absolute"
+        return d
+
+    def to_json_file(self, path: str):
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+
+
+def _dense(cin: int, cout: int, std: float) -> nn.Dense:
+    # nn.Dense stores the weight [out, in] (= torch Linear) and runs MatMul with transpose_b: the fast CPU layout.
+    return nn.Dense(cin, cout, weight_init=TruncatedNormal(std), bias_init="zeros")
+
+
+def _layernorm(hidden: int, eps: float) -> nn.LayerNorm:
+    return nn.LayerNorm((hidden,), epsilon=eps)
+
+
+class BertEmbeddings(nn.Cell):
+    """word + position + token type embeddings, LayerNorm, dropout."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        std = config.initializer_range
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, embedding_table=Normal(std))
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
+                                                embedding_table=Normal(std))
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size,
+                                                  embedding_table=Normal(std))
+        self.LayerNorm = _layernorm(config.hidden_size, config.layer_norm_eps)
+        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+
+    def construct(self, input_ids, token_type_ids):
+        seq_len = input_ids.shape[1]
+        position_ids = ops.arange(seq_len, dtype=ms.int32).reshape(1, seq_len)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(position_ids) \
+            + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertAttention(nn.Cell):
+    """Multi-head self-attention + output projection + residual LayerNorm.
+
+    Returns (output, scores) where scores = QK^T / sqrt(d) + mask_bias, before softmax: the TinyBERT
+    attention-distillation target.
+    """
+
+    def __init__(self, config: BertConfig, layer: int):
+        super().__init__()
+        std = config.initializer_range
+        self.num_heads = config.heads(layer)
+        self.head_size = config.head_size
+        inner = self.num_heads * self.head_size
+        self.query = _dense(config.hidden_size, inner, std)
+        self.key = _dense(config.hidden_size, inner, std)
+        self.value = _dense(config.hidden_size, inner, std)
+        self.output_dense = _dense(inner, config.hidden_size, std)
+        self.output_LayerNorm = _layernorm(config.hidden_size, config.layer_norm_eps)
+        self.attn_dropout = nn.Dropout(p=config.attention_probs_dropout_prob)
+        self.output_dropout = nn.Dropout(p=config.hidden_dropout_prob)
+        self.scale = 1.0 / math.sqrt(self.head_size)
+        self.softmax = nn.Softmax(axis=-1)
+
+    def _split(self, x, b, s):
+        return x.reshape(b, s, self.num_heads, self.head_size).transpose(0, 2, 1, 3)
+
+    def construct(self, hidden, mask_bias):
+        b, s = hidden.shape[0], hidden.shape[1]
+        q = self._split(self.query(hidden), b, s)
+        k = self._split(self.key(hidden), b, s)
+        v = self._split(self.value(hidden), b, s)
+        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale + mask_bias
+        probs = self.attn_dropout(self.softmax(scores))
+        ctx = ops.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, s, self.num_heads * self.head_size)
+        out = self.output_LayerNorm(self.output_dropout(self.output_dense(ctx)) + hidden)
+        return out, scores
+
+
+class BertFFN(nn.Cell):
+    """intermediate dense -> GELU -> output dense -> dropout -> residual LayerNorm."""
+
+    def __init__(self, config: BertConfig, layer: int):
+        super().__init__()
+        std = config.initializer_range
+        self.intermediate = _dense(config.hidden_size, config.ffn(layer), std)
+        self.act = nn.GELU(approximate=config.gelu_approximate)
+        self.output_dense = _dense(config.ffn(layer), config.hidden_size, std)
+        self.output_LayerNorm = _layernorm(config.hidden_size, config.layer_norm_eps)
+        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+
+    def construct(self, hidden):
+        x = self.output_dense(self.act(self.intermediate(hidden)))
+        return self.output_LayerNorm(self.dropout(x) + hidden)
+
+
+class BertLayer(nn.Cell):
+    def __init__(self, config: BertConfig, layer: int):
+        super().__init__()
+        self.attention = BertAttention(config, layer)
+        self.ffn = BertFFN(config, layer)
+
+    def construct(self, hidden, mask_bias):
+        hidden, scores = self.attention(hidden, mask_bias)
+        return self.ffn(hidden), scores
+
+
+class BertModel(nn.Cell):
+    """BERT encoder.
+
+    construct(input_ids, token_type_ids, input_mask) -> (sequence_output, pooled_output, hidden_states,
+    attention_scores) with hidden_states a tuple of L+1 [B,S,H] tensors (embedding output first) and
+    attention_scores a tuple of L [B,heads,S,S] tensors (pre-softmax, padding keys at about -10000).
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = nn.CellList([BertLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.pooler = _dense(config.hidden_size, config.hidden_size, config.initializer_range)
+        self.tanh = nn.Tanh()
+        self.num_layers = config.num_hidden_layers
+
+    def construct(self, input_ids, token_type_ids, input_mask):
+        # keys only: [B, 1, 1, S]; 0 where attended, -10000 where padded (Google BERT / model-zoo convention)
+        mask_bias = (1.0 - input_mask.astype(ms.float32)).reshape(input_mask.shape[0], 1, 1, -1) * -10000.0
+        hidden = self.embeddings(input_ids, token_type_ids)
+        hidden_states = (hidden,)
+        attention_scores = ()
+        for layer in self.encoder:
+            hidden, scores = layer(hidden, mask_bias)
+            hidden_states = hidden_states + (hidden,)
+            attention_scores = attention_scores + (scores,)
+        pooled = self.tanh(self.pooler(hidden[:, 0]))
+        return hidden, pooled, hidden_states, attention_scores
+
+
+class BertForSequenceClassification(nn.Cell):
+    """BERT + task head. construct -> (logits, hidden_states, attention_scores).
+
+    head_type "dense": dropout(pooled) -> Dense (HF / Google BERT fine-tuning head, the default).
+    head_type "relu_pooler": Dense(ReLU(pooled)) — the TinyBERT / model-zoo head, for parity runs only.
+    For regression tasks use num_labels=1.
+    """
+
+    HEAD_TYPES = ("dense", "relu_pooler")
+
+    def __init__(self, config: BertConfig, head_type: str = "dense"):
+        super().__init__()
+        if head_type not in self.HEAD_TYPES:
+            raise ValueError(f"head_type '{head_type}' not supported: expected one of {self.HEAD_TYPES}")
+        self.config = copy.deepcopy(config)
+        self.head_type = head_type
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+        self.relu = nn.ReLU()
+        self.classifier = _dense(config.hidden_size, config.num_labels, config.initializer_range)
+
+    def construct(self, input_ids, token_type_ids, input_mask):
+        _, pooled, hidden_states, attention_scores = self.bert(input_ids, token_type_ids, input_mask)
+        if self.head_type == "relu_pooler":
+            x = self.relu(pooled)
+        else:
+            x = self.dropout(pooled)
+        return self.classifier(x), hidden_states, attention_scores
+
+
+class LogitsOnly(nn.Cell):
+    """Wraps a classifier so it returns only the logits (for eval and MINDIR/ONNX export)."""
+
+    def __init__(self, net: nn.Cell):
+        super().__init__()
+        self.net = net
+
+    def construct(self, input_ids, token_type_ids, input_mask):
+        return self.net(input_ids, token_type_ids, input_mask)[0]
+
+
+def count_params(net: nn.Cell) -> int:
+    return int(sum(np.prod(p.shape) for p in net.get_parameters()))

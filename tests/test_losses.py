@@ -1,0 +1,81 @@
+"""Distillation losses against values computed by hand on small tensors."""
+import math
+
+import numpy as np
+import pytest
+import mindspore as ms
+
+from src import losses
+
+T = lambda x, dt=np.float32: ms.Tensor(np.asarray(x, dt))
+
+
+def test_attention_mse_masks_padded_queries_and_keys():
+    # B=1, H=1, S=2, second token padded. Only the (query 0, key 0) pair is valid.
+    s = np.array([[[[1.0, -10000.0], [3.0, -9999.0]]]])
+    t = np.array([[[[4.0, -10002.0], [0.0, -10000.0]]]])
+    mask = [[1, 0]]
+    got = float(losses.attention_mse(T(s), T(t), T(mask, np.int32), mask_padding=True).asnumpy())
+    assert got == pytest.approx((1.0 - 4.0) ** 2)          # 9 over 1 valid pair
+
+
+def test_attention_mse_anchor_masking_reproduces_model_zoo():
+    # anchors: entries <= -100 become 0 in both tensors, then a plain mean over all B*H*S*S entries
+    s = np.array([[[[1.0, -10000.0], [3.0, -9999.0]]]])
+    t = np.array([[[[4.0, -10002.0], [0.0, -10000.0]]]])
+    got = float(losses.attention_mse(T(s), T(t), T([[1, 0]], np.int32), mask_padding=False).asnumpy())
+    assert got == pytest.approx((9.0 + 0.0 + 9.0 + 0.0) / 4)
+
+
+def test_attention_mse_averages_over_heads():
+    s = np.zeros((1, 2, 1, 1)); t = np.array([[[[1.0]], [[3.0]]]])
+    got = float(losses.attention_mse(T(s), T(t), T([[1]], np.int32)).asnumpy())
+    assert got == pytest.approx((1.0 + 9.0) / 2)
+
+
+def test_hidden_mse_valid_tokens_only_vs_all_positions():
+    s = np.array([[[1.0, 2.0], [5.0, 5.0]]])               # B=1, S=2, H=2
+    t = np.array([[[0.0, 0.0], [0.0, 0.0]]])
+    mask = T([[1, 0]], np.int32)
+    assert float(losses.hidden_mse(T(s), T(t), mask, True).asnumpy()) == pytest.approx((1 + 4) / 2)
+    assert float(losses.hidden_mse(T(s), T(t), mask, False).asnumpy()) == pytest.approx((1 + 4 + 25 + 25) / 4)
+
+
+def test_soft_cross_entropy_reductions_and_temperature():
+    # teacher probs [0.25, 0.75]; student uniform -> -sum p log q = log 2
+    s = T([[0.0, 0.0]])
+    t = T([[0.0, math.log(3.0)]])
+    ce = float(losses.soft_cross_entropy(s, t, 1.0, "ce").asnumpy())
+    mean = float(losses.soft_cross_entropy(s, t, 1.0, "mean").asnumpy())
+    assert ce == pytest.approx(math.log(2.0), rel=1e-5)
+    assert mean == pytest.approx(math.log(2.0) / 2, rel=1e-5)       # anchors: mean over B*C = CE / C
+    # T=2 on teacher logits [0, 2 log 3] gives the same teacher probs; student [0, 2 log 3]/2 = [0, log 3]
+    s2 = T([[0.0, 2 * math.log(3.0)]])
+    t2 = T([[0.0, 2 * math.log(3.0)]])
+    ent = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    got = float(losses.soft_cross_entropy(s2, t2, 2.0, "ce").asnumpy())
+    assert got == pytest.approx(ent, rel=1e-5)
+    got_t2 = float(losses.soft_cross_entropy(s2, t2, 2.0, "ce", temperature_squared=True).asnumpy())
+    assert got_t2 == pytest.approx(4 * ent, rel=1e-5)
+
+
+def test_hard_cross_entropy():
+    logits = T([[0.0, math.log(3.0)], [0.0, 0.0]])
+    got = float(losses.hard_cross_entropy(logits, T([1, 0], np.int32)).asnumpy())
+    assert got == pytest.approx((-math.log(0.75) - math.log(0.5)) / 2, rel=1e-5)
+
+
+def test_uniform_layer_map_matches_tinybert():
+    assert losses.uniform_layer_map(6, 3) == ([1, 3, 5], [0, 2, 4, 6])
+    assert losses.uniform_layer_map(12, 4) == ([2, 5, 8, 11], [0, 3, 6, 9, 12])
+    assert losses.uniform_layer_map(6, 6) == ([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5, 6])
+
+
+def test_explicit_layer_map_and_errors():
+    assert losses.resolve_layer_map(6, 2, [2, 5], [0, 3, 6]) == ([2, 5], [0, 3, 6])
+    with pytest.raises(ValueError, match=r"layer_map.attention entries \[6\] out of range"):
+        losses.resolve_layer_map(6, 2, [2, 6], None)
+    with pytest.raises(ValueError, match="layer_map.hidden has 2 entries"):
+        losses.resolve_layer_map(6, 2, None, [0, 6])
+    with pytest.raises(ValueError, match="student layers"):
+        losses.uniform_layer_map(2, 3)
