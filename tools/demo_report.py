@@ -1,0 +1,91 @@
+"""Teacher-vs-student table for a finished task-distillation run, from its own outputs (logs, configs,
+checkpoint files), never typed by hand.
+
+    python tools/demo_report.py --td_dir output/td_mr --gd_dir output/gd [--readme README.md]
+
+Prints the table and `The best acc is X` (the student's best dev metric). With --readme, the block between
+`<!-- demo-results:start -->` and `<!-- demo-results:end -->` in that file is replaced by the table.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from src.errors import UserError, run_main  # noqa: E402
+
+START, END = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
+
+
+def best_eval(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise UserError(f"{path} missing: run that phase first")
+    evals = [json.loads(line) for line in open(path, encoding="utf-8") if '"kind": "eval"' in line]
+    if not evals:
+        raise UserError(f"{path} has no eval record")
+    return evals[-1]["best"], evals
+
+
+def train_seconds(run_dir):
+    path = os.path.join(run_dir, "log.txt")
+    for line in reversed(open(path, encoding="utf-8").read().splitlines()):
+        if line.startswith("training done:"):
+            return float(line.split(" in ")[1].split("s")[0])
+    return float("nan")
+
+
+def params_of(ckpt):
+    import mindspore as ms
+    d = ms.load_checkpoint(ckpt)
+    return sum(int(v.size) for k, v in d.items() if not k.startswith("fit_dense."))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--td_dir", default="output/td_mr")
+    ap.add_argument("--gd_dir", default="output/gd")
+    ap.add_argument("--seconds", type=float, default=None, help="wall time of the whole job, for the table")
+    ap.add_argument("--readme", default=None)
+    args = ap.parse_args(argv)
+    teacher_dir, td1_dir, td2_dir = (os.path.join(args.td_dir, d) for d in ("teacher", "td1", "td2"))
+    t_best, t_evals = best_eval(teacher_dir)
+    s_best, s_evals = best_eval(td2_dir)
+    metric = [k for k in s_evals[-1] if k not in ("kind", "time", "epoch", "step", "best", "best_step")][0]
+    rows = []
+    for name, d in (("teacher (all-MiniLM-L6-v2, fine-tuned)", teacher_dir), ("student (TinyBERT GD+TD)", td2_dir)):
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        ckpt = os.path.join(d, "best.ckpt")
+        rows.append((name, f"{cfg['num_hidden_layers']}L/{cfg['hidden_size']}H", params_of(ckpt),
+                     os.path.getsize(ckpt)))
+    lines = [f"| model | shape | params | checkpoint bytes | dev {metric} | % of teacher |",
+             "|---|---|---|---|---|---|"]
+    for (name, shape, n, size), best in zip(rows, (t_best, s_best)):
+        lines.append(f"| {name} | {shape} | {n:,} | {size:,} | {best:.4f} | {100 * best / t_best:.1f}% |")
+    times = {"fine-tune teacher": train_seconds(teacher_dir), "general distillation": train_seconds(args.gd_dir),
+             "TD phase 1": train_seconds(td1_dir), "TD phase 2": train_seconds(td2_dir)}
+    lines.append("")
+    lines.append("Training time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+                 + (f"; whole job incl. data and conversion {args.seconds:.0f}" if args.seconds else ""))
+    lines.append(f"Machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+                 f"{platform.system()}; student/teacher params {rows[1][2] / rows[0][2]:.2f}x, "
+                 f"checkpoint {rows[0][3] / rows[1][3]:.2f}x smaller")
+    table = "\n".join(lines)
+    print(table)
+    print(f"The best acc is {s_best:.6f}")
+    if args.readme:
+        text = open(args.readme, encoding="utf-8").read()
+        if START not in text or END not in text:
+            raise UserError(f"{args.readme}: markers {START} / {END} not found")
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        tmp = args.readme + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(head + START + "\n" + table + "\n" + END + tail)
+        os.replace(tmp, args.readme)
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])

