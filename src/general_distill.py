@@ -7,7 +7,7 @@ from src.distill import DistillLossConfig, FitDense, GeneralDistillLoss, TrainSt
 from src.errors import UserError
 from src.losses import resolve_layer_map
 from src.tinybert_model import BertModel, count_params
-from src.trainer import ArrayBatcher, DatasetBatcher, Trainer
+from src.trainer import ArrayBatcher, DatasetBatcher, Trainer, train_state_from_config
 
 GD_COLUMNS = ["input_ids", "input_mask", "segment_ids"]
 
@@ -28,6 +28,12 @@ def _batcher(cfg, rank, world):
 
 
 def run(cfg, save_resolved):
+    """On a user error nothing new is left in output_dir (runtime.output_guard)."""
+    with runtime.output_guard(cfg.output_dir):
+        return _run(cfg, save_resolved)
+
+
+def _run(cfg, save_resolved):
     rank, world = runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
     runtime.set_seed(cfg.seed)
     out_dir = cfg.output_dir
@@ -51,7 +57,8 @@ def run(cfg, save_resolved):
         raise UserError(f"student.init '{cfg.student.init}': expected random or teacher_layers")
     try:
         att_map, hid_map = resolve_layer_map(tcfg.num_hidden_layers, scfg.num_hidden_layers,
-                                             cfg.layer_map.attention, cfg.layer_map.hidden)
+                                             runtime.layer_list(cfg.layer_map.attention, "layer_map.attention"),
+                                             runtime.layer_list(cfg.layer_map.hidden, "layer_map.hidden"))
         lcfg = DistillLossConfig(**cfg.loss.to_dict())
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
@@ -83,9 +90,11 @@ def run(cfg, save_resolved):
     def save_last():
         runtime.save_cell(student, os.path.join(out_dir, "student.ckpt"), prefix="bert.", fit_dense=fit_dense)
 
+    state, resume = train_state_from_config(cfg, step, out_dir, is_main)
     trainer = Trainer(step, batcher, ["input_ids", "segment_ids", "input_mask"], ["att", "rep"], log,
                       cfg.train.epochs, lr.value, cfg.log_every, save_last=save_last, is_main=is_main,
-                      max_steps=cfg.train.max_steps)
+                      max_steps=cfg.train.max_steps, state=state, resume=resume,
+                      overflow_skips=cfg.optim.loss_scale != 1.0)
     result = trainer.fit()
     log.info(f"student checkpoint {os.path.join(out_dir, 'student.ckpt')} (student under 'bert.', fit_dense)")
     log.close()

@@ -1,5 +1,6 @@
 """Wiring shared by the entry scripts: MindSpore context, seeds, data-parallel setup, building models from
 config files and checkpoints, loading record splits. Nothing algorithmic lives here."""
+import contextlib
 import os
 import random
 from typing import Dict, Optional, Sequence
@@ -19,10 +20,14 @@ def init_context(device_target: str = "CPU", mode: str = "graph", threads: int =
         raise UserError(f"device_target '{device_target}': expected CPU, GPU or Ascend")
     if mode not in ("graph", "pynative"):
         raise UserError(f"mode '{mode}': expected graph or pynative")
-    ms.set_device(device_target)
+    device_id = os.environ.get("DEVICE_ID", "")       # zoo rank-table launch: one device per process
+    if device_target != "CPU" and device_id.isdigit():
+        ms.set_device(device_target, int(device_id))
+    else:
+        ms.set_device(device_target)
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     if device_target == "CPU" and threads:
-        ms.device_context.cpu.op_tuning.threads_num(int(threads))
+        _set_cpu_threads(int(threads))
     if not distributed:
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init
@@ -31,10 +36,91 @@ def init_context(device_target: str = "CPU", mode: str = "graph", threads: int =
     return get_rank(), get_group_size()
 
 
+_THREADS_SET = []
+
+
+def _set_cpu_threads(threads: int):
+    """MindSpore accepts the kernel thread count once per process. A second run in the same process (tests,
+    notebooks) keeps the first value; asking for another one is an error, not a silent change."""
+    from mindspore.device_context.cpu import op_tuning
+    if _THREADS_SET:
+        if _THREADS_SET[0] != threads:
+            raise UserError(f"threads: this process already runs MindSpore with {_THREADS_SET[0]} CPU threads, "
+                            f"cannot switch to {threads}")
+        return
+    try:
+        op_tuning.threads_num(threads)
+    except RuntimeError:   # set before us by the caller (e.g. a test harness): keep theirs
+        pass
+    _THREADS_SET.append(threads)
+
+
 def set_seed(seed: int):
     random.seed(seed)
     np.random.seed(seed)
     ms.set_seed(seed)
+
+
+def check_output_dir(out_dir: str, what: str = "output_dir") -> str:
+    """UserError if `out_dir` or one of its existing ancestors is a file (makedirs would fail with a traceback)."""
+    path = os.path.abspath(out_dir)
+    while path and not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{what}: '{path}' is a file, expected a directory (for '{out_dir}')")
+    return out_dir
+
+
+def _files_under(folder: str) -> set:
+    out = set()
+    for base, _, files in os.walk(folder):
+        out.update(os.path.join(base, f) for f in files)
+    return out
+
+
+@contextlib.contextmanager
+def output_guard(out_dir: str, what: str = "output_dir"):
+    """No partial outputs on user errors: files (and folders) that did not exist before and were created inside
+    the block are removed again when it raises a UserError, unless the error says keep_outputs (a run that
+    diverged keeps its logs and last good checkpoints). Pre-existing files are never touched."""
+    check_output_dir(out_dir, what)
+    out_dir = os.path.abspath(out_dir)
+    missing = []                                      # folders this run creates, deepest first
+    path = out_dir
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    before = _files_under(out_dir) if not missing else set()
+    dirs_before = {b for b, _, _ in os.walk(out_dir)}
+    try:
+        yield
+    except UserError as e:
+        if not getattr(e, "keep_outputs", False):
+            for f in sorted(_files_under(out_dir) - before):
+                with contextlib.suppress(OSError):
+                    os.remove(f)
+            for base in sorted({b for b, _, _ in os.walk(out_dir)} - dirs_before, reverse=True):
+                with contextlib.suppress(OSError):
+                    os.rmdir(base)                          # new and empty (deepest first)
+            for folder in missing:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+        raise
+
+
+def layer_list(value, field: str):
+    """A layer-map entry from YAML/CLI: null, one index (`--layer_map.attention 3` parses as an int) or a list
+    of ints; anything else is a UserError naming the field."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    raise UserError(f"{field}: expected null or a list of layer indices, e.g. [1, 3, 5], got {value!r}")
 
 
 def require_file(path: str, what: str) -> str:

@@ -16,7 +16,7 @@ from src.errors import UserError
 from src.losses import resolve_layer_map
 from src.tasks import get_task
 from src.tinybert_model import LogitsOnly, count_params
-from src.trainer import ArrayBatcher, Trainer, evaluate, predict
+from src.trainer import ArrayBatcher, Trainer, evaluate, predict, train_state_from_config
 
 
 def loss_config(cfg) -> DistillLossConfig:
@@ -80,6 +80,12 @@ def _step(loss_net, cfg, phase_cfg, steps_per_epoch, distributed):
 
 
 def run(cfg, out_dir, save_resolved):
+    """One phase; on a user error nothing new is left in out_dir (runtime.output_guard)."""
+    with runtime.output_guard(out_dir):
+        return _run(cfg, out_dir, save_resolved)
+
+
+def _run(cfg, out_dir, save_resolved):
     task = _task(cfg)
     phase = cfg.phase
     phase_cfg = cfg[phase] if phase in ("finetune", "td1", "td2") else None
@@ -124,7 +130,8 @@ def run(cfg, out_dir, save_resolved):
             _init_student_td1(cfg, model, teacher, fit_dense, log)
             try:
                 att_map, hid_map = resolve_layer_map(tcfg.num_hidden_layers, scfg.num_hidden_layers,
-                                                     cfg.layer_map.attention, cfg.layer_map.hidden)
+                                                     runtime.layer_list(cfg.layer_map.attention, "layer_map.attention"),
+                                                     runtime.layer_list(cfg.layer_map.hidden, "layer_map.hidden"))
             except ValueError as e:
                 raise UserError(str(e)) from None
             if scfg.num_attention_heads != tcfg.num_attention_heads and lcfg.attention_weight:
@@ -143,7 +150,8 @@ def run(cfg, out_dir, save_resolved):
                 t0 = time.time()
                 net = LogitsOnly(teacher)
                 net.set_train(False)
-                train["teacher_logits"] = predict(net, train, cfg.eval.batch_size).astype(np.float32)
+                train["teacher_logits"] = predict(net, train, cfg.eval.batch_size,
+                                                  bucket_cfg).astype(np.float32)
                 log.info(f"cached teacher logits for {len(train['input_ids'])} train rows in {time.time() - t0:.1f}s")
                 loss_net = CachedLogitsPhase2Loss(model, lcfg, task.regression)
                 inputs = inputs + ["teacher_logits"]
@@ -165,10 +173,12 @@ def run(cfg, out_dir, save_resolved):
     def save_last():
         runtime.save_cell(model, os.path.join(out_dir, "last.ckpt" if phase != "td1" else ckpt_name), **extra_save)
 
+    state, resume = train_state_from_config(cfg, step, out_dir, is_main)
     trainer = Trainer(step, batcher, inputs, parts, log, phase_cfg.epochs, lr.value, cfg.log_every,
                       eval_fn=eval_fn, main_metric=task.main_metric, eval_every=cfg.eval.every,
                       save_best=save_best if eval_fn else None, save_last=save_last, is_main=is_main,
-                      max_steps=phase_cfg.max_steps)
+                      max_steps=phase_cfg.max_steps, state=state, resume=resume,
+                      overflow_skips=cfg.optim.loss_scale != 1.0)
     result = trainer.fit()
     if eval_fn is not None and is_main:
         log.info(f"best {task.main_metric} {trainer.best:.6f} at step {trainer.best_step}; "

@@ -1,13 +1,20 @@
 """Training loop shared by every method: batches in, TrainStep out, logs, evals, best checkpoint.
 
-- `ArrayBatcher`: in-memory training batches, reshuffled every epoch with a seeded generator, sharded by
-  rank, optionally grouped by length into buckets (each bucket trims the padding columns to its length, so a
-  short batch costs a short batch; each bucket is one compiled graph). Padding is masked, so trimming it does
-  not change any output.
+- `ArrayBatcher`: in-memory training batches, reshuffled every epoch with a seeded generator, optionally grouped
+  by length into buckets (each bucket trims the padding columns to its length, so a short batch costs a short
+  batch; each bucket is one compiled graph). Padding is masked, so trimming it does not change any output.
+  Data parallel: the GLOBAL batches (batch_size x world rows) are formed identically on every rank and rank r
+  takes rows r::world of each, so every rank runs the same number of steps with the same bucket length (no
+  collective hang) and N workers at batch b see exactly what 1 worker sees at batch N*b.
+- `TrainState`: atomic periodic checkpoints of the whole training state (trainable weights incl. fit_dense,
+  optimizer moments and step, epoch and batch position, best metric) for `--resume`.
 - `evaluate`: full dev set in fixed-size batches, tail padded and sliced off (never dropped, never shuffled).
 - `Trainer.fit`: the loop, with the model-zoo log lines, eval every N steps and per epoch, and keep-best.
 """
+import glob
 import math
+import os
+import re
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -27,25 +34,29 @@ class ArrayBatcher:
                  length_buckets: Optional[Sequence[int]] = None):
         self.arrays = arrays
         n = len(next(iter(arrays.values())))
-        self.indices = np.arange(n)[rank::world]
-        self.batch_size = batch_size
+        self.indices = np.arange(n)
+        self.batch_size = batch_size            # per worker
+        self.rank, self.world = rank, world
+        self.global_batch = batch_size * world
         self.shuffle = shuffle
         self.seed = seed
         self.drop_remainder = drop_remainder
+        if world > 1 and not drop_remainder:
+            raise ValueError("data-parallel batches need drop_remainder=True (equal rows on every rank)")
         seq_len = arrays["input_ids"].shape[1]
         buckets = sorted(set(int(b) for b in (length_buckets or [seq_len]) if int(b) <= seq_len) | {seq_len})
         self.buckets = buckets
         lengths = arrays["input_mask"][self.indices].sum(axis=1)
         self.bucket_of = np.searchsorted(np.array(buckets), lengths, side="left")
-        if len(self.indices) < batch_size and drop_remainder:
-            raise UserError(f"training set has {len(self.indices)} rows per worker, fewer than one batch "
-                            f"({batch_size}): lower train batch_size or add data")
+        if n < self.global_batch and drop_remainder:
+            raise UserError(f"training set has {n} rows, fewer than one batch ({batch_size} x {world} "
+                            f"worker(s)): lower train batch_size or add data")
 
     def __len__(self):
         total = 0
         for b in range(len(self.buckets)):
             k = int((self.bucket_of == b).sum())
-            total += k // self.batch_size if self.drop_remainder else math.ceil(k / self.batch_size)
+            total += k // self.global_batch if self.drop_remainder else math.ceil(k / self.global_batch)
         return total
 
     def epoch(self, epoch: int):
@@ -55,13 +66,14 @@ class ArrayBatcher:
             idx = self.indices[self.bucket_of == b]
             if self.shuffle:
                 idx = rng.permutation(idx)
-            stop = (len(idx) // self.batch_size) * self.batch_size if self.drop_remainder else len(idx)
-            for s in range(0, stop, self.batch_size):
-                batches.append((length, idx[s:s + self.batch_size]))
+            stop = (len(idx) // self.global_batch) * self.global_batch if self.drop_remainder else len(idx)
+            for s in range(0, stop, self.global_batch):
+                batches.append((length, idx[s:s + self.global_batch]))
         if self.shuffle:
             order = rng.permutation(len(batches))
             batches = [batches[i] for i in order]
         for length, idx in batches:
+            idx = idx[self.rank::self.world]
             yield {k: (v[idx, :length] if k in SEQ_COLUMNS else v[idx]) for k, v in self.arrays.items()}
 
 
@@ -74,9 +86,26 @@ def to_tensors(batch: dict, names: Sequence[str]):
     return out
 
 
-def predict(logits_fn, arrays: Dict[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """Logits for every row in order: fixed batch shape, last batch padded with zero rows, then sliced off."""
+def predict(logits_fn, arrays: Dict[str, np.ndarray], batch_size: int,
+            length_buckets: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Logits for every row in order: fixed batch shape, last batch padded with zero rows, then sliced off.
+
+    With `length_buckets` (e.g. the training buckets) rows are grouped by length and each group runs with its
+    padding columns trimmed to the bucket length (one compiled graph per bucket): same logits up to float
+    rounding (padding is masked), at a fraction of the cost when most rows are short."""
     n = len(arrays["input_ids"])
+    if length_buckets:
+        seq_len = arrays["input_ids"].shape[1]
+        buckets = np.array(sorted(set(int(b) for b in length_buckets if int(b) <= seq_len) | {seq_len}))
+        which = np.searchsorted(buckets, arrays["input_mask"].sum(axis=1), side="left")
+        out = None
+        for b, length in enumerate(buckets):
+            idx = np.flatnonzero(which == b)
+            if len(idx):
+                part = predict(logits_fn, {k: arrays[k][idx, :length] for k in MODEL_INPUTS}, batch_size)
+                out = np.zeros((n,) + part.shape[1:], part.dtype) if out is None else out
+                out[idx] = part
+        return out
     outs = []
     for s in range(0, n, batch_size):
         batch = {k: arrays[k][s:s + batch_size] for k in MODEL_INPUTS}
@@ -102,15 +131,113 @@ def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size:
     return results
 
 
+class TrainingDiverged(UserError):
+    """Loss or gradient norm became NaN/inf: the run stops before any checkpoint is written from that state
+    (its log and the checkpoints written before stay: keep_outputs)."""
+    keep_outputs = True
+
+
+class TrainState:
+    """Periodic, atomic checkpoints of everything a run needs to continue after a crash (`--resume true`).
+
+    Saved: every trainable parameter the step cell updates (model, fit_dense, ...), every optimizer parameter
+    (Adam moments, global_step, which drives the LR schedule), and as metadata the step, epoch, batches consumed
+    in that epoch, best metric and its step, steps per epoch and world size. Frozen parameters (the teacher) are
+    rebuilt from their own checkpoints and not repeated. Files: <folder>/state_step<step>.ckpt, the newest
+    `keep_last` kept; rank 0 writes, every rank reads (shared output folder). The data position is enough to
+    restore the data order because ArrayBatcher's order is a pure function of (seed, epoch); MindSpore's
+    dropout RNG is not restored, so with dropout > 0 a resumed run is equivalent in distribution only.
+    """
+
+    PATTERN = re.compile(r"state_step(\d+)\.ckpt\Z")
+
+    def __init__(self, step_cell, folder: str, every_steps: int, keep_last: int = 2, is_main: bool = True):
+        if every_steps < 0 or keep_last < 1:
+            raise UserError(f"checkpoint.every_steps {every_steps} / checkpoint.keep_last {keep_last}: expected "
+                            f"every_steps >= 0 and keep_last >= 1")
+        self.folder = folder
+        self.every_steps = every_steps
+        self.keep_last = keep_last
+        self.is_main = is_main
+        self.params = {n: p for n, p in step_cell.parameters_and_names()
+                       if p.requires_grad or n.startswith("optimizer.")}
+
+    def files(self) -> List[str]:
+        found = []
+        for path in glob.glob(os.path.join(self.folder, "state_step*.ckpt")):
+            m = self.PATTERN.match(os.path.basename(path))
+            if m:
+                found.append((int(m.group(1)), path))
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Optional[str]:
+        files = self.files()
+        return files[-1] if files else None
+
+    def clear(self):
+        """A fresh (not resumed) run drops the states of an earlier run in the same folder; a finished run drops
+        its own (they exist for crash recovery; best/last checkpoints are the results)."""
+        if self.is_main:
+            for path in self.files():
+                os.remove(path)
+            if os.path.isdir(self.folder) and not os.listdir(self.folder):
+                os.rmdir(self.folder)
+
+    def save(self, meta: dict) -> Optional[str]:
+        if not self.is_main:
+            return None
+        from src.checkpoint import save_checkpoint_atomic
+        arrays = {n: p.asnumpy() for n, p in self.params.items()}
+        bad = [n for n, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+        if bad:
+            raise TrainingDiverged(f"non-finite values in {bad[0]} at step {meta['step']}: training state not "
+                                   f"saved (the last good state stays in {self.folder})")
+        path = os.path.join(self.folder, f"state_step{meta['step']:09d}.ckpt")
+        save_checkpoint_atomic(arrays, path, extra={k: v for k, v in meta.items()})
+        for old in self.files()[:-self.keep_last]:
+            os.remove(old)
+        return path
+
+    def load(self, path: str) -> dict:
+        """Parameters back into the live cells (strict: same model and optimizer); returns the metadata."""
+        from src.checkpoint import check_state, read_ms_checkpoint
+        tensors, meta = read_ms_checkpoint(path, with_extra=True)
+        check_state({k: tuple(p.shape) for k, p in self.params.items()},
+                    {k: tuple(v.shape) for k, v in tensors.items()}, source=f"training state '{path}'", strict=True)
+        missing = [k for k in ("step", "epoch", "batch", "best", "best_step", "steps_per_epoch", "world")
+                   if k not in meta]
+        if missing:
+            raise UserError(f"training state '{path}': metadata {missing} missing (not written by TrainState)")
+        for k, p in self.params.items():
+            p.set_data(ms.Tensor(tensors[k], p.dtype))
+        return meta
+
+
+def train_state_from_config(cfg, step_cell, out_dir: str, is_main: bool):
+    """(TrainState, resume) from the `checkpoint: {every_steps, keep_last}` and `resume` keys (absent keys: no
+    periodic state, no resume). States live in <out_dir>/state/."""
+    ck = cfg.get("checkpoint", None) or {}
+    every, keep, resume = ck.get("every_steps", 0), ck.get("keep_last", 1), cfg.get("resume", False)
+    for name, value, typ in (("checkpoint.every_steps", every, int), ("checkpoint.keep_last", keep, int),
+                             ("resume", resume, bool)):
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise UserError(f"{name}: expected {typ.__name__}, got {value!r}")
+    return TrainState(step_cell, os.path.join(out_dir, "state"), every, keep, is_main), resume
+
+
 class Trainer:
-    """Runs a TrainStep over a batcher, logs, evaluates and keeps the best checkpoint (rank 0 only)."""
+    """Runs a TrainStep over a batcher, logs, evaluates and keeps the best checkpoint (rank 0 only).
+    With `state` (a TrainState), saves the training state every `state.every_steps` steps and at each epoch end;
+    `resume=True` continues from the newest state: skips the batches already consumed in that epoch, so the run
+    ends where an uninterrupted run with the same seed ends."""
 
     def __init__(self, step_cell, batcher, input_names: Sequence[str], part_names: Sequence[str], log: RunLog,
                  epochs: int, lr_value: Callable[[int], float], log_every: int = 10,
                  eval_fn: Optional[Callable[[], Dict[str, float]]] = None, main_metric: Optional[str] = None,
                  eval_every: int = 0, save_best: Optional[Callable[[dict], None]] = None,
                  save_last: Optional[Callable[[], None]] = None, is_main: bool = True,
-                 max_steps: int = 0):
+                 max_steps: int = 0, state: Optional[TrainState] = None, resume: bool = False,
+                 overflow_skips: bool = False):
         self.step_cell = step_cell
         self.batcher = batcher
         self.input_names = list(input_names)
@@ -126,6 +253,10 @@ class Trainer:
         self.save_last = save_last
         self.is_main = is_main
         self.max_steps = max_steps
+        self.state = state
+        self.resume = resume
+        self.overflow_skips = overflow_skips      # loss scale > 1: TrainStep skips overflowing steps itself
+        self.world = getattr(batcher, "world", 1)
         self.best = -math.inf
         self.best_step = -1
         self.history: List[dict] = []
@@ -154,44 +285,87 @@ class Trainer:
         self.log.record("eval", epoch=epoch, step=step, best=self.best, best_step=self.best_step, **metrics)
         self.history.append({"epoch": epoch, "step": step, **metrics})
 
+    def _save_state(self, epoch: int, batch: int, step: int):
+        if self.state is None or not self.state.every_steps:
+            return
+        self.state.save({"step": step, "epoch": epoch, "batch": batch, "best": float(self.best),
+                         "best_step": self.best_step, "steps_per_epoch": len(self.batcher), "world": self.world})
+
+    def _restore(self):
+        """(step, epoch, batches consumed in that epoch) from the newest state, or a fresh start."""
+        if not self.resume:
+            if self.state is not None:
+                self.state.clear()
+            return 0, 1, 0
+        path = self.state.latest() if self.state is not None else None
+        if path is None:
+            folder = self.state.folder if self.state is not None else "the output folder"
+            raise UserError(f"resume: no training state (state_step*.ckpt) in {folder}; it is written every "
+                            f"checkpoint.every_steps steps (must be > 0); rerun without --resume true")
+        meta = self.state.load(path)
+        if (meta["steps_per_epoch"], meta["world"]) != (len(self.batcher), self.world):
+            raise UserError(f"resume: {path} was written with {meta['steps_per_epoch']} steps per epoch on "
+                            f"{meta['world']} worker(s), this run has {len(self.batcher)} on {self.world}: resume "
+                            f"with the same data, batch_size and worker count")
+        self.best, self.best_step = float(meta["best"]), int(meta["best_step"])
+        self.log.info(f"resumed from {path}: epoch {meta['epoch']}, {meta['batch']} of {len(self.batcher)} "
+                      f"batches done, step {meta['step']}, best {self.best:.6f} (step {self.best_step})")
+        return int(meta["step"]), int(meta["epoch"]), int(meta["batch"])
+
     def fit(self):
         total = self.total_steps
-        step = 0
+        step, start_epoch, skip = self._restore()
+        first_step = step
         t_start = time.time()
         seen = 0
         window_t, window_seq = time.time(), 0
-        for epoch in range(1, self.epochs + 1):
-            for batch in self.batcher.epoch(epoch):
+        every = self.state.every_steps if self.state is not None else 0
+        for epoch in range(start_epoch, self.epochs + 1):
+            resuming_mid_epoch = epoch == start_epoch and skip > 0
+            if self.max_steps and step >= self.max_steps and not resuming_mid_epoch:
+                break                             # resumed from the state written after the last step
+            for i, batch in enumerate(self.batcher.epoch(epoch)):
+                if epoch == start_epoch and i < skip:
+                    continue                      # consumed before the crash: same order, skip it
+                if self.max_steps and step >= self.max_steps:
+                    break
                 loss, parts, gnorm = self.step_cell(*to_tensors(batch, self.input_names))
                 step += 1
                 n = len(batch["input_ids"])
                 seen += n
                 window_seq += n
                 loss_v = float(loss.asnumpy())
-                if not math.isfinite(loss_v):
-                    raise FloatingPointError(f"loss is {loss_v} at epoch {epoch}, step {step}: stopping before "
-                                             f"any checkpoint is written from this state (lower the learning "
-                                             f"rate or check the data)")
+                gnorm_v = float(gnorm.asnumpy())
+                if not math.isfinite(loss_v) or not (math.isfinite(gnorm_v) or self.overflow_skips):
+                    what = f"loss is {loss_v}" if not math.isfinite(loss_v) else f"gradient norm is {gnorm_v}"
+                    raise TrainingDiverged(f"{what} at epoch {epoch}, step {step}: stopped before any checkpoint "
+                                           f"is written from this state (lower the learning rate or check the "
+                                           f"data; --resume true restarts from the last good state)")
                 if step % self.log_every == 0 or step == total:
                     now = time.time()
                     rate = window_seq / max(now - window_t, 1e-9)
-                    eta = (total - step) * (now - t_start) / step
+                    eta = (total - step) * (now - t_start) / max(step - first_step, 1)
                     part_vals = {k: float(v.asnumpy()) for k, v in zip(self.part_names, parts)}
                     lr = self.lr_value(step)
                     self.log.info(train_line(epoch, step, loss_v, part_vals, lr, rate, eta))
                     self.log.record("train", epoch=epoch, step=step, loss=loss_v, lr=lr, seq_per_s=rate,
-                                    grad_norm=float(gnorm.asnumpy()), **part_vals)
+                                    grad_norm=gnorm_v, **part_vals)
                     window_t, window_seq = time.time(), 0
                 if self.eval_every and step % self.eval_every == 0:
                     self._eval(epoch, step)
+                if every and step % every == 0 and i + 1 < len(self.batcher):   # epoch end: saved below
+                    self._save_state(epoch, i + 1, step)
                 if self.max_steps and step >= self.max_steps:
                     break
             if not (self.eval_every and step % self.eval_every == 0):
                 self._eval(epoch, step)
             if self.save_last is not None and self.is_main:
                 self.save_last()
+            self._save_state(epoch + 1, 0, step)
             if self.max_steps and step >= self.max_steps:
                 break
+        if self.state is not None and self.state.every_steps:
+            self.state.clear()
         elapsed = time.time() - t_start
         self.log.info(f"training done: {step} steps, {seen} sequences in {elapsed:.1f}s "
                       f"({seen / max(elapsed, 1e-9):.1f} seq/s)")
@@ -207,6 +381,7 @@ class DatasetBatcher:
         self.epochs = epochs
         self._it = None
         self._size = dataset.get_dataset_size()
+        self._next_epoch = 1
 
     def __len__(self):
         return self._size
@@ -214,5 +389,10 @@ class DatasetBatcher:
     def epoch(self, epoch: int):
         if self._it is None:
             self._it = self.dataset.create_dict_iterator(num_epochs=self.epochs, output_numpy=True)
+        while self._next_epoch < epoch:          # resumed run: read past earlier epochs to get epoch's order
+            for _ in range(self._size):
+                next(self._it)
+            self._next_epoch += 1
+        self._next_epoch = epoch + 1
         for _ in range(self._size):
             yield next(self._it)

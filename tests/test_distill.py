@@ -130,3 +130,19 @@ def test_batcher_length_buckets_trim_only_padding():
             np.testing.assert_array_equal(a["input_ids"][lab][:width], batch["input_ids"][list(batch["label_ids"]).index(lab)])
         rows += len(batch["label_ids"])
     assert rows == 8 and len(b) == 4       # 5 rows <= 4 tokens, 5 longer; batch 2 drops one per bucket
+
+
+def test_bucketed_predict_gives_the_same_logits_in_row_order():
+    """Teacher-logit caching runs rows grouped by length with the padding trimmed: same logits, same order."""
+    from src.tinybert_model import LogitsOnly
+    from src.trainer import predict
+    cfg = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=8, num_labels=3)
+    net = LogitsOnly(BertForSequenceClassification(cfg))
+    net.set_train(False)
+    a = _arrays()
+    full = predict(net, a, 4)
+    bucketed = predict(net, a, 4, length_buckets=[4])
+    assert bucketed.shape == (10, 3)
+    np.testing.assert_allclose(bucketed, full, rtol=0, atol=2e-6)
+    assert not np.allclose(full[0], full[1])                # rows really differ: the order is checked

@@ -40,6 +40,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if not os.path.exists(args.input):
+        raise UserError(f"--input '{args.input}' does not exist")
     from src.checkpoint import hf_dir_to_ms, ms_to_hf
     if args.direction == "hf2ms":
         if os.path.isdir(args.output) or not args.output.endswith(".ckpt"):

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Task distillation (one phase per call) on Ascend with an HCCL rank table. UNTESTED on Ascend hardware.
+#   bash scripts/run_distributed_td_ascend.sh DEVICE_NUM EPOCH_SIZE RANK_TABLE_FILE [CONFIG] --phase td1|td2|finetune [--key value ...]
+# EPOCH_SIZE sets <phase>.epochs. Same contract as run_distributed_gd_ascend.sh (LOG<rank_id>/, SERVER_ID).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -lt 3 ]; then
+  echo "Usage: bash scripts/run_distributed_td_ascend.sh DEVICE_NUM EPOCH_SIZE RANK_TABLE_FILE [CONFIG] --phase PHASE [--key value ...]" >&2
+  exit 2
+fi
+PHASE=$(printf '%s\n' "$@" | awk 'prev == "--phase" {print; exit} {prev = $0}')
+case "$PHASE" in finetune|td1|td2) ;; *) echo "ERROR: --phase: expected finetune, td1 or td2" >&2; exit 2;; esac
+SCRIPT=run_task_distill.py DEFAULT_CONFIG=configs/td_mr.yaml EPOCH_KEY="--$PHASE.epochs" exec bash scripts/run_distributed_gd_ascend.sh "$@"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Task distillation, data parallel on one CPU host (msrun, mccl, loopback): phase td1 then td2, or one phase.
+#   bash scripts/run_distributed_td_cpu.sh [WORKER_NUM] [CONFIG] [--key value ...]
+#   bash scripts/run_distributed_td_cpu.sh 2 configs/td_mr.yaml --phase finetune     # one phase only
+#   grep "The best acc" output/td_mr/td2/log.txt
+# Env: WORKER_NUM (default 2), MASTER_PORT (default 8118), THREADS per worker (default 1), PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKER_NUM=${1:-${WORKER_NUM:-2}}
+[ $# -gt 0 ] && shift
+CONFIG=configs/td_mr.yaml
+if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi
+export SCRIPT=run_task_distill.py DEFAULT_CONFIG=configs/td_mr.yaml
+if printf '%s\n' "$@" | grep -qx -- "--phase"; then
+  bash scripts/run_distributed_gd_cpu.sh "$WORKER_NUM" "$CONFIG" "$@"
+else
+  LOG_DIR=${LOG_DIR:-output/msrun_log}_td1 bash scripts/run_distributed_gd_cpu.sh "$WORKER_NUM" "$CONFIG" --phase td1 "$@"
+  LOG_DIR=${LOG_DIR:-output/msrun_log}_td2 bash scripts/run_distributed_gd_cpu.sh "$WORKER_NUM" "$CONFIG" --phase td2 "$@"
+fi

@@ -1,0 +1,214 @@
+"""Data parallel through msrun (CPU, mccl, loopback) and the Ascend rank-table contract.
+
+- `test_grads_averaged_exactly_once`: 2 msrun workers, TrainStep(data_parallel=True) + plain SGD (lr 1) on
+  loss = sum(w * x) with x different per rank: the update must be exactly -mean(x) (sum: -sum, double
+  averaging: -mean/2, no reduction: -x of the rank). SGD, because Adam's update is invariant to a global
+  gradient scale and would hide a double average.
+- `test_two_workers_match_one_worker_at_double_batch`: run_task_distill.py (teacher fine-tuning, CE mean over
+  the batch, no dropout) on 2 msrun workers (scripts/run_distributed_td_cpu.sh) at batch 2 vs 1 process at
+  batch 4: same global batches, so the same weights after 16 steps (<= 1e-5), rank 0 alone logs "The best acc
+  is", rank 1 logs to log_rank1.txt.
+- rank table: validation (one UserError naming the field) and this host's ranks on multi-server tables; the
+  Ascend script stops with the validator's one-line error before launching anything.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_run  # noqa: E402
+
+from src.errors import UserError  # noqa: E402
+from src.rank_table import load_rank_table, local_ranks, rank_size, validate_rank_table  # noqa: E402
+
+ROOT = tiny_run.ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def msrun(args, log_dir, workers=2, timeout=400):
+    cmd = [os.path.join(os.path.dirname(sys.executable), "msrun"), f"--worker_num={workers}",
+           f"--local_worker_num={workers}", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           f"--log_dir={log_dir}", "--join=True", "--cluster_time_out=300"] + list(args)
+    return subprocess.run(cmd, cwd=ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=timeout)
+
+
+def worker_logs(log_dir, workers=2):
+    out = []
+    for r in range(workers):
+        with open(os.path.join(log_dir, f"worker_{r}.log"), encoding="utf-8", errors="replace") as f:
+            out.append(f.read())
+    return out
+
+
+PROBE = '''
+import sys
+import numpy as np, mindspore as ms
+from mindspore import nn, Parameter
+from src import runtime
+from src.distill import TrainStep
+rank, world = runtime.init_context("CPU", "graph", 1, distributed=True)
+
+class LinearLoss(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.w = Parameter(ms.Tensor(np.zeros(3, np.float32)), name="w")
+    def construct(self, x):
+        loss = (self.w * x).sum()
+        return loss, (loss,)
+
+net = LinearLoss()
+step = TrainStep(net, nn.SGD(net.trainable_params(), learning_rate=1.0), clip_mode="none", data_parallel=True)
+step.set_train(True)
+step(ms.Tensor(np.array([1.0, 2.0, 4.0], np.float32) * (rank + 1) ** 2))   # rank 0: x, rank 1: 4x
+print(f"PROBE rank={rank} world={world} w={net.w.asnumpy().tolist()}", flush=True)
+'''
+
+
+def test_grads_averaged_exactly_once(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    res = msrun([str(script)], str(tmp_path / "log"))
+    logs = worker_logs(str(tmp_path / "log"))
+    assert res.returncode == 0, (res.stdout[-1500:], logs[0][-1500:])
+    mean = -(np.array([1.0, 2.0, 4.0]) * (1 + 4) / 2)                  # -(x + 4x) / 2 = [-2.5, -5, -10]
+    for r, text in enumerate(logs):
+        line = [ln for ln in text.splitlines() if ln.startswith("PROBE")][0]
+        assert f"rank={r} world=2" in line
+        w = json.loads(line.split("w=", 1)[1])
+        np.testing.assert_array_equal(w, mean)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return tiny_run.make_workspace(str(tmp_path_factory.mktemp("dist_ws")))
+
+
+def test_two_workers_match_one_worker_at_double_batch(ws, tmp_path):
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    common = {"finetune.epochs": 1, "eval.every": 8}
+    ref = tiny_run.run_script("run_task_distill.py", tiny_run.finetune_args(ws, one, batch=4, **common))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    env = dict(tiny_run.env(), PYTHON=sys.executable, MASTER_PORT=str(free_port()), LOG_DIR=str(tmp_path / "log"))
+    res = subprocess.run(["bash", "scripts/run_distributed_td_cpu.sh", "2"]        # the user-facing msrun script
+                         + tiny_run.finetune_args(ws, two, batch=2, **common), cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=400)
+    logs = worker_logs(str(tmp_path / "log"))
+    assert res.returncode == 0, (res.stdout[-1500:], logs[0][-2000:], logs[1][-2000:])
+
+    a = tiny_run.read_ckpt(os.path.join(one, "teacher", "last.ckpt"))[0]
+    b = tiny_run.read_ckpt(os.path.join(two, "teacher", "last.ckpt"))[0]
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5, err_msg=k)
+    init = tiny_run.read_ckpt(ws["ckpt"])[0]
+    moved = max(float(np.abs(a["bert." + k] - v).max()) for k, v in init.items() if "bert." + k in a)
+    assert moved > 1e-3                                                    # training really changed the weights
+
+    with open(os.path.join(one, "teacher", "log.txt")) as f:
+        log_one = f.read()
+    with open(os.path.join(two, "teacher", "log.txt")) as f:
+        log_two = f.read()
+    assert "16 steps per epoch" in log_one and "16 steps per epoch" in log_two and "rank 0/2" in log_two
+    assert tiny_run.best_acc(os.path.join(two, "teacher", "log.txt")) == \
+        tiny_run.best_acc(os.path.join(one, "teacher", "log.txt"))
+    with open(os.path.join(two, "teacher", "log_rank1.txt")) as f:
+        log_r1 = f.read()
+    assert "rank 1/2" in log_r1 and "The best acc" not in log_r1 and "eval epoch" not in log_r1
+
+
+# ---------------------------------------------------------------- rank tables
+
+def table(servers=(("10.0.0.1", 8),), **top):
+    rank = 0
+    server_list = []
+    for sid, n in servers:
+        devs = []
+        for d in range(n):
+            devs.append({"device_id": str(d), "device_ip": f"192.168.{len(server_list)}.{d + 1}",
+                         "rank_id": str(rank)})
+            rank += 1
+        server_list.append({"server_id": sid, "device": devs, "host_nic_ip": "reserve"})
+    t = {"version": "1.0", "server_count": str(len(server_list)), "server_list": server_list,
+         "status": "completed"}
+    t.update(top)
+    return t
+
+
+def test_rank_table_valid_and_multi_node_ranks():
+    t = validate_rank_table(table((("10.0.0.1", 8), ("10.0.0.2", 8))))
+    assert rank_size(t) == 16
+    assert local_ranks(t, ["127.0.0.1", "10.0.0.2"], 8) == [(8 + d, d) for d in range(8)]   # not d % 8
+    assert local_ranks(table(), [], 8) == [(d, d) for d in range(8)]                      # single server
+    with pytest.raises(UserError, match=r"none of this host's addresses .* set SERVER_ID"):
+        local_ranks(t, ["10.9.9.9"], 8)
+    with pytest.raises(UserError, match=r"DEVICE_NUM 4: .* lists 8 device\(s\) for server '10.0.0.1'"):
+        local_ranks(t, ["10.0.0.1"], 4)
+
+
+def _mutate(fn):
+    t = table((("10.0.0.1", 2), ("10.0.0.2", 2)))
+    fn(t)
+    return t
+
+
+BAD_TABLES = {
+    "version": (lambda t: t.update(version="2.0"), r"version '2.0': expected one of 1.0, 1.2"),
+    "server_count": (lambda t: t.update(server_count="3"), r"server_count 3 but server_list has 2 server"),
+    "status": (lambda t: t.update(status="pending"), r"status 'pending': expected \"completed\""),
+    "no_devices": (lambda t: t["server_list"][1].update(device=[]), r"server_list\[1\]\.device: expected a non-empty"),
+    "rank_dup": (lambda t: t["server_list"][1]["device"][0].update(rank_id="1"),
+                 r"server_list\[1\]\.device\[0\]\.rank_id 1 already used by server_list\[0\]\.device\[1\]"),
+    "rank_gap": (lambda t: t["server_list"][1]["device"][1].update(rank_id="7"), r"without gaps; missing \[3\]"),
+    "device_ip": (lambda t: t["server_list"][0]["device"][0].update(device_ip="192.168.0"),
+                  r"server_list\[0\]\.device\[0\]\.device_ip '192.168.0': expected an IPv4"),
+    "device_id": (lambda t: t["server_list"][0]["device"][1].update(device_id="one"),
+                  r"server_list\[0\]\.device\[1\]: device_id 'one': expected a non-negative integer"),
+    "missing_rank": (lambda t: t["server_list"][0]["device"][1].pop("rank_id"),
+                     r"server_list\[0\]\.device\[1\]\.rank_id missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TABLES))
+def test_rank_table_malformed(case, tmp_path):
+    fn, match = BAD_TABLES[case]
+    path = tmp_path / "rank_table.json"
+    path.write_text(json.dumps(_mutate(fn)))
+    with pytest.raises(UserError, match=match) as e:
+        load_rank_table(str(path))
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_rank_table_unreadable(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_rank_table(str(tmp_path / "missing.json"))
+    (tmp_path / "t.json").write_text('{"version": "1.0",')
+    with pytest.raises(UserError, match=r"not valid JSON"):
+        load_rank_table(str(tmp_path / "t.json"))
+
+
+def test_ascend_script_validates_rank_table_before_launching(tmp_path):
+    bad = tmp_path / "rank_table.json"
+    bad.write_text(json.dumps(_mutate(BAD_TABLES["rank_dup"][0])))
+    env = tiny_run.env()
+    env["PYTHON"] = sys.executable
+    res = subprocess.run(["bash", "scripts/run_distributed_gd_ascend.sh", "2", "1", str(bad)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert len(errors) == 1 and "rank_id 1 already used" in errors[0] and "Traceback" not in res.stderr
+    assert not any(p.startswith("LOG") for p in os.listdir(ROOT))               # nothing launched
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(table((("10.0.0.1", 2), ("10.0.0.2", 2)))))
+    res = subprocess.run([sys.executable, "-m", "src.rank_table", str(good), "--device_num", "2",
+                          "--host_ips", "10.0.0.2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.split("\n")[:3] == ["RANK_SIZE 4", "2 0", "3 1"]

@@ -1,0 +1,213 @@
+"""Resume after a crash and NaN handling (src/trainer.py TrainState / Trainer).
+
+- in process: a run interrupted at step 5 and resumed ends with exactly the weights, optimizer moments and best
+  metric of an uninterrupted run; NaN stops with the step named and leaves the last good state and best
+  checkpoint untouched; --resume with no state / a different data layout is a one-line UserError;
+- end to end: run_task_distill.py killed with SIGKILL mid-epoch, then `--resume true`, ends bit-identical to an
+  uninterrupted run with the same seed (best.ckpt, last.ckpt, "The best acc is" lines).
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Parameter, nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tiny_run  # noqa: E402
+
+from src.callbacks import RunLog  # noqa: E402
+from src.distill import TrainStep, WarmupLinearDecayLR, build_optimizer  # noqa: E402
+from src.errors import UserError  # noqa: E402
+from src.trainer import ArrayBatcher, Trainer, TrainingDiverged, TrainState  # noqa: E402
+
+
+# ---------------------------------------------------------------- in process, tiny linear model
+
+class Regression(nn.Cell):
+    """loss = mean((x . w + b - y)^2) over the batch; x rides in `input_ids` (float) so ArrayBatcher batches it."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = Parameter(ms.Tensor(np.array([0.5, -0.3, 0.2], np.float32)), name="w")
+        self.bias = Parameter(ms.Tensor(np.zeros(1, np.float32)), name="bias")
+
+    def construct(self, x, y):
+        err = (x * self.w).sum(axis=1) + self.bias - y
+        loss = (err * err).mean()
+        return loss, (loss,)
+
+
+def _arrays(n=24, nan_row=None):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, 2.0, -1.0], np.float32) + 0.5).astype(np.float32)
+    if nan_row is not None:
+        x[nan_row, 0] = np.nan
+    return {"input_ids": x, "input_mask": np.ones((n, 3), np.int32), "label_ids": y}
+
+
+class CrashAt:
+    """Wraps a step cell; raises after `n` calls (a crash in the middle of an epoch)."""
+
+    def __init__(self, cell, n):
+        self.cell, self.n, self.calls = cell, n, 0
+
+    def __call__(self, *a):
+        self.calls += 1
+        if self.calls > self.n:
+            raise KeyboardInterrupt("simulated crash")
+        return self.cell(*a)
+
+
+def _trainer(out, arrays, resume=False, crash_after=0, every=2, lr=0.05, evals=None):
+    net = Regression()
+    sched = WarmupLinearDecayLR(lr, 18, 2)
+    step = TrainStep(net, build_optimizer(net.trainable_params(), sched, 0.01), clip_mode="none")
+    step.set_train(True)
+    batcher = ArrayBatcher(arrays, 4, seed=3)                           # 6 steps per epoch
+    evals = [] if evals is None else evals
+
+    def eval_fn():                                                      # metric: -|w - w*|, depends on weights
+        evals.append(net.w.asnumpy().copy())
+        return {"acc": -float(np.abs(net.w.asnumpy() - [1.0, 2.0, -1.0]).sum())}
+
+    saved = {}
+
+    def save_best(metrics):
+        saved["best"] = (net.w.asnumpy().copy(), metrics["acc"])
+        np.save(os.path.join(out, "best_w.npy"), net.w.asnumpy())
+
+    state = TrainState(step, os.path.join(out, "state"), every, keep_last=2)
+    cell = CrashAt(step, crash_after) if crash_after else step
+    log = RunLog(out, echo=False)
+    tr = Trainer(cell, batcher, ["input_ids", "label_ids"], ["mse"], log, epochs=3, lr_value=sched.value,
+                 eval_fn=eval_fn, main_metric="acc", eval_every=4, save_best=save_best, state=state,
+                 resume=resume)
+    return tr, net, step, log
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    arrays = _arrays()
+    a_dir, b_dir = str(tmp_path / "a"), str(tmp_path / "b")
+    tr, net_a, step_a, _ = _trainer(a_dir, arrays)
+    res_a = tr.fit()
+    assert res_a["steps"] == 18
+
+    tr, _, _, log = _trainer(b_dir, arrays, crash_after=7)               # dies in epoch 2 (batch 1 of 6)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit()
+    log.close()
+    states = sorted(os.listdir(os.path.join(b_dir, "state")))
+    assert states == ["state_step000000004.ckpt", "state_step000000006.ckpt"]   # keep_last=2; 6 = epoch end
+    # the newest state is the epoch-1 end; drop it to resume from step 4, i.e. mid-epoch (batch 4 of 6)
+    os.remove(os.path.join(b_dir, "state", states[-1]))
+
+    tr, net_b, step_b, _ = _trainer(b_dir, arrays, resume=True)
+    res_b = tr.fit()
+    assert res_b["steps"] == 18
+    assert not os.path.exists(os.path.join(b_dir, "state"))             # a finished run drops its states
+    np.testing.assert_array_equal(net_b.w.asnumpy(), net_a.w.asnumpy())
+    np.testing.assert_array_equal(net_b.bias.asnumpy(), net_a.bias.asnumpy())
+    for (na, pa), (nb, pb) in zip(step_a.optimizer.parameters_and_names(), step_b.optimizer.parameters_and_names()):
+        assert na == nb
+        np.testing.assert_array_equal(pa.asnumpy(), pb.asnumpy())       # Adam moments and global_step
+    assert (res_b["best"], res_b["best_step"]) == (res_a["best"], res_a["best_step"])
+    np.testing.assert_array_equal(np.load(os.path.join(b_dir, "best_w.npy")),
+                                  np.load(os.path.join(a_dir, "best_w.npy")))
+    with open(os.path.join(b_dir, "log.txt")) as f:
+        text = f.read()
+    assert "resumed from" in text and "epoch 1, 4 of 6 batches done, step 4" in text
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_good_state(tmp_path):
+    # shuffled order of epoch 1 decides when the NaN row is met: find that step first
+    arrays = _arrays(nan_row=5)
+    batcher = ArrayBatcher(arrays, 4, seed=3)
+    bad_step = next(i + 1 for i, b in enumerate(batcher.epoch(1)) if np.isnan(b["input_ids"]).any())
+    assert bad_step > 2
+    out = str(tmp_path)
+    tr, net, _, _ = _trainer(out, arrays, every=1)
+    with pytest.raises(TrainingDiverged, match=rf"loss is nan at epoch 1, step {bad_step}:"):
+        tr.fit()
+    states = sorted(os.listdir(os.path.join(out, "state")))
+    assert states[-1] == f"state_step{bad_step - 1:09d}.ckpt"          # nothing written from the NaN step
+    tensors, meta = tiny_run.read_ckpt(os.path.join(out, "state", states[-1]))
+    assert all(np.isfinite(v).all() for v in tensors.values()) and meta["step"] == bad_step - 1
+    assert issubclass(TrainingDiverged, UserError)                      # entry scripts: one line, exit 2
+
+
+def test_state_refuses_to_save_nonfinite_weights(tmp_path):
+    arrays = _arrays()
+    tr, net, step, _ = _trainer(str(tmp_path), arrays)
+    net.w.set_data(ms.Tensor(np.array([1.0, np.inf, 0.0], np.float32)))
+    with pytest.raises(TrainingDiverged, match="non-finite values in w at step 7"):
+        tr.state.save({"step": 7})
+    assert not os.path.exists(os.path.join(str(tmp_path), "state"))
+
+
+def test_resume_errors(tmp_path):
+    arrays = _arrays()
+    tr, _, _, _ = _trainer(str(tmp_path / "none"), arrays, resume=True)
+    with pytest.raises(UserError, match=r"resume: no training state .* rerun without --resume true"):
+        tr.fit()
+    tr, _, _, log = _trainer(str(tmp_path / "r"), arrays, crash_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit()
+    log.close()
+    tr, _, _, _ = _trainer(str(tmp_path / "r"), _arrays(n=40), resume=True)          # 10 steps per epoch now
+    with pytest.raises(UserError, match="written with 6 steps per epoch on 1 worker.*has 10 on 1"):
+        tr.fit()
+
+
+# ---------------------------------------------------------------- end to end, SIGKILL
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return tiny_run.make_workspace(str(tmp_path_factory.mktemp("resume_ws")))
+
+
+def _tensors(path):
+    return tiny_run.read_ckpt(path)[0]
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(ws, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    extra = {"checkpoint.every_steps": 3, "checkpoint.keep_last": 2, "finetune.epochs": 3}
+    ref = tiny_run.run_script("run_task_distill.py", tiny_run.finetune_args(ws, a, **extra))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    state_dir = os.path.join(b, "teacher", "state")
+    proc = subprocess.Popen([sys.executable, os.path.join(tiny_run.ROOT, "run_task_distill.py")]
+                            + tiny_run.finetune_args(ws, b, **extra), cwd=tiny_run.ROOT, env=tiny_run.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(state_dir) and any(f.startswith("state_step") for f in os.listdir(state_dir)):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    with open(os.path.join(b, "teacher", "log.txt")) as f:
+        assert "training done" not in f.read()
+
+    res = tiny_run.run_script("run_task_distill.py", tiny_run.finetune_args(ws, b, resume=True, **extra))
+    assert res.returncode == 0, res.stderr[-2000:]
+    resumed = [line for line in res.stdout.splitlines() if line.startswith("resumed from")]
+    assert len(resumed) == 1 and " of 16 batches done" in resumed[0], res.stdout[-2000:]
+    done_in_epoch = int(resumed[0].split(" of 16")[0].rsplit(" ", 1)[1])
+    assert 0 < done_in_epoch < 16, resumed[0]                              # really mid-epoch
+
+    for name in ("best.ckpt", "last.ckpt"):
+        ta, tb = _tensors(os.path.join(a, "teacher", name)), _tensors(os.path.join(b, "teacher", name))
+        assert sorted(ta) == sorted(tb)
+        for k in ta:
+            np.testing.assert_array_equal(ta[k], tb[k], err_msg=f"{name}:{k}")
+    best_a = tiny_run.best_acc(os.path.join(a, "teacher", "log.txt"))
+    best_b = tiny_run.best_acc(os.path.join(b, "teacher", "log.txt"))
+    assert best_a and best_b[-1] == best_a[-1]

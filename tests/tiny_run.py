@@ -1,0 +1,100 @@
+"""A tiny, self-contained workspace for end-to-end runs of the entry scripts in subprocesses (resume, data
+parallel, bad inputs): MR-style records (seq 16, vocab 30), a tiny teacher BertModel checkpoint + config.json,
+and the command-line overrides that point configs/td_mr.yaml / configs/gd.yaml at them. No dropout, so runs are
+deterministic. Used by tests/test_resume.py, tests/test_distributed.py, tests/test_bad_input.py and
+benchmarks/bench_distributed.py."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+SEQ = 16
+VOCAB = 30
+COLUMNS = {"input_ids": ("int64", SEQ), "input_mask": ("int64", SEQ), "segment_ids": ("int64", SEQ),
+           "label_ids": ("int64", 1)}
+TINY = dict(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=SEQ, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def rows(n: int, seed: int):
+    """Learnable rows: label 1 iff the first word id is >= 17 (about half); lengths 5..16."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        length = int(rng.integers(5, SEQ + 1))
+        ids = [2] + [int(t) for t in rng.integers(4, VOCAB, length - 2)] + [3] + [0] * (SEQ - length)
+        yield {"input_ids": ids, "input_mask": [1] * length + [0] * (SEQ - length), "segment_ids": [0] * SEQ,
+               "label_ids": [int(ids[1] >= 17)]}
+
+
+def write_split(data_dir: str, split: str, n: int, seed: int):
+    from src.records import write_records, write_schema
+    os.makedirs(data_dir, exist_ok=True)
+    count = write_records(os.path.join(data_dir, f"{split}.tf_record"), rows(n, seed), COLUMNS)
+    write_schema(os.path.join(data_dir, f"{split}_schema.json"), COLUMNS, count)
+
+
+def make_workspace(root: str, n_train: int = 64, n_dev: int = 16) -> dict:
+    """Records + tiny teacher under `root`; returns the paths."""
+    import mindspore as ms
+    from src.tinybert_model import BertConfig, BertModel
+    data = os.path.join(root, "data")
+    write_split(data, "train", n_train, 1)
+    write_split(data, "dev", n_dev, 2)
+    model_dir = os.path.join(root, "model")
+    os.makedirs(model_dir, exist_ok=True)
+    cfg = BertConfig(**TINY)
+    cfg.to_json_file(os.path.join(model_dir, "config.json"))
+    ms.set_seed(0)
+    ms.save_checkpoint(BertModel(cfg), os.path.join(model_dir, "bert.ckpt"))
+    return {"root": root, "data": data, "config": os.path.join(model_dir, "config.json"),
+            "ckpt": os.path.join(model_dir, "bert.ckpt")}
+
+
+def finetune_args(ws: dict, out: str, batch: int = 4, epochs: int = 3, **extra) -> list:
+    """run_task_distill.py --phase finetune on the tiny workspace (teacher fine-tuning: plain CE mean over the
+    batch, so gradient averaging over workers is exact)."""
+    args = {"phase": "finetune", "threads": 1, "output_dir": out, "data.dir": ws["data"],
+            "data.max_seq_length": SEQ, "data.length_buckets": [SEQ], "teacher.config": ws["config"],
+            "teacher.init_ckpt": ws["ckpt"], "finetune.batch_size": batch, "finetune.epochs": epochs,
+            "finetune.lr": 0.005, "finetune.warmup_ratio": 0.1, "eval.batch_size": 16, "log_every": 4,
+            "checkpoint.every_steps": 0}
+    args.update(extra)
+    return cli(args)
+
+
+def cli(args: dict) -> list:
+    """{"a.b": value} -> ["--a.b", "value"]; lists as several tokens, booleans as true/false."""
+    out = []
+    for k, v in args.items():
+        values = v if isinstance(v, list) else [v]
+        out += [f"--{k}"] + [str(x).lower() if isinstance(x, bool) else str(x) for x in values]
+    return out
+
+
+def env(threads: int = 1) -> dict:
+    e = dict(os.environ)
+    e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")   # msrun's `python` = ours
+    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+    e["OMP_NUM_THREADS"] = str(threads)
+    e["GLOG_v"] = "3"                        # MindSpore: errors only
+    return e
+
+
+def run_script(script: str, args: list, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(ROOT, script)] + list(args), cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def read_ckpt(path: str) -> dict:
+    from src.checkpoint import read_ms_checkpoint
+    return read_ms_checkpoint(path, with_extra=True)
+
+
+def best_acc(log_path: str) -> list:
+    with open(log_path, encoding="utf-8") as f:
+        return [float(line.split()[-1]) for line in f if line.startswith("The best acc is")]
