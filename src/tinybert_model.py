@@ -23,9 +23,22 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
-# HF `hidden_act` strings -> whether GELU uses the tanh approximation.
+# HF `hidden_act` strings -> whether GELU uses the tanh approximation. "gelu_erf_poly" is the exact GELU with erf
+# from Abramowitz-Stegun 7.1.26 (|err| < 1.5e-7), built only from ops MindSpore can export to ONNX (`Erf` is not).
 _GELU_APPROX = {"gelu": False, "gelu_exact": False, "gelu_new": True, "gelu_pytorch_tanh": True,
-                "gelu_tanh": True, "gelu_fast": True}
+                "gelu_tanh": True, "gelu_fast": True, "gelu_erf_poly": False}
+
+
+class ErfPolyGELU(nn.Cell):
+    """x * Phi(x) = 0.5 * (x + |x| * erf(|x| / sqrt 2)) with erf(z) = 1 - poly(t) exp(-z^2), t = 1 / (1 + p z), z >= 0
+    (A-S 7.1.26). Same values as the exact GELU to ~6e-7 in fp32; uses Abs/Mul/Add/Div/Exp only."""
+
+    def construct(self, x):
+        a = ops.abs(x)
+        z = a * 0.7071067811865476
+        t = ops.div(ops.ones_like(z), 1.0 + 0.3275911 * z)
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        return 0.5 * (x + a * (1.0 - poly * ops.exp(-(z * z))))
 
 
 @dataclass
@@ -170,6 +183,12 @@ class BertAttention(nn.Cell):
         self.output_dropout = nn.Dropout(p=config.hidden_dropout_prob)
         self.scale = 1.0 / math.sqrt(self.head_size)
         self.softmax = nn.Softmax(axis=-1)
+        # Activation quantization points (TernaryBERT): identities here; src/quant.py swaps them for 8-bit
+        # fake-quant cells on Q and K (before QK^T) and on the probabilities and V (before probs @ V).
+        self.quant_q = nn.Identity()
+        self.quant_k = nn.Identity()
+        self.quant_probs = nn.Identity()
+        self.quant_v = nn.Identity()
 
     def _split(self, x, b, s):
         return x.reshape(b, s, self.num_heads, self.head_size).transpose(0, 2, 1, 3)
@@ -179,9 +198,10 @@ class BertAttention(nn.Cell):
         q = self._split(self.query(hidden), b, s)
         k = self._split(self.key(hidden), b, s)
         v = self._split(self.value(hidden), b, s)
-        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale + mask_bias
-        probs = self.attn_dropout(self.softmax(scores))
-        ctx = ops.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, s, self.num_heads * self.head_size)
+        scores = ops.matmul(self.quant_q(q), self.quant_k(k).transpose(0, 1, 3, 2)) * self.scale + mask_bias
+        probs = self.quant_probs(self.attn_dropout(self.softmax(scores)))
+        ctx = ops.matmul(probs, self.quant_v(v))
+        ctx = ctx.transpose(0, 2, 1, 3).reshape(b, s, self.num_heads * self.head_size)
         out = self.output_LayerNorm(self.output_dropout(self.output_dense(ctx)) + hidden)
         return out, scores
 
@@ -193,7 +213,8 @@ class BertFFN(nn.Cell):
         super().__init__()
         std = config.initializer_range
         self.intermediate = _dense(config.hidden_size, config.ffn(layer), std)
-        self.act = nn.GELU(approximate=config.gelu_approximate)
+        self.act = ErfPolyGELU() if config.hidden_act == "gelu_erf_poly" else \
+            nn.GELU(approximate=config.gelu_approximate)
         self.output_dense = _dense(config.ffn(layer), config.hidden_size, std)
         self.output_LayerNorm = _layernorm(config.hidden_size, config.layer_norm_eps)
         self.dropout = nn.Dropout(p=config.hidden_dropout_prob)

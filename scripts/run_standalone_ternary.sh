@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# TernaryBERT on one device (model-zoo style): quantized distillation of the fine-tuned teacher.
+#   bash scripts/run_standalone_ternary.sh                    # embedded default: MR, W2E2A8 (fine-tunes the
+#                                                             # teacher first when its checkpoint is missing)
+#   bash scripts/run_standalone_ternary.sh [CONFIG] [--key value ...]   e.g. --quant.bits.embedding 8
+#   grep "The best acc" output/ternary_mr/w2e2a8/log.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+CONFIG=${1:-configs/ternary_mr.yaml}
+[ $# -gt 0 ] && shift
+if [ "$CONFIG" = "configs/ternary_mr.yaml" ]; then
+  PYTHON=$PYTHON bash scripts/prepare_default.sh
+  if [ ! -f output/td_mr/teacher/best.ckpt ]; then
+    echo "fine-tuned teacher missing: running phase finetune first"
+    $PYTHON run_task_distill.py --config_path configs/td_mr.yaml --phase finetune
+  fi
+fi
+$PYTHON run_ternary.py --config_path "$CONFIG" "$@"

@@ -1,0 +1,137 @@
+"""Packed artefact: code packing round trips, ternary checks, pack -> unpack bit-exact (ternary, row-wise and
+codebook tensors), sizes from the real file, the rebuilt inference model's logits, clear errors."""
+import os
+
+import numpy as np
+import pytest
+import mindspore as ms
+
+from src.errors import UserError
+from src.packing import (build_ternary_inference_model, pack, pack_codes, ternary_join, ternary_split,
+                         unpack, unpack_codes)
+from src.quant import QuantConfig, quantize_model, quantized_state
+from src.tinybert_model import BertConfig, BertForSequenceClassification, LogitsOnly
+
+
+@pytest.mark.parametrize("codec,per", [("2bit", 4), ("base3", 5)])
+def test_code_packing_round_trip(codec, per):
+    codes = np.random.default_rng(0).integers(0, 3, 1003).astype(np.uint8)
+    data = pack_codes(codes, codec)
+    assert len(data) == -(-1003 // per)
+    np.testing.assert_array_equal(unpack_codes(data, 1003, codec), codes)
+    if codec == "2bit":   # documented layout: code i at bits 2i..2i+1 of its byte
+        assert data[0] == codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6
+
+
+def test_ternary_split_per_row_and_errors():
+    w = np.array([[0.5, -0.5, 0.0], [0.0, 2.0, -2.0]], np.float32)
+    alpha, codes = ternary_split(w, rowwise=True, name="emb")
+    np.testing.assert_array_equal(alpha, [0.5, 2.0])
+    np.testing.assert_array_equal(codes, [1, 2, 0, 0, 1, 2])
+    np.testing.assert_array_equal(ternary_join(alpha, codes, w.shape, True), w)
+    with pytest.raises(UserError, match=r"'emb' is not ternary \(5 distinct values"):
+        ternary_split(w, rowwise=False, name="emb", source="x.ckpt")      # two alphas: not per-tensor ternary
+    with pytest.raises(UserError, match=r"'q' row 1 is not ternary"):
+        ternary_split(np.array([[1.0, -1.0], [0.3, 0.2]], np.float32), rowwise=True, name="q")
+
+
+TINY = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                  max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def _inputs():
+    rng = np.random.default_rng(4)
+    ids = ms.Tensor(rng.integers(0, 30, (2, 8)).astype(np.int32))
+    mask = np.ones((2, 8), np.int32)
+    mask[0, 6:] = 0
+    return ids, ms.Tensor(np.zeros((2, 8), np.int32)), ms.Tensor(mask)
+
+
+@pytest.mark.parametrize("qcfg,codec", [
+    (QuantConfig(), "2bit"),
+    (QuantConfig(weight_bits=4, embedding_bits=8, activation_mode="asym"), "base3")])
+def test_pack_unpack_bit_exact_and_same_logits(tmp_path, qcfg, codec):
+    ms.set_seed(0)
+    model = BertForSequenceClassification(TINY.replace(initializer_range=0.3))
+    quantize_model(model, qcfg)
+    net = LogitsOnly(model)
+    net.set_train(False)
+    ref = net(*_inputs()).asnumpy()
+    state = quantized_state(model)
+    path = str(tmp_path / "m.tpack")
+    sizes = pack(state, TINY, qcfg, path, codec=codec, max_positions=8)
+    assert sizes["total"] == os.path.getsize(path)
+    got, cfg, qcfg2, head, _ = unpack(path)
+    assert qcfg2 == qcfg and cfg.max_position_embeddings == 8
+    for k, v in state.items():
+        if k.endswith("position_embeddings.embedding_table"):
+            np.testing.assert_array_equal(got[k], v[:8])
+        else:
+            assert got[k].dtype == np.float32 and np.array_equal(got[k], v), k     # bit-exact
+    if qcfg.weight_bits == 2:
+        n = sum(v.size for k, v in state.items() if k.endswith(".weight") and not k.startswith("classifier"))
+        n += state["bert.embeddings.word_embeddings.embedding_table"].size
+        per_tensor = -(-np.array([v.size for k, v in state.items() if (k.endswith(".weight") and not
+                                  k.startswith("classifier")) or k.endswith("word_embeddings.embedding_table")])
+                       // 4)
+        assert sizes["ternary codes"] == per_tensor.sum() and per_tensor.sum() >= n / 4
+        assert sizes["ternary alphas"] == 4 * (30 + 7)      # one per embedding row + one per linear weight
+    inf = build_ternary_inference_model(path)
+    np.testing.assert_array_equal(inf(*_inputs()).asnumpy(), ref)
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    bad = tmp_path / "x.tpack"
+    bad.write_bytes(b"not a pack")
+    with pytest.raises(UserError, match="not a packed ternary model"):
+        unpack(str(bad))
+    model = BertForSequenceClassification(TINY)
+    state = {n: p.asnumpy() for n, p in model.parameters_and_names()}
+    with pytest.raises(UserError, match=r"fp32\.ckpt: tensor 'bert\..*' .*is not ternary"):
+        pack(state, TINY, QuantConfig(activation_bits=32), str(tmp_path / "y.tpack"), source="fp32.ckpt")
+    with pytest.raises(UserError, match=r"more than a 8-bit quantized tensor can"):
+        pack(state, TINY, QuantConfig(weight_bits=8, embedding_bits=32, activation_bits=32),
+             str(tmp_path / "y.tpack"))
+    assert not os.path.exists(tmp_path / "y.tpack")
+    with pytest.raises(UserError, match="codec 'zip'"):
+        pack(state, TINY, QuantConfig(), str(tmp_path / "y.tpack"), codec="zip")
+
+
+def test_onnx_export_of_ternary_model_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from src.packing import export_inference
+    qcfg = QuantConfig(activation_scale="ema")
+    model = BertForSequenceClassification(TINY.replace(initializer_range=0.3))
+    quantize_model(model, qcfg)
+    path = str(tmp_path / "m.tpack")
+    pack(quantized_state(model), TINY, qcfg, path)
+    ids, seg, mask = _inputs()
+    ref = build_ternary_inference_model(path)(ids, seg, mask).asnumpy()
+    # ONNX has no Erf: exported with the erf-free GELU (|err| < 1e-6)
+    onnx_path = export_inference(build_ternary_inference_model(path, hidden_act="gelu_erf_poly"), 8, 2,
+                                 str(tmp_path / "m"), "ONNX")
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    feeds = dict(zip([i.name for i in sess.get_inputs()], [t.asnumpy() for t in (ids, seg, mask)]))
+    np.testing.assert_allclose(sess.run(None, feeds)[0], ref, rtol=0, atol=1e-5)
+
+
+def test_export_py_ternary_builds_from_the_packed_artefact(tmp_path):
+    """export.py --ternary --ckpt_file m.tpack: the MINDIR holds exactly the weights the packed file rebuilds."""
+    from mindspore import nn
+    from src.export import export_checkpoint
+    qcfg = QuantConfig(activation_scale="ema")
+    model = BertForSequenceClassification(TINY.replace(initializer_range=0.3))
+    quantize_model(model, qcfg)
+    path = str(tmp_path / "m.tpack")
+    pack(quantized_state(model), TINY, qcfg, path)
+    TINY.to_json_file(str(tmp_path / "config.json"))
+    info = export_checkpoint(str(tmp_path / "config.json"), path, str(tmp_path / "t"), "MINDIR", 2, 8,
+                             ternary=True, log=lambda *_: None)
+    ids, seg, mask = _inputs()
+    ref = build_ternary_inference_model(path)(ids, seg, mask).asnumpy()
+    out = nn.GraphCell(ms.load(str(tmp_path / "t.mindir")))(ids, seg, mask).asnumpy()
+    np.testing.assert_array_equal(out, ref)
+    assert info["parity"]["max_abs_logit_diff"] == 0.0
+    with pytest.raises(UserError, match="head_type relu_pooler"):
+        export_checkpoint(str(tmp_path / "config.json"), path, str(tmp_path / "u"), "MINDIR", 2, 8,
+                          head_type="relu_pooler", ternary=True, log=lambda *_: None)

@@ -1,0 +1,239 @@
+"""Quantizers (TWN, LAT, min-max, 8-bit activation fake-quant) in graph mode: values on hand-made tensors, STE
+gradients against the analytic ones, error bounds, role-based wrapping of a model, LAT's Adam Hessian proxy."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import nn, ops
+
+from src import quant
+from src.distill import TrainStep, build_optimizer
+from src.quant import (ActQuantizer, LatHessianRefresh, QuantConfig, StepWithHessian, WeightQuantizer,
+                       quantize_model, quantized_state, role_params)
+from src.tinybert_model import BertConfig, BertForSequenceClassification, LogitsOnly
+
+
+class Fn(nn.Cell):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def construct(self, *x):
+        return self.fn(*x)
+
+
+def twn_tensor(x):
+    return quant.twn(x, False)
+
+
+def twn_rows(x):
+    return quant.twn(x, True)
+
+
+def lat10(x, d):
+    return quant.lat(x, d, False, 10)
+
+
+def T(x):
+    return ms.Tensor(np.asarray(x, np.float32))
+
+
+def test_twn_per_tensor_hand_made():
+    w = np.array([[0.1, -0.5, 0.9], [-1.2, 0.05, 0.3]], np.float32)
+    # mean|w| = 3.05/6, Delta = 0.7 * 0.508333 = 0.355833 -> kept {-0.5, 0.9, -1.2}, alpha = 2.6/3
+    out = Fn(twn_tensor)(T(w)).asnumpy()
+    a = np.float32(2.6) / np.float32(3.0)
+    np.testing.assert_allclose(out, [[0, -a, a], [-a, 0, 0]], rtol=1e-6)
+    assert np.unique(out).size == 3
+
+
+def test_twn_per_row_hand_made():
+    w = np.array([[0.1, -0.5, 0.9, 0.0], [-4.0, 1.0, 0.1, 3.0]], np.float32)
+    # row 0: mean .375, Delta .2625 -> {-0.5, 0.9}, alpha 0.7;  row 1: mean 2.025, Delta 1.4175 -> {-4, 3}, alpha 3.5
+    out = Fn(twn_rows)(T(w)).asnumpy()
+    np.testing.assert_allclose(out, [[0, -0.7, 0.7, 0], [-3.5, 0, 0, 3.5]], rtol=1e-6)
+    for row in out:
+        assert np.unique(np.abs(row[row != 0])).size == 1
+
+
+def test_weight_clip_applies_before_delta_and_alpha():
+    w = np.array([[4.0, -0.2, 1.0, 0.0]], np.float32)
+    # clipped to 2.5: mean 0.925, Delta 0.6475 -> {2.5, 1.0}, alpha 1.75 (unclipped would be 2.5)
+    out = Fn(WeightQuantizer(2, "twn", clip=2.5))(T(w)).asnumpy()
+    np.testing.assert_allclose(out, [[1.75, 0, 1.75, 0]], rtol=1e-6)
+
+
+def test_lat_d1_moves_support_and_alpha():
+    w = np.array([[0.55, 1.0, 1.0, -1.0, 1.0]], np.float32)
+    # TWN: Delta 0.637 -> 0.55 dropped, alpha 1.0. LAT (D=1): threshold alpha/2 = 0.5 takes 0.55 back in,
+    # alpha = 4.55 / 5 = 0.91, threshold 0.455: fixed point.
+    twn = Fn(WeightQuantizer(2, "twn", clip=0))(T(w)).asnumpy()
+    lat = Fn(WeightQuantizer(2, "lat_d1", clip=0))(T(w)).asnumpy()
+    np.testing.assert_allclose(twn, [[0, 1, 1, -1, 1]], rtol=1e-6)
+    np.testing.assert_allclose(lat, [[0.91, 0.91, 0.91, -0.91, 0.91]], rtol=1e-6)
+
+
+def test_lat_hessian_weights_alpha():
+    w = np.array([0.2, 0.5, 1.0, -2.0], np.float32)
+    d = np.array([1.0, 1.0, 3.0, 1.0], np.float32)
+    # support {1.0, -2.0}: alpha = (3*1 + 1*2) / (3 + 1) = 1.25; threshold 0.625 keeps the support
+    out = Fn(lat10)(T(w), T(d)).asnumpy()
+    np.testing.assert_allclose(out, [0, 0, 1.25, -1.25], rtol=1e-6)
+
+
+def test_minmax_4bit_values():
+    w = np.linspace(-1.0, 2.0, 50, dtype=np.float32).reshape(5, 10)
+    out = Fn(WeightQuantizer(4, clip=0))(T(w)).asnumpy()
+    s = np.float32(3.0) / np.float32(15.0)
+    assert np.unique(out).size == 16
+    assert np.abs(out - w).max() <= s / 2 + 1e-6
+
+
+class GradW(nn.Cell):
+    """dL/dw of L = sum((x @ q(w)^T) * g), compiled as one graph."""
+
+    def __init__(self, wq, w):
+        super().__init__()
+        self.wq = wq
+        self.w = ms.Parameter(T(w), name="w")
+        self.grad = ops.GradOperation(get_by_list=True)
+        self.params = ms.ParameterTuple([self.w])
+
+    def loss(self, x, g):
+        return (ops.matmul(x, self.wq(self.w).T) * g).sum()
+
+    def construct(self, x, g):
+        return self.grad(self.loss, self.params)(x, g)[0]
+
+
+def test_weight_ste_gradient_is_analytic_in_graph_mode():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 6)).astype(np.float32)
+    w[0, 0], w[2, 3] = 3.1, -2.9                       # outside the clip range: zero gradient
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    g = rng.standard_normal((5, 4)).astype(np.float32)
+    got = GradW(WeightQuantizer(2, "twn", clip=2.5), w)(T(x), T(g)).asnumpy()
+    expect = (g.T @ x) * (np.abs(w) <= 2.5)
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-6)
+    assert got[0, 0] == 0 and got[2, 3] == 0
+
+
+def test_activation_ste_gradient_and_sym_error_bound():
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((3, 7, 5)) * 1.5).astype(np.float32)
+    aq = ActQuantizer(8, "sym", "dynamic", clip=2.5)
+    out = Fn(aq)(T(x)).asnumpy()
+    xc = np.clip(x, -2.5, 2.5)
+    step = np.abs(xc).max() / 127
+    assert np.abs(out - xc).max() <= step / 2 * (1 + 1e-5)
+    assert np.unique(out).size <= 255
+    grad = ops.GradOperation(sens_param=True)(Fn(aq))
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    got = Fn(grad)(T(x), T(g)).asnumpy()
+    np.testing.assert_allclose(got, g * (np.abs(x) <= 2.5), rtol=1e-6)
+
+
+def test_asym_ema_update_and_frozen_inference():
+    x1 = np.array([[-1.0, 0.5, 3.0]], np.float32)
+    aq = ActQuantizer(8, "asym", clip=2.5, ema_decay=0.9)
+    net = Fn(aq)
+    net.set_train(True)
+    net(T(x1))
+    lo = min(0.9 * -2.5 + 0.1 * -1.0, 0.0)
+    hi = max(0.9 * 2.5 + 0.1 * 3.0, 0.0)
+    assert float(aq.ema_min.asnumpy()) == pytest.approx(lo, rel=1e-6)
+    assert float(aq.ema_max.asnumpy()) == pytest.approx(hi, rel=1e-6)
+    net.set_train(False)
+    x = np.linspace(-2.0, 2.5, 40, dtype=np.float32).reshape(2, 20)
+    out = net(T(x)).asnumpy()
+    s = (hi - lo) / 255
+    assert np.abs(out - x).max() <= s / 2 + 1e-6
+    assert float(aq.ema_max.asnumpy()) == pytest.approx(hi, rel=1e-6)   # frozen at inference
+    np.testing.assert_array_equal(net(T(x[:1])).asnumpy(), out[:1])     # batch-independent
+
+
+def test_sym_ema_scale_is_frozen_at_inference():
+    aq = ActQuantizer(8, "sym", "ema", clip=0, ema_decay=0.5)
+    net = Fn(aq)
+    net.set_train(True)
+    net(T([[1.0, -2.0]]))                 # first batch initialises the EMA: 2.0
+    net(T([[4.0, 0.0]]))                  # 0.5 * 2 + 0.5 * 4 = 3.0
+    assert float(aq.amax.asnumpy()) == pytest.approx(3.0)
+    net.set_train(False)
+    big = net(T([[10.0, 1.5]])).asnumpy()
+    np.testing.assert_allclose(big, [[3.0, np.round(1.5 * 127 / 3) * 3 / 127]], rtol=1e-6)   # saturates
+
+
+@pytest.mark.parametrize("kw,msg", [({"weight_bits": 3}, r"weight_bits 3 not supported"),
+                                    ({"embedding_bits": 1}, r"embedding_bits 1 not supported"),
+                                    ({"activation_bits": 4}, r"activation_bits 4 not supported"),
+                                    ({"weight_method": "xnor"}, r"weight_method 'xnor'"),
+                                    ({"roles": ["classifier"]}, r"roles \['classifier'\]")])
+def test_quant_config_rejects_bad_values(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        QuantConfig(**kw)
+
+
+TINY = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                  max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def _inputs():
+    rng = np.random.default_rng(2)
+    ids = ms.Tensor(rng.integers(0, 30, (2, 8)).astype(np.int32))
+    mask = np.ones((2, 8), np.int32)
+    mask[1, 5:] = 0
+    return ids, ms.Tensor(np.zeros((2, 8), np.int32)), ms.Tensor(mask)
+
+
+def test_roles_select_weights_and_names_do_not_change():
+    ms.set_seed(0)
+    model = BertForSequenceClassification(TINY)
+    names = [n for n, _ in model.parameters_and_names()]
+    fp = LogitsOnly(model)
+    fp.set_train(False)
+    ref = fp(*_inputs()).asnumpy()
+    qcfg = QuantConfig(roles=["query", "ffn_in", "word_embedding"], activation_bits=32)
+    layout = role_params(model, qcfg)
+    assert sorted(layout) == ["bert.embeddings.word_embeddings.embedding_table",
+                              "bert.encoder.0.attention.query.weight", "bert.encoder.0.ffn.intermediate.weight"]
+    assert layout["bert.embeddings.word_embeddings.embedding_table"]["rowwise"] is True
+    quantize_model(model, qcfg)
+    assert [n for n, _ in model.parameters_and_names()] == names            # same checkpoint names
+    state = quantized_state(model)
+    assert np.unique(state["bert.encoder.0.attention.key.weight"]).size > 3   # not a chosen role
+    assert np.unique(state["bert.encoder.0.attention.query.weight"]).size == 3
+    # the forward pass uses exactly these weights: a plain model loaded with them gives the same logits
+    plain = BertForSequenceClassification(TINY)
+    for n, p in plain.parameters_and_names():
+        p.set_data(ms.Tensor(state[n]))
+    q_net, p_net = LogitsOnly(model), LogitsOnly(plain)
+    q_net.set_train(False)
+    p_net.set_train(False)
+    np.testing.assert_allclose(q_net(*_inputs()).asnumpy(), p_net(*_inputs()).asnumpy(), rtol=0, atol=1e-6)
+    assert np.abs(q_net(*_inputs()).asnumpy() - ref).max() > 1e-4
+
+
+def test_lat_hessian_proxy_is_adam_second_moment():
+    ms.set_seed(0)
+    model = BertForSequenceClassification(TINY)
+    quantize_model(model, QuantConfig(weight_method="lat", activation_bits=32, roles=["query", "pooler"]))
+
+    class Loss(nn.Cell):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def construct(self, a, b, c):
+            loss = (self.m(a, b, c)[0] ** 2).sum()
+            return loss, (loss,)
+
+    opt = build_optimizer(model.trainable_params(), 1e-3, 0.0)
+    step = StepWithHessian(TrainStep(Loss(model), opt, clip_mode="none"), LatHessianRefresh(model, opt))
+    step.set_train(True)
+    step(*_inputs())
+    wq = model.bert.encoder[0].attention.query.weight_quant
+    names = [p.name for p in opt.parameters]
+    v = opt.moments2[names.index(model.bert.encoder[0].attention.query.weight.name)].asnumpy()
+    assert v.max() > 0
+    np.testing.assert_allclose(wq.lat_hessian.asnumpy(), np.sqrt(v) + 1e-8, rtol=1e-6)
+    assert not any(n.endswith("lat_hessian") for n in quantized_state(model))

@@ -1,0 +1,140 @@
+"""TernaryBERT end to end on a tiny model: quantized distillation lowers the loss, the run writes the zoo log
+line, a quantized checkpoint that is ternary per tensor / per row, a packed artefact whose size ratio is
+computed from the real files and whose rebuilt model scores the same dev metric; bad input fails clearly."""
+import json
+import os
+
+import numpy as np
+import pytest
+import mindspore as ms
+
+from src.checkpoint import read_ms_checkpoint
+from src.errors import UserError
+from src.records import write_records, write_schema
+from src.tinybert_model import BertConfig, BertForSequenceClassification
+
+import run_ternary
+from tools import pack_ternary
+
+SEQ = 16
+VOCAB = 40
+COLUMNS = {"input_ids": ("int64", SEQ), "input_mask": ("int64", SEQ), "segment_ids": ("int64", SEQ),
+           "label_ids": ("int64", 1)}
+TINY = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=32, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0, num_labels=2)
+
+
+def _rows(n, rng):
+    for _ in range(n):
+        length = int(rng.integers(6, SEQ + 1))
+        ids = [2] + list(rng.integers(5, VOCAB, length - 2)) + [3] + [0] * (SEQ - length)
+        label = int(sum(1 for t in ids if 5 <= t < 20) > length // 2)
+        yield {"input_ids": ids, "input_mask": [1] * length + [0] * (SEQ - length), "segment_ids": [0] * SEQ,
+               "label_ids": [label]}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ternary")
+    rng = np.random.default_rng(0)
+    data = d / "data"
+    data.mkdir()
+    for split, n in (("train", 64), ("dev", 40)):
+        k = write_records(data / f"{split}.tf_record", _rows(n, rng), COLUMNS)
+        write_schema(data / f"{split}_schema.json", COLUMNS, k)
+    teacher_dir = d / "teacher"
+    teacher_dir.mkdir()
+    ms.set_seed(1)
+    teacher = BertForSequenceClassification(TINY.replace(initializer_range=0.2))
+    ms.save_checkpoint(teacher, str(teacher_dir / "best.ckpt"))
+    TINY.to_json_file(str(teacher_dir / "config.json"))
+    out = d / "out"
+    argv = ["--data.dir", str(data), "--data.max_seq_length", str(SEQ), "--data.length_buckets", "[]",
+            "--teacher.config", str(teacher_dir / "config.json"), "--teacher.ckpt", str(teacher_dir / "best.ckpt"),
+            "--output_dir", str(out), "--train.epochs", "3", "--train.batch_size", "8", "--train.lr", "0.001",
+            "--train.warmup_ratio", "0.0", "--eval.batch_size", "16", "--log_every", "1",
+            "--quant.activation_clip", "0.0"]
+    result = run_ternary.main(argv)
+    return {"dir": out / "w2e2a8", "result": result, "teacher": str(teacher_dir / "best.ckpt"), "argv": argv}
+
+
+def _records(run_dir, kind):
+    with open(run_dir / "metrics.jsonl", encoding="utf-8") as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def test_distillation_lowers_loss_and_logs_best(run):
+    d = run["dir"]
+    train = _records(d, "train")
+    assert len(train) == 24
+    def mean(rs, key):
+        return np.mean([sum(r[k] for k in key) for r in rs])
+    # the student starts as a ternarized copy of the teacher: distillation must pull it back towards it
+    assert mean(train[-3:], ["att", "rep"]) < 0.75 * mean(train[:3], ["att", "rep"])
+    assert mean(train[-3:], ["loss"]) < 0.85 * mean(train[:3], ["loss"])
+    log = (d / "log.txt").read_text()
+    assert "TernaryBERT W2E2A8" in log
+    best = max(r["acc"] for r in _records(d, "eval"))
+    assert f"The best acc is {best:.6f}" in log
+
+
+def test_quantized_checkpoint_is_ternary_at_training_granularity(run):
+    q = read_ms_checkpoint(str(run["dir"] / "best_quant.ckpt"))
+    latent = read_ms_checkpoint(str(run["dir"] / "best.ckpt"))
+    assert set(q) == set(latent)
+    emb = q["bert.embeddings.word_embeddings.embedding_table"]
+    per_row = [np.unique(np.abs(r[r != 0])).size for r in emb]
+    assert max(per_row) == 1
+    assert np.unique(np.abs(emb[emb != 0])).size > 1          # row-wise alphas, not one per tensor
+    quantized = [k for k in q if k.endswith(".weight") and not k.startswith("classifier")]
+    assert len(quantized) == 2 * 6 + 1                         # 6 per layer + pooler
+    for k in quantized:
+        assert np.unique(q[k]).size == 3, k
+    for k in ("classifier.weight", "bert.embeddings.position_embeddings.embedding_table",
+              "bert.encoder.0.attention.output_LayerNorm.gamma", "bert.encoder.0.attention.query.bias"):
+        np.testing.assert_array_equal(q[k], latent[k])         # full precision parts untouched
+
+
+def test_packed_artefact_size_and_same_metric(run):
+    d = run["dir"]
+    packed = run["result"]["packed"]
+    assert packed["packed_bytes"] == os.path.getsize(d / "model.tpack")
+    assert packed["fp32_bytes"] == os.path.getsize(d / "best.ckpt")
+    assert packed["ratio"] == pytest.approx(os.path.getsize(d / "best.ckpt") / os.path.getsize(d / "model.tpack"))
+    best = max(r["acc"] for r in _records(d, "eval"))
+    assert packed["acc"] == best
+    assert "| packed artefact model.tpack (W2E2A8, codes 2bit)" in (d / "model_sizes.md").read_text()
+
+
+def test_pack_tool_base3_export_and_report(run, capsys):
+    d = run["dir"]
+    assert pack_ternary.main(["--run_dir", str(d), "--codec", "base3", "--export", "MINDIR"]) == 0
+    assert os.path.getsize(d / "model_base3.tpack") < os.path.getsize(d / "model.tpack")
+    from src.packing import build_ternary_inference_model
+    net = build_ternary_inference_model(str(d / "model_base3.tpack"))
+    rng = np.random.default_rng(3)
+    ids = ms.Tensor(rng.integers(0, VOCAB, (1, SEQ)).astype(np.int32))
+    zeros = ms.Tensor(np.zeros((1, SEQ), np.int32))
+    mask = ms.Tensor(np.ones((1, SEQ), np.int32))
+    ref = net(ids, zeros, mask).asnumpy()
+    graph = ms.nn.GraphCell(ms.load(str(d / "model_base3.mindir")))
+    np.testing.assert_allclose(graph(ids, zeros, mask).asnumpy(), ref, rtol=0, atol=1e-6)
+    capsys.readouterr()
+    pack_ternary.main(["--report", str(d.parent)])
+    out = capsys.readouterr().out
+    assert "| w2e2a8 | W2E2A8 twn" in out
+
+
+def test_packing_the_fp32_teacher_is_refused(run, tmp_path):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(run["dir"], bad, ignore=shutil.ignore_patterns("*.tpack", "*.mindir"))
+    shutil.copy(run["teacher"], bad / "best_quant.ckpt")
+    with pytest.raises(UserError, match=r"'bert\..*' (row \d+ )?is not ternary.*best_quant\.ckpt"):
+        pack_ternary.main(["--run_dir", str(bad)])
+
+
+def test_unsupported_bit_width_is_a_user_error(run):
+    with pytest.raises(UserError, match=r"quant\.bits\.weight 3 not supported: expected one of \[2, 4, 8, 32\]"):
+        run_ternary.main(run["argv"] + ["--quant.bits.weight", "3"])
