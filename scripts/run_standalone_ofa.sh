@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# DynaBERT / OFA width adaptation on one device (model-zoo style).
+#   bash scripts/run_standalone_ofa.sh                      # embedded default (MR): fine-tunes the teacher first
+#                                                           # when output/td_mr/teacher/best.ckpt is missing
+#   bash scripts/run_standalone_ofa.sh [CONFIG] [--key value ...]
+#   grep "The best acc" output/ofa_mr/log.txt               # full width; per-width lines beside it
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+CONFIG=${1:-configs/ofa_mr.yaml}
+[ $# -gt 0 ] && shift
+if [ "$CONFIG" = "configs/ofa_mr.yaml" ]; then
+  PYTHON=$PYTHON bash scripts/prepare_default.sh
+  if [ ! -f output/td_mr/teacher/best.ckpt ]; then
+    echo "fine-tuned teacher missing: running phase finetune first"
+    $PYTHON run_task_distill.py --config_path configs/td_mr.yaml --phase finetune
+  fi
+fi
+$PYTHON run_ofa_width.py --config_path "$CONFIG" "$@"

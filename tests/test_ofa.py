@@ -1,0 +1,140 @@
+"""run_ofa_width.py end to end on a tiny model and tiny records: per-width best checkpoints (physically sliced,
+reloadable, reproducing their logged metric), the full-width `The best acc` line, the table, the slicing tool,
+and a bad width list -> exit code 2 with one line naming width_mult_list."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import mindspore as ms
+
+from src import runtime
+from src.config import load_config, save_resolved
+from src.errors import UserError
+from src.records import write_records, write_schema
+from src.tasks import get_task
+from src.tinybert_model import BertConfig, BertForSequenceClassification, LogitsOnly, count_params
+from src.trainer import evaluate
+from src.width import ViewLogits, WidthView, run_ofa, width_spec
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEQ = 12
+TINY = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=16,
+                  max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+COLUMNS = {k: ("int64", SEQ) for k in ("input_ids", "input_mask", "segment_ids")}
+COLUMNS["label_ids"] = ("int64", 1)
+
+
+def _rows(n, seed):
+    """Label 1 iff token 7 occurs: learnable by a tiny model."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        length = int(rng.integers(4, SEQ + 1))
+        ids = rng.integers(8, 30, length)
+        label = int(rng.integers(2))
+        if label:
+            ids[rng.integers(1, length)] = 7
+        pad = SEQ - length
+        yield {"input_ids": [int(i) for i in ids] + [0] * pad, "input_mask": [1] * length + [0] * pad,
+               "segment_ids": [0] * SEQ, "label_ids": [label]}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ofa")
+    data = d / "data"
+    data.mkdir()
+    for split, n, seed in (("train", 96, 0), ("dev", 40, 1)):
+        k = write_records(str(data / f"{split}.tf_record"), _rows(n, seed), COLUMNS)
+        write_schema(str(data / f"{split}_schema.json"), COLUMNS, k)
+    ms.set_seed(0)
+    teacher = BertForSequenceClassification(TINY)
+    runtime.save_cell(teacher, str(d / "teacher.ckpt"))
+    TINY.to_json_file(str(d / "config.json"))
+    return d
+
+
+def _argv(d, out, extra=()):
+    return ["--output_dir", str(out), "--data.dir", str(d / "data"), "--data.max_seq_length", str(SEQ),
+            "--data.length_buckets", "[]", "--teacher.config", str(d / "config.json"),
+            "--teacher.ckpt", str(d / "teacher.ckpt"), "--width_mult_list", "1.0", "0.75", "0.5",
+            "--importance.max_batches", "2", "--importance.batch_size", "16", "--train.batch_size", "16",
+            "--train.epochs", "2", "--train.lr", "0.002", "--eval.every", "3", "--eval.batch_size", "16",
+            "--latency.runs", "2", "--latency.batch_size", "4", "--log_every", "2", *extra]
+
+
+def test_ofa_end_to_end_keeps_best_per_width_and_slices(setup):
+    d = setup
+    out = d / "run"
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), _argv(d, out))
+    result = run_ofa(cfg, str(out), save_resolved)
+    for name in ("log.txt", "metrics.jsonl", "importance.npz", "permutation.json", "supernet.ckpt", "best.ckpt",
+                 "config.json", "width_table.md"):
+        assert (out / name).is_file(), name
+    evals = [json.loads(l) for l in open(out / "metrics.jsonl") if '"kind": "eval"' in l]
+    assert len(evals) == 4                                  # 12 steps / every 3
+    task = get_task("MR")
+    dev = runtime.load_split(str(d / "data"), "dev", "tfrecord", SEQ, task)
+    rows = {r["width"]: r for r in result["rows"]}
+    for w, heads, key in ((1.0, 4, "acc"), (0.75, 3, "acc_w0.750"), (0.5, 2, "acc_w0.500")):
+        label = f"{w:.3f}"
+        best = max(e[key] for e in evals)
+        assert rows[w]["metric"] == pytest.approx(best)
+        # the kept checkpoint is the physically smaller sub-model and reproduces its logged score
+        conf = BertConfig.from_json_file(str(out / f"config_w{label}.json"))
+        assert conf.layer_num_heads == [heads, heads]
+        sub = runtime.build_classifier(conf, "dense")
+        runtime.load_into(sub, str(out / f"best_w{label}.ckpt"), "best", strict=True)
+        assert count_params(sub) == rows[w]["params"]
+        net = LogitsOnly(sub)
+        net.set_train(False)
+        assert evaluate(net, {"dev": dev}, 16, task)["acc"] == pytest.approx(best)
+        assert rows[w]["latency_ms"] > 0
+    assert rows[1.0]["params"] > rows[0.75]["params"] > rows[0.5]["params"]
+    log = open(out / "log.txt").read()
+    best_lines = [l for l in log.splitlines() if l.startswith("The best acc is")]
+    assert float(best_lines[-1].split()[-1]) == pytest.approx(rows[1.0]["metric"], abs=1e-6)
+    assert "The best acc of width 0.500 is" in log and "| 0.500 | 2 | 8 |" in log
+    table = open(out / "width_table.md").read().splitlines()
+    assert len(table) == 5 and table[0].startswith("| width | heads | FFN | params |")
+
+    # tools/slice_width.py on the last supernet = the supernet's view at that width
+    sliced = d / "sliced"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "slice_width.py"), "--ckpt",
+                           str(out / "supernet.ckpt"), "--width_mult", "0.5", "--output_dir", str(sliced)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    supernet = runtime.build_classifier(TINY, "dense")
+    runtime.load_into(supernet, str(out / "supernet.ckpt"), "supernet", strict=True)
+    view = ViewLogits(WidthView(supernet, width_spec(TINY, 0.5)))
+    view.set_train(False)
+    sub = runtime.build_classifier(BertConfig.from_json_file(str(sliced / "config.json")), "dense")
+    runtime.load_into(sub, str(sliced / "model.ckpt"), "sliced", strict=True)
+    net = LogitsOnly(sub)
+    net.set_train(False)
+    ins = [ms.Tensor(dev[k][:16]) for k in ("input_ids", "segment_ids", "input_mask")]
+    np.testing.assert_allclose(net(*ins).asnumpy(), view(*ins).asnumpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "wide", "[]"])
+def test_bad_width_list_stops_before_any_work(setup, value):
+    d = setup
+    out = d / f"bad_{abs(hash(value))}"
+    argv = _argv(d, out)
+    i = argv.index("--width_mult_list")
+    argv = argv[:i + 1] + [value] + argv[i + 4:]
+    with pytest.raises(UserError, match="width_mult_list"):
+        cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), argv)
+        run_ofa(cfg, str(out), save_resolved)
+    assert not out.exists()                                 # no partial outputs
+
+
+def test_cli_bad_width_list_exit_code_2(setup):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "run_ofa_width.py"), "--width_mult_list", "0.5",
+                           "1.2", "--teacher.config", str(setup / "config.json")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("ERROR: width_mult_list: width 1.2") and "Traceback" not in proc.stderr

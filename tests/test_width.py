@@ -1,0 +1,310 @@
+"""Width adaptation (src/width.py): width lists and rounding, importance against finite differences, rewiring,
+width views vs the plain model, slicing into a physically smaller model that reloads and exports, the
+multi-width loss and its gradients reaching the shared supernet."""
+import os
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import nn
+
+from src import runtime
+from src.distill import TrainStep
+from src.errors import UserError
+from src.tinybert_model import BertConfig, BertForSequenceClassification, LogitsOnly, count_params
+from src.width import (MultiWidthDistillLoss, ViewLogits, WidthView, compute_importance, importance_order,
+                       parse_width_list, rewire, rounding_note, sample_widths, save_importance, slice_checkpoint,
+                       slice_to_width, width_spec)
+
+TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
+                  max_position_embeddings=16, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                  initializer_range=0.3)
+B, S = 3, 8
+
+
+def _model(seed=0):
+    ms.set_seed(seed)
+    m = BertForSequenceClassification(TINY)
+    m.set_train(False)
+    return m
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((B, S), np.int32)
+    mask[1, 5:] = 0
+    return {"input_ids": (rng.integers(1, 40, (B, S)) * mask).astype(np.int32),
+            "segment_ids": np.zeros((B, S), np.int32), "input_mask": mask,
+            "label_ids": np.array([0, 1, 1], np.int32)}
+
+
+def _inputs(batch):
+    return [ms.Tensor(batch[k]) for k in ("input_ids", "segment_ids", "input_mask")]
+
+
+# ---------------------------------------------------------------- widths
+
+def test_width_list_maps_to_whole_heads_and_rounds_the_rest():
+    base = BertConfig(num_attention_heads=12, intermediate_size=1536, hidden_size=384, num_hidden_layers=6)
+    specs = parse_width_list([0.5, 1.0, 0.6666666666666666, 0.8333333333333334], base)
+    assert [s.width for s in specs] == [1.0, 0.8333333333333334, 0.6666666666666666, 0.5]   # largest first
+    assert [s.heads[0] for s in specs] == [12, 10, 8, 6]
+    assert [s.ffn[0] for s in specs] == [1536, 1280, 1024, 768]
+    assert all(rounding_note(base, s) is None for s in specs)
+    odd = width_spec(base, 0.8)                       # 9.6 heads -> 10, 1228.8 neurons -> 1229: reported
+    assert odd.heads == (10,) * 6 and odd.ffn == (1229,) * 6
+    assert "rounded to 10" in rounding_note(base, odd)
+    assert width_spec(base, 0.01).heads[0] == 1      # never zero heads
+    # widths that map to the same sub-network are kept once
+    assert len(parse_width_list([1.0, 1.0, 0.5], base)) == 2
+
+
+@pytest.mark.parametrize("bad", [[], [0], [0.0, 0.5], [1.5], [-0.5], ["wide"], [True], [float("nan")], None])
+def test_bad_width_list_is_a_clear_user_error(bad):
+    with pytest.raises(UserError, match=r"^width_mult_list: "):
+        parse_width_list(bad, TINY)
+
+
+def test_sample_widths_sandwich_rule():
+    rng = np.random.default_rng(0)
+    draws = [sample_widths(5, 3, rng) for _ in range(50)]
+    assert all(len(d) == 3 and d[0] == 0 and d[-1] == 4 and list(d) == sorted(set(d)) for d in draws)
+    assert {d[1] for d in draws} == {1, 2, 3}        # every middle width gets trained
+    assert sample_widths(4, 0, rng) == (0, 1, 2, 3) and sample_widths(4, 4, rng) == (0, 1, 2, 3)
+
+
+# ---------------------------------------------------------------- views, slicing, export
+
+def test_full_width_view_equals_plain_model():
+    m = _model()
+    ins = _inputs(_batch())
+    logits, hidden, scores = m(*ins)
+    v = WidthView(m, width_spec(TINY, 1.0))
+    v.set_train(False)
+    vl, vh, vs = v(*ins)
+    np.testing.assert_array_equal(vl.asnumpy(), logits.asnumpy())
+    for a, b in zip(vh + vs, hidden + scores):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
+def test_sliced_submodel_is_smaller_matches_the_view_reloads_and_exports(tmp_path):
+    m = _model(1)
+    ins = _inputs(_batch(1))
+    spec = width_spec(TINY, 0.5)                       # 2 of 4 heads, 12 of 24 neurons
+    view_logits = ViewLogits(WidthView(m, spec))
+    view_logits.set_train(False)
+    expected = view_logits(*ins).asnumpy()
+
+    sub = slice_to_width(m, 0.5)
+    assert sub.config.layer_num_heads == [2, 2] and sub.config.layer_intermediate_sizes == [12, 12]
+    a0 = sub.bert.encoder[0].attention
+    assert a0.query.weight.shape == (8, 16) and a0.output_dense.weight.shape == (16, 8)
+    assert sub.bert.encoder[1].ffn.intermediate.weight.shape == (12, 16)
+    assert sub.bert.encoder[1].ffn.output_dense.weight.shape == (16, 12)
+    # per layer: Q/K/V lose 3*(16*8+8), attention-out 16*8, FFN-in 16*12+12, FFN-out 16*12
+    removed = 2 * (3 * (16 * 8 + 8) + 16 * 8 + (16 * 12 + 12) + 16 * 12)
+    assert count_params(sub) == count_params(m) - removed
+
+    runtime.save_cell(sub, str(tmp_path / "sub.ckpt"))
+    sub.config.to_json_file(str(tmp_path / "config.json"))
+    cfg = runtime.load_bert_config(str(tmp_path / "config.json"), "config")
+    reloaded = runtime.build_classifier(cfg, "dense")
+    runtime.load_into(reloaded, str(tmp_path / "sub.ckpt"), "sub", strict=True)
+    net = LogitsOnly(reloaded)
+    net.set_train(False)
+    got = net(*ins).asnumpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+    ms.export(net, *ins, file_name=str(tmp_path / "sub"), file_format="MINDIR")
+    graph = nn.GraphCell(ms.load(str(tmp_path / "sub.mindir")))
+    np.testing.assert_allclose(graph(*ins).asnumpy(), expected, atol=1e-5, rtol=0)
+    # a full-size model cannot take the sliced checkpoint: strict loading names the mismatch
+    with pytest.raises(UserError, match="query.weight"):
+        runtime.load_into(_model(), str(tmp_path / "sub.ckpt"), "sub", strict=True)
+
+
+def test_slice_checkpoint_file_level(tmp_path):
+    m = _model(2)
+    runtime.save_cell(m, str(tmp_path / "supernet.ckpt"))
+    TINY.to_json_file(str(tmp_path / "config.json"))
+    ckpt, conf = slice_checkpoint(str(tmp_path / "supernet.ckpt"), str(tmp_path / "config.json"), 0.75,
+                                  str(tmp_path / "out"))
+    cfg = BertConfig.from_json_file(conf)
+    assert cfg.layer_num_heads == [3, 3] and cfg.layer_intermediate_sizes == [18, 18]
+    sub = runtime.build_classifier(cfg, "dense")
+    runtime.load_into(sub, ckpt, "sliced", strict=True)
+    np.testing.assert_array_equal(sub.bert.encoder[0].attention.value.weight.asnumpy(),
+                                  m.bert.encoder[0].attention.value.weight.asnumpy()[:12])
+    np.testing.assert_array_equal(sub.bert.encoder[1].ffn.output_dense.weight.asnumpy(),
+                                  m.bert.encoder[1].ffn.output_dense.weight.asnumpy()[:, :18])
+    with pytest.raises(UserError, match="width_mult"):
+        slice_checkpoint(str(tmp_path / "supernet.ckpt"), str(tmp_path / "config.json"), 1.5, str(tmp_path / "x"))
+
+
+# ---------------------------------------------------------------- importance and rewiring
+
+def _ce(logits, labels):
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -logp[np.arange(len(labels)), labels].mean()
+
+
+def test_importance_matches_finite_differences_and_sums_fresh_per_batch_gradients():
+    m = _model(3)
+    b1, b2 = _batch(3), _batch(4)
+    imp1 = compute_importance(m, [b1], regression=False)
+    net = LogitsOnly(m)
+    net.set_train(False)
+    ins = _inputs(b1)
+
+    def loss():
+        return _ce(net(*ins).asnumpy(), b1["label_ids"])
+
+    def directional(params_slices, eps=1e-2):
+        """d/da L(theta with the given slices scaled by (1+a)) at a=0, central differences."""
+        saved = [(p, p.asnumpy().copy()) for p, _ in params_slices]
+        vals = []
+        for sign in (1, -1):
+            for (p, sl), (_, orig) in zip(params_slices, saved):
+                a = orig.copy()
+                a[sl] *= 1 + sign * eps
+                p.set_data(ms.Tensor(a))
+            vals.append(loss())
+        for p, orig in saved:
+            p.set_data(ms.Tensor(orig))
+        return (vals[0] - vals[1]) / (2 * eps)
+
+    d = TINY.head_size
+    for li, layer in enumerate(m.bert.encoder):
+        att = layer.attention
+        for h in range(4):
+            # scaling head h's probabilities by m == scaling its value rows and bias by m
+            fd = directional([(att.value.weight, np.s_[h * d:(h + 1) * d]), (att.value.bias, np.s_[h * d:(h + 1) * d])])
+            assert imp1["head"][li, h] == pytest.approx(abs(fd), rel=2e-3, abs=1e-6)
+        ffn = layer.ffn
+        for j in (0, 7, 23):
+            fd_in = directional([(ffn.intermediate.weight, np.s_[j]), (ffn.intermediate.bias, np.s_[j])])
+            fd_out = directional([(ffn.output_dense.weight, np.s_[:, j])])
+            assert imp1["ffn"][li][j] == pytest.approx(abs(fd_in) + abs(fd_out), rel=2e-3, abs=1e-6)
+    assert imp1["head"].max() > 1e-3                    # the check above is not a comparison of zeros
+
+    # two batches = sum of the two per-batch scores (no stale, accumulating gradients as in the anchors)
+    imp2 = compute_importance(m, [b2], regression=False)
+    both = compute_importance(m, [b1, b2], regression=False)
+    np.testing.assert_allclose(both["head"], imp1["head"] + imp2["head"], rtol=1e-5)
+    np.testing.assert_allclose(both["ffn"][1], imp1["ffn"][1] + imp2["ffn"][1], rtol=1e-5)
+    norm = compute_importance(m, [b1], regression=False, normalize=True)
+    np.testing.assert_allclose(np.linalg.norm(norm["head"], axis=1), 1.0, rtol=1e-6)
+
+
+def test_rewiring_preserves_logits_and_sorts_importance(tmp_path):
+    m = _model(5)
+    batch = _batch(5)
+    net = LogitsOnly(m)
+    net.set_train(False)
+    before = net(*_inputs(batch)).asnumpy()
+    imp = compute_importance(m, [batch], regression=False)
+    head_order, ffn_order = importance_order(imp)
+    assert head_order[0] != [0, 1, 2, 3] or head_order[1] != [0, 1, 2, 3]   # a real permutation is exercised
+    save_importance(imp, head_order, ffn_order, str(tmp_path))
+    saved = np.load(tmp_path / "importance.npz")
+    np.testing.assert_array_equal(saved["head"], imp["head"])
+    rewire(m, head_order, ffn_order)
+    after = net(*_inputs(batch)).asnumpy()
+    np.testing.assert_allclose(after, before, atol=1e-5, rtol=0)
+    imp_after = compute_importance(m, [batch], regression=False)
+    for li in range(2):
+        np.testing.assert_allclose(imp_after["head"][li], imp["head"][li][head_order[li]], rtol=1e-4, atol=1e-8)
+        assert list(imp_after["head"][li]) == sorted(imp_after["head"][li], reverse=True)
+        np.testing.assert_allclose(imp_after["ffn"][li], imp["ffn"][li][ffn_order[li]], rtol=1e-4, atol=1e-8)
+
+
+# ---------------------------------------------------------------- multi-width loss and training
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_multi_width_loss_matches_numpy_and_trains_only_the_active_slice():
+    student, teacher = _model(6), _model(7)
+    batch = _batch(6)
+    ins = _inputs(batch) + [ms.Tensor(batch["label_ids"])]
+    specs = parse_width_list([1.0, 0.5], TINY)
+    loss_net = MultiWidthDistillLoss(student, teacher, specs, lambda1=1.0, lambda2=0.1, soft_ce_reduction="ce")
+    loss_net.set_train(False)
+    total, parts = loss_net(*ins)
+
+    t_logits, t_hidden, _ = teacher(*_inputs(batch))
+    mask = batch["input_mask"].astype(np.float64)[:, :, None]
+    expected = []
+    for s in specs:
+        sub = slice_to_width(student, s.width)
+        sub.set_train(False)
+        logits, hidden, _ = sub(*_inputs(batch))
+        pt = _softmax(t_logits.asnumpy().astype(np.float64))
+        ls = np.log(_softmax(logits.asnumpy().astype(np.float64)))
+        soft = -(pt * ls).sum(-1).mean()                 # true CE: sum over classes, mean over batch
+        rep = sum((((h.asnumpy() - t.asnumpy()) ** 2) * mask).sum() / (mask.sum() * 16)
+                  for h, t in zip(hidden, t_hidden))
+        expected.append(soft + 0.1 * rep)
+    np.testing.assert_allclose([p.asnumpy() for p in parts], expected, rtol=1e-5)
+    assert float(total.asnumpy()) == pytest.approx(sum(expected), rel=1e-5)
+
+    # one SGD step on the 0.5 width only: leading heads/neurons move, the rest of the supernet does not
+    half = MultiWidthDistillLoss(student, teacher, specs[1:], soft_ce_reduction="ce")
+    q = student.bert.encoder[0].attention.query.weight
+    w2 = student.bert.encoder[1].ffn.output_dense.weight
+    q0, w20 = q.asnumpy().copy(), w2.asnumpy().copy()
+    step = TrainStep(half, nn.SGD(student.trainable_params(), learning_rate=0.5), clip_mode="none")
+    step.set_train(True)
+    step(*ins)
+    assert np.abs(q.asnumpy()[:8] - q0[:8]).max() > 1e-6
+    np.testing.assert_array_equal(q.asnumpy()[8:], q0[8:])
+    assert np.abs(w2.asnumpy()[:, :12] - w20[:, :12]).max() > 1e-6
+    np.testing.assert_array_equal(w2.asnumpy()[:, 12:], w20[:, 12:])
+    assert all(not p.requires_grad for p in teacher.get_parameters())
+
+
+def test_width_matched_teacher_uses_the_same_width():
+    student, teacher = _model(8), _model(8)             # same weights: each width's hidden MSE must be 0
+    batch = _batch(8)
+    specs = parse_width_list([1.0, 0.5], TINY)
+    loss_net = MultiWidthDistillLoss(student, teacher, specs, lambda1=1.0, lambda2=0.1, soft_ce_reduction="ce",
+                                     teacher_views=[WidthView(teacher, s) for s in specs])
+    loss_net.set_train(False)
+    _, parts = loss_net(*_inputs(batch), ms.Tensor(batch["label_ids"]))
+    for s, part in zip(specs, parts):
+        sub = slice_to_width(teacher, s.width)
+        sub.set_train(False)
+        p = _softmax(sub(*_inputs(batch))[0].asnumpy().astype(np.float64))
+        entropy = -(p * np.log(p)).sum(-1).mean()      # CE of a distribution with itself
+        assert float(part.asnumpy()) == pytest.approx(entropy, rel=1e-5)
+
+
+def test_sampled_width_step_builds_one_step_per_subset_and_shares_it():
+    from src.width import SampledWidthStep
+    built = []
+
+    class FakeStep:
+        def __init__(self, subset):
+            self.subset, self.calls, self.mode = subset, 0, None
+
+        def set_train(self, mode=True):
+            self.mode = mode
+
+        def __call__(self, *inputs):
+            self.calls += 1
+            return float(len(self.subset)), ("parts",), 1.0
+
+    def make(subset):
+        built.append(FakeStep(subset))
+        return built[-1]
+
+    step = SampledWidthStep(make, n=4, k=3, seed=0)
+    for _ in range(30):
+        loss, parts, norm = step("batch")
+        assert loss == 3.0 and parts == (3.0,)
+    assert sorted(s.subset for s in built) == [(0, 1, 3), (0, 2, 3)]      # each subset compiled once
+    assert sum(s.calls for s in built) == 30 and all(s.mode is True for s in built)
