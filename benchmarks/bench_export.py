@@ -1,0 +1,306 @@
+"""Latency / throughput of exported models (ONNX in onnxruntime, MINDIR in MindSpore) and model sizes.
+
+    python benchmarks/bench_export.py                   # full grid: batch 1/16/32 x seq 64/128 (~10 min, 2 cores)
+    python benchmarks/bench_export.py --quick           # tiny shapes, seconds (what the tests run)
+    python benchmarks/bench_export.py --readme README.md   # also write both tables between the bench markers
+
+Rows: BERT-base shape and TinyBERT-4 shape (random init: speed only), the MiniLM-L6 teacher, the MR student
+(checkpoints when they exist, else random init of their config, marked so), width 0.833/0.667/0.5 sub-models of the
+teacher (sliced from --width_supernet when given, else random init of the sliced config) and int8 dynamic
+quantization of the students in onnxruntime (needs `onnx`: run with the benchmark venv, see
+requirements-bench.txt). Every ratio is against rows measured in the same run. Writes output/bench/export.json.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import (ROOT, bert_flops, emit, machine, machine_line, markdown_table, time_call,  # noqa
+                               write_json)
+
+TEACHER, BASE, TINY4 = "MiniLM-L6 teacher", "BERT-base shape", "TinyBERT-4 shape"
+STUDENT = "MR student"
+WIDTHS = (0.833, 0.667, 0.5)
+
+
+def _spec(name, cfg, ckpt=None, config_path=None, note=""):
+    return {"name": name, "cfg": cfg, "ckpt": ckpt, "config_path": config_path, "note": note}
+
+
+def model_specs(args):
+    from src import runtime
+    from src.tinybert_model import BertConfig
+    from src.width import sub_config, width_spec
+    specs = []
+    if args.quick:
+        v = 100
+        base = BertConfig(vocab_size=v, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                          intermediate_size=128, max_position_embeddings=64)
+        tiny = BertConfig(vocab_size=v, hidden_size=24, num_hidden_layers=1, num_attention_heads=12,
+                          intermediate_size=48, max_position_embeddings=64)
+        teacher = BertConfig(vocab_size=v, hidden_size=48, num_hidden_layers=2, num_attention_heads=12,
+                             intermediate_size=96, max_position_embeddings=64)
+        student = teacher.replace(num_hidden_layers=1)
+        specs += [_spec(TEACHER, teacher, note="random init"), _spec(BASE, base, note="random init"),
+                  _spec(TINY4, tiny, note="random init"), _spec(STUDENT, student, note="random init")]
+    else:
+        base = BertConfig(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072)
+        tiny = BertConfig(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
+        t_cfg_path = os.path.join(args.teacher_dir, "config.json")
+        t_ckpt = os.path.join(args.teacher_dir, "best.ckpt")
+        if os.path.exists(t_cfg_path) and os.path.exists(t_ckpt):
+            teacher = runtime.load_bert_config(t_cfg_path, "teacher config")
+            specs.append(_spec(TEACHER, teacher, t_ckpt, t_cfg_path, "fine-tuned on MR"))
+        else:
+            teacher = runtime.load_bert_config(args.minilm_config, "--minilm_config")
+            specs.append(_spec(TEACHER, teacher, note="random init (no fine-tuned teacher yet)"))
+        specs += [_spec(BASE, base, note="random init"), _spec(TINY4, tiny, note="random init")]
+        s_cfg_path = os.path.join(args.student_dir, "config.json")
+        s_ckpt = os.path.join(args.student_dir, "best.ckpt")
+        if os.path.exists(s_cfg_path) and os.path.exists(s_ckpt):
+            specs.append(_spec(STUDENT, runtime.load_bert_config(s_cfg_path, "student config"), s_ckpt, s_cfg_path,
+                               "TD on MR"))
+        elif os.path.exists(args.gd_config):
+            specs.append(_spec(STUDENT, runtime.load_bert_config(args.gd_config, "--gd_config"),
+                               note="random init of the GD student shape (no TD run yet)"))
+    for w in WIDTHS:
+        spec = width_spec(teacher, w)
+        note = f"heads {spec.heads[0]}/{teacher.num_attention_heads}, FFN {spec.ffn[0]}"
+        if args.width_supernet and not args.quick:
+            specs.append(_spec(f"width {w}", sub_config(teacher, spec), args.width_supernet,
+                               args.width_supernet_config, note + ", sliced from the supernet"))
+            specs[-1]["width_mult"] = w
+        else:
+            specs.append(_spec(f"width {w}", sub_config(teacher, spec), note=note + ", random init"))
+    return specs
+
+
+def build(spec, hidden_act):
+    """Classifier of a spec with the given activation (weights from its checkpoint, or seeded random init)."""
+    import mindspore as ms
+    from src import runtime
+    from src.export import build_model
+    if spec["ckpt"]:
+        _, model = build_model(spec["config_path"], spec["ckpt"], spec["cfg"].num_labels, "dense",
+                               width_mult=spec.get("width_mult"), hidden_act=hidden_act)
+        return model
+    ms.set_seed(0)
+    model = runtime.build_classifier(spec["cfg"].replace(hidden_act=hidden_act), "dense")
+    model.set_train(False)
+    return model
+
+
+def export_file(model, path_base, fmt, batch, seq, vocab):
+    import mindspore as ms
+    from src.export import sample_inputs
+    from src.tinybert_model import LogitsOnly
+    net = LogitsOnly(model)
+    net.set_train(False)
+    inputs = sample_inputs(batch, seq, vocab)
+    ms.export(net, *[ms.Tensor(x) for x in inputs], file_name=path_base, file_format=fmt)
+    return path_base + (".onnx" if fmt == "ONNX" else ".mindir"), inputs
+
+
+def quant_python(args):
+    """A python that can run onnxruntime.quantization (needs `onnx`), or None."""
+    cands = [args.quant_python] if args.quant_python else [sys.executable,
+                                                           os.path.join(ROOT, ".venv-bench", "bin", "python")]
+    for py in cands:
+        if py and os.path.exists(py) and subprocess.run(
+                [py, "-c", "import onnx, onnxruntime.quantization"], capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="exported-model latency/throughput and size tables")
+    p.add_argument("--quick", action="store_true", help="tiny shapes (tests); timings meaningless")
+    p.add_argument("--batches", type=int, nargs="+", default=None)
+    p.add_argument("--seqs", type=int, nargs="+", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--budget", type=float, default=None, help="seconds of timed calls per cell")
+    p.add_argument("--no_mindir", action="store_true", help="skip the MINDIR-in-MindSpore column")
+    p.add_argument("--teacher_dir", default="output/td_mr/teacher")
+    p.add_argument("--student_dir", default="output/td_mr/td2")
+    p.add_argument("--minilm_config", default="output/minilm/config.json")
+    p.add_argument("--gd_config", default="output/gd/config.json")
+    p.add_argument("--width_supernet", default="", help="supernet checkpoint to slice the width rows from")
+    p.add_argument("--width_supernet_config", default="")
+    p.add_argument("--quant_python", default="", help="python with onnx + onnxruntime (default: this one or "
+                                                      ".venv-bench/bin/python)")
+    p.add_argument("--out_dir", default="output/bench")
+    p.add_argument("--readme", default="", help="write the tables into this README between bench markers")
+    args = p.parse_args(argv)
+    batches = args.batches or ([1, 4] if args.quick else [1, 16, 32])
+    seqs = args.seqs or ([16] if args.quick else [64, 128])
+    budget = args.budget if args.budget is not None else (0.05 if args.quick else 2.0)
+
+    from src import runtime
+    runtime.init_context("CPU", "graph", threads=args.threads)
+    from src.export import OnnxRunner, MindirRunner
+    from src.tinybert_model import count_params
+    mach = machine(args.threads)
+    work = os.path.join(args.out_dir, "tmp_export")
+    os.makedirs(work, exist_ok=True)
+    keep = os.path.join(args.out_dir, "onnx")
+    os.makedirs(keep, exist_ok=True)
+    qpy = quant_python(args)
+    results, sizes = [], []
+    for spec in model_specs(args):
+        cfg = spec["cfg"]
+        onnx_model = build(spec, "gelu_erf_poly" if cfg.hidden_act in ("gelu", "gelu_exact") else cfg.hidden_act)
+        ms_model = None if args.no_mindir else build(spec, cfg.hidden_act)
+        params = count_params(onnx_model)
+        tag = spec["name"].replace(" ", "_").replace(".", "")
+        int8_path = None
+        for seq in seqs:
+            flops = bert_flops(cfg, seq)
+            for b in batches:
+                row = {"model": spec["name"], "note": spec["note"], "params": params, "batch": b, "seq": seq,
+                       "gflop_per_seq": flops / 1e9}
+                path, inputs = export_file(onnx_model, os.path.join(work, tag), "ONNX", b, seq, cfg.vocab_size)
+                runner = OnnxRunner(path, args.threads)
+                row["ort_s"] = time_call(lambda: runner(*inputs), budget_s=budget)
+                if b == batches[0] and seq == seqs[0]:
+                    final = os.path.join(keep, tag + ".onnx")
+                    shutil.copyfile(path, final)
+                    row["onnx_bytes"] = os.path.getsize(final)
+                    if spec["name"] in (STUDENT, TINY4) and qpy:
+                        int8_path = os.path.join(keep, tag + "_int8.onnx")
+                        r = subprocess.run([qpy, os.path.join(ROOT, "benchmarks", "ort_quantize.py"), final,
+                                            int8_path], capture_output=True, text=True)
+                        if r.returncode != 0:
+                            print(f"int8 quantization of {final} failed: {r.stderr.strip()[-300:]}")
+                            int8_path = None
+                del runner
+                os.remove(path)
+                if ms_model is not None:
+                    mpath, _ = export_file(ms_model, os.path.join(work, tag), "MINDIR", b, seq, cfg.vocab_size)
+                    mr = MindirRunner(mpath)
+                    row["ms_s"] = time_call(lambda: mr(*inputs), budget_s=budget)
+                    del mr
+                    os.remove(mpath)
+                results.append(row)
+                print(f"{spec['name']:<22} b{b:<3} s{seq:<4} ort {row['ort_s'] * 1e3:9.2f} ms"
+                      + (f"  mindir {row['ms_s'] * 1e3:9.2f} ms" if "ms_s" in row else ""), flush=True)
+        if spec["name"] in (STUDENT, TINY4):
+            name8 = spec["name"] + " int8 (ORT dynamic)"
+            for seq in seqs:
+                for b in batches:
+                    row = {"model": name8, "params": params, "batch": b, "seq": seq,
+                           "gflop_per_seq": bert_flops(cfg, seq) / 1e9}
+                    if int8_path is None:
+                        row["note"] = "skipped: needs the onnx package (pip install -r requirements-bench.txt)"
+                    elif b == batches[0] and seq == seqs[0]:
+                        runner = OnnxRunner(int8_path, args.threads)
+                        inputs = [x for x in _inputs(b, seq, cfg.vocab_size)]
+                        row["ort_s"] = time_call(lambda: runner(*inputs), budget_s=budget)
+                        row["onnx_bytes"] = os.path.getsize(int8_path)
+                        row["note"] = "int8 weights, dynamic int8 activations; measured at the first shape only"
+                        del runner
+                    else:
+                        continue
+                    results.append(row)
+        sizes.append(_size_row(spec, params, keep, tag, int8_path))
+    shutil.rmtree(work, ignore_errors=True)
+    _ratios(results)
+    for r in results:
+        if r.get("ort_s"):
+            r["ort_seq_s"] = r["batch"] / r["ort_s"]
+            r["ort_gflops"] = r["gflop_per_seq"] * r["batch"] / r["ort_s"]
+            r["pct_peak"] = 100 * r["ort_gflops"] / mach["peak_gflops"] if mach["peak_gflops"] else None
+    out = {"machine": mach, "quick": args.quick, "latency": results, "sizes": sizes, "int8_python": qpy}
+    write_json(os.path.join(args.out_dir, "export.json"), out)
+    emit("export_latency", latency_table(out), args.readme or None)
+    emit("export_size", size_table(out), args.readme or None)
+    return out
+
+
+def _inputs(b, seq, vocab):
+    from src.export import sample_inputs
+    return sample_inputs(b, seq, vocab)
+
+
+def _size_row(spec, params, keep, tag, int8_path):
+    from src.tinybert_model import BertConfig  # noqa: F401  (cfg already built)
+    cfg = spec["cfg"]
+    ckpt_bytes = os.path.getsize(spec["ckpt"]) if spec["ckpt"] and not spec.get("width_mult") else None
+    onnx = os.path.join(keep, tag + ".onnx")
+    # Packed ternary (2 bits per weight of every encoder Dense and the word embedding, fp32 scale per tensor and
+    # every other parameter in fp32): the size a packed TernaryBERT artefact of this shape has.
+    h, v = cfg.hidden_size, cfg.vocab_size
+    dense_w = sum(4 * h * cfg.heads(i) * cfg.head_size + 2 * h * cfg.ffn(i) for i in range(cfg.num_hidden_layers))
+    ternary_n = dense_w + v * h
+    packed = (ternary_n * 2 + 7) // 8 + 4 * (params - ternary_n) + 4 * (6 * cfg.num_hidden_layers + v)
+    return {"model": spec["name"], "params": params, "fp32_bytes": 4 * params, "ckpt_bytes": ckpt_bytes,
+            "onnx_bytes": os.path.getsize(onnx) if os.path.exists(onnx) else None,
+            "int8_onnx_bytes": os.path.getsize(int8_path) if int8_path and os.path.exists(int8_path) else None,
+            "ternary_packed_bytes": packed, "note": spec["note"]}
+
+
+def _ratios(results):
+    ref = {(r["batch"], r["seq"]): r for r in results if r["model"] == TEACHER}
+    base = {(r["batch"], r["seq"]): r for r in results if r["model"] == BASE}
+    for r in results:
+        k = (r["batch"], r["seq"])
+        for key, table in (("x_teacher", ref), ("x_base", base)):
+            t = table.get(k)
+            if t and r.get("ort_s") and t.get("ort_s"):
+                r[key] = t["ort_s"] / r["ort_s"]
+        t = ref.get(k)
+        if t and r.get("ms_s") and t.get("ms_s"):
+            r["ms_x_teacher"] = t["ms_s"] / r["ms_s"]
+
+
+def latency_table(out) -> str:
+    heads = ["model", "params", "GFLOP/seq", "batch", "seq", "ORT ms/batch", "ORT seq/s", "GFLOP/s", "% peak",
+             "x vs teacher", "x vs BERT-base", "MINDIR (MS) ms/batch", "MS x vs teacher", "note"]
+    rows = []
+    for r in out["latency"]:
+        rows.append([r["model"], r["params"], r["gflop_per_seq"], r["batch"], r["seq"],
+                     r["ort_s"] * 1e3 if r.get("ort_s") else None, r.get("ort_seq_s"), r.get("ort_gflops"),
+                     r.get("pct_peak"), r.get("x_teacher"), r.get("x_base"),
+                     r["ms_s"] * 1e3 if r.get("ms_s") else None, r.get("ms_x_teacher"), r.get("note", "")])
+    m = out["machine"]
+    goal = _goal_line(out)
+    return (f"### Exported-model latency (onnxruntime CPU EP; MINDIR via ms.load + GraphCell)\n\n{machine_line(m)}. "
+            f"Median of timed calls after one warm-up; ratios are against rows of the same run."
+            f"{' QUICK MODE: tiny shapes, timings meaningless.' if out['quick'] else ''}\n\n"
+            + markdown_table(heads, rows) + "\n\n" + goal)
+
+
+def _goal_line(out) -> str:
+    lines = []
+    by = {(r["model"], r["batch"], r["seq"]): r for r in out["latency"]}
+    for (b, s) in sorted({(r["batch"], r["seq"]) for r in out["latency"]}):
+        t4 = by.get((TINY4, b, s))
+        w = by.get(("width 0.667", b, s))
+        if t4 and t4.get("x_base"):
+            lines.append(f"b{b}/s{s}: TinyBERT-4 vs BERT-base {t4['x_base']:.1f}x (goal >= 14x; FLOPs ratio "
+                         f"{by[(BASE, b, s)]['gflop_per_seq'] / t4['gflop_per_seq']:.1f}x)")
+        if w and w.get("x_teacher"):
+            lines.append(f"b{b}/s{s}: width 0.667 vs full {w['x_teacher']:.2f}x (goal >= 1.45x)")
+    return "Goals: " + "; ".join(lines) if lines else ""
+
+
+def size_table(out) -> str:
+    heads = ["model", "params", "fp32 bytes", "ckpt bytes", "ONNX bytes", "int8 ONNX bytes", "packed ternary bytes",
+             "fp32 / packed ternary", "x smaller than teacher (fp32)", "note"]
+    t = next((s for s in out["sizes"] if s["model"] == TEACHER), None)
+    rows = []
+    for s in out["sizes"]:
+        rows.append([s["model"], s["params"], s["fp32_bytes"], s["ckpt_bytes"], s["onnx_bytes"],
+                     s["int8_onnx_bytes"], s["ternary_packed_bytes"], s["fp32_bytes"] / s["ternary_packed_bytes"],
+                     t["fp32_bytes"] / s["fp32_bytes"] if t else None, s["note"]])
+    return ("### Model sizes\n\nPacked ternary = 2 bits per Dense/word-embedding weight + fp32 scales and other "
+            "parameters (computed from the shape). int8 = onnxruntime dynamic quantization.\n\n"
+            + markdown_table(heads, rows))
+
+
+if __name__ == "__main__":
+    from src.errors import run_main
+    run_main(main, sys.argv[1:])

@@ -1,0 +1,263 @@
+"""Task-distillation training throughput: this project (MindSpore graph mode, length buckets, cached teacher logits)
+vs the equivalent PyTorch + HF transformers loop (benchmarks/torch_td_loop.py), same shapes, losses, optimizer and
+thread count, in one run.
+
+    python benchmarks/bench_td_throughput.py                 # MiniLM-L6 teacher -> student, batch 32, MR lengths
+    python benchmarks/bench_td_throughput.py --quick         # tiny shapes (tests); torch row skipped if absent
+    python benchmarks/bench_td_throughput.py --readme README.md
+
+Step rows are median seconds per step on identical fixed-shape batches. Epoch rows: one epoch of the MR train
+split (row lengths from data/mr) as each side runs it - the project with its length buckets (td_mr.yaml) and, for
+phase 2, teacher logits cached once (timed, included); the PyTorch loop padded to max_seq_length with the teacher
+run live, as a plain loop does. Goal (issue #3): project epoch <= 0.5x the PyTorch loop's.
+The torch side runs in --torch_python (default: this python if it has torch + transformers, else
+.venv-bench/bin/python); without one the torch columns say "skipped". Writes output/bench/td_throughput.json.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import ROOT, emit, machine, machine_line, markdown_table, write_json  # noqa: E402
+
+TORCH_SKIPPED = "skipped: no python with torch + transformers (pip install -r requirements-bench.txt)"
+
+
+def torch_python(arg: str):
+    cands = [arg] if arg else [sys.executable, os.path.join(ROOT, ".venv-bench", "bin", "python")]
+    for py in cands:
+        if py and os.path.exists(py) and subprocess.run([py, "-c", "import torch, transformers"],
+                                                        capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+def configs(args):
+    from src import runtime
+    from src.tinybert_model import BertConfig
+    if args.quick:
+        t = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, max_position_embeddings=64)
+        return t, t.replace(num_hidden_layers=1, hidden_size=16, intermediate_size=32)
+    t = runtime.load_bert_config(args.teacher_config, "--teacher_config")
+    if os.path.exists(args.student_config):
+        s = runtime.load_bert_config(args.student_config, "--student_config")
+    else:     # the GD student shape of configs/gd.yaml is not written yet: TinyBERT-4 shape with the teacher's vocab
+        s = t.replace(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
+    return t, s
+
+
+def lengths(args, seq):
+    """Token counts of the training rows (MR train), or a synthetic spread in quick mode / without data."""
+    path = os.path.join(args.data_dir, "train.tf_record")
+    if not args.quick and os.path.exists(path):
+        from src import runtime
+        a = runtime.load_split(args.data_dir, "train", "tfrecord", seq, None, columns=("input_ids", "input_mask"))
+        return a["input_mask"].sum(axis=1)
+    return np.random.default_rng(0).integers(3, seq + 1, size=args.rows)
+
+
+def bucket_batches(lens, buckets, batch):
+    """Batches per bucket length as ArrayBatcher forms them (drop remainder)."""
+    bs = sorted(set(buckets))
+    idx = np.searchsorted(np.array(bs), lens, side="left")
+    return {bs[b]: int((idx == b).sum()) // batch for b in range(len(bs))}
+
+
+def ms_side(args, tcfg, scfg, seqs, steps):
+    import mindspore as ms
+    from src import runtime
+    from src.distill import (CachedLogitsPhase2Loss, DistillLossConfig, FitDense, TaskDistillPhase1Loss,
+                             TaskDistillPhase2Loss, TrainStep, WarmupLinearDecayLR, build_optimizer)
+    from src.export import sample_inputs
+    from src.losses import resolve_layer_map
+    from src.tinybert_model import LogitsOnly
+    ms.set_seed(0)
+    teacher = runtime.build_classifier(tcfg, "dense")
+    student = runtime.build_classifier(scfg, "dense")
+    fit = FitDense(scfg.hidden_size, tcfg.hidden_size)
+    att, hid = resolve_layer_map(tcfg.num_hidden_layers, scfg.num_hidden_layers)
+    lcfg = DistillLossConfig()
+    b = args.batch
+
+    def make_step(loss_net):
+        lr = WarmupLinearDecayLR(1e-4, 1000, 100)
+        step = TrainStep(loss_net, build_optimizer(loss_net.trainable_params(), lr, 1e-4, 1e-6), 1.0, "global")
+        step.set_train(True)
+        return step
+
+    def data(seq):
+        ids, types, mask = sample_inputs(b, seq, tcfg.vocab_size, seed=seq)
+        labels = np.random.default_rng(seq).integers(0, 2, size=(b,)).astype(np.int32)
+        return [ms.Tensor(ids), ms.Tensor(np.zeros_like(types)), ms.Tensor(mask), ms.Tensor(labels)]
+
+    def timed(step, inputs):
+        first = time.perf_counter()
+        loss = step(*inputs)[0].asnumpy()
+        compile_s = time.perf_counter() - first
+        ts = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            loss = step(*inputs)[0].asnumpy()
+            ts.append(time.perf_counter() - t0)
+        if not np.isfinite(loss):
+            raise FloatingPointError("MindSpore loss is not finite")
+        return statistics.median(ts), compile_s
+
+    out = {"phase1": {}, "phase2_live": {}, "phase2_cached": {}, "compile_s": {}}
+    p1 = make_step(TaskDistillPhase1Loss(student, teacher, fit, att, hid, lcfg))
+    for seq in seqs:
+        out["phase1"][seq], out["compile_s"][f"phase1_{seq}"] = timed(p1, data(seq))
+    p2 = make_step(TaskDistillPhase2Loss(student, teacher, lcfg, False))
+    out["phase2_live"][seqs[-1]], out["compile_s"]["phase2_live"] = timed(p2, data(seqs[-1]))
+    p2c = make_step(CachedLogitsPhase2Loss(student, lcfg, False))
+    for seq in seqs:
+        d = data(seq)
+        logits = ms.Tensor(np.random.default_rng(1).standard_normal((b, tcfg.num_labels)).astype(np.float32))
+        out["phase2_cached"][seq], out["compile_s"][f"phase2_cached_{seq}"] = timed(p2c, d + [logits])
+    net = LogitsOnly(teacher)
+    net.set_train(False)
+    eb = args.eval_batch
+    ids, types, mask = sample_inputs(eb, seqs[-1], tcfg.vocab_size)
+    t_in = [ms.Tensor(ids), ms.Tensor(types), ms.Tensor(mask)]
+    net(*t_in).asnumpy()
+    ts = []
+    for _ in range(max(1, steps // 2)):
+        t0 = time.perf_counter()
+        net(*t_in).asnumpy()
+        ts.append(time.perf_counter() - t0)
+    out["teacher_fwd_per_row"] = statistics.median(ts) / eb
+    return out
+
+
+def torch_side(py, args, tcfg, scfg, seqs, steps):
+    from src.losses import resolve_layer_map
+    att, hid = resolve_layer_map(tcfg.num_hidden_layers, scfg.num_hidden_layers)
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "hidden_dropout_prob",
+            "attention_probs_dropout_prob")
+
+    def hf(c):
+        d = {k: getattr(c, k) for k in keys}
+        d.update(hidden_act="gelu", num_labels=c.num_labels)
+        return d
+    spec = {"teacher": hf(tcfg), "student": hf(scfg), "attention_map": list(att), "hidden_map": list(hid),
+            "batch": args.batch, "seqs": list(seqs), "steps": steps, "threads": args.threads}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        r = subprocess.run([py, os.path.join(ROOT, "benchmarks", "torch_td_loop.py"), f.name], capture_output=True,
+                           text=True, timeout=3600)
+    finally:
+        os.remove(f.name)
+    if r.returncode != 0:
+        raise RuntimeError(f"torch loop failed: {r.stderr.strip()[-800:]}")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    for k in ("phase1", "phase2"):
+        res[k] = {int(s): v for s, v in res[k].items()}
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="TD step/epoch throughput: MindSpore project vs PyTorch+transformers")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--eval_batch", type=int, default=None)
+    p.add_argument("--seq_length", type=int, default=None)
+    p.add_argument("--buckets", type=int, nargs="+", default=None, help="length buckets (td_mr.yaml: 32 64)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows", type=int, default=6824, help="rows per epoch when no data is read (quick)")
+    p.add_argument("--teacher_config", default="output/minilm/config.json")
+    p.add_argument("--student_config", default="output/gd/config.json")
+    p.add_argument("--data_dir", default="data/mr")
+    p.add_argument("--torch_python", default="")
+    p.add_argument("--out_dir", default="output/bench")
+    p.add_argument("--readme", default="")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.batch = args.batch or (4 if q else 32)
+    args.eval_batch = args.eval_batch or (4 if q else 64)
+    seq = args.seq_length or (16 if q else 64)
+    buckets = sorted(set(args.buckets or ([8, 16] if q else [32, 64])) | {seq})
+    buckets = [x for x in buckets if x <= seq]
+    steps = args.steps or (2 if q else 8)
+
+    from src import runtime
+    runtime.init_context("CPU", "graph", threads=args.threads)
+    tcfg, scfg = configs(args)
+    lens = lengths(args, seq)
+    if q:
+        lens = lens[:args.rows]
+    nb = bucket_batches(lens, buckets, args.batch)
+    n_rows = int(len(lens))
+    full_batches = n_rows // args.batch
+    ms_res = ms_side(args, tcfg, scfg, buckets, steps)
+    py = torch_python(args.torch_python)
+    th = torch_side(py, args, tcfg, scfg, [seq], steps) if py else None
+
+    b = args.batch
+    ms_ep1 = sum(n * ms_res["phase1"][L] for L, n in nb.items())
+    ms_ep2 = n_rows * ms_res["teacher_fwd_per_row"] + sum(n * ms_res["phase2_cached"][L] for L, n in nb.items())
+    rows = []
+
+    def add(name, ms_s, th_s, unit):
+        if unit == "step":
+            rows.append([name, b / ms_s, (b / th_s) if th_s else None, ms_s, th_s,
+                         (ms_s / th_s) if th_s else None])
+        else:
+            rows.append([name, n_rows / ms_s, (n_rows / th_s) if th_s else None, ms_s, th_s,
+                         (ms_s / th_s) if th_s else None])
+    t1 = th["phase1"][seq] if th else None
+    t2 = th["phase2"][seq] if th else None
+    add(f"TD phase 1 step (teacher fwd + student fwd/bwd), b{b} s{seq}", ms_res["phase1"][seq], t1, "step")
+    add(f"TD phase 2 step, teacher live, b{b} s{seq}", ms_res["phase2_live"][seq], t2, "step")
+    add(f"TD phase 2 step, cached teacher logits (torch: live), b{b} s{seq}", ms_res["phase2_cached"][seq], t2,
+        "step")
+    add(f"TD phase 1 epoch, {n_rows} rows (project: buckets {buckets})", ms_ep1, t1 * full_batches if th else None,
+        "epoch")
+    add(f"TD phase 2 epoch, {n_rows} rows (project: cached logits incl. caching + buckets)", ms_ep2,
+        t2 * full_batches if th else None, "epoch")
+    add("TD phase 1 + phase 2 epoch", ms_ep1 + ms_ep2, (t1 + t2) * full_batches if th else None, "epoch")
+
+    mach = machine(args.threads)
+    out = {"machine": mach, "quick": q, "batch": b, "seq": seq, "buckets": buckets, "bucket_batches": nb,
+           "rows": n_rows, "teacher": tcfg.to_dict(), "student": scfg.to_dict(), "mindspore": ms_res,
+           "torch": th, "torch_python": py, "table": rows}
+    write_json(os.path.join(args.out_dir, "td_throughput.json"), _jsonable(out))
+    heads = ["measure", "project seq/s", "PyTorch seq/s", "project s", "PyTorch s", "project / PyTorch time"]
+    total = rows[-1][5]
+    verdict = ("PyTorch side " + TORCH_SKIPPED) if th is None else (
+        f"TD epoch project / PyTorch = {total:.2f}x (goal <= 0.5x: {'met' if total <= 0.5 else 'NOT met'})")
+    versions = f" torch {th['torch']}, transformers {th['transformers']}." if th else ""
+    text = (f"### Task-distillation throughput: MindSpore project vs PyTorch + transformers\n\n{machine_line(mach)}. "
+            f"Teacher {tcfg.num_hidden_layers}L/{tcfg.hidden_size}H, student {scfg.num_hidden_layers}L/"
+            f"{scfg.hidden_size}H; median of {steps} steps after warm-up; both sides {args.threads} threads."
+            f"{versions}{' QUICK MODE: tiny shapes, timings meaningless.' if q else ''}\n\n"
+            + markdown_table(heads, rows) + f"\n\n{verdict}")
+    emit("td_throughput", text, args.readme or None)
+    return out
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return o
+
+
+if __name__ == "__main__":
+    from src.errors import run_main
+    run_main(main, sys.argv[1:])

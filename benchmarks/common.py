@@ -1,0 +1,124 @@
+"""Shared by the benchmark scripts: machine description, nominal peak FLOP/s, BERT FLOP counts, markdown tables,
+timing, result JSON, and writing a table into README.md between `<!-- bench:NAME:start -->` / `:end -->` markers."""
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def _cpuinfo() -> dict:
+    out = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    out.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    return out
+
+
+def machine(threads: int) -> dict:
+    """CPU model, cores, threads used and the nominal fp32 peak of the threads used:
+    threads x clock x FLOP/cycle (AVX-512 FMA: 2 units x 16 lanes x 2 = 64; AVX2 FMA: 2 x 8 x 2 = 32; else 16).
+    The clock is /proc/cpuinfo's current MHz (no turbo model): a nominal figure, not a measured roofline."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 16
+    mhz = float(info.get("cpu MHz", 0) or 0)
+    peak = threads * mhz / 1000.0 * per_cycle if mhz else 0.0
+    return {"cpu": info.get("model name", platform.processor() or "unknown"), "cores": os.cpu_count(),
+            "threads": threads, "mhz": mhz, "flop_per_cycle": per_cycle, "peak_gflops": peak,
+            "isa": "AVX-512" if per_cycle == 64 else "AVX2+FMA" if per_cycle == 32 else "SSE"}
+
+
+def machine_line(m: dict) -> str:
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads used, {m['isa']} "
+            f"{m['mhz']:.0f} MHz: nominal fp32 peak {m['peak_gflops']:.0f} GFLOP/s for the threads used")
+
+
+def bert_flops(cfg, seq: int) -> float:
+    """Forward FLOPs (2 x multiply-adds) of one sequence through a BertForSequenceClassification of `cfg`:
+    Q/K/V/output projections, QK^T and PV, FFN, pooler and classifier. Embedding lookups, LayerNorm, softmax and
+    GELU are not counted (< 2% at these sizes)."""
+    h = cfg.hidden_size
+    total = 0.0
+    for i in range(cfg.num_hidden_layers):
+        inner = cfg.heads(i) * cfg.head_size
+        total += 2 * seq * (3 * h * inner + inner * h + 2 * h * cfg.ffn(i))
+        total += 2 * 2 * seq * seq * inner
+    return total + 2 * h * h + 2 * h * cfg.num_labels
+
+
+def time_call(fn: Callable[[], object], min_reps: int = 3, budget_s: float = 2.0, warmup: int = 1) -> float:
+    """Median seconds per call: `warmup` untimed calls, then at least `min_reps` timed calls and more while the
+    budget lasts (at most 50)."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 50):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def fmt(v, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int):
+        return f"{v:,}"
+    if v != v:
+        return "nan"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    cells = [[str(h) for h in headers]] + [[fmt(c) for c in r] for r in rows]
+    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def atomic_write(path: str, text: str):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj):
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_readme(readme: str, name: str, text: str):
+    """Replace the block between the markers of `name` in `readme` (append a new marked block when absent)."""
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    old = open(readme, encoding="utf-8").read() if os.path.exists(readme) else ""
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in old and end in old and old.index(start) < old.index(end):
+        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + block + "\n"
+    atomic_write(readme, new)
+
+
+def emit(name: str, text: str, readme: Optional[str]):
+    print(text, flush=True)
+    if readme:
+        write_readme(readme, name, text)
+        print(f"(written into {readme} between the bench:{name} markers)")

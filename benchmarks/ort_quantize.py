@@ -1,0 +1,29 @@
+"""onnxruntime int8 dynamic quantization of one ONNX file (weights int8 per tensor, activations quantized at run
+time). Needs the `onnx` package, which cannot live in the MindSpore venv (numpy 2): bench_export.py runs this file
+with the benchmark venv's python (requirements-bench.txt).
+
+    python benchmarks/ort_quantize.py in.onnx out.onnx
+"""
+import os
+import sys
+
+
+def main(argv):
+    if len(argv) != 2:
+        print("usage: ort_quantize.py IN.onnx OUT.onnx", file=sys.stderr)
+        return 2
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    src, dst = argv
+    tmp = f"{dst}.tmp{os.getpid()}.onnx"
+    try:
+        quantize_dynamic(src, tmp, weight_type=QuantType.QInt8)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"quantized {src} -> {dst} ({os.path.getsize(dst)} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

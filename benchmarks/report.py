@@ -1,0 +1,160 @@
+"""Trade-off table and plots for the embedded default, from the runs' own records (never typed by hand).
+
+    python benchmarks/report.py                          # teacher + TD student of output/td_mr, bench JSON
+    python benchmarks/report.py --run width0.667=output/width/w0.667 --readme README.md
+
+Table: model, params, bytes (checkpoint), latency (from output/bench/export.json, batch/seq chosen with
+--latency_batch/--latency_seq, onnxruntime), dev metric (best eval in the run's metrics.jsonl), % of the teacher's
+metric. PNGs (needs matplotlib, requirements-bench.txt; the table prints without it):
+tradeoff.png (dev metric vs latency, marker area ~ bytes) and curves.png (training loss per logged step and the
+metric per eval, every run). No MindSpore needed: runs with either venv.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import emit, markdown_table, write_json  # noqa: E402
+
+DEFAULT_RUNS = ["MiniLM-L6 teacher=output/td_mr/teacher", "MR student=output/td_mr/td2"]
+
+
+def read_metrics(path: str):
+    train, evals = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            rec = json.loads(line)
+            (train if rec.get("kind") == "train" else evals if rec.get("kind") == "eval" else []).append(rec)
+    return train, evals
+
+
+def run_summary(name: str, run_dir: str, metric: str):
+    m = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(m):
+        return None
+    train, evals = read_metrics(m)
+    scores = [e[metric] for e in evals if metric in e]
+    ckpt = next((os.path.join(run_dir, c) for c in ("best.ckpt", "student.ckpt", "model.ckpt")
+                 if os.path.exists(os.path.join(run_dir, c))), None)
+    params = None
+    cfg = os.path.join(run_dir, "config.json")
+    if os.path.exists(cfg):
+        params = _param_count(json.load(open(cfg, encoding="utf-8")))
+    return {"name": name, "dir": run_dir, "best": max(scores) if scores else None, "evals": len(scores),
+            "ckpt_bytes": os.path.getsize(ckpt) if ckpt else None, "params": params,
+            "train": [(r["step"], r["loss"]) for r in train if "loss" in r],
+            "eval_curve": [(e.get("step"), e[metric]) for e in evals if metric in e]}
+
+
+def _param_count(c: dict) -> int:
+    """Parameters of a BertForSequenceClassification from its config.json (per-layer sizes honoured)."""
+    h, L = c["hidden_size"], c["num_hidden_layers"]
+    d = h // c["num_attention_heads"]
+    heads = c.get("layer_num_heads") or [c["num_attention_heads"]] * L
+    ffn = c.get("layer_intermediate_sizes") or [c["intermediate_size"]] * L
+    n = (c["vocab_size"] + c["max_position_embeddings"] + c["type_vocab_size"]) * h + 2 * h
+    for i in range(L):
+        a = heads[i] * d
+        n += 3 * (h * a + a) + a * h + h + 2 * h + h * ffn[i] + ffn[i] + ffn[i] * h + h + 2 * h
+    return n + h * h + h + h * c.get("num_labels", 2) + c.get("num_labels", 2)
+
+
+def latency_of(bench: dict, name: str, batch: int, seq: int):
+    for r in (bench or {}).get("latency", []):
+        if r["model"] == name and r["batch"] == batch and r["seq"] == seq and r.get("ort_s"):
+            return r["ort_s"] * 1e3
+    return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="trade-off table + plots from run records")
+    p.add_argument("--run", action="append", default=None, help="NAME=RUN_DIR (repeat); default: teacher + TD student")
+    p.add_argument("--metric", default="acc")
+    p.add_argument("--bench_json", default="output/bench/export.json")
+    p.add_argument("--latency_batch", type=int, default=1)
+    p.add_argument("--latency_seq", type=int, default=64)
+    p.add_argument("--out_dir", default="output/bench")
+    p.add_argument("--no_plots", action="store_true")
+    p.add_argument("--readme", default="")
+    args = p.parse_args(argv)
+    bench = json.load(open(args.bench_json, encoding="utf-8")) if os.path.exists(args.bench_json) else None
+    specs = args.run or DEFAULT_RUNS
+    runs, missing = [], []
+    for s in specs:
+        if "=" not in s:
+            from src.errors import UserError
+            raise UserError(f"--run '{s}': expected NAME=RUN_DIR")
+        name, d = s.split("=", 1)
+        r = run_summary(name, d, args.metric)
+        (runs.append(r) if r else missing.append(f"{name} ({d}/metrics.jsonl missing)"))
+    teacher = runs[0]["best"] if runs and runs[0]["best"] else None
+    rows = []
+    for r in runs:
+        r["latency_ms"] = latency_of(bench, r["name"], args.latency_batch, args.latency_seq)
+        pct = 100 * r["best"] / teacher if teacher and r["best"] is not None else None
+        rows.append([r["name"], r["params"], r["ckpt_bytes"], r["latency_ms"], r["best"], pct, r["evals"]])
+    heads = ["model", "params", "ckpt bytes", f"ORT latency ms (b{args.latency_batch}, s{args.latency_seq})",
+             f"dev {args.metric}", "% of teacher", "evals"]
+    text = ("### Trade-off on the embedded default (MR)\n\nFrom each run's metrics.jsonl (best dev metric) and "
+            f"{args.bench_json} (latency; '-' = not benchmarked). First row is the reference.\n\n"
+            + markdown_table(heads, rows))
+    if missing:
+        text += "\n\nNot found: " + "; ".join(missing)
+    pngs = [] if args.no_plots else plots(runs, args)
+    if pngs:
+        text += "\n\n" + " ".join(f"![{os.path.basename(pth)}]({pth})" for pth in pngs)
+    write_json(os.path.join(args.out_dir, "report.json"), {"runs": runs, "missing": missing, "pngs": pngs})
+    emit("tradeoff", text, args.readme or None)
+    return {"rows": rows, "runs": runs, "pngs": pngs, "text": text}
+
+
+def plots(runs, args):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -r requirements-bench.txt): plots skipped")
+        return []
+    os.makedirs(args.out_dir, exist_ok=True)
+    out = []
+    pts = [r for r in runs if r["latency_ms"] is not None and r["best"] is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in pts:
+            size = 40 + 400 * (r["ckpt_bytes"] or 0) / max(x["ckpt_bytes"] or 1 for x in pts)
+            ax.scatter(r["latency_ms"], r["best"], s=size, alpha=0.6)
+            ax.annotate(r["name"], (r["latency_ms"], r["best"]), fontsize=8)
+        ax.set_xlabel(f"onnxruntime latency, ms (batch {args.latency_batch}, seq {args.latency_seq})")
+        ax.set_ylabel(f"dev {args.metric}")
+        ax.set_title("accuracy vs latency (marker area ~ checkpoint bytes)")
+        out.append(_save(fig, os.path.join(args.out_dir, "tradeoff.png")))
+        plt.close(fig)
+    if any(r["train"] or r["eval_curve"] for r in runs):
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for r in runs:
+            if r["train"]:
+                a1.plot(*zip(*r["train"]), label=r["name"])
+            if r["eval_curve"]:
+                a2.plot(*zip(*r["eval_curve"]), marker="o", label=r["name"])
+        a1.set_xlabel("step"), a1.set_ylabel("training loss"), a1.legend(fontsize=8)
+        a2.set_xlabel("step"), a2.set_ylabel(f"dev {args.metric}"), a2.legend(fontsize=8)
+        out.append(_save(fig, os.path.join(args.out_dir, "curves.png")))
+        plt.close(fig)
+    return out
+
+
+def _save(fig, path):
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+if __name__ == "__main__":
+    from src.errors import run_main
+    run_main(main, sys.argv[1:])

@@ -1,0 +1,58 @@
+"""Export a trained classifier (teacher, TinyBERT student, width sub-model, ternary model) to MINDIR / ONNX / AIR.
+Usage (model-zoo style):
+
+    python export.py --config_path output/td_mr/td2/config.json --ckpt_file output/td_mr/td2/best.ckpt \
+        --file_format MINDIR --file_name output/export/td_mr_student --batch_size 32 --seq_length 64
+    python export.py ... --file_format ONNX            # exact GELU via an exportable erf (see docs/export.md)
+    python export.py ... --width_mult 0.667            # slice a width supernet checkpoint first
+    python run_eval_onnx.py --model_file output/export/td_mr_student.onnx --task MR --data_dir data/mr
+
+Inputs: input_ids, token_type_ids, input_mask (int32, [batch_size, seq_length], fixed). Output: the logits
+[batch_size, num_labels]. Every export is reloaded and compared with the checkpoint before it is written.
+"""
+import argparse
+import sys
+
+from src.errors import UserError, run_main
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config_path", required=True, help="model config.json written beside the checkpoint")
+    p.add_argument("--ckpt_file", required=True, help="classifier checkpoint (e.g. <run>/best.ckpt)")
+    p.add_argument("--file_name", default="tinybert", help="output path; the format's extension is added")
+    p.add_argument("--file_format", default="MINDIR", help="MINDIR | ONNX | AIR (AIR: Ascend only)")
+    p.add_argument("--batch_size", type=int, default=32, help="fixed batch of the exported graph")
+    p.add_argument("--seq_length", type=int, default=64, help="fixed sequence length of the exported graph")
+    p.add_argument("--task", default="", help="task name (MR, SST-2, MNLI, ...): sets num_labels")
+    p.add_argument("--num_labels", type=int, default=0, help="override num_labels (0 = from --task or config)")
+    p.add_argument("--head_type", default="dense", help="dense | relu_pooler (as trained)")
+    p.add_argument("--gelu", default="auto", help="auto | erf_poly | tanh | exact (how the exact GELU is exported)")
+    p.add_argument("--width_mult", type=float, default=None, help="slice a width supernet checkpoint to this width")
+    p.add_argument("--ternary", action="store_true", help="export the ternary inference model of a TernaryBERT ckpt")
+    p.add_argument("--device_target", default="CPU", help="CPU | GPU | Ascend")
+    p.add_argument("--no_verify", action="store_true", help="skip the reload-and-compare check (not recommended)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from src.export import check_format
+    check_format(args.file_format, args.device_target)          # AIR off Ascend fails before any work
+    num_labels = args.num_labels or None
+    if args.task and not num_labels:
+        from src.tasks import get_task
+        try:
+            num_labels = get_task(args.task).num_labels
+        except ValueError as e:
+            raise UserError(f"--task: {e}") from None
+    from src import runtime
+    runtime.init_context(args.device_target, "graph")
+    from src.export import export_checkpoint
+    return export_checkpoint(args.config_path, args.ckpt_file, args.file_name, args.file_format, args.batch_size,
+                             args.seq_length, num_labels, args.head_type, args.gelu, args.width_mult, args.ternary,
+                             args.device_target, verify=not args.no_verify)
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])

@@ -1,0 +1,58 @@
+"""Evaluate an exported model (.onnx with onnxruntime, .mindir with ms.load + nn.GraphCell) on the full dev split
+of a task's records, with the same metrics and batching as training-time eval (tail batch padded to the fixed
+export batch and sliced off). Usage:
+
+    python run_eval_onnx.py --model_file output/export/td_mr_student.onnx --task MR --data_dir data/mr
+    python run_eval_onnx.py --model_file output/export/td_mr_student.mindir --task MR --data_dir data/mr
+
+Prints `eval acc 0.xxxxxx | <file>` and the model-zoo line `============== acc is 0.xxxxxx`.
+"""
+import argparse
+import sys
+
+from src.errors import UserError, run_main
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model_file", required=True, help=".onnx or .mindir written by export.py")
+    p.add_argument("--task", default="MR")
+    p.add_argument("--data_dir", default="data/mr")
+    p.add_argument("--split", default="dev", help="dev = the task's dev split(s); or test, train")
+    p.add_argument("--dataset_type", default="tfrecord", help="tfrecord | mindrecord")
+    p.add_argument("--batch_size", type=int, default=0, help="0 = the exported batch (from the file / its .json)")
+    p.add_argument("--seq_length", type=int, default=0, help="0 = the exported seq length")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (onnxruntime intra-op / MindSpore)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from src.tasks import get_task
+    try:
+        task = get_task(args.task)
+    except ValueError as e:
+        raise UserError(f"--task: {e}") from None
+    from src import runtime
+    from src.export import exported_shape, runner_for
+    runtime.init_context("CPU", "graph", threads=args.threads)
+    runner = runner_for(args.model_file, args.threads)
+    batch, seq = exported_shape(args.model_file, runner, args.batch_size or None, args.seq_length or None)
+    splits = task.eval_splits if args.split == "dev" else (args.split,)
+    eval_sets = {s: runtime.load_split(args.data_dir, s, args.dataset_type, seq, task) for s in splits}
+
+    import mindspore as ms
+    from src.trainer import evaluate
+
+    def logits_fn(*tensors):                       # the trainer's predict() hands MindSpore tensors
+        return ms.Tensor(runner(*[t.asnumpy() for t in tensors]))
+
+    metrics = evaluate(logits_fn, eval_sets, batch, task)
+    rows = sum(len(a["input_ids"]) for a in eval_sets.values())
+    print("eval " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()) + f" | {rows} rows | {args.model_file}")
+    print(f"============== {task.main_metric} is {metrics[task.main_metric]:.6f}", flush=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:])

@@ -1,0 +1,266 @@
+"""Export a classifier checkpoint to MINDIR / ONNX (AIR on Ascend) and run exported models.
+
+What an exported model is: inputs `input_ids, token_type_ids, input_mask` (int32, [batch, seq], fixed shapes:
+`ms.export` writes static shapes) and one output, the **logits** [batch, num_labels] (no softmax, no log-softmax:
+the model-zoo exported log-softmax probabilities; argmax and every metric agree either way).
+
+GELU and ONNX: MindSpore 2.10 cannot export `Erf` to ONNX, so the exact (erf) GELU of BERT/MiniLM checkpoints
+does not export as is. `gelu="auto"` (default) exports ONNX with `gelu_erf_poly` - the exact GELU with erf from
+Abramowitz-Stegun 7.1.26 built from Abs/Mul/Div/Exp - which matches the checkpoint's logits to ~1e-6 without
+retraining. `gelu="tanh"` exports the tanh approximation instead (the logit difference is measured and printed);
+`gelu="exact"` keeps `Erf` and fails with a clear error for ONNX. MINDIR keeps the exact GELU (bit-exact reload).
+
+Every export is verified before it is moved into place: the file is reloaded (MINDIR: `ms.load` + `nn.GraphCell`,
+ONNX: onnxruntime) and its logits are compared with the checkpoint's logits on a fixed random batch. A sidecar
+`<file>.json` records shapes, names, the GELU used and the measured difference. Nothing is left behind on failure.
+"""
+import json
+import os
+from typing import Optional
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn
+
+from src import runtime
+from src.errors import UserError
+from src.tinybert_model import BertConfig, LogitsOnly
+
+FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
+GELU_MODES = ("auto", "erf_poly", "tanh", "exact")
+INPUT_NAMES = ("input_ids", "token_type_ids", "input_mask")
+EXACT_ACTS = ("gelu", "gelu_exact")
+# Parity tolerances on the logits (verified after every export).
+TOLERANCE = {"MINDIR": 1e-5, "ONNX": 1e-4}
+
+
+def check_format(file_format: str, device_target: str) -> str:
+    fmt = str(file_format).upper()
+    if fmt not in FORMATS:
+        raise UserError(f"--file_format '{file_format}': expected one of {', '.join(FORMATS)}")
+    if fmt == "AIR" and device_target != "Ascend":
+        raise UserError(f"--file_format AIR needs --device_target Ascend (MindSpore writes AIR only with the Ascend "
+                        f"backend; this run uses {device_target}): export MINDIR or ONNX instead")
+    return fmt
+
+
+def export_activation(cfg: BertConfig, file_format: str, gelu: str):
+    """(config to build the exported graph with, note). Only the activation may change, never the weights."""
+    if gelu not in GELU_MODES:
+        raise UserError(f"--gelu '{gelu}': expected one of {', '.join(GELU_MODES)}")
+    exact = cfg.hidden_act in EXACT_ACTS or cfg.hidden_act == "gelu_erf_poly"
+    if not exact:
+        if gelu in ("erf_poly", "exact"):
+            raise UserError(f"--gelu {gelu}: the checkpoint's config uses hidden_act '{cfg.hidden_act}' (tanh "
+                            f"GELU); use --gelu auto or tanh")
+        return cfg, f"checkpoint GELU '{cfg.hidden_act}' (tanh approximation) exported as is"
+    if gelu == "tanh":
+        return cfg.replace(hidden_act="gelu_tanh"), ("exported with the tanh GELU approximation while the checkpoint "
+                                                     "was trained with the exact erf GELU: logits differ (see parity)")
+    if gelu == "erf_poly" or (gelu == "auto" and file_format == "ONNX"):
+        return cfg.replace(hidden_act="gelu_erf_poly"), ("exact GELU exported with erf from Abramowitz-Stegun "
+                                                         "7.1.26 (|err| < 1.5e-7): Erf does not export to ONNX")
+    if file_format == "ONNX":
+        raise UserError("--gelu exact: MindSpore 2.10 cannot export the Erf operator to ONNX; use --gelu auto "
+                        "(exact GELU from exportable ops) or --gelu tanh (approximation)")
+    return cfg, "exact erf GELU exported as is"
+
+
+def _width_model(cfg: BertConfig, ckpt_file: str, width_mult: float, head_type: str):
+    """Slice a supernet checkpoint (DynaBERT/OFA) to a physically smaller model at `width_mult` (src/width.py)."""
+    from src.width import slice_to_width
+    supernet = runtime.build_classifier(cfg, head_type)
+    runtime.load_into(supernet, ckpt_file, "--ckpt_file (supernet)", strict=True, allow_unexpected=("fit_dense.",))
+    try:
+        sub = slice_to_width(supernet, float(width_mult))
+    except ValueError as e:
+        raise UserError(f"--width_mult {width_mult}: {e}") from None
+    return sub.config, sub
+
+
+def _ternary_model(cfg: BertConfig, packed_file: str, head_type: str):
+    """The inference model of a packed TernaryBERT artefact (.tpack from tools/pack_ternary.py, src/packing.py):
+    ternary weights rebuilt bit-exactly, activation fake-quant as trained. The shape, quantization and head come
+    from the artefact itself; only the activation of --config_path (e.g. gelu_erf_poly for ONNX) is applied."""
+    from src.packing import build_ternary_inference_model, unpack
+    state, packed_cfg, qcfg, packed_head, _ = unpack(packed_file)
+    if head_type != packed_head:
+        raise UserError(f"--head_type {head_type}: the packed model '{packed_file}' was trained with head_type "
+                        f"{packed_head}")
+    hidden_act = cfg.hidden_act if cfg.hidden_act != packed_cfg.hidden_act else None
+    net = build_ternary_inference_model(state, packed_cfg, qcfg, packed_head, hidden_act=hidden_act)
+    model_cfg = packed_cfg.replace(hidden_act=hidden_act) if hidden_act else packed_cfg
+    return model_cfg, net.net
+
+
+def build_model(config_path: str, ckpt_file: str, num_labels: Optional[int] = None, head_type: str = "dense",
+                width_mult: Optional[float] = None, ternary: bool = False, hidden_act: Optional[str] = None):
+    """(config, classifier in inference mode) from a model config.json + checkpoint, strictly loaded.
+
+    hidden_act overrides the activation only (e.g. "gelu_erf_poly" for ONNX); the weights are the same."""
+    over = {}
+    if num_labels:
+        over["num_labels"] = int(num_labels)
+    cfg = runtime.load_bert_config(config_path, "--config_path", **over)
+    runtime.require_file(ckpt_file, "--ckpt_file")
+    if hidden_act:
+        cfg = cfg.replace(hidden_act=hidden_act)
+    if width_mult is not None and ternary:
+        raise UserError("--width_mult and --ternary together are not supported: export one at a time")
+    if width_mult is not None:
+        cfg, model = _width_model(cfg, ckpt_file, width_mult, head_type)
+    elif ternary:
+        cfg, model = _ternary_model(cfg, ckpt_file, head_type)
+    else:
+        model = runtime.build_classifier(cfg, head_type)
+        runtime.load_into(model, ckpt_file, "--ckpt_file", strict=True, allow_unexpected=("fit_dense.",))
+    model.set_train(False)
+    return cfg, model
+
+
+def sample_inputs(batch: int, seq: int, vocab: int, seed: int = 0):
+    """A fixed, realistic batch: [CLS] ... [SEP] with varied lengths, padding masked, two segments."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000 if vocab > 2000 else 1, vocab, size=(batch, seq)).astype(np.int32)
+    lengths = rng.integers(max(2, seq // 4), seq + 1, size=batch)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int32)
+    types = ((np.arange(seq)[None, :] >= (lengths[:, None] // 2)) & (mask > 0)).astype(np.int32)
+    ids = ids * mask
+    return ids, types, mask
+
+
+class OnnxRunner:
+    """onnxruntime session with the export's input names; __call__(ids, types, mask) -> numpy logits."""
+
+    def __init__(self, path: str, threads: int = 0):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        try:
+            self.sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:       # onnxruntime raises its own exception types for unreadable models
+            raise UserError(f"'{path}': onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        self.inputs = self.sess.get_inputs()
+        self.names = [i.name for i in self.inputs]
+        self.shape = tuple(self.inputs[0].shape)
+
+    def __call__(self, *arrays):
+        feeds = {n: np.asarray(a, np.int32) for n, a in zip(self.names, arrays)}
+        return self.sess.run(None, feeds)[0]
+
+
+class MindirRunner:
+    """ms.load + nn.GraphCell; __call__(ids, types, mask) -> numpy logits."""
+
+    def __init__(self, path: str):
+        try:
+            self.net = nn.GraphCell(ms.load(path))
+        except (RuntimeError, ValueError) as e:
+            raise UserError(f"'{path}': MindSpore cannot load it as MINDIR ({str(e).splitlines()[0][:200]})") from None
+
+    def __call__(self, *arrays):
+        return self.net(*[ms.Tensor(np.asarray(a, np.int32)) for a in arrays]).asnumpy()
+
+
+def runner_for(path: str, threads: int = 0):
+    ext = os.path.splitext(path)[1].lower()
+    runtime.require_file(path, "exported model")
+    if ext == ".onnx":
+        return OnnxRunner(path, threads)
+    if ext == ".mindir":
+        return MindirRunner(path)
+    raise UserError(f"'{path}': expected a .onnx or .mindir file")
+
+
+def output_path(file_name: str, fmt: str) -> str:
+    ext = FORMATS[fmt]
+    return file_name if file_name.lower().endswith(ext) else file_name + ext
+
+
+def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_format: str = "MINDIR",
+                      batch_size: int = 32, seq_length: int = 64, num_labels: Optional[int] = None,
+                      head_type: str = "dense", gelu: str = "auto", width_mult: Optional[float] = None,
+                      ternary: bool = False, device_target: str = "CPU", verify: bool = True, log=print) -> dict:
+    """Export, reload, compare with the checkpoint, then move the file into place. Returns the sidecar dict."""
+    fmt = check_format(file_format, device_target)
+    if batch_size < 1 or seq_length < 1:
+        raise UserError(f"--batch_size {batch_size} / --seq_length {seq_length}: both must be >= 1")
+    ref_cfg, ref_model = build_model(config_path, ckpt_file, num_labels, head_type, width_mult, ternary)
+    if seq_length > ref_cfg.max_position_embeddings:
+        raise UserError(f"--seq_length {seq_length} exceeds max_position_embeddings "
+                        f"{ref_cfg.max_position_embeddings} of '{config_path}'")
+    exp_cfg, note = export_activation(ref_cfg, fmt, gelu)
+    if exp_cfg.hidden_act != ref_cfg.hidden_act:
+        _, exp_model = build_model(config_path, ckpt_file, num_labels, head_type, width_mult, ternary,
+                                   hidden_act=exp_cfg.hidden_act)
+    else:
+        exp_model = ref_model
+    net = LogitsOnly(exp_model)
+    net.set_train(False)
+    ids, types, mask = sample_inputs(batch_size, seq_length, ref_cfg.vocab_size)
+    inputs = [ms.Tensor(x) for x in (ids, types, mask)]
+
+    final = output_path(file_name, fmt)
+    os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
+    tmp_base = f"{final}.tmp{os.getpid()}"
+    tmp = tmp_base + FORMATS[fmt]
+    try:
+        ms.export(net, *inputs, file_name=tmp_base, file_format=fmt)
+        if not os.path.exists(tmp):
+            raise RuntimeError(f"ms.export reported success but wrote no {tmp}")
+        info = {"format": fmt, "file": os.path.basename(final), "config": config_path, "ckpt": ckpt_file,
+                "inputs": [{"name": n, "dtype": "int32", "shape": [batch_size, seq_length]} for n in INPUT_NAMES],
+                "output": {"name": "logits", "dtype": "float32", "shape": [batch_size, ref_cfg.num_labels],
+                           "meaning": "classifier logits (no softmax)"},
+                "batch_size": batch_size, "seq_length": seq_length, "num_labels": ref_cfg.num_labels,
+                "hidden_act": exp_cfg.hidden_act, "checkpoint_hidden_act": ref_cfg.hidden_act, "gelu_note": note,
+                "width_mult": width_mult, "ternary": bool(ternary)}
+        if verify and fmt != "AIR":
+            ref_net = LogitsOnly(ref_model)
+            ref_net.set_train(False)
+            ref = ref_net(*inputs).asnumpy()
+            got = runner_for(tmp)(ids, types, mask)
+            if got.shape != ref.shape:
+                raise RuntimeError(f"exported {fmt} returns shape {got.shape}, checkpoint logits are {ref.shape}")
+            diff = float(np.abs(got - ref).max())
+            agree = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+            info["parity"] = {"max_abs_logit_diff": diff, "argmax_agreement": agree, "rows": batch_size,
+                              "tolerance": TOLERANCE[fmt]}
+            exact_graph = exp_cfg.hidden_act == ref_cfg.hidden_act or exp_cfg.hidden_act == "gelu_erf_poly"
+            log(f"parity {fmt} vs checkpoint: max|logits diff| {diff:.3e}, argmax agreement {agree:.4f} "
+                f"({batch_size} rows)")
+            if exact_graph and not diff <= TOLERANCE[fmt]:
+                raise RuntimeError(f"exported {fmt} differs from the checkpoint by {diff:.3e} > {TOLERANCE[fmt]:.0e}: "
+                                   f"not writing {final}")
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    side = final + ".json"
+    with open(side + f".tmp{os.getpid()}", "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, sort_keys=True)
+    os.replace(side + f".tmp{os.getpid()}", side)
+    log(f"exported {fmt} to {final} ({os.path.getsize(final)} bytes); {note}")
+    return info
+
+
+def exported_shape(path: str, runner=None, batch_size: Optional[int] = None, seq_length: Optional[int] = None):
+    """(batch, seq) of an exported model: ONNX from its input shape, MINDIR from the sidecar JSON or flags."""
+    side = path + ".json"
+    b, s = None, None
+    if isinstance(runner, OnnxRunner) and len(runner.shape) == 2 and all(isinstance(x, int) for x in runner.shape):
+        b, s = runner.shape
+    elif os.path.exists(side):
+        with open(side, encoding="utf-8") as f:
+            meta = json.load(f)
+        b, s = meta.get("batch_size"), meta.get("seq_length")
+    if batch_size and b and batch_size != b:
+        raise UserError(f"--batch_size {batch_size}: '{path}' was exported with fixed batch {b}")
+    if seq_length and s and seq_length != s:
+        raise UserError(f"--seq_length {seq_length}: '{path}' was exported with fixed seq length {s}")
+    b, s = b or batch_size, s or seq_length
+    if not b or not s:
+        raise UserError(f"'{path}': no {path}.json beside it; give --batch_size and --seq_length it was exported with")
+    return int(b), int(s)

@@ -1,0 +1,115 @@
+"""benchmarks/ in --quick mode: every table has every row with positive, finite values and ratios against the
+rows of the same run; README blocks are replaced between their markers; the report reads run records exactly.
+Timings themselves are not asserted (shared CPU). torch is not required: its columns say "skipped"."""
+import json
+import math
+import os
+
+import pytest
+
+from benchmarks import bench_export, bench_td_throughput, report
+from benchmarks.common import bert_flops, write_readme
+from src import runtime
+from src.tinybert_model import BertConfig
+
+NO_PY = "no-such-python"      # forces the optional torch / onnx side to be skipped, whatever is installed
+
+
+def _pos(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_bench_export_quick_has_every_row(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\n<!-- bench:export_latency:start -->\nold\n<!-- bench:export_latency:end -->\n\nTail\n")
+    out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "--quant_python", NO_PY,
+                             "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
+    names = [bench_export.TEACHER, bench_export.BASE, bench_export.TINY4, bench_export.STUDENT,
+             "width 0.833", "width 0.667", "width 0.5"]
+    lat = {r["model"]: r for r in out["latency"]}
+    assert set(names) <= set(lat)
+    for n in names:
+        r = lat[n]
+        assert (r["batch"], r["seq"]) == (2, 16)
+        for k in ("ort_s", "ort_seq_s", "ort_gflops", "gflop_per_seq", "x_teacher", "x_base", "params"):
+            assert _pos(r[k]), (n, k, r.get(k))
+        assert r["ort_seq_s"] == pytest.approx(2 / r["ort_s"])
+    assert lat[bench_export.TEACHER]["x_teacher"] == 1.0 and lat[bench_export.BASE]["x_base"] == 1.0
+    for n in (bench_export.STUDENT, bench_export.TINY4):                # int8 rows present, marked skipped
+        assert "skipped" in lat[n + " int8 (ORT dynamic)"]["note"]
+    sizes = {s["model"]: s for s in out["sizes"]}
+    assert set(sizes) == set(names)
+    for s in sizes.values():
+        assert s["fp32_bytes"] == 4 * s["params"] and _pos(s["onnx_bytes"])
+        assert 0 < s["ternary_packed_bytes"] < s["fp32_bytes"]
+    # width rows really are narrower: fewer params than the full teacher, monotone in width
+    p = [lat[n]["params"] for n in ("width 0.833", "width 0.667", "width 0.5")]
+    assert lat[bench_export.TEACHER]["params"] > p[0] > p[1] > p[2]
+    text = readme.read_text()
+    assert text.startswith("# Title") and "\nold\n" not in text
+    assert text.index("<!-- bench:export_latency:end -->") < text.index("Tail") < text.index("bench:export_size:start")
+    assert text.count("<!-- bench:export_latency:start -->") == 1 and "<!-- bench:export_size:start -->" in text
+    assert "| width 0.5 |" in text and "nominal fp32 peak" in text
+    saved = json.loads((tmp_path / "bench" / "export.json").read_text())
+    assert len(saved["latency"]) == len(out["latency"])
+
+
+def test_bench_td_quick_table(tmp_path):
+    out = bench_td_throughput.main(["--quick", "--buckets", "16", "--torch_python", NO_PY, "--rows", "40",
+                                    "--out_dir", str(tmp_path)])
+    rows = out["table"]
+    assert len(rows) == 6
+    for r in rows:
+        assert _pos(r[1]) and _pos(r[3])              # project seq/s and seconds
+        assert r[2] is None and r[4] is None and r[5] is None    # torch skipped, not invented
+    ms_res = out["mindspore"]
+    assert out["bucket_batches"] == {16: 10}           # 40 rows, batch 4, one bucket
+    assert rows[3][3] == pytest.approx(10 * ms_res["phase1"][16])
+    assert rows[5][3] == pytest.approx(rows[3][3] + rows[4][3])
+    assert json.loads((tmp_path / "td_throughput.json").read_text())["torch"] is None
+
+
+def test_report_table_from_run_records(tmp_path):
+    def run(name, accs, losses, cfg):
+        d = tmp_path / name
+        d.mkdir()
+        with open(d / "metrics.jsonl", "w") as f:
+            for i, l in enumerate(losses):
+                f.write(json.dumps({"kind": "train", "step": 10 * (i + 1), "loss": l}) + "\n")
+            for i, a in enumerate(accs):
+                f.write(json.dumps({"kind": "eval", "step": 100 * (i + 1), "acc": a}) + "\n")
+        (d / "best.ckpt").write_bytes(b"x" * 1000)
+        cfg.to_json_file(str(d / "config.json"))
+        return str(d)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=32, layer_num_heads=[2, 1], layer_intermediate_sizes=[32, 8])
+    t = run("t", [0.80, 0.85], [1.0, 0.5], cfg)
+    s = run("s", [0.70, 0.765, 0.75], [2.0, 1.0, 0.7], cfg.replace(num_hidden_layers=1, layer_num_heads=None,
+                                                                      layer_intermediate_sizes=None))
+    bench = tmp_path / "export.json"
+    bench.write_text(json.dumps({"latency": [{"model": "T", "batch": 1, "seq": 64, "ort_s": 0.004},
+                                             {"model": "S", "batch": 1, "seq": 64, "ort_s": 0.001}]}))
+    out = report.main(["--run", f"T={t}", "--run", f"S={s}", "--run", f"X={tmp_path / 'nope'}", "--bench_json",
+                       str(bench), "--out_dir", str(tmp_path / "o"), "--no_plots"])
+    rows = {r[0]: r for r in out["rows"]}
+    assert rows["T"][4] == 0.85 and rows["S"][4] == 0.765
+    assert rows["T"][5] == pytest.approx(100.0) and rows["S"][5] == pytest.approx(90.0)
+    assert rows["T"][3] == pytest.approx(4.0) and rows["S"][3] == pytest.approx(1.0)
+    assert rows["S"][2] == 1000
+    assert "X (" in out["text"]                         # missing run named, not dropped silently
+    # the config.json parameter count equals the built model's
+    from src.tinybert_model import count_params
+    assert rows["T"][1] == count_params(runtime.build_classifier(cfg, "dense"))
+    assert out["runs"][1]["train"] == [(10, 2.0), (20, 1.0), (30, 0.7)]
+
+
+def test_write_readme_markers_and_flops(tmp_path):
+    p = str(tmp_path / "R.md")
+    write_readme(p, "a", "one")
+    write_readme(p, "b", "two")
+    write_readme(p, "a", "three")
+    text = open(p).read()
+    assert "one" not in text and text.index("three") < text.index("two")
+    assert text.count("bench:a:start") == 1 and text.count("bench:b:end") == 1
+    base = BertConfig()                   # BERT-base: ~11.2 GMAC = 22.4 GFLOP per 128-token sequence
+    assert bert_flops(base, 128) / 1e9 == pytest.approx(22.36, rel=0.01)

@@ -1,0 +1,164 @@
+"""export.py / src/export.py / run_eval_onnx.py on a tiny classifier: MINDIR reload is bit-exact, ONNX in
+onnxruntime matches the exact-GELU checkpoint (<= 1e-4, via the exportable erf), the tanh fallback reports its
+difference, AIR on CPU and bad inputs give one-line errors, and the exported-model eval equals the checkpoint eval.
+One model shape (batch 4, seq 16) for every graph."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import nn
+
+from src import runtime
+from src.errors import UserError
+from src.export import export_checkpoint, sample_inputs
+from src.tasks import get_task
+from src.tinybert_model import BertConfig, ErfPolyGELU, LogitsOnly
+from src.trainer import evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+B, S = 4, 16
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny exact-GELU classifier saved as config.json + ckpt; its reference logits on a fixed batch."""
+    d = tmp_path_factory.mktemp("tiny")
+    cfg = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=32, hidden_act="gelu", num_labels=2, initializer_range=0.5)
+    ms.set_seed(3)
+    model = runtime.build_classifier(cfg, "dense")
+    model.set_train(False)
+    cfg.to_json_file(str(d / "config.json"))
+    runtime.save_cell(model, str(d / "model.ckpt"))
+    inputs = sample_inputs(B, S, cfg.vocab_size, seed=11)
+    net = LogitsOnly(model)
+    net.set_train(False)
+    ref = net(*[ms.Tensor(x) for x in inputs]).asnumpy()
+    return {"dir": d, "cfg": cfg, "model": model, "net": net, "inputs": inputs, "ref": ref,
+            "config": str(d / "config.json"), "ckpt": str(d / "model.ckpt")}
+
+
+def _quiet(*_):
+    pass
+
+
+def test_mindir_export_reload_is_exact(tiny, tmp_path):
+    info = export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "m"), "MINDIR", B, S, log=_quiet)
+    path = tmp_path / "m.mindir"
+    assert sorted(os.listdir(tmp_path)) == ["m.mindir", "m.mindir.json"]      # no temp files left
+    assert info["parity"]["max_abs_logit_diff"] == 0.0
+    assert info["hidden_act"] == "gelu"
+    graph = nn.GraphCell(ms.load(str(path)))
+    out = graph(*[ms.Tensor(x) for x in tiny["inputs"]]).asnumpy()
+    np.testing.assert_array_equal(out, tiny["ref"])          # a batch the export never saw: bit-exact
+    side = json.loads((tmp_path / "m.mindir.json").read_text())
+    assert [i["name"] for i in side["inputs"]] == ["input_ids", "token_type_ids", "input_mask"]
+    assert side["output"]["shape"] == [B, 2] and side["seq_length"] == S
+
+
+def test_onnx_export_matches_exact_gelu_checkpoint(tiny, tmp_path):
+    import onnxruntime as ort
+    info = export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "m.onnx"), "ONNX", B, S, log=_quiet)
+    assert info["hidden_act"] == "gelu_erf_poly" and info["checkpoint_hidden_act"] == "gelu"
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "token_type_ids", "input_mask"]
+    assert [tuple(i.shape) for i in sess.get_inputs()] == [(B, S)] * 3
+    out = sess.run(None, dict(zip(["input_ids", "token_type_ids", "input_mask"], tiny["inputs"])))[0]
+    assert out.shape == (B, 2)
+    diff = np.abs(out - tiny["ref"]).max()
+    assert diff <= 1e-4, diff
+    assert info["parity"]["max_abs_logit_diff"] <= 1e-4
+
+
+def test_erf_poly_gelu_equals_exact_gelu():
+    x = np.linspace(-8, 8, 4001).astype(np.float32)
+    got = ErfPolyGELU()(ms.Tensor(x)).asnumpy().astype(np.float64)
+    exact = np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x.astype(np.float64)])
+    assert np.abs(got - exact).max() < 2e-6            # A-S 7.1.26 |err| < 1.5e-7 on erf, plus fp32 rounding
+    assert got[0] == pytest.approx(0.0, abs=1e-6) and got[-1] == pytest.approx(8.0, abs=1e-5)
+
+
+def test_onnx_exact_gelu_refuses_and_tanh_reports_difference(tiny, tmp_path):
+    with pytest.raises(UserError, match="Erf"):
+        export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "e"), "ONNX", B, S, gelu="exact", log=_quiet)
+    assert os.listdir(tmp_path) == []
+    info = export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "t"), "ONNX", B, S, gelu="tanh",
+                             log=_quiet)
+    assert info["hidden_act"] == "gelu_tanh" and "tanh" in info["gelu_note"]
+    assert info["parity"]["max_abs_logit_diff"] > 0.0                   # the approximation is visible, reported
+    assert 0.0 <= info["parity"]["argmax_agreement"] <= 1.0
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_air_on_cpu_is_a_clear_error(tiny, tmp_path):
+    r = _run("export.py", "--config_path", tiny["config"], "--ckpt_file", tiny["ckpt"], "--file_format", "AIR",
+             "--file_name", str(tmp_path / "a"))
+    assert r.returncode == 2
+    lines = [x for x in r.stderr.strip().splitlines() if x.startswith("ERROR")]
+    assert len(lines) == 1 and "AIR" in lines[0] and "Ascend" in lines[0]
+    assert "Traceback" not in r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_checkpoint_and_config_are_user_errors(tiny, tmp_path):
+    other = tiny["cfg"].replace(hidden_size=24, num_attention_heads=2)
+    other.to_json_file(str(tmp_path / "config.json"))
+    with pytest.raises(UserError, match="--ckpt_file"):            # shape mismatch named, strict load
+        export_checkpoint(str(tmp_path / "config.json"), tiny["ckpt"], str(tmp_path / "x"), "MINDIR", B, S, log=_quiet)
+    with pytest.raises(UserError, match="--config_path"):
+        export_checkpoint(str(tmp_path / "missing.json"), tiny["ckpt"], str(tmp_path / "x"), "MINDIR", B, S,
+                          log=_quiet)
+    with pytest.raises(UserError, match="file_format"):
+        export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "x"), "TFLITE", B, S, log=_quiet)
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]
+
+
+def _write_records(d, n, seed):
+    from src.records import write_records, write_schema
+    ids, types, mask = sample_inputs(n, S, 64, seed=seed)
+    labels = np.random.default_rng(seed).integers(0, 2, n)
+    cols = {"input_ids": ("int64", S), "input_mask": ("int64", S), "segment_ids": ("int64", S),
+            "label_ids": ("int64", 1)}
+    rows = [{"input_ids": ids[i], "input_mask": mask[i], "segment_ids": types[i], "label_ids": [labels[i]]}
+            for i in range(n)]
+    os.makedirs(d, exist_ok=True)
+    write_records(os.path.join(d, "dev.tf_record"), rows, cols)
+    write_schema(os.path.join(d, "dev_schema.json"), cols, n)
+
+
+def test_run_eval_onnx_equals_checkpoint_eval(tiny, tmp_path):
+    import run_eval_onnx
+    data = str(tmp_path / "data")
+    _write_records(data, 10, seed=5)                       # 10 rows, batch 4: the tail batch is padded
+    export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "m"), "ONNX", B, S, log=_quiet)
+    export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "m"), "MINDIR", B, S, log=_quiet)
+    task = get_task("MR")
+    arrays = runtime.load_split(data, "dev", "tfrecord", S, task)
+    ref = evaluate(tiny["net"], {"dev": arrays}, B, task)
+    for ext in ("onnx", "mindir"):
+        got = run_eval_onnx.main(["--model_file", str(tmp_path / f"m.{ext}"), "--data_dir", data, "--task", "MR"])
+        assert got == ref, ext
+    with pytest.raises(UserError, match="fixed batch"):
+        run_eval_onnx.main(["--model_file", str(tmp_path / "m.onnx"), "--data_dir", data, "--batch_size", "8"])
+
+
+def test_width_export_equals_sliced_model(tiny, tmp_path):
+    from src.width import slice_to_width
+    info = export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "w"), "MINDIR", B, S, width_mult=0.5,
+                             log=_quiet)
+    sub = slice_to_width(tiny["model"], 0.5)
+    sub.set_train(False)
+    ref = LogitsOnly(sub)(*[ms.Tensor(x) for x in tiny["inputs"]]).asnumpy()
+    out = nn.GraphCell(ms.load(str(tmp_path / "w.mindir")))(*[ms.Tensor(x) for x in tiny["inputs"]]).asnumpy()
+    np.testing.assert_array_equal(out, ref)
+    assert info["width_mult"] == 0.5 and info["parity"]["max_abs_logit_diff"] == 0.0
+    assert not np.allclose(out, tiny["ref"])                # really narrower than the full model
