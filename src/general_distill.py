@@ -5,7 +5,6 @@ from src import runtime
 from src.callbacks import RunLog, write_manifest
 from src.distill import DistillLossConfig, FitDense, GeneralDistillLoss, TrainStep, WarmupLinearDecayLR, build_optimizer
 from src.errors import UserError
-from src.losses import resolve_layer_map
 from src.tinybert_model import BertModel, count_params
 from src.trainer import ArrayBatcher, DatasetBatcher, Trainer, train_state_from_config
 
@@ -56,15 +55,10 @@ def _run(cfg, save_resolved):
     elif cfg.student.init != "random":
         raise UserError(f"student.init '{cfg.student.init}': expected random or teacher_layers")
     try:
-        att_map, hid_map = resolve_layer_map(tcfg.num_hidden_layers, scfg.num_hidden_layers,
-                                             runtime.layer_list(cfg.layer_map.attention, "layer_map.attention"),
-                                             runtime.layer_list(cfg.layer_map.hidden, "layer_map.hidden"))
         lcfg = DistillLossConfig(**cfg.loss.to_dict())
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
-    if scfg.num_attention_heads != tcfg.num_attention_heads and lcfg.attention_weight:
-        raise UserError(f"attention loss needs equal head counts: student {scfg.num_attention_heads}, teacher "
-                        f"{tcfg.num_attention_heads}")
+    att_map, hid_map = runtime.student_layer_map(cfg, tcfg, scfg, lcfg.attention_weight)
     log.info(f"teacher {tcfg.num_hidden_layers}L/{tcfg.hidden_size}H ({count_params(teacher)} params) -> student "
              f"{scfg.num_hidden_layers}L/{scfg.hidden_size}H ({count_params(student)} params); layer map "
              f"attention {att_map}, hidden {hid_map}")

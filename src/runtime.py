@@ -55,6 +55,22 @@ def _set_cpu_threads(threads: int):
     _THREADS_SET.append(threads)
 
 
+def student_layer_map(cfg, teacher_cfg, student_cfg, attention_weight: float):
+    """(attention map, hidden map) from the config's `layer_map` (uniform when null), range-checked, and the check
+    that an attention loss has equal head counts on both sides. Shared by GD, TD phase 1 and TernaryBERT."""
+    from src.losses import resolve_layer_map
+    try:
+        maps = resolve_layer_map(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers,
+                                 layer_list(cfg.layer_map.attention, "layer_map.attention"),
+                                 layer_list(cfg.layer_map.hidden, "layer_map.hidden"))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if student_cfg.num_attention_heads != teacher_cfg.num_attention_heads and attention_weight:
+        raise UserError(f"attention loss needs equal head counts: student {student_cfg.num_attention_heads}, "
+                        f"teacher {teacher_cfg.num_attention_heads} (set loss.attention_weight 0 or match heads)")
+    return maps
+
+
 def set_seed(seed: int):
     random.seed(seed)
     np.random.seed(seed)

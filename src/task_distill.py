@@ -13,7 +13,6 @@ from src.callbacks import RunLog, write_manifest
 from src.distill import (CachedLogitsPhase2Loss, DistillLossConfig, FinetuneLoss, FitDense, TaskDistillPhase1Loss,
                          TaskDistillPhase2Loss, TrainStep, WarmupLinearDecayLR, build_optimizer)
 from src.errors import UserError
-from src.losses import resolve_layer_map
 from src.tasks import get_task
 from src.tinybert_model import LogitsOnly, count_params
 from src.trainer import ArrayBatcher, Trainer, evaluate, predict, train_state_from_config
@@ -128,15 +127,7 @@ def _run(cfg, out_dir, save_resolved):
         model_cfg = scfg
         if phase == "td1":
             _init_student_td1(cfg, model, teacher, fit_dense, log)
-            try:
-                att_map, hid_map = resolve_layer_map(tcfg.num_hidden_layers, scfg.num_hidden_layers,
-                                                     runtime.layer_list(cfg.layer_map.attention, "layer_map.attention"),
-                                                     runtime.layer_list(cfg.layer_map.hidden, "layer_map.hidden"))
-            except ValueError as e:
-                raise UserError(str(e)) from None
-            if scfg.num_attention_heads != tcfg.num_attention_heads and lcfg.attention_weight:
-                raise UserError(f"attention loss needs equal head counts: student {scfg.num_attention_heads}, "
-                                f"teacher {tcfg.num_attention_heads} (set loss.attention_weight 0 or match heads)")
+            att_map, hid_map = runtime.student_layer_map(cfg, tcfg, scfg, lcfg.attention_weight)
             log.info(f"layer map: attention {att_map}, hidden {hid_map}")
             loss_net = TaskDistillPhase1Loss(model, teacher, fit_dense, att_map, hid_map, lcfg)
             inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["att", "rep"]

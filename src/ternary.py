@@ -22,7 +22,6 @@ from src import losses, runtime
 from src.callbacks import RunLog, write_manifest
 from src.distill import FrozenTeacher, PredictionLoss
 from src.errors import UserError
-from src.losses import resolve_layer_map
 from src.quant import (HESSIAN_SUFFIX, LatHessianRefresh, QuantConfig, StepWithHessian, quantize_model,
                        quantized_state)
 from src.task_distill import _eval_sets, _step, _task, loss_config
@@ -161,15 +160,7 @@ def _run(cfg, out_dir, save_resolved):
     runtime.load_into(teacher, cfg.teacher.ckpt, "teacher.ckpt", strict=True)
     scfg, model, how = _student(cfg, task, tcfg, teacher)
     log.info(how)
-    try:
-        att_map, hid_map = resolve_layer_map(tcfg.num_hidden_layers, scfg.num_hidden_layers,
-                                             runtime.layer_list(cfg.layer_map.attention, "layer_map.attention"),
-                                             runtime.layer_list(cfg.layer_map.hidden, "layer_map.hidden"))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if scfg.num_attention_heads != tcfg.num_attention_heads and lcfg.attention_weight:
-        raise UserError(f"attention loss needs equal head counts: student {scfg.num_attention_heads}, teacher "
-                        f"{tcfg.num_attention_heads} (set loss.attention_weight 0 or match heads)")
+    att_map, hid_map = runtime.student_layer_map(cfg, tcfg, scfg, lcfg.attention_weight)
     log.info(f"layer map: attention {att_map}, hidden {hid_map}")
 
     teacher_net = LogitsOnly(teacher)
