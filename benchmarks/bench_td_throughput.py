@@ -74,8 +74,9 @@ def bucket_batches(lens, buckets, batch):
 def ms_side(args, tcfg, scfg, seqs, steps):
     import mindspore as ms
     from src import runtime
-    from src.distill import (CachedLogitsPhase2Loss, DistillLossConfig, FitDense, TaskDistillPhase1Loss,
-                             TaskDistillPhase2Loss, TrainStep, WarmupLinearDecayLR, build_optimizer)
+    from src.distill import (CachedLogitsPhase2Loss, CachedTeacherPhase1Loss, DistillLossConfig, FitDense,
+                             Phase1Targets, TaskDistillPhase1Loss, TaskDistillPhase2Loss, TrainStep,
+                             WarmupLinearDecayLR, build_optimizer)
     from src.export import sample_inputs
     from src.losses import resolve_layer_map
     from src.tinybert_model import LogitsOnly
@@ -111,10 +112,19 @@ def ms_side(args, tcfg, scfg, seqs, steps):
             raise FloatingPointError("MindSpore loss is not finite")
         return statistics.median(ts), compile_s
 
-    out = {"phase1": {}, "phase2_live": {}, "phase2_cached": {}, "compile_s": {}}
+    out = {"phase1": {}, "phase1_cached": {}, "phase1_cache_bytes_per_row": {}, "phase2_live": {},
+           "phase2_cached": {}, "compile_s": {}}
     p1 = make_step(TaskDistillPhase1Loss(student, teacher, fit, att, hid, lcfg))
     for seq in seqs:
         out["phase1"][seq], out["compile_s"][f"phase1_{seq}"] = timed(p1, data(seq))
+    targets = Phase1Targets(teacher, att, hid)            # what a per-epoch cache of phase-1 teacher outputs feeds
+    targets.set_train(False)
+    p1c = make_step(CachedTeacherPhase1Loss(student, fit, len(att), len(hid), lcfg))
+    for seq in seqs:
+        d = data(seq)
+        t_hidden, t_scores = targets(*d[:3])
+        out["phase1_cache_bytes_per_row"][seq] = (t_hidden.size + t_scores.size) * 4 // b
+        out["phase1_cached"][seq], out["compile_s"][f"phase1_cached_{seq}"] = timed(p1c, d + [t_hidden, t_scores])
     p2 = make_step(TaskDistillPhase2Loss(student, teacher, lcfg, False))
     out["phase2_live"][seqs[-1]], out["compile_s"]["phase2_live"] = timed(p2, data(seqs[-1]))
     p2c = make_step(CachedLogitsPhase2Loss(student, lcfg, False))
@@ -221,8 +231,14 @@ def main(argv=None):
     add(f"TD phase 2 step, teacher live, b{b} s{seq}", ms_res["phase2_live"][seq], t2, "step")
     add(f"TD phase 2 step, cached teacher logits (torch: live), b{b} s{seq}", ms_res["phase2_cached"][seq], t2,
         "step")
+    add(f"TD phase 1 step, teacher outputs cached (torch: live), b{b} s{seq}", ms_res["phase1_cached"][seq], t1,
+        "step")
     add(f"TD phase 1 epoch, {n_rows} rows (project: buckets {buckets})", ms_ep1, t1 * full_batches if th else None,
         "epoch")
+    ms_ep1c = sum(n * ms_res["phase1_cached"][L] for L, n in nb.items())
+    add("TD phase 1 epoch, teacher outputs cached (2nd+ epoch, not in the pipeline: see below)", ms_ep1c,
+        t1 * full_batches if th else None, "epoch")
+    cache_gb = sum(n * args.batch * ms_res["phase1_cache_bytes_per_row"][L] for L, n in nb.items()) / 1e9
     add(f"TD phase 2 epoch, {n_rows} rows (project: cached logits incl. caching + buckets)", ms_ep2,
         t2 * full_batches if th else None, "epoch")
     add("TD phase 1 + phase 2 epoch", ms_ep1 + ms_ep2, (t1 + t2) * full_batches if th else None, "epoch")
@@ -241,7 +257,12 @@ def main(argv=None):
             f"Teacher {tcfg.num_hidden_layers}L/{tcfg.hidden_size}H, student {scfg.num_hidden_layers}L/"
             f"{scfg.hidden_size}H; median of {steps} steps after warm-up; both sides {args.threads} threads."
             f"{versions}{' QUICK MODE: tiny shapes, timings meaningless.' if q else ''}\n\n"
-            + markdown_table(heads, rows) + f"\n\n{verdict}")
+            + markdown_table(heads, rows) + f"\n\n{verdict}\n\n"
+            f"Phase-1 teacher caching (not wired into run_task_distill.py): it would save "
+            f"{100 * (1 - ms_ep1c / ms_ep1):.0f}% of every phase-1 epoch after the first, for {cache_gb:.1f} GB of "
+            f"fp32 teacher tensors held for this split (mapped attention scores + hidden states per row at its "
+            f"bucket length); TinyBERT's phase 1 trains on augmented data, which changes every epoch and cannot be "
+            f"cached, and the embedded default runs phase 1 for less than one epoch.")
     emit("td_throughput", text, args.readme or None)
     return out
 

@@ -14,6 +14,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
 from src import losses
+from src.errors import UserError
 
 
 @dataclass
@@ -126,6 +127,42 @@ class TaskDistillPhase1Loss(nn.Cell):
         att, rep = self.inter(s_hidden, s_scores, t_hidden, t_scores, input_mask)
         loss = self.inter.att_w * att + self.inter.rep_w * rep
         return loss, (att, rep)
+
+
+class CachedTeacherPhase1Loss(nn.Cell):
+    """TD phase 1 with the teacher's outputs precomputed: the batch carries `teacher_hidden` [n_hidden, B, L, D]
+    and `teacher_scores` [n_att, B, H, L, L], the teacher tensors of the layer map already gathered in map order
+    (`teacher_phase1_targets`). Same loss as TaskDistillPhase1Loss, without the teacher forward: what caching
+    phase-1 teacher outputs per epoch saves (benchmarks/bench_td_throughput.py measures it). Only valid when the
+    data is not augmented between epochs."""
+
+    def __init__(self, student, fit_dense, n_attention: int, n_hidden: int, cfg: DistillLossConfig):
+        super().__init__()
+        self.student = student
+        self.inter = _IntermediateLoss(fit_dense, range(n_attention), range(n_hidden), cfg)
+
+    def construct(self, input_ids, segment_ids, input_mask, label_ids, teacher_hidden, teacher_scores):
+        _, s_hidden, s_scores = self.student(input_ids, segment_ids, input_mask)
+        att, rep = self.inter(s_hidden, s_scores, teacher_hidden, teacher_scores, input_mask)
+        loss = self.inter.att_w * att + self.inter.rep_w * rep
+        return loss, (att, rep)
+
+
+class Phase1Targets(nn.Cell):
+    """The teacher tensors CachedTeacherPhase1Loss reads: (hidden [n_hidden, B, L, D], scores [n_att, B, H, L, L])
+    for the layer map, teacher in inference mode."""
+
+    def __init__(self, teacher, attention_map: Sequence[int], hidden_map: Sequence[int]):
+        super().__init__()
+        self.teacher = FrozenTeacher(teacher)
+        self.attention_map = tuple(attention_map)
+        self.hidden_map = tuple(hidden_map)
+
+    def construct(self, input_ids, segment_ids, input_mask):
+        _, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
+        hidden = ops.stack([t_hidden[i] for i in self.hidden_map])
+        scores = ops.stack([t_scores[i] for i in self.attention_map])
+        return hidden, scores
 
 
 class PredictionLoss(nn.Cell):
@@ -297,3 +334,20 @@ class TrainStep(nn.Cell):
         else:
             loss = ops.depend(loss, self.optimizer(grads))
         return loss, parts, norm
+
+
+def train_step_from_config(loss_net, cfg, phase_cfg, steps_per_epoch: int, distributed: bool):
+    """(TrainStep, lr schedule) from a run config: warmup + linear decay over `phase_cfg` epochs (or max_steps),
+    AdamWeightDecay with the decay filter, clipping and loss scale from `cfg.optim`."""
+    total = steps_per_epoch * phase_cfg.epochs
+    if phase_cfg.max_steps:
+        total = min(total, phase_cfg.max_steps)
+    lr = WarmupLinearDecayLR(phase_cfg.lr, total, int(total * phase_cfg.warmup_ratio), cfg.optim.end_lr)
+    opt = build_optimizer(loss_net.trainable_params(), lr, cfg.optim.weight_decay, cfg.optim.eps)
+    try:
+        step = TrainStep(loss_net, opt, cfg.optim.clip_norm, cfg.optim.clip_mode, cfg.optim.loss_scale,
+                         data_parallel=distributed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    step.set_train(True)
+    return step, lr

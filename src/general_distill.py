@@ -43,6 +43,7 @@ def _run(cfg, save_resolved):
     if is_main:
         save_resolved(cfg, out_dir)
         write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"rank_size": world})
+    log.info(f"general distillation, output {out_dir}, rank {rank}/{world}")
 
     tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config")
     teacher = BertModel(tcfg)

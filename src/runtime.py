@@ -267,3 +267,18 @@ def load_split(data_dir: str, split: str, dataset_type: str, seq_length: int, ta
         if k in arrays:
             arrays[k] = arrays[k].astype(np.int32)
     return arrays
+
+
+def task_from_config(cfg):
+    """The Task of `cfg.task` (name, and labels for task csv); an unknown name is a UserError naming task.name."""
+    from src.tasks import get_task
+    try:
+        return get_task(cfg.task.name, list(cfg.task.labels) or None)
+    except ValueError as e:
+        raise UserError(f"task.name: {e}") from None
+
+
+def load_eval_sets(cfg, task) -> Dict[str, Dict[str, np.ndarray]]:
+    """The full eval split(s) of the run: the task's dev splits (MNLI: matched and mismatched) or cfg.eval.split."""
+    splits = task.eval_splits if cfg.eval.split == "dev" else (cfg.eval.split,)
+    return {s: load_split(cfg.data.dir, s, cfg.data.dataset_type, cfg.data.max_seq_length, task) for s in splits}

@@ -11,9 +11,8 @@ import numpy as np
 from src import runtime
 from src.callbacks import RunLog, write_manifest
 from src.distill import (CachedLogitsPhase2Loss, DistillLossConfig, FinetuneLoss, FitDense, TaskDistillPhase1Loss,
-                         TaskDistillPhase2Loss, TrainStep, WarmupLinearDecayLR, build_optimizer)
+                         TaskDistillPhase2Loss, train_step_from_config)
 from src.errors import UserError
-from src.tasks import get_task
 from src.tinybert_model import LogitsOnly, count_params
 from src.trainer import ArrayBatcher, Trainer, evaluate, predict, train_state_from_config
 
@@ -23,19 +22,6 @@ def loss_config(cfg) -> DistillLossConfig:
         return DistillLossConfig(**cfg.loss.to_dict())
     except (TypeError, ValueError) as e:
         raise UserError(str(e)) from None
-
-
-def _task(cfg):
-    try:
-        return get_task(cfg.task.name, list(cfg.task.labels) or None)
-    except ValueError as e:
-        raise UserError(f"task.name: {e}") from None
-
-
-def _eval_sets(cfg, task):
-    splits = task.eval_splits if cfg.eval.split == "dev" else (cfg.eval.split,)
-    return {s: runtime.load_split(cfg.data.dir, s, cfg.data.dataset_type, cfg.data.max_seq_length, task)
-            for s in splits}
 
 
 def _teacher(cfg, task, ckpt_key="ckpt"):
@@ -63,21 +49,6 @@ def _eval_fn(model, eval_sets, cfg, task, train_cells=()):
     return run
 
 
-def _step(loss_net, cfg, phase_cfg, steps_per_epoch, distributed):
-    total = steps_per_epoch * phase_cfg.epochs
-    if phase_cfg.max_steps:
-        total = min(total, phase_cfg.max_steps)
-    lr = WarmupLinearDecayLR(phase_cfg.lr, total, int(total * phase_cfg.warmup_ratio), cfg.optim.end_lr)
-    opt = build_optimizer(loss_net.trainable_params(), lr, cfg.optim.weight_decay, cfg.optim.eps)
-    try:
-        step = TrainStep(loss_net, opt, cfg.optim.clip_norm, cfg.optim.clip_mode, cfg.optim.loss_scale,
-                         data_parallel=distributed)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    step.set_train(True)
-    return step, lr
-
-
 def run(cfg, out_dir, save_resolved):
     """One phase; on a user error nothing new is left in out_dir (runtime.output_guard)."""
     with runtime.output_guard(out_dir):
@@ -85,7 +56,7 @@ def run(cfg, out_dir, save_resolved):
 
 
 def _run(cfg, out_dir, save_resolved):
-    task = _task(cfg)
+    task = runtime.task_from_config(cfg)
     phase = cfg.phase
     phase_cfg = cfg[phase] if phase in ("finetune", "td1", "td2") else None
     rank, world = runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
@@ -99,7 +70,7 @@ def _run(cfg, out_dir, save_resolved):
         write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"phase": phase, "rank_size": world})
     log.info(f"phase {phase}, task {task.name}, output {out_dir}, rank {rank}/{world}")
 
-    eval_sets = _eval_sets(cfg, task)
+    eval_sets = runtime.load_eval_sets(cfg, task)
     for s, a in eval_sets.items():
         log.info(f"{s} eval dataset size: {len(a['input_ids'])}")
     if phase == "eval":
@@ -151,7 +122,7 @@ def _run(cfg, out_dir, save_resolved):
 
     batcher = ArrayBatcher(train, phase_cfg.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
                            length_buckets=bucket_cfg)
-    step, lr = _step(loss_net, cfg, phase_cfg, len(batcher), cfg.distributed)
+    step, lr = train_step_from_config(loss_net, cfg, phase_cfg, len(batcher), cfg.distributed)
     log.info(f"model params {count_params(model)}; {len(batcher)} steps per epoch, buckets {batcher.buckets}")
     model_cfg.to_json_file(os.path.join(out_dir, "config.json")) if is_main else None
 

@@ -20,13 +20,13 @@ from mindspore import nn
 
 from src import losses, runtime
 from src.callbacks import RunLog, write_manifest
-from src.distill import FrozenTeacher, PredictionLoss
+from src.distill import FrozenTeacher, PredictionLoss, train_step_from_config
 from src.errors import UserError
 from src.quant import (HESSIAN_SUFFIX, LatHessianRefresh, QuantConfig, StepWithHessian, quantize_model,
                        quantized_state)
-from src.task_distill import _eval_sets, _step, _task, loss_config
+from src.task_distill import loss_config
 from src.tinybert_model import LogitsOnly, count_params
-from src.trainer import ArrayBatcher, Trainer, evaluate
+from src.trainer import ArrayBatcher, StateOf, Trainer, evaluate, train_state_from_config
 
 
 class TernaryDistillLoss(nn.Cell):
@@ -136,19 +136,22 @@ def run(cfg, out_dir, save_resolved):
 
 
 def _run(cfg, out_dir, save_resolved):
-    task = _task(cfg)
+    task = runtime.task_from_config(cfg)
     qcfg = quant_config(cfg)
-    rank, world = runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, False)
+    rank, world = runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
     runtime.set_seed(cfg.seed)
+    is_main = rank == 0
     if os.path.isfile(out_dir):
         raise UserError(f"output_dir: '{out_dir}' is a file, expected a directory")
     log = RunLog(out_dir, rank)
-    save_resolved(cfg, out_dir)
-    write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"method": "ternarybert", "quant": qcfg.notation})
-    log.info(f"TernaryBERT {qcfg.notation}, task {task.name}, output {out_dir}")
+    if is_main:
+        save_resolved(cfg, out_dir)
+        write_manifest(out_dir, cfg.to_dict(), cfg.seed,
+                       {"method": "ternarybert", "quant": qcfg.notation, "rank_size": world})
+    log.info(f"TernaryBERT {qcfg.notation}, task {task.name}, output {out_dir}, rank {rank}/{world}")
     log.info(f"quant {qcfg.describe()}")
 
-    eval_sets = _eval_sets(cfg, task)
+    eval_sets = runtime.load_eval_sets(cfg, task)
     for s, a in eval_sets.items():
         log.info(f"{s} eval dataset size: {len(a['input_ids'])}")
     train = runtime.load_split(cfg.data.dir, "train", cfg.data.dataset_type, cfg.data.max_seq_length, task)
@@ -165,22 +168,24 @@ def _run(cfg, out_dir, save_resolved):
 
     teacher_net = LogitsOnly(teacher)
     teacher_net.set_train(False)
-    if cfg.eval.teacher_baseline:
+    if cfg.eval.teacher_baseline and is_main:
         tm = evaluate(teacher_net, eval_sets, cfg.eval.batch_size, task)
         log.info("teacher fp32 " + ", ".join(f"{k} {v:.6f}" for k, v in tm.items()))
         log.record("teacher_eval", **tm)
 
     quantize_model(model, qcfg)
     loss_net = TernaryDistillLoss(model, teacher, att_map, hid_map, lcfg, task.regression)
-    batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed,
+    batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
                            length_buckets=list(cfg.data.length_buckets))
-    step, lr = _step(loss_net, cfg, cfg.train, len(batcher), False)
+    step, lr = train_step_from_config(loss_net, cfg, cfg.train, len(batcher), cfg.distributed)
+    optimizer = step.optimizer
     if qcfg.weight_method == "lat" and qcfg.weight_bits == 2:
-        step = StepWithHessian(step, LatHessianRefresh(model, step.optimizer))
+        step = StepWithHessian(step, LatHessianRefresh(model, optimizer))
         step.set_train(True)
     log.info(f"model params {count_params(model)}; {len(batcher)} steps per epoch, buckets {batcher.buckets}")
-    scfg.to_json_file(os.path.join(out_dir, "config.json"))
-    write_quant_json(out_dir, qcfg)
+    if is_main:
+        scfg.to_json_file(os.path.join(out_dir, "config.json"))
+        write_quant_json(out_dir, qcfg)
 
     net = LogitsOnly(model)
 
@@ -193,14 +198,18 @@ def _run(cfg, out_dir, save_resolved):
     def save_best(metrics):
         save_quantized(model, out_dir, "best", qcfg, extra={**metrics})
 
+    # resume state: latent weights + optimizer, and the student's frozen quantizer state (activation ranges,
+    # LAT Hessian) under network.*; data parallel: each rank's EMA ranges follow its own shard, rank 0's are saved
+    state, resume = train_state_from_config(cfg, StateOf(model, optimizer), out_dir, is_main, buffers=("network.",))
     trainer = Trainer(step, batcher, ["input_ids", "segment_ids", "input_mask", "label_ids"],
                       ["att", "rep", "pred"], log, cfg.train.epochs, lr.value, cfg.log_every, eval_fn=eval_fn,
                       main_metric=task.main_metric, eval_every=cfg.eval.every, save_best=save_best,
-                      is_main=True, max_steps=cfg.train.max_steps)
+                      is_main=is_main, max_steps=cfg.train.max_steps, state=state, resume=resume)
     result = trainer.fit()
-    log.info(f"best {task.main_metric} {trainer.best:.6f} at step {trainer.best_step} ({qcfg.notation}); "
-             f"checkpoints {os.path.join(out_dir, 'best.ckpt')}, {os.path.join(out_dir, 'best_quant.ckpt')}")
-    if cfg.pack.after_train:
+    if is_main:
+        log.info(f"best {task.main_metric} {trainer.best:.6f} at step {trainer.best_step} ({qcfg.notation}); "
+                 f"checkpoints {os.path.join(out_dir, 'best.ckpt')}, {os.path.join(out_dir, 'best_quant.ckpt')}")
+    if cfg.pack.after_train and is_main:
         result["packed"] = pack_run(out_dir, cfg.pack.codec, cfg.pack.max_positions or cfg.data.max_seq_length,
                                     log=log, eval_sets=eval_sets, eval_batch=cfg.eval.batch_size, task=task)
     log.close()

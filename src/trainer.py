@@ -12,14 +12,16 @@
 - `Trainer.fit`: the loop, with the model-zoo log lines, eval every N steps and per epoch, and keep-best.
 """
 import glob
+import json
 import math
 import os
 import re
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
+from mindspore import nn
 
 from src.callbacks import RunLog, eval_line, train_line
 from src.errors import UserError
@@ -141,9 +143,11 @@ class TrainState:
     """Periodic, atomic checkpoints of everything a run needs to continue after a crash (`--resume true`).
 
     Saved: every trainable parameter the step cell updates (model, fit_dense, ...), every optimizer parameter
-    (Adam moments, global_step, which drives the LR schedule), and as metadata the step, epoch, batches consumed
-    in that epoch, best metric and its step, steps per epoch and world size. Frozen parameters (the teacher) are
-    rebuilt from their own checkpoints and not repeated. Files: <folder>/state_step<step>.ckpt, the newest
+    (Adam moments, global_step, which drives the LR schedule), the frozen parameters under the `buffers` name
+    prefixes (state a forward pass updates: activation-quantizer ranges, the LAT Hessian), and as metadata the
+    step, epoch, batches consumed in that epoch, best metric and its step, steps per epoch, world size and the
+    caller's extra state (Trainer `extra_state`, JSON). Other frozen parameters (the teacher) are rebuilt from
+    their own checkpoints and not repeated. Files: <folder>/state_step<step>.ckpt, the newest
     `keep_last` kept; rank 0 writes, every rank reads (shared output folder). The data position is enough to
     restore the data order because ArrayBatcher's order is a pure function of (seed, epoch); MindSpore's
     dropout RNG is not restored, so with dropout > 0 a resumed run is equivalent in distribution only.
@@ -151,7 +155,8 @@ class TrainState:
 
     PATTERN = re.compile(r"state_step(\d+)\.ckpt\Z")
 
-    def __init__(self, step_cell, folder: str, every_steps: int, keep_last: int = 2, is_main: bool = True):
+    def __init__(self, step_cell, folder: str, every_steps: int, keep_last: int = 2, is_main: bool = True,
+                 buffers: Sequence[str] = ()):
         if every_steps < 0 or keep_last < 1:
             raise UserError(f"checkpoint.every_steps {every_steps} / checkpoint.keep_last {keep_last}: expected "
                             f"every_steps >= 0 and keep_last >= 1")
@@ -159,8 +164,9 @@ class TrainState:
         self.every_steps = every_steps
         self.keep_last = keep_last
         self.is_main = is_main
+        buffers = tuple(buffers)                 # name prefixes whose frozen params are state too (EMA ranges)
         self.params = {n: p for n, p in step_cell.parameters_and_names()
-                       if p.requires_grad or n.startswith("optimizer.")}
+                       if p.requires_grad or n.startswith("optimizer.") or (buffers and n.startswith(buffers))}
 
     def files(self) -> List[str]:
         found = []
@@ -202,6 +208,7 @@ class TrainState:
         """Parameters back into the live cells (strict: same model and optimizer); returns the metadata."""
         from src.checkpoint import check_state, read_ms_checkpoint
         tensors, meta = read_ms_checkpoint(path, with_extra=True)
+        self._split(tensors, meta, self.params)
         check_state({k: tuple(p.shape) for k, p in self.params.items()},
                     {k: tuple(v.shape) for k, v in tensors.items()}, source=f"training state '{path}'", strict=True)
         missing = [k for k in ("step", "epoch", "batch", "best", "best_step", "steps_per_epoch", "world")
@@ -212,8 +219,26 @@ class TrainState:
             p.set_data(ms.Tensor(tensors[k], p.dtype))
         return meta
 
+    @staticmethod
+    def _split(tensors: dict, meta: dict, names) -> None:
+        """0-d parameters (a quantizer's running max) come back from read_ms_checkpoint as scalars beside the
+        metadata: move them to the tensors."""
+        for k in names:
+            if k not in tensors and k in meta:
+                tensors[k] = np.asarray(meta.pop(k), np.float32)
 
-def train_state_from_config(cfg, step_cell, out_dir: str, is_main: bool):
+
+class StateOf(nn.Cell):
+    """What a TrainState saves when the train step is not one cell (width subsets: several TrainSteps sharing one
+    optimizer) or wraps another (LAT): the model as `network.*`, the optimizer as `optimizer.*`."""
+
+    def __init__(self, network: nn.Cell, optimizer: nn.Cell):
+        super().__init__(auto_prefix=False)          # parameter names stay those of the model
+        self.network = network
+        self.optimizer = optimizer
+
+
+def train_state_from_config(cfg, step_cell, out_dir: str, is_main: bool, buffers: Sequence[str] = ()):
     """(TrainState, resume) from the `checkpoint: {every_steps, keep_last}` and `resume` keys (absent keys: no
     periodic state, no resume). States live in <out_dir>/state/."""
     ck = cfg.get("checkpoint", None) or {}
@@ -222,7 +247,7 @@ def train_state_from_config(cfg, step_cell, out_dir: str, is_main: bool):
                              ("resume", resume, bool)):
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise UserError(f"{name}: expected {typ.__name__}, got {value!r}")
-    return TrainState(step_cell, os.path.join(out_dir, "state"), every, keep, is_main), resume
+    return TrainState(step_cell, os.path.join(out_dir, "state"), every, keep, is_main, buffers), resume
 
 
 class Trainer:
@@ -237,7 +262,8 @@ class Trainer:
                  eval_every: int = 0, save_best: Optional[Callable[[dict], None]] = None,
                  save_last: Optional[Callable[[], None]] = None, is_main: bool = True,
                  max_steps: int = 0, state: Optional[TrainState] = None, resume: bool = False,
-                 overflow_skips: bool = False):
+                 overflow_skips: bool = False,
+                 extra_state: Optional[Tuple[Callable[[], dict], Callable[[dict, int], None]]] = None):
         self.step_cell = step_cell
         self.batcher = batcher
         self.input_names = list(input_names)
@@ -256,6 +282,7 @@ class Trainer:
         self.state = state
         self.resume = resume
         self.overflow_skips = overflow_skips      # loss scale > 1: TrainStep skips overflowing steps itself
+        self.extra_state = extra_state            # (get() -> JSON dict, set(dict, step)): e.g. per-width bests
         self.world = getattr(batcher, "world", 1)
         self.best = -math.inf
         self.best_step = -1
@@ -288,8 +315,11 @@ class Trainer:
     def _save_state(self, epoch: int, batch: int, step: int):
         if self.state is None or not self.state.every_steps:
             return
-        self.state.save({"step": step, "epoch": epoch, "batch": batch, "best": float(self.best),
-                         "best_step": self.best_step, "steps_per_epoch": len(self.batcher), "world": self.world})
+        meta = {"step": step, "epoch": epoch, "batch": batch, "best": float(self.best),
+                "best_step": self.best_step, "steps_per_epoch": len(self.batcher), "world": self.world}
+        if self.extra_state is not None:
+            meta["extra"] = json.dumps(self.extra_state[0](), sort_keys=True)
+        self.state.save(meta)
 
     def _restore(self):
         """(step, epoch, batches consumed in that epoch) from the newest state, or a fresh start."""
@@ -308,6 +338,10 @@ class Trainer:
                             f"{meta['world']} worker(s), this run has {len(self.batcher)} on {self.world}: resume "
                             f"with the same data, batch_size and worker count")
         self.best, self.best_step = float(meta["best"]), int(meta["best_step"])
+        if self.extra_state is not None:
+            if "extra" not in meta:
+                raise UserError(f"resume: {path} has no extra state (written by another kind of run)")
+            self.extra_state[1](json.loads(meta["extra"]), int(meta["step"]))
         self.log.info(f"resumed from {path}: epoch {meta['epoch']}, {meta['batch']} of {len(self.batcher)} "
                       f"batches done, step {meta['step']}, best {self.best:.6f} (step {self.best_step})")
         return int(meta["step"]), int(meta["epoch"]), int(meta["batch"])

@@ -458,20 +458,49 @@ class SampledWidthStep:
     def __init__(self, make_step, n: int, k: int, seed: int):
         self.make_step = make_step          # subset (tuple of width indices) -> TrainStep
         self.n, self.k = n, k
-        self.rng = np.random.default_rng([seed, 17])
-        self.steps = {}
+        self.seed = seed
+        self.calls = 0                      # the subset of call i depends on (seed, i) only: the same on every
+        self.steps = {}                     # data-parallel rank, and a resumed run sets `calls` to its step
 
     def set_train(self, mode: bool = True):
         for s in self.steps.values():
             s.set_train(mode)
 
     def __call__(self, *inputs):
-        subset = sample_widths(self.n, self.k, self.rng)
+        subset = sample_widths(self.n, self.k, np.random.default_rng([self.seed, 17, self.calls]))
+        self.calls += 1
         if subset not in self.steps:
             self.steps[subset] = self.make_step(subset)
             self.steps[subset].set_train(True)
         loss, _, norm = self.steps[subset](*inputs)
         return loss, (loss,), norm
+
+
+class _AllReduceSum(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.op = ops.AllReduce()
+
+    def construct(self, x):
+        return self.op(x)
+
+
+def share_rank0_order(head_order, ffn_order, rank: int):
+    """Data parallel: every rank computes the importance on the same batches, but floating point need not agree
+    to the last bit across processes, and ranks rewired differently would average gradients of different
+    neurons. Every rank takes rank 0's permutation (AllReduce of rank 0's indices, zeros elsewhere; indices are
+    exact in float32 below 2^24)."""
+    flat = np.concatenate([np.asarray(h).ravel() for h in head_order] + [np.asarray(f) for f in ffn_order])
+    x = flat.astype(np.float32) if rank == 0 else np.zeros(flat.size, np.float32)
+    shared = np.rint(_AllReduceSum()(ms.Tensor(x)).asnumpy()).astype(np.int64)
+    out_h, out_f, i = [], [], 0
+    for h in head_order:
+        out_h.append([int(v) for v in shared[i:i + len(h)]])
+        i += len(h)
+    for f in ffn_order:
+        out_f.append([int(v) for v in shared[i:i + len(f)]])
+        i += len(f)
+    return out_h, out_f
 
 
 # ---------------------------------------------------------------------------------------------- latency
@@ -518,18 +547,16 @@ def _sizes_txt(values: Sequence[int]) -> str:
 
 def run_ofa(cfg, out_dir: str, save_resolved):
     """Importance on the training split -> rewire -> supernet training over widths -> per-width best sub-models
-    -> table. Wiring only: the algorithms are above."""
+    -> table. Wiring only: the algorithms are above. Data parallel (`distributed: true`, msrun): every rank
+    computes the importance on the same batches and takes rank 0's permutation; each rank trains on its shard
+    of every global batch; rank 0 evaluates, saves and writes the table."""
     import time
     from src import runtime
     from src.callbacks import RunLog, write_manifest
     from src.distill import TrainStep, WarmupLinearDecayLR, build_optimizer
-    from src.tasks import get_task
-    from src.trainer import ArrayBatcher, Trainer, evaluate
+    from src.trainer import ArrayBatcher, StateOf, Trainer, evaluate, train_state_from_config
 
-    try:
-        task = get_task(cfg.task.name, list(cfg.task.labels) or None)
-    except ValueError as e:
-        raise UserError(f"task.name: {e}") from None
+    task = runtime.task_from_config(cfg)
     tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels)
     specs = parse_width_list(cfg.width_mult_list, tcfg)          # validate before any heavy work
     if cfg.train.sample_widths < 0:
@@ -537,14 +564,16 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     if cfg.loss.soft_ce_reduction not in losses.SOFT_CE_REDUCTIONS:
         raise UserError(f"loss.soft_ce_reduction '{cfg.loss.soft_ce_reduction}': expected one of "
                         f"{losses.SOFT_CE_REDUCTIONS}")
-    runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, False)
+    rank, world = runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
     runtime.set_seed(cfg.seed)
+    is_main = rank == 0
     if os.path.isfile(out_dir):
         raise UserError(f"output_dir: '{out_dir}' is a file, expected a directory")
-    log = RunLog(out_dir)
-    save_resolved(cfg, out_dir)
-    write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"phase": "ofa_width"})
-    log.info(f"OFA width adaptation, task {task.name}, output {out_dir}")
+    log = RunLog(out_dir, rank)
+    if is_main:
+        save_resolved(cfg, out_dir)
+        write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"phase": "ofa_width", "rank_size": world})
+    log.info(f"OFA width adaptation, task {task.name}, output {out_dir}, rank {rank}/{world}")
     for s in specs:
         note = rounding_note(tcfg, s)
         log.info(f"width {s.label}: heads {_sizes_txt(s.heads)}, FFN {_sizes_txt(s.ffn)}" + (f" ({note})" if note else ""))
@@ -575,7 +604,10 @@ def run_ofa(cfg, out_dir: str, save_resolved):
                 yield b
         imp = compute_importance(model, batches(), task.regression, cfg.importance.normalize)
         head_order, ffn_order = importance_order(imp)
-        save_importance(imp, head_order, ffn_order, out_dir)
+        if world > 1:
+            head_order, ffn_order = share_rank0_order(head_order, ffn_order, rank)
+        if is_main:
+            save_importance(imp, head_order, ffn_order, out_dir)
         rewire(model, head_order, ffn_order)
         if cfg.train.width_matched_teacher:
             rewire(teacher, head_order, ffn_order)
@@ -592,7 +624,8 @@ def run_ofa(cfg, out_dir: str, save_resolved):
                                      cfg.loss.soft_ce_reduction, cfg.loss.temperature, regression,
                                      cfg.loss.mask_padding, teacher_views=tv)
 
-    batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, length_buckets=buckets)
+    batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
+                           length_buckets=buckets)
     total = len(batcher) * cfg.train.epochs
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)
@@ -601,14 +634,15 @@ def run_ofa(cfg, out_dir: str, save_resolved):
 
     def make_step(idx):
         try:
-            return TrainStep(loss_cell(idx), opt, cfg.optim.clip_norm, cfg.optim.clip_mode)
+            return TrainStep(loss_cell(idx), opt, cfg.optim.clip_norm, cfg.optim.clip_mode,
+                             data_parallel=cfg.distributed)
         except ValueError as e:
             raise UserError(str(e)) from None
 
     k = cfg.train.sample_widths
     if k and k < len(specs):
         step = SampledWidthStep(make_step, len(specs), k, cfg.seed)
-        parts = ["loss"]
+        parts = ["sampled"]                 # loss of this step's sampled widths (the train line's total)
         log.info(f"each step trains {k} of {len(specs)} widths (largest and smallest always)")
     else:
         step = make_step(tuple(range(len(specs))))
@@ -617,7 +651,8 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     log.info(f"{len(batcher)} steps per epoch, {total} steps, buckets {batcher.buckets}, "
              f"loss {cfg.loss.lambda1}*softCE({cfg.loss.soft_ce_reduction}) + {cfg.loss.lambda2}*hiddenMSE, "
              f"teacher {'width-matched' if teacher_views else 'full fine-tuned'}")
-    tcfg.to_json_file(os.path.join(out_dir, "config.json"))
+    if is_main:
+        tcfg.to_json_file(os.path.join(out_dir, "config.json"))
 
     # ---- eval of every width, keep-best per width (sliced sub-model + its config)
     main = task.main_metric
@@ -655,11 +690,27 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     def save_last():
         runtime.save_cell(model, os.path.join(out_dir, "supernet.ckpt"))
 
+    def get_extra():                         # resume: per-width bests (their checkpoints are on disk already)
+        return {"best": best}
+
+    def set_extra(extra, at_step):
+        for label, b in extra["best"].items():
+            best[label] = b
+        state["step"] = at_step
+        if isinstance(step, SampledWidthStep):
+            step.calls = at_step
+
+    # resume state: supernet weights + the one optimizer all width subsets share, per-width bests
+    train_state, resume = train_state_from_config(cfg, StateOf(model, opt), out_dir, is_main)
     trainer = Trainer(_Counting(), batcher, ["input_ids", "segment_ids", "input_mask", "label_ids"], parts, log,
                       cfg.train.epochs, lr.value, cfg.log_every, eval_fn=eval_fn, main_metric=main,
-                      eval_every=cfg.eval.every, save_best=save_best, save_last=save_last,
-                      max_steps=cfg.train.max_steps)
+                      eval_every=cfg.eval.every, save_best=save_best, save_last=save_last, is_main=is_main,
+                      max_steps=cfg.train.max_steps, state=train_state, resume=resume,
+                      extra_state=(get_extra, set_extra))
     result = trainer.fit()
+    if not is_main:
+        log.close()
+        return result
 
     # ---- table: reload each best sub-model with the normal strict loader, count params, time it
     rows = []

@@ -146,3 +146,36 @@ def test_bucketed_predict_gives_the_same_logits_in_row_order():
     assert bucketed.shape == (10, 3)
     np.testing.assert_allclose(bucketed, full, rtol=0, atol=2e-6)
     assert not np.allclose(full[0], full[1])                # rows really differ: the order is checked
+
+
+def test_cached_teacher_phase1_loss_equals_live_teacher_loss_and_gradients():
+    """Phase 1 with precomputed teacher tensors (what caching would feed) gives the live-teacher loss and the
+    same student gradients: the teacher contributes only constants to phase 1."""
+    from src.distill import (CachedTeacherPhase1Loss, DistillLossConfig, Phase1Targets, TaskDistillPhase1Loss)
+    ms.set_seed(5)
+    teacher = BertForSequenceClassification(TINY.replace(num_hidden_layers=4))
+    student = BertForSequenceClassification(TINY)
+    fit = FitDense(16, 16)
+    att_map, hid_map = (1, 3), (0, 2, 4)                               # uniform 4 -> 2 map
+    cfg = DistillLossConfig()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 30, (3, 8)).astype(np.int32)
+    mask = np.array([[1] * 8, [1] * 5 + [0] * 3, [1] * 2 + [0] * 6], np.int32)
+    inputs = [ms.Tensor(ids), ms.Tensor(np.zeros_like(ids)), ms.Tensor(mask), ms.Tensor(np.array([0, 1, 1], np.int32))]
+    live = TaskDistillPhase1Loss(student, teacher, fit, att_map, hid_map, cfg)
+    cached = CachedTeacherPhase1Loss(student, fit, len(att_map), len(hid_map), cfg)
+    hidden, scores = Phase1Targets(teacher, att_map, hid_map)(*inputs[:3])
+    assert hidden.shape == (3, 3, 8, 16) and scores.shape == (2, 3, 2, 8, 8)
+    weights = student.trainable_params() + fit.trainable_params()
+
+    def live_loss(*a):
+        return live(*a)[0]
+
+    def cached_loss(*a):
+        return cached(*a)[0]
+    g_live = ops.value_and_grad(live_loss, None, weights)(*inputs)
+    g_cached = ops.value_and_grad(cached_loss, None, weights)(*inputs, hidden, scores)
+    np.testing.assert_allclose(g_cached[0].asnumpy(), g_live[0].asnumpy(), rtol=1e-6)
+    assert float(g_live[0].asnumpy()) > 0
+    for a, b in zip(g_live[1], g_cached[1]):
+        np.testing.assert_allclose(b.asnumpy(), a.asnumpy(), rtol=1e-5, atol=1e-7)

@@ -7,7 +7,8 @@
 - `test_two_workers_match_one_worker_at_double_batch`: run_task_distill.py (teacher fine-tuning, CE mean over
   the batch, no dropout) on 2 msrun workers (scripts/run_distributed_td_cpu.sh) at batch 2 vs 1 process at
   batch 4: same global batches, so the same weights after 16 steps (<= 1e-5), rank 0 alone logs "The best acc
-  is", rank 1 logs to log_rank1.txt.
+  is", rank 1 logs to log_rank1.txt. The same for TernaryBERT (2-bit weights) and the width supernet through
+  their msrun scripts.
 - rank table: validation (one UserError naming the field) and this host's ranks on multi-server tables; the
   Ascend script stops with the validator's one-line error before launching anything.
 """
@@ -124,6 +125,60 @@ def test_two_workers_match_one_worker_at_double_batch(ws, tmp_path):
     with open(os.path.join(two, "teacher", "log_rank1.txt")) as f:
         log_r1 = f.read()
     assert "rank 1/2" in log_r1 and "The best acc" not in log_r1 and "eval epoch" not in log_r1
+
+
+@pytest.mark.parametrize("method", ["gd", "ternary", "width"])
+def test_gd_ternary_width_two_workers_match_one_worker(method, ws, tmp_path):
+    """General distillation (random 1-layer student), TernaryBERT (2-bit weights; activations full precision,
+    see below) and the width supernet (all widths every step, importance + rewiring first) on 2 msrun workers
+    at batch 2 == 1 process at batch 4 after one epoch (16 steps), each through its msrun script. Two batch-statistics are switched off on purpose, because under data parallelism they are
+    per rank (docs/distributed.md): 8-bit activations with dynamic per-batch scales (each rank scales by its own
+    shard's max, like unsynchronised BatchNorm) and padding-masked MSE (each rank divides by its own real-token
+    count, so the averaged gradient weights tokens per rank, as in every data-parallel trainer)."""
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    if method == "gd":
+        script, make, run_dir, final = "run_general_distill.py", tiny_run.gd_args, "", "student.ckpt"
+        extra = {"loss.mask_padding": False}
+        dist = "scripts/run_distributed_gd_cpu.sh"
+    elif method == "ternary":
+        script, make, run_dir, final = "run_ternary.py", tiny_run.ternary_args, "w2e2a32", "best.ckpt"
+        extra = {"quant.bits.activation": 32, "loss.mask_padding": False}
+        dist = "scripts/run_distributed_ternary_cpu.sh"
+    else:
+        script, make, run_dir, final = "run_ofa_width.py", tiny_run.ofa_args, "", "supernet.ckpt"
+        extra = {"loss.mask_padding": False}
+        dist = "scripts/run_distributed_ofa_cpu.sh"
+    ref = tiny_run.run_script(script, make(ws, one, batch=4, **extra))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    env = dict(tiny_run.env(), PYTHON=sys.executable, MASTER_PORT=str(free_port()), LOG_DIR=str(tmp_path / "log"))
+    res = subprocess.run(["bash", dist, "2"] + make(ws, two, batch=2, **extra), cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=400)
+    logs = worker_logs(str(tmp_path / "log"))
+    assert res.returncode == 0, (res.stdout[-1500:], logs[0][-2000:], logs[1][-2000:])
+
+    one, two = os.path.join(one, run_dir), os.path.join(two, run_dir)
+    a, b = tiny_run.read_ckpt(os.path.join(one, final))[0], tiny_run.read_ckpt(os.path.join(two, final))[0]
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5, err_msg=k)
+    if method == "gd":                         # random student: training shows in the logged loss
+        with open(os.path.join(one, "log.txt")) as f:
+            losses = [float(ln.split("outputs are ")[1].split()[0]) for ln in f if "outputs are" in ln]
+        assert len(losses) == 4 and losses[-1] < losses[0], losses
+    else:
+        init = tiny_run.read_ckpt(tiny_run.classifier_teacher(ws))[0]
+        moved = max(float(np.abs(a[k] - v).max()) for k, v in init.items()
+                    if k.startswith(("classifier", "bert.pooler")))
+        assert moved > 1e-3                    # training really changed the weights (rewiring leaves these alone)
+    assert tiny_run.best_acc(os.path.join(two, "log.txt")) == tiny_run.best_acc(os.path.join(one, "log.txt"))
+    with open(os.path.join(two, "log.txt")) as f:
+        assert "rank 0/2" in f.read()
+    with open(os.path.join(two, "log_rank1.txt")) as f:
+        log_r1 = f.read()
+    assert "rank 1/2" in log_r1 and "The best acc" not in log_r1 and "eval epoch" not in log_r1
+    if method == "width":                                                 # rank 0's permutation, saved once
+        with open(os.path.join(one, "permutation.json")) as f1, open(os.path.join(two, "permutation.json")) as f2:
+            assert json.load(f1)["ffn_order"] == json.load(f2)["ffn_order"]
 
 
 # ---------------------------------------------------------------- rank tables

@@ -4,7 +4,8 @@
   metric of an uninterrupted run; NaN stops with the step named and leaves the last good state and best
   checkpoint untouched; --resume with no state / a different data layout is a one-line UserError;
 - end to end: run_task_distill.py killed with SIGKILL mid-epoch, then `--resume true`, ends bit-identical to an
-  uninterrupted run with the same seed (best.ckpt, last.ckpt, "The best acc is" lines).
+  uninterrupted run with the same seed (best.ckpt, last.ckpt, "The best acc is" lines); the same for
+  run_ternary.py (with quantizer state) and run_ofa_width.py (sampled widths, per-width bests).
 """
 import os
 import signal
@@ -175,16 +176,9 @@ def _tensors(path):
     return tiny_run.read_ckpt(path)[0]
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(ws, tmp_path):
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    extra = {"checkpoint.every_steps": 3, "checkpoint.keep_last": 2, "finetune.epochs": 3}
-    ref = tiny_run.run_script("run_task_distill.py", tiny_run.finetune_args(ws, a, **extra))
-    assert ref.returncode == 0, ref.stderr[-2000:]
-
-    state_dir = os.path.join(b, "teacher", "state")
-    proc = subprocess.Popen([sys.executable, os.path.join(tiny_run.ROOT, "run_task_distill.py")]
-                            + tiny_run.finetune_args(ws, b, **extra), cwd=tiny_run.ROOT, env=tiny_run.env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _start_and_kill_at_first_state(script, args, state_dir):
+    proc = subprocess.Popen([sys.executable, os.path.join(tiny_run.ROOT, script)] + args, cwd=tiny_run.ROOT,
+                            env=tiny_run.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if os.path.isdir(state_dir) and any(f.startswith("state_step") for f in os.listdir(state_dir)):
@@ -193,6 +187,16 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(ws, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(ws, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    extra = {"checkpoint.every_steps": 3, "checkpoint.keep_last": 2, "finetune.epochs": 3}
+    ref = tiny_run.run_script("run_task_distill.py", tiny_run.finetune_args(ws, a, **extra))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    _start_and_kill_at_first_state("run_task_distill.py", tiny_run.finetune_args(ws, b, **extra),
+                                   os.path.join(b, "teacher", "state"))
     with open(os.path.join(b, "teacher", "log.txt")) as f:
         assert "training done" not in f.read()
 
@@ -211,3 +215,43 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(ws, tmp_path):
     best_a = tiny_run.best_acc(os.path.join(a, "teacher", "log.txt"))
     best_b = tiny_run.best_acc(os.path.join(b, "teacher", "log.txt"))
     assert best_a and best_b[-1] == best_a[-1]
+
+
+@pytest.mark.parametrize("method", ["ternary", "width"])
+def test_ternary_and_width_sigkill_then_resume_is_bit_identical(method, ws, tmp_path):
+    """TernaryBERT with 8-bit activations on EMA ranges (frozen quantizer state that a resume must restore, not
+    only weights and Adam moments) and the width supernet training a sampled width per step (the sampled
+    sequence and the per-width bests must continue where they stopped): killed after the first state, resumed,
+    bit-identical to an uninterrupted run."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    if method == "ternary":
+        script, make, sub = "run_ternary.py", tiny_run.ternary_args, "w2e2a8"
+        extra = {"quant.activation_scale": "ema", "train.epochs": 2, "eval.every": 4}
+        files = ("best.ckpt", "best_quant.ckpt")
+    else:
+        script, make, sub = "run_ofa_width.py", tiny_run.ofa_args, ""
+        extra = {"train.sample_widths": 1, "train.epochs": 2, "eval.every": 4}
+        files = ("supernet.ckpt", "best_w1.000.ckpt", "best_w0.500.ckpt")
+    extra.update({"checkpoint.every_steps": 3, "checkpoint.keep_last": 2})
+    ref = tiny_run.run_script(script, make(ws, a, **extra))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    _start_and_kill_at_first_state(script, make(ws, b, **extra), os.path.join(b, sub, "state"))
+    res = tiny_run.run_script(script, make(ws, b, resume=True, **extra))
+    assert res.returncode == 0, res.stderr[-2000:]
+    resumed = [line for line in res.stdout.splitlines() if line.startswith("resumed from")]
+    assert len(resumed) == 1 and " of 16 batches done" in resumed[0], res.stdout[-2000:]
+
+    for name in files:
+        ta, tb = _tensors(os.path.join(a, sub, name)), _tensors(os.path.join(b, sub, name))
+        assert sorted(ta) == sorted(tb)
+        for k in ta:
+            np.testing.assert_array_equal(ta[k], tb[k], err_msg=f"{name}:{k}")
+    if method == "ternary":                    # the EMA activation ranges are part of what was compared
+        tensors, scalars = tiny_run.read_ckpt(os.path.join(b, sub, "best.ckpt"))   # 0-d values come as scalars
+        amax = {k: v for k, v in scalars.items() if k.endswith("amax")}
+        assert amax and amax == {k: v for k, v in tiny_run.read_ckpt(os.path.join(a, sub, "best.ckpt"))[1].items()
+                                 if k.endswith("amax")}
+    with open(os.path.join(a, sub, "log.txt")) as fa, open(os.path.join(b, sub, "log.txt")) as fb:
+        best = [[ln for ln in f.read().splitlines() if ln.startswith("The best acc")] for f in (fa, fb)]
+    assert best[0] and best[1] and best[1][-1] == best[0][-1]

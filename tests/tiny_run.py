@@ -67,6 +67,53 @@ def finetune_args(ws: dict, out: str, batch: int = 4, epochs: int = 3, **extra) 
     return cli(args)
 
 
+def classifier_teacher(ws: dict) -> str:
+    """A (random, tiny) BertForSequenceClassification checkpoint beside the workspace's BertModel: the teacher
+    of the ternary and width runs (their parity and resume tests need a teacher, not a good one)."""
+    path = os.path.join(ws["root"], "model", "classifier.ckpt")
+    if not os.path.exists(path):
+        import mindspore as ms
+        from src import runtime
+        from src.tinybert_model import BertConfig, BertForSequenceClassification
+        ms.set_seed(3)
+        runtime.save_cell(BertForSequenceClassification(BertConfig(**TINY).replace(initializer_range=0.2)), path)
+    return path
+
+
+def ternary_args(ws: dict, out: str, batch: int = 4, **extra) -> list:
+    """run_ternary.py on the tiny workspace: 1 epoch (16 steps at batch 4), no packing."""
+    args = {"threads": 1, "output_dir": out, "data.dir": ws["data"], "data.max_seq_length": SEQ,
+            "data.length_buckets": [SEQ], "teacher.config": ws["config"], "teacher.ckpt": classifier_teacher(ws),
+            "train.batch_size": batch, "train.epochs": 1, "train.lr": 0.002, "train.warmup_ratio": 0.1,
+            "eval.batch_size": 16, "eval.teacher_baseline": False, "log_every": 4, "checkpoint.every_steps": 0,
+            "pack.after_train": False}
+    args.update(extra)
+    return cli(args)
+
+
+def ofa_args(ws: dict, out: str, batch: int = 4, **extra) -> list:
+    """run_ofa_width.py on the tiny workspace: widths 1.0 and 0.5 (2 heads -> 1), 1 epoch, no latency table."""
+    args = {"threads": 1, "output_dir": out, "data.dir": ws["data"], "data.max_seq_length": SEQ,
+            "data.length_buckets": [SEQ], "teacher.config": ws["config"], "teacher.ckpt": classifier_teacher(ws),
+            "width_mult_list": [1.0, 0.5], "importance.max_batches": 2, "importance.batch_size": 8,
+            "train.batch_size": batch, "train.epochs": 1, "train.lr": 0.002, "eval.batch_size": 16,
+            "log_every": 4, "checkpoint.every_steps": 0, "latency.runs": 0}
+    args.update(extra)
+    return cli(args)
+
+
+def gd_args(ws: dict, out: str, batch: int = 4, **extra) -> list:
+    """run_general_distill.py on the tiny workspace's records (labels ignored): a random 1-layer student."""
+    args = {"threads": 1, "output_dir": out, "data.dir": ws["data"], "data.max_seq_length": SEQ,
+            "data.length_buckets": [SEQ], "teacher.config": ws["config"], "teacher.ckpt": ws["ckpt"],
+            "student.arch.num_hidden_layers": 1, "student.arch.hidden_size": 16,
+            "student.arch.num_attention_heads": 2, "student.arch.intermediate_size": 32, "student.init": "random",
+            "train.batch_size": batch, "train.epochs": 1, "optim.lr": 0.005, "log_every": 4,
+            "checkpoint.every_steps": 0}
+    args.update(extra)
+    return cli(args)
+
+
 def cli(args: dict) -> list:
     """{"a.b": value} -> ["--a.b", "value"]; lists as several tokens, booleans as true/false."""
     out = []

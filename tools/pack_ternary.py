@@ -109,10 +109,9 @@ def main(argv=None):
         if cfg is None:
             raise UserError(f"{cfg_path} missing: --eval/--export need the run's resolved config")
         from src import runtime
-        from src.task_distill import _eval_sets, _task
         runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, False)
-        task = _task(cfg)
-        eval_sets = _eval_sets(cfg, task) if args.eval else None
+        task = runtime.task_from_config(cfg)
+        eval_sets = runtime.load_eval_sets(cfg, task) if args.eval else None
     out = args.out or os.path.join(args.run_dir, "model.tpack" if args.codec == "2bit" else "model_base3.tpack")
     result = ternary.pack_run(args.run_dir, args.codec, max_pos, eval_sets=eval_sets,
                               eval_batch=cfg.eval.batch_size if cfg is not None else 64, task=task,
