@@ -29,6 +29,7 @@ def parse_args(argv):
     p.add_argument("--head_type", default="dense", help="dense | relu_pooler (as trained)")
     p.add_argument("--gelu", default="auto", help="auto | erf_poly | tanh | exact (how the exact GELU is exported)")
     p.add_argument("--width_mult", type=float, default=None, help="slice a width supernet checkpoint to this width")
+    p.add_argument("--depth_mult", type=float, default=None, help="and to this depth (DynaBERT: round(L*d) layers)")
     p.add_argument("--ternary", action="store_true", help="export the ternary inference model of a TernaryBERT ckpt")
     p.add_argument("--device_target", default="CPU", help="CPU | GPU | Ascend")
     p.add_argument("--no_verify", action="store_true", help="skip the reload-and-compare check (not recommended)")
@@ -51,7 +52,7 @@ def main(argv=None):
     from src.export import export_checkpoint
     return export_checkpoint(args.config_path, args.ckpt_file, args.file_name, args.file_format, args.batch_size,
                              args.seq_length, num_labels, args.head_type, args.gelu, args.width_mult, args.ternary,
-                             args.device_target, verify=not args.no_verify)
+                             args.device_target, verify=not args.no_verify, depth_mult=args.depth_mult)
 
 
 if __name__ == "__main__":

@@ -66,15 +66,16 @@ def export_activation(cfg: BertConfig, file_format: str, gelu: str):
     return cfg, "exact erf GELU exported as is"
 
 
-def _width_model(cfg: BertConfig, ckpt_file: str, width_mult: float, head_type: str):
-    """Slice a supernet checkpoint (DynaBERT/OFA) to a physically smaller model at `width_mult` (src/width.py)."""
+def _width_model(cfg: BertConfig, ckpt_file: str, width_mult: float, head_type: str, depth_mult: float = 1.0):
+    """Slice a supernet checkpoint (DynaBERT/OFA) to a physically smaller model at `width_mult` (and
+    `depth_mult`: DynaBERT's kept layers) (src/width.py)."""
     from src.width import slice_to_width
     supernet = runtime.build_classifier(cfg, head_type)
     runtime.load_into(supernet, ckpt_file, "--ckpt_file (supernet)", strict=True, allow_unexpected=("fit_dense.",))
     try:
-        sub = slice_to_width(supernet, float(width_mult))
+        sub = slice_to_width(supernet, float(width_mult), float(depth_mult))
     except ValueError as e:
-        raise UserError(f"--width_mult {width_mult}: {e}") from None
+        raise UserError(f"--width_mult {width_mult} --depth_mult {depth_mult}: {e}") from None
     return sub.config, sub
 
 
@@ -94,7 +95,8 @@ def _ternary_model(cfg: BertConfig, packed_file: str, head_type: str):
 
 
 def build_model(config_path: str, ckpt_file: str, num_labels: Optional[int] = None, head_type: str = "dense",
-                width_mult: Optional[float] = None, ternary: bool = False, hidden_act: Optional[str] = None):
+                width_mult: Optional[float] = None, ternary: bool = False, hidden_act: Optional[str] = None,
+                depth_mult: Optional[float] = None):
     """(config, classifier in inference mode) from a model config.json + checkpoint, strictly loaded.
 
     hidden_act overrides the activation only (e.g. "gelu_erf_poly" for ONNX); the weights are the same."""
@@ -105,10 +107,11 @@ def build_model(config_path: str, ckpt_file: str, num_labels: Optional[int] = No
     runtime.require_file(ckpt_file, "--ckpt_file")
     if hidden_act:
         cfg = cfg.replace(hidden_act=hidden_act)
-    if width_mult is not None and ternary:
-        raise UserError("--width_mult and --ternary together are not supported: export one at a time")
-    if width_mult is not None:
-        cfg, model = _width_model(cfg, ckpt_file, width_mult, head_type)
+    if (width_mult is not None or depth_mult is not None) and ternary:
+        raise UserError("--width_mult/--depth_mult and --ternary together are not supported: export one at a time")
+    if width_mult is not None or depth_mult is not None:
+        cfg, model = _width_model(cfg, ckpt_file, 1.0 if width_mult is None else width_mult, head_type,
+                                  1.0 if depth_mult is None else depth_mult)
     elif ternary:
         cfg, model = _ternary_model(cfg, ckpt_file, head_type)
     else:
@@ -182,19 +185,21 @@ def output_path(file_name: str, fmt: str) -> str:
 def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_format: str = "MINDIR",
                       batch_size: int = 32, seq_length: int = 64, num_labels: Optional[int] = None,
                       head_type: str = "dense", gelu: str = "auto", width_mult: Optional[float] = None,
-                      ternary: bool = False, device_target: str = "CPU", verify: bool = True, log=print) -> dict:
+                      ternary: bool = False, device_target: str = "CPU", verify: bool = True, log=print,
+                      depth_mult: Optional[float] = None) -> dict:
     """Export, reload, compare with the checkpoint, then move the file into place. Returns the sidecar dict."""
     fmt = check_format(file_format, device_target)
     if batch_size < 1 or seq_length < 1:
         raise UserError(f"--batch_size {batch_size} / --seq_length {seq_length}: both must be >= 1")
-    ref_cfg, ref_model = build_model(config_path, ckpt_file, num_labels, head_type, width_mult, ternary)
+    ref_cfg, ref_model = build_model(config_path, ckpt_file, num_labels, head_type, width_mult, ternary,
+                                     depth_mult=depth_mult)
     if seq_length > ref_cfg.max_position_embeddings:
         raise UserError(f"--seq_length {seq_length} exceeds max_position_embeddings "
                         f"{ref_cfg.max_position_embeddings} of '{config_path}'")
     exp_cfg, note = export_activation(ref_cfg, fmt, gelu)
     if exp_cfg.hidden_act != ref_cfg.hidden_act:
         _, exp_model = build_model(config_path, ckpt_file, num_labels, head_type, width_mult, ternary,
-                                   hidden_act=exp_cfg.hidden_act)
+                                   hidden_act=exp_cfg.hidden_act, depth_mult=depth_mult)
     else:
         exp_model = ref_model
     net = LogitsOnly(exp_model)
@@ -216,7 +221,7 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                            "meaning": "classifier logits (no softmax)"},
                 "batch_size": batch_size, "seq_length": seq_length, "num_labels": ref_cfg.num_labels,
                 "hidden_act": exp_cfg.hidden_act, "checkpoint_hidden_act": ref_cfg.hidden_act, "gelu_note": note,
-                "width_mult": width_mult, "ternary": bool(ternary)}
+                "width_mult": width_mult, "depth_mult": depth_mult, "ternary": bool(ternary)}
         if verify and fmt != "AIR":
             ref_net = LogitsOnly(ref_model)
             ref_net.set_train(False)

@@ -30,27 +30,45 @@ from src.tinybert_model import BertConfig, BertForSequenceClassification, count_
 
 @dataclass(frozen=True)
 class WidthSpec:
-    """One sub-network: the requested width multiplier and the sizes it maps to, per layer."""
+    """One sub-network: the requested width (and depth) multiplier and what it maps to: heads and FFN neurons per
+    supernet layer, and the supernet layers it keeps (all of them at depth 1.0)."""
     width: float
     heads: Tuple[int, ...]
     ffn: Tuple[int, ...]
+    layers: Tuple[int, ...] = ()
+    depth: float = 1.0
 
     @property
     def label(self) -> str:
-        return f"{self.width:.3f}"
+        return f"{self.width:.3f}" if self.depth == 1.0 else f"{self.width:.3f}_d{self.depth:.3f}"
+
+    @property
+    def hidden_map(self) -> Tuple[int, ...]:
+        """Supernet hidden-state index of each of this sub-network's hidden states (0 = embedding output)."""
+        return (0,) + tuple(i + 1 for i in self.layers)
 
 
 def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5 + 1e-9))
 
 
-def width_spec(config: BertConfig, width: float) -> WidthSpec:
-    """Per-layer sizes of a width multiplier applied to the (full) config's per-layer sizes."""
+def kept_layers(num_layers: int, depth: float) -> Tuple[int, ...]:
+    """DynaBERT's depth rule: round(L * depth) layers, layer floor(i / depth) for i = 0, 1, ... (depth 0.5 keeps
+    every other layer, 0.75 drops every fourth), so the kept layers are spread over the whole depth."""
+    n = min(num_layers, max(1, _round_half_up(num_layers * depth)))
+    if n == num_layers:
+        return tuple(range(num_layers))
+    return tuple(sorted({min(num_layers - 1, int(math.floor(i / depth + 1e-9))) for i in range(n)}))
+
+
+def width_spec(config: BertConfig, width: float, depth: float = 1.0) -> WidthSpec:
+    """Per-layer sizes of a width multiplier applied to the (full) config's per-layer sizes, and the layers a
+    depth multiplier keeps."""
     heads = tuple(min(config.heads(i), max(1, _round_half_up(config.heads(i) * width)))
                   for i in range(config.num_hidden_layers))
     ffn = tuple(min(config.ffn(i), max(1, _round_half_up(config.ffn(i) * width)))
                 for i in range(config.num_hidden_layers))
-    return WidthSpec(float(width), heads, ffn)
+    return WidthSpec(float(width), heads, ffn, kept_layers(config.num_hidden_layers, depth), float(depth))
 
 
 def rounding_note(config: BertConfig, spec: WidthSpec) -> Optional[str]:
@@ -62,34 +80,48 @@ def rounding_note(config: BertConfig, spec: WidthSpec) -> Optional[str]:
                      f"(effective width {spec.heads[0] / h0:.4f})")
     if abs(f0 * spec.width - spec.ffn[0]) > 1e-6:
         notes.append(f"FFN {f0}*{spec.width:g} = {f0 * spec.width:.2f} rounded to {spec.ffn[0]}")
+    n = config.num_hidden_layers
+    if spec.depth != 1.0 and abs(n * spec.depth - len(spec.layers)) > 1e-6:
+        notes.append(f"depth {n}*{spec.depth:g} = {n * spec.depth:.2f} layers rounded to {len(spec.layers)}")
     return f"width {spec.width:g}: " + "; ".join(notes) if notes else None
 
 
-def parse_width_list(values, config: BertConfig, field: str = "width_mult_list") -> List[WidthSpec]:
-    """Validate a width list (numbers in (0, 1]) -> specs sorted largest first; widths that map to the same
-    sizes as a larger one are dropped. Errors name `field`."""
+def _multipliers(values, field: str, what: str) -> List[float]:
     if not isinstance(values, (list, tuple)) or len(values) == 0:
-        raise UserError(f"{field}: expected a non-empty list of widths in (0, 1], e.g. 1.0 0.75 0.5; got {values!r}")
-    widths = []
+        raise UserError(f"{field}: expected a non-empty list of {what}s in (0, 1], e.g. 1.0 0.75 0.5; got {values!r}")
+    out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-            raise UserError(f"{field}: {v!r} is not a number; expected widths in (0, 1], e.g. 1.0 0.75 0.5")
+            raise UserError(f"{field}: {v!r} is not a number; expected {what}s in (0, 1], e.g. 1.0 0.75 0.5")
         if not 0.0 < float(v) <= 1.0:
-            raise UserError(f"{field}: width {v!r} is out of range; expected widths in (0, 1] "
+            raise UserError(f"{field}: {what} {v!r} is out of range; expected {what}s in (0, 1] "
                             f"(1.0 = the full model)")
-        widths.append(float(v))
+        out.append(float(v))
+    return out
+
+
+def parse_width_list(values, config: BertConfig, field: str = "width_mult_list", depths=(1.0,),
+                     depth_field: str = "depth_mult_list") -> List[WidthSpec]:
+    """Validate a width list (numbers in (0, 1]) and a depth list -> one spec per (depth, width), sorted largest
+    first (depth, then width); combinations that map to the same sub-network as a larger one are dropped.
+    Errors name `field` / `depth_field`."""
+    widths = _multipliers(values, field, "width")
+    depth_values = _multipliers(list(depths), depth_field, "depth")
     specs = []
-    for w in sorted(widths, reverse=True):
-        spec = width_spec(config, w)
-        if any(s.heads == spec.heads and s.ffn == spec.ffn for s in specs):
-            continue
-        specs.append(spec)
+    for d in sorted(depth_values, reverse=True):
+        for w in sorted(widths, reverse=True):
+            spec = width_spec(config, w, d)
+            if any(s.heads == spec.heads and s.ffn == spec.ffn and s.layers == spec.layers for s in specs):
+                continue
+            specs.append(spec)
     return specs
 
 
 def sub_config(config: BertConfig, spec: WidthSpec) -> BertConfig:
-    """The plain model config of a width: same shape, fewer heads and FFN neurons per layer."""
-    return config.replace(layer_num_heads=list(spec.heads), layer_intermediate_sizes=list(spec.ffn))
+    """The plain model config of a sub-network: the kept layers, with fewer heads and FFN neurons per layer."""
+    layers = spec.layers or tuple(range(config.num_hidden_layers))
+    return config.replace(num_hidden_layers=len(layers), layer_num_heads=[spec.heads[i] for i in layers],
+                          layer_intermediate_sizes=[spec.ffn[i] for i in layers])
 
 
 # ---------------------------------------------------------------------------------------------- width views
@@ -145,8 +177,9 @@ class _LayerView(nn.Cell):
 
 
 class WidthView(nn.Cell):
-    """A supernet (BertForSequenceClassification) at one width: construct(input_ids, token_type_ids, input_mask
-    [, head_mask]) -> (logits, hidden_states, attention_scores), like the model it views.
+    """A supernet (BertForSequenceClassification) at one width (and depth: only the spec's kept layers run):
+    construct(input_ids, token_type_ids, input_mask [, head_mask]) -> (logits, hidden_states, attention_scores),
+    like the model it views.
 
     The sizes are static (fixed here), the Parameters are the supernet's own: training a view trains the
     supernet. `head_mask` (optional [L, heads] float input) multiplies each layer's attention probabilities."""
@@ -160,8 +193,8 @@ class WidthView(nn.Cell):
                                  f"the supernet has {cfg.heads(i)} / {cfg.ffn(i)}")
         self.spec = spec
         self.model = model
-        self.layers = nn.CellList([_LayerView(layer, h, f) for layer, h, f in
-                                   zip(model.bert.encoder, spec.heads, spec.ffn)])
+        kept = spec.layers or tuple(range(cfg.num_hidden_layers))
+        self.layers = nn.CellList([_LayerView(model.bert.encoder[i], spec.heads[i], spec.ffn[i]) for i in kept])
         self.relu_head = model.head_type == "relu_pooler"
 
     def construct(self, input_ids, token_type_ids, input_mask, head_mask=None):
@@ -319,15 +352,19 @@ def rewire(model: BertForSequenceClassification, head_order: Sequence[Sequence[i
 # ---------------------------------------------------------------------------------------------- slicing
 
 def slice_state(model: BertForSequenceClassification, spec: WidthSpec) -> Dict[str, np.ndarray]:
-    """The supernet's parameters (names relative to the classifier) cut to the leading heads / neurons of `spec`:
-    exactly what `WidthView(model, spec)` computes with."""
+    """The supernet's parameters (names relative to the classifier) cut to the leading heads / neurons of `spec`
+    and its kept layers (renumbered 0..): exactly what `WidthView(model, spec)` computes with."""
     state = {}
     d = model.config.head_size
+    kept = list(spec.layers or range(model.config.num_hidden_layers))
     for name, p in model.parameters_and_names():
         a = p.asnumpy()
         parts = name.split(".")
         if len(parts) > 3 and parts[0] == "bert" and parts[1] == "encoder":
             i = int(parts[2])
+            if i not in kept:
+                continue                                 # a layer the depth drops
+            name = ".".join(parts[:2] + [str(kept.index(i))] + parts[3:])
             n, f = spec.heads[i] * d, spec.ffn[i]
             sub = ".".join(parts[3:])
             if sub in ("attention.query.weight", "attention.key.weight", "attention.value.weight",
@@ -343,11 +380,13 @@ def slice_state(model: BertForSequenceClassification, spec: WidthSpec) -> Dict[s
     return state
 
 
-def slice_to_width(model: BertForSequenceClassification, width_mult: float) -> BertForSequenceClassification:
+def slice_to_width(model: BertForSequenceClassification, width_mult: float,
+                   depth_mult: float = 1.0) -> BertForSequenceClassification:
     """A plain, physically smaller BertForSequenceClassification holding the supernet's leading heads / FFN
-    neurons at `width_mult` (rounded as `width_spec`). Its config (`.config`) has the per-layer sizes; save it
-    with `runtime.save_cell` + `config.to_json_file` and it reloads with `runtime.load_into` (strict)."""
-    spec = parse_width_list([width_mult], model.config, "width_mult")[0]
+    neurons at `width_mult` (rounded as `width_spec`) and the layers `depth_mult` keeps. Its config (`.config`)
+    has the per-layer sizes; save it with `runtime.save_cell` + `config.to_json_file` and it reloads with
+    `runtime.load_into` (strict)."""
+    spec = parse_width_list([width_mult], model.config, "width_mult", [depth_mult], "depth_mult")[0]
     sub = BertForSequenceClassification(sub_config(model.config, spec), head_type=model.head_type)
     state = slice_state(model, spec)
     for name, p in sub.parameters_and_names():
@@ -358,19 +397,20 @@ def slice_to_width(model: BertForSequenceClassification, width_mult: float) -> B
 
 
 def slice_checkpoint(supernet_ckpt: str, supernet_config: str, width_mult: float, out_dir: str,
-                     head_type: str = "dense", num_labels: Optional[int] = None) -> Tuple[str, str]:
+                     head_type: str = "dense", num_labels: Optional[int] = None,
+                     depth_mult: float = 1.0) -> Tuple[str, str]:
     """File-level slicing: supernet checkpoint + its config.json -> <out_dir>/model.ckpt + config.json of the
-    sub-model at `width_mult`. Returns (ckpt path, config path). Used by tools/slice_width.py and export."""
+    sub-model at `width_mult` (and `depth_mult`). Returns (ckpt path, config path). Used by tools/slice_width.py and export."""
     from src import runtime
     overrides = {"num_labels": num_labels} if num_labels else {}
     cfg = runtime.load_bert_config(supernet_config, "supernet config", **overrides)
     model = runtime.build_classifier(cfg, head_type)
     runtime.load_into(model, supernet_ckpt, "supernet checkpoint", strict=True, allow_unexpected=("fit_dense.",))
-    sub = slice_to_width(model, width_mult)
+    sub = slice_to_width(model, width_mult, depth_mult)
     os.makedirs(out_dir, exist_ok=True)
     ckpt = os.path.join(out_dir, "model.ckpt")
     conf = os.path.join(out_dir, "config.json")
-    runtime.save_cell(sub, ckpt, extra={"width_mult": float(width_mult)})
+    runtime.save_cell(sub, ckpt, extra={"width_mult": float(width_mult), "depth_mult": float(depth_mult)})
     sub.config.to_json_file(conf)
     return ckpt, conf
 
@@ -380,6 +420,8 @@ def slice_checkpoint(supernet_ckpt: str, supernet_config: str, width_mult: float
 class MultiWidthDistillLoss(nn.Cell):
     """DynaBERT-W loss summed over widths (largest first):
         sum_w  lambda1 * softCE(student_w, teacher) + lambda2 * sum_{l=0..L} MSE(h_w[l], h_t[l])
+    (a sub-network with fewer layers (depth < 1) matches its hidden states to the teacher's at the layers it
+    keeps, DynaBERT-D; a width-matched teacher view keeps the same layers, so there the map is 1:1)
     Regression: MSE to the teacher's output instead of soft CE (the anchors' 0 logit loss is a bug). The teacher
     is the fine-tuned full model (FrozenTeacher), or with `teacher_views` one frozen view per width
     (width-matched teacher). Returns (loss, per-width losses)."""
@@ -405,16 +447,19 @@ class MultiWidthDistillLoss(nn.Cell):
         self.regression = regression
         self.mask_padding = mask_padding
         self.n = len(specs)
+        n_hidden = model.config.num_hidden_layers + 1
+        self.hidden_maps = tuple(tuple(range(len(s.hidden_map))) if self.width_matched else
+                                 (s.hidden_map if s.layers else tuple(range(n_hidden))) for s in specs)
 
-    def _one(self, view, t_logits, t_hidden, input_ids, segment_ids, input_mask):
+    def _one(self, view, t_logits, t_hidden, hidden_map, input_ids, segment_ids, input_mask):
         logits, hidden, _ = view(input_ids, segment_ids, input_mask)
         if self.regression:
             pred = losses.mse(logits.reshape(-1), t_logits.reshape(-1))
         else:
             pred = losses.soft_cross_entropy(logits, t_logits, self.temperature, self.reduction)
         rep = 0.0
-        for s, t in zip(hidden, t_hidden):
-            rep = rep + losses.hidden_mse(s, t, input_mask, self.mask_padding)
+        for j, tj in enumerate(hidden_map):
+            rep = rep + losses.hidden_mse(hidden[j], t_hidden[tj], input_mask, self.mask_padding)
         return self.l1 * pred + self.l2 * rep
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
@@ -424,16 +469,18 @@ class MultiWidthDistillLoss(nn.Cell):
             i = 0
             for view in self.views:
                 t_logits, t_hidden, _ = self.teachers[i](input_ids, segment_ids, input_mask)
-                loss = self._one(view, t_logits, t_hidden, input_ids, segment_ids, input_mask)
+                loss = self._one(view, t_logits, t_hidden, self.hidden_maps[i], input_ids, segment_ids, input_mask)
                 total = total + loss
                 parts = parts + (loss,)
                 i = i + 1
         else:
             t_logits, t_hidden, _ = self.teacher(input_ids, segment_ids, input_mask)
+            i = 0
             for view in self.views:
-                loss = self._one(view, t_logits, t_hidden, input_ids, segment_ids, input_mask)
+                loss = self._one(view, t_logits, t_hidden, self.hidden_maps[i], input_ids, segment_ids, input_mask)
                 total = total + loss
                 parts = parts + (loss,)
+                i = i + 1
         return total, parts
 
 
@@ -526,15 +573,18 @@ def measure_latency(logits_net: nn.Cell, batch_size: int, seq_len: int, vocab_si
 
 
 def format_table(rows: Sequence[dict], metric: str) -> List[str]:
-    """Markdown table: width, heads, FFN, params, dev metric, latency (ms/batch), speed-up vs the first row."""
-    out = [f"| width | heads | FFN | params | dev {metric} | latency ms/batch | speed-up |",
-           "|---|---|---|---|---|---|---|"]
+    """Markdown table: width, (depth and layers when a row has depth < 1,) heads, FFN, params, dev metric, latency
+    (ms/batch), speed-up vs the first row."""
+    deep = any(r.get("depth", 1.0) != 1.0 for r in rows)
+    out = [f"| width |{' depth | layers |' if deep else ''} heads | FFN | params | dev {metric} | latency ms/batch "
+           f"| speed-up |", "|---|---|---|---|---|---|---|" + ("---|---|" if deep else "")]
     base = rows[0].get("latency_ms") if rows else None
     for r in rows:
         lat = r.get("latency_ms")
         lat_txt = f"{lat:.1f}" if lat else "-"
         speed = f"{base / lat:.2f}x" if lat and base else "-"
-        out.append(f"| {r['width']:.3f} | {r['heads']} | {r['ffn']} | {r['params']:,} | {r['metric']:.4f} | "
+        dcols = f" {r.get('depth', 1.0):.3f} | {r.get('layers', '-')} |" if deep else ""
+        out.append(f"| {r['width']:.3f} |{dcols} {r['heads']} | {r['ffn']} | {r['params']:,} | {r['metric']:.4f} | "
                    f"{lat_txt} | {speed} |")
     return out
 
@@ -558,7 +608,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
 
     task = runtime.task_from_config(cfg)
     tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels)
-    specs = parse_width_list(cfg.width_mult_list, tcfg)          # validate before any heavy work
+    specs = parse_width_list(cfg.width_mult_list, tcfg, depths=list(cfg.get("depth_mult_list", None) or [1.0]))
     if cfg.train.sample_widths < 0:
         raise UserError(f"train.sample_widths: expected 0 (all widths) or a count >= 1, got {cfg.train.sample_widths}")
     if cfg.loss.soft_ce_reduction not in losses.SOFT_CE_REDUCTIONS:
@@ -576,7 +626,9 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     log.info(f"OFA width adaptation, task {task.name}, output {out_dir}, rank {rank}/{world}")
     for s in specs:
         note = rounding_note(tcfg, s)
-        log.info(f"width {s.label}: heads {_sizes_txt(s.heads)}, FFN {_sizes_txt(s.ffn)}" + (f" ({note})" if note else ""))
+        depth = f", layers {list(s.layers)}" if s.depth != 1.0 else ""
+        log.info(f"width {s.label}: heads {_sizes_txt(s.heads)}, FFN {_sizes_txt(s.ffn)}{depth}"
+                 + (f" ({note})" if note else ""))
 
     dev = runtime.load_split(cfg.data.dir, "dev", cfg.data.dataset_type, cfg.data.max_seq_length, task)
     train = runtime.load_split(cfg.data.dir, "train", cfg.data.dataset_type, cfg.data.max_seq_length, task)
@@ -669,9 +721,9 @@ def run_ofa(cfg, out_dir: str, save_resolved):
             b = best[s.label]
             if m[main] > b["metric"]:
                 b.update(metric=m[main], step=state["step"], all=m)
-                sub = slice_to_width(model, s.width)
+                sub = slice_to_width(model, s.width, s.depth)
                 runtime.save_cell(sub, os.path.join(out_dir, f"best_w{s.label}.ckpt"),
-                                  extra={"width_mult": s.width, **m})
+                                  extra={"width_mult": s.width, "depth_mult": s.depth, **m})
                 sub.config.to_json_file(os.path.join(out_dir, f"config_w{s.label}.json"))
             log.info(f"width {s.label} (heads {_sizes_txt(s.heads)}, FFN {_sizes_txt(s.ffn)}): {main} {m[main]:.6f},"
                      f" best {b['metric']:.6f}")
@@ -723,8 +775,8 @@ def run_ofa(cfg, out_dir: str, save_resolved):
         if cfg.latency.runs:
             lat = measure_latency(LogitsOnly(sub), cfg.latency.batch_size, cfg.data.max_seq_length,
                                   conf.vocab_size, cfg.latency.runs)
-        rows.append({"width": s.width, "heads": _sizes_txt(s.heads), "ffn": _sizes_txt(s.ffn),
-                     "params": count_params(sub), "metric": best[s.label]["metric"],
+        rows.append({"width": s.width, "depth": s.depth, "layers": len(s.layers), "heads": _sizes_txt(s.heads),
+                     "ffn": _sizes_txt(s.ffn), "params": count_params(sub), "metric": best[s.label]["metric"],
                      "best_step": best[s.label]["step"], "latency_ms": lat})
         log.info(f"The best {main} of width {s.label} is {best[s.label]['metric']:.6f} (step {best[s.label]['step']})")
         log.record("width", **rows[-1])

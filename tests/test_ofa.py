@@ -101,14 +101,17 @@ def test_ofa_end_to_end_keeps_best_per_width_and_slices(setup):
     assert len(table) == 5 and table[0].startswith("| width | heads | FFN | params |")
 
     # tools/slice_width.py on the last supernet = the supernet's view at that width
-    sliced = d / "sliced"
+    _slice_tool_matches_view(out, d / "sliced", dev, 0.5)
+
+
+def _slice_tool_matches_view(out, sliced, dev, width, depth=1.0):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "slice_width.py"), "--ckpt",
-                           str(out / "supernet.ckpt"), "--width_mult", "0.5", "--output_dir", str(sliced)],
-                          capture_output=True, text=True, timeout=300)
+                           str(out / "supernet.ckpt"), "--width_mult", str(width), "--depth_mult", str(depth),
+                           "--output_dir", str(sliced)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     supernet = runtime.build_classifier(TINY, "dense")
     runtime.load_into(supernet, str(out / "supernet.ckpt"), "supernet", strict=True)
-    view = ViewLogits(WidthView(supernet, width_spec(TINY, 0.5)))
+    view = ViewLogits(WidthView(supernet, width_spec(TINY, width, depth)))
     view.set_train(False)
     sub = runtime.build_classifier(BertConfig.from_json_file(str(sliced / "config.json")), "dense")
     runtime.load_into(sub, str(sliced / "model.ckpt"), "sliced", strict=True)
@@ -116,6 +119,41 @@ def test_ofa_end_to_end_keeps_best_per_width_and_slices(setup):
     net.set_train(False)
     ins = [ms.Tensor(dev[k][:16]) for k in ("input_ids", "segment_ids", "input_mask")]
     np.testing.assert_allclose(net(*ins).asnumpy(), view(*ins).asnumpy(), atol=1e-5, rtol=0)
+    return sub
+
+
+def test_ofa_with_depth_keeps_shallower_best_submodels(setup):
+    """depth_mult_list [1.0, 0.5] x widths [1.0, 0.5]: four sub-networks trained together; the depth-0.5 best
+    checkpoints are 1-layer models that reproduce their logged scores; slice_width --depth_mult gives the
+    supernet's view at that depth."""
+    d = setup
+    out = d / "run_depth"
+    argv = _argv(d, out, ["--depth_mult_list", "1.0", "0.5", "--train.epochs", "1", "--eval.every", "0"])
+    i = argv.index("--width_mult_list")
+    argv = argv[:i + 1] + ["1.0", "0.5"] + argv[i + 4:]
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), argv)
+    result = run_ofa(cfg, str(out), save_resolved)
+    rows = {(r["width"], r["depth"]): r for r in result["rows"]}
+    assert sorted(rows) == [(0.5, 0.5), (0.5, 1.0), (1.0, 0.5), (1.0, 1.0)]
+    evals = [json.loads(l) for l in open(out / "metrics.jsonl") if '"kind": "eval"' in l]
+    task = get_task("MR")
+    dev = runtime.load_split(str(d / "data"), "dev", "tfrecord", SEQ, task)
+    for (w, dep), key in (((0.5, 0.5), "acc_w0.500_d0.500"), ((1.0, 0.5), "acc_w1.000_d0.500")):
+        label = key[len("acc_w"):]
+        conf = BertConfig.from_json_file(str(out / f"config_w{label}.json"))
+        assert conf.num_hidden_layers == 1
+        sub = runtime.build_classifier(conf, "dense")
+        runtime.load_into(sub, str(out / f"best_w{label}.ckpt"), "best", strict=True)
+        net = LogitsOnly(sub)
+        net.set_train(False)
+        assert evaluate(net, {"dev": dev}, 16, task)["acc"] == pytest.approx(max(e[key] for e in evals))
+        assert rows[(w, dep)]["layers"] == 1 and rows[(w, dep)]["params"] == count_params(sub)
+    assert rows[(1.0, 0.5)]["params"] < rows[(1.0, 1.0)]["params"]
+    table = open(out / "width_table.md").read().splitlines()
+    assert table[0].startswith("| width | depth | layers | heads |") and "| 0.500 | 0.500 | 1 | 2 |" in table[-1]
+
+    sub = _slice_tool_matches_view(out, d / "sliced_depth", dev, 0.5, 0.5)
+    assert sub.config.num_hidden_layers == 1
 
 
 @pytest.mark.parametrize("value", ["0", "1.5", "wide", "[]"])

@@ -308,3 +308,63 @@ def test_sampled_width_step_builds_one_step_per_subset_and_shares_it():
         assert loss == 3.0 and parts == (3.0,)
     assert sorted(s.subset for s in built) == [(0, 1, 3), (0, 2, 3)]      # each subset compiled once
     assert sum(s.calls for s in built) == 30 and all(s.mode is True for s in built)
+
+
+# ---------------------------------------------------------------- depth (DynaBERT-D)
+
+def test_depth_rule_keeps_layers_spread_over_the_depth():
+    from src.width import kept_layers
+    assert kept_layers(12, 0.75) == (0, 1, 2, 4, 5, 6, 8, 9, 10)          # drops every fourth layer
+    assert kept_layers(12, 0.5) == (0, 2, 4, 6, 8, 10)                    # every other layer
+    assert kept_layers(6, 0.5) == (0, 2, 4)
+    assert kept_layers(6, 0.75) == (0, 1, 2, 4, 5)                        # 4.5 layers rounded to 5
+    assert kept_layers(6, 1.0) == tuple(range(6)) and kept_layers(6, 0.01) == (0,)
+    deep = TINY.replace(num_hidden_layers=6)
+    specs = parse_width_list([1.0, 0.5], deep, depths=[0.5, 1.0])
+    assert [s.label for s in specs] == ["1.000", "0.500", "1.000_d0.500", "0.500_d0.500"]   # largest first
+    assert specs[3].layers == (0, 2, 4) and specs[3].hidden_map == (0, 1, 3, 5) and specs[3].heads[0] == 2
+    assert "3.00 layers" not in (rounding_note(deep, specs[3]) or "")
+    assert "4.50 layers rounded to 5" in rounding_note(deep, width_spec(deep, 1.0, 0.75))
+    with pytest.raises(UserError, match=r"depth_mult_list: depth 0 is out of range"):
+        parse_width_list([1.0], deep, depths=[0])
+
+
+def test_depth_view_slices_to_a_shallower_model_and_the_loss_maps_kept_layers(tmp_path):
+    deep = TINY.replace(num_hidden_layers=4)
+    ms.set_seed(11)
+    student = BertForSequenceClassification(deep)
+    teacher = BertForSequenceClassification(deep)
+    for m in (student, teacher):
+        m.set_train(False)
+    batch = _batch(3)
+    ins = _inputs(batch)
+    spec = width_spec(deep, 0.5, 0.5)                                     # layers 0 and 2, 2 heads, 12 neurons
+    assert spec.layers == (0, 2)
+    view = ViewLogits(WidthView(student, spec))
+    view.set_train(False)
+    expected = view(*ins).asnumpy()
+
+    sub = slice_to_width(student, 0.5, 0.5)
+    assert sub.config.num_hidden_layers == 2 and sub.config.layer_num_heads == [2, 2]
+    assert count_params(sub) == count_params(slice_to_width(student, 0.5)) - 2 * count_params(
+        slice_to_width(student, 0.5).bert.encoder[1])                     # two of four half-width layers gone
+    np.testing.assert_array_equal(sub.bert.encoder[1].attention.query.weight.asnumpy(),
+                                  student.bert.encoder[2].attention.query.weight.asnumpy()[:8])  # renumbered
+    runtime.save_cell(sub, str(tmp_path / "sub.ckpt"))
+    sub.config.to_json_file(str(tmp_path / "config.json"))
+    reloaded = runtime.build_classifier(runtime.load_bert_config(str(tmp_path / "config.json"), "c"), "dense")
+    runtime.load_into(reloaded, str(tmp_path / "sub.ckpt"), "sub", strict=True)
+    net = LogitsOnly(reloaded)
+    net.set_train(False)
+    np.testing.assert_allclose(net(*ins).asnumpy(), expected, atol=1e-5, rtol=0)
+
+    # the loss matches the depth-0.5 student's hidden states j to the teacher's hidden_map[j] = (0, 1, 3)
+    loss_net = MultiWidthDistillLoss(student, teacher, [spec], lambda1=0.0, lambda2=1.0)
+    loss_net.set_train(False)
+    _, parts = loss_net(*ins, ms.Tensor(batch["label_ids"]))
+    _, t_hidden, _ = teacher(*ins)
+    _, s_hidden, _ = sub(*ins)
+    mask = batch["input_mask"].astype(np.float64)[:, :, None]
+    rep = sum((((s_hidden[j].asnumpy() - t_hidden[t].asnumpy()) ** 2) * mask).sum() / (mask.sum() * 16)
+              for j, t in enumerate((0, 1, 3)))
+    np.testing.assert_allclose(parts[0].asnumpy(), rep, rtol=1e-5)

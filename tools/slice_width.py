@@ -6,7 +6,8 @@
 Writes <output_dir>/model.ckpt (a BertForSequenceClassification with the leading heads / FFN neurons of every
 layer) and <output_dir>/config.json (per-layer `layer_num_heads` / `layer_intermediate_sizes`). It reloads with the
 normal strict loader and gives the supernet's logits at that width. --config defaults to the config.json beside
---ckpt. Active heads = round(H * width_mult), FFN = round(F * width_mult).
+--ckpt. Active heads = round(H * width_mult), FFN = round(F * width_mult); --depth_mult keeps round(L * d) layers
+(layer floor(i / d), DynaBERT), renumbered in the sub-model.
 """
 import argparse
 import os
@@ -22,6 +23,7 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", required=True, help="supernet checkpoint (BertForSequenceClassification names)")
     p.add_argument("--config", default=None, help="supernet config.json (default: the one beside --ckpt)")
     p.add_argument("--width_mult", required=True, help="width in (0, 1], e.g. 0.6666666666666666")
+    p.add_argument("--depth_mult", default="1.0", help="depth in (0, 1] (DynaBERT: round(L*d) layers kept)")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--head_type", default="dense", choices=["dense", "relu_pooler"])
     return p.parse_args(argv)
@@ -29,16 +31,19 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        width = float(args.width_mult)
-    except ValueError:
-        raise UserError(f"--width_mult: expected a number in (0, 1], got {args.width_mult!r}") from None
+    values = {}
+    for flag in ("width_mult", "depth_mult"):
+        try:
+            values[flag] = float(getattr(args, flag))
+        except ValueError:
+            raise UserError(f"--{flag}: expected a number in (0, 1], got {getattr(args, flag)!r}") from None
+    width, depth = values["width_mult"], values["depth_mult"]
     config = args.config or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "config.json")
     import mindspore as ms
     ms.set_device("CPU")
     from src.width import slice_checkpoint
-    ckpt, conf = slice_checkpoint(args.ckpt, config, width, args.output_dir, args.head_type)
-    print(f"sub-model at width {width:g}: {ckpt} + {conf}")
+    ckpt, conf = slice_checkpoint(args.ckpt, config, width, args.output_dir, args.head_type, depth_mult=depth)
+    print(f"sub-model at width {width:g}, depth {depth:g}: {ckpt} + {conf}")
 
 
 if __name__ == "__main__":
