@@ -59,8 +59,13 @@ def main(argv=None):
     p.add_argument("--ternary_dir", default="output/ternary_mr")
     p.add_argument("--width_dir", default="output/ofa_mr")
     p.add_argument("--readme", default="README.md")
+    p.add_argument("--only", choices=["ternary", "width"], default=None, help="write one of the two blocks")
     args = p.parse_args(argv)
-    blocks = {"ternary": ternary_block(args.ternary_dir), "width": width_block(args.width_dir)}
+    blocks = {}
+    if args.only in (None, "ternary"):
+        blocks["ternary"] = ternary_block(args.ternary_dir)
+    if args.only in (None, "width"):
+        blocks["width"] = width_block(args.width_dir)
     for name, text in blocks.items():
         print(text + "\n")
         write_readme(args.readme, name, text)
