@@ -33,15 +33,23 @@ def read_metrics(path: str):
 
 
 def run_summary(name: str, run_dir: str, metric: str):
+    """Best dev metric, checkpoint bytes, params and curves of one run. `run_dir#w0.667` selects one width of a
+    width-supernet run (its `<metric>_w0.667` evals, best_w0.667.ckpt, config_w0.667.json). A TernaryBERT run
+    counts its packed artefact (model_base3.tpack, else model.tpack), which is what ships."""
+    run_dir, _, width = run_dir.partition("#")
     m = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(m):
         return None
     train, evals = read_metrics(m)
+    if width:
+        metric = f"{metric}_{width}" if any(f"{metric}_{width}" in e for e in evals) else metric
+        train = []                                   # the supernet's loss is not this sub-model's
     scores = [e[metric] for e in evals if metric in e]
-    ckpt = next((os.path.join(run_dir, c) for c in ("best.ckpt", "student.ckpt", "model.ckpt")
-                 if os.path.exists(os.path.join(run_dir, c))), None)
+    names = (f"best_{width}.ckpt",) if width else ("model_base3.tpack", "model.tpack", "best.ckpt", "student.ckpt",
+                                                  "model.ckpt")
+    ckpt = next((os.path.join(run_dir, c) for c in names if os.path.exists(os.path.join(run_dir, c))), None)
     params = None
-    cfg = os.path.join(run_dir, "config.json")
+    cfg = os.path.join(run_dir, f"config_{width}.json" if width else "config.json")
     if os.path.exists(cfg):
         params = _param_count(json.load(open(cfg, encoding="utf-8")))
     return {"name": name, "dir": run_dir, "best": max(scores) if scores else None, "evals": len(scores),
@@ -72,7 +80,9 @@ def latency_of(bench: dict, name: str, batch: int, seq: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="trade-off table + plots from run records")
-    p.add_argument("--run", action="append", default=None, help="NAME=RUN_DIR (repeat); default: teacher + TD student")
+    p.add_argument("--run", action="append", default=None,
+                   help="NAME=RUN_DIR (repeat; RUN_DIR#w0.667 = one width of a width run); default: teacher + TD "
+                        "student")
     p.add_argument("--metric", default="acc")
     p.add_argument("--bench_json", default="output/bench/export.json")
     p.add_argument("--latency_batch", type=int, default=1)
@@ -97,7 +107,7 @@ def main(argv=None):
         r["latency_ms"] = latency_of(bench, r["name"], args.latency_batch, args.latency_seq)
         pct = 100 * r["best"] / teacher if teacher and r["best"] is not None else None
         rows.append([r["name"], r["params"], r["ckpt_bytes"], r["latency_ms"], r["best"], pct, r["evals"]])
-    heads = ["model", "params", "ckpt bytes", f"ORT latency ms (b{args.latency_batch}, s{args.latency_seq})",
+    heads = ["model", "params", "ckpt / artefact bytes", f"ORT latency ms (b{args.latency_batch}, s{args.latency_seq})",
              f"dev {args.metric}", "% of teacher", "evals"]
     text = ("### Trade-off on the embedded default (MR)\n\nFrom each run's metrics.jsonl (best dev metric) and "
             f"{args.bench_json} (latency; '-' = not benchmarked). First row is the reference.\n\n"

@@ -116,3 +116,33 @@ def test_write_readme_markers_and_flops(tmp_path):
     assert text.count("bench:a:start") == 1 and text.count("bench:b:end") == 1
     base = BertConfig()                   # BERT-base: ~11.2 GMAC = 22.4 GFLOP per 128-token sequence
     assert bert_flops(base, 128) / 1e9 == pytest.approx(22.36, rel=0.01)
+
+
+def test_report_selects_a_width_and_counts_the_ternary_artefact(tmp_path):
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=32)
+    w = tmp_path / "ofa"
+    w.mkdir()
+    (w / "metrics.jsonl").write_text(
+        json.dumps({"kind": "train", "step": 1, "loss": 3.0}) + "\n"
+        + json.dumps({"kind": "eval", "step": 5, "acc": 0.8, "acc_w0.500": 0.7}) + "\n"
+        + json.dumps({"kind": "eval", "step": 10, "acc": 0.82, "acc_w0.500": 0.75}) + "\n")
+    (w / "best.ckpt").write_bytes(b"x" * 900)
+    (w / "best_w0.500.ckpt").write_bytes(b"x" * 300)
+    cfg.to_json_file(str(w / "config.json"))
+    half = cfg.replace(layer_num_heads=[1, 1], layer_intermediate_sizes=[16, 16])
+    half.to_json_file(str(w / "config_w0.500.json"))
+    q = tmp_path / "ternary"
+    q.mkdir()
+    (q / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 3, "acc": 0.79}) + "\n")
+    (q / "best.ckpt").write_bytes(b"x" * 900)
+    (q / "model_base3.tpack").write_bytes(b"x" * 50)
+    cfg.to_json_file(str(q / "config.json"))
+    out = report.main(["--run", f"full={w}", "--run", f"half={w}#w0.500", "--run", f"tern={q}", "--out_dir",
+                       str(tmp_path / "o"), "--no_plots", "--bench_json", str(tmp_path / "none.json")])
+    rows = {r[0]: r for r in out["rows"]}
+    assert rows["full"][4] == 0.82 and rows["half"][4] == 0.75
+    assert rows["half"][2] == 300 and rows["tern"][2] == 50             # sub-model ckpt; shipped artefact
+    from src.tinybert_model import count_params
+    assert rows["half"][1] == count_params(runtime.build_classifier(half, "dense")) < rows["full"][1]
+    assert out["runs"][1]["train"] == [] and out["runs"][0]["train"] == [(1, 3.0)]
