@@ -129,12 +129,14 @@ def main(argv=None):
     p.add_argument("--minilm_config", default="output/minilm/config.json")
     p.add_argument("--gd_config", default="output/gd/config.json")
     p.add_argument("--width_supernet", default="", help="supernet checkpoint to slice the width rows from")
-    p.add_argument("--width_supernet_config", default="")
+    p.add_argument("--width_supernet_config", default="", help="its config.json (default: the one beside it)")
     p.add_argument("--quant_python", default="", help="python with onnx + onnxruntime (default: this one or "
                                                       ".venv-bench/bin/python)")
     p.add_argument("--out_dir", default="output/bench")
     p.add_argument("--readme", default="", help="write the tables into this README between bench markers")
     args = p.parse_args(argv)
+    if args.width_supernet and not args.width_supernet_config:
+        args.width_supernet_config = os.path.join(os.path.dirname(os.path.abspath(args.width_supernet)), "config.json")
     batches = args.batches or ([1, 4] if args.quick else [1, 16, 32])
     seqs = args.seqs or ([16] if args.quick else [64, 128])
     budget = args.budget if args.budget is not None else (0.05 if args.quick else 2.0)
