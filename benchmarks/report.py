@@ -111,7 +111,8 @@ def main(argv=None):
              f"dev {args.metric}", "% of teacher", "evals"]
     text = ("### Trade-off on the embedded default (MR)\n\nFrom each run's metrics.jsonl (best dev metric) and "
             f"{args.bench_json} (latency; '-' = not benchmarked). First row is the reference.\n\n"
-            + markdown_table(heads, rows))
+            + markdown_table(heads, [r[:4] + [None if r[4] is None else f"{r[4]:.4f}",
+                                              None if r[5] is None else f"{r[5]:.1f}%"] + r[6:] for r in rows]))
     if missing:
         text += "\n\nNot found: " + "; ".join(missing)
     pngs = [] if args.no_plots else plots(runs, args)
