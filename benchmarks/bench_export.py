@@ -24,7 +24,7 @@ from benchmarks.common import (ROOT, bert_flops, emit, machine, machine_line, ma
 
 TEACHER, BASE, TINY4 = "MiniLM-L6 teacher", "BERT-base shape", "TinyBERT-4 shape"
 STUDENT = "MR student"
-WIDTHS = (0.833, 0.667, 0.5)
+WIDTHS = (5 / 6, 2 / 3, 0.5)              # the trained widths; rows are named "width 0.833" etc.
 
 
 def _spec(name, cfg, ckpt=None, config_path=None, note=""):
@@ -71,11 +71,11 @@ def model_specs(args):
         spec = width_spec(teacher, w)
         note = f"heads {spec.heads[0]}/{teacher.num_attention_heads}, FFN {spec.ffn[0]}"
         if args.width_supernet and not args.quick:
-            specs.append(_spec(f"width {w}", sub_config(teacher, spec), args.width_supernet,
+            specs.append(_spec(f"width {w:.3g}", sub_config(teacher, spec), args.width_supernet,
                                args.width_supernet_config, note + ", sliced from the supernet"))
             specs[-1]["width_mult"] = w
         else:
-            specs.append(_spec(f"width {w}", sub_config(teacher, spec), note=note + ", random init"))
+            specs.append(_spec(f"width {w:.3g}", sub_config(teacher, spec), note=note + ", random init"))
     return specs
 
 
