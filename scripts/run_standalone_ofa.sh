@@ -10,10 +10,6 @@ PYTHON=${PYTHON:-python}
 CONFIG=${1:-configs/ofa_mr.yaml}
 [ $# -gt 0 ] && shift
 if [ "$CONFIG" = "configs/ofa_mr.yaml" ]; then
-  PYTHON=$PYTHON bash scripts/prepare_default.sh
-  if [ ! -f output/td_mr/teacher/best.ckpt ]; then
-    echo "fine-tuned teacher missing: running phase finetune first"
-    $PYTHON run_task_distill.py --config_path configs/td_mr.yaml --phase finetune
-  fi
+  PYTHON=$PYTHON bash scripts/prepare_default.sh --teacher
 fi
 $PYTHON run_ofa_width.py --config_path "$CONFIG" "$@"

@@ -11,11 +11,7 @@ PYTHON=${PYTHON:-python}
 CONFIG=${1:-configs/td_mr.yaml}
 [ $# -gt 0 ] && shift
 if [ "$CONFIG" = "configs/td_mr.yaml" ] && [ $# -eq 0 ]; then
-  PYTHON=$PYTHON bash scripts/prepare_default.sh
-  if [ ! -f output/td_mr/teacher/best.ckpt ]; then
-    echo "fine-tuned teacher missing: running phase finetune first"
-    $PYTHON run_task_distill.py --config_path "$CONFIG" --phase finetune
-  fi
+  PYTHON=$PYTHON bash scripts/prepare_default.sh --teacher
   if [ ! -f output/gd/student.ckpt ]; then
     echo "GD student missing: running general distillation first"
     PYTHON=$PYTHON bash scripts/run_standalone_gd.sh

@@ -2,7 +2,6 @@
 import os
 
 from src import runtime
-from src.callbacks import RunLog, write_manifest
 from src.distill import DistillLossConfig, FitDense, GeneralDistillLoss, TrainStep, WarmupLinearDecayLR, build_optimizer
 from src.errors import UserError
 from src.tinybert_model import BertModel, count_params
@@ -33,16 +32,9 @@ def run(cfg, save_resolved):
 
 
 def _run(cfg, save_resolved):
-    rank, world = runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
-    runtime.set_seed(cfg.seed)
     out_dir = cfg.output_dir
-    if os.path.isfile(out_dir):
-        raise UserError(f"output_dir: '{out_dir}' is a file, expected a directory")
+    rank, world, log = runtime.start_run(cfg, out_dir, save_resolved, {})
     is_main = rank == 0
-    log = RunLog(out_dir, rank)
-    if is_main:
-        save_resolved(cfg, out_dir)
-        write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"rank_size": world})
     log.info(f"general distillation, output {out_dir}, rank {rank}/{world}")
 
     tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config")

@@ -39,6 +39,22 @@ def init_context(device_target: str = "CPU", mode: str = "graph", threads: int =
 _THREADS_SET = []
 
 
+def start_run(cfg, out_dir: str, save_resolved, manifest_extra: dict):
+    """The opening every training run shares: MindSpore context (mode, threads, data parallel), seed, the
+    output-folder check, the per-rank log, and on rank 0 the resolved config and the run manifest.
+    Returns (rank, world, log)."""
+    from src.callbacks import RunLog, write_manifest
+    rank, world = init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
+    set_seed(cfg.seed)
+    if os.path.isfile(out_dir):
+        raise UserError(f"output_dir: '{out_dir}' is a file, expected a directory")
+    log = RunLog(out_dir, rank)
+    if rank == 0:
+        save_resolved(cfg, out_dir)
+        write_manifest(out_dir, cfg.to_dict(), cfg.seed, {**manifest_extra, "rank_size": world})
+    return rank, world, log
+
+
 def _set_cpu_threads(threads: int):
     """MindSpore accepts the kernel thread count once per process. A second run in the same process (tests,
     notebooks) keeps the first value; asking for another one is an error, not a silent change."""

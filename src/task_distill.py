@@ -9,7 +9,6 @@ import time
 import numpy as np
 
 from src import runtime
-from src.callbacks import RunLog, write_manifest
 from src.distill import (CachedLogitsPhase2Loss, DistillLossConfig, FinetuneLoss, FitDense, TaskDistillPhase1Loss,
                          TaskDistillPhase2Loss, train_step_from_config)
 from src.errors import UserError
@@ -59,15 +58,8 @@ def _run(cfg, out_dir, save_resolved):
     task = runtime.task_from_config(cfg)
     phase = cfg.phase
     phase_cfg = cfg[phase] if phase in ("finetune", "td1", "td2") else None
-    rank, world = runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
-    runtime.set_seed(cfg.seed)
+    rank, world, log = runtime.start_run(cfg, out_dir, save_resolved, {"phase": phase})
     is_main = rank == 0
-    if os.path.isfile(out_dir):
-        raise UserError(f"output_dir: '{out_dir}' is a file, expected a directory")
-    log = RunLog(out_dir, rank)
-    if is_main:
-        save_resolved(cfg, out_dir)
-        write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"phase": phase, "rank_size": world})
     log.info(f"phase {phase}, task {task.name}, output {out_dir}, rank {rank}/{world}")
 
     eval_sets = runtime.load_eval_sets(cfg, task)

@@ -19,7 +19,6 @@ import mindspore as ms
 from mindspore import nn
 
 from src import losses, runtime
-from src.callbacks import RunLog, write_manifest
 from src.distill import FrozenTeacher, PredictionLoss, train_step_from_config
 from src.errors import UserError
 from src.quant import (HESSIAN_SUFFIX, LatHessianRefresh, QuantConfig, StepWithHessian, quantize_model,
@@ -138,16 +137,9 @@ def run(cfg, out_dir, save_resolved):
 def _run(cfg, out_dir, save_resolved):
     task = runtime.task_from_config(cfg)
     qcfg = quant_config(cfg)
-    rank, world = runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
-    runtime.set_seed(cfg.seed)
+    rank, world, log = runtime.start_run(cfg, out_dir, save_resolved,
+                                         {"method": "ternarybert", "quant": qcfg.notation})
     is_main = rank == 0
-    if os.path.isfile(out_dir):
-        raise UserError(f"output_dir: '{out_dir}' is a file, expected a directory")
-    log = RunLog(out_dir, rank)
-    if is_main:
-        save_resolved(cfg, out_dir)
-        write_manifest(out_dir, cfg.to_dict(), cfg.seed,
-                       {"method": "ternarybert", "quant": qcfg.notation, "rank_size": world})
     log.info(f"TernaryBERT {qcfg.notation}, task {task.name}, output {out_dir}, rank {rank}/{world}")
     log.info(f"quant {qcfg.describe()}")
 

@@ -602,7 +602,6 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     of every global batch; rank 0 evaluates, saves and writes the table."""
     import time
     from src import runtime
-    from src.callbacks import RunLog, write_manifest
     from src.distill import TrainStep, WarmupLinearDecayLR, build_optimizer
     from src.trainer import ArrayBatcher, StateOf, Trainer, evaluate, train_state_from_config
 
@@ -614,15 +613,8 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     if cfg.loss.soft_ce_reduction not in losses.SOFT_CE_REDUCTIONS:
         raise UserError(f"loss.soft_ce_reduction '{cfg.loss.soft_ce_reduction}': expected one of "
                         f"{losses.SOFT_CE_REDUCTIONS}")
-    rank, world = runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
-    runtime.set_seed(cfg.seed)
+    rank, world, log = runtime.start_run(cfg, out_dir, save_resolved, {"phase": "ofa_width"})
     is_main = rank == 0
-    if os.path.isfile(out_dir):
-        raise UserError(f"output_dir: '{out_dir}' is a file, expected a directory")
-    log = RunLog(out_dir, rank)
-    if is_main:
-        save_resolved(cfg, out_dir)
-        write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"phase": "ofa_width", "rank_size": world})
     log.info(f"OFA width adaptation, task {task.name}, output {out_dir}, rank {rank}/{world}")
     for s in specs:
         note = rounding_note(tcfg, s)
