@@ -447,9 +447,15 @@ def load_hf_into(net, path_or_dir: str, strict: bool = True, allow_missing: Sequ
 # MindSpore checkpoints
 # ---------------------------------------------------------------------------------------------------------------
 
+METADATA_KEYS = "__metadata_keys__"   # reserved entry: JSON list of the names that are metadata, not tensors
+
+
 def read_ms_checkpoint(path: str, with_extra: bool = False):
     """A MindSpore .ckpt as name -> numpy array. Scalars and strings saved by `save_checkpoint_atomic(extra=)`
-    are not tensors: they are returned separately as a dict when with_extra=True ((tensors, extra))."""
+    are not tensors: they are returned separately as a dict when with_extra=True ((tensors, extra)).
+    Files written by save_checkpoint_atomic name their metadata in a reserved entry, so a 0-d parameter (an
+    activation quantizer's running max) stays a tensor; other files (plain `mindspore.save_checkpoint`, files
+    from before that entry) fall back to: strings and 0-d values are metadata."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint '{path}' does not exist")
     try:
@@ -457,11 +463,18 @@ def read_ms_checkpoint(path: str, with_extra: bool = False):
     except (ValueError, RuntimeError, TypeError, OSError) as e:
         raise UserError(f"checkpoint '{path}' cannot be read: corrupted, truncated or not a MindSpore checkpoint "
                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    meta_keys = None
+    if METADATA_KEYS in loaded:
+        try:
+            meta_keys = set(json.loads(loaded.pop(METADATA_KEYS)))
+        except (TypeError, ValueError):
+            raise UserError(f"checkpoint '{path}': entry {METADATA_KEYS} is not a JSON list of names") from None
     tensors, extra = {}, {}
     for name, value in loaded.items():
+        is_meta = name in meta_keys if meta_keys is not None else (isinstance(value, str) or len(value.shape) == 0)
         if isinstance(value, str):
             extra[name] = value
-        elif len(value.shape) == 0:
+        elif is_meta:
             extra[name] = value.asnumpy().item()
         else:
             tensors[name] = value.asnumpy()
@@ -488,7 +501,8 @@ def _as_save_list(obj) -> Union[list, "ms.nn.Cell"]:
     if isinstance(obj, dict):
         obj = [{"name": k, "data": v} for k, v in obj.items()]
     if isinstance(obj, list):
-        return [{"name": d["name"], "data": ms.Tensor(d["data"]) if isinstance(d["data"], np.ndarray) else d["data"]}
+        return [{"name": d["name"], "data": ms.Tensor(np.asarray(d["data"])) if isinstance(d["data"], (np.ndarray, np.generic))
+                 else d["data"]}
                 for d in obj]
     return obj
 
@@ -496,13 +510,15 @@ def _as_save_list(obj) -> Union[list, "ms.nn.Cell"]:
 def save_checkpoint_atomic(net_or_params, path: str, extra: Optional[dict] = None):
     """`mindspore.save_checkpoint` (with CRC) to a temp file in the target directory, then `os.replace`: the file
     at `path` is either the old one or the complete new one. `net_or_params`: a Cell, a list of
-    {"name", "data"} (Parameter/Tensor/numpy) or a dict name -> data. `extra`: scalars/strings to store too."""
+    {"name", "data"} (Parameter/Tensor/numpy) or a dict name -> data. `extra`: scalars/strings to store too;
+    their names go in the reserved entry METADATA_KEYS so read_ms_checkpoint tells them from 0-d tensors."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}.ckpt")  # MindSpore wants .ckpt
-    append = None
-    if extra:
-        append = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in extra.items()}
+    append = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in (extra or {}).items()}
+    if METADATA_KEYS in append:
+        raise ValueError(f"'{METADATA_KEYS}' is reserved")
+    append[METADATA_KEYS] = json.dumps(sorted(append))
     try:
         ms.save_checkpoint(_as_save_list(net_or_params), tmp, append_dict=append, crc_check=True)
         os.replace(tmp, path)

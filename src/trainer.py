@@ -208,7 +208,6 @@ class TrainState:
         """Parameters back into the live cells (strict: same model and optimizer); returns the metadata."""
         from src.checkpoint import check_state, read_ms_checkpoint
         tensors, meta = read_ms_checkpoint(path, with_extra=True)
-        self._split(tensors, meta, self.params)
         check_state({k: tuple(p.shape) for k, p in self.params.items()},
                     {k: tuple(v.shape) for k, v in tensors.items()}, source=f"training state '{path}'", strict=True)
         missing = [k for k in ("step", "epoch", "batch", "best", "best_step", "steps_per_epoch", "world")
@@ -218,14 +217,6 @@ class TrainState:
         for k, p in self.params.items():
             p.set_data(ms.Tensor(tensors[k], p.dtype))
         return meta
-
-    @staticmethod
-    def _split(tensors: dict, meta: dict, names) -> None:
-        """0-d parameters (a quantizer's running max) come back from read_ms_checkpoint as scalars beside the
-        metadata: move them to the tensors."""
-        for k in names:
-            if k not in tensors and k in meta:
-                tensors[k] = np.asarray(meta.pop(k), np.float32)
 
 
 class StateOf(nn.Cell):

@@ -240,6 +240,19 @@ def test_atomic_save_and_extra(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["best.ckpt"]
     tensors, extra = read_ms_checkpoint(path, with_extra=True)
     assert list(tensors) == ["w"] and extra == {"step": 7, "acc": 0.5, "task": "MR"}
+    # a 0-d parameter (an activation quantizer's running max) is a tensor, not metadata
+    save_checkpoint_atomic({"amax": np.float32(2.5), "w": np.ones((2, 3), np.float32)}, path, extra={"step": 7})
+    tensors, extra = read_ms_checkpoint(path, with_extra=True)
+    assert extra == {"step": 7} and tensors["amax"].shape == () and tensors["amax"] == np.float32(2.5)
+    # files without the reserved entry (plain mindspore.save_checkpoint, older files): 0-d values are metadata
+    plain = str(tmp_path / "plain.ckpt")
+    ms.save_checkpoint([{"name": "w", "data": ms.Tensor(np.ones((2, 3), np.float32))}], plain,
+                       append_dict={"step": 7, "task": "MR"})
+    tensors, extra = read_ms_checkpoint(plain, with_extra=True)
+    assert list(tensors) == ["w"] and extra == {"step": 7, "task": "MR"}
+    os.remove(plain)
+    with pytest.raises(ValueError, match="reserved"):
+        save_checkpoint_atomic({"w": np.ones(2, np.float32)}, path, extra={ckpt.METADATA_KEYS: "[]"})
     old = open(path, "rb").read()
 
     def crash(obj, name, **kw):                                       # writes half a file, then fails

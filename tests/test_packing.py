@@ -135,3 +135,32 @@ def test_export_py_ternary_builds_from_the_packed_artefact(tmp_path):
     with pytest.raises(UserError, match="head_type relu_pooler"):
         export_checkpoint(str(tmp_path / "config.json"), path, str(tmp_path / "u"), "MINDIR", 2, 8,
                           head_type="relu_pooler", ternary=True, log=lambda *_: None)
+
+
+def test_pack_run_of_an_ema_run_keeps_the_frozen_activation_scales(tmp_path):
+    """best_quant.ckpt of an `activation_scale: ema` run holds 0-d `amax` parameters: they go through the file,
+    the packer and a strict load unchanged (they once came back as checkpoint metadata and were dropped)."""
+    from src import runtime
+    from src.ternary import pack_run, save_quantized
+    qcfg = QuantConfig(activation_scale="ema")
+    model = BertForSequenceClassification(TINY.replace(initializer_range=0.3))
+    quantize_model(model, qcfg)
+    amax = {n: p for n, p in model.parameters_and_names() if n.endswith("amax")}
+    assert amax and all(p.shape == () for p in amax.values())
+    for i, p in enumerate(amax.values()):
+        p.set_data(ms.Tensor(0.5 + 0.25 * i, ms.float32))      # frozen scales, as after training
+    net = LogitsOnly(model)
+    net.set_train(False)
+    ref = net(*_inputs()).asnumpy()
+    TINY.to_json_file(str(tmp_path / "config.json"))
+    save_quantized(model, str(tmp_path), "best", qcfg, extra={"step": 3})
+    pack_run(str(tmp_path), "base3", 16, log=None)
+    state, *_ = unpack(str(tmp_path / "model.tpack"))
+    for n, p in amax.items():
+        assert state[n] == p.asnumpy(), n
+    np.testing.assert_array_equal(build_ternary_inference_model(str(tmp_path / "model.tpack"))(*_inputs()).asnumpy(),
+                                  ref)
+    again = quantize_model(BertForSequenceClassification(TINY), qcfg)
+    runtime.load_into(again, str(tmp_path / "best.ckpt"), "latent checkpoint", strict=True)
+    got = dict(again.parameters_and_names())
+    assert all(got[n].asnumpy() == p.asnumpy() for n, p in amax.items())
