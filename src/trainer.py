@@ -277,6 +277,7 @@ class Trainer:
         self.world = getattr(batcher, "world", 1)
         self.best = -math.inf
         self.best_step = -1
+        self.step = 0                             # optimizer steps done (read by eval_fn / a step cell's sampler)
         self.history: List[dict] = []
 
     @property
@@ -340,7 +341,7 @@ class Trainer:
     def fit(self):
         total = self.total_steps
         step, start_epoch, skip = self._restore()
-        first_step = step
+        self.step = first_step = step
         t_start = time.time()
         seen = 0
         window_t, window_seq = time.time(), 0
@@ -355,7 +356,7 @@ class Trainer:
                 if self.max_steps and step >= self.max_steps:
                     break
                 loss, parts, gnorm = self.step_cell(*to_tensors(batch, self.input_names))
-                step += 1
+                self.step = step = step + 1
                 n = len(batch["input_ids"])
                 seen += n
                 window_seq += n

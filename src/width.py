@@ -14,7 +14,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -500,22 +500,23 @@ def sample_widths(n: int, k: int, rng: np.random.Generator) -> Tuple[int, ...]:
 class SampledWidthStep:
     """Train step over a sampled subset of widths per batch (`sample_widths` k of n, see `sample_widths`): one
     TrainStep per subset, built on first use (one compiled graph each), all sharing the supernet, the teacher
-    and ONE optimizer (same moments and step counter). Called like a TrainStep: (loss, (loss,), grad_norm)."""
+    and ONE optimizer (same moments and step counter). Called like a TrainStep: (loss, (loss,), grad_norm).
+    The subset of the step after `steps_done()` steps depends on (seed, that number) only: the same on every
+    data-parallel rank, and a resumed run continues the sequence (steps_done reads the Trainer's counter)."""
 
-    def __init__(self, make_step, n: int, k: int, seed: int):
+    def __init__(self, make_step, n: int, k: int, seed: int, steps_done: Callable[[], int]):
         self.make_step = make_step          # subset (tuple of width indices) -> TrainStep
         self.n, self.k = n, k
         self.seed = seed
-        self.calls = 0                      # the subset of call i depends on (seed, i) only: the same on every
-        self.steps = {}                     # data-parallel rank, and a resumed run sets `calls` to its step
+        self.steps_done = steps_done
+        self.steps = {}
 
     def set_train(self, mode: bool = True):
         for s in self.steps.values():
             s.set_train(mode)
 
     def __call__(self, *inputs):
-        subset = sample_widths(self.n, self.k, np.random.default_rng([self.seed, 17, self.calls]))
-        self.calls += 1
+        subset = sample_widths(self.n, self.k, np.random.default_rng([self.seed, 17, self.steps_done()]))
         if subset not in self.steps:
             self.steps[subset] = self.make_step(subset)
             self.steps[subset].set_train(True)
@@ -685,7 +686,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
 
     k = cfg.train.sample_widths
     if k and k < len(specs):
-        step = SampledWidthStep(make_step, len(specs), k, cfg.seed)
+        step = SampledWidthStep(make_step, len(specs), k, cfg.seed, lambda: trainer.step)
         parts = ["sampled"]                 # loss of this step's sampled widths (the train line's total)
         log.info(f"each step trains {k} of {len(specs)} widths (largest and smallest always)")
     else:
@@ -702,7 +703,6 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     main = task.main_metric
     eval_nets = [ViewLogits(WidthView(model, s)) for s in specs]
     best = {s.label: {"metric": -math.inf, "step": -1} for s in specs}
-    state = {"step": 0}
 
     def eval_fn():
         metrics = {}
@@ -712,7 +712,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
             metrics.update({k if s is specs[0] else f"{k}_w{s.label}": v for k, v in m.items()})
             b = best[s.label]
             if m[main] > b["metric"]:
-                b.update(metric=m[main], step=state["step"], all=m)
+                b.update(metric=m[main], step=trainer.step, all=m)
                 sub = slice_to_width(model, s.width, s.depth)
                 runtime.save_cell(sub, os.path.join(out_dir, f"best_w{s.label}.ckpt"),
                                   extra={"width_mult": s.width, "depth_mult": s.depth, **m})
@@ -721,12 +721,6 @@ def run_ofa(cfg, out_dir: str, save_resolved):
                      f" best {b['metric']:.6f}")
         step.set_train(True)
         return metrics
-
-    class _Counting:
-        """Tracks the step number for the per-width best records."""
-        def __call__(self, *inputs):
-            state["step"] += 1
-            return step(*inputs)
 
     def save_best(metrics):
         runtime.save_cell(model, os.path.join(out_dir, "best.ckpt"), extra=dict(metrics))
@@ -740,13 +734,10 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     def set_extra(extra, at_step):
         for label, b in extra["best"].items():
             best[label] = b
-        state["step"] = at_step
-        if isinstance(step, SampledWidthStep):
-            step.calls = at_step
 
     # resume state: supernet weights + the one optimizer all width subsets share, per-width bests
     train_state, resume = train_state_from_config(cfg, StateOf(model, opt), out_dir, is_main)
-    trainer = Trainer(_Counting(), batcher, ["input_ids", "segment_ids", "input_mask", "label_ids"], parts, log,
+    trainer = Trainer(step, batcher, ["input_ids", "segment_ids", "input_mask", "label_ids"], parts, log,
                       cfg.train.epochs, lr.value, cfg.log_every, eval_fn=eval_fn, main_metric=main,
                       eval_every=cfg.eval.every, save_best=save_best, save_last=save_last, is_main=is_main,
                       max_steps=cfg.train.max_steps, state=train_state, resume=resume,

@@ -285,7 +285,7 @@ def test_width_matched_teacher_uses_the_same_width():
 
 def test_sampled_width_step_builds_one_step_per_subset_and_shares_it():
     from src.width import SampledWidthStep
-    built = []
+    built, used = [], []
 
     class FakeStep:
         def __init__(self, subset):
@@ -296,18 +296,29 @@ def test_sampled_width_step_builds_one_step_per_subset_and_shares_it():
 
         def __call__(self, *inputs):
             self.calls += 1
+            used.append(self.subset)
             return float(len(self.subset)), ("parts",), 1.0
 
     def make(subset):
         built.append(FakeStep(subset))
         return built[-1]
 
-    step = SampledWidthStep(make, n=4, k=3, seed=0)
+    done = [0]                                               # the Trainer's steps-done counter
+    step = SampledWidthStep(make, n=4, k=3, seed=0, steps_done=lambda: done[0])
     for _ in range(30):
         loss, parts, norm = step("batch")
+        done[0] += 1
         assert loss == 3.0 and parts == (3.0,)
     assert sorted(s.subset for s in built) == [(0, 1, 3), (0, 2, 3)]      # each subset compiled once
     assert sum(s.calls for s in built) == 30 and all(s.mode is True for s in built)
+    first = list(used)
+    used.clear()
+    done[0] = 17                                             # a resumed run: the sequence goes on from step 17
+    resumed = SampledWidthStep(make, n=4, k=3, seed=0, steps_done=lambda: done[0])
+    for _ in range(13):
+        resumed("batch")
+        done[0] += 1
+    assert used == first[17:]
 
 
 # ---------------------------------------------------------------- depth (DynaBERT-D)
