@@ -80,13 +80,7 @@ def td(ws, phase, **over):
 
 
 def gd(ws, **over):
-    args = {"threads": 1, "data.dir": ws["data"], "data.max_seq_length": tiny_run.SEQ,
-            "data.length_buckets": [tiny_run.SEQ], "teacher.config": ws["config"], "teacher.ckpt": ws["ckpt"],
-            "student.arch.num_hidden_layers": 1, "student.arch.hidden_size": 16,
-            "student.arch.num_attention_heads": 2, "student.arch.intermediate_size": 32,
-            "student.init": "random", "train.max_steps": 1}
-    args.update(over)
-    return "run_general_distill.py", args
+    return "run_general_distill.py", tiny_run.gd_overrides(ws, **{"train.max_steps": 1, **over})
 
 
 def ofa(ws, **over):

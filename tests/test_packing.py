@@ -11,6 +11,7 @@ from src.packing import (build_ternary_inference_model, pack, pack_codes, ternar
                          unpack, unpack_codes)
 from src.quant import QuantConfig, quantize_model, quantized_state
 from src.tinybert_model import BertConfig, BertForSequenceClassification, LogitsOnly
+import tiny_run
 
 
 @pytest.mark.parametrize("codec,per", [("2bit", 4), ("base3", 5)])
@@ -35,16 +36,11 @@ def test_ternary_split_per_row_and_errors():
         ternary_split(np.array([[1.0, -1.0], [0.3, 0.2]], np.float32), rowwise=True, name="q")
 
 
-TINY = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                  max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = BertConfig(**tiny_run.TINY)
 
 
 def _inputs():
-    rng = np.random.default_rng(4)
-    ids = ms.Tensor(rng.integers(0, 30, (2, 8)).astype(np.int32))
-    mask = np.ones((2, 8), np.int32)
-    mask[0, 6:] = 0
-    return ids, ms.Tensor(np.zeros((2, 8), np.int32)), ms.Tensor(mask)
+    return tiny_run.token_inputs(seed=4, pad_row=0, pad_from=6)
 
 
 @pytest.mark.parametrize("qcfg,codec", [

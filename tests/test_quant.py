@@ -10,6 +10,7 @@ from src.distill import TrainStep, build_optimizer
 from src.quant import (ActQuantizer, LatHessianRefresh, QuantConfig, StepWithHessian, WeightQuantizer,
                        quantize_model, quantized_state, role_params)
 from src.tinybert_model import BertConfig, BertForSequenceClassification, LogitsOnly
+import tiny_run
 
 
 class Fn(nn.Cell):
@@ -173,16 +174,11 @@ def test_quant_config_rejects_bad_values(kw, msg):
         QuantConfig(**kw)
 
 
-TINY = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                  max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = BertConfig(**tiny_run.TINY)
 
 
 def _inputs():
-    rng = np.random.default_rng(2)
-    ids = ms.Tensor(rng.integers(0, 30, (2, 8)).astype(np.int32))
-    mask = np.ones((2, 8), np.int32)
-    mask[1, 5:] = 0
-    return ids, ms.Tensor(np.zeros((2, 8), np.int32)), ms.Tensor(mask)
+    return tiny_run.token_inputs(seed=2, pad_row=1, pad_from=5)
 
 
 def test_roles_select_weights_and_names_do_not_change():

@@ -21,6 +21,17 @@ TINY = dict(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention
             max_position_embeddings=SEQ, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
+def token_inputs(seed: int, pad_row: int, pad_from: int, batch: int = 2, seq: int = 8):
+    """(input_ids, token_type_ids, input_mask) Tensors for a model of TINY's vocab: random ids, row `pad_row`
+    padded from position `pad_from` (in-process model tests)."""
+    import mindspore as ms
+    rng = np.random.default_rng(seed)
+    ids = ms.Tensor(rng.integers(0, VOCAB, (batch, seq)).astype(np.int32))
+    mask = np.ones((batch, seq), np.int32)
+    mask[pad_row, pad_from:] = 0
+    return ids, ms.Tensor(np.zeros((batch, seq), np.int32)), ms.Tensor(mask)
+
+
 def rows(n: int, seed: int):
     """Learnable rows: label 1 iff the first word id is >= 17 (about half); lengths 5..16."""
     rng = np.random.default_rng(seed)
@@ -102,16 +113,19 @@ def ofa_args(ws: dict, out: str, batch: int = 4, **extra) -> list:
     return cli(args)
 
 
-def gd_args(ws: dict, out: str, batch: int = 4, **extra) -> list:
+def gd_overrides(ws: dict, **extra) -> dict:
     """run_general_distill.py on the tiny workspace's records (labels ignored): a random 1-layer student."""
-    args = {"threads": 1, "output_dir": out, "data.dir": ws["data"], "data.max_seq_length": SEQ,
-            "data.length_buckets": [SEQ], "teacher.config": ws["config"], "teacher.ckpt": ws["ckpt"],
-            "student.arch.num_hidden_layers": 1, "student.arch.hidden_size": 16,
-            "student.arch.num_attention_heads": 2, "student.arch.intermediate_size": 32, "student.init": "random",
-            "train.batch_size": batch, "train.epochs": 1, "optim.lr": 0.005, "log_every": 4,
-            "checkpoint.every_steps": 0}
+    args = {"threads": 1, "data.dir": ws["data"], "data.max_seq_length": SEQ, "data.length_buckets": [SEQ],
+            "teacher.config": ws["config"], "teacher.ckpt": ws["ckpt"], "student.arch.num_hidden_layers": 1,
+            "student.arch.hidden_size": 16, "student.arch.num_attention_heads": 2,
+            "student.arch.intermediate_size": 32, "student.init": "random"}
     args.update(extra)
-    return cli(args)
+    return args
+
+
+def gd_args(ws: dict, out: str, batch: int = 4, **extra) -> list:
+    return cli(gd_overrides(ws, output_dir=out, **{"train.batch_size": batch, "train.epochs": 1, "optim.lr": 0.005,
+                                                   "log_every": 4, "checkpoint.every_steps": 0, **extra}))
 
 
 def cli(args: dict) -> list:
