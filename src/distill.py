@@ -76,7 +76,7 @@ class _IntermediateLoss(nn.Cell):
     """attention + hidden (incl. embedding output) losses over a layer map. Shared by GD and TD phase 1."""
 
     def __init__(self, fit_dense: FitDense, attention_map: Sequence[int], hidden_map: Sequence[int],
-                 cfg: DistillLossConfig):
+                 cfg: DistillLossConfig, data_parallel: bool = False):
         super().__init__()
         self.fit_dense = fit_dense
         self.attention_map = tuple(attention_map)
@@ -84,6 +84,7 @@ class _IntermediateLoss(nn.Cell):
         self.att_w = cfg.attention_weight
         self.rep_w = cfg.hidden_weight
         self.mask_padding = cfg.mask_padding
+        self.counts = losses.GlobalMaskCounts(data_parallel and cfg.mask_padding)
 
     def construct(self, s_hidden, s_scores, t_hidden, t_scores, input_mask):
         att = 0.0
@@ -92,17 +93,19 @@ class _IntermediateLoss(nn.Cell):
         rep = 0.0
         for i, ti in enumerate(self.hidden_map):
             rep = rep + losses.hidden_mse(self.fit_dense(s_hidden[i]), t_hidden[ti], input_mask, self.mask_padding)
-        return att, rep
+        tokens, pairs = self.counts(input_mask)
+        return att * pairs, rep * tokens
 
 
 class GeneralDistillLoss(nn.Cell):
     """GD: teacher BertModel (pretrained) -> student BertModel on raw text. loss = att + rep."""
 
-    def __init__(self, student, teacher, fit_dense, attention_map, hidden_map, cfg: DistillLossConfig):
+    def __init__(self, student, teacher, fit_dense, attention_map, hidden_map, cfg: DistillLossConfig,
+                 data_parallel: bool = False):
         super().__init__()
         self.student = student
         self.teacher = FrozenTeacher(teacher)
-        self.inter = _IntermediateLoss(fit_dense, attention_map, hidden_map, cfg)
+        self.inter = _IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel)
 
     def construct(self, input_ids, segment_ids, input_mask):
         _, _, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
@@ -115,11 +118,12 @@ class GeneralDistillLoss(nn.Cell):
 class TaskDistillPhase1Loss(nn.Cell):
     """TD phase 1 ("intermediate layer distillation"): teacher/student classifiers, att + rep only."""
 
-    def __init__(self, student, teacher, fit_dense, attention_map, hidden_map, cfg: DistillLossConfig):
+    def __init__(self, student, teacher, fit_dense, attention_map, hidden_map, cfg: DistillLossConfig,
+                 data_parallel: bool = False):
         super().__init__()
         self.student = student
         self.teacher = FrozenTeacher(teacher)
-        self.inter = _IntermediateLoss(fit_dense, attention_map, hidden_map, cfg)
+        self.inter = _IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel)
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
         _, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
@@ -136,10 +140,11 @@ class CachedTeacherPhase1Loss(nn.Cell):
     phase-1 teacher outputs per epoch saves (benchmarks/bench_td_throughput.py measures it). Only valid when the
     data is not augmented between epochs."""
 
-    def __init__(self, student, fit_dense, n_attention: int, n_hidden: int, cfg: DistillLossConfig):
+    def __init__(self, student, fit_dense, n_attention: int, n_hidden: int, cfg: DistillLossConfig,
+                 data_parallel: bool = False):
         super().__init__()
         self.student = student
-        self.inter = _IntermediateLoss(fit_dense, range(n_attention), range(n_hidden), cfg)
+        self.inter = _IntermediateLoss(fit_dense, range(n_attention), range(n_hidden), cfg, data_parallel)
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids, teacher_hidden, teacher_scores):
         _, s_hidden, s_scores = self.student(input_ids, segment_ids, input_mask)

@@ -59,7 +59,7 @@ def _run(cfg, save_resolved):
     batcher, n_rows = _batcher(cfg, rank, world)
     log.info(f"dataset size: {n_rows}, {len(batcher)} steps per epoch")
     fit_dense = FitDense(scfg.hidden_size, tcfg.hidden_size)
-    loss_net = GeneralDistillLoss(student, teacher, fit_dense, att_map, hid_map, lcfg)
+    loss_net = GeneralDistillLoss(student, teacher, fit_dense, att_map, hid_map, lcfg, cfg.distributed)
     total = len(batcher) * cfg.train.epochs
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)

@@ -12,9 +12,11 @@ All functions are graph-mode safe (pure tensor ops). Conventions, stated once be
   TinyBERT / TernaryBERT anchors; equals true CE / C); "ce" = mean over batch of the sum over classes (true CE,
   DynaBERT / TextBrewer). No T^2 factor (as TinyBERT); say `temperature_squared: true` to add it.
 - regression prediction loss: MSE between student and teacher outputs (not the gold label).
+- data parallelism: a masked mean is per rank (sum_r / n_r); `GlobalMaskCounts` gives the factors that make each
+  rank's masked loss its share of the global masked mean, so N workers at batch b == 1 worker at batch N*b.
 """
 import mindspore as ms
-from mindspore import ops
+from mindspore import nn, ops
 
 SOFT_CE_REDUCTIONS = ("mean", "ce")
 
@@ -41,6 +43,31 @@ def hidden_mse(student_hidden, teacher_hidden, input_mask, mask_padding=True):
         diff = (student_hidden - teacher_hidden) ** 2 * m
         return diff.sum() / (m.sum() * student_hidden.shape[-1])
     return ((student_hidden - teacher_hidden) ** 2).mean()
+
+
+class GlobalMaskCounts(nn.Cell):
+    """Under data parallelism each rank's padding-masked MSE divides by its own count (real tokens for hidden
+    states, valid (query, key) pairs for attention scores), so the averaged gradient weighs a token of a short
+    shard more than one of a long shard. construct(input_mask) -> (token factor, pair factor) = world * n_r / n
+    with n the count over all ranks (one all-reduce of two numbers per step, outside the gradient): a rank's
+    masked mean times its factor is world * sum_r / n, and the mean of those over ranks is the global masked
+    mean sum / n. Without data parallelism both factors are 1 (nothing is added to the graph)."""
+
+    def __init__(self, data_parallel: bool = False):
+        super().__init__()
+        self.data_parallel = bool(data_parallel)
+        if self.data_parallel:
+            from mindspore.communication import get_group_size
+            self.world = float(get_group_size())
+            self.all_reduce = ops.AllReduce()
+
+    def construct(self, input_mask):
+        if not self.data_parallel:
+            return 1.0, 1.0
+        per_row = input_mask.astype(ms.float32).sum(axis=1)
+        local = ops.stack([per_row.sum(), (per_row * per_row).sum()])
+        factors = ops.stop_gradient(self.world * local / self.all_reduce(local))
+        return factors[0], factors[1]
 
 
 def soft_cross_entropy(student_logits, teacher_logits, temperature=1.0, reduction="mean",

@@ -92,7 +92,7 @@ def _run(cfg, out_dir, save_resolved):
             _init_student_td1(cfg, model, teacher, fit_dense, log)
             att_map, hid_map = runtime.student_layer_map(cfg, tcfg, scfg, lcfg.attention_weight)
             log.info(f"layer map: attention {att_map}, hidden {hid_map}")
-            loss_net = TaskDistillPhase1Loss(model, teacher, fit_dense, att_map, hid_map, lcfg)
+            loss_net = TaskDistillPhase1Loss(model, teacher, fit_dense, att_map, hid_map, lcfg, cfg.distributed)
             inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["att", "rep"]
             extra_save = {"fit_dense": fit_dense}
         else:

@@ -32,7 +32,8 @@ class TernaryDistillLoss(nn.Cell):
     """TernaryBERT loss: sum of attention-score MSEs + hidden-state MSEs over a layer map (1:1 for a student
     copied from the teacher) + the prediction loss. Returns (loss, (att, rep, pred))."""
 
-    def __init__(self, student, teacher, attention_map, hidden_map, cfg, regression: bool):
+    def __init__(self, student, teacher, attention_map, hidden_map, cfg, regression: bool,
+                 data_parallel: bool = False):
         super().__init__()
         self.student = student
         self.teacher = FrozenTeacher(teacher)
@@ -42,6 +43,7 @@ class TernaryDistillLoss(nn.Cell):
         self.att_w = cfg.attention_weight
         self.rep_w = cfg.hidden_weight
         self.mask_padding = cfg.mask_padding
+        self.counts = losses.GlobalMaskCounts(data_parallel and cfg.mask_padding)
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
         t_logits, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
@@ -52,6 +54,8 @@ class TernaryDistillLoss(nn.Cell):
         rep = 0.0
         for i, ti in enumerate(self.hidden_map):
             rep = rep + losses.hidden_mse(s_hidden[i], t_hidden[ti], input_mask, self.mask_padding)
+        tokens, pairs = self.counts(input_mask)
+        att, rep = att * pairs, rep * tokens
         pred, _, _ = self.pred(s_logits, t_logits, label_ids)
         loss = self.att_w * att + self.rep_w * rep + pred
         return loss, (att, rep, pred)
@@ -166,7 +170,7 @@ def _run(cfg, out_dir, save_resolved):
         log.record("teacher_eval", **tm)
 
     quantize_model(model, qcfg)
-    loss_net = TernaryDistillLoss(model, teacher, att_map, hid_map, lcfg, task.regression)
+    loss_net = TernaryDistillLoss(model, teacher, att_map, hid_map, lcfg, task.regression, cfg.distributed)
     batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
                            length_buckets=list(cfg.data.length_buckets))
     step, lr = train_step_from_config(loss_net, cfg, cfg.train, len(batcher), cfg.distributed)

@@ -429,7 +429,7 @@ class MultiWidthDistillLoss(nn.Cell):
     def __init__(self, model: BertForSequenceClassification, teacher: nn.Cell, specs: Sequence[WidthSpec],
                  lambda1: float = 1.0, lambda2: float = 0.1, soft_ce_reduction: str = "ce",
                  temperature: float = 1.0, regression: bool = False, mask_padding: bool = True,
-                 teacher_views: Optional[Sequence[nn.Cell]] = None):
+                 teacher_views: Optional[Sequence[nn.Cell]] = None, data_parallel: bool = False):
         super().__init__()
         if soft_ce_reduction not in losses.SOFT_CE_REDUCTIONS:
             raise ValueError(f"loss.soft_ce_reduction '{soft_ce_reduction}': expected one of "
@@ -446,12 +446,13 @@ class MultiWidthDistillLoss(nn.Cell):
         self.temperature = float(temperature)
         self.regression = regression
         self.mask_padding = mask_padding
+        self.counts = losses.GlobalMaskCounts(data_parallel and mask_padding)
         self.n = len(specs)
         n_hidden = model.config.num_hidden_layers + 1
         self.hidden_maps = tuple(tuple(range(len(s.hidden_map))) if self.width_matched else
                                  (s.hidden_map if s.layers else tuple(range(n_hidden))) for s in specs)
 
-    def _one(self, view, t_logits, t_hidden, hidden_map, input_ids, segment_ids, input_mask):
+    def _one(self, view, t_logits, t_hidden, hidden_map, input_ids, segment_ids, input_mask, tokens):
         logits, hidden, _ = view(input_ids, segment_ids, input_mask)
         if self.regression:
             pred = losses.mse(logits.reshape(-1), t_logits.reshape(-1))
@@ -460,16 +461,18 @@ class MultiWidthDistillLoss(nn.Cell):
         rep = 0.0
         for j, tj in enumerate(hidden_map):
             rep = rep + losses.hidden_mse(hidden[j], t_hidden[tj], input_mask, self.mask_padding)
-        return self.l1 * pred + self.l2 * rep
+        return self.l1 * pred + self.l2 * rep * tokens
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
         total = 0.0
         parts = ()
+        tokens, _ = self.counts(input_mask)
         if self.width_matched:
             i = 0
             for view in self.views:
                 t_logits, t_hidden, _ = self.teachers[i](input_ids, segment_ids, input_mask)
-                loss = self._one(view, t_logits, t_hidden, self.hidden_maps[i], input_ids, segment_ids, input_mask)
+                loss = self._one(view, t_logits, t_hidden, self.hidden_maps[i], input_ids, segment_ids, input_mask,
+                                 tokens)
                 total = total + loss
                 parts = parts + (loss,)
                 i = i + 1
@@ -477,7 +480,8 @@ class MultiWidthDistillLoss(nn.Cell):
             t_logits, t_hidden, _ = self.teacher(input_ids, segment_ids, input_mask)
             i = 0
             for view in self.views:
-                loss = self._one(view, t_logits, t_hidden, self.hidden_maps[i], input_ids, segment_ids, input_mask)
+                loss = self._one(view, t_logits, t_hidden, self.hidden_maps[i], input_ids, segment_ids, input_mask,
+                                 tokens)
                 total = total + loss
                 parts = parts + (loss,)
                 i = i + 1
@@ -667,7 +671,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
         tv = [teacher_views[i] for i in idx] if teacher_views else None
         return MultiWidthDistillLoss(model, teacher, [specs[i] for i in idx], cfg.loss.lambda1, cfg.loss.lambda2,
                                      cfg.loss.soft_ce_reduction, cfg.loss.temperature, regression,
-                                     cfg.loss.mask_padding, teacher_views=tv)
+                                     cfg.loss.mask_padding, teacher_views=tv, data_parallel=cfg.distributed)
 
     batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
                            length_buckets=buckets)

@@ -131,22 +131,23 @@ def test_two_workers_match_one_worker_at_double_batch(ws, tmp_path):
 def test_gd_ternary_width_two_workers_match_one_worker(method, ws, tmp_path):
     """General distillation (random 1-layer student), TernaryBERT (2-bit weights; activations full precision,
     see below) and the width supernet (all widths every step, importance + rewiring first) on 2 msrun workers
-    at batch 2 == 1 process at batch 4 after one epoch (16 steps), each through its msrun script. Two batch-statistics are switched off on purpose, because under data parallelism they are
-    per rank (docs/distributed.md): 8-bit activations with dynamic per-batch scales (each rank scales by its own
-    shard's max, like unsynchronised BatchNorm) and padding-masked MSE (each rank divides by its own real-token
-    count, so the averaged gradient weights tokens per rank, as in every data-parallel trainer)."""
+    at batch 2 == 1 process at batch 4 after one epoch (16 steps), each through its msrun script. Padding-masked
+    MSE is on (the default): the tiny rows have different lengths, so this checks that each rank's masked loss
+    is scaled to its share of the global masked mean (losses.GlobalMaskCounts). One batch statistic is switched
+    off on purpose, because under data parallelism it is per rank (docs/distributed.md): 8-bit activations with
+    dynamic per-batch scales (each rank scales by its own shard's max, like unsynchronised BatchNorm)."""
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     if method == "gd":
         script, make, run_dir, final = "run_general_distill.py", tiny_run.gd_args, "", "student.ckpt"
-        extra = {"loss.mask_padding": False}
+        extra = {}
         dist = "scripts/run_distributed_gd_cpu.sh"
     elif method == "ternary":
         script, make, run_dir, final = "run_ternary.py", tiny_run.ternary_args, "w2e2a32", "best.ckpt"
-        extra = {"quant.bits.activation": 32, "loss.mask_padding": False}
+        extra = {"quant.bits.activation": 32}
         dist = "scripts/run_distributed_ternary_cpu.sh"
     else:
         script, make, run_dir, final = "run_ofa_width.py", tiny_run.ofa_args, "", "supernet.ckpt"
-        extra = {"loss.mask_padding": False}
+        extra = {}
         dist = "scripts/run_distributed_ofa_cpu.sh"
     ref = tiny_run.run_script(script, make(ws, one, batch=4, **extra))
     assert ref.returncode == 0, ref.stderr[-2000:]
