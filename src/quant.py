@@ -209,13 +209,19 @@ class WeightQuantizer(nn.Cell):
 
 class ActQuantizer(nn.Cell):
     """8-bit activation fake-quant with STE. sym dynamic: no state. sym ema: `amax` (0 = not yet seen).
-    asym: `ema_min`, `ema_max` (MindSpore anchor init -+clip, decay `ema_decay`). EMA updates only in training."""
+    asym: `ema_min`, `ema_max` (MindSpore anchor init -+clip, decay `ema_decay`). EMA updates only in training.
+    sync_ranks (data parallelism): in training the batch statistic (max|x|, or min / max) is all-reduced over the
+    ranks, so every rank quantizes with the scale of the global batch and keeps the same EMA range (like
+    SyncBatchNorm); eval and inference (one rank) use no collective."""
 
     def __init__(self, bits: int = 8, mode: str = "sym", scale: str = "dynamic", clip: float = 2.5,
-                 ema_decay: float = 0.99):
+                 ema_decay: float = 0.99, sync_ranks: bool = False):
         super().__init__()
         self.bits = bits
         self.mode = mode
+        self.sync = bool(sync_ranks)
+        if self.sync:
+            self.all_gather = ops.AllGather()     # CPU's AllReduce sums only: gather the ranks' values, reduce here
         self.dynamic = mode == "sym" and scale == "dynamic"
         self.clip = float(clip)
         self.decay = float(ema_decay)
@@ -226,13 +232,24 @@ class ActQuantizer(nn.Cell):
             self.ema_min = Parameter(ms.Tensor(-init, ms.float32), name="ema_min", requires_grad=False)
             self.ema_max = Parameter(ms.Tensor(init, ms.float32), name="ema_max", requires_grad=False)
 
+    def _global_max(self, v):
+        """v (0-d): its max over the ranks in training with sync_ranks, else v."""
+        if self.sync and self.training:
+            return ops.ReduceMax()(self.all_gather(v.reshape((1,))))
+        return v
+
+    def _global_min(self, v):
+        if self.sync and self.training:
+            return ops.ReduceMin()(self.all_gather(v.reshape((1,))))
+        return v
+
     def construct(self, x):
         if self.mode == "sym":
             xc = _clip(x, self.clip)
             if self.dynamic:
-                amax = ops.stop_gradient(_absmax(xc))
+                amax = ops.stop_gradient(self._global_max(_absmax(xc)))
             elif self.training:
-                cur = ops.stop_gradient(_absmax(xc))
+                cur = ops.stop_gradient(self._global_max(_absmax(xc)))
                 amax = ops.select(self.amax > 0.0, self.decay * self.amax + (1.0 - self.decay) * cur, cur)
                 amax = ops.depend(amax, ops.assign(self.amax, amax))
             else:
@@ -241,8 +258,10 @@ class ActQuantizer(nn.Cell):
                 xc = ops.clip_by_value(xc, -amax, amax)
             return _ste(xc, sym_quant(xc, amax, self.bits))
         if self.training:
-            lo = ops.stop_gradient(ops.minimum(self.decay * self.ema_min + (1.0 - self.decay) * x.min(), 0.0))
-            hi = ops.stop_gradient(ops.maximum(self.decay * self.ema_max + (1.0 - self.decay) * x.max(), 0.0))
+            x_min = self._global_min(x.min())
+            x_max = self._global_max(x.max())
+            lo = ops.stop_gradient(ops.minimum(self.decay * self.ema_min + (1.0 - self.decay) * x_min, 0.0))
+            hi = ops.stop_gradient(ops.maximum(self.decay * self.ema_max + (1.0 - self.decay) * x_max, 0.0))
             lo = ops.depend(lo, ops.assign(self.ema_min, lo))
             hi = ops.depend(hi, ops.assign(self.ema_max, hi))
         else:
@@ -308,17 +327,18 @@ def _role_sites(model) -> List[Tuple[str, nn.Cell, str]]:
     return sites
 
 
-def _act(qcfg: QuantConfig):
+def _act(qcfg: QuantConfig, sync_ranks: bool = False):
     if qcfg.activation_bits == 32:
         return None
     return ActQuantizer(qcfg.activation_bits, qcfg.activation_mode, qcfg.activation_scale, qcfg.activation_clip,
-                        qcfg.ema_decay)
+                        qcfg.ema_decay, sync_ranks)
 
 
-def quantize_model(model, qcfg: QuantConfig, quantize_weights: bool = True):
+def quantize_model(model, qcfg: QuantConfig, quantize_weights: bool = True, sync_ranks: bool = False):
     """Give a built model quantized weights (by role) and activation fake-quant, in place, once at build time.
     With quantize_weights=False only the activation fake-quant is added (an inference model whose weights are
-    already the quantized values, e.g. unpacked by src/packing.py). Returns the model."""
+    already the quantized values, e.g. unpacked by src/packing.py). sync_ranks: data-parallel training, the
+    activation quantizers' batch statistics are all-reduced (ActQuantizer). Returns the model."""
     bert = model.bert if hasattr(model, "bert") else model
     # Attaching a cell renames its parameters with the attribute name only (e.g. "query.weight"): keep the
     # original names and give new state parameters their full path, so names stay unique for the optimizer.
@@ -330,7 +350,7 @@ def quantize_model(model, qcfg: QuantConfig, quantize_weights: bool = True):
         for layer in bert.encoder:
             att = layer.attention
             for point in ("quant_q", "quant_k", "quant_probs", "quant_v"):
-                setattr(att, point, _act(qcfg))
+                setattr(att, point, _act(qcfg, sync_ranks))
     for role, parent, attr in _role_sites(model):
         if role not in qcfg.roles:
             continue
@@ -347,7 +367,7 @@ def quantize_model(model, qcfg: QuantConfig, quantize_weights: bool = True):
         if quantize_weights and qcfg.weight_bits != 32:
             wq = WeightQuantizer(qcfg.weight_bits, qcfg.weight_method, qcfg.weight_clip, False, qcfg.lat_iters,
                                  tuple(cell.weight.shape))
-        setattr(parent, attr, QuantDense(cell, wq, _act(qcfg)))
+        setattr(parent, attr, QuantDense(cell, wq, _act(qcfg, sync_ranks)))
     for n, p in model.parameters_and_names():
         p.name = orig.get(id(p), prefix + n)
     return model

@@ -169,7 +169,7 @@ def _run(cfg, out_dir, save_resolved):
         log.info("teacher fp32 " + ", ".join(f"{k} {v:.6f}" for k, v in tm.items()))
         log.record("teacher_eval", **tm)
 
-    quantize_model(model, qcfg)
+    quantize_model(model, qcfg, sync_ranks=cfg.distributed)
     loss_net = TernaryDistillLoss(model, teacher, att_map, hid_map, lcfg, task.regression, cfg.distributed)
     batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
                            length_buckets=list(cfg.data.length_buckets))

@@ -127,23 +127,22 @@ def test_two_workers_match_one_worker_at_double_batch(ws, tmp_path):
     assert "rank 1/2" in log_r1 and "The best acc" not in log_r1 and "eval epoch" not in log_r1
 
 
-@pytest.mark.parametrize("method", ["gd", "ternary", "width"])
+@pytest.mark.parametrize("method", ["gd", "ternary", "ternary_ema", "width"])
 def test_gd_ternary_width_two_workers_match_one_worker(method, ws, tmp_path):
-    """General distillation (random 1-layer student), TernaryBERT (2-bit weights; activations full precision,
-    see below) and the width supernet (all widths every step, importance + rewiring first) on 2 msrun workers
-    at batch 2 == 1 process at batch 4 after one epoch (16 steps), each through its msrun script. Padding-masked
-    MSE is on (the default): the tiny rows have different lengths, so this checks that each rank's masked loss
-    is scaled to its share of the global masked mean (losses.GlobalMaskCounts). One batch statistic is switched
-    off on purpose, because under data parallelism it is per rank (docs/distributed.md): 8-bit activations with
-    dynamic per-batch scales (each rank scales by its own shard's max, like unsynchronised BatchNorm)."""
+    """General distillation (random 1-layer student), TernaryBERT (2-bit weights, 8-bit activations with dynamic
+    per-batch scales, or EMA ranges) and the width supernet (all widths every step, importance + rewiring first)
+    on 2 msrun workers at batch 2 == 1 process at batch 4 after one epoch (16 steps), each through its msrun
+    script. Two batch statistics would differ per rank and are made global (docs/distributed.md): padding-masked
+    MSE (on by default; the tiny rows have different lengths) is scaled to each rank's share of the global masked
+    mean (losses.GlobalMaskCounts), and the activation quantizers' max|x| / EMA ranges are all-reduced."""
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     if method == "gd":
         script, make, run_dir, final = "run_general_distill.py", tiny_run.gd_args, "", "student.ckpt"
         extra = {}
         dist = "scripts/run_distributed_gd_cpu.sh"
-    elif method == "ternary":
-        script, make, run_dir, final = "run_ternary.py", tiny_run.ternary_args, "w2e2a32", "best.ckpt"
-        extra = {"quant.bits.activation": 32}
+    elif method.startswith("ternary"):
+        script, make, run_dir, final = "run_ternary.py", tiny_run.ternary_args, "w2e2a8", "best.ckpt"
+        extra = {"quant.activation_scale": "ema"} if method == "ternary_ema" else {}
         dist = "scripts/run_distributed_ternary_cpu.sh"
     else:
         script, make, run_dir, final = "run_ofa_width.py", tiny_run.ofa_args, "", "supernet.ckpt"
@@ -162,6 +161,8 @@ def test_gd_ternary_width_two_workers_match_one_worker(method, ws, tmp_path):
     assert sorted(a) == sorted(b)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5, err_msg=k)
+    if method == "ternary_ema":                # the EMA ranges were compared too, and training moved them
+        assert [k for k in a if k.endswith("amax") and a[k] > 0]
     if method == "gd":                         # random student: training shows in the logged loss
         with open(os.path.join(one, "log.txt")) as f:
             losses = [float(ln.split("outputs are ")[1].split()[0]) for ln in f if "outputs are" in ln]
