@@ -32,10 +32,21 @@ $(BENCH_STAMP): requirements-bench.txt
 	$(BENCH_VENV)/bin/python -m pip install -q -r requirements-bench.txt
 	touch $(BENCH_STAMP)
 
+# The README's inputs: the demo's teacher and student, plus these runs when they exist (`make bench
+# WIDTH_RUN=output/ofa_mr_e1` is the README's width run).
+WIDTH_RUN ?= output/ofa_mr
+TERNARY_RUN ?= output/ternary_mr/w2e2a8
+HASH := \#
+REPORT_RUNS := --run "MiniLM-L6 teacher=output/td_mr/teacher" --run "MR student=output/td_mr/td2" \
+	$(if $(wildcard $(TERNARY_RUN)/metrics.jsonl),--run "TernaryBERT W2E2A8=$(TERNARY_RUN)") \
+	$(if $(wildcard $(WIDTH_RUN)/metrics.jsonl),--run "width 0.833=$(WIDTH_RUN)$(HASH)w0.833" \
+	--run "width 0.667=$(WIDTH_RUN)$(HASH)w0.667" --run "width 0.5=$(WIDTH_RUN)$(HASH)w0.500")
+
 bench: $(STAMP) $(BENCH_STAMP)
 	$(PY) benchmarks/bench_td_throughput.py --readme README.md
-	$(PY) benchmarks/bench_export.py --readme README.md
-	$(PY) benchmarks/report.py --readme README.md
+	$(PY) benchmarks/bench_export.py --readme README.md \
+		$(if $(wildcard $(WIDTH_RUN)/supernet.ckpt),--width_supernet $(WIDTH_RUN)/supernet.ckpt)
+	$(BENCH_VENV)/bin/python benchmarks/report.py --out_dir docs/results --readme README.md $(REPORT_RUNS)
 
 clean:
 	rm -rf output
