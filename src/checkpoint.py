@@ -471,10 +471,9 @@ def read_ms_checkpoint(path: str, with_extra: bool = False):
             raise UserError(f"checkpoint '{path}': entry {METADATA_KEYS} is not a JSON list of names") from None
     tensors, extra = {}, {}
     for name, value in loaded.items():
-        is_meta = name in meta_keys if meta_keys is not None else (isinstance(value, str) or len(value.shape) == 0)
         if isinstance(value, str):
             extra[name] = value
-        elif is_meta:
+        elif (name in meta_keys) if meta_keys is not None else (len(value.shape) == 0):
             extra[name] = value.asnumpy().item()
         else:
             tensors[name] = value.asnumpy()
@@ -501,9 +500,8 @@ def _as_save_list(obj) -> Union[list, "ms.nn.Cell"]:
     if isinstance(obj, dict):
         obj = [{"name": k, "data": v} for k, v in obj.items()]
     if isinstance(obj, list):
-        return [{"name": d["name"], "data": ms.Tensor(np.asarray(d["data"])) if isinstance(d["data"], (np.ndarray, np.generic))
-                 else d["data"]}
-                for d in obj]
+        return [{"name": d["name"], "data": ms.Tensor(np.asarray(d["data"]))
+                 if isinstance(d["data"], (np.ndarray, np.generic)) else d["data"]} for d in obj]
     return obj
 
 

@@ -72,10 +72,12 @@ class FitDense(nn.Cell):
         return self.dense(x)
 
 
-class _IntermediateLoss(nn.Cell):
-    """attention + hidden (incl. embedding output) losses over a layer map. Shared by GD and TD phase 1."""
+class IntermediateLoss(nn.Cell):
+    """attention + hidden (incl. embedding output) losses over a layer map. Shared by GD, TD phase 1 and
+    TernaryBERT. fit_dense None: the hidden states are compared as they are (equal widths, TernaryBERT).
+    data_parallel: masked means scaled to the rank's share of the global one (losses.GlobalMaskCounts)."""
 
-    def __init__(self, fit_dense: FitDense, attention_map: Sequence[int], hidden_map: Sequence[int],
+    def __init__(self, fit_dense: Optional[FitDense], attention_map: Sequence[int], hidden_map: Sequence[int],
                  cfg: DistillLossConfig, data_parallel: bool = False):
         super().__init__()
         self.fit_dense = fit_dense
@@ -92,7 +94,8 @@ class _IntermediateLoss(nn.Cell):
             att = att + losses.attention_mse(s_scores[i], t_scores[ti], input_mask, self.mask_padding)
         rep = 0.0
         for i, ti in enumerate(self.hidden_map):
-            rep = rep + losses.hidden_mse(self.fit_dense(s_hidden[i]), t_hidden[ti], input_mask, self.mask_padding)
+            h = s_hidden[i] if self.fit_dense is None else self.fit_dense(s_hidden[i])
+            rep = rep + losses.hidden_mse(h, t_hidden[ti], input_mask, self.mask_padding)
         tokens, pairs = self.counts(input_mask)
         return att * pairs, rep * tokens
 
@@ -105,7 +108,7 @@ class GeneralDistillLoss(nn.Cell):
         super().__init__()
         self.student = student
         self.teacher = FrozenTeacher(teacher)
-        self.inter = _IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel)
+        self.inter = IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel)
 
     def construct(self, input_ids, segment_ids, input_mask):
         _, _, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
@@ -123,7 +126,7 @@ class TaskDistillPhase1Loss(nn.Cell):
         super().__init__()
         self.student = student
         self.teacher = FrozenTeacher(teacher)
-        self.inter = _IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel)
+        self.inter = IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel)
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
         _, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
@@ -144,7 +147,7 @@ class CachedTeacherPhase1Loss(nn.Cell):
                  data_parallel: bool = False):
         super().__init__()
         self.student = student
-        self.inter = _IntermediateLoss(fit_dense, range(n_attention), range(n_hidden), cfg, data_parallel)
+        self.inter = IntermediateLoss(fit_dense, range(n_attention), range(n_hidden), cfg, data_parallel)
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids, teacher_hidden, teacher_scores):
         _, s_hidden, s_scores = self.student(input_ids, segment_ids, input_mask)

@@ -18,8 +18,8 @@ import os
 import mindspore as ms
 from mindspore import nn
 
-from src import losses, runtime
-from src.distill import FrozenTeacher, PredictionLoss, train_step_from_config
+from src import runtime
+from src.distill import FrozenTeacher, IntermediateLoss, PredictionLoss, train_step_from_config
 from src.errors import UserError
 from src.quant import (HESSIAN_SUFFIX, LatHessianRefresh, QuantConfig, StepWithHessian, quantize_model,
                        quantized_state)
@@ -30,7 +30,7 @@ from src.trainer import ArrayBatcher, StateOf, Trainer, evaluate, train_state_fr
 
 class TernaryDistillLoss(nn.Cell):
     """TernaryBERT loss: sum of attention-score MSEs + hidden-state MSEs over a layer map (1:1 for a student
-    copied from the teacher) + the prediction loss. Returns (loss, (att, rep, pred))."""
+    copied from the teacher, no fit_dense) + the prediction loss. Returns (loss, (att, rep, pred))."""
 
     def __init__(self, student, teacher, attention_map, hidden_map, cfg, regression: bool,
                  data_parallel: bool = False):
@@ -38,26 +38,14 @@ class TernaryDistillLoss(nn.Cell):
         self.student = student
         self.teacher = FrozenTeacher(teacher)
         self.pred = PredictionLoss(cfg, regression)
-        self.attention_map = tuple(attention_map)
-        self.hidden_map = tuple(hidden_map)
-        self.att_w = cfg.attention_weight
-        self.rep_w = cfg.hidden_weight
-        self.mask_padding = cfg.mask_padding
-        self.counts = losses.GlobalMaskCounts(data_parallel and cfg.mask_padding)
+        self.inter = IntermediateLoss(None, attention_map, hidden_map, cfg, data_parallel)
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
         t_logits, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
         s_logits, s_hidden, s_scores = self.student(input_ids, segment_ids, input_mask)
-        att = 0.0
-        for i, ti in enumerate(self.attention_map):
-            att = att + losses.attention_mse(s_scores[i], t_scores[ti], input_mask, self.mask_padding)
-        rep = 0.0
-        for i, ti in enumerate(self.hidden_map):
-            rep = rep + losses.hidden_mse(s_hidden[i], t_hidden[ti], input_mask, self.mask_padding)
-        tokens, pairs = self.counts(input_mask)
-        att, rep = att * pairs, rep * tokens
+        att, rep = self.inter(s_hidden, s_scores, t_hidden, t_scores, input_mask)
         pred, _, _ = self.pred(s_logits, t_logits, label_ids)
-        loss = self.att_w * att + self.rep_w * rep + pred
+        loss = self.inter.att_w * att + self.inter.rep_w * rep + pred
         return loss, (att, rep, pred)
 
 
