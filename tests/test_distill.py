@@ -34,6 +34,33 @@ def test_train_step_clips_gradients(mode):
     assert float(loss.asnumpy()) == pytest.approx(7.0)
 
 
+class TwoLinearLoss(nn.Cell):
+    """loss = sum(a * x) + sum(b * y): dL/da = x, dL/db = y."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = Parameter(ms.Tensor(np.ones(2, np.float32)), name="a")
+        self.b = Parameter(ms.Tensor(np.ones(2, np.float32)), name="b")
+
+    def construct(self, x, y):
+        loss = (self.a * x).sum() + (self.b * y).sum()
+        return loss, (loss,)
+
+
+@pytest.mark.parametrize("mode", ["global", "per_tensor"])
+def test_train_step_clip_modes_differ_on_two_tensors(mode):
+    x, y = np.array([3.0, 4.0], np.float32), np.array([0.3, 0.4], np.float32)   # norms 5 and 0.5
+    net = TwoLinearLoss()
+    step = TrainStep(net, nn.SGD(net.trainable_params(), learning_rate=0.1), clip_norm=1.0, clip_mode=mode)
+    step.set_train(True)
+    _, _, norm = step(ms.Tensor(x), ms.Tensor(y))
+    total = np.sqrt(25.0 + 0.25)
+    assert float(norm.asnumpy()) == pytest.approx(total, rel=1e-6)       # the global norm is logged in both modes
+    ga, gb = (x / total, y / total) if mode == "global" else (x / 5.0, y)  # per tensor: only a's norm is over 1
+    np.testing.assert_allclose(net.a.asnumpy(), 1.0 - 0.1 * ga, rtol=1e-6)
+    np.testing.assert_allclose(net.b.asnumpy(), 1.0 - 0.1 * gb, rtol=1e-6)
+
+
 def test_train_step_loss_scale_unscales_and_skips_overflow():
     x = np.array([0.3, 0.4], np.float32)
     net = LinearLoss([1.0, 1.0])
