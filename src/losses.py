@@ -12,6 +12,7 @@ All functions are graph-mode safe (pure tensor ops). Conventions, stated once be
   TinyBERT / TernaryBERT anchors; equals true CE / C); "ce" = mean over batch of the sum over classes (true CE,
   DynaBERT / TextBrewer). No T^2 factor (as TinyBERT); say `temperature_squared: true` to add it.
 - regression prediction loss: MSE between student and teacher outputs (not the gold label).
+- squares are `ops.square`, not `** 2`: MindSpore 2.10 lowers `** 2` to a Pow kernel, slower on CPU.
 - data parallelism: a masked mean is per rank (sum_r / n_r); `GlobalMaskCounts` gives the factors that make each
   rank's masked loss its share of the global masked mean, so N workers at batch b == 1 worker at batch N*b.
 """
@@ -29,20 +30,20 @@ def _valid_pairs(input_mask):
 def attention_mse(student_scores, teacher_scores, input_mask, mask_padding=True):
     if mask_padding:
         w = _valid_pairs(input_mask)
-        diff = (student_scores - teacher_scores) ** 2 * w
+        diff = ops.square(student_scores - teacher_scores) * w
         heads = student_scores.shape[1]
         return diff.sum() / (w.sum() * heads)
     s = ops.where(student_scores <= -100.0, ops.zeros_like(student_scores), student_scores)
     t = ops.where(teacher_scores <= -100.0, ops.zeros_like(teacher_scores), teacher_scores)
-    return ((s - t) ** 2).mean()
+    return ops.square(s - t).mean()
 
 
 def hidden_mse(student_hidden, teacher_hidden, input_mask, mask_padding=True):
     if mask_padding:
         m = input_mask.astype(ms.float32)[:, :, None]
-        diff = (student_hidden - teacher_hidden) ** 2 * m
+        diff = ops.square(student_hidden - teacher_hidden) * m
         return diff.sum() / (m.sum() * student_hidden.shape[-1])
-    return ((student_hidden - teacher_hidden) ** 2).mean()
+    return ops.square(student_hidden - teacher_hidden).mean()
 
 
 class GlobalMaskCounts(nn.Cell):
@@ -89,7 +90,7 @@ def hard_cross_entropy(logits, labels):
 
 
 def mse(a, b):
-    return ((a - b) ** 2).mean()
+    return ops.square(a - b).mean()
 
 
 def uniform_layer_map(teacher_layers: int, student_layers: int):
