@@ -19,12 +19,11 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (ROOT, bert_flops, emit, machine, machine_line, markdown_table,  # noqa: E402
-                               time_interleaved, write_json)
+from benchmarks.common import (ROOT, bert_flops, emit, machine, machine_line, markdown_table, time_call,  # noqa
+                               write_json)
 
 TEACHER, BASE, TINY4 = "MiniLM-L6 teacher", "BERT-base shape", "TinyBERT-4 shape"
 STUDENT = "MR student"
-INT8 = " int8 (ORT dynamic)"
 WIDTHS = (5 / 6, 2 / 3, 0.5)              # the trained widths; rows are named "width 0.833" etc.
 
 
@@ -106,16 +105,6 @@ def export_file(model, path_base, fmt, batch, seq, vocab):
     return path_base + (".onnx" if fmt == "ONNX" else ".mindir"), inputs
 
 
-def _quantize(qpy, src, dst):
-    """onnxruntime dynamic int8 quantization of `src` into `dst` (run by `qpy`); dst, or None when it fails."""
-    r = subprocess.run([qpy, os.path.join(ROOT, "benchmarks", "ort_quantize.py"), src, dst], capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        print(f"int8 quantization of {src} failed: {r.stderr.strip()[-300:]}")
-        return None
-    return dst
-
-
 def quant_python(args):
     """A python that can run onnxruntime.quantization (needs `onnx`), or None."""
     cands = [args.quant_python] if args.quant_python else [sys.executable,
@@ -162,70 +151,63 @@ def main(argv=None):
     keep = os.path.join(args.out_dir, "onnx")
     os.makedirs(keep, exist_ok=True)
     qpy = quant_python(args)
-    built = []                  # (spec, ONNX-exportable model, MindSpore model or None, params, file tag)
+    results, sizes = [], []
     for spec in model_specs(args):
         cfg = spec["cfg"]
         onnx_model = build(spec, "gelu_erf_poly" if cfg.hidden_act in ("gelu", "gelu_exact") else cfg.hidden_act)
         ms_model = None if args.no_mindir else build(spec, cfg.hidden_act)
-        built.append((spec, onnx_model, ms_model, count_params(onnx_model),
-                      spec["name"].replace(" ", "_").replace(".", "")))
-    first = (batches[0], seqs[0])
-    rows, int8_paths = {}, {}
-    for seq in seqs:
-        for b in batches:
-            # One cell (batch, seq): every model is exported, then timed round-robin (time_interleaved), so a
-            # slow patch of a shared machine lands on all rows of the cell instead of one model's.
-            ort_calls, ms_calls = {}, {}
-            for spec, onnx_model, ms_model, params, tag in built:
-                cfg = spec["cfg"]
-                row = rows[(spec["name"], b, seq)] = {
-                    "model": spec["name"], "note": spec["note"], "params": params, "batch": b, "seq": seq,
-                    "gflop_per_seq": bert_flops(cfg, seq) / 1e9}
+        params = count_params(onnx_model)
+        tag = spec["name"].replace(" ", "_").replace(".", "")
+        int8_path = None
+        for seq in seqs:
+            flops = bert_flops(cfg, seq)
+            for b in batches:
+                row = {"model": spec["name"], "note": spec["note"], "params": params, "batch": b, "seq": seq,
+                       "gflop_per_seq": flops / 1e9}
                 path, inputs = export_file(onnx_model, os.path.join(work, tag), "ONNX", b, seq, cfg.vocab_size)
-                if (b, seq) == first:
+                runner = OnnxRunner(path, args.threads)
+                row["ort_s"] = time_call(lambda: runner(*inputs), budget_s=budget)
+                if b == batches[0] and seq == seqs[0]:
                     final = os.path.join(keep, tag + ".onnx")
                     shutil.copyfile(path, final)
                     row["onnx_bytes"] = os.path.getsize(final)
                     if spec["name"] in (STUDENT, TINY4) and qpy:
-                        int8_paths[spec["name"]] = _quantize(qpy, final, os.path.join(keep, tag + "_int8.onnx"))
-                        if int8_paths[spec["name"]]:
-                            ort_calls[spec["name"] + INT8] = (OnnxRunner(int8_paths[spec["name"]], args.threads),
-                                                              inputs)
-                ort_calls[spec["name"]] = (OnnxRunner(path, args.threads), inputs)
-                os.remove(path)                    # the session holds the model
+                        int8_path = os.path.join(keep, tag + "_int8.onnx")
+                        r = subprocess.run([qpy, os.path.join(ROOT, "benchmarks", "ort_quantize.py"), final,
+                                            int8_path], capture_output=True, text=True)
+                        if r.returncode != 0:
+                            print(f"int8 quantization of {final} failed: {r.stderr.strip()[-300:]}")
+                            int8_path = None
+                del runner
+                os.remove(path)
                 if ms_model is not None:
                     mpath, _ = export_file(ms_model, os.path.join(work, tag), "MINDIR", b, seq, cfg.vocab_size)
-                    ms_calls[spec["name"]] = (MindirRunner(mpath), inputs)
+                    mr = MindirRunner(mpath)
+                    row["ms_s"] = time_call(lambda: mr(*inputs), budget_s=budget)
+                    del mr
                     os.remove(mpath)
-            for key, calls in (("ort_s", ort_calls), ("ms_s", ms_calls)):
-                times = time_interleaved({n: (lambda r=r, x=x: r(*x)) for n, (r, x) in calls.items()}, budget)
-                for name, t in times.items():
-                    if name.endswith(INT8):
-                        rows[(name, b, seq)] = {
-                            "model": name, "params": rows[(name[:-len(INT8)], b, seq)]["params"], "batch": b,
-                            "seq": seq, "gflop_per_seq": rows[(name[:-len(INT8)], b, seq)]["gflop_per_seq"],
-                            "ort_s": t, "onnx_bytes": os.path.getsize(int8_paths[name[:-len(INT8)]]),
-                            "note": "int8 weights, dynamic int8 activations; measured at the first shape only"}
-                    else:
-                        rows[(name, b, seq)][key] = t
-            del ort_calls, ms_calls
-            for spec, *_ in built:
-                row = rows[(spec["name"], b, seq)]
+                results.append(row)
                 print(f"{spec['name']:<22} b{b:<3} s{seq:<4} ort {row['ort_s'] * 1e3:9.2f} ms"
                       + (f"  mindir {row['ms_s'] * 1e3:9.2f} ms" if "ms_s" in row else ""), flush=True)
-    results, sizes = [], []            # table order: each model's cells, its int8 rows after it
-    for spec, onnx_model, ms_model, params, tag in built:
-        name = spec["name"]
-        results += [rows[(name, b, seq)] for seq in seqs for b in batches]
-        if name in (STUDENT, TINY4):
-            if int8_paths.get(name):
-                results.append(rows[(name + INT8, first[0], first[1])])
-            else:
-                results += [{"model": name + INT8, "params": params, "batch": b, "seq": seq,
-                             "gflop_per_seq": bert_flops(spec["cfg"], seq) / 1e9,
-                             "note": "skipped: needs the onnx package (pip install -r requirements-bench.txt)"}
-                            for seq in seqs for b in batches]
-        sizes.append(_size_row(spec, params, keep, tag, int8_paths.get(name)))
+        if spec["name"] in (STUDENT, TINY4):
+            name8 = spec["name"] + " int8 (ORT dynamic)"
+            for seq in seqs:
+                for b in batches:
+                    row = {"model": name8, "params": params, "batch": b, "seq": seq,
+                           "gflop_per_seq": bert_flops(cfg, seq) / 1e9}
+                    if int8_path is None:
+                        row["note"] = "skipped: needs the onnx package (pip install -r requirements-bench.txt)"
+                    elif b == batches[0] and seq == seqs[0]:
+                        runner = OnnxRunner(int8_path, args.threads)
+                        inputs = [x for x in _inputs(b, seq, cfg.vocab_size)]
+                        row["ort_s"] = time_call(lambda: runner(*inputs), budget_s=budget)
+                        row["onnx_bytes"] = os.path.getsize(int8_path)
+                        row["note"] = "int8 weights, dynamic int8 activations; measured at the first shape only"
+                        del runner
+                    else:
+                        continue
+                    results.append(row)
+        sizes.append(_size_row(spec, params, keep, tag, int8_path))
     shutil.rmtree(work, ignore_errors=True)
     _ratios(results)
     for r in results:
@@ -288,8 +270,7 @@ def latency_table(out) -> str:
     m = out["machine"]
     goal = _goal_line(out)
     return (f"### Exported-model latency (onnxruntime CPU EP; MINDIR via ms.load + GraphCell)\n\n{machine_line(m)}. "
-            f"Per (batch, seq) cell all models are timed round-robin (one call each per round, one warm-up "
-            f"call first); each value is the median of its calls, and ratios are against rows of the same cell."
+            f"Median of timed calls after one warm-up; ratios are against rows of the same run."
             f"{' QUICK MODE: tiny shapes, timings meaningless.' if out['quick'] else ''}\n\n"
             + markdown_table(heads, rows) + "\n\n" + goal)
 

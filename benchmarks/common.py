@@ -6,7 +6,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -58,27 +58,18 @@ def bert_flops(cfg, seq: int) -> float:
     return total + 2 * h * h + 2 * h * cfg.num_labels
 
 
-def time_interleaved(fns: Dict[str, Callable[[], object]], budget_s: float = 2.0, min_rounds: int = 3,
-                     max_rounds: int = 50, warmup: int = 1) -> Dict[str, float]:
-    """Median seconds per call of each function, timed round-robin: `warmup` untimed calls each, then rounds of one
-    timed call per function (the order rotates every round) until `budget_s` per function is spent, at least
-    `min_rounds` and at most `max_rounds` rounds. A slow patch of a shared machine then hits every function alike,
-    which keeps ratios between them honest."""
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    times: Dict[str, List[float]] = {n: [] for n in names}
-    start, rounds = time.perf_counter(), 0
-    while names and (rounds < min_rounds or (time.perf_counter() - start < budget_s * len(names)
-                                             and rounds < max_rounds)):
-        k = rounds % len(names)
-        for name in names[k:] + names[:k]:
-            t = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t)
-        rounds += 1
-    return {n: statistics.median(v) for n, v in times.items()}
+def time_call(fn: Callable[[], object], min_reps: int = 3, budget_s: float = 2.0, warmup: int = 1) -> float:
+    """Median seconds per call: `warmup` untimed calls, then at least `min_reps` timed calls and more while the
+    budget lasts (at most 50)."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 50):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def fmt(v, digits: int = 2) -> str:

@@ -8,8 +8,7 @@ import os
 import pytest
 
 from benchmarks import bench_export, bench_td_throughput, report
-from benchmarks import common
-from benchmarks.common import bert_flops, time_interleaved, write_readme
+from benchmarks.common import bert_flops, write_readme
 from src import runtime
 from src.tinybert_model import BertConfig
 
@@ -18,28 +17,6 @@ NO_PY = "no-such-python"      # forces the optional torch / onnx side to be skip
 
 def _pos(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
-
-
-def test_time_interleaved_rotates_and_takes_medians(monkeypatch):
-    """Each function costs a fixed time on a fake clock: the medians are exact, every function runs once per
-    round after its warm-up call, and the order rotates so no function is always first."""
-    clock = [0.0]
-    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
-    calls = []
-
-    def fn(name, cost):
-        def run():
-            calls.append(name)
-            clock[0] += cost
-        return run
-    ms = 2.0 ** -10                                   # binary-exact costs: sums on the fake clock stay exact
-    out = time_interleaved({"a": fn("a", ms), "b": fn("b", 3 * ms), "c": fn("c", 10 * ms)}, budget_s=0.0)
-    assert out == {"a": ms, "b": 3 * ms, "c": 10 * ms}
-    assert calls == list("abc") + list("abc") + list("bca") + list("cab")     # warm-up, then 3 rotated rounds
-    calls.clear()
-    clock[0] = 0.0
-    time_interleaved({"a": fn("a", ms), "b": fn("b", ms)}, budget_s=4 * ms, max_rounds=50)
-    assert calls.count("a") == calls.count("b") == 1 + 4          # budget of 4 calls per function: 4 rounds
 
 
 def test_bench_export_quick_has_every_row(tmp_path):
