@@ -263,7 +263,8 @@ def split_files(data_dir: str, split: str, dataset_type: str):
 
 
 def load_split(data_dir: str, split: str, dataset_type: str, seq_length: int, task=None,
-               columns: Sequence[str] = ("input_ids", "input_mask", "segment_ids", "label_ids")) -> Dict[str, np.ndarray]:
+               columns: Sequence[str] = ("input_ids", "input_mask", "segment_ids", "label_ids"),
+               ) -> Dict[str, np.ndarray]:
     """All rows of one split as numpy arrays (file order), validated against the expected sequence length and
     the task's label set."""
     from src.dataset import check_labels, read_all

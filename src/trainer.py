@@ -254,7 +254,7 @@ class Trainer:
                  save_last: Optional[Callable[[], None]] = None, is_main: bool = True,
                  max_steps: int = 0, state: Optional[TrainState] = None, resume: bool = False,
                  overflow_skips: bool = False,
-                 extra_state: Optional[Tuple[Callable[[], dict], Callable[[dict, int], None]]] = None):
+                 extra_state: Optional[Tuple[Callable[[], dict], Callable[[dict], None]]] = None):
         self.step_cell = step_cell
         self.batcher = batcher
         self.input_names = list(input_names)
@@ -273,7 +273,7 @@ class Trainer:
         self.state = state
         self.resume = resume
         self.overflow_skips = overflow_skips      # loss scale > 1: TrainStep skips overflowing steps itself
-        self.extra_state = extra_state            # (get() -> JSON dict, set(dict, step)): e.g. per-width bests
+        self.extra_state = extra_state            # (get() -> JSON dict, set(dict)): e.g. per-width bests
         self.world = getattr(batcher, "world", 1)
         self.best = -math.inf
         self.best_step = -1
@@ -333,7 +333,7 @@ class Trainer:
         if self.extra_state is not None:
             if "extra" not in meta:
                 raise UserError(f"resume: {path} has no extra state (written by another kind of run)")
-            self.extra_state[1](json.loads(meta["extra"]), int(meta["step"]))
+            self.extra_state[1](json.loads(meta["extra"]))
         self.log.info(f"resumed from {path}: epoch {meta['epoch']}, {meta['batch']} of {len(self.batcher)} "
                       f"batches done, step {meta['step']}, best {self.best:.6f} (step {self.best_step})")
         return int(meta["step"]), int(meta["epoch"]), int(meta["batch"])

@@ -336,7 +336,8 @@ def rewire(model: BertForSequenceClassification, head_order: Sequence[Sequence[i
     for layer, horder, forder in zip(model.bert.encoder, head_order, ffn_order):
         att, ffn = layer.attention, layer.ffn
         d = att.head_size
-        if sorted(horder) != list(range(att.num_heads)) or sorted(forder) != list(range(ffn.intermediate.weight.shape[0])):
+        n_ffn = ffn.intermediate.weight.shape[0]
+        if sorted(horder) != list(range(att.num_heads)) or sorted(forder) != list(range(n_ffn)):
             raise ValueError("rewire: head_order / ffn_order must be permutations of each layer's heads / neurons")
         rows = np.concatenate([np.arange(h * d, (h + 1) * d) for h in horder])
         for dense in (att.query, att.key, att.value):
@@ -400,7 +401,8 @@ def slice_checkpoint(supernet_ckpt: str, supernet_config: str, width_mult: float
                      head_type: str = "dense", num_labels: Optional[int] = None,
                      depth_mult: float = 1.0) -> Tuple[str, str]:
     """File-level slicing: supernet checkpoint + its config.json -> <out_dir>/model.ckpt + config.json of the
-    sub-model at `width_mult` (and `depth_mult`). Returns (ckpt path, config path). Used by tools/slice_width.py and export."""
+    sub-model at `width_mult` (and `depth_mult`). Returns (ckpt path, config path). Used by tools/slice_width.py and
+    export."""
     from src import runtime
     overrides = {"num_labels": num_labels} if num_labels else {}
     cfg = runtime.load_bert_config(supernet_config, "supernet config", **overrides)
@@ -594,7 +596,7 @@ def format_table(rows: Sequence[dict], metric: str) -> List[str]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- wiring (run_ofa_width.py)
+# ------------------------------------------------------------------------------------------ wiring (run_ofa_width.py)
 
 def _sizes_txt(values: Sequence[int]) -> str:
     return str(values[0]) if len(set(values)) == 1 else "/".join(str(v) for v in values)
@@ -735,7 +737,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     def get_extra():                         # resume: per-width bests (their checkpoints are on disk already)
         return {"best": best}
 
-    def set_extra(extra, at_step):
+    def set_extra(extra):
         for label, b in extra["best"].items():
             best[label] = b
 
