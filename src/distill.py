@@ -119,29 +119,36 @@ class GeneralDistillLoss(nn.Cell):
 
 
 class TaskDistillPhase1Loss(nn.Cell):
-    """TD phase 1 ("intermediate layer distillation"): teacher/student classifiers, att + rep only."""
+    """TD phase 1 ("intermediate layer distillation"): teacher/student classifiers, att + rep only.
+    return_targets: the parts also carry the teacher tensors of the layer map, (att, rep, hidden, scores) as
+    Phase1Targets gives them, so a caller can keep them (src/teacher_cache.py)."""
 
     def __init__(self, student, teacher, fit_dense, attention_map, hidden_map, cfg: DistillLossConfig,
-                 data_parallel: bool = False):
+                 data_parallel: bool = False, return_targets: bool = False):
         super().__init__()
         self.student = student
         self.teacher = FrozenTeacher(teacher)
         self.inter = IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel)
+        self.return_targets = return_targets
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
         _, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
         _, s_hidden, s_scores = self.student(input_ids, segment_ids, input_mask)
         att, rep = self.inter(s_hidden, s_scores, t_hidden, t_scores, input_mask)
         loss = self.inter.att_w * att + self.inter.rep_w * rep
+        if self.return_targets:
+            hidden = ops.stack([t_hidden[i] for i in self.inter.hidden_map])
+            scores = ops.stack([t_scores[i] for i in self.inter.attention_map])
+            return loss, (att, rep, hidden, scores)
         return loss, (att, rep)
 
 
 class CachedTeacherPhase1Loss(nn.Cell):
     """TD phase 1 with the teacher's outputs precomputed: the batch carries `teacher_hidden` [n_hidden, B, L, D]
     and `teacher_scores` [n_att, B, H, L, L], the teacher tensors of the layer map already gathered in map order
-    (`teacher_phase1_targets`). Same loss as TaskDistillPhase1Loss, without the teacher forward: what caching
-    phase-1 teacher outputs per epoch saves (benchmarks/bench_td_throughput.py measures it). Only valid when the
-    data is not augmented between epochs."""
+    (as TaskDistillPhase1Loss with return_targets / Phase1Targets give them). Same loss as TaskDistillPhase1Loss,
+    without the teacher forward: the step of src/teacher_cache.py for batches whose teacher tensors are kept.
+    Only valid when the data is not augmented between epochs."""
 
     def __init__(self, student, fit_dense, n_attention: int, n_hidden: int, cfg: DistillLossConfig,
                  data_parallel: bool = False):

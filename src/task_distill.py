@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from src import runtime
-from src.distill import (CachedLogitsPhase2Loss, DistillLossConfig, FinetuneLoss, FitDense, TaskDistillPhase1Loss,
-                         TaskDistillPhase2Loss, train_step_from_config)
+from src import runtime, teacher_cache
+from src.distill import (CachedLogitsPhase2Loss, CachedTeacherPhase1Loss, DistillLossConfig, FinetuneLoss, FitDense,
+                         TaskDistillPhase1Loss, TaskDistillPhase2Loss, train_step_from_config)
 from src.errors import UserError
 from src.tinybert_model import LogitsOnly, count_params
 from src.trainer import ArrayBatcher, Trainer, evaluate, predict, train_state_from_config
@@ -92,8 +92,15 @@ def _run(cfg, out_dir, save_resolved):
             _init_student_td1(cfg, model, teacher, fit_dense, log)
             att_map, hid_map = runtime.student_layer_map(cfg, tcfg, scfg, lcfg.attention_weight)
             log.info(f"layer map: attention {att_map}, hidden {hid_map}")
-            loss_net = TaskDistillPhase1Loss(model, teacher, fit_dense, att_map, hid_map, lcfg, cfg.distributed)
             inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["att", "rep"]
+            if phase_cfg.cache_teacher_outputs:
+                if cfg.distributed:
+                    raise UserError("td1.cache_teacher_outputs needs distributed: false (each worker sees other "
+                                    "rows every epoch, so its cache would never be complete)")
+                train[teacher_cache.ROW_ID] = np.arange(len(train["input_ids"]), dtype=np.int32)
+                inputs = inputs + [teacher_cache.ROW_ID]
+            loss_net = TaskDistillPhase1Loss(model, teacher, fit_dense, att_map, hid_map, lcfg, cfg.distributed,
+                                             return_targets=phase_cfg.cache_teacher_outputs)
             extra_save = {"fit_dense": fit_dense}
         else:
             runtime.load_into(model, cfg.student.td1_ckpt, "student.td1_ckpt", strict=True,
@@ -116,6 +123,16 @@ def _run(cfg, out_dir, save_resolved):
                            length_buckets=bucket_cfg)
     step, lr = train_step_from_config(loss_net, cfg, phase_cfg, len(batcher), cfg.distributed)
     log.info(f"model params {count_params(model)}; {len(batcher)} steps per epoch, buckets {batcher.buckets}")
+    run_step = step
+    if phase == "td1" and phase_cfg.cache_teacher_outputs:
+        cache = teacher_cache.Phase1TeacherCache(batcher.buckets, batcher.bucket_of, len(hid_map), len(att_map),
+                                                 tcfg.hidden_size, tcfg.num_attention_heads)
+        teacher_cache.check_cache_size(cache.max_bytes(), phase_cfg.teacher_cache_max_gb, len(train["input_ids"]))
+        cached = teacher_cache.cached_step(step, CachedTeacherPhase1Loss(model, fit_dense, len(att_map),
+                                                                         len(hid_map), lcfg))
+        run_step = teacher_cache.CachingPhase1Step(step, cached, cache)
+        log.info(f"phase-1 teacher outputs are kept per row after its first batch (up to "
+                 f"{cache.max_bytes() / 1e6:.1f} MB) and reused in later epochs")
     model_cfg.to_json_file(os.path.join(out_dir, "config.json")) if is_main else None
 
     ckpt_name = "best.ckpt" if phase != "td1" else "student.ckpt"
@@ -128,12 +145,14 @@ def _run(cfg, out_dir, save_resolved):
         runtime.save_cell(model, os.path.join(out_dir, "last.ckpt" if phase != "td1" else ckpt_name), **extra_save)
 
     state, resume = train_state_from_config(cfg, step, out_dir, is_main)
-    trainer = Trainer(step, batcher, inputs, parts, log, phase_cfg.epochs, lr.value, cfg.log_every,
+    trainer = Trainer(run_step, batcher, inputs, parts, log, phase_cfg.epochs, lr.value, cfg.log_every,
                       eval_fn=eval_fn, main_metric=task.main_metric, eval_every=cfg.eval.every,
                       save_best=save_best if eval_fn else None, save_last=save_last, is_main=is_main,
                       max_steps=phase_cfg.max_steps, state=state, resume=resume,
                       overflow_skips=cfg.optim.loss_scale != 1.0)
     result = trainer.fit()
+    if run_step is not step:
+        log.info(run_step.summary())
     if eval_fn is not None and is_main:
         log.info(f"best {task.main_metric} {trainer.best:.6f} at step {trainer.best_step}; "
                  f"checkpoint {os.path.join(out_dir, ckpt_name)}")

@@ -18,6 +18,7 @@ from src.checkpoint import read_ms_checkpoint
 from src.errors import UserError
 from src.records import write_records, write_schema
 from src.tinybert_model import BertConfig, BertModel
+from src.trainer import ArrayBatcher
 
 SEQ = 16
 VOCAB = 64
@@ -79,12 +80,12 @@ def pipeline(tmp_path_factory):
         "--student.arch.num_attention_heads", "2", "--student.arch.intermediate_size", "64",
         "--student.init", "random", "--optim.lr", "0.002", "--train.epochs", "3", "--train.batch_size", "32",
         "--output_dir", f"{out}/gd", "--log_every", "4", "--seed", "7"])
-    run_task_distill.main(["--phase", "td1", "--td1.epochs", "3", "--td1.lr", "0.002", "--td1.batch_size", "32"]
-                          + common)
+    td1 = ["--phase", "td1", "--td1.epochs", "3", "--td1.lr", "0.002", "--td1.batch_size", "32"]
+    run_task_distill.main(td1 + common)
     run_task_distill.main(["--phase", "td2", "--td2.epochs", "4", "--td2.lr", "0.002", "--td2.batch_size", "32",
                            "--eval.every", "16"] + common)
     metrics = run_task_distill.main(["--phase", "eval"] + common)
-    return {"out": out, "eval": metrics}
+    return {"out": out, "eval": metrics, "td1_args": td1 + common}
 
 
 def _records(path, kind):
@@ -142,6 +143,41 @@ def test_gd_student_carries_fit_dense_into_td1(pipeline):
     assert not np.array_equal(gd["fit_dense.dense.weight"], td1["fit_dense.dense.weight"])   # trained further
 
 
+def test_td1_with_cached_teacher_outputs_trains_the_same_student(pipeline):
+    """td1.cache_teacher_outputs: a batch with a row never seen runs the live step and keeps its teacher tensors;
+    a batch whose rows are all kept runs the student-only step. 3 epochs give the same losses and student as the
+    live-teacher run of the fixture (no dropout: the runs are deterministic), and the cache is used exactly for
+    the batches ArrayBatcher's order allows (replayed here)."""
+    out = pipeline["out"]
+    run_task_distill.main(pipeline["td1_args"] + ["--td1.cache_teacher_outputs", "true",
+                                                  "--output_dir", f"{out}/td_cached"])
+    live, cached = (os.path.join(out, d, "td1") for d in ("td", "td_cached"))
+    a, b = (_records(os.path.join(d, "metrics.jsonl"), "train") for d in (live, cached))
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 8
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5) and rb["att"] == pytest.approx(ra["att"], rel=1e-5)
+    wa, wb = (read_ms_checkpoint(os.path.join(d, "student.ckpt")) for d in (live, cached))
+    assert sorted(wa) == sorted(wb)
+    for k in wa:
+        np.testing.assert_allclose(wb[k], wa[k], rtol=0, atol=1e-5, err_msg=k)
+
+    mask = np.array([r["input_mask"] for r in _rows(512, 0)], np.int32)
+    batcher = ArrayBatcher({"input_mask": mask, "input_ids": mask, "row_id": np.arange(512)}, 32, seed=7,
+                           length_buckets=[8, SEQ])
+    seen, n_live, n_cached = np.zeros(512, bool), 0, 0
+    for epoch in (1, 2, 3):
+        for batch in batcher.epoch(epoch):
+            hit = seen[batch["row_id"]].all()
+            n_cached, n_live = n_cached + hit, n_live + (not hit)
+            seen[batch["row_id"]] = True
+    assert n_cached >= 10 and n_live + n_cached == b[-1]["step"]
+    short = int((mask.sum(axis=1) <= 8).sum())       # rows of width 8 / 16; hidden 3 x [L, 32], scores 2 x [2, L, L]
+    mb = sum(n * (3 * L * 32 + 2 * 2 * L * L) * 4 for n, L in ((short, 8), (512 - short, SEQ))) / 1e6
+    log = open(os.path.join(cached, "log.txt"), encoding="utf-8").read()
+    assert (f"phase-1 teacher outputs: {n_live} batches ran the teacher, {n_cached} read it from the cache "
+            f"({int(seen.sum())} rows, {mb:.1f} MB)") in log
+
+
 def test_every_run_dir_has_its_manifest_and_resolved_config(pipeline):
     for d in ("gd", "td/teacher", "td/td1", "td/td2"):
         run = os.path.join(pipeline["out"], d)
@@ -170,6 +206,8 @@ def _td(pipeline, *extra):
     (["--layer_map.hidden", "0", "1"], "layer_map.hidden has 2 entries, expected student layers + 1"),
     (["--student.init", "teacher"], "student.init 'teacher': expected gd, teacher_layers or random"),
     (["--loss.soft_ce_reduction", "sum"], "loss.soft_ce_reduction 'sum' not supported"),
+    (["--td1.cache_teacher_outputs", "true", "--td1.teacher_cache_max_gb", "0.001"],
+     "td1.cache_teacher_outputs: the phase-1 teacher cache for 512 training rows needs 5.2 MB, more than td1"),
 ])
 def test_bad_config_is_one_clear_error(pipeline, extra, message):
     with pytest.raises(UserError) as e:
