@@ -120,8 +120,9 @@ class GeneralDistillLoss(nn.Cell):
 
 class TaskDistillPhase1Loss(nn.Cell):
     """TD phase 1 ("intermediate layer distillation"): teacher/student classifiers, att + rep only.
-    return_targets: the parts also carry the teacher tensors of the layer map, (att, rep, hidden, scores) as
-    Phase1Targets gives them, so a caller can keep them (src/teacher_cache.py)."""
+    The parts are (att, rep, teacher logits): the teacher computes its logits on the way (phase 2 reuses them, see
+    src/teacher_cache.py). return_targets: the parts also carry the teacher tensors of the layer map,
+    (att, rep, logits, hidden, scores) with hidden/scores as Phase1Targets gives them, so a caller can keep them."""
 
     def __init__(self, student, teacher, fit_dense, attention_map, hidden_map, cfg: DistillLossConfig,
                  data_parallel: bool = False, return_targets: bool = False):
@@ -132,15 +133,15 @@ class TaskDistillPhase1Loss(nn.Cell):
         self.return_targets = return_targets
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
-        _, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
+        t_logits, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
         _, s_hidden, s_scores = self.student(input_ids, segment_ids, input_mask)
         att, rep = self.inter(s_hidden, s_scores, t_hidden, t_scores, input_mask)
         loss = self.inter.att_w * att + self.inter.rep_w * rep
         if self.return_targets:
             hidden = ops.stack([t_hidden[i] for i in self.inter.hidden_map])
             scores = ops.stack([t_scores[i] for i in self.inter.attention_map])
-            return loss, (att, rep, hidden, scores)
-        return loss, (att, rep)
+            return loss, (att, rep, t_logits, hidden, scores)
+        return loss, (att, rep, t_logits)
 
 
 class CachedTeacherPhase1Loss(nn.Cell):

@@ -13,7 +13,7 @@ from src.distill import (CachedLogitsPhase2Loss, CachedTeacherPhase1Loss, Distil
                          TaskDistillPhase1Loss, TaskDistillPhase2Loss, train_step_from_config)
 from src.errors import UserError
 from src.tinybert_model import LogitsOnly, count_params
-from src.trainer import ArrayBatcher, Trainer, evaluate, predict, train_state_from_config
+from src.trainer import ArrayBatcher, Trainer, evaluate, train_state_from_config
 
 
 def loss_config(cfg) -> DistillLossConfig:
@@ -93,12 +93,11 @@ def _run(cfg, out_dir, save_resolved):
             att_map, hid_map = runtime.student_layer_map(cfg, tcfg, scfg, lcfg.attention_weight)
             log.info(f"layer map: attention {att_map}, hidden {hid_map}")
             inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["att", "rep"]
-            if phase_cfg.cache_teacher_outputs:
-                if cfg.distributed:
-                    raise UserError("td1.cache_teacher_outputs needs distributed: false (each worker sees other "
-                                    "rows every epoch, so its cache would never be complete)")
-                train[teacher_cache.ROW_ID] = np.arange(len(train["input_ids"]), dtype=np.int32)
-                inputs = inputs + [teacher_cache.ROW_ID]
+            if phase_cfg.cache_teacher_outputs and cfg.distributed:
+                raise UserError("td1.cache_teacher_outputs needs distributed: false (each worker sees other rows "
+                                "every epoch, so its cache would never be complete)")
+            train[teacher_cache.ROW_ID] = np.arange(len(train["input_ids"]), dtype=np.int32)
+            inputs = inputs + [teacher_cache.ROW_ID]
             loss_net = TaskDistillPhase1Loss(model, teacher, fit_dense, att_map, hid_map, lcfg, cfg.distributed,
                                              return_targets=phase_cfg.cache_teacher_outputs)
             extra_save = {"fit_dense": fit_dense}
@@ -111,8 +110,8 @@ def _run(cfg, out_dir, save_resolved):
                 t0 = time.time()
                 net = LogitsOnly(teacher)
                 net.set_train(False)
-                train["teacher_logits"] = predict(net, train, cfg.eval.batch_size,
-                                                  bucket_cfg).astype(np.float32)
+                train["teacher_logits"] = teacher_cache.logits_for_phase2(
+                    net, train, cfg.eval.batch_size, bucket_cfg, os.path.dirname(cfg.student.td1_ckpt), log)
                 log.info(f"cached teacher logits for {len(train['input_ids'])} train rows in {time.time() - t0:.1f}s")
                 loss_net = CachedLogitsPhase2Loss(model, lcfg, task.regression)
                 inputs = inputs + ["teacher_logits"]
@@ -124,15 +123,19 @@ def _run(cfg, out_dir, save_resolved):
     step, lr = train_step_from_config(loss_net, cfg, phase_cfg, len(batcher), cfg.distributed)
     log.info(f"model params {count_params(model)}; {len(batcher)} steps per epoch, buckets {batcher.buckets}")
     run_step = step
-    if phase == "td1" and phase_cfg.cache_teacher_outputs:
-        cache = teacher_cache.Phase1TeacherCache(batcher.buckets, batcher.bucket_of, len(hid_map), len(att_map),
-                                                 tcfg.hidden_size, tcfg.num_attention_heads)
-        teacher_cache.check_cache_size(cache.max_bytes(), phase_cfg.teacher_cache_max_gb, len(train["input_ids"]))
-        cached = teacher_cache.cached_step(step, CachedTeacherPhase1Loss(model, fit_dense, len(att_map),
-                                                                         len(hid_map), lcfg))
-        run_step = teacher_cache.CachingPhase1Step(step, cached, cache)
-        log.info(f"phase-1 teacher outputs are kept per row after its first batch (up to "
-                 f"{cache.max_bytes() / 1e6:.1f} MB) and reused in later epochs")
+    if phase == "td1":
+        cache = cached = None
+        if phase_cfg.cache_teacher_outputs:
+            cache = teacher_cache.Phase1TeacherCache(batcher.buckets, batcher.bucket_of, len(hid_map),
+                                                     len(att_map), tcfg.hidden_size, tcfg.num_attention_heads)
+            teacher_cache.check_cache_size(cache.max_bytes(), phase_cfg.teacher_cache_max_gb,
+                                           len(train["input_ids"]))
+            cached = teacher_cache.cached_step(step, CachedTeacherPhase1Loss(model, fit_dense, len(att_map),
+                                                                             len(hid_map), lcfg))
+            log.info(f"phase-1 teacher outputs are kept per row after its first batch (up to "
+                     f"{cache.max_bytes() / 1e6:.1f} MB) and reused in later epochs")
+        teacher_logits = teacher_cache.TeacherLogits(len(train["input_ids"]))
+        run_step = teacher_cache.Phase1Step(step, teacher_logits, cached, cache)
     model_cfg.to_json_file(os.path.join(out_dir, "config.json")) if is_main else None
 
     ckpt_name = "best.ckpt" if phase != "td1" else "student.ckpt"
@@ -151,8 +154,12 @@ def _run(cfg, out_dir, save_resolved):
                       max_steps=phase_cfg.max_steps, state=state, resume=resume,
                       overflow_skips=cfg.optim.loss_scale != 1.0)
     result = trainer.fit()
-    if run_step is not step:
-        log.info(run_step.summary())
+    if phase == "td1":
+        if run_step.cache is not None:
+            log.info(run_step.summary())
+        if is_main:
+            path = teacher_logits.save(out_dir)
+            log.info(f"teacher logits of {int(teacher_logits.seen.sum())} train rows kept for phase 2: {path}")
     if eval_fn is not None and is_main:
         log.info(f"best {task.main_metric} {trainer.best:.6f} at step {trainer.best_step}; "
                  f"checkpoint {os.path.join(out_dir, ckpt_name)}")

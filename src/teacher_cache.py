@@ -1,4 +1,5 @@
-"""Teacher-output cache for TD phase 1 (`td1.cache_teacher_outputs: true`).
+"""Teacher outputs of task distillation computed once and reused: the phase-1 tensors across epochs
+(`td1.cache_teacher_outputs: true`) and the teacher logits from phase 1 into phase 2 (`td2.cache_teacher_logits`).
 
 Phase 1 distils the teacher's attention scores and hidden states of the mapped layers. The teacher is frozen and
 runs in inference mode, so for a training row that is not augmented those tensors are the same in every epoch.
@@ -14,14 +15,21 @@ first (on MR ~1% of the rows, so ~70% of the batches are read from the cache); f
 Rows are stored at their length-bucket width (ArrayBatcher always gives a row the same bucket), one array pair per
 bucket: hidden [n_hidden, rows, L, D] and scores [n_att, rows, H, L, L], float32, in RAM. Not for augmented data
 (the rows change between epochs) or data parallel runs (each worker sees other rows every epoch).
+
+Phase 2 needs only the teacher's logits, which the live phase-1 step computes anyway: phase 1 keeps them per row
+and writes `teacher_logits.npz` beside its student; phase 2 takes the rows found there (after recomputing a sample
+of them: a file from another teacher or other data is not used) and runs the teacher only over the rest. A phase 1
+of at least one epoch leaves phase 2 with nothing to compute.
 """
-from typing import Dict
+import os
+from typing import Dict, Optional
 
 import numpy as np
 import mindspore as ms
 
 from src.distill import TrainStep
 from src.errors import UserError
+from src.trainer import MODEL_INPUTS, predict
 
 ROW_ID = "row_id"           # column added to the training arrays: the row's index, so the cache can find it
 
@@ -68,31 +76,98 @@ class Phase1TeacherCache:
         self.filled[rows] = True
 
 
-class CachingPhase1Step:
-    """The Trainer's step for phase 1 with the cache. `live` is a TrainStep over TaskDistillPhase1Loss with
-    return_targets=True; `cached` a TrainStep over CachedTeacherPhase1Loss on the same student, fit_dense and
-    optimizer. Takes the batch with its `row_id` column, returns what a TrainStep returns. The training state and
-    set_train go to the two TrainSteps; this object only picks one and routes tensors."""
+class TeacherLogits:
+    """The teacher logits of the training rows that went through a live phase-1 step, by row. TD phase 1 writes
+    them beside its student (`teacher_logits.npz`); phase 2 (`td2.cache_teacher_logits`) takes them instead of
+    running the teacher over those rows again (`logits_for_phase2`)."""
 
-    def __init__(self, live: TrainStep, cached: TrainStep, cache: Phase1TeacherCache):
-        self.live, self.cached, self.cache = live, cached, cache
+    FILE = "teacher_logits.npz"
+
+    def __init__(self, n_rows: int):
+        self.logits = None
+        self.seen = np.zeros(n_rows, bool)
+
+    def put(self, rows: np.ndarray, logits: np.ndarray):
+        if self.logits is None:
+            self.logits = np.zeros((len(self.seen),) + logits.shape[1:], np.float32)
+        self.logits[rows] = logits
+        self.seen[rows] = True
+
+    def save(self, folder: str) -> str:
+        """Atomic write (temp name, then rename); nothing is written when no row was seen."""
+        path = os.path.join(folder, self.FILE)
+        if self.logits is None:
+            return path
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, logits=self.logits, seen=self.seen)
+        os.replace(tmp, path)
+        return path
+
+
+class Phase1Step:
+    """The Trainer's step for TD phase 1: takes the batch with its `row_id` column, returns what a TrainStep
+    returns, and keeps the teacher logits of every live batch (`logits`). `live` is a TrainStep over
+    TaskDistillPhase1Loss. With a cache (`cached`: a TrainStep over CachedTeacherPhase1Loss on the same student,
+    fit_dense and optimizer; `live` built with return_targets=True) a batch whose rows are all kept runs `cached`,
+    the others run `live` and are kept. The training state and set_train go to the TrainSteps; this object only
+    picks one and routes tensors."""
+
+    def __init__(self, live: TrainStep, logits: TeacherLogits, cached: Optional[TrainStep] = None,
+                 cache: Optional[Phase1TeacherCache] = None):
+        self.live, self.logits, self.cached, self.cache = live, logits, cached, cache
         self.live_batches = self.cached_batches = 0
 
     def __call__(self, input_ids, segment_ids, input_mask, label_ids, row_id):
         rows = row_id.asnumpy().astype(np.int64)
         length = int(input_ids.shape[1])
-        hit = self.cache.get(rows, length)
+        hit = self.cache.get(rows, length) if self.cache is not None else None
         if hit is not None:
             self.cached_batches += 1
             return self.cached(input_ids, segment_ids, input_mask, label_ids, ms.Tensor(hit[0]), ms.Tensor(hit[1]))
         self.live_batches += 1
-        loss, (att, rep, hidden, scores), norm = self.live(input_ids, segment_ids, input_mask, label_ids)
-        self.cache.put(rows, length, hidden.asnumpy(), scores.asnumpy())
-        return loss, (att, rep), norm
+        loss, parts, norm = self.live(input_ids, segment_ids, input_mask, label_ids)
+        self.logits.put(rows, parts[2].asnumpy())
+        if self.cache is not None:
+            self.cache.put(rows, length, parts[3].asnumpy(), parts[4].asnumpy())
+        return loss, parts[:2], norm
 
     def summary(self) -> str:
         return (f"phase-1 teacher outputs: {self.live_batches} batches ran the teacher, {self.cached_batches} read "
                 f"it from the cache ({int(self.cache.filled.sum())} rows, {self.cache.nbytes / 1e6:.1f} MB)")
+
+
+def logits_for_phase2(net, arrays: Dict[str, np.ndarray], batch_size: int, buckets, td1_dir: str, log,
+                      check_rows: int = 64, tol: float = 1e-4) -> np.ndarray:
+    """Teacher logits of every training row for TD phase 2 (`net`: LogitsOnly(teacher), inference mode): the rows
+    TD phase 1 kept in <td1_dir>/teacher_logits.npz are taken from there once `check_rows` of them, recomputed
+    here, agree to `tol` (same teacher and same records: anything else, e.g. a re-trained teacher or other data,
+    fails the check and every row is recomputed); the other rows are computed, bucket by bucket."""
+    n = len(arrays["input_ids"])
+    path = os.path.join(td1_dir, TeacherLogits.FILE)
+    logits, seen, note = None, np.zeros(n, bool), f"no {path}"
+    if os.path.exists(path):
+        with np.load(path) as f:
+            kept, kept_seen = f["logits"], f["seen"]
+        if kept.shape[0] != n or kept_seen.shape != (n,):
+            note = f"{path} holds {kept.shape[0]} rows, this split {n}: not used"
+        else:
+            idx = np.flatnonzero(kept_seen)
+            probe = idx[np.linspace(0, len(idx) - 1, min(check_rows, len(idx))).astype(int)] if len(idx) else idx
+            sub = {k: arrays[k][probe] for k in MODEL_INPUTS}
+            diff = float(np.abs(predict(net, sub, batch_size, buckets) - kept[probe]).max()) if len(probe) else 0.0
+            if diff <= tol:
+                logits, seen = kept.astype(np.float32), kept_seen
+                note = f"{int(seen.sum())} rows from {path} (checked on {len(probe)} rows, max diff {diff:.1e})"
+            else:
+                note = (f"{path} does not match this teacher and data (max diff {diff:.1e} on {len(probe)} rows): "
+                        f"not used")
+    missing = np.flatnonzero(~seen)
+    if len(missing):
+        part = predict(net, {k: arrays[k][missing] for k in MODEL_INPUTS}, batch_size, buckets)
+        logits = np.zeros((n,) + part.shape[1:], np.float32) if logits is None else logits
+        logits[missing] = part
+    log.info(f"teacher logits for phase 2: {note}; {len(missing)} rows computed")
+    return logits
 
 
 def cached_step(live: TrainStep, cached_loss) -> TrainStep:

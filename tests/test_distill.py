@@ -193,6 +193,7 @@ def test_cached_teacher_phase1_loss_equals_live_teacher_loss_and_gradients():
     cached = CachedTeacherPhase1Loss(student, fit, len(att_map), len(hid_map), cfg)
     hidden, scores = Phase1Targets(teacher, att_map, hid_map)(*inputs[:3])
     assert hidden.shape == (3, 3, 8, 16) and scores.shape == (2, 3, 2, 8, 8)
+    np.testing.assert_allclose(live(*inputs)[1][2].asnumpy(), teacher(*inputs[:3])[0].asnumpy(), rtol=0, atol=1e-6)
     weights = student.trainable_params() + fit.trainable_params()
 
     def live_loss(*a):

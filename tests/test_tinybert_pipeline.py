@@ -178,6 +178,50 @@ def test_td1_with_cached_teacher_outputs_trains_the_same_student(pipeline):
             f"({int(seen.sum())} rows, {mb:.1f} MB)") in log
 
 
+class _Lines:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, line):
+        self.lines.append(line)
+
+
+def test_phase2_takes_the_teacher_logits_phase1_computed(pipeline, tmp_path):
+    """TD phase 1 keeps the teacher logits of every row its live steps saw (td1/teacher_logits.npz); phase 2 takes
+    them after recomputing 64 of them and runs the teacher only over the rest. The kept logits are the teacher's
+    own (every kept row recomputed here, so a row-order slip would show); a file from another teacher or another
+    split is not used and every row is recomputed."""
+    from src.teacher_cache import logits_for_phase2
+    from src.tinybert_model import LogitsOnly
+    from src.trainer import predict
+    out = pipeline["out"]
+    td1 = os.path.join(out, "td", "td1")
+    with np.load(os.path.join(td1, "teacher_logits.npz")) as f:
+        kept, seen = f["logits"], f["seen"]
+    assert kept.shape == (512, 2) and 500 <= seen.sum() <= 512
+    log2 = open(os.path.join(out, "td", "td2", "log.txt"), encoding="utf-8").read()
+    assert (f"teacher logits for phase 2: {int(seen.sum())} rows from {td1}/teacher_logits.npz (checked on 64 rows, "
+            in log2 and f"; {512 - int(seen.sum())} rows computed" in log2)
+
+    teacher = runtime.build_classifier(TEACHER, "dense")
+    runtime.load_into(teacher, f"{out}/td/teacher/best.ckpt", "teacher", strict=True)
+    net = LogitsOnly(teacher)
+    net.set_train(False)
+    train = runtime.load_split(os.path.join(os.path.dirname(out), "data"), "train", "tfrecord", SEQ)
+    fresh = predict(net, train, 64, [8, SEQ])
+    np.testing.assert_allclose(kept[seen], fresh[seen], rtol=0, atol=1e-5)
+
+    for name, logits, flags, expect in (("other_teacher", kept + 0.5, seen, "does not match this teacher and data"),
+                                        ("other_split", kept[:500], seen[:500], "holds 500 rows, this split 512")):
+        d = tmp_path / name
+        d.mkdir()
+        np.savez(d / "teacher_logits.npz", logits=logits, seen=flags)
+        log = _Lines()
+        got = logits_for_phase2(net, train, 64, [8, SEQ], str(d), log)
+        assert expect in log.lines[0] and log.lines[0].endswith("; 512 rows computed")
+        np.testing.assert_allclose(got, fresh, rtol=0, atol=1e-6)
+
+
 def test_every_run_dir_has_its_manifest_and_resolved_config(pipeline):
     for d in ("gd", "td/teacher", "td/td1", "td/td2"):
         run = os.path.join(pipeline["out"], d)
