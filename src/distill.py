@@ -121,8 +121,8 @@ class GeneralDistillLoss(nn.Cell):
 class TaskDistillPhase1Loss(nn.Cell):
     """TD phase 1 ("intermediate layer distillation"): teacher/student classifiers, att + rep only.
     The parts are (att, rep, teacher logits): the teacher computes its logits on the way (phase 2 reuses them, see
-    src/teacher_cache.py). return_targets: the parts also carry the teacher tensors of the layer map,
-    (att, rep, logits, hidden, scores) with hidden/scores as Phase1Targets gives them, so a caller can keep them."""
+    src/teacher_cache.py). return_targets: the parts also carry the teacher tensors of the layer map in map order,
+    (att, rep, logits, hidden [n_hidden, B, L, D], scores [n_att, B, H, L, L]), so a caller can keep them."""
 
     def __init__(self, student, teacher, fit_dense, attention_map, hidden_map, cfg: DistillLossConfig,
                  data_parallel: bool = False, return_targets: bool = False):
@@ -147,7 +147,7 @@ class TaskDistillPhase1Loss(nn.Cell):
 class CachedTeacherPhase1Loss(nn.Cell):
     """TD phase 1 with the teacher's outputs precomputed: the batch carries `teacher_hidden` [n_hidden, B, L, D]
     and `teacher_scores` [n_att, B, H, L, L], the teacher tensors of the layer map already gathered in map order
-    (as TaskDistillPhase1Loss with return_targets / Phase1Targets give them). Same loss as TaskDistillPhase1Loss,
+    (as TaskDistillPhase1Loss with return_targets gives them). Same loss as TaskDistillPhase1Loss,
     without the teacher forward: the step of src/teacher_cache.py for batches whose teacher tensors are kept.
     Only valid when the data is not augmented between epochs."""
 
@@ -162,23 +162,6 @@ class CachedTeacherPhase1Loss(nn.Cell):
         att, rep = self.inter(s_hidden, s_scores, teacher_hidden, teacher_scores, input_mask)
         loss = self.inter.att_w * att + self.inter.rep_w * rep
         return loss, (att, rep)
-
-
-class Phase1Targets(nn.Cell):
-    """The teacher tensors CachedTeacherPhase1Loss reads: (hidden [n_hidden, B, L, D], scores [n_att, B, H, L, L])
-    for the layer map, teacher in inference mode."""
-
-    def __init__(self, teacher, attention_map: Sequence[int], hidden_map: Sequence[int]):
-        super().__init__()
-        self.teacher = FrozenTeacher(teacher)
-        self.attention_map = tuple(attention_map)
-        self.hidden_map = tuple(hidden_map)
-
-    def construct(self, input_ids, segment_ids, input_mask):
-        _, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
-        hidden = ops.stack([t_hidden[i] for i in self.hidden_map])
-        scores = ops.stack([t_scores[i] for i in self.attention_map])
-        return hidden, scores
 
 
 class PredictionLoss(nn.Cell):

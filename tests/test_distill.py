@@ -178,7 +178,7 @@ def test_bucketed_predict_gives_the_same_logits_in_row_order():
 def test_cached_teacher_phase1_loss_equals_live_teacher_loss_and_gradients():
     """Phase 1 with precomputed teacher tensors (what caching would feed) gives the live-teacher loss and the
     same student gradients: the teacher contributes only constants to phase 1."""
-    from src.distill import (CachedTeacherPhase1Loss, DistillLossConfig, Phase1Targets, TaskDistillPhase1Loss)
+    from src.distill import CachedTeacherPhase1Loss, DistillLossConfig, TaskDistillPhase1Loss
     ms.set_seed(5)
     teacher = BertForSequenceClassification(TINY.replace(num_hidden_layers=4))
     student = BertForSequenceClassification(TINY)
@@ -191,7 +191,8 @@ def test_cached_teacher_phase1_loss_equals_live_teacher_loss_and_gradients():
     inputs = [ms.Tensor(ids), ms.Tensor(np.zeros_like(ids)), ms.Tensor(mask), ms.Tensor(np.array([0, 1, 1], np.int32))]
     live = TaskDistillPhase1Loss(student, teacher, fit, att_map, hid_map, cfg)
     cached = CachedTeacherPhase1Loss(student, fit, len(att_map), len(hid_map), cfg)
-    hidden, scores = Phase1Targets(teacher, att_map, hid_map)(*inputs[:3])
+    keeping = TaskDistillPhase1Loss(student, teacher, fit, att_map, hid_map, cfg, return_targets=True)
+    hidden, scores = keeping(*inputs)[1][3:]                         # what the pipeline's cache keeps
     assert hidden.shape == (3, 3, 8, 16) and scores.shape == (2, 3, 2, 8, 8)
     np.testing.assert_allclose(live(*inputs)[1][2].asnumpy(), teacher(*inputs[:3])[0].asnumpy(), rtol=0, atol=1e-6)
     weights = student.trainable_params() + fit.trainable_params()
