@@ -41,16 +41,17 @@ def torch_python(arg: str):
     return None
 
 
-def configs(args):
+def configs(args, fused: bool):
+    """(teacher, student) BertConfig; `fused`: the fused CPU kernels, as the pipeline runs --config."""
     from src import runtime
     from src.tinybert_model import BertConfig
     if args.quick:
         t = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, max_position_embeddings=64)
+                       intermediate_size=64, max_position_embeddings=64, fused_cpu_kernels=fused)
         return t, t.replace(num_hidden_layers=1, hidden_size=16, intermediate_size=32)
-    t = runtime.load_bert_config(args.teacher_config, "--teacher_config")
+    t = runtime.load_bert_config(args.teacher_config, "--teacher_config", fused_cpu_kernels=fused)
     if os.path.exists(args.student_config):
-        s = runtime.load_bert_config(args.student_config, "--student_config")
+        s = runtime.load_bert_config(args.student_config, "--student_config", fused_cpu_kernels=fused)
     else:     # the GD student shape of configs/gd.yaml is not written yet: TinyBERT-4 shape with the teacher's vocab
         s = t.replace(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
     return t, s
@@ -242,7 +243,10 @@ def main(argv=None):
 
     from src import runtime
     runtime.init_context("CPU", "graph", threads=args.threads)
-    tcfg, scfg = configs(args)
+    from src.config import load_config
+    run_cfg = load_config(args.config, [])
+    kernels = runtime.kernels_line(run_cfg)
+    tcfg, scfg = configs(args, runtime.fused_kernels(run_cfg))
     lens = lengths(args, seq)
     if q:
         lens = lens[:args.rows]
@@ -328,7 +332,8 @@ def main(argv=None):
     out = {"machine": mach, "quick": q, "batch": b, "seq": seq, "buckets": buckets, "bucket_batches": nb,
            "bucket_rows": rows_per, "teacher_cache_s": ms_cache, "phase2_logits_after_phase1_s": ms_handoff,
            "rows_in_no_phase1_batch": unseen, "compile_s": ms_compile,
-           "rows": n_rows, "teacher": tcfg.to_dict(), "student": scfg.to_dict(), "mindspore": ms_res,
+           "rows": n_rows, "kernels": kernels, "teacher": tcfg.to_dict(), "student": scfg.to_dict(),
+           "mindspore": ms_res,
            "torch": th, "torch_python": py, "table": rows}
     write_json(os.path.join(args.out_dir, "td_throughput.json"), _jsonable(out))
     heads = ["measure", "project seq/s", "PyTorch seq/s", "project s", "PyTorch s", "project / PyTorch time"]
@@ -346,7 +351,7 @@ def main(argv=None):
             f"processes, one before the project side, the rest after); both sides {args.threads} threads."
             f"{versions} Project epochs use the buckets {buckets} and batch {b} of {args.config}; phase 2's "
             f"teacher logits (all rows: {ms_cache:.0f} s at eval batch {args.eval_batch}; after a phase-1 epoch: "
-            f"{ms_handoff:.0f} s) are inside its first epoch."
+            f"{ms_handoff:.0f} s) are inside its first epoch. Project {kernels} (fused_cpu_kernels of {args.config})."
             f"{' QUICK MODE: tiny shapes, timings meaningless.' if q else ''}\n\n"
             + markdown_table(heads, rows) + f"\n\n{verdict}\n\n"
             f"Phase-1 teacher cache (`td1.cache_teacher_outputs: true`, off in configs/td_mr.yaml): the first "

@@ -37,7 +37,8 @@ def _run(cfg, save_resolved):
     is_main = rank == 0
     log.info(f"general distillation, output {out_dir}, rank {rank}/{world}")
 
-    tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config")
+    tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config",
+                                    fused_cpu_kernels=runtime.fused_kernels(cfg))
     teacher = BertModel(tcfg)
     runtime.load_into(teacher, cfg.teacher.ckpt, "teacher.ckpt", strict=True)
     scfg = runtime.student_config(tcfg, cfg.student.arch.to_dict())

@@ -49,10 +49,30 @@ def start_run(cfg, out_dir: str, save_resolved, manifest_extra: dict):
     if os.path.isfile(out_dir):
         raise UserError(f"output_dir: '{out_dir}' is a file, expected a directory")
     log = RunLog(out_dir, rank)
+    log.info(kernels_line(cfg))
     if rank == 0:
         save_resolved(cfg, out_dir)
         write_manifest(out_dir, cfg.to_dict(), cfg.seed, {**manifest_extra, "rank_size": world})
     return rank, world, log
+
+
+def fused_kernels(cfg) -> bool:
+    """Whether this run's models use the fused LayerNorm / GELU kernels of src/cpu_kernels.py: the YAML key
+    `fused_cpu_kernels`, on CPU, when the kernel library builds (else MindSpore's ops, said by kernels_line)."""
+    from src import cpu_kernels
+    return bool(cfg.fused_cpu_kernels) and cfg.device_target == "CPU" and cpu_kernels.available()[0]
+
+
+def kernels_line(cfg) -> str:
+    from src import cpu_kernels
+    if not cfg.fused_cpu_kernels:
+        return "kernels: MindSpore ops (fused_cpu_kernels false)"
+    if cfg.device_target != "CPU":
+        return f"kernels: MindSpore ops (fused_cpu_kernels applies to CPU only, device_target is {cfg.device_target})"
+    ok, detail = cpu_kernels.available()
+    if ok:
+        return f"kernels: fused CPU LayerNorm + GELU ({os.path.basename(detail)})"
+    return f"kernels: MindSpore ops, fused_cpu_kernels unavailable: {detail}"
 
 
 def _set_cpu_threads(threads: int):

@@ -24,13 +24,15 @@ def loss_config(cfg) -> DistillLossConfig:
 
 
 def _teacher(cfg, task, ckpt_key="ckpt"):
-    tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels)
+    tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels,
+                                    fused_cpu_kernels=runtime.fused_kernels(cfg))
     teacher = runtime.build_classifier(tcfg, cfg.teacher.head_type)
     return tcfg, teacher
 
 
 def _student(cfg, task, tcfg):
-    scfg = runtime.load_bert_config(cfg.student.config, "student.config", num_labels=task.num_labels)
+    scfg = runtime.load_bert_config(cfg.student.config, "student.config", num_labels=task.num_labels,
+                                    fused_cpu_kernels=runtime.fused_kernels(cfg))
     if scfg.vocab_size != tcfg.vocab_size:
         raise UserError(f"student.config vocab_size {scfg.vocab_size} differs from the teacher's {tcfg.vocab_size}")
     return scfg, runtime.build_classifier(scfg, cfg.student.head_type)
@@ -186,7 +188,8 @@ def _run_eval(cfg, task, eval_sets, log):
     """Standalone eval of a checkpoint (default: the TD phase-2 best) on the full eval split(s)."""
     ckpt = cfg.eval.ckpt or os.path.join(cfg.output_dir, "td2", "best.ckpt")
     model_cfg_path = cfg.eval.model_config or os.path.join(os.path.dirname(ckpt), "config.json")
-    mcfg = runtime.load_bert_config(model_cfg_path, "eval.model_config", num_labels=task.num_labels)
+    mcfg = runtime.load_bert_config(model_cfg_path, "eval.model_config", num_labels=task.num_labels,
+                                    fused_cpu_kernels=runtime.fused_kernels(cfg))
     model = runtime.build_classifier(mcfg, cfg.eval.head_type)
     runtime.load_into(model, ckpt, "eval.ckpt", strict=True, allow_unexpected=("fit_dense.",))
     net = LogitsOnly(model)

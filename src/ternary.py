@@ -79,7 +79,8 @@ def _student(cfg, task, tcfg, teacher):
         return scfg, model, f"student initialised from the fine-tuned teacher {cfg.teacher.ckpt}"
     if init == "ckpt":
         path = cfg.student.config or os.path.join(os.path.dirname(cfg.student.ckpt), "config.json")
-        scfg = runtime.load_bert_config(path, "student.config", num_labels=task.num_labels)
+        scfg = runtime.load_bert_config(path, "student.config", num_labels=task.num_labels,
+                                        fused_cpu_kernels=runtime.fused_kernels(cfg))
         if scfg.hidden_size != tcfg.hidden_size:
             raise UserError(f"student.config hidden_size {scfg.hidden_size} differs from the teacher's "
                             f"{tcfg.hidden_size}: TernaryBERT's hidden loss has no fit_dense")
@@ -142,7 +143,8 @@ def _run(cfg, out_dir, save_resolved):
     log.info(f"train dataset size: {len(train['input_ids'])}")
     lcfg = loss_config(cfg)
 
-    tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels)
+    tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels,
+                                    fused_cpu_kernels=runtime.fused_kernels(cfg))
     teacher = runtime.build_classifier(tcfg, cfg.teacher.head_type)
     runtime.load_into(teacher, cfg.teacher.ckpt, "teacher.ckpt", strict=True)
     scfg, model, how = _student(cfg, task, tcfg, teacher)

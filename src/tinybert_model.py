@@ -23,6 +23,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
+from src.cpu_kernels import FusedGELU, FusedLayerNorm
+
 # HF `hidden_act` strings -> whether GELU uses the tanh approximation. "gelu_erf_poly" is the exact GELU with erf
 # from Abramowitz-Stegun 7.1.26 (|err| < 1.5e-7), built only from ops MindSpore can export to ONNX (`Erf` is not).
 _GELU_APPROX = {"gelu": False, "gelu_exact": False, "gelu_new": True, "gelu_pytorch_tanh": True,
@@ -39,6 +41,9 @@ class ErfPolyGELU(nn.Cell):
         t = ops.div(ops.ones_like(z), 1.0 + 0.3275911 * z)
         poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
         return 0.5 * (x + a * (1.0 - poly * ops.exp(-(z * z))))
+
+
+RUNTIME_FIELDS = {"fused_cpu_kernels"}
 
 
 @dataclass
@@ -60,6 +65,9 @@ class BertConfig:
     layer_intermediate_sizes: Optional[List[int]] = None
     # Task head (saved in config.json as HF does).
     num_labels: int = 2
+    # Runtime only (never read from or written to config.json): LayerNorm and the exact GELU run as the fused C++
+    # kernels of src/cpu_kernels.py (CPU, float32). Same parameters, same math; set by the runs on CPU.
+    fused_cpu_kernels: bool = False
 
     def __post_init__(self):
         if self.hidden_act not in _GELU_APPROX:
@@ -99,7 +107,7 @@ class BertConfig:
     # ---- HF config.json ----
     @classmethod
     def from_dict(cls, d: dict) -> "BertConfig":
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - RUNTIME_FIELDS
         kw = {k: v for k, v in d.items() if k in known}
         if "num_labels" not in d and "id2label" in d:
             kw["num_labels"] = len(d["id2label"])
@@ -112,6 +120,8 @@ class BertConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        for k in RUNTIME_FIELDS:
+            del d[k]
         if d["layer_num_heads"] is None:
             del d["layer_num_heads"]
         if d["layer_intermediate_sizes"] is None:
@@ -135,8 +145,18 @@ def _dense(cin: int, cout: int, std: float) -> nn.Dense:
     return nn.Dense(cin, cout, weight_init=TruncatedNormal(std), bias_init="zeros")
 
 
-def _layernorm(hidden: int, eps: float) -> nn.LayerNorm:
-    return nn.LayerNorm((hidden,), epsilon=eps)
+def _layernorm(config: BertConfig) -> nn.Cell:
+    if config.fused_cpu_kernels:
+        return FusedLayerNorm(config.hidden_size, config.layer_norm_eps)
+    return nn.LayerNorm((config.hidden_size,), epsilon=config.layer_norm_eps)
+
+
+def _gelu(config: BertConfig) -> nn.Cell:
+    if config.fused_cpu_kernels and not config.gelu_approximate:
+        return FusedGELU()
+    if config.hidden_act == "gelu_erf_poly":
+        return ErfPolyGELU()
+    return nn.GELU(approximate=config.gelu_approximate)
 
 
 class BertEmbeddings(nn.Cell):
@@ -150,7 +170,7 @@ class BertEmbeddings(nn.Cell):
                                                 embedding_table=Normal(std))
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size,
                                                   embedding_table=Normal(std))
-        self.LayerNorm = _layernorm(config.hidden_size, config.layer_norm_eps)
+        self.LayerNorm = _layernorm(config)
         self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
 
     def construct(self, input_ids, token_type_ids):
@@ -178,7 +198,7 @@ class BertAttention(nn.Cell):
         self.key = _dense(config.hidden_size, inner, std)
         self.value = _dense(config.hidden_size, inner, std)
         self.output_dense = _dense(inner, config.hidden_size, std)
-        self.output_LayerNorm = _layernorm(config.hidden_size, config.layer_norm_eps)
+        self.output_LayerNorm = _layernorm(config)
         self.attn_dropout = nn.Dropout(p=config.attention_probs_dropout_prob)
         self.output_dropout = nn.Dropout(p=config.hidden_dropout_prob)
         self.scale = 1.0 / math.sqrt(self.head_size)
@@ -213,10 +233,9 @@ class BertFFN(nn.Cell):
         super().__init__()
         std = config.initializer_range
         self.intermediate = _dense(config.hidden_size, config.ffn(layer), std)
-        self.act = ErfPolyGELU() if config.hidden_act == "gelu_erf_poly" else \
-            nn.GELU(approximate=config.gelu_approximate)
+        self.act = _gelu(config)
         self.output_dense = _dense(config.ffn(layer), config.hidden_size, std)
-        self.output_LayerNorm = _layernorm(config.hidden_size, config.layer_norm_eps)
+        self.output_LayerNorm = _layernorm(config)
         self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
 
     def construct(self, hidden):

@@ -613,7 +613,8 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     from src.trainer import ArrayBatcher, StateOf, Trainer, evaluate, train_state_from_config
 
     task = runtime.task_from_config(cfg)
-    tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels)
+    tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels,
+                                    fused_cpu_kernels=runtime.fused_kernels(cfg))
     specs = parse_width_list(cfg.width_mult_list, tcfg, depths=list(cfg.get("depth_mult_list", None) or [1.0]))
     if cfg.train.sample_widths < 0:
         raise UserError(f"train.sample_widths: expected 0 (all widths) or a count >= 1, got {cfg.train.sample_widths}")

@@ -7,6 +7,7 @@ The task is synthetic but easy to learn: a sequence is positive when its first w
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -101,6 +102,10 @@ def test_zoo_log_lines(pipeline):
     assert best and float(best[-1]) == pytest.approx(max(r["acc"] for r in _records(
         os.path.join(pipeline["out"], "td", "td2", "metrics.jsonl"), "eval")), abs=1e-6)
     assert re.search(r"^eval epoch: \d+, step: 16, acc [0-9.]+, best acc", log, re.M)   # eval every 16 steps
+    # configs/td_mr.yaml runs the fused CPU kernels (src/cpu_kernels.py) when g++ can build them, and says so
+    kernels = ("kernels: fused CPU LayerNorm + GELU (cpu_kernels-" if shutil.which("g++") else
+               "kernels: MindSpore ops, fused_cpu_kernels unavailable: no C++ compiler")
+    assert kernels in log
 
 
 def test_teacher_learns_the_task(pipeline):
