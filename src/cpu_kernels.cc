@@ -3,6 +3,10 @@
 //
 // Every kernel has MindSpore's AOT signature: params holds the inputs then the outputs, all float32, contiguous.
 // A kernel returns non-zero (MindSpore raises) when a tensor is not float32.
+// (2: shapes that do not fit the kernel, 3: out of memory.)
+// Threads: SetThreads(n) (called by src/cpu_kernels.py with the run's `threads`) lets a kernel split its rows over
+// up to n threads when each gets at least kMinWorkPerThread elements; sums are then reduced in thread order, so a
+// result depends only on the data and n.
 //
 // Math (all in float32):
 //   GELU(x)  = x * Phi(x), Phi(x) = 0.5 * (1 + erf(x / sqrt 2)), erf from Abramowitz-Stegun 7.1.26 (|error| <
@@ -11,13 +15,42 @@
 //   LayerNorm over the last axis: y = (x - mean) * rstd * gamma + beta, rstd = 1 / sqrt(var + eps) (biased var)
 //   its backward with xh = (x - mean) * rstd, g = dy * gamma:
 //              dx = rstd * (g - mean(g) - xh * mean(g * xh)), dgamma = sum_rows dy * xh, dbeta = sum_rows dy
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 namespace {
 
 constexpr int kLanes = 8;  // independent partial sums, so the row reductions vectorize without reassociation
+constexpr int64_t kMinWorkPerThread = 1 << 16;
+int g_threads = 1;
+
+// How many parts to split `items` items of `work` elements each into.
+int parts_for(int64_t items, int64_t work) {
+  const int64_t by_work = std::max<int64_t>(1, items * work / kMinWorkPerThread);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(g_threads), by_work, items})));
+}
+
+// body(begin, end, part) over [0, items) in `parts` contiguous chunks; the last chunk runs on the calling thread,
+// and a chunk whose thread cannot be started runs there too.
+template <class Body>
+void run_parts(int64_t items, int parts, const Body &body) {
+  const int64_t chunk = (items + parts - 1) / parts;
+  std::vector<std::thread> pool;
+  for (int p = 0; p + 1 < parts; ++p) {
+    const int64_t b = p * chunk, e = std::min(items, b + chunk);
+    try {
+      pool.emplace_back([&body, b, e, p] { body(b, e, p); });
+    } catch (...) {
+      body(b, e, p);
+    }
+  }
+  body(std::min(items, (parts - 1) * chunk), items, parts - 1);
+  for (auto &t : pool) t.join();
+}
 
 bool all_float32(int nparam, const char **dtypes) {
   for (int i = 0; i < nparam; ++i) {
@@ -81,6 +114,21 @@ float row_centered_sq(const float *x, float mean, int64_t h) {
   return s;
 }
 
+void gelu_range(const float *__restrict__ x, int64_t n, float *__restrict__ y) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    y[i] = v * normal_cdf(v, exp_f(-0.5f * v * v));
+  }
+}
+
+void gelu_grad_range(const float *__restrict__ x, const float *__restrict__ dy, int64_t n, float *__restrict__ dx) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float e = exp_f(-0.5f * v * v);
+    dx[i] = dy[i] * (normal_cdf(v, e) + v * e * 0.3989422804014327f);
+  }
+}
+
 // One row of LayerNorm forward; returns (mean, rstd) through m, rs.
 void layer_norm_row(const float *__restrict__ x, const float *__restrict__ gamma, const float *__restrict__ beta,
                     float eps, int64_t h, float *__restrict__ y, float *m, float *rs) {
@@ -130,13 +178,10 @@ void layer_norm_backward_row(const float *__restrict__ dy, const float *__restri
 extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                            void *) {
   if (nparam != 2 || !all_float32(nparam, dtypes)) return 1;
-  const float *__restrict__ x = static_cast<const float *>(params[0]);
-  float *__restrict__ y = static_cast<float *>(params[1]);
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[1]);
   const int64_t n = numel(ndims[0], shapes[0]);
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    y[i] = v * normal_cdf(v, exp_f(-0.5f * v * v));
-  }
+  run_parts(n, parts_for(n, 1), [&](int64_t b, int64_t e, int) { gelu_range(x + b, e - b, y + b); });
   return 0;
 }
 
@@ -144,15 +189,11 @@ extern "C" int GeluForward(int nparam, void **params, int *ndims, int64_t **shap
 extern "C" int GeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                             void *) {
   if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;
-  const float *__restrict__ x = static_cast<const float *>(params[0]);
-  const float *__restrict__ dy = static_cast<const float *>(params[1]);
-  float *__restrict__ dx = static_cast<float *>(params[2]);
+  const float *x = static_cast<const float *>(params[0]);
+  const float *dy = static_cast<const float *>(params[1]);
+  float *dx = static_cast<float *>(params[2]);
   const int64_t n = numel(ndims[0], shapes[0]);
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    const float e = exp_f(-0.5f * v * v);
-    dx[i] = dy[i] * (normal_cdf(v, e) + v * e * 0.3989422804014327f);
-  }
+  run_parts(n, parts_for(n, 1), [&](int64_t b, int64_t e, int) { gelu_grad_range(x + b, dy + b, e - b, dx + b); });
   return 0;
 }
 
@@ -169,7 +210,9 @@ extern "C" int LayerNormForward(int nparam, void **params, int *ndims, int64_t *
   float *rstd = static_cast<float *>(params[6]);
   const int64_t h = shapes[0][ndims[0] - 1];
   const int64_t rows = numel(ndims[0], shapes[0]) / h;
-  for (int64_t r = 0; r < rows; ++r) layer_norm_row(x + r * h, gamma, beta, eps, h, y + r * h, mean + r, rstd + r);
+  run_parts(rows, parts_for(rows, h), [&](int64_t b, int64_t e, int) {
+    for (int64_t r = b; r < e; ++r) layer_norm_row(x + r * h, gamma, beta, eps, h, y + r * h, mean + r, rstd + r);
+  });
   return 0;
 }
 
@@ -187,9 +230,142 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
   float *dbeta = static_cast<float *>(params[7]);
   const int64_t h = shapes[0][ndims[0] - 1];
   const int64_t rows = numel(ndims[0], shapes[0]) / h;
+  const int parts = parts_for(rows, h);
+  std::vector<float> partial;
+  try {
+    partial.assign(static_cast<size_t>(parts) * 2 * h, 0.0f);  // per part: dgamma, dbeta
+  } catch (...) {
+    return 3;
+  }
+  run_parts(rows, parts, [&](int64_t b, int64_t e, int p) {
+    float *pg = partial.data() + static_cast<size_t>(p) * 2 * h;
+    for (int64_t r = b; r < e; ++r) {
+      layer_norm_backward_row(dy + r * h, x + r * h, gamma, mean[r], rstd[r], h, dx + r * h, pg, pg + h);
+    }
+  });
   for (int64_t j = 0; j < h; ++j) dgamma[j] = dbeta[j] = 0.0f;
-  for (int64_t r = 0; r < rows; ++r) {
-    layer_norm_backward_row(dy + r * h, x + r * h, gamma, mean[r], rstd[r], h, dx + r * h, dgamma, dbeta);
+  for (int p = 0; p < parts; ++p) {
+    const float *pg = partial.data() + static_cast<size_t>(p) * 2 * h;
+    for (int64_t j = 0; j < h; ++j) {
+      dgamma[j] += pg[j];
+      dbeta[j] += pg[h + j];
+    }
   }
   return 0;
+}
+
+// Squared error against a constant target with a 0/1 weight broadcast over one axis (the padding-masked
+// distillation MSE numerators): s, t [A, M, C] viewed flat, w [A, C] broadcast over M -> sum (s - t)^2 w [1].
+// The view is found from the shapes: w has 1 where s has M (attention scores: s [B, H, L, L], w [B, 1, L, L];
+// hidden states: s [B, L, D], w [B, L, 1], so C = 1). Row sums in float lanes, the total in double.
+namespace {
+
+bool broadcast_view(int nd, const int64_t *s, int wnd, const int64_t *w, int64_t *a, int64_t *m, int64_t *c) {
+  if (nd != wnd) return false;
+  int axis = -1;
+  for (int i = 0; i < nd; ++i) {
+    if (w[i] == s[i]) continue;
+    if (w[i] != 1 || axis >= 0) return false;
+    axis = i;
+  }
+  if (axis < 0) axis = nd;  // same shapes: M = 1
+  *a = numel(axis, s);
+  *m = axis < nd ? s[axis] : 1;
+  *c = axis < nd ? numel(nd - axis - 1, s + axis + 1) : 1;
+  return true;
+}
+
+// sum_j (s_j - t_j)^2 * (w ? w_j : 1)
+float sq_err_sum(const float *__restrict__ s, const float *__restrict__ t, const float *__restrict__ w, int64_t n) {
+  float acc[kLanes] = {0};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float d = s[j + l] - t[j + l];
+      acc[l] += w ? d * d * w[j + l] : d * d;
+    }
+  }
+  float total = 0.0f;
+  for (; j < n; ++j) total += (s[j] - t[j]) * (s[j] - t[j]) * (w ? w[j] : 1.0f);
+  for (int l = 0; l < kLanes; ++l) total += acc[l];
+  return total;
+}
+
+// ds_j = g * (s_j - t_j) * (w ? w_j : 1)
+void sq_err_grad(const float *__restrict__ s, const float *__restrict__ t, const float *__restrict__ w, float g,
+                 int64_t n, float *__restrict__ ds) {
+  if (w) {
+    for (int64_t j = 0; j < n; ++j) ds[j] = g * (s[j] - t[j]) * w[j];
+  } else {
+    for (int64_t j = 0; j < n; ++j) ds[j] = g * (s[j] - t[j]);
+  }
+}
+
+}  // namespace
+
+// s, t, w -> sum [1]
+extern "C" int MaskedSquaredErrorSum(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *, void *) {
+  if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;
+  const float *s = static_cast<const float *>(params[0]);
+  const float *t = static_cast<const float *>(params[1]);
+  const float *w = static_cast<const float *>(params[2]);
+  float *out = static_cast<float *>(params[3]);
+  int64_t a, m, c;
+  if (!broadcast_view(ndims[0], shapes[0], ndims[2], shapes[2], &a, &m, &c)) return 2;
+  const int parts = parts_for(a, m * c);
+  std::vector<double> partial;
+  try {
+    partial.assign(parts, 0.0);
+  } catch (...) {
+    return 3;
+  }
+  run_parts(a, parts, [&](int64_t b, int64_t e, int p) {
+    double total = 0.0;
+    for (int64_t i = b; i < e; ++i) {
+      if (c == 1) {  // one weight per row of M values
+        total += static_cast<double>(w[i]) * sq_err_sum(s + i * m, t + i * m, nullptr, m);
+        continue;
+      }
+      for (int64_t k = 0; k < m; ++k) total += sq_err_sum(s + (i * m + k) * c, t + (i * m + k) * c, w + i * c, c);
+    }
+    partial[p] = total;
+  });
+  double total = 0.0;
+  for (double v : partial) total += v;
+  out[0] = static_cast<float>(total);
+  return 0;
+}
+
+// s, t, w, dout [1] -> ds = 2 (s - t) w dout
+extern "C" int MaskedSquaredErrorGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                      void *, void *) {
+  if (nparam != 5 || !all_float32(nparam, dtypes)) return 1;
+  const float *s = static_cast<const float *>(params[0]);
+  const float *t = static_cast<const float *>(params[1]);
+  const float *w = static_cast<const float *>(params[2]);
+  const float g = 2.0f * static_cast<const float *>(params[3])[0];
+  float *ds = static_cast<float *>(params[4]);
+  int64_t a, m, c;
+  if (!broadcast_view(ndims[0], shapes[0], ndims[2], shapes[2], &a, &m, &c)) return 2;
+  run_parts(a, parts_for(a, m * c), [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) {
+      if (c == 1) {
+        sq_err_grad(s + i * m, t + i * m, nullptr, g * w[i], m, ds + i * m);
+        continue;
+      }
+      for (int64_t k = 0; k < m; ++k) {
+        const int64_t base = (i * m + k) * c;
+        sq_err_grad(s + base, t + base, w + i * c, g, c, ds + base);
+      }
+    }
+  });
+  return 0;
+}
+
+// Threads a kernel may use from now on (>= 1); returns the previous value.
+extern "C" int SetThreads(int n) {
+  const int previous = g_threads;
+  g_threads = n < 1 ? 1 : n;
+  return previous;
 }

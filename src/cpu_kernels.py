@@ -1,20 +1,25 @@
-"""Fused CPU kernels for LayerNorm and the exact GELU, forward and backward, as MindSpore AOT custom ops.
+"""Fused CPU kernels as MindSpore AOT custom ops: LayerNorm and the exact GELU (forward and backward) for the model,
+and the padding-masked squared-error sum of the distillation losses.
 
 Why: MindSpore 2.10's CPU kernels for these ops are 10-30x slower than PyTorch's. In a TD phase-1 step (MiniLM-L6
-teacher -> 3-layer student, batch 32, seq 64, ~1.9 s) Erf (the exact GELU) takes ~130 ms, LayerNormGrad ~130 ms
-and LayerNorm ~80 ms, plus the element-wise ops around them; the kernels of src/cpu_kernels.cc do the same math in
-one vectorized pass per op (docs/benchmarks.md has the measured step times).
+teacher -> 3-layer student, batch 32, seq 64, ~1.9 s) Erf (the exact GELU) took ~130 ms, LayerNormGrad ~130 ms,
+LayerNorm ~80 ms, and the masked loss sums (Square, Mul, ReduceSum, and Tile in their backward) ~90 ms; the
+kernels of src/cpu_kernels.cc do the same math in one vectorized pass per op, on the run's threads
+(docs/benchmarks.md has the measured steps).
 
 How: src/cpu_kernels.cc is compiled once with g++ (-O3; AVX2 + FMA when this CPU has both) into
 build/cpu_kernels/cpu_kernels-<hash>.so, the hash covering source, flags and compiler (TINYBERT_KERNEL_DIR moves
 the folder). The library is written under a temporary name and renamed, so workers starting together never load
-a half-written file. `FusedLayerNorm` / `FusedGELU` wrap the ops with their backward (`bprop`) for graph mode.
+a half-written file. `FusedLayerNorm` / `FusedGELU` / `MaskedSquaredError` wrap the ops with their backward
+(`bprop`) for graph mode. `set_threads` (called by runtime.init_context with the run's `threads`) sets how many
+threads a kernel may split its rows over.
 
 Who uses them: BertConfig.fused_cpu_kernels (runtime only, never written to config.json), set by the runs from
-the YAML key `fused_cpu_kernels` on CPU (src/runtime.py:fused_kernels). Without g++ a run logs why and uses
-MindSpore's ops. Exported models (MINDIR/ONNX) always use MindSpore's ops: a custom AOT op would tie the file to
-this machine's library.
+the YAML key `fused_cpu_kernels` on CPU (src/runtime.py:fused_kernels); the distillation losses follow the
+student's setting. Without g++ a run logs why and uses MindSpore's ops. Exported models (MINDIR/ONNX) always use
+MindSpore's ops: a custom AOT op would tie the file to this machine's library.
 """
+import ctypes
 import functools
 import hashlib
 import os
@@ -47,7 +52,7 @@ def _cpu_flags() -> set:
 
 
 def compile_flags() -> list:
-    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-trapping-math", "-fno-math-errno"]
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-trapping-math", "-fno-math-errno"]
     if {"avx2", "fma"} <= _cpu_flags():
         flags += ["-mavx2", "-mfma"]
     return flags
@@ -82,6 +87,26 @@ def library() -> str:
     return path
 
 
+_THREADS = [1]        # what set_threads asked for; applied when the library is loaded
+_LOADED = []          # the ctypes handle (keeps the library, and its thread setting, loaded in this process)
+
+
+def set_threads(n: int):
+    """Threads a kernel may split its rows over (the run's `threads`, as MindSpore's own kernels use). The value
+    lives in the loaded library, shared with the custom ops MindSpore loads from the same file. Returns the
+    previous value."""
+    previous, _THREADS[0] = _THREADS[0], max(1, int(n))
+    if _LOADED:
+        _LOADED[0].SetThreads(_THREADS[0])
+    return previous
+
+
+def _load(path: str):
+    if not _LOADED:
+        _LOADED.append(ctypes.CDLL(path))
+    _LOADED[0].SetThreads(_THREADS[0])
+
+
 def available():
     """(True, library path) or (False, why not)."""
     try:
@@ -104,8 +129,9 @@ def _ln_dtypes(x, *_):
 
 @functools.lru_cache(maxsize=None)
 def _ops():
-    """The four custom ops, made once per process (they are stateless primitives shared by every cell)."""
+    """The custom ops, made once per process (they are stateless primitives shared by every cell)."""
     lib = library()
+    _load(lib)
     gelu_bwd = ops.Custom(f"{lib}:GeluBackward", out_shape=_same, out_dtype=_same, func_type="aot")
 
     def gelu_bprop(x, out, dout):
@@ -121,7 +147,14 @@ def _ops():
 
     ln = ops.Custom(f"{lib}:LayerNormForward", out_shape=_ln_shapes, out_dtype=_ln_dtypes, func_type="aot",
                     bprop=ln_bprop)
-    return gelu, ln
+    sq_err_grad = ops.Custom(f"{lib}:MaskedSquaredErrorGrad", out_shape=_same, out_dtype=_same, func_type="aot")
+
+    def sq_err_bprop(s, t, w, out, dout):
+        return sq_err_grad(s, t, w, dout), ops.zeros_like(t), ops.zeros_like(w)
+
+    sq_err = ops.Custom(f"{lib}:MaskedSquaredErrorSum", out_shape=lambda s, t, w: [1], out_dtype=_same,
+                        func_type="aot", bprop=sq_err_bprop)
+    return gelu, ln, sq_err
 
 
 class FusedGELU(nn.Cell):
@@ -148,3 +181,17 @@ class FusedLayerNorm(nn.Cell):
 
     def construct(self, x):
         return self.layer_norm(x, self.gamma, self.beta, self.eps)[0]
+
+
+class MaskedSquaredError(nn.Cell):
+    """sum((s - t)^2 * w) with w broadcast over the one axis where it has size 1 ([B, 1, L, L] for attention scores
+    [B, H, L, L]; [B, L, 1] for hidden states [B, L, D]): the numerator of the padding-masked distillation MSEs
+    (src/losses.py), one pass each way, summed in double. The target t gets no gradient: it is always the frozen
+    teacher's (or the cache's) tensor. Returns shape [1]. float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.sq_err = _ops()[2]
+
+    def construct(self, s, t, w):
+        return self.sq_err(s, t, w)

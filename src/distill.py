@@ -14,6 +14,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
 from src import losses
+from src.cpu_kernels import MaskedSquaredError
 from src.errors import UserError
 
 
@@ -78,9 +79,12 @@ class IntermediateLoss(nn.Cell):
     data_parallel: masked means scaled to the rank's share of the global one (losses.GlobalMaskCounts)."""
 
     def __init__(self, fit_dense: Optional[FitDense], attention_map: Sequence[int], hidden_map: Sequence[int],
-                 cfg: DistillLossConfig, data_parallel: bool = False):
+                 cfg: DistillLossConfig, data_parallel: bool = False, fused: bool = False):
         super().__init__()
         self.fit_dense = fit_dense
+        # fused: the masked numerators run as one CPU kernel each (src/cpu_kernels.py), as the student's own
+        # BertConfig.fused_cpu_kernels says
+        self.sq_err = MaskedSquaredError() if fused and cfg.mask_padding else None
         self.attention_map = tuple(attention_map)
         self.hidden_map = tuple(hidden_map)
         self.att_w = cfg.attention_weight
@@ -91,11 +95,11 @@ class IntermediateLoss(nn.Cell):
     def construct(self, s_hidden, s_scores, t_hidden, t_scores, input_mask):
         att = 0.0
         for i, ti in enumerate(self.attention_map):
-            att = att + losses.attention_mse(s_scores[i], t_scores[ti], input_mask, self.mask_padding)
+            att = att + losses.attention_mse(s_scores[i], t_scores[ti], input_mask, self.mask_padding, self.sq_err)
         rep = 0.0
         for i, ti in enumerate(self.hidden_map):
             h = s_hidden[i] if self.fit_dense is None else self.fit_dense(s_hidden[i])
-            rep = rep + losses.hidden_mse(h, t_hidden[ti], input_mask, self.mask_padding)
+            rep = rep + losses.hidden_mse(h, t_hidden[ti], input_mask, self.mask_padding, self.sq_err)
         tokens, pairs = self.counts(input_mask)
         return att * pairs, rep * tokens
 
@@ -108,7 +112,8 @@ class GeneralDistillLoss(nn.Cell):
         super().__init__()
         self.student = student
         self.teacher = FrozenTeacher(teacher)
-        self.inter = IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel)
+        self.inter = IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel,
+                                      student.config.fused_cpu_kernels)
 
     def construct(self, input_ids, segment_ids, input_mask):
         _, _, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)
@@ -129,7 +134,8 @@ class TaskDistillPhase1Loss(nn.Cell):
         super().__init__()
         self.student = student
         self.teacher = FrozenTeacher(teacher)
-        self.inter = IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel)
+        self.inter = IntermediateLoss(fit_dense, attention_map, hidden_map, cfg, data_parallel,
+                                      student.config.fused_cpu_kernels)
         self.return_targets = return_targets
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
@@ -155,7 +161,8 @@ class CachedTeacherPhase1Loss(nn.Cell):
                  data_parallel: bool = False):
         super().__init__()
         self.student = student
-        self.inter = IntermediateLoss(fit_dense, range(n_attention), range(n_hidden), cfg, data_parallel)
+        self.inter = IntermediateLoss(fit_dense, range(n_attention), range(n_hidden), cfg, data_parallel,
+                                      student.config.fused_cpu_kernels)
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids, teacher_hidden, teacher_scores):
         _, s_hidden, s_scores = self.student(input_ids, segment_ids, input_mask)

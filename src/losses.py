@@ -27,22 +27,29 @@ def _valid_pairs(input_mask):
     return m[:, None, :, None] * m[:, None, None, :]        # [B,1,S,S]: query valid AND key valid
 
 
-def attention_mse(student_scores, teacher_scores, input_mask, mask_padding=True):
+def attention_mse(student_scores, teacher_scores, input_mask, mask_padding=True, sq_err=None):
+    """sq_err: the fused kernel for the masked numerator (src/cpu_kernels.MaskedSquaredError) or None."""
     if mask_padding:
         w = _valid_pairs(input_mask)
-        diff = ops.square(student_scores - teacher_scores) * w
         heads = student_scores.shape[1]
-        return diff.sum() / (w.sum() * heads)
+        if sq_err is None:
+            num = (ops.square(student_scores - teacher_scores) * w).sum()
+        else:
+            num = sq_err(student_scores, teacher_scores, w).sum()
+        return num / (w.sum() * heads)
     s = ops.where(student_scores <= -100.0, ops.zeros_like(student_scores), student_scores)
     t = ops.where(teacher_scores <= -100.0, ops.zeros_like(teacher_scores), teacher_scores)
     return ops.square(s - t).mean()
 
 
-def hidden_mse(student_hidden, teacher_hidden, input_mask, mask_padding=True):
+def hidden_mse(student_hidden, teacher_hidden, input_mask, mask_padding=True, sq_err=None):
     if mask_padding:
         m = input_mask.astype(ms.float32)[:, :, None]
-        diff = ops.square(student_hidden - teacher_hidden) * m
-        return diff.sum() / (m.sum() * student_hidden.shape[-1])
+        if sq_err is None:
+            num = (ops.square(student_hidden - teacher_hidden) * m).sum()
+        else:
+            num = sq_err(student_hidden, teacher_hidden, m).sum()
+        return num / (m.sum() * student_hidden.shape[-1])
     return ops.square(student_hidden - teacher_hidden).mean()
 
 

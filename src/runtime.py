@@ -28,6 +28,9 @@ def init_context(device_target: str = "CPU", mode: str = "graph", threads: int =
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     if device_target == "CPU" and threads:
         _set_cpu_threads(int(threads))
+    if device_target == "CPU":        # the fused kernels (src/cpu_kernels.py) use as many threads as MindSpore's
+        from src import cpu_kernels
+        cpu_kernels.set_threads(int(threads) or _cpus())
     if not distributed:
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init
@@ -73,6 +76,10 @@ def kernels_line(cfg) -> str:
     if ok:
         return f"kernels: fused CPU LayerNorm + GELU ({os.path.basename(detail)})"
     return f"kernels: MindSpore ops, fused_cpu_kernels unavailable: {detail}"
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _set_cpu_threads(threads: int):

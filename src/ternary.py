@@ -38,7 +38,8 @@ class TernaryDistillLoss(nn.Cell):
         self.student = student
         self.teacher = FrozenTeacher(teacher)
         self.pred = PredictionLoss(cfg, regression)
-        self.inter = IntermediateLoss(None, attention_map, hidden_map, cfg, data_parallel)
+        self.inter = IntermediateLoss(None, attention_map, hidden_map, cfg, data_parallel,
+                                      student.config.fused_cpu_kernels)
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
         t_logits, t_hidden, t_scores = self.teacher(input_ids, segment_ids, input_mask)

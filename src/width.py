@@ -21,6 +21,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src import losses
+from src.cpu_kernels import MaskedSquaredError
 from src.distill import FrozenTeacher
 from src.errors import UserError
 from src.tinybert_model import BertConfig, BertForSequenceClassification, count_params
@@ -448,6 +449,7 @@ class MultiWidthDistillLoss(nn.Cell):
         self.temperature = float(temperature)
         self.regression = regression
         self.mask_padding = mask_padding
+        self.sq_err = MaskedSquaredError() if model.config.fused_cpu_kernels and mask_padding else None
         self.counts = losses.GlobalMaskCounts(data_parallel and mask_padding)
         self.n = len(specs)
         n_hidden = model.config.num_hidden_layers + 1
@@ -462,7 +464,7 @@ class MultiWidthDistillLoss(nn.Cell):
             pred = losses.soft_cross_entropy(logits, t_logits, self.temperature, self.reduction)
         rep = 0.0
         for j, tj in enumerate(hidden_map):
-            rep = rep + losses.hidden_mse(hidden[j], t_hidden[tj], input_mask, self.mask_padding)
+            rep = rep + losses.hidden_mse(hidden[j], t_hidden[tj], input_mask, self.mask_padding, self.sq_err)
         return self.l1 * pred + self.l2 * rep * tokens
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):

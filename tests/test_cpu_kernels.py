@@ -177,3 +177,101 @@ def test_build_is_keyed_by_source_and_leaves_no_partial_file(monkeypatch, tmp_pa
         assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(path), "broken.cc"])
     finally:
         cpu_kernels.library.cache_clear()
+
+
+@needs_gxx
+@pytest.mark.parametrize("s_shape,w_shape", [((2, 3, 5, 5), (2, 1, 5, 5)), ((2, 5, 37), (2, 5, 1)),
+                                             ((4, 6), (4, 6))])
+def test_masked_squared_error_matches_float64(s_shape, w_shape):
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=s_shape).astype(np.float32)
+    t = rng.normal(size=s_shape).astype(np.float32)
+    w = (rng.random(w_shape) > 0.4).astype(np.float32)
+
+    class Net(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.sq = cpu_kernels.MaskedSquaredError()
+            self.grad = ops.GradOperation(get_all=True)
+
+        def construct(self, a, b, c):
+            return self.sq(a, b, c), self.grad(self.sq)(a, b, c)
+
+    out, (ds, dt, dw) = Net()(ms.Tensor(s), ms.Tensor(t), ms.Tensor(w))
+    d = s.astype(np.float64) - t
+    assert out.shape == (1,)
+    assert abs(out.asnumpy()[0] - (d * d * w).sum()) <= 1e-6 * (d * d * w).sum()
+    np.testing.assert_allclose(ds.asnumpy(), 2.0 * d * w, rtol=1e-6, atol=1e-7)
+    assert not dt.asnumpy().any() and not dw.asnumpy().any()      # the target is a constant (frozen teacher)
+
+
+@needs_gxx
+def test_intermediate_loss_fused_matches_mindspore_ops():
+    from src.distill import DistillLossConfig, FitDense, IntermediateLoss
+    rng = np.random.default_rng(6)
+    b, h, s, d = 3, 2, 7, 8
+    mask = np.ones((b, s), np.int32)
+    mask[1, 4:] = 0
+    mask[2, 2:] = 0
+    s_hidden = tuple(ms.Tensor(rng.normal(size=(b, s, 4)).astype(np.float32)) for _ in range(3))
+    t_hidden = tuple(ms.Tensor(rng.normal(size=(b, s, d)).astype(np.float32)) for _ in range(5))
+    s_scores = tuple(ms.Tensor(rng.normal(size=(b, h, s, s)).astype(np.float32)) for _ in range(2))
+    t_scores = tuple(ms.Tensor(rng.normal(size=(b, h, s, s)).astype(np.float32)) for _ in range(4))
+    ms.set_seed(1)
+    fit = FitDense(4, d)
+    results = []
+    for fused in (False, True):
+        net = IntermediateLoss(fit, [1, 3], [0, 2, 4], DistillLossConfig(), fused=fused)
+        assert (net.sq_err is not None) == fused
+
+        class Total(nn.Cell):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def construct(self, sh, ss, th, ts, m):
+                att, rep = self.inner(sh, ss, th, ts, m)
+                return att + 2.0 * rep
+
+        total = Total(net)
+        params = ms.ParameterTuple(fit.trainable_params())
+        value = total(s_hidden, s_scores, t_hidden, t_scores, ms.Tensor(mask))
+        grads = ms.grad(total, grad_position=(0, 1), weights=params)(s_hidden, s_scores, t_hidden, t_scores,
+                                                                       ms.Tensor(mask))
+        flat = [g.asnumpy() for group in grads for g in (group if isinstance(group, tuple) else (group,))
+                for g in (g if isinstance(g, tuple) else (g,))]
+        results.append((float(value.asnumpy()), flat))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-6)
+    assert len(results[0][1]) == len(results[1][1])
+    for a, b in zip(*(r[1] for r in results)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+@needs_gxx
+def test_threads_split_rows_without_changing_results():
+    """With 2 threads a kernel splits its rows (tensors large enough: >= 65536 elements a thread): element-wise
+    results are bitwise the same as with 1 thread, the row-summed ones (dgamma, dbeta, the masked sums) equal
+    to float rounding."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(512, 384)).astype(np.float32)
+    sens = rng.normal(size=x.shape).astype(np.float32)
+    t = rng.normal(size=(8, 12, 64, 64)).astype(np.float32)
+    s = rng.normal(size=t.shape).astype(np.float32)
+    w = (rng.random((8, 1, 64, 64)) > 0.3).astype(np.float32)
+    gelu, ln, sq = cpu_kernels.FusedGELU(), cpu_kernels.FusedLayerNorm(384, 1e-12), cpu_kernels.MaskedSquaredError()
+    ln.gamma.set_data(ms.Tensor(rng.normal(size=384).astype(np.float32)))
+    results = {}
+    previous = cpu_kernels.set_threads(1)
+    try:
+        for threads in (1, 2):
+            cpu_kernels.set_threads(threads)
+            y, (gx, _) = _Grad(gelu)(ms.Tensor(x), ms.Tensor(sens))
+            z, (lx, lp) = _Grad(ln)(ms.Tensor(x), ms.Tensor(sens))
+            results[threads] = [y.asnumpy(), gx[0].asnumpy(), z.asnumpy(), lx[0].asnumpy(), lp[0].asnumpy(),
+                                lp[1].asnumpy(), sq(ms.Tensor(s), ms.Tensor(t), ms.Tensor(w)).asnumpy()]
+    finally:
+        cpu_kernels.set_threads(previous)
+    for i in range(4):
+        assert np.array_equal(results[1][i], results[2][i]), i
+    for i in range(4, 7):
+        np.testing.assert_allclose(results[2][i], results[1][i], rtol=1e-5, atol=1e-5)
