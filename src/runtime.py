@@ -60,7 +60,7 @@ def start_run(cfg, out_dir: str, save_resolved, manifest_extra: dict):
 
 
 def fused_kernels(cfg) -> bool:
-    """Whether this run's models use the fused LayerNorm / GELU kernels of src/cpu_kernels.py: the YAML key
+    """Whether this run uses the fused kernels of src/cpu_kernels.py (LayerNorm, GELU, masked loss sums): the key
     `fused_cpu_kernels`, on CPU, when the kernel library builds (else MindSpore's ops, said by kernels_line)."""
     from src import cpu_kernels
     return bool(cfg.fused_cpu_kernels) and cfg.device_target == "CPU" and cpu_kernels.available()[0]
@@ -74,7 +74,7 @@ def kernels_line(cfg) -> str:
         return f"kernels: MindSpore ops (fused_cpu_kernels applies to CPU only, device_target is {cfg.device_target})"
     ok, detail = cpu_kernels.available()
     if ok:
-        return f"kernels: fused CPU LayerNorm + GELU ({os.path.basename(detail)})"
+        return f"kernels: fused CPU LayerNorm, GELU, masked loss sums ({os.path.basename(detail)})"
     return f"kernels: MindSpore ops, fused_cpu_kernels unavailable: {detail}"
 
 

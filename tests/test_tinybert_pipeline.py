@@ -103,7 +103,7 @@ def test_zoo_log_lines(pipeline):
         os.path.join(pipeline["out"], "td", "td2", "metrics.jsonl"), "eval")), abs=1e-6)
     assert re.search(r"^eval epoch: \d+, step: 16, acc [0-9.]+, best acc", log, re.M)   # eval every 16 steps
     # configs/td_mr.yaml runs the fused CPU kernels (src/cpu_kernels.py) when g++ can build them, and says so
-    kernels = ("kernels: fused CPU LayerNorm + GELU (cpu_kernels-" if shutil.which("g++") else
+    kernels = ("kernels: fused CPU LayerNorm, GELU, masked loss sums (cpu_kernels-" if shutil.which("g++") else
                "kernels: MindSpore ops, fused_cpu_kernels unavailable: no C++ compiler")
     assert kernels in log
 
