@@ -1,5 +1,6 @@
-// Fused CPU kernels for LayerNorm and the exact (erf) GELU, forward and backward, for MindSpore `ops.Custom`
-// (func_type "aot"). Built by src/cpu_kernels.py with g++ on first use; see that file for why and how.
+// Fused CPU kernels for MindSpore `ops.Custom` (func_type "aot"): LayerNorm and the exact (erf) GELU, forward and
+// backward, and the padding-masked squared-error sum of the distillation losses with its gradient. Built by
+// src/cpu_kernels.py with g++ on first use; see that file for why and how.
 //
 // Every kernel has MindSpore's AOT signature: params holds the inputs then the outputs, all float32, contiguous.
 // A kernel returns non-zero (MindSpore raises) when a tensor is not float32.
