@@ -245,8 +245,8 @@ def main(argv=None):
     runtime.init_context("CPU", "graph", threads=args.threads)
     from src.config import load_config
     run_cfg = load_config(args.config, [])
-    kernels = runtime.kernels_line(run_cfg)
-    tcfg, scfg = configs(args, runtime.fused_kernels(run_cfg))
+    fused, kernels = runtime.kernel_choice(run_cfg)
+    tcfg, scfg = configs(args, fused)
     lens = lengths(args, seq)
     if q:
         lens = lens[:args.rows]
@@ -351,7 +351,7 @@ def main(argv=None):
                      else f"Here it does not pay: the third epoch with it takes {ms_p1[-1]:.0f} s against "
                           f"{ms_ep1:.0f} s without (a cached step at b{b}/s{seq} {cached_s:.2f} s, a live one "
                           f"{live_s:.2f} s): copying the kept tensors into a step costs as much as the teacher's "
-                          f"forward{' on the fused CPU kernels' if runtime.fused_kernels(run_cfg) else ''}.")
+                          f"forward{' on the fused CPU kernels' if fused else ''}.")
     text = (f"### Task-distillation throughput: MindSpore project vs PyTorch + transformers\n\n{machine_line(mach)}. "
             f"Teacher {tcfg.num_hidden_layers}L/{tcfg.hidden_size}H, student {scfg.num_hidden_layers}L/"
             f"{scfg.hidden_size}H; median of {steps} steps after warm-up (torch: median over {len(th_runs)} "

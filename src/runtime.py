@@ -59,23 +59,27 @@ def start_run(cfg, out_dir: str, save_resolved, manifest_extra: dict):
     return rank, world, log
 
 
-def fused_kernels(cfg) -> bool:
-    """Whether this run uses the fused kernels of src/cpu_kernels.py (LayerNorm, GELU, masked loss sums): the key
-    `fused_cpu_kernels`, on CPU, when the kernel library builds (else MindSpore's ops, said by kernels_line)."""
+def kernel_choice(cfg):
+    """(use the fused kernels of src/cpu_kernels.py, the run's log line saying which kernels run and why): the key
+    `fused_cpu_kernels`, on CPU, when the kernel library builds; else MindSpore's ops."""
     from src import cpu_kernels
-    return bool(cfg.fused_cpu_kernels) and cfg.device_target == "CPU" and cpu_kernels.available()[0]
+    if not cfg.fused_cpu_kernels:
+        return False, "kernels: MindSpore ops (fused_cpu_kernels false)"
+    if cfg.device_target != "CPU":
+        return False, (f"kernels: MindSpore ops (fused_cpu_kernels applies to CPU only, device_target is "
+                       f"{cfg.device_target})")
+    ok, detail = cpu_kernels.available()
+    if ok:
+        return True, f"kernels: fused CPU LayerNorm, GELU, masked loss sums ({os.path.basename(detail)})"
+    return False, f"kernels: MindSpore ops, fused_cpu_kernels unavailable: {detail}"
+
+
+def fused_kernels(cfg) -> bool:
+    return kernel_choice(cfg)[0]
 
 
 def kernels_line(cfg) -> str:
-    from src import cpu_kernels
-    if not cfg.fused_cpu_kernels:
-        return "kernels: MindSpore ops (fused_cpu_kernels false)"
-    if cfg.device_target != "CPU":
-        return f"kernels: MindSpore ops (fused_cpu_kernels applies to CPU only, device_target is {cfg.device_target})"
-    ok, detail = cpu_kernels.available()
-    if ok:
-        return f"kernels: fused CPU LayerNorm, GELU, masked loss sums ({os.path.basename(detail)})"
-    return f"kernels: MindSpore ops, fused_cpu_kernels unavailable: {detail}"
+    return kernel_choice(cfg)[1]
 
 
 def _cpus() -> int:
