@@ -22,8 +22,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Benchmarks (not part of the two set-up commands): PyTorch + transformers + onnx live in a second venv because
-# transformers pins tokenizers<=0.23.0 and onnx wants numpy 2. Results are written into README.md by the scripts.
+# Benchmarks (not part of the two set-up commands): PyTorch + transformers + matplotlib live in a second venv because
+# transformers pins tokenizers<=0.23.0. Results are written into README.md by the scripts.
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 

@@ -3,7 +3,7 @@ Usage (model-zoo style):
 
     python export.py --config_path output/td_mr/td2/config.json --ckpt_file output/td_mr/td2/best.ckpt \
         --file_format MINDIR --file_name output/export/td_mr_student --batch_size 32 --seq_length 64
-    python export.py ... --file_format ONNX            # exact GELU via an exportable erf (see docs/export.md)
+    python export.py ... --file_format ONNX            # exact GELU as ONNX Erf, LayerNorm fusable (docs/export.md)
     python export.py ... --width_mult 0.667            # slice a width supernet checkpoint first
     python run_eval_onnx.py --model_file output/export/td_mr_student.onnx --task MR --data_dir data/mr
 
@@ -27,7 +27,8 @@ def parse_args(argv):
     p.add_argument("--task", default="", help="task name (MR, SST-2, MNLI, ...): sets num_labels")
     p.add_argument("--num_labels", type=int, default=0, help="override num_labels (0 = from --task or config)")
     p.add_argument("--head_type", default="dense", help="dense | relu_pooler (as trained)")
-    p.add_argument("--gelu", default="auto", help="auto | erf_poly | tanh | exact (how the exact GELU is exported)")
+    p.add_argument("--gelu", default="auto",
+                   help="auto = exact: ONNX Erf | erf_poly: keep the polynomial | tanh (approximation)")
     p.add_argument("--width_mult", type=float, default=None, help="slice a width supernet checkpoint to this width")
     p.add_argument("--depth_mult", type=float, default=None, help="and to this depth (DynaBERT: round(L*d) layers)")
     p.add_argument("--ternary", action="store_true", help="export the ternary inference model of a TernaryBERT ckpt")

@@ -1,6 +1,6 @@
 """onnxruntime int8 dynamic quantization of one ONNX file (weights int8 per tensor, activations quantized at run
-time). Needs the `onnx` package, which cannot live in the MindSpore venv (numpy 2): bench_export.py runs this file
-with the benchmark venv's python (requirements-bench.txt).
+time). Needs the `onnx` package (requirements.txt); bench_export.py runs this file in its own process, with the first
+python of `--quant_python`, this one, .venv-bench's that can import it.
 
     python benchmarks/ort_quantize.py in.onnx out.onnx
 """

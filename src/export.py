@@ -5,10 +5,12 @@ What an exported model is: inputs `input_ids, token_type_ids, input_mask` (int32
 the model-zoo exported log-softmax probabilities; argmax and every metric agree either way).
 
 GELU and ONNX: MindSpore 2.10 cannot export `Erf` to ONNX, so the exact (erf) GELU of BERT/MiniLM checkpoints
-does not export as is. `gelu="auto"` (default) exports ONNX with `gelu_erf_poly` - the exact GELU with erf from
-Abramowitz-Stegun 7.1.26 built from Abs/Mul/Div/Exp - which matches the checkpoint's logits to ~1e-6 without
-retraining. `gelu="tanh"` exports the tanh approximation instead (the logit difference is measured and printed);
-`gelu="exact"` keeps `Erf` and fails with a clear error for ONNX. MINDIR keeps the exact GELU (bit-exact reload).
+does not export as is. For ONNX the graph is built with `gelu_erf_poly` - the exact GELU with erf from
+Abramowitz-Stegun 7.1.26 built from Abs/Mul/Div/Exp - and the written file is then rewritten (src/onnx_graph.py):
+`gelu="auto"` / `"exact"` (default) map that polynomial to ONNX's own `Erf` and every LayerNorm to the standard
+pattern, so onnxruntime fuses `Gelu` and `SkipLayerNormalization`; `gelu="erf_poly"` keeps the polynomial (for a
+runtime without `Erf`; LayerNorm is still rewritten). `gelu="tanh"` exports the tanh approximation instead (the logit
+difference is measured and printed). MINDIR keeps the exact GELU (bit-exact reload).
 
 Every export is verified before it is moved into place: the file is reloaded (MINDIR: `ms.load` + `nn.GraphCell`,
 ONNX: onnxruntime) and its logits are compared with the checkpoint's logits on a fixed random batch. A sidecar
@@ -57,13 +59,22 @@ def export_activation(cfg: BertConfig, file_format: str, gelu: str):
     if gelu == "tanh":
         return cfg.replace(hidden_act="gelu_tanh"), ("exported with the tanh GELU approximation while the checkpoint "
                                                      "was trained with the exact erf GELU: logits differ (see parity)")
-    if gelu == "erf_poly" or (gelu == "auto" and file_format == "ONNX"):
+    if gelu == "erf_poly":
         return cfg.replace(hidden_act="gelu_erf_poly"), ("exact GELU exported with erf from Abramowitz-Stegun "
-                                                         "7.1.26 (|err| < 1.5e-7): Erf does not export to ONNX")
+                                                         "7.1.26 (|err| < 1.5e-7), kept as that polynomial")
     if file_format == "ONNX":
-        raise UserError("--gelu exact: MindSpore 2.10 cannot export the Erf operator to ONNX; use --gelu auto "
-                        "(exact GELU from exportable ops) or --gelu tanh (approximation)")
+        return cfg.replace(hidden_act="gelu_erf_poly"), ("exact GELU: built from exportable ops (MindSpore 2.10 "
+                                                         "cannot export Erf), rewritten to ONNX Erf")
     return cfg, "exact erf GELU exported as is"
+
+
+def standardize_onnx(path: str, gelu_to_erf: bool = True) -> dict:
+    """Rewrite a MindSpore-written .onnx in place into the patterns runtimes fuse (src/onnx_graph.py)."""
+    try:
+        from src.onnx_graph import standardize_file
+    except ImportError as e:
+        raise UserError(f"ONNX export needs the onnx package ({e}): pip install -r requirements.txt") from None
+    return standardize_file(path, gelu=gelu_to_erf)
 
 
 def _width_model(cfg: BertConfig, ckpt_file: str, width_mult: float, head_type: str, depth_mult: float = 1.0):
@@ -215,6 +226,11 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
         ms.export(net, *inputs, file_name=tmp_base, file_format=fmt)
         if not os.path.exists(tmp):
             raise RuntimeError(f"ms.export reported success but wrote no {tmp}")
+        rewritten = None
+        if fmt == "ONNX":
+            rewritten = standardize_onnx(tmp, gelu_to_erf=gelu != "erf_poly" and exp_cfg.hidden_act == "gelu_erf_poly")
+            log(f"ONNX rewritten to standard patterns: {rewritten['layernorm']} LayerNorm, {rewritten['gelu']} GELU "
+                f"-> Erf")
         info = {"format": fmt, "file": os.path.basename(final), "config": config_path, "ckpt": ckpt_file,
                 "inputs": [{"name": n, "dtype": "int32", "shape": [batch_size, seq_length]} for n in INPUT_NAMES],
                 "output": {"name": "logits", "dtype": "float32", "shape": [batch_size, ref_cfg.num_labels],
@@ -222,6 +238,8 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                 "batch_size": batch_size, "seq_length": seq_length, "num_labels": ref_cfg.num_labels,
                 "hidden_act": exp_cfg.hidden_act, "checkpoint_hidden_act": ref_cfg.hidden_act, "gelu_note": note,
                 "width_mult": width_mult, "depth_mult": depth_mult, "ternary": bool(ternary)}
+        if rewritten is not None:
+            info["onnx_rewrite"] = rewritten
         if verify and fmt != "AIR":
             ref_net = LogitsOnly(ref_model)
             ref_net.set_train(False)

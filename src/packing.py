@@ -252,7 +252,11 @@ def export_inference(net, seq_length: int, batch_size: int, file_name: str, file
     ids = ms.Tensor(np.zeros((batch_size, seq_length), np.int32))
     mask = ms.Tensor(np.ones((batch_size, seq_length), np.int32))
     ms.export(net, ids, ids, mask, file_name=file_name, file_format=file_format)
-    return file_name + "." + file_format.lower()
+    path = file_name + "." + file_format.lower()
+    if file_format == "ONNX":              # as export.py: LayerNorm / GELU in the standard patterns (src/onnx_graph.py)
+        from src.onnx_graph import standardize_file
+        standardize_file(path)
+    return path
 
 
 def size_table(fp32_ckpt_path: str, packed_path: str, sizes: dict, notation: str, codec: str,

@@ -1,6 +1,7 @@
 """export.py / src/export.py / run_eval_onnx.py on a tiny classifier: MINDIR reload is bit-exact, ONNX in
-onnxruntime matches the exact-GELU checkpoint (<= 1e-4, via the exportable erf), the tanh fallback reports its
-difference, AIR on CPU and bad inputs give one-line errors, and the exported-model eval equals the checkpoint eval.
+onnxruntime matches the exact-GELU checkpoint (<= 1e-4, via the exportable erf rewritten to ONNX Erf) and fuses its
+LayerNorms and GELUs, `--gelu erf_poly` keeps the polynomial, the tanh fallback reports its difference, AIR on CPU
+and bad inputs give one-line errors, and the exported-model eval equals the checkpoint eval.
 One model shape (batch 4, seq 16) for every graph."""
 import json
 import math
@@ -73,6 +74,32 @@ def test_onnx_export_matches_exact_gelu_checkpoint(tiny, tmp_path):
     diff = np.abs(out - tiny["ref"]).max()
     assert diff <= 1e-4, diff
     assert info["parity"]["max_abs_logit_diff"] <= 1e-4
+    # src/onnx_graph.py: 2 layers x 2 LayerNorms + the embeddings' one, 2 GELUs, now standard patterns...
+    assert info["onnx_rewrite"] == {"layernorm": 5, "gelu": 2}
+    ops = _op_counts(tmp_path / "m.onnx")
+    assert ops.get("Erf") == 2 and "Abs" not in ops and "ReduceSumSquare" not in ops and ops.get("Pow") == 5
+    # ... that onnxruntime fuses: every LayerNorm and GELU becomes one kernel
+    fused = _ort_optimized_ops(tmp_path / "m.onnx", tmp_path / "ortopt.onnx")
+    assert fused.get("SkipLayerNormalization", 0) + fused.get("LayerNormalization", 0) == 5, fused
+    assert fused.get("Gelu", 0) + fused.get("BiasGelu", 0) == 2, fused
+    assert "Erf" not in fused and "Sqrt" not in fused
+
+
+def _op_counts(path):
+    import collections
+    import onnx
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def _ort_optimized_ops(path, dump):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(dump)
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    out = _op_counts(dump)
+    os.remove(dump)
+    return out
 
 
 def test_erf_poly_gelu_equals_exact_gelu():
@@ -83,10 +110,15 @@ def test_erf_poly_gelu_equals_exact_gelu():
     assert got[0] == pytest.approx(0.0, abs=1e-6) and got[-1] == pytest.approx(8.0, abs=1e-5)
 
 
-def test_onnx_exact_gelu_refuses_and_tanh_reports_difference(tiny, tmp_path):
-    with pytest.raises(UserError, match="Erf"):
-        export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "e"), "ONNX", B, S, gelu="exact", log=_quiet)
-    assert os.listdir(tmp_path) == []
+def test_onnx_gelu_modes_erf_poly_keeps_polynomial_and_tanh_reports_difference(tiny, tmp_path):
+    info = export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "e"), "ONNX", B, S, gelu="exact",
+                             log=_quiet)                                 # exact = auto for ONNX: Erf
+    assert info["onnx_rewrite"] == {"layernorm": 5, "gelu": 2} and _op_counts(tmp_path / "e.onnx").get("Erf") == 2
+    info = export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "p"), "ONNX", B, S, gelu="erf_poly",
+                             log=_quiet)
+    assert info["onnx_rewrite"] == {"layernorm": 5, "gelu": 0} and info["parity"]["max_abs_logit_diff"] <= 1e-4
+    ops = _op_counts(tmp_path / "p.onnx")
+    assert "Erf" not in ops and ops.get("Abs") == 2
     info = export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "t"), "ONNX", B, S, gelu="tanh",
                              log=_quiet)
     assert info["hidden_act"] == "gelu_tanh" and "tanh" in info["gelu_note"]
@@ -162,3 +194,22 @@ def test_width_export_equals_sliced_model(tiny, tmp_path):
     np.testing.assert_array_equal(out, ref)
     assert info["width_mult"] == 0.5 and info["parity"]["max_abs_logit_diff"] == 0.0
     assert not np.allclose(out, tiny["ref"])                # really narrower than the full model
+
+
+def test_onnx_rewrite_leaves_lookalikes_alone():
+    """Only the exact MindSpore LayerNorm and ErfPolyGELU shapes are rewritten: an |x|-term not halved and a sum of
+    squares not taken around its own mean stay as they are."""
+    from onnx import TensorProto, helper
+    from src.onnx_graph import standardize_model
+    c = lambda name, v: helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT,
+                                                                                          [], [v]))
+    nodes = [c("k", 0.25), c("n", 4.0),
+             helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Mul", ["a", "k"], ["m"]),
+             helper.make_node("Add", ["x", "m"], ["s"]), helper.make_node("Mul", ["s", "k"], ["y1"]),
+             helper.make_node("ReduceMean", ["x"], ["mu"], axes=[1]), helper.make_node("Sub", ["s", "mu"], ["d"]),
+             helper.make_node("ReduceSumSquare", ["d"], ["q"], axes=[1]), helper.make_node("Div", ["q", "n"], ["y2"])]
+    vi = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+    model = helper.make_model(helper.make_graph(nodes, "g", [vi("x", [2, 4])], [vi("y1", [2, 4]), vi("y2", [2, 1])]))
+    before = model.SerializeToString()
+    assert standardize_model(model) == {"layernorm": 0, "gelu": 0}
+    assert model.SerializeToString() == before
