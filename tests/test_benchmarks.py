@@ -4,6 +4,7 @@ Timings themselves are not asserted (shared CPU). torch is not required: its col
 import json
 import math
 import os
+import sys
 
 import pytest
 
@@ -22,8 +23,9 @@ def _pos(x):
 def test_bench_export_quick_has_every_row(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\n<!-- bench:export_latency:start -->\nold\n<!-- bench:export_latency:end -->\n\nTail\n")
-    out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "--quant_python", NO_PY,
-                             "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
+    out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "--rounds", "2",
+                             "--quant_python", sys.executable, "--out_dir", str(tmp_path / "bench"),
+                             "--readme", str(readme)])
     names = [bench_export.TEACHER, bench_export.BASE, bench_export.TINY4, bench_export.STUDENT,
              "width 0.833", "width 0.667", "width 0.5"]
     lat = {r["model"]: r for r in out["latency"]}
@@ -34,10 +36,14 @@ def test_bench_export_quick_has_every_row(tmp_path):
         for k in ("ort_s", "ort_seq_s", "ort_gflops", "gflop_per_seq", "x_teacher", "x_base", "params"):
             assert _pos(r[k]), (n, k, r.get(k))
         assert r["ort_seq_s"] == pytest.approx(2 / r["ort_s"])
+        assert len(r["ort_rounds_s"]) == 2 and r["ort_s"] == pytest.approx(sum(r["ort_rounds_s"]) / 2)
     assert lat[bench_export.TEACHER]["x_teacher"] == 1.0 and lat[bench_export.BASE]["x_base"] == 1.0
-    for n in (bench_export.STUDENT, bench_export.TINY4):                # int8 rows present, marked skipped
-        assert "skipped" in lat[n + " int8 (ORT dynamic)"]["note"]
     sizes = {s["model"]: s for s in out["sizes"]}
+    for n in (bench_export.STUDENT, bench_export.TINY4):                # int8 rows: quantized with onnx, timed
+        r8 = lat[n + bench_export.INT8]
+        assert _pos(r8["ort_s"]) and len(r8["ort_rounds_s"]) == 2 and "int8 weights" in r8["note"]
+        assert 0 < sizes[n]["int8_onnx_bytes"] < sizes[n]["onnx_bytes"]
+    assert [r["model"] for r in out["latency"]][:2] == [bench_export.TEACHER, bench_export.BASE]   # model order
     assert set(sizes) == set(names)
     for s in sizes.values():
         assert s["fp32_bytes"] == 4 * s["params"] and _pos(s["onnx_bytes"])
@@ -52,6 +58,16 @@ def test_bench_export_quick_has_every_row(tmp_path):
     assert "| width 0.5 |" in text and "nominal fp32 peak" in text
     saved = json.loads((tmp_path / "bench" / "export.json").read_text())
     assert len(saved["latency"]) == len(out["latency"])
+
+
+def test_bench_export_without_onnx_marks_int8_rows_skipped(tmp_path):
+    out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "--quant_python", NO_PY,
+                             "--out_dir", str(tmp_path)])
+    lat = {r["model"]: r for r in out["latency"]}
+    for n in (bench_export.STUDENT, bench_export.TINY4):
+        assert "skipped" in lat[n + bench_export.INT8]["note"] and "ort_s" not in lat[n + bench_export.INT8]
+    assert not [f for f in os.listdir(tmp_path / "onnx") if "int8" in f]
+    assert not os.path.exists(tmp_path / "tmp_export")                 # temporary exports removed
 
 
 def test_bench_td_quick_table(tmp_path):
