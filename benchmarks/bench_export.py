@@ -246,11 +246,6 @@ def main(argv=None):
     return out
 
 
-def _inputs(b, seq, vocab):
-    from src.export import sample_inputs
-    return sample_inputs(b, seq, vocab)
-
-
 def _size_row(spec, params, keep, tag, int8_path):
     from src.tinybert_model import BertConfig  # noqa: F401  (cfg already built)
     cfg = spec["cfg"]

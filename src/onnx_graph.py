@@ -137,7 +137,7 @@ def standardize_model(model, gelu: bool = True) -> Dict[str, int]:
     g = model.graph
     G = _Graph(g)
     ln = _layernorm_sites(G)
-    gelu = _gelu_sites(G) if gelu else []
+    gelus = _gelu_sites(G) if gelu else []
     new_nodes = {}                                     # node id to replace -> list of new nodes
     extra_inits = []
     if ln:
@@ -151,10 +151,10 @@ def standardize_model(model, gelu: bool = True) -> Dict[str, int]:
         mean_node = helper.make_node("ReduceMean", [sq], [div.output[0]], name=f"std_pattern.ln{k}.ReduceMean",
                                      **mean_kw)
         new_nodes[id(div)] = [pow_node, mean_node]
-    if gelu:
+    if gelus:
         extra_inits += [_scalar("std_pattern.sqrt2", SQRT2), _scalar("std_pattern.one", 1.0),
                         _scalar("std_pattern.half", 0.5)]
-    for k, (x, out) in enumerate(gelu):
+    for k, (x, out) in enumerate(gelus):
         p = f"std_pattern.gelu{k}"
         new_nodes[id(out)] = [
             helper.make_node("Div", [x, "std_pattern.sqrt2"], [p + ".z"], name=p + ".Div"),
@@ -172,7 +172,7 @@ def standardize_model(model, gelu: bool = True) -> Dict[str, int]:
     g.node.extend(nodes)
     g.initializer.extend(extra_inits)
     _drop_dead(g)
-    return {"layernorm": len(ln), "gelu": len(gelu)}
+    return {"layernorm": len(ln), "gelu": len(gelus)}
 
 
 def standardize_file(path: str, gelu: bool = True) -> Dict[str, int]:

@@ -254,8 +254,8 @@ def export_inference(net, seq_length: int, batch_size: int, file_name: str, file
     ms.export(net, ids, ids, mask, file_name=file_name, file_format=file_format)
     path = file_name + "." + file_format.lower()
     if file_format == "ONNX":              # as export.py: LayerNorm / GELU in the standard patterns (src/onnx_graph.py)
-        from src.onnx_graph import standardize_file
-        standardize_file(path)
+        from src.export import standardize_onnx
+        standardize_onnx(path)
     return path
 
 
