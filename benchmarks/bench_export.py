@@ -290,7 +290,8 @@ def latency_table(out) -> str:
     goal = _goal_line(out)
     return (f"### Exported-model latency (onnxruntime CPU EP; MINDIR via ms.load + GraphCell)\n\n{machine_line(m)}. "
             f"ONNX files as export.py writes them (LayerNorm and the exact GELU rewritten to the standard patterns "
-            f"onnxruntime fuses, src/onnx_graph.py). "
+            f"onnxruntime fuses, src/onnx_graph.py), run in the sessions src/export.py opens (all graph optimizations "
+            f"except SkipLayerNormFusion, slower on CPU). "
             f"onnxruntime: {out.get('rounds', 1)} rounds per (batch, seq) cell, the cell's models timed one after "
             f"the other in each round (one session alive at a time); a round's value is the median of its timed calls "
             f"after one warm-up, the table gives the median of the rounds. MINDIR: one round. Ratios are against rows "

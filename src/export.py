@@ -8,7 +8,7 @@ GELU and ONNX: MindSpore 2.10 cannot export `Erf` to ONNX, so the exact (erf) GE
 does not export as is. For ONNX the graph is built with `gelu_erf_poly` - the exact GELU with erf from
 Abramowitz-Stegun 7.1.26 built from Abs/Mul/Div/Exp - and the written file is then rewritten (src/onnx_graph.py):
 `gelu="auto"` / `"exact"` (default) map that polynomial to ONNX's own `Erf` and every LayerNorm to the standard
-pattern, so onnxruntime fuses `Gelu` and `SkipLayerNormalization`; `gelu="erf_poly"` keeps the polynomial (for a
+pattern, so onnxruntime fuses `Gelu` and `LayerNormalization`; `gelu="erf_poly"` keeps the polynomial (for a
 runtime without `Erf`; LayerNorm is still rewritten). `gelu="tanh"` exports the tanh approximation instead (the logit
 difference is measured and printed). MINDIR keeps the exact GELU (bit-exact reload).
 
@@ -143,17 +143,37 @@ def sample_inputs(batch: int, seq: int, vocab: int, seed: int = 0):
     return ids, types, mask
 
 
+# onnxruntime graph optimizations a CPU session turns off. SkipLayerNormFusion merges each residual Add with the
+# LayerNormalization after it into one SkipLayerNormalization kernel; on the CPU execution provider (onnxruntime 1.32)
+# that kernel is 2-4x slower than the Add and LayerNormalization kernels it replaces (benchmarks/bench_ort_layernorm.py
+# measures both, and whole exported models with and without the fusion). The file itself stays standard ONNX: this is
+# a session setting, the same one a deployment on CPU should pass (`disabled_optimizers=` of InferenceSession).
+ORT_CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def ort_session(path: str, threads: int = 0, optimized_model_filepath: str = "",
+                disabled_optimizers=ORT_CPU_DISABLED_OPTIMIZERS):
+    """onnxruntime CPU session as this project runs exported models: all graph optimizations except
+    `disabled_optimizers` (benchmarks pass () to measure onnxruntime's defaults); `threads` intra-op threads
+    (0 = onnxruntime's default)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    if optimized_model_filepath:
+        opts.optimized_model_filepath = optimized_model_filepath
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers))
+
+
 class OnnxRunner:
     """onnxruntime session with the export's input names; __call__(ids, types, mask) -> numpy logits."""
 
     def __init__(self, path: str, threads: int = 0):
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
         try:
-            self.sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            self.sess = ort_session(path, threads)
         except Exception as e:       # onnxruntime raises its own exception types for unreadable models
             raise UserError(f"'{path}': onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
         self.inputs = self.sess.get_inputs()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import bench_export, bench_td_throughput, report
+from benchmarks import bench_export, bench_ort_layernorm, bench_td_throughput, report
 from benchmarks.common import bert_flops, write_readme
 from src import runtime
 from src.tinybert_model import BertConfig
@@ -68,6 +68,32 @@ def test_bench_export_without_onnx_marks_int8_rows_skipped(tmp_path):
         assert "skipped" in lat[n + bench_export.INT8]["note"] and "ort_s" not in lat[n + bench_export.INT8]
     assert not [f for f in os.listdir(tmp_path / "onnx") if "int8" in f]
     assert not os.path.exists(tmp_path / "tmp_export")                 # temporary exports removed
+
+
+def test_bench_ort_layernorm_quick(tmp_path):
+    """Both sessions of every model are what they claim: onnxruntime's default merges every LayerNorm with its
+    residual Add (SkipLayerNormalization), the project's session (src/export.py) merges none; same logits."""
+    readme = tmp_path / "bench.md"
+    out = bench_ort_layernorm.main(["--quick", "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
+    assert [(r["rows"], r["hidden"]) for r in out["kernels"]] == [(8, 24)]
+    k = out["kernels"][0]
+    assert _pos(k["skip_s"]) and _pos(k["add_ln_s"]) and k["max_abs_diff"] < 1e-5
+    models = {r["model"]: r for r in out["models"]}
+    assert set(models) == {bench_export.TEACHER + " shape", bench_export.BASE, bench_export.TINY4, "width 0.667"}
+    for r in models.values():
+        assert (r["batch"], r["seq"]) == (2, 16)
+        assert r["fused_skip_nodes"] == r["layernorms"] and r["unfused_skip_nodes"] == 0, r
+        assert _pos(r["fused_s"]) and _pos(r["unfused_s"]) and r["speedup"] == r["fused_s"] / r["unfused_s"]
+        assert r["max_abs_logit_diff"] < 1e-5
+    assert models[bench_export.TINY4]["layernorms"] == 3 and models[bench_export.BASE]["layernorms"] == 5
+    (g,) = out["goals"]
+    assert g["tiny_vs_base_unfused"] == pytest.approx(models[bench_export.BASE]["unfused_s"]
+                                                      / models[bench_export.TINY4]["unfused_s"])
+    assert all(_pos(v) for v in g.values())
+    assert json.loads((tmp_path / "bench" / "ort_layernorm.json").read_text())["goals"] == out["goals"]
+    text = readme.read_text()
+    assert text.count("<!-- bench:ort_layernorm:start -->") == 1 and "| TinyBERT-4" in text
+    assert not os.path.exists(tmp_path / "bench" / "tmp_ort_layernorm")
 
 
 def test_bench_td_quick_table(tmp_path):
