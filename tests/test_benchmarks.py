@@ -11,6 +11,7 @@ import pytest
 from benchmarks import bench_export, bench_ort_layernorm, bench_td_throughput, report
 from benchmarks.common import bert_flops, write_readme
 from src import runtime
+from src.errors import UserError
 from src.tinybert_model import BertConfig
 
 NO_PY = "no-such-python"      # forces the optional torch / onnx side to be skipped, whatever is installed
@@ -58,6 +59,17 @@ def test_bench_export_quick_has_every_row(tmp_path):
     assert "| width 0.5 |" in text and "nominal fp32 peak" in text
     saved = json.loads((tmp_path / "bench" / "export.json").read_text())
     assert len(saved["latency"]) == len(out["latency"])
+    # goals judged on the unrounded ratios; --from_json writes the same blocks again without timing
+    t4 = lat[bench_export.TINY4]["x_base"]
+    assert f"TinyBERT-4 vs BERT-base {t4:.2f}x ({'met' if t4 >= 14 else 'not met'};" in text
+    assert f"met in {int(t4 >= 14)} of 1 cells" in text
+    again = tmp_path / "again.md"
+    again.write_text(text)
+    bench_export.main(["--from_json", str(tmp_path / "bench" / "export.json"), "--readme", str(again)])
+    assert again.read_text() == text
+    with pytest.raises(UserError, match="not an export.json"):
+        (tmp_path / "bad.json").write_text("{}")
+        bench_export.main(["--from_json", str(tmp_path / "bad.json")])
 
 
 def test_bench_export_without_onnx_marks_int8_rows_skipped(tmp_path):
