@@ -7,8 +7,9 @@ replaces, as single kernels and inside whole exported models. This is why src/ex
     python benchmarks/bench_ort_layernorm.py --quick                    # tiny shapes (tests); timings meaningless
 
 Kernels: one-node graphs [1, rows, hidden], every other optimization off. Models: random-init exports (speed does
-not depend on the weights) written as export.py writes them, each timed in a session with onnxruntime's default
-optimizations ("fused") and in the project's session ("unfused"), alternating, in rounds; the median of the round
+not depend on the weights) written as export.py writes them, each timed with onnxruntime's default graph
+optimizations ("fused") and with the project's ("unfused": SkipLayerNormFusion off), alternating, in rounds, both
+with the project's session config (src/export.py ORT_CPU_SESSION_CONFIG); the median of the round
 medians is reported. The ratio rows show what the setting does to the export goals (issue 6). Writes
 output/bench/ort_layernorm.json.
 """
@@ -173,7 +174,7 @@ def table(out) -> str:
     return (f"### onnxruntime CPU: SkipLayerNormalization fusion on (\"fused\", onnxruntime's default) vs off "
             f"(\"unfused\", this project's sessions)\n\n{machine_line(out['machine'])}. onnxruntime "
             f"{out['onnxruntime']}; {out['rounds']} rounds, median of the round medians; models are random-init "
-            f"exports as export.py writes them."
+            f"exports as export.py writes them; model sessions with {out.get('session_config', {})}."
             f"{' QUICK MODE: tiny shapes, timings meaningless.' if out['quick'] else ''}\n\n"
             f"Kernels (one node, fp32, [1, rows, hidden]):\n\n{k}\n\nWhole models:\n\n{m}\n\n"
             f"Goal ratios of the same runs (issue 6: TinyBERT-4 vs BERT-base >= 14x, width 0.667 vs full >= 1.45x):"
@@ -192,6 +193,7 @@ def main(argv=None):
     import onnxruntime as ort
     from src import runtime
     from src.errors import UserError
+    from src.export import ORT_CPU_SESSION_CONFIG
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
     if rounds < 1 or budget <= 0:
@@ -203,7 +205,7 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     try:
         out = {"machine": machine(args.threads), "quick": args.quick, "rounds": rounds, "budget_s": budget,
-               "onnxruntime": ort.__version__, "kernels": kernel_rows(shapes, args.threads, rounds, budget),
+               "onnxruntime": ort.__version__, "session_config": dict(ORT_CPU_SESSION_CONFIG), "kernels": kernel_rows(shapes, args.threads, rounds, budget),
                "models": model_rows(cells, args.threads, rounds, budget, args.quick, work)}
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -61,7 +61,8 @@ def test_bench_export_quick_has_every_row(tmp_path):
     assert len(saved["latency"]) == len(out["latency"])
     # goals judged on the unrounded ratios; --from_json writes the same blocks again without timing
     t4 = lat[bench_export.TINY4]["x_base"]
-    assert f"TinyBERT-4 vs BERT-base {t4:.2f}x ({'met' if t4 >= 14 else 'not met'};" in text
+    assert f"TinyBERT-4 vs BERT-base {math.floor(t4 * 100) / 100:.2f}x ({'met' if t4 >= 14 else 'not met'};" in text
+    assert bench_export._down(1.4497, 3) == "1.449" and bench_export._down(14.0, 2) == "14.00"
     assert f"met in {int(t4 >= 14)} of 1 cells" in text
     again = tmp_path / "again.md"
     again.write_text(text)

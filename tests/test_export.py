@@ -82,6 +82,10 @@ def test_onnx_export_matches_exact_gelu_checkpoint(tiny, tmp_path):
     # residual Adds out of the LayerNorm kernels (SkipLayerNormalization is slower on CPU), plain onnxruntime merges them
     fused = _ort_optimized_ops(tmp_path / "m.onnx", tmp_path / "ortopt.onnx")
     assert fused.get("LayerNormalization") == 5 and "SkipLayerNormalization" not in fused, fused
+    sess = ort_session(str(tmp_path / "m.onnx"))
+    assert sess.get_session_options().get_session_config_entry("session.set_denormal_as_zero") == "1"
+    feeds = dict(zip(["input_ids", "token_type_ids", "input_mask"], tiny["inputs"]))
+    assert np.abs(sess.run(None, feeds)[0] - tiny["ref"]).max() <= 1e-4       # denormals flushed: same logits
     default = _ort_optimized_ops(tmp_path / "m.onnx", tmp_path / "ortopt.onnx", project_session=False)
     assert default.get("SkipLayerNormalization") == 5 and "LayerNormalization" not in default, default
     assert fused.get("Gelu", 0) + fused.get("BiasGelu", 0) == 2, fused
