@@ -1,6 +1,6 @@
 """onnxruntime on CPU: its fused SkipLayerNormalization kernel against the residual Add + LayerNormalization it
 replaces, as single kernels and inside whole exported models. This is why src/export.py's sessions pass
-`disabled_optimizers=["SkipLayerNormFusion"]` (src/export.py ORT_CPU_DISABLED_OPTIMIZERS, docs/export.md).
+`disabled_optimizers=["SkipLayerNormFusion"]` (src/ort_cpu.py, docs/export.md).
 
     python benchmarks/bench_ort_layernorm.py                            # ~4 min on 2 cores
     python benchmarks/bench_ort_layernorm.py --readme docs/benchmarks.md   # also write the table there
@@ -9,7 +9,7 @@ replaces, as single kernels and inside whole exported models. This is why src/ex
 Kernels: one-node graphs [1, rows, hidden], every other optimization off. Models: random-init exports (speed does
 not depend on the weights) written as export.py writes them, each timed with onnxruntime's default graph
 optimizations ("fused") and with the project's ("unfused": SkipLayerNormFusion off), alternating, in rounds, both
-with the project's session config (src/export.py ORT_CPU_SESSION_CONFIG); the median of the round
+with the project's session config (src/ort_cpu.py ORT_CPU_SESSION_CONFIG); the median of the round
 medians is reported. The ratio rows show what the setting does to the export goals (issue 6). Writes
 output/bench/ort_layernorm.json.
 """
@@ -104,7 +104,7 @@ def _optimized_ops(path, disabled):
 def model_rows(cells, threads, rounds, budget, quick, work):
     import numpy as np
     from benchmarks.bench_export import _spec, build, export_file
-    from src.export import ORT_CPU_DISABLED_OPTIMIZERS, ort_session
+    from src.ort_cpu import ORT_CPU_DISABLED_OPTIMIZERS, ort_session
     modes = {"fused": (), "unfused": ORT_CPU_DISABLED_OPTIMIZERS}
     models = [(name, cfg, build(_spec(name, cfg), "gelu_erf_poly")) for name, cfg in model_specs(quick)]
     results = []
@@ -193,7 +193,7 @@ def main(argv=None):
     import onnxruntime as ort
     from src import runtime
     from src.errors import UserError
-    from src.export import ORT_CPU_SESSION_CONFIG
+    from src.ort_cpu import ORT_CPU_SESSION_CONFIG
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
     if rounds < 1 or budget <= 0:

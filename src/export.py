@@ -26,6 +26,7 @@ from mindspore import nn
 
 from src import runtime
 from src.errors import UserError
+from src.ort_cpu import ORT_CPU_DISABLED_OPTIMIZERS, ORT_CPU_SESSION_CONFIG, ort_session  # noqa: F401 (re-exported)
 from src.tinybert_model import BertConfig, LogitsOnly
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -141,38 +142,6 @@ def sample_inputs(batch: int, seq: int, vocab: int, seed: int = 0):
     types = ((np.arange(seq)[None, :] >= (lengths[:, None] // 2)) & (mask > 0)).astype(np.int32)
     ids = ids * mask
     return ids, types, mask
-
-
-# onnxruntime graph optimizations a CPU session turns off. SkipLayerNormFusion merges each residual Add with the
-# LayerNormalization after it into one SkipLayerNormalization kernel; on the CPU execution provider (onnxruntime 1.32)
-# that kernel is 3-5.5x slower than the Add and LayerNormalization kernels it replaces (benchmarks/bench_ort_layernorm.py
-# measures both, and whole exported models with and without the fusion). The file itself stays standard ONNX: this is
-# a session setting, the same one a deployment on CPU should pass (`disabled_optimizers=` of InferenceSession).
-ORT_CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
-# Session config entries of a CPU session. Denormal floats as zero (FTZ/DAZ on the session's threads): the padded keys'
-# -10000 mask sends softmax's exp into the denormal range, where x86 arithmetic is many times slower; a masked
-# [16, 12, 128, 128] softmax took 3.7-4.1 ms instead of 0.5 ms. Values below 1.2e-38 become 0, which no logit can see.
-# onnxruntime also sets it on the calling thread, and it stays set there after the session is gone.
-ORT_CPU_SESSION_CONFIG = {"session.set_denormal_as_zero": "1"}
-
-
-def ort_session(path: str, threads: int = 0, optimized_model_filepath: str = "",
-                disabled_optimizers=ORT_CPU_DISABLED_OPTIMIZERS):
-    """onnxruntime CPU session as this project runs exported models: ORT_CPU_SESSION_CONFIG, all graph
-    optimizations except `disabled_optimizers` (benchmarks pass () to measure onnxruntime's defaults); `threads`
-    intra-op threads (0 = onnxruntime's default)."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    if optimized_model_filepath:
-        opts.optimized_model_filepath = optimized_model_filepath
-    for key, value in ORT_CPU_SESSION_CONFIG.items():
-        opts.add_session_config_entry(key, value)
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(disabled_optimizers))
 
 
 class OnnxRunner:

@@ -7,7 +7,7 @@ instead and replaces them with one fused kernel each. Two local rewrites, same m
 
 - LayerNorm: `ReduceSumSquare(c) / N` -> `ReduceMean(Pow(c, 2))` (the variance; N is the normalised axis' length).
   onnxruntime then fuses the whole decomposition into `LayerNormalization` (and, with the residual `Add` before it,
-  `SkipLayerNormalization`, a fusion this project's CPU sessions turn off: src/export.py ORT_CPU_DISABLED_OPTIMIZERS).
+  `SkipLayerNormalization`, a fusion this project's CPU sessions turn off: src/ort_cpu.py).
 - GELU: the polynomial `0.5 * (x + |x| * (1 - P(t) exp(-x^2 / 2)))` -> `x * 0.5 * (1 + Erf(x / sqrt 2))`, the
   exact GELU with ONNX's own `Erf` (opset 9); onnxruntime fuses `Gelu` / `BiasGelu`.
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import bench_export, bench_ort_layernorm, bench_td_throughput, report
+from benchmarks import bench_export, bench_ort_denormal, bench_ort_layernorm, bench_td_throughput, report
 from benchmarks.common import bert_flops, write_readme
 from src import runtime
 from src.errors import UserError
@@ -107,6 +107,24 @@ def test_bench_ort_layernorm_quick(tmp_path):
     text = readme.read_text()
     assert text.count("<!-- bench:ort_layernorm:start -->") == 1 and "| TinyBERT-4" in text
     assert not os.path.exists(tmp_path / "bench" / "tmp_ort_layernorm")
+
+
+def test_bench_ort_denormal_quick(tmp_path):
+    """Every measurement ran (each in its own process) with and without flushing denormals, and the two settings give
+    the same softmax / logits; the goal ratios are those of the model rows."""
+    readme = tmp_path / "bench.md"
+    out = bench_ort_denormal.main(["--quick", "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
+    assert [(r["case"], r["masked"]) for r in out["kernels"]] == [("[2, 12, 16, 16]", False), ("[2, 12, 16, 16]", True)]
+    models = {r["model"]: r for r in out["models"]}
+    assert set(models) == {bench_export.TEACHER + " shape", bench_export.BASE, bench_export.TINY4, "width 0.667"}
+    for r in out["kernels"] + out["models"]:
+        assert _pos(r["off_s"]) and _pos(r["on_s"]) and r["speedup"] == r["off_s"] / r["on_s"]
+        assert r["max_abs_diff"] < 1e-6, r
+    (g,) = out["goals"]
+    assert g["tiny_on"] == pytest.approx(models[bench_export.BASE]["on_s"] / models[bench_export.TINY4]["on_s"])
+    assert json.loads((tmp_path / "bench" / "ort_denormal.json").read_text())["goals"] == out["goals"]
+    assert readme.read_text().count("<!-- bench:ort_denormal:start -->") == 1
+    assert not os.path.exists(tmp_path / "bench" / "tmp_ort_denormal")
 
 
 def test_bench_td_quick_table(tmp_path):
