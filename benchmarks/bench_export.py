@@ -21,8 +21,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (ROOT, bert_flops, emit, machine, machine_line, markdown_table, time_call,  # noqa
-                               write_json)
+from benchmarks.common import (ROOT, bert_flops, emit, machine, machine_line, markdown_table,  # noqa
+                               rounds_and_budget, time_call, write_json)
 
 TEACHER, BASE, TINY4 = "MiniLM-L6 teacher", "BERT-base shape", "TinyBERT-4 shape"
 STUDENT = "MR student"
@@ -161,13 +161,9 @@ def main(argv=None):
         args.width_supernet_config = os.path.join(os.path.dirname(os.path.abspath(args.width_supernet)), "config.json")
     batches = args.batches or ([1, 4] if args.quick else [1, 16, 32])
     seqs = args.seqs or ([16] if args.quick else [64, 128])
-    budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    rounds, budget = rounds_and_budget(args)
 
     from src import runtime
-    from src.errors import UserError
-    if rounds < 1 or budget <= 0:
-        raise UserError(f"--rounds {rounds} / --budget {budget}: both must be > 0")
     runtime.init_context("CPU", "graph", threads=args.threads)
     from src.export import OnnxRunner, MindirRunner
     from src.tinybert_model import count_params
@@ -295,7 +291,7 @@ def latency_table(out) -> str:
     goal = _goal_line(out)
     return (f"### Exported-model latency (onnxruntime CPU EP; MINDIR via ms.load + GraphCell)\n\n{machine_line(m)}. "
             f"ONNX files as export.py writes them (LayerNorm and the exact GELU rewritten to the standard patterns "
-            f"onnxruntime fuses, src/onnx_graph.py), run in the sessions src/export.py opens (all graph optimizations "
+            f"onnxruntime fuses, src/onnx_graph.py), run in the sessions src/ort_cpu.py opens (all graph optimizations "
             f"except SkipLayerNormFusion, slower on CPU; denormals as zero). "
             f"onnxruntime: {out.get('rounds', 1)} rounds per (batch, seq) cell, the cell's models timed one after "
             f"the other in each round (one session alive at a time); a round's value is the median of its timed calls "

@@ -21,7 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import emit, machine, machine_line, markdown_table, time_call, write_json  # noqa: E402
+from benchmarks.common import (add_timing_args, emit, machine, machine_line, markdown_table,  # noqa: E402
+                               rounds_and_budget, time_call, write_json)
 
 FILL = -10000.0          # the model's additive mask for padded keys (src/tinybert_model.py)
 
@@ -95,8 +96,8 @@ def table(out) -> str:
                          f"{r['max_abs_diff']:.1e}"] for r in out["models"]])
     g = markdown_table(["batch", "seq", "TinyBERT-4 vs BERT-base: kept", "as zero", "width 0.667 vs full: kept",
                         "as zero"],
-                       [[r["batch"], r["seq"], r["tiny_off"], r["tiny_on"], r["width_off"], r["width_on"]]
-                        for r in out["goals"]])
+                       [[r["batch"], r["seq"], r["tiny_vs_base_off"], r["tiny_vs_base_on"], r["width_vs_full_off"],
+                         r["width_vs_full_on"]] for r in out["goals"]])
     return (f"### onnxruntime CPU: denormals kept vs flushed to zero (`session.set_denormal_as_zero`)\n\n"
             f"{machine_line(out['machine'])}. onnxruntime {out['onnxruntime']}; every measurement in its own "
             f"process; {out['rounds']} rounds, median of the round medians; masked = the second half of the keys "
@@ -108,12 +109,7 @@ def table(out) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="onnxruntime CPU: denormals kept vs flushed to zero")
-    p.add_argument("--quick", action="store_true", help="tiny shapes (tests); timings meaningless")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 3, quick 1)")
-    p.add_argument("--budget", type=float, default=None, help="seconds of timed calls per measurement")
-    p.add_argument("--out_dir", default="output/bench")
-    p.add_argument("--readme", default="", help="write the table into this file between bench markers")
+    add_timing_args(p, "seconds of timed calls per measurement")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -121,14 +117,10 @@ def main(argv=None):
         return None
     import numpy as np
     import onnxruntime as ort
-    from benchmarks.bench_export import BASE, TEACHER, TINY4, _spec, build, export_file
-    from benchmarks.bench_ort_layernorm import model_specs
+    from benchmarks.bench_export import _spec, build, export_file
+    from benchmarks.bench_ort_layernorm import goal_ratios, model_specs
     from src import runtime
-    from src.errors import UserError
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
-    budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
-    if rounds < 1 or budget <= 0:
-        raise UserError(f"--rounds {rounds} / --budget {budget}: both must be > 0")
+    rounds, budget = rounds_and_budget(args)
     runtime.init_context("CPU", "graph", threads=args.threads)
     cells = [(2, 16)] if args.quick else [(1, 64), (16, 128)]
     work = os.path.abspath(os.path.join(args.out_dir, "tmp_ort_denormal"))
@@ -151,13 +143,7 @@ def main(argv=None):
                "models": measure(models, args.threads, rounds, budget, work)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    by = {(r["model"], r["batch"], r["seq"]): r for r in out["models"]}
-    out["goals"] = [{"batch": b, "seq": s,
-                     "tiny_off": by[(BASE, b, s)]["off_s"] / by[(TINY4, b, s)]["off_s"],
-                     "tiny_on": by[(BASE, b, s)]["on_s"] / by[(TINY4, b, s)]["on_s"],
-                     "width_off": by[(TEACHER + " shape", b, s)]["off_s"] / by[("width 0.667", b, s)]["off_s"],
-                     "width_on": by[(TEACHER + " shape", b, s)]["on_s"] / by[("width 0.667", b, s)]["on_s"]}
-                    for b, s in cells]
+    out["goals"] = goal_ratios(out["models"], modes=("off", "on"))
     write_json(os.path.join(args.out_dir, "ort_denormal.json"), out)
     emit("ort_denormal", table(out), args.readme or None)
     return out

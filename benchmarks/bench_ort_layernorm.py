@@ -21,7 +21,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import emit, machine, machine_line, markdown_table, time_call, write_json  # noqa: E402
+from benchmarks.common import (add_timing_args, emit, machine, machine_line, markdown_table,  # noqa: E402
+                               rounds_and_budget, time_call, write_json)
 
 SKIP = "SkipLayerNormalization"
 
@@ -140,8 +141,9 @@ def model_rows(cells, threads, rounds, budget, quick, work):
     return results
 
 
-def goal_ratios(models):
-    """TinyBERT-4 vs BERT-base and width 0.667 vs the full teacher shape, per cell, in both sessions."""
+def goal_ratios(models, modes=("fused", "unfused")):
+    """TinyBERT-4 vs BERT-base and width 0.667 vs the full teacher shape, per cell, for each mode (row key
+    <mode>_s): keys tiny_vs_base_<mode>, width_vs_full_<mode>. Also used by bench_ort_denormal.py."""
     from benchmarks.bench_export import BASE, TEACHER, TINY4
     by = {(r["model"], r["batch"], r["seq"]): r for r in models}
     out = []
@@ -149,11 +151,12 @@ def goal_ratios(models):
         if name != TINY4:
             continue
         base, teacher, w = by[(BASE, b, seq)], by[(TEACHER + " shape", b, seq)], by[("width 0.667", b, seq)]
-        out.append({"batch": b, "seq": seq,
-                    "tiny_vs_base_fused": base["fused_s"] / r["fused_s"],
-                    "tiny_vs_base_unfused": base["unfused_s"] / r["unfused_s"],
-                    "width_vs_full_fused": teacher["fused_s"] / w["fused_s"],
-                    "width_vs_full_unfused": teacher["unfused_s"] / w["unfused_s"]})
+        row = {"batch": b, "seq": seq}
+        for mode in modes:
+            row["tiny_vs_base_" + mode] = base[mode + "_s"] / r[mode + "_s"]
+        for mode in modes:
+            row["width_vs_full_" + mode] = teacher[mode + "_s"] / w[mode + "_s"]
+        out.append(row)
     return out
 
 
@@ -183,21 +186,12 @@ def table(out) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="onnxruntime CPU: SkipLayerNormalization vs Add + LayerNormalization")
-    p.add_argument("--quick", action="store_true", help="tiny shapes (tests); timings meaningless")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 3, quick 1)")
-    p.add_argument("--budget", type=float, default=None, help="seconds of timed calls per case and round")
-    p.add_argument("--out_dir", default="output/bench")
-    p.add_argument("--readme", default="", help="write the table into this file between bench markers")
+    add_timing_args(p, "seconds of timed calls per case and round")
     args = p.parse_args(argv)
     import onnxruntime as ort
     from src import runtime
-    from src.errors import UserError
     from src.ort_cpu import ORT_CPU_SESSION_CONFIG
-    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
-    budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
-    if rounds < 1 or budget <= 0:
-        raise UserError(f"--rounds {rounds} / --budget {budget}: both must be > 0")
+    rounds, budget = rounds_and_budget(args)
     runtime.init_context("CPU", "graph", threads=args.threads)
     shapes = [(8, 24)] if args.quick else [(64, 312), (64, 768), (1024, 312), (1024, 768), (4096, 312), (4096, 768)]
     cells = [(2, 16)] if args.quick else [(1, 64), (16, 64), (16, 128)]
@@ -205,7 +199,8 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     try:
         out = {"machine": machine(args.threads), "quick": args.quick, "rounds": rounds, "budget_s": budget,
-               "onnxruntime": ort.__version__, "session_config": dict(ORT_CPU_SESSION_CONFIG), "kernels": kernel_rows(shapes, args.threads, rounds, budget),
+               "onnxruntime": ort.__version__, "session_config": dict(ORT_CPU_SESSION_CONFIG),
+               "kernels": kernel_rows(shapes, args.threads, rounds, budget),
                "models": model_rows(cells, args.threads, rounds, budget, args.quick, work)}
     finally:
         shutil.rmtree(work, ignore_errors=True)

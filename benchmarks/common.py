@@ -72,6 +72,28 @@ def time_call(fn: Callable[[], object], min_reps: int = 3, budget_s: float = 2.0
     return statistics.median(times)
 
 
+def add_timing_args(p, budget_help: str):
+    """--quick, --threads, --rounds, --budget, --out_dir, --readme: the flags every timing script shares."""
+    p.add_argument("--quick", action="store_true", help="tiny shapes (tests); timings meaningless")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=None, help="timing rounds (median of their medians; default 3, "
+                                                             "--quick 1)")
+    p.add_argument("--budget", type=float, default=None, help=budget_help)
+    p.add_argument("--out_dir", default="output/bench")
+    p.add_argument("--readme", default="", help="write the tables into this file between bench markers")
+
+
+def rounds_and_budget(args):
+    """(rounds, budget seconds) from --rounds / --budget, defaulting to 3 / 1.0 (--quick: 1 / 0.05); UserError unless
+    both are > 0."""
+    from src.errors import UserError
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    budget = args.budget if args.budget is not None else (0.05 if args.quick else 1.0)
+    if rounds < 1 or budget <= 0:
+        raise UserError(f"--rounds {rounds} / --budget {budget}: both must be > 0")
+    return rounds, budget
+
+
 def fmt(v, digits: int = 2) -> str:
     if v is None:
         return "-"

@@ -26,7 +26,7 @@ from mindspore import nn
 
 from src import runtime
 from src.errors import UserError
-from src.ort_cpu import ORT_CPU_DISABLED_OPTIMIZERS, ORT_CPU_SESSION_CONFIG, ort_session  # noqa: F401 (re-exported)
+from src.ort_cpu import ort_session
 from src.tinybert_model import BertConfig, LogitsOnly
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}

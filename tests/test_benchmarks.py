@@ -121,7 +121,7 @@ def test_bench_ort_denormal_quick(tmp_path):
         assert _pos(r["off_s"]) and _pos(r["on_s"]) and r["speedup"] == r["off_s"] / r["on_s"]
         assert r["max_abs_diff"] < 1e-6, r
     (g,) = out["goals"]
-    assert g["tiny_on"] == pytest.approx(models[bench_export.BASE]["on_s"] / models[bench_export.TINY4]["on_s"])
+    assert g["tiny_vs_base_on"] == pytest.approx(models[bench_export.BASE]["on_s"] / models[bench_export.TINY4]["on_s"])
     assert json.loads((tmp_path / "bench" / "ort_denormal.json").read_text())["goals"] == out["goals"]
     assert readme.read_text().count("<!-- bench:ort_denormal:start -->") == 1
     assert not os.path.exists(tmp_path / "bench" / "tmp_ort_denormal")

@@ -16,7 +16,8 @@ from mindspore import nn
 
 from src import runtime
 from src.errors import UserError
-from src.export import export_checkpoint, ort_session, sample_inputs
+from src.export import export_checkpoint, sample_inputs
+from src.ort_cpu import ort_session
 from src.tasks import get_task
 from src.tinybert_model import BertConfig, ErfPolyGELU, LogitsOnly
 from src.trainer import evaluate
@@ -79,7 +80,8 @@ def test_onnx_export_matches_exact_gelu_checkpoint(tiny, tmp_path):
     ops = _op_counts(tmp_path / "m.onnx")
     assert ops.get("Erf") == 2 and "Abs" not in ops and "ReduceSumSquare" not in ops and ops.get("Pow") == 5
     # ... that onnxruntime fuses: every LayerNorm and GELU becomes one kernel; the project's CPU sessions keep the
-    # residual Adds out of the LayerNorm kernels (SkipLayerNormalization is slower on CPU), plain onnxruntime merges them
+    # residual Adds out of the LayerNorm kernels (SkipLayerNormalization is slower on CPU), plain onnxruntime
+    # merges them
     fused = _ort_optimized_ops(tmp_path / "m.onnx", tmp_path / "ortopt.onnx")
     assert fused.get("LayerNormalization") == 5 and "SkipLayerNormalization" not in fused, fused
     sess = ort_session(str(tmp_path / "m.onnx"))
