@@ -19,10 +19,11 @@ ORT_CPU_SESSION_CONFIG = {"session.set_denormal_as_zero": "1"}
 
 
 def ort_session(path: str, threads: int = 0, optimized_model_filepath: str = "",
-                disabled_optimizers=ORT_CPU_DISABLED_OPTIMIZERS, session_config=None):
+                disabled_optimizers=ORT_CPU_DISABLED_OPTIMIZERS, session_config=None, profile_prefix: str = ""):
     """onnxruntime CPU session: `session_config` entries (default ORT_CPU_SESSION_CONFIG), all graph optimizations
     except `disabled_optimizers` (benchmarks pass () / {} to measure onnxruntime's defaults); `threads` intra-op
-    threads (0 = onnxruntime's default)."""
+    threads (0 = onnxruntime's default); `profile_prefix`: record onnxruntime's per-node profile into
+    <prefix>_<date>.json (the session's end_profiling() returns the path)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -31,6 +32,9 @@ def ort_session(path: str, threads: int = 0, optimized_model_filepath: str = "",
         opts.inter_op_num_threads = 1
     if optimized_model_filepath:
         opts.optimized_model_filepath = optimized_model_filepath
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     for key, value in (ORT_CPU_SESSION_CONFIG if session_config is None else session_config).items():
         opts.add_session_config_entry(key, value)
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"],

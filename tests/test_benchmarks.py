@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from benchmarks import bench_export, bench_ort_denormal, bench_ort_layernorm, bench_td_throughput, report
+from benchmarks import (bench_export, bench_ort_denormal, bench_ort_layernorm, bench_ort_profile, bench_td_throughput,
+                        report)
 from benchmarks.common import bert_flops, write_readme
 from src import runtime
 from src.errors import UserError
@@ -107,6 +108,67 @@ def test_bench_ort_layernorm_quick(tmp_path):
     text = readme.read_text()
     assert text.count("<!-- bench:ort_layernorm:start -->") == 1 and "| TinyBERT-4" in text
     assert not os.path.exists(tmp_path / "bench" / "tmp_ort_layernorm")
+
+
+def test_bench_ort_profile_quick(tmp_path):
+    """Each model's optimized graph runs the nodes it should per call (6L+1 Gemm + the pooler's FusedGemm, L QK^T
+    FusedMatMul and L PV MatMul, L Softmax and GELU, 2L+1 LayerNormalization, 3L+2 Add: mask, residuals,
+    embeddings), every node lands in a kind, and the goal tables are the ratios of the model rows."""
+    readme = tmp_path / "bench.md"
+    out = bench_ort_profile.main(["--quick", "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
+    layers = {bench_export.TEACHER + " shape": 2, bench_export.BASE: 2, bench_export.TINY4: 1, "width 0.667": 2}
+    models = {r["model"]: r for r in out["models"]}
+    assert set(models) == set(layers)
+    for name, r in models.items():
+        L, n = layers[name], r["profiled_runs"]
+        assert n >= 1 and (r["batch"], r["seq"]) == (2, 16)
+        per_call = {op: c / n for op, c in r["op_calls"].items()}
+        assert {op: per_call.get(op) for op in ("Gemm", "FusedGemm", "FusedMatMul", "MatMul", "Softmax", "Gelu",
+                                               "LayerNormalization", "Add", "SkipLayerNormalization")} == {
+            "Gemm": 6 * L + 1, "FusedGemm": 1, "FusedMatMul": L, "MatMul": L, "Softmax": L, "Gelu": L,
+            "LayerNormalization": 2 * L + 1, "Add": 3 * L + 2, "SkipLayerNormalization": None}, name
+        assert set(r["kind_ms"]) == set(bench_ort_profile.KIND_NAMES)
+        assert r["kernel_ms"] == pytest.approx(sum(r["op_us"].values()) / 1000.0 / n)
+        assert r["kernel_ms"] == pytest.approx(sum(r["kind_ms"].values()))
+        assert all(_pos(r["kind_ms"][k]) for k in ("dense GEMMs", "attention matmuls", "softmax", "LayerNorm", "GELU"))
+        assert _pos(r["s"]) and _pos(r["gflop"]) and 0 < r["gemm_gflop"] < r["gflop"]
+    pairs = {(t["goal"], t["batch"], t["seq"]): t for t in out["pairs"]}
+    assert set(pairs) == {("TinyBERT-4 vs BERT-base", 2, 16), ("width 0.667 vs full", 2, 16)}
+    t = pairs[("TinyBERT-4 vs BERT-base", 2, 16)]
+    base, tiny = models[bench_export.BASE], models[bench_export.TINY4]
+    assert t["measured_ratio"] == base["s"] / tiny["s"] and t["kernel_ratio"] == base["kernel_ms"] / tiny["kernel_ms"]
+    gemm = t["kinds"][0]
+    assert gemm["kind"] == "dense GEMMs"
+    assert gemm["ratio"] == base["kind_ms"]["dense GEMMs"] / tiny["kind_ms"]["dense GEMMs"]
+    assert sum(k["small_share"] for k in t["kinds"]) == pytest.approx(1.0)
+    assert json.loads((tmp_path / "bench" / "ort_profile.json").read_text())["pairs"] == out["pairs"]
+    text = readme.read_text()
+    assert text.count("<!-- bench:ort_profile:start -->") == 1 and "| dense GEMMs |" in text
+    assert not os.path.exists(tmp_path / "bench" / "tmp_ort_profile")
+
+
+def test_profile_kernel_times_skip_warmup_runs(tmp_path):
+    """Only the nodes of the runs after the warm-up count, summed per op type; a profile without such a run is an
+    error, not zeros."""
+    ev = [{"name": "model_run", "cat": "Session", "ts": 0, "dur": 100},
+          {"name": "a_kernel_time", "cat": "Node", "ts": 10, "dur": 50, "args": {"op_name": "Gemm"}},
+          {"name": "model_run", "cat": "Session", "ts": 200, "dur": 100},
+          {"name": "a_kernel_time", "cat": "Node", "ts": 210, "dur": 30, "args": {"op_name": "Gemm"}},
+          {"name": "b_kernel_time", "cat": "Node", "ts": 250, "dur": 8, "args": {"op_name": "Erf"}},
+          {"name": "a_fence_before", "cat": "Node", "ts": 250, "dur": 1, "args": {"op_name": "Gemm"}},
+          {"name": "model_run", "cat": "Session", "ts": 400, "dur": 100},
+          {"name": "a_kernel_time", "cat": "Node", "ts": 410, "dur": 34, "args": {"op_name": "Gemm"}}]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(ev))
+    k = bench_ort_profile.kernel_times(str(path), 1)
+    assert k == {"runs": 2, "op_us": {"Gemm": 64, "Erf": 8}, "op_calls": {"Gemm": 2, "Erf": 1}}
+    assert bench_ort_profile.by_kind(k["op_us"], k["runs"]) == {
+        "dense GEMMs": 0.032, "attention matmuls": 0.0, "softmax": 0.0, "element-wise adds": 0.0, "LayerNorm": 0.0,
+        "GELU": 0.0, "layout": 0.0, "other": 0.004}
+    with pytest.raises(RuntimeError, match="no profiled run after 3"):
+        bench_ort_profile.kernel_times(str(path), 3)
+    with pytest.raises(UserError, match="--cells 3by4: expected BATCHxSEQ"):
+        bench_ort_profile.main(["--quick", "--cells", "3by4", "--out_dir", str(tmp_path / "b")])
 
 
 def test_bench_ort_denormal_quick(tmp_path):
