@@ -33,7 +33,7 @@ $(BENCH_STAMP): requirements-bench.txt
 	touch $(BENCH_STAMP)
 
 # The README's inputs: the demo's teacher and student, plus these runs when they exist (`make bench
-# WIDTH_RUN=output/ofa_mr_e1` is the README's width run).
+# WIDTH_RUN=output/ofa_mr_e1 TERNARY_RUN=output/ternary_mr_e1/w2e2a8` are the README's width and ternary runs).
 WIDTH_RUN ?= output/ofa_mr
 TERNARY_RUN ?= output/ternary_mr/w2e2a8
 HASH := \#
