@@ -45,7 +45,9 @@ REPORT_RUNS := --run "MiniLM-L6 teacher=output/td_mr/teacher" --run "MR student=
 bench: $(STAMP) $(BENCH_STAMP)
 	$(PY) benchmarks/bench_td_throughput.py --readme README.md
 	$(PY) benchmarks/bench_export.py --readme README.md \
-		$(if $(wildcard $(WIDTH_RUN)/supernet.ckpt),--width_supernet $(WIDTH_RUN)/supernet.ckpt)
+		$(if $(wildcard $(WIDTH_RUN)/supernet.ckpt),--width_supernet $(WIDTH_RUN)/supernet.ckpt) \
+		$(if $(wildcard $(TERNARY_RUN)/model_base3.tpack),--ternary_packed $(TERNARY_RUN)/model_base3.tpack,$(if \
+		$(wildcard $(TERNARY_RUN)/model.tpack),--ternary_packed $(TERNARY_RUN)/model.tpack))
 	$(BENCH_VENV)/bin/python benchmarks/report.py --out_dir docs/results --readme README.md $(REPORT_RUNS)
 
 clean:

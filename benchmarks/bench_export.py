@@ -34,6 +34,22 @@ def _spec(name, cfg, ckpt=None, config_path=None, note=""):
     return {"name": name, "cfg": cfg, "ckpt": ckpt, "config_path": config_path, "note": note}
 
 
+def _ternary_spec(packed: str):
+    """The packed TernaryBERT artefact's inference model (src/packing.py): its shape and W-E-A notation come from the
+    file; config.json beside it gives build_model the run's config (the activation is swapped for ONNX)."""
+    from src import runtime
+    from src.packing import unpack
+    runtime.require_file(packed, "--ternary_packed")
+    _, cfg, qcfg, _, _ = unpack(packed)
+    config_path = os.path.join(os.path.dirname(os.path.abspath(packed)), "config.json")
+    runtime.require_file(config_path, "--ternary_packed's config.json (written beside it by run_ternary.py)")
+    spec = _spec(f"TernaryBERT {qcfg.notation}", cfg, packed, config_path,
+                 f"packed artefact {os.path.basename(packed)}: ternary weights rebuilt as fp32, 8-bit activation "
+                 f"fake-quant as trained (onnxruntime has no 2-bit kernels)")
+    spec["ternary"] = True
+    return spec
+
+
 def model_specs(args):
     from src import runtime
     from src.tinybert_model import BertConfig
@@ -70,6 +86,8 @@ def model_specs(args):
         elif os.path.exists(args.gd_config):
             specs.append(_spec(STUDENT, runtime.load_bert_config(args.gd_config, "--gd_config"),
                                note="random init of the GD student shape (no TD run yet)"))
+    if args.ternary_packed:
+        specs.append(_ternary_spec(args.ternary_packed))
     for w in WIDTHS:
         spec = width_spec(teacher, w)
         note = f"heads {spec.heads[0]}/{teacher.num_attention_heads}, FFN {spec.ffn[0]}"
@@ -89,7 +107,8 @@ def build(spec, hidden_act):
     from src.export import build_model
     if spec["ckpt"]:
         _, model = build_model(spec["config_path"], spec["ckpt"], spec["cfg"].num_labels, "dense",
-                               width_mult=spec.get("width_mult"), hidden_act=hidden_act)
+                               width_mult=spec.get("width_mult"), ternary=spec.get("ternary", False),
+                               hidden_act=hidden_act)
         return model
     ms.set_seed(0)
     model = runtime.build_classifier(spec["cfg"].replace(hidden_act=hidden_act), "dense")
@@ -147,6 +166,8 @@ def main(argv=None):
     p.add_argument("--minilm_config", default="output/minilm/config.json")
     p.add_argument("--gd_config", default="output/gd/config.json")
     p.add_argument("--width_supernet", default="", help="supernet checkpoint to slice the width rows from")
+    p.add_argument("--ternary_packed", default="", help="packed TernaryBERT artefact (a run's model_base3.tpack or "
+                                                        "model.tpack) for a TernaryBERT row")
     p.add_argument("--width_supernet_config", default="", help="its config.json (default: the one beside it)")
     p.add_argument("--quant_python", default="", help="python with onnx + onnxruntime (default: this one or "
                                                       ".venv-bench/bin/python)")
@@ -258,6 +279,8 @@ def _size_row(spec, params, keep, tag, int8_path):
     dense_w = sum(4 * h * cfg.heads(i) * cfg.head_size + 2 * h * cfg.ffn(i) for i in range(cfg.num_hidden_layers))
     ternary_n = dense_w + v * h
     packed = (ternary_n * 2 + 7) // 8 + 4 * (params - ternary_n) + 4 * (6 * cfg.num_hidden_layers + v)
+    if spec.get("ternary"):                 # the artefact itself: its real size, and no fp32 checkpoint here
+        packed, ckpt_bytes = os.path.getsize(spec["ckpt"]), None
     return {"model": spec["name"], "params": params, "fp32_bytes": 4 * params, "ckpt_bytes": ckpt_bytes,
             "onnx_bytes": os.path.getsize(onnx) if os.path.exists(onnx) else None,
             "int8_onnx_bytes": os.path.getsize(int8_path) if int8_path and os.path.exists(int8_path) else None,
@@ -359,7 +382,8 @@ def size_table(out) -> str:
                      s["int8_onnx_bytes"], s["ternary_packed_bytes"], s["fp32_bytes"] / s["ternary_packed_bytes"],
                      t["fp32_bytes"] / s["fp32_bytes"] if t else None, s["note"]])
     return ("### Model sizes\n\nPacked ternary = 2 bits per Dense/word-embedding weight + fp32 scales and other "
-            "parameters (computed from the shape). int8 = onnxruntime dynamic quantization.\n\n"
+            "parameters (computed from the shape; a TernaryBERT row gives its artefact file's size). int8 = "
+            "onnxruntime dynamic quantization.\n\n"
             + markdown_table(heads, rows))
 
 

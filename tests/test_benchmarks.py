@@ -22,13 +22,30 @@ def _pos(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+def _packed_ternary(run_dir):
+    """A packed W2E2A8 artefact of a tiny random model, with the config.json a run writes beside it."""
+    from src.packing import pack
+    from src.quant import QuantConfig, quantize_model, quantized_state
+    from src.tinybert_model import BertForSequenceClassification
+    cfg = BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=2, num_attention_heads=12,
+                     intermediate_size=96, max_position_embeddings=64, initializer_range=0.3)
+    model = BertForSequenceClassification(cfg)
+    quantize_model(model, QuantConfig())
+    os.makedirs(run_dir)
+    path = os.path.join(run_dir, "model.tpack")
+    pack(quantized_state(model), cfg, QuantConfig(), path)
+    cfg.to_json_file(os.path.join(run_dir, "config.json"))
+    return path
+
+
 def test_bench_export_quick_has_every_row(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\n<!-- bench:export_latency:start -->\nold\n<!-- bench:export_latency:end -->\n\nTail\n")
+    tpack = _packed_ternary(str(tmp_path / "ternary"))
     out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "--rounds", "2",
                              "--quant_python", sys.executable, "--out_dir", str(tmp_path / "bench"),
-                             "--readme", str(readme)])
-    names = [bench_export.TEACHER, bench_export.BASE, bench_export.TINY4, bench_export.STUDENT,
+                             "--ternary_packed", tpack, "--readme", str(readme)])
+    names = [bench_export.TEACHER, bench_export.BASE, bench_export.TINY4, bench_export.STUDENT, "TernaryBERT W2E2A8",
              "width 0.833", "width 0.667", "width 0.5"]
     lat = {r["model"]: r for r in out["latency"]}
     assert set(names) <= set(lat)
@@ -50,6 +67,10 @@ def test_bench_export_quick_has_every_row(tmp_path):
     for s in sizes.values():
         assert s["fp32_bytes"] == 4 * s["params"] and _pos(s["onnx_bytes"])
         assert 0 < s["ternary_packed_bytes"] < s["fp32_bytes"]
+    t = sizes["TernaryBERT W2E2A8"]                   # the artefact's own size; its model has the packed shape
+    assert t["ternary_packed_bytes"] == os.path.getsize(tpack) and t["ckpt_bytes"] is None
+    assert lat["TernaryBERT W2E2A8"]["params"] == lat[bench_export.TEACHER]["params"]
+    assert "fake-quant" in lat["TernaryBERT W2E2A8"]["note"]
     # width rows really are narrower: fewer params than the full teacher, monotone in width
     p = [lat[n]["params"] for n in ("width 0.833", "width 0.667", "width 0.5")]
     assert lat[bench_export.TEACHER]["params"] > p[0] > p[1] > p[2]
@@ -72,6 +93,11 @@ def test_bench_export_quick_has_every_row(tmp_path):
     with pytest.raises(UserError, match="not an export.json"):
         (tmp_path / "bad.json").write_text("{}")
         bench_export.main(["--from_json", str(tmp_path / "bad.json")])
+    with pytest.raises(UserError, match="--ternary_packed"):
+        bench_export.main(["--quick", "--ternary_packed", str(tmp_path / "none.tpack"), "--out_dir", str(tmp_path)])
+    os.remove(os.path.join(os.path.dirname(tpack), "config.json"))
+    with pytest.raises(UserError, match="config.json"):
+        bench_export.main(["--quick", "--ternary_packed", tpack, "--out_dir", str(tmp_path)])
 
 
 def test_bench_export_without_onnx_marks_int8_rows_skipped(tmp_path):
