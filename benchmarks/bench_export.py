@@ -214,6 +214,11 @@ def main(argv=None):
                 spec, cfg = m["spec"], m["spec"]["cfg"]
                 row = {"model": spec["name"], "note": spec["note"], "params": m["params"], "batch": b, "seq": seq,
                        "gflop_per_seq": bert_flops(cfg, seq) / 1e9}
+                if seq > cfg.max_position_embeddings:       # a packed artefact keeps only its run's positions
+                    row["note"] = (f"skipped: the model has {cfg.max_position_embeddings} positions ("
+                                   f"{spec['note'].split(':')[0]})")
+                    results.append(row)
+                    continue
                 path, inputs = export_file(m["onnx"], os.path.join(work, m["tag"]), "ONNX", b, seq, cfg.vocab_size)
                 if (b, seq) == first:
                     final = os.path.join(keep, m["tag"] + ".onnx")

@@ -23,12 +23,13 @@ def _pos(x):
 
 
 def _packed_ternary(run_dir):
-    """A packed W2E2A8 artefact of a tiny random model, with the config.json a run writes beside it."""
+    """A packed W2E2A8 artefact of a tiny random model, with the config.json a run writes beside it; it keeps 16
+    positions (a run's max_seq_length)."""
     from src.packing import pack
     from src.quant import QuantConfig, quantize_model, quantized_state
     from src.tinybert_model import BertForSequenceClassification
     cfg = BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=2, num_attention_heads=12,
-                     intermediate_size=96, max_position_embeddings=64, initializer_range=0.3)
+                     intermediate_size=96, max_position_embeddings=16, initializer_range=0.3)
     model = BertForSequenceClassification(cfg)
     quantize_model(model, QuantConfig())
     os.makedirs(run_dir)
@@ -42,12 +43,16 @@ def test_bench_export_quick_has_every_row(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\n<!-- bench:export_latency:start -->\nold\n<!-- bench:export_latency:end -->\n\nTail\n")
     tpack = _packed_ternary(str(tmp_path / "ternary"))
-    out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "--rounds", "2",
+    out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "24", "--rounds", "2",
                              "--quant_python", sys.executable, "--out_dir", str(tmp_path / "bench"),
                              "--ternary_packed", tpack, "--readme", str(readme)])
+    (skipped,) = [r for r in out["latency"] if r["seq"] == 24 and r["model"] == "TernaryBERT W2E2A8"]
+    assert "ort_s" not in skipped and skipped["note"].startswith("skipped: the model has 16 positions")
+    assert all(_pos(r["ort_s"]) for r in out["latency"] if r["seq"] == 24 and r is not skipped
+               and "int8" not in r["model"])
     names = [bench_export.TEACHER, bench_export.BASE, bench_export.TINY4, bench_export.STUDENT, "TernaryBERT W2E2A8",
              "width 0.833", "width 0.667", "width 0.5"]
-    lat = {r["model"]: r for r in out["latency"]}
+    lat = {r["model"]: r for r in out["latency"] if r["seq"] == 16}
     assert set(names) <= set(lat)
     for n in names:
         r = lat[n]
@@ -62,14 +67,14 @@ def test_bench_export_quick_has_every_row(tmp_path):
         r8 = lat[n + bench_export.INT8]
         assert _pos(r8["ort_s"]) and len(r8["ort_rounds_s"]) == 2 and "int8 weights" in r8["note"]
         assert 0 < sizes[n]["int8_onnx_bytes"] < sizes[n]["onnx_bytes"]
-    assert [r["model"] for r in out["latency"]][:2] == [bench_export.TEACHER, bench_export.BASE]   # model order
+    assert list(dict.fromkeys(r["model"] for r in out["latency"]))[:2] == [bench_export.TEACHER, bench_export.BASE]
     assert set(sizes) == set(names)
     for s in sizes.values():
         assert s["fp32_bytes"] == 4 * s["params"] and _pos(s["onnx_bytes"])
         assert 0 < s["ternary_packed_bytes"] < s["fp32_bytes"]
     t = sizes["TernaryBERT W2E2A8"]                   # the artefact's own size; its model has the packed shape
     assert t["ternary_packed_bytes"] == os.path.getsize(tpack) and t["ckpt_bytes"] is None
-    assert lat["TernaryBERT W2E2A8"]["params"] == lat[bench_export.TEACHER]["params"]
+    assert lat["TernaryBERT W2E2A8"]["params"] == lat[bench_export.TEACHER]["params"] - (64 - 16) * 48   # positions
     assert "fake-quant" in lat["TernaryBERT W2E2A8"]["note"]
     # width rows really are narrower: fewer params than the full teacher, monotone in width
     p = [lat[n]["params"] for n in ("width 0.833", "width 0.667", "width 0.5")]
@@ -85,7 +90,8 @@ def test_bench_export_quick_has_every_row(tmp_path):
     t4 = lat[bench_export.TINY4]["x_base"]
     assert f"TinyBERT-4 vs BERT-base {math.floor(t4 * 100) / 100:.2f}x ({'met' if t4 >= 14 else 'not met'};" in text
     assert bench_export._down(1.4497, 3) == "1.449" and bench_export._down(14.0, 2) == "14.00"
-    assert f"met in {int(t4 >= 14)} of 1 cells" in text
+    t4_24 = next(r["x_base"] for r in out["latency"] if r["model"] == bench_export.TINY4 and r["seq"] == 24)
+    assert f"met in {int(t4 >= 14) + int(t4_24 >= 14)} of 2 cells" in text
     again = tmp_path / "again.md"
     again.write_text(text)
     bench_export.main(["--from_json", str(tmp_path / "bench" / "export.json"), "--readme", str(again)])
