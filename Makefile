@@ -48,6 +48,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 		$(if $(wildcard $(WIDTH_RUN)/supernet.ckpt),--width_supernet $(WIDTH_RUN)/supernet.ckpt) \
 		$(if $(wildcard $(TERNARY_RUN)/model_base3.tpack),--ternary_packed $(TERNARY_RUN)/model_base3.tpack,$(if \
 		$(wildcard $(TERNARY_RUN)/model.tpack),--ternary_packed $(TERNARY_RUN)/model.tpack))
+	$(PY) benchmarks/bench_int8.py --readme README.md
 	$(BENCH_VENV)/bin/python benchmarks/report.py --out_dir docs/results --readme README.md $(REPORT_RUNS)
 
 clean:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from benchmarks import (bench_export, bench_ort_denormal, bench_ort_layernorm, bench_ort_profile, bench_td_throughput,
-                        report)
+from benchmarks import (bench_export, bench_int8, bench_ort_denormal, bench_ort_layernorm, bench_ort_profile,
+                        bench_td_throughput, report)
 from benchmarks.common import bert_flops, write_readme
 from src import runtime
 from src.errors import UserError
@@ -201,6 +201,38 @@ def test_profile_kernel_times_skip_warmup_runs(tmp_path):
         bench_ort_profile.kernel_times(str(path), 3)
     with pytest.raises(UserError, match="--cells 3by4: expected BATCHxSEQ"):
         bench_ort_profile.main(["--quick", "--cells", "3by4", "--out_dir", str(tmp_path / "b")])
+
+
+def test_bench_int8_accuracy_is_the_eval_of_each_file(tmp_path):
+    """Both files of a model are evaluated on the whole dev split exactly as run_eval_onnx.py does; the int8 copy is
+    a real quantized file (integer ops); missing files and bad --model specs are clear errors."""
+    import onnx
+    import run_eval_onnx
+    import tiny_run
+    data = str(tmp_path / "data")
+    tiny_run.write_split(data, "dev", 24, seed=5)
+    cfg = BertConfig(**tiny_run.TINY, initializer_range=0.5)
+    model = bench_export.build(bench_export._spec("tiny", cfg), "gelu_erf_poly")
+    path, _ = bench_export.export_file(model, str(tmp_path / "tiny"), "ONNX", 4, tiny_run.SEQ, cfg.vocab_size)
+    readme = tmp_path / "bench.md"
+    out = bench_int8.main(["--quick", "--model", f"teacher-like={path}", "--data_dir", data,
+                           "--quant_python", sys.executable, "--out_dir", str(tmp_path / "bench"),
+                           "--readme", str(readme)])
+    (r,) = out["models"]
+    for kind in ("fp32", "int8"):
+        ref = run_eval_onnx.main(["--model_file", r[kind + "_file"], "--data_dir", data])
+        assert r[kind + "_acc"] == pytest.approx(ref["acc"], abs=1e-12)
+        assert _pos(r[kind + "_s"])
+    assert r["int8_bytes"] == os.path.getsize(r["int8_file"]) and r["speedup"] == r["fp32_s"] / r["int8_s"]
+    assert r["int8_pct_ref"] is None and out["reference"] is None
+    ops = {n.op_type for n in onnx.load(r["int8_file"]).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, ops
+    assert "| teacher-like |" in readme.read_text()
+    assert json.loads((tmp_path / "bench" / "int8.json").read_text())["models"][0]["int8_acc"] == r["int8_acc"]
+    with pytest.raises(UserError, match="'nope.onnx' does not exist"):
+        bench_int8.main(["--model", "x=nope.onnx", "--out_dir", str(tmp_path / "b2")])
+    with pytest.raises(UserError, match="expected NAME=FILE.onnx"):
+        bench_int8.main(["--model", "nope.onnx", "--out_dir", str(tmp_path / "b2")])
 
 
 def test_bench_ort_denormal_quick(tmp_path):
