@@ -166,9 +166,9 @@ def main(argv=None):
     p.add_argument("--minilm_config", default="output/minilm/config.json")
     p.add_argument("--gd_config", default="output/gd/config.json")
     p.add_argument("--width_supernet", default="", help="supernet checkpoint to slice the width rows from")
+    p.add_argument("--width_supernet_config", default="", help="its config.json (default: the one beside it)")
     p.add_argument("--ternary_packed", default="", help="packed TernaryBERT artefact (a run's model_base3.tpack or "
                                                         "model.tpack) for a TernaryBERT row")
-    p.add_argument("--width_supernet_config", default="", help="its config.json (default: the one beside it)")
     p.add_argument("--quant_python", default="", help="python with onnx + onnxruntime (default: this one or "
                                                       ".venv-bench/bin/python)")
     p.add_argument("--out_dir", default="output/bench")
