@@ -80,42 +80,42 @@ def main(argv=None):
         rows.append(row)
     from src.tasks import get_task
     main_metric = get_task(args.task).main_metric
+    feeds = {row["model"]: _sample_feeds(row["fp32_file"]) for row in rows}   # same shape and vocab in both files
     for _ in range(rounds):                  # same-run timing, one session alive at a time
         for row in rows:
             for kind in ("fp32", "int8"):
                 runner = runner_for(row[kind + "_file"], args.threads)
-                feeds = _feeds(row[kind + "_file"], runner)
-                row.setdefault(kind + "_rounds_s", []).append(time_call(lambda: runner(*feeds), budget_s=budget))
+                inputs = feeds[row["model"]]
+                row.setdefault(kind + "_rounds_s", []).append(time_call(lambda: runner(*inputs), budget_s=budget))
                 del runner
-    ref = next((r for r in rows if r["model"] == REFERENCE), None)
+    ref = next((r["fp32_metrics"][main_metric] for r in rows if r["model"] == REFERENCE), None)
     for row in rows:
         for kind in ("fp32", "int8"):
             row[kind + "_s"] = statistics.median(row[kind + "_rounds_s"])
             row[kind + "_acc"] = row[kind + "_metrics"][main_metric]
-            row[kind + "_pct_ref"] = (100 * row[kind + "_acc"] / ref["fp32_acc"]) if ref else None
+            row[kind + "_pct_ref"] = (100 * row[kind + "_acc"] / ref) if ref is not None else None
         row["speedup"] = row["fp32_s"] / row["int8_s"]
     out = {"machine": machine(args.threads), "quick": args.quick, "rounds": rounds, "budget_s": budget,
-           "task": args.task, "metric": main_metric, "reference": REFERENCE if ref else None, "models": rows}
+           "task": args.task, "metric": main_metric, "reference": REFERENCE if ref is not None else None, "models": rows}
     write_json(os.path.join(args.out_dir, "int8.json"), out)
     emit("int8", table(out), args.readme or None)
     return out
 
 
-def _feeds(path, runner):
-    from src.export import exported_shape, sample_inputs
-    batch, seq = exported_shape(path, runner)
-    return sample_inputs(batch, seq, _vocab(path))
-
-
-def _vocab(path: str) -> int:
-    """Rows of the word-embedding table (the first Gather's data input) of an exported model."""
+def _sample_feeds(path: str):
+    """sample_inputs at an exported ONNX model's fixed (batch, seq) input shape, with ids below its vocab size (the
+    rows of the word-embedding table, the first Gather's data input). One read of the file."""
     import onnx
     from onnx import numpy_helper
+    from src.export import sample_inputs
     m = onnx.load(path, load_external_data=False)
+    batch, seq = (d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim)
+    if not batch or not seq:
+        raise ValueError(f"{path}: its input shape is not fixed (an export.py / bench_export.py file has one)")
     inits = {t.name: t for t in m.graph.initializer}
     for n in m.graph.node:
         if n.op_type == "Gather" and n.input[0] in inits:
-            return int(numpy_helper.to_array(inits[n.input[0]]).shape[0])
+            return sample_inputs(batch, seq, int(numpy_helper.to_array(inits[n.input[0]]).shape[0]))
     raise ValueError(f"{path}: no embedding Gather")
 
 

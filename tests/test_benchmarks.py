@@ -229,6 +229,12 @@ def test_bench_int8_accuracy_is_the_eval_of_each_file(tmp_path):
     assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, ops
     assert "| teacher-like |" in readme.read_text()
     assert json.loads((tmp_path / "bench" / "int8.json").read_text())["models"][0]["int8_acc"] == r["int8_acc"]
+    # the reference row may come after the rows it is the reference for
+    two = bench_int8.main(["--quick", "--model", f"first={path}", "--model", f"{bench_int8.REFERENCE}={path}",
+                           "--data_dir", data, "--quant_python", sys.executable, "--out_dir", str(tmp_path / "b3")])
+    first, ref = two["models"]
+    assert two["reference"] == bench_int8.REFERENCE and ref["fp32_pct_ref"] == pytest.approx(100.0)
+    assert first["int8_pct_ref"] == pytest.approx(100 * first["int8_acc"] / ref["fp32_acc"])
     with pytest.raises(UserError, match="'nope.onnx' does not exist"):
         bench_int8.main(["--model", "x=nope.onnx", "--out_dir", str(tmp_path / "b2")])
     with pytest.raises(UserError, match="expected NAME=FILE.onnx"):
