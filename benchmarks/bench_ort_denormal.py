@@ -87,6 +87,7 @@ def measure(cases, threads, rounds, budget, work):
 
 
 def table(out) -> str:
+    from benchmarks.bench_ort_layernorm import goal_table
     k = markdown_table(["softmax [batch, 12, seq, seq]", "keys masked", "ms, denormals kept", "ms, as zero",
                         "speed-up", "max abs diff"],
                        [[r["case"], r["masked"], r["off_s"] * 1e3, r["on_s"] * 1e3, r["speedup"],
@@ -94,10 +95,7 @@ def table(out) -> str:
     m = markdown_table(["model", "batch", "seq", "ms, denormals kept", "ms, as zero", "speed-up", "max abs logit diff"],
                        [[r["model"], r["batch"], r["seq"], r["off_s"] * 1e3, r["on_s"] * 1e3, r["speedup"],
                          f"{r['max_abs_diff']:.1e}"] for r in out["models"]])
-    g = markdown_table(["batch", "seq", "TinyBERT-4 vs BERT-base: kept", "as zero", "width 0.667 vs full: kept",
-                        "as zero"],
-                       [[r["batch"], r["seq"], r["tiny_vs_base_off"], r["tiny_vs_base_on"], r["width_vs_full_off"],
-                         r["width_vs_full_on"]] for r in out["goals"]])
+    g = goal_table(out["goals"], modes=("off", "on"), labels=("kept", "as zero"))
     return (f"### onnxruntime CPU: denormals kept vs flushed to zero (`session.set_denormal_as_zero`)\n\n"
             f"{machine_line(out['machine'])}. onnxruntime {out['onnxruntime']}; every measurement in its own "
             f"process; {out['rounds']} rounds, median of the round medians; masked = the second half of the keys "

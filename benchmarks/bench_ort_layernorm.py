@@ -160,6 +160,16 @@ def goal_ratios(models, modes=("fused", "unfused")):
     return out
 
 
+def goal_table(goals, modes=("fused", "unfused"), labels=("fused", "unfused")) -> str:
+    """The rows of goal_ratios as a markdown table, one column per mode (headed by `labels`) for each goal."""
+    heads = ["batch", "seq"]
+    for goal in ("TinyBERT-4 vs BERT-base", "width 0.667 vs full"):
+        heads += [f"{goal}: {labels[0]}", *labels[1:]]
+    rows = [[r["batch"], r["seq"]] + [r[f"{key}_{mode}"] for key in ("tiny_vs_base", "width_vs_full") for mode in modes]
+            for r in goals]
+    return markdown_table(heads, rows)
+
+
 def table(out) -> str:
     k = markdown_table(["rows (batch x seq)", "hidden", "SkipLayerNormalization us", "Add + LayerNormalization us",
                         "speed-up", "max abs diff"],
@@ -170,10 +180,7 @@ def table(out) -> str:
                        [[r["model"], r["batch"], r["seq"], f"{r['fused_s'] * 1e3:.2f} ({r['fused_skip_nodes']})",
                          f"{r['unfused_s'] * 1e3:.2f} ({r['unfused_skip_nodes']})", r["speedup"],
                          f"{r['max_abs_logit_diff']:.1e}"] for r in out["models"]])
-    g = markdown_table(["batch", "seq", "TinyBERT-4 vs BERT-base: fused", "unfused", "width 0.667 vs full: fused",
-                        "unfused"],
-                       [[r["batch"], r["seq"], r["tiny_vs_base_fused"], r["tiny_vs_base_unfused"],
-                         r["width_vs_full_fused"], r["width_vs_full_unfused"]] for r in out["goals"]])
+    g = goal_table(out["goals"])
     return (f"### onnxruntime CPU: SkipLayerNormalization fusion on (\"fused\", onnxruntime's default) vs off "
             f"(\"unfused\", this project's sessions)\n\n{machine_line(out['machine'])}. onnxruntime "
             f"{out['onnxruntime']}; {out['rounds']} rounds, median of the round medians; models are random-init "
