@@ -96,7 +96,8 @@ def main(argv=None):
             row[kind + "_pct_ref"] = (100 * row[kind + "_acc"] / ref) if ref is not None else None
         row["speedup"] = row["fp32_s"] / row["int8_s"]
     out = {"machine": machine(args.threads), "quick": args.quick, "rounds": rounds, "budget_s": budget,
-           "task": args.task, "metric": main_metric, "reference": REFERENCE if ref is not None else None, "models": rows}
+           "task": args.task, "metric": main_metric, "reference": REFERENCE if ref is not None else None,
+           "models": rows}
     write_json(os.path.join(args.out_dir, "int8.json"), out)
     emit("int8", table(out), args.readme or None)
     return out
