@@ -38,7 +38,8 @@ WIDTH_RUN ?= output/ofa_mr
 TERNARY_RUN ?= output/ternary_mr/w2e2a8
 HASH := \#
 REPORT_RUNS := --run "MiniLM-L6 teacher=output/td_mr/teacher" --run "MR student=output/td_mr/td2" \
-	$(if $(wildcard $(TERNARY_RUN)/metrics.jsonl),--run "TernaryBERT W2E2A8=$(TERNARY_RUN)") \
+	$(if $(wildcard $(TERNARY_RUN)/metrics.jsonl),--run "TernaryBERT W2E2A8=$(TERNARY_RUN)" \
+	--latency_row "TernaryBERT W2E2A8=TernaryBERT W2E2A8 int8 kernels") \
 	$(if $(wildcard $(WIDTH_RUN)/metrics.jsonl),--run "width 0.833=$(WIDTH_RUN)$(HASH)w0.833" \
 	--run "width 0.667=$(WIDTH_RUN)$(HASH)w0.667" --run "width 0.5=$(WIDTH_RUN)$(HASH)w0.500")
 

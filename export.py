@@ -5,6 +5,7 @@ Usage (model-zoo style):
         --file_format MINDIR --file_name output/export/td_mr_student --batch_size 32 --seq_length 64
     python export.py ... --file_format ONNX            # exact GELU as ONNX Erf, LayerNorm fusable (docs/export.md)
     python export.py ... --width_mult 0.667            # slice a width supernet checkpoint first
+    python export.py ... --ternary --ckpt_file <run>/model.tpack --file_format ONNX --int8   # TernaryBERT, int8 kernels
     python run_eval_onnx.py --model_file output/export/td_mr_student.onnx --task MR --data_dir data/mr
 
 Inputs: input_ids, token_type_ids, input_mask (int32, [batch_size, seq_length], fixed). Output: the logits
@@ -32,6 +33,8 @@ def parse_args(argv):
     p.add_argument("--width_mult", type=float, default=None, help="slice a width supernet checkpoint to this width")
     p.add_argument("--depth_mult", type=float, default=None, help="and to this depth (DynaBERT: round(L*d) layers)")
     p.add_argument("--ternary", action="store_true", help="export the ternary inference model of a TernaryBERT ckpt")
+    p.add_argument("--int8", action="store_true", help="with --ternary and ONNX: run the ternary matmuls as "
+                                                       "MatMulInteger (int8 codes, 8-bit activations as trained)")
     p.add_argument("--device_target", default="CPU", help="CPU | GPU | Ascend")
     p.add_argument("--no_verify", action="store_true", help="skip the reload-and-compare check (not recommended)")
     return p.parse_args(argv)
@@ -53,7 +56,8 @@ def main(argv=None):
     from src.export import export_checkpoint
     return export_checkpoint(args.config_path, args.ckpt_file, args.file_name, args.file_format, args.batch_size,
                              args.seq_length, num_labels, args.head_type, args.gelu, args.width_mult, args.ternary,
-                             args.device_target, verify=not args.no_verify, depth_mult=args.depth_mult)
+                             args.device_target, verify=not args.no_verify, depth_mult=args.depth_mult,
+                             int8=args.int8)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from benchmarks.common import (ROOT, bert_flops, emit, machine, machine_line, ma
 TEACHER, BASE, TINY4 = "MiniLM-L6 teacher", "BERT-base shape", "TinyBERT-4 shape"
 STUDENT = "MR student"
 INT8 = " int8 (ORT dynamic)"
+KERNELS = " int8 kernels"                 # a TernaryBERT row's integer-kernel form (src/ternary_int8.py, export --int8)
 WIDTHS = (5 / 6, 2 / 3, 0.5)              # the trained widths; rows are named "width 0.833" etc.
 
 
@@ -200,8 +201,8 @@ def main(argv=None):
         onnx_model = build(spec, "gelu_erf_poly" if cfg.hidden_act in ("gelu", "gelu_exact") else cfg.hidden_act)
         models.append({"spec": spec, "onnx": onnx_model, "params": count_params(onnx_model),
                        "ms": None if args.no_mindir else build(spec, cfg.hidden_act),
-                       "tag": spec["name"].replace(" ", "_").replace(".", ""), "int8": None})
-    order = [n for m in models for n in (m["spec"]["name"], m["spec"]["name"] + INT8)]
+                       "tag": spec["name"].replace(" ", "_").replace(".", ""), "int8": None, "kernels_bytes": None})
+    order = [n for m in models for n in (m["spec"]["name"], m["spec"]["name"] + INT8, m["spec"]["name"] + KERNELS)]
     first = (batches[0], seqs[0])
     results = []
     # Cell by cell: export every model at this (batch, seq), then time them in rounds, one onnxruntime session alive
@@ -233,6 +234,19 @@ def main(argv=None):
                     del mr
                     os.remove(mpath)
                 cell.append((row, path, inputs))
+                if spec.get("ternary"):                    # the deployable form: ternary matmuls as MatMulInteger
+                    from src.ternary_int8 import integerize_file
+                    kpath = path[:-5] + "_kernels.onnx"
+                    integerize_file(path, kpath)
+                    rowk = {"model": spec["name"] + KERNELS, "params": m["params"], "batch": b, "seq": seq,
+                            "gflop_per_seq": row["gflop_per_seq"],
+                            "note": "src/ternary_int8.py (export.py --ternary --int8): ternary codes as int8, "
+                                    "8-bit activations with the trained symmetric rule, MatMulInteger"}
+                    if (b, seq) == first:
+                        final = os.path.join(keep, m["tag"] + "_kernels.onnx")
+                        shutil.copyfile(kpath, final)
+                        rowk["onnx_bytes"] = m["kernels_bytes"] = os.path.getsize(final)
+                    cell.append((rowk, kpath, inputs))
                 if spec["name"] in (STUDENT, TINY4):
                     row8 = {"model": spec["name"] + INT8, "params": m["params"], "batch": b, "seq": seq,
                             "gflop_per_seq": row["gflop_per_seq"]}
@@ -257,7 +271,7 @@ def main(argv=None):
                       + " ".join(f"{x * 1e3:.2f}" for x in row["ort_rounds_s"]) + ")"
                       + (f"  mindir {row['ms_s'] * 1e3:9.2f} ms" if "ms_s" in row else ""), flush=True)
     results.sort(key=lambda r: (order.index(r["model"]), r["seq"], r["batch"]))
-    sizes = [_size_row(m["spec"], m["params"], keep, m["tag"], m["int8"]) for m in models]
+    sizes = [_size_row(m["spec"], m["params"], keep, m["tag"], m["int8"], m["kernels_bytes"]) for m in models]
     shutil.rmtree(work, ignore_errors=True)
     _ratios(results)
     for r in results:
@@ -273,7 +287,7 @@ def main(argv=None):
     return out
 
 
-def _size_row(spec, params, keep, tag, int8_path):
+def _size_row(spec, params, keep, tag, int8_path, kernels_bytes=None):
     from src.tinybert_model import BertConfig  # noqa: F401  (cfg already built)
     cfg = spec["cfg"]
     ckpt_bytes = os.path.getsize(spec["ckpt"]) if spec["ckpt"] and not spec.get("width_mult") else None
@@ -288,7 +302,8 @@ def _size_row(spec, params, keep, tag, int8_path):
         packed, ckpt_bytes = os.path.getsize(spec["ckpt"]), None
     return {"model": spec["name"], "params": params, "fp32_bytes": 4 * params, "ckpt_bytes": ckpt_bytes,
             "onnx_bytes": os.path.getsize(onnx) if os.path.exists(onnx) else None,
-            "int8_onnx_bytes": os.path.getsize(int8_path) if int8_path and os.path.exists(int8_path) else None,
+            "int8_onnx_bytes": (kernels_bytes if kernels_bytes else os.path.getsize(int8_path)
+                                if int8_path and os.path.exists(int8_path) else None),
             "ternary_packed_bytes": packed, "note": spec["note"]}
 
 
@@ -388,7 +403,8 @@ def size_table(out) -> str:
                      t["fp32_bytes"] / s["fp32_bytes"] if t else None, s["note"]])
     return ("### Model sizes\n\nPacked ternary = 2 bits per Dense/word-embedding weight + fp32 scales and other "
             "parameters (computed from the shape; a TernaryBERT row gives its artefact file's size). int8 = "
-            "onnxruntime dynamic quantization.\n\n"
+            "onnxruntime dynamic quantization, or for a TernaryBERT row its integer-kernel file (export.py --int8)."
+            "\n\n"
             + markdown_table(heads, rows))
 
 

@@ -35,6 +35,13 @@ INPUT_NAMES = ("input_ids", "token_type_ids", "input_mask")
 EXACT_ACTS = ("gelu", "gelu_exact")
 # Parity tolerances on the logits (verified after every export).
 TOLERANCE = {"MINDIR": 1e-5, "ONNX": 1e-4}
+# Models with 8-bit activation fake-quant (TernaryBERT): floor(x * s + 0.5) turns any fp32 rounding difference that
+# lands x * s on the other side of a .5 into a whole quantization step, and with a per-tensor scale over the batch
+# every row can move. The real W2E2A8 artefact at batch 32 differs from its checkpoint by 0.03-0.11 (fp32 ONNX) and
+# 0.03-0.17 (--int8) on logits of about 1.4, argmax 97-100 % equal, over six random batches in onnxruntime; a wrong
+# graph (weights, scales) differs by about the logits themselves. Such exports pass at |diff| <= 0.5 * max(1,
+# max|logits|), and the dev metric (run_eval_onnx.py) is the real check (docs/export.md).
+ACT_QUANT_TOLERANCE = 0.5
 
 
 def check_format(file_format: str, device_target: str) -> str:
@@ -189,15 +196,35 @@ def output_path(file_name: str, fmt: str) -> str:
     return file_name if file_name.lower().endswith(ext) else file_name + ext
 
 
+def integerize_onnx(path: str) -> dict:
+    """Rewrite a ternary model's .onnx in place so its quantized matmuls run in integer kernels
+    (src/ternary_int8.py)."""
+    try:
+        from src.ternary_int8 import integerize_file
+    except ImportError as e:
+        raise UserError(f"--int8 needs the onnx package ({e}): pip install -r requirements.txt") from None
+    return integerize_file(path)
+
+
+def has_act_quant(model: nn.Cell) -> bool:
+    """True when the model holds 8-bit activation fake-quant (src/quant.py ActQuantizer)."""
+    from src.quant import ActQuantizer
+    return any(isinstance(c, ActQuantizer) for _, c in model.cells_and_names())
+
+
 def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_format: str = "MINDIR",
                       batch_size: int = 32, seq_length: int = 64, num_labels: Optional[int] = None,
                       head_type: str = "dense", gelu: str = "auto", width_mult: Optional[float] = None,
                       ternary: bool = False, device_target: str = "CPU", verify: bool = True, log=print,
-                      depth_mult: Optional[float] = None) -> dict:
-    """Export, reload, compare with the checkpoint, then move the file into place. Returns the sidecar dict."""
+                      depth_mult: Optional[float] = None, int8: bool = False) -> dict:
+    """Export, reload, compare with the checkpoint, then move the file into place. Returns the sidecar dict.
+    int8 (ONNX of a ternary model only): its quantized matmuls become MatMulInteger (src/ternary_int8.py)."""
     fmt = check_format(file_format, device_target)
     if batch_size < 1 or seq_length < 1:
         raise UserError(f"--batch_size {batch_size} / --seq_length {seq_length}: both must be >= 1")
+    if int8 and not (ternary and fmt == "ONNX"):
+        raise UserError(f"--int8 rewrites the ONNX of a TernaryBERT model: it needs --ternary and --file_format ONNX "
+                        f"(got {'--ternary' if ternary else 'no --ternary'}, --file_format {fmt})")
     ref_cfg, ref_model = build_model(config_path, ckpt_file, num_labels, head_type, width_mult, ternary,
                                      depth_mult=depth_mult)
     if seq_length > ref_cfg.max_position_embeddings:
@@ -227,6 +254,15 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
             rewritten = standardize_onnx(tmp, gelu_to_erf=gelu != "erf_poly" and exp_cfg.hidden_act == "gelu_erf_poly")
             log(f"ONNX rewritten to standard patterns: {rewritten['layernorm']} LayerNorm, {rewritten['gelu']} GELU "
                 f"-> Erf")
+        int8_counts = None
+        if int8:
+            int8_counts = integerize_onnx(tmp)
+            if not int8_counts["dense"]:
+                raise UserError(f"--int8: '{ckpt_file}' has no ternary Dense with 8-bit activations to run in integer "
+                                f"kernels ({int8_counts['dense_fp32']} quantized Dense without ternary weights)")
+            log(f"ONNX int8: {int8_counts['dense']} ternary Dense and {int8_counts['attention']} attention matmuls as "
+                f"MatMulInteger, {int8_counts['embedding']} word embedding as int8 codes; "
+                f"{int8_counts['dense_fp32']} quantized Dense left in fp32 (weights not ternary)")
         info = {"format": fmt, "file": os.path.basename(final), "config": config_path, "ckpt": ckpt_file,
                 "inputs": [{"name": n, "dtype": "int32", "shape": [batch_size, seq_length]} for n in INPUT_NAMES],
                 "output": {"name": "logits", "dtype": "float32", "shape": [batch_size, ref_cfg.num_labels],
@@ -236,6 +272,8 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                 "width_mult": width_mult, "depth_mult": depth_mult, "ternary": bool(ternary)}
         if rewritten is not None:
             info["onnx_rewrite"] = rewritten
+        if int8_counts is not None:
+            info["int8_rewrite"] = int8_counts
         if verify and fmt != "AIR":
             ref_net = LogitsOnly(ref_model)
             ref_net.set_train(False)
@@ -245,13 +283,17 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                 raise RuntimeError(f"exported {fmt} returns shape {got.shape}, checkpoint logits are {ref.shape}")
             diff = float(np.abs(got - ref).max())
             agree = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+            tol, rule = TOLERANCE[fmt], f"{TOLERANCE[fmt]:.0e}"
+            if fmt == "ONNX" and has_act_quant(ref_model):
+                tol = ACT_QUANT_TOLERANCE * max(1.0, float(np.abs(ref).max()))
+                rule = f"{ACT_QUANT_TOLERANCE:g} x max(1, max|logits|) = {tol:.3g} (8-bit activations)"
             info["parity"] = {"max_abs_logit_diff": diff, "argmax_agreement": agree, "rows": batch_size,
-                              "tolerance": TOLERANCE[fmt]}
+                              "tolerance": tol, "tolerance_rule": rule}
             exact_graph = exp_cfg.hidden_act == ref_cfg.hidden_act or exp_cfg.hidden_act == "gelu_erf_poly"
             log(f"parity {fmt} vs checkpoint: max|logits diff| {diff:.3e}, argmax agreement {agree:.4f} "
-                f"({batch_size} rows)")
-            if exact_graph and not diff <= TOLERANCE[fmt]:
-                raise RuntimeError(f"exported {fmt} differs from the checkpoint by {diff:.3e} > {TOLERANCE[fmt]:.0e}: "
+                f"({batch_size} rows; tolerance {rule})")
+            if exact_graph and not diff <= tol:
+                raise RuntimeError(f"exported {fmt} differs from the checkpoint by {diff:.3e} > {rule}: "
                                    f"not writing {final}")
         os.replace(tmp, final)
     finally:

@@ -130,6 +130,18 @@ def _drop_dead(graph):
     graph.initializer.extend(used)
 
 
+def replace_nodes(graph, new_nodes: Dict[int, List], initializers: List):
+    """Put each list new_nodes[id(node)] in its node's place (the order stays topological when the new nodes read
+    only tensors made before that node), add the initializers, and drop what no longer feeds an output."""
+    nodes = []
+    for n in graph.node:
+        nodes.extend(new_nodes.get(id(n), [n]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    _drop_dead(graph)
+
+
 def standardize_model(model, gelu: bool = True) -> Dict[str, int]:
     """Rewrite an onnx ModelProto in place; returns {"layernorm": n, "gelu": m} (patterns rewritten). gelu=False
     keeps the GELU polynomial."""
@@ -165,13 +177,7 @@ def standardize_model(model, gelu: bool = True) -> Dict[str, int]:
         ]
     if not new_nodes:
         return {"layernorm": 0, "gelu": 0}
-    nodes = []
-    for n in g.node:                   # new nodes take the replaced node's place: the order stays topological
-        nodes.extend(new_nodes.get(id(n), [n]))
-    del g.node[:]
-    g.node.extend(nodes)
-    g.initializer.extend(extra_inits)
-    _drop_dead(g)
+    replace_nodes(g, new_nodes, extra_inits)
     return {"layernorm": len(ln), "gelu": len(gelus)}
 
 

@@ -67,6 +67,12 @@ def test_bench_export_quick_has_every_row(tmp_path):
         r8 = lat[n + bench_export.INT8]
         assert _pos(r8["ort_s"]) and len(r8["ort_rounds_s"]) == 2 and "int8 weights" in r8["note"]
         assert 0 < sizes[n]["int8_onnx_bytes"] < sizes[n]["onnx_bytes"]
+    rk = lat["TernaryBERT W2E2A8" + bench_export.KERNELS]           # the ternary row's integer-kernel form, timed
+    assert _pos(rk["ort_s"]) and _pos(rk["x_teacher"]) and "MatMulInteger" in rk["note"]
+    kept = tmp_path / "bench" / "onnx" / "TernaryBERT_W2E2A8_kernels.onnx"
+    assert sizes["TernaryBERT W2E2A8"]["int8_onnx_bytes"] == os.path.getsize(kept) == rk["onnx_bytes"]
+    import onnx
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(str(kept)).graph.node}
     assert list(dict.fromkeys(r["model"] for r in out["latency"]))[:2] == [bench_export.TEACHER, bench_export.BASE]
     assert set(sizes) == set(names)
     for s in sizes.values():
@@ -325,6 +331,14 @@ def test_report_table_from_run_records(tmp_path):
     from src.tinybert_model import count_params
     assert rows["T"][1] == count_params(runtime.build_classifier(cfg, "dense"))
     assert out["runs"][1]["train"] == [(10, 2.0), (20, 1.0), (30, 0.7)]
+    # --latency_row: a run's latency from another export row (TernaryBERT's integer-kernel file), said in the text
+    bench.write_text(json.dumps({"latency": [{"model": "T", "batch": 1, "seq": 64, "ort_s": 0.004},
+                                             {"model": "S int8 kernels", "batch": 1, "seq": 64, "ort_s": 0.002}]}))
+    out = report.main(["--run", f"T={t}", "--run", f"S={s}", "--bench_json", str(bench), "--latency_row",
+                       "S=S int8 kernels", "--out_dir", str(tmp_path / "o"), "--no_plots"])
+    assert out["rows"][1][3] == pytest.approx(2.0) and "S: latency of the export row 'S int8 kernels'" in out["text"]
+    with pytest.raises(UserError, match="--latency_row 'S': expected NAME=EXPORT_ROW"):
+        report.main(["--run", f"T={t}", "--latency_row", "S", "--out_dir", str(tmp_path / "o"), "--no_plots"])
 
 
 def test_write_readme_markers_and_flops(tmp_path):
