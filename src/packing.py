@@ -246,19 +246,6 @@ def build_ternary_inference_model(packed_or_state, bert_config=None, qcfg=None, 
     return net
 
 
-def export_inference(net, seq_length: int, batch_size: int, file_name: str, file_format: str = "MINDIR") -> str:
-    """ms.export of the inference cell with fixed (batch, seq) int32 inputs; returns the written file path."""
-    import mindspore as ms
-    ids = ms.Tensor(np.zeros((batch_size, seq_length), np.int32))
-    mask = ms.Tensor(np.ones((batch_size, seq_length), np.int32))
-    ms.export(net, ids, ids, mask, file_name=file_name, file_format=file_format)
-    path = file_name + "." + file_format.lower()
-    if file_format == "ONNX":              # as export.py: LayerNorm / GELU in the standard patterns (src/onnx_graph.py)
-        from src.export import standardize_onnx
-        standardize_onnx(path)
-    return path
-
-
 def size_table(fp32_ckpt_path: str, packed_path: str, sizes: dict, notation: str, codec: str,
                note: str = "") -> str:
     """Markdown size table from the real files (bytes)."""

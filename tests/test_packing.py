@@ -94,19 +94,21 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 
 def test_onnx_export_of_ternary_model_runs_in_onnxruntime(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    from src.packing import export_inference
+    from src.export import export_checkpoint
+    from src.ort_cpu import ort_session
     qcfg = QuantConfig(activation_scale="ema")
     model = BertForSequenceClassification(TINY.replace(initializer_range=0.3))
     quantize_model(model, qcfg)
     path = str(tmp_path / "m.tpack")
     pack(quantized_state(model), TINY, qcfg, path)
+    TINY.to_json_file(str(tmp_path / "config.json"))
     ids, seg, mask = _inputs()
     ref = build_ternary_inference_model(path)(ids, seg, mask).asnumpy()
     # MindSpore exports no Erf: built with the erf-free GELU, which the ONNX rewrite maps back to Erf
-    onnx_path = export_inference(build_ternary_inference_model(path, hidden_act="gelu_erf_poly"), 8, 2,
-                                 str(tmp_path / "m"), "ONNX")
-    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    export_checkpoint(str(tmp_path / "config.json"), path, str(tmp_path / "m"), "ONNX", 2, 8, ternary=True,
+                      log=lambda *_: None)
+    onnx_path = str(tmp_path / "m.onnx")
+    sess = ort_session(onnx_path, 2)
     feeds = dict(zip([i.name for i in sess.get_inputs()], [t.asnumpy() for t in (ids, seg, mask)]))
     np.testing.assert_allclose(sess.run(None, feeds)[0], ref, rtol=0, atol=1e-5)
     import onnx                                   # rewritten like export.py's files: Erf GELU, standard LayerNorm

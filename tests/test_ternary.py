@@ -120,6 +120,16 @@ def test_pack_tool_base3_export_and_report(run, capsys):
     ref = net(ids, zeros, mask).asnumpy()
     graph = ms.nn.GraphCell(ms.load(str(d / "model_base3.mindir")))
     np.testing.assert_allclose(graph(ids, zeros, mask).asnumpy(), ref, rtol=0, atol=1e-6)
+    side = json.loads((d / "model_base3.mindir.json").read_text())     # export.py's verified path, sidecar included
+    assert side["ternary"] and side["parity"]["max_abs_logit_diff"] <= 1e-5
+    # --export ONNX --int8: the integer-kernel file, verified like export.py --int8
+    assert pack_ternary.main(["--run_dir", str(d), "--codec", "base3", "--export", "ONNX", "--int8"]) == 0
+    side = json.loads((d / "model_base3.onnx.json").read_text())
+    assert side["int8_rewrite"]["dense"] > 0 and "8-bit activations" in side["parity"]["tolerance_rule"]
+    import onnx
+    assert "MatMulInteger" in {n.op_type for n in onnx.load(str(d / "model_base3.onnx")).graph.node}
+    with pytest.raises(UserError, match="--int8 rewrites the ONNX export: give --export ONNX"):
+        pack_ternary.main(["--run_dir", str(d), "--export", "MINDIR", "--int8"])
     capsys.readouterr()
     pack_ternary.main(["--report", str(d.parent)])
     out = capsys.readouterr().out

@@ -4,10 +4,13 @@ model rebuilt from the packed file and export it to MINDIR / ONNX.
     python tools/pack_ternary.py --run_dir output/ternary_mr/w2e2a8                 # 2-bit codes
     python tools/pack_ternary.py --run_dir output/ternary_mr/w2e2a8 --codec base3   # 5 codes per byte
     python tools/pack_ternary.py --run_dir output/ternary_mr/w2e2a8 --eval --export MINDIR ONNX
+    python tools/pack_ternary.py --run_dir output/ternary_mr/w2e2a8 --export ONNX --int8   # integer kernels
     python tools/pack_ternary.py --report output/ternary_mr     # markdown table of every run under the folder
 
 The run folder must hold best_quant.ckpt (quantized values), quant.json and config.json (run_ternary.py writes
-them). A checkpoint whose quantized tensors are not ternary (e.g. the fp32 teacher) is refused.
+them). A checkpoint whose quantized tensors are not ternary (e.g. the fp32 teacher) is refused. Exports go through
+export.py's code (src/export.py: reloaded and compared with the packed model before the file is written, sidecar
+JSON), as `export.py --ternary --ckpt_file <packed file>` would write them.
 """
 import argparse
 import glob
@@ -32,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--export", nargs="*", default=[], choices=["MINDIR", "ONNX"],
                    help="export the ternary inference model (fixed batch --export_batch, seq max_seq_length)")
     p.add_argument("--export_batch", type=int, default=1)
+    p.add_argument("--int8", action="store_true", help="with --export ONNX: ternary matmuls as MatMulInteger "
+                                                       "(src/ternary_int8.py, as export.py --int8)")
     p.add_argument("--report", default="", help="print a markdown table of all runs under this folder")
     return p.parse_args(argv)
 
@@ -105,6 +110,8 @@ def main(argv=None):
     if max_pos < 0:
         max_pos = cfg.data.max_seq_length if cfg is not None else 0
     eval_sets = task = None
+    if args.int8 and "ONNX" not in args.export:
+        raise UserError("--int8 rewrites the ONNX export: give --export ONNX")
     if args.eval or args.export:
         if cfg is None:
             raise UserError(f"{cfg_path} missing: --eval/--export need the run's resolved config")
@@ -117,15 +124,15 @@ def main(argv=None):
                               eval_batch=cfg.eval.batch_size if cfg is not None else 64, task=task,
                               fp32_ckpt=args.fp32_ckpt, out_path=out)
     if args.export:
-        from src.packing import build_ternary_inference_model, export_inference
+        from src.export import export_checkpoint
+        from src.packing import unpack
+        head = unpack(out)[3]
         for fmt in args.export:
-            # ONNX has no Erf: the exact GELU is exported through its erf-free polynomial form (|err| < 1e-6)
-            act = "gelu_erf_poly" if fmt == "ONNX" else None
-            net = build_ternary_inference_model(out, hidden_act=act)
-            base = os.path.splitext(out)[0]
-            path = export_inference(net, cfg.data.max_seq_length, args.export_batch, base, fmt)
-            print(f"exported {fmt}: {path} ({os.path.getsize(path):,} bytes; weights stored as fp32 values, "
-                  f"the packed size is the .tpack)")
+            info = export_checkpoint(os.path.join(args.run_dir, "config.json"), out, os.path.splitext(out)[0], fmt,
+                                     args.export_batch, cfg.data.max_seq_length, head_type=head, ternary=True,
+                                     device_target=cfg.device_target, int8=args.int8 and fmt == "ONNX")
+            print(f"exported {fmt}: {info['file']} (weights stored as "
+                  f"{'int8 codes' if info.get('int8_rewrite') else 'fp32 values'}; the packed size is the .tpack)")
     return 0 if result else 1
 
 
