@@ -44,10 +44,11 @@ def _ternary_spec(packed: str):
     _, cfg, qcfg, _, _ = unpack(packed)
     config_path = os.path.join(os.path.dirname(os.path.abspath(packed)), "config.json")
     runtime.require_file(config_path, "--ternary_packed's config.json (written beside it by run_ternary.py)")
+    source = f"packed artefact {os.path.basename(packed)}"
     spec = _spec(f"TernaryBERT {qcfg.notation}", cfg, packed, config_path,
-                 f"packed artefact {os.path.basename(packed)}: ternary weights rebuilt as fp32, 8-bit activation "
-                 f"fake-quant as trained (onnxruntime has no 2-bit kernels)")
-    spec["ternary"] = True
+                 f"{source}: ternary weights rebuilt as fp32, 8-bit activation fake-quant as trained (onnxruntime has "
+                 f"no 2-bit kernels)")
+    spec["ternary"], spec["source"] = True, source
     return spec
 
 
@@ -216,8 +217,8 @@ def main(argv=None):
                 row = {"model": spec["name"], "note": spec["note"], "params": m["params"], "batch": b, "seq": seq,
                        "gflop_per_seq": bert_flops(cfg, seq) / 1e9}
                 if seq > cfg.max_position_embeddings:       # a packed artefact keeps only its run's positions
-                    row["note"] = (f"skipped: the model has {cfg.max_position_embeddings} positions ("
-                                   f"{spec['note'].split(':')[0]})")
+                    row["note"] = (f"skipped: the model has {cfg.max_position_embeddings} positions"
+                                   + (f" ({spec['source']})" if spec.get("source") else ""))
                     results.append(row)
                     continue
                 path, inputs = export_file(m["onnx"], os.path.join(work, m["tag"]), "ONNX", b, seq, cfg.vocab_size)
@@ -288,18 +289,18 @@ def main(argv=None):
 
 
 def _size_row(spec, params, keep, tag, int8_path, kernels_bytes=None):
-    from src.tinybert_model import BertConfig  # noqa: F401  (cfg already built)
     cfg = spec["cfg"]
     ckpt_bytes = os.path.getsize(spec["ckpt"]) if spec["ckpt"] and not spec.get("width_mult") else None
     onnx = os.path.join(keep, tag + ".onnx")
-    # Packed ternary (2 bits per weight of every encoder Dense and the word embedding, fp32 scale per tensor and
-    # every other parameter in fp32): the size a packed TernaryBERT artefact of this shape has.
-    h, v = cfg.hidden_size, cfg.vocab_size
-    dense_w = sum(4 * h * cfg.heads(i) * cfg.head_size + 2 * h * cfg.ffn(i) for i in range(cfg.num_hidden_layers))
-    ternary_n = dense_w + v * h
-    packed = (ternary_n * 2 + 7) // 8 + 4 * (params - ternary_n) + 4 * (6 * cfg.num_hidden_layers + v)
     if spec.get("ternary"):                 # the artefact itself: its real size, and no fp32 checkpoint here
         packed, ckpt_bytes = os.path.getsize(spec["ckpt"]), None
+    else:
+        # Packed ternary (2 bits per weight of every encoder Dense and the word embedding, fp32 scale per tensor and
+        # every other parameter in fp32): the size a packed TernaryBERT artefact of this shape has.
+        h, v = cfg.hidden_size, cfg.vocab_size
+        dense_w = sum(4 * h * cfg.heads(i) * cfg.head_size + 2 * h * cfg.ffn(i) for i in range(cfg.num_hidden_layers))
+        ternary_n = dense_w + v * h
+        packed = (ternary_n * 2 + 7) // 8 + 4 * (params - ternary_n) + 4 * (6 * cfg.num_hidden_layers + v)
     return {"model": spec["name"], "params": params, "fp32_bytes": 4 * params, "ckpt_bytes": ckpt_bytes,
             "onnx_bytes": os.path.getsize(onnx) if os.path.exists(onnx) else None,
             "int8_onnx_bytes": (kernels_bytes if kernels_bytes else os.path.getsize(int8_path)
