@@ -75,11 +75,12 @@ def _fake_quant_site(G: _Graph, name: str):
     if mx is None or mx.op_type != "Max" or len(mx.input) != 2:
         return None
     red = [G.producer[i] for i in mx.input if i in G.producer and G.producer[i].op_type == "ReduceMax"]
-    if red:                                          # dynamic: max|x| of this tensor
+    if red:                                          # dynamic: max|x| over the whole tensor (one scale)
         ab = G.producer.get(red[0].input[0])
-        if ab is None or ab.op_type != "Abs" or ab.input[0] != x:
+        if ab is None or ab.op_type != "Abs" or ab.input[0] != x or len(red[0].input) != 1 \
+                or any(a.name == "axes" and len(a.ints) for a in red[0].attribute):     # MindSpore: axes = []
             return None
-    elif any(G.const(i) is None for i in mx.input):  # ema: a frozen max (x was clipped to it)
+    elif any(G.const(i) is None or G.const(i).size != 1 for i in mx.input):  # ema: a frozen max (x clipped to it)
         return None
     return x, mx.output[0]
 

@@ -20,13 +20,13 @@ import tiny_run
 R, K, N = 6, 16, 8                       # rows, input width, output width of the hand-built graph
 
 
-def _fake_quant(x, p, half=0.5, levels=127.0):
+def _fake_quant(x, p, half=0.5, levels=127.0, axes=()):
     """Nodes of src/quant.py's dynamic symmetric fake-quant as MindSpore exports it; output name p + '.y'."""
     c = lambda n, v: helper.make_node("Constant", [], [p + n], value=helper.make_tensor(p + n, TensorProto.FLOAT,
                                                                                           [], [v]))
     return [c(".eps", 1e-8), c(".lv", levels), c(".half", half),
             helper.make_node("Abs", [x], [p + ".abs"]),
-            helper.make_node("ReduceMax", [p + ".abs"], [p + ".max"], keepdims=0),
+            _reduce_max(p, axes),
             helper.make_node("Max", [p + ".max", p + ".eps"], [p + ".amax"]),
             helper.make_node("Div", [p + ".lv", p + ".amax"], [p + ".s"]),
             helper.make_node("Mul", [x, p + ".s"], [p + ".xs"]),
@@ -37,11 +37,18 @@ def _fake_quant(x, p, half=0.5, levels=127.0):
             helper.make_node("Add", [p + ".q", p + ".zero"], [p + ".y"])]
 
 
-def _graph(w, half=0.5, levels=127.0):
+def _reduce_max(p, axes):
+    """ReduceMax as MindSpore writes it: keepdims 0 and an `axes` attribute, empty for the whole tensor."""
+    n = helper.make_node("ReduceMax", [p + ".abs"], [p + ".max"], keepdims=0)
+    n.attribute.append(helper.make_attribute("axes", list(axes), attr_type=onnx.AttributeProto.INTS))
+    return n
+
+
+def _graph(w, half=0.5, levels=127.0, axes=()):
     """x [R, K] -> fake-quant -> Gemm(W^T, b) -> out [R, N]; y [2, R, K] -> fake-quant pair -> y_a @ y_b^T."""
     rng = np.random.default_rng(0)
     b = rng.normal(size=N).astype(np.float32)
-    nodes = _fake_quant("x", "fx", half, levels) + [helper.make_node("Gemm", ["fx.y", "W", "b"], ["out"], transB=1)]
+    nodes = _fake_quant("x", "fx", half, levels, axes) + [helper.make_node("Gemm", ["fx.y", "W", "b"], ["out"], transB=1)]
     nodes += _fake_quant("ya", "fa") + _fake_quant("yb", "fb") + [
         helper.make_node("Transpose", ["fb.y"], ["fbT"], perm=[0, 2, 1]),
         helper.make_node("MatMul", ["fa.y", "fbT"], ["scores"])]
@@ -96,13 +103,14 @@ def test_rewrite_computes_the_integer_product_exactly(tmp_path, monkeypatch):
     np.testing.assert_allclose(scores, fp32_scores, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("change", ["half", "levels", "two_alphas"])
+@pytest.mark.parametrize("change", ["half", "levels", "two_alphas", "per_row_max"])
 def test_lookalikes_are_left_in_fp32(change):
     rng = np.random.default_rng(2)
     w = (0.3 * rng.integers(-1, 2, size=(N, K))).astype(np.float32)
     if change == "two_alphas":
         w[0, :] *= 2                                          # not one alpha: not ternary per tensor
-    model, _ = _graph(w, half=0.4 if change == "half" else 0.5, levels=100.0 if change == "levels" else 127.0)
+    model, _ = _graph(w, half=0.4 if change == "half" else 0.5, levels=100.0 if change == "levels" else 127.0,
+                      axes=[1] if change == "per_row_max" else [])
     counts = integerize_model(model)
     assert counts["dense"] == 0 and counts["dense_fp32"] == (1 if change == "two_alphas" else 0)
     assert [n.op_type for n in model.graph.node].count("Gemm") == 1
