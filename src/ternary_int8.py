@@ -15,7 +15,10 @@ The same product in integers, with a = amax / 127:
 
 written as QuantizeLinear(x, a, zero point 128) (uint8 Q + 128) -> MatMulInteger(., C^T int8, a_zero_point 128)
 -> Cast(float) * Mul(a, alpha) -> Add(bias). The attention matmuls, whose two inputs are both quantized activations
-(Q K^T and probs V), take the second input as QuantizeLinear(x_b, a_b, int8 zero point 0) and the scale a_a * a_b.
+(Q K^T and probs V), take both as uint8 with zero point 128 and the scale a_a * a_b. Not int8 for the second: x86
+CPUs without VNNI run uint8 x int8 products through 16-bit pair sums that overflow for 8-bit values on both sides
+(onnxruntime converts only constant weights for that, `session.x64quantprecision`), while ternary codes {-1, 0, 1}
+cannot overflow; uint8 x uint8 ran as fast here (VNNI) and gave the same logits.
 The ternary word embedding (one alpha per row) is stored as its int8 codes and rebuilt at lookup as
 Gather(codes) * Gather(alpha): the same fp32 values, a quarter of the bytes. Position / token-type embeddings,
 LayerNorm, biases and the classifier stay fp32, as trained.
@@ -117,20 +120,18 @@ def integerize_model(model) -> Dict[str, int]:
         inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
-    zp_u8, zp_s8, c127 = const("int8.zp_u8", ZP, np.uint8), const("int8.zp_s8", 0, np.int8), const("int8.c127", 127.0)
+    zp_u8, c127 = const("int8.zp_u8", ZP, np.uint8), const("int8.c127", 127.0)
 
-    def quantize(site, dtype):
-        """(name of x quantized to dtype, its scale a = amax / 127, new nodes); built once per (x, dtype) and
+    def quantize(site):
+        """(name of x quantized to uint8 (Q + 128), its scale a = amax / 127, new nodes); built once per x and
         placed before the first matmul that reads it."""
         x, amax = site
-        key = (x, dtype)
-        if key in quantized:
-            return quantized[key] + ([],)
+        if x in quantized:
+            return quantized[x] + ([],)
         p = f"int8.q{len(quantized)}"
-        zp = zp_u8 if dtype == TensorProto.UINT8 else zp_s8
         nodes = [helper.make_node("Div", [amax, c127], [p + ".a"], name=p + ".Scale"),
-                 helper.make_node("QuantizeLinear", [x, p + ".a", zp], [p], name=p + ".QuantizeLinear")]
-        quantized[key] = (p, p + ".a")
+                 helper.make_node("QuantizeLinear", [x, p + ".a", zp_u8], [p], name=p + ".QuantizeLinear")]
+        quantized[x] = (p, p + ".a")
         return p, p + ".a", nodes
 
     for k, n in enumerate(g.node):
@@ -153,7 +154,7 @@ def integerize_model(model) -> Dict[str, int]:
                 counts["dense_fp32"] += 1
                 continue
             alpha, codes = t
-            q, a, nodes = quantize(site, TensorProto.UINT8)
+            q, a, nodes = quantize(site)
             if shape is not None:
                 nodes.append(helper.make_node("Reshape", [q, shape], [p + ".q2d"], name=p + ".Reshape"))
                 q = p + ".q2d"
@@ -177,15 +178,15 @@ def integerize_model(model) -> Dict[str, int]:
             sa, sb = _fake_quant_site(G, n.input[0]), _fake_quant_site(G, b_in)
             if sa is None or sb is None:
                 continue
-            qa, a_a, nodes = quantize(sa, TensorProto.UINT8)
-            qb, a_b, more = quantize(sb, TensorProto.INT8)
+            qa, a_a, nodes = quantize(sa)
+            qb, a_b, more = quantize(sb)
             nodes += more
-            if tr is not None:                                                 # the same permutation, on int8
+            if tr is not None:                                                 # the same permutation, on uint8
                 t_node = helper.make_node("Transpose", [qb], [p + ".qbT"], name=p + ".Transpose")
                 t_node.attribute.extend(tr.attribute)
                 nodes.append(t_node)
                 qb = p + ".qbT"
-            nodes += [helper.make_node("MatMulInteger", [qa, qb, zp_u8], [p + ".i32"], name=p + ".MatMulInteger"),
+            nodes += [helper.make_node("MatMulInteger", [qa, qb, zp_u8, zp_u8], [p + ".i32"], name=p + ".MatMulInteger"),
                       helper.make_node("Cast", [p + ".i32"], [p + ".f"], name=p + ".Cast", to=TensorProto.FLOAT),
                       helper.make_node("Mul", [a_a, a_b], [p + ".scale"], name=p + ".Scale"),
                       helper.make_node("Mul", [p + ".f", p + ".scale"], [n.output[0]], name=p + ".Mul")]
