@@ -258,8 +258,9 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
         if int8:
             int8_counts = integerize_onnx(tmp)
             if not int8_counts["dense"]:
-                raise UserError(f"--int8: '{ckpt_file}' has no ternary Dense with 8-bit activations to run in integer "
-                                f"kernels ({int8_counts['dense_fp32']} quantized Dense without ternary weights)")
+                raise UserError(f"--int8: '{ckpt_file}' has no ternary Dense with symmetric 8-bit activations to run "
+                                f"in integer kernels ({int8_counts['dense_fp32']} quantized Dense without ternary "
+                                f"weights; asymmetric activations, activation_mode asym, are not rewritten)")
             log(f"ONNX int8: {int8_counts['dense']} ternary Dense and {int8_counts['attention']} attention matmuls as "
                 f"MatMulInteger, {int8_counts['embedding']} word embedding as int8 codes; "
                 f"{int8_counts['dense_fp32']} quantized Dense left in fp32 (weights not ternary)")

@@ -118,7 +118,8 @@ def test_lookalikes_are_left_in_fp32(change):
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    """Tiny packed TernaryBERT artefacts (dynamic and EMA activation scales, and 8-bit weights) + config.json."""
+    """Tiny packed TernaryBERT artefacts (dynamic and EMA activation scales, 8-bit weights, asymmetric activations)
+    + config.json."""
     from src.packing import pack
     from src.quant import QuantConfig, quantize_model, quantized_state
     from src.tinybert_model import BertConfig, BertForSequenceClassification
@@ -127,7 +128,7 @@ def packed(tmp_path_factory):
     cfg.to_json_file(str(d / "config.json"))
     out = {"dir": d, "config": str(d / "config.json"), "cfg": cfg}
     for name, q in (("dynamic", QuantConfig()), ("ema", QuantConfig(activation_scale="ema")),
-                    ("w8", QuantConfig(weight_bits=8))):
+                    ("w8", QuantConfig(weight_bits=8)), ("asym", QuantConfig(activation_mode="asym"))):
         ms.set_seed(0)
         model = BertForSequenceClassification(cfg.replace(initializer_range=0.3))
         quantize_model(model, q)
@@ -204,8 +205,11 @@ def test_int8_bad_uses_are_clear_errors_and_leave_no_file(packed, tmp_path):
                           int8=True, **kw)
     with pytest.raises(UserError, match="needs --ternary"):
         export_checkpoint(packed["config"], packed["dynamic"], str(tmp_path / "a"), "ONNX", 2, 8, int8=True, **kw)
-    with pytest.raises(UserError, match=r"no ternary Dense .* \(7 quantized Dense without ternary weights\)"):
+    with pytest.raises(UserError, match=r"no ternary Dense .* \(7 quantized Dense without ternary weights; "):
         export_checkpoint(packed["config"], packed["w8"], str(tmp_path / "a"), "ONNX", 2, 8, ternary=True,
+                          int8=True, **kw)
+    with pytest.raises(UserError, match=r"\(0 quantized Dense .* activation_mode asym, are not rewritten"):
+        export_checkpoint(packed["config"], packed["asym"], str(tmp_path / "a"), "ONNX", 2, 8, ternary=True,
                           int8=True, **kw)
     assert os.listdir(tmp_path) == []
     r = tiny_run.run_script("export.py", ["--config_path", packed["config"], "--ckpt_file", packed["dynamic"],
