@@ -78,21 +78,33 @@ def _unpack_bits(data: bytes, n: int, bits: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- ternary checks
 
-def ternary_split(w: np.ndarray, rowwise: bool, name: str = "tensor", source: str = ""):
-    """A ternary tensor -> (alpha [rows or 1] float32, codes uint8 in {0,1,2}). UserError if not ternary."""
+def ternary_signs(w: np.ndarray, rowwise: bool):
+    """(alpha [rows or 1] float32, signs int8 in {-1, 0, 1} shaped like w) when w holds only 0 and +-alpha (one alpha
+    per row, or one for the whole tensor), else None."""
     w2 = np.asarray(w, np.float32).reshape(w.shape[0], -1) if rowwise else np.asarray(w, np.float32).reshape(1, -1)
     a = np.abs(w2)
     alpha = a.max(axis=1)
-    ok = (a == 0) | (a == alpha[:, None])
-    if not ok.all():
+    if not ((a == 0) | (a == alpha[:, None])).all():
+        return None
+    return alpha.astype(np.float32), np.sign(w2).astype(np.int8).reshape(np.shape(w))
+
+
+def ternary_split(w: np.ndarray, rowwise: bool, name: str = "tensor", source: str = ""):
+    """A ternary tensor -> (alpha [rows or 1] float32, codes uint8 in {0,1,2}). UserError if not ternary."""
+    parts = ternary_signs(w, rowwise)
+    if parts is None:
+        w2 = np.asarray(w, np.float32).reshape(w.shape[0], -1) if rowwise else np.asarray(w, np.float32).reshape(1, -1)
+        a = np.abs(w2)
+        ok = (a == 0) | (a == a.max(axis=1)[:, None])
         r = int(np.argmin(ok.all(axis=1)))
         k = int(np.unique(w2[r]).size)
         where = f"row {r} " if rowwise else ""
         raise UserError(f"{source}: tensor '{name}' {where}is not ternary ({k} distinct values, expected "
                         f"{{-a, 0, +a}}{' per row' if rowwise else ''}): pack the quantized checkpoint "
                         f"(best_quant.ckpt), not a full-precision one")
-    codes = np.where(w2 > 0, 1, np.where(w2 < 0, 2, 0)).astype(np.uint8)
-    return alpha.astype(np.float32), codes.reshape(-1)
+    alpha, signs = parts
+    codes = np.where(signs > 0, 1, np.where(signs < 0, 2, 0)).astype(np.uint8)
+    return alpha, codes.reshape(-1)
 
 
 def ternary_join(alpha: np.ndarray, codes: np.ndarray, shape, rowwise: bool) -> np.ndarray:

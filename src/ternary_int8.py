@@ -40,6 +40,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from src.onnx_graph import _Graph, replace_nodes
+from src.packing import ternary_signs
 
 ZP = 128                     # uint8 zero point: Q in [-127, 127] -> Q + 128 in [1, 255]
 
@@ -88,24 +89,6 @@ def _fake_quant_site(G: _Graph, name: str):
     return x, mx.output[0]
 
 
-def _ternary(w: np.ndarray):
-    """(alpha, int8 codes) when every value of w is 0 or +-alpha (one alpha, not all zero), else None."""
-    a = np.abs(w)
-    nz = a[a > 0]
-    if nz.size == 0 or not np.all(nz == nz.max()):
-        return None
-    return float(nz.max()), np.sign(w).astype(np.int8)
-
-
-def _ternary_rows(w: np.ndarray):
-    """(per-row alpha [rows, 1], int8 codes) when each row is 0 or +-its own alpha, else None."""
-    a = np.abs(w)
-    alpha = a.max(axis=1, keepdims=True)
-    if not np.all((a == 0) | (a == alpha)):
-        return None
-    return alpha.astype(np.float32), np.sign(w).astype(np.int8)
-
-
 def integerize_model(model) -> Dict[str, int]:
     """Rewrite an onnx ModelProto in place. Returns counts: "dense" (ternary Dense now MatMulInteger), "attention"
     (Q K^T and probs V now MatMulInteger), "embedding" (word embedding stored as int8 codes), "dense_fp32"
@@ -149,11 +132,11 @@ def integerize_model(model) -> Dict[str, int]:
             site = _fake_quant_site(G, a_in)
             if site is None:
                 continue
-            t = _ternary(w)
-            if t is None:
+            t = ternary_signs(w, rowwise=False)
+            if t is None or t[0][0] == 0:                           # not ternary, or all zero: left in fp32
                 counts["dense_fp32"] += 1
                 continue
-            alpha, codes = t
+            alpha, codes = float(t[0][0]), t[1]
             q, a, nodes = quantize(site)
             if shape is not None:
                 nodes.append(helper.make_node("Reshape", [q, shape], [p + ".q2d"], name=p + ".Reshape"))
@@ -186,7 +169,8 @@ def integerize_model(model) -> Dict[str, int]:
                 t_node.attribute.extend(tr.attribute)
                 nodes.append(t_node)
                 qb = p + ".qbT"
-            nodes += [helper.make_node("MatMulInteger", [qa, qb, zp_u8, zp_u8], [p + ".i32"], name=p + ".MatMulInteger"),
+            nodes += [helper.make_node("MatMulInteger", [qa, qb, zp_u8, zp_u8], [p + ".i32"],
+                                       name=p + ".MatMulInteger"),
                       helper.make_node("Cast", [p + ".i32"], [p + ".f"], name=p + ".Cast", to=TensorProto.FLOAT),
                       helper.make_node("Mul", [a_a, a_b], [p + ".scale"], name=p + ".Scale"),
                       helper.make_node("Mul", [p + ".f", p + ".scale"], [n.output[0]], name=p + ".Mul")]
@@ -194,10 +178,10 @@ def integerize_model(model) -> Dict[str, int]:
             counts["attention"] += 1
         elif n.op_type == "Gather":            # the ternary word embedding: the only table whose rows are each
             w = G.const(n.input[0])            # 0 / +-one alpha
-            t = None if w is None or w.ndim != 2 or w.shape[0] < 3 else _ternary_rows(w)
+            t = None if w is None or w.ndim != 2 or w.shape[0] < 3 else ternary_signs(w, rowwise=True)
             if t is None:
                 continue
-            alpha, codes = t
+            alpha, codes = t[0].reshape(-1, 1), t[1]
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             new_nodes[id(n)] = [
                 helper.make_node("Gather", [const(p + ".codes", codes, np.int8), n.input[1]], [p + ".c"],
