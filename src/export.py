@@ -76,12 +76,19 @@ def export_activation(cfg: BertConfig, file_format: str, gelu: str):
     return cfg, "exact erf GELU exported as is"
 
 
+def _require_onnx(what: str):
+    """UserError unless the onnx package imports (src/onnx_graph.py and src/ternary_int8.py import it only when they
+    run, so a guard around importing them would never fire)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"{what} needs the onnx package ({e}): pip install -r requirements.txt") from None
+
+
 def standardize_onnx(path: str, gelu_to_erf: bool = True) -> dict:
     """Rewrite a MindSpore-written .onnx in place into the patterns runtimes fuse (src/onnx_graph.py)."""
-    try:
-        from src.onnx_graph import standardize_file
-    except ImportError as e:
-        raise UserError(f"ONNX export needs the onnx package ({e}): pip install -r requirements.txt") from None
+    _require_onnx("ONNX export")
+    from src.onnx_graph import standardize_file
     return standardize_file(path, gelu=gelu_to_erf)
 
 
@@ -199,10 +206,8 @@ def output_path(file_name: str, fmt: str) -> str:
 def integerize_onnx(path: str) -> dict:
     """Rewrite a ternary model's .onnx in place so its quantized matmuls run in integer kernels
     (src/ternary_int8.py)."""
-    try:
-        from src.ternary_int8 import integerize_file
-    except ImportError as e:
-        raise UserError(f"--int8 needs the onnx package ({e}): pip install -r requirements.txt") from None
+    _require_onnx("--int8")
+    from src.ternary_int8 import integerize_file
     return integerize_file(path)
 
 
