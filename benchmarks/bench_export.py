@@ -21,8 +21,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (ROOT, bert_flops, emit, machine, machine_line, markdown_table,  # noqa
-                               rounds_and_budget, time_call, write_json)
+from benchmarks.common import (ROOT, add_timing_args, bert_flops, emit, machine, machine_line,  # noqa
+                               markdown_table, rounds_and_budget, time_call, write_json)
 
 TEACHER, BASE, TINY4 = "MiniLM-L6 teacher", "BERT-base shape", "TinyBERT-4 shape"
 STUDENT = "MR student"
@@ -155,13 +155,9 @@ def quant_python(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="exported-model latency/throughput and size tables")
-    p.add_argument("--quick", action="store_true", help="tiny shapes (tests); timings meaningless")
+    add_timing_args(p, "seconds of timed calls per model, cell and round")
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--seqs", type=int, nargs="+", default=None)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--budget", type=float, default=None, help="seconds of timed calls per model, cell and round")
-    p.add_argument("--rounds", type=int, default=None, help="onnxruntime timing rounds per cell (median of their "
-                                                             "medians; default 3, --quick 1)")
     p.add_argument("--no_mindir", action="store_true", help="skip the MINDIR-in-MindSpore column")
     p.add_argument("--teacher_dir", default="output/td_mr/teacher")
     p.add_argument("--student_dir", default="output/td_mr/td2")
@@ -173,8 +169,6 @@ def main(argv=None):
                                                         "model.tpack) for a TernaryBERT row")
     p.add_argument("--quant_python", default="", help="python with onnx + onnxruntime (default: this one or "
                                                       ".venv-bench/bin/python)")
-    p.add_argument("--out_dir", default="output/bench")
-    p.add_argument("--readme", default="", help="write the tables into this README between bench markers")
     p.add_argument("--from_json", default="", help="print (and with --readme write) the tables of a saved "
                                                    "export.json again, without timing anything")
     args = p.parse_args(argv)

@@ -53,8 +53,8 @@ def child(spec: dict) -> dict:
         feeds = {"x": x}
     else:
         sess = ort_session(spec["path"], spec["threads"], session_config=config)
-        feeds = dict(zip([i.name for i in sess.get_inputs()], [np.load(spec["inputs"])[k] for k in ("ids", "types",
-                                                                                                    "mask")]))
+        data = np.load(spec["inputs"])
+        feeds = dict(zip([i.name for i in sess.get_inputs()], [data[k] for k in ("ids", "types", "mask")]))
     out = sess.run(None, feeds)[0]
     t = time_call(lambda: sess.run(None, feeds), budget_s=spec["budget"], warmup=2)
     return {"s": t, "checksum": float(np.abs(out).sum()), "out": out.reshape(-1)[:64].tolist()}
