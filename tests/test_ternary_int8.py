@@ -48,7 +48,8 @@ def _graph(w, half=0.5, levels=127.0, axes=()):
     """x [R, K] -> fake-quant -> Gemm(W^T, b) -> out [R, N]; y [2, R, K] -> fake-quant pair -> y_a @ y_b^T."""
     rng = np.random.default_rng(0)
     b = rng.normal(size=N).astype(np.float32)
-    nodes = _fake_quant("x", "fx", half, levels, axes) + [helper.make_node("Gemm", ["fx.y", "W", "b"], ["out"], transB=1)]
+    nodes = _fake_quant("x", "fx", half, levels, axes) + [
+        helper.make_node("Gemm", ["fx.y", "W", "b"], ["out"], transB=1)]
     nodes += _fake_quant("ya", "fa") + _fake_quant("yb", "fb") + [
         helper.make_node("Transpose", ["fb.y"], ["fbT"], perm=[0, 2, 1]),
         helper.make_node("MatMul", ["fa.y", "fbT"], ["scores"])]
@@ -59,13 +60,9 @@ def _graph(w, half=0.5, levels=127.0, axes=()):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)]), b
 
 
-def _run(model, feeds):
-    path = os.path.join(os.environ.get("PYTEST_TMP", "/tmp"), f"int8_{os.getpid()}_{id(model)}.onnx")
-    onnx.save(model, path)
-    try:
-        return ort_session(path, 2).run(None, feeds)
-    finally:
-        os.remove(path)
+def _run(model, feeds, path):
+    onnx.save(model, str(path))
+    return ort_session(str(path), 2).run(None, feeds)
 
 
 def _quant_ref(x):
@@ -74,15 +71,14 @@ def _quant_ref(x):
     return np.rint(x / a).astype(np.float64), float(a)
 
 
-def test_rewrite_computes_the_integer_product_exactly(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTEST_TMP", str(tmp_path))
+def test_rewrite_computes_the_integer_product_exactly(tmp_path):
     rng = np.random.default_rng(1)
     codes = rng.integers(-1, 2, size=(N, K)).astype(np.float32)
     alpha = np.float32(0.37)
     model, bias = _graph(alpha * codes)
     feeds = {"x": rng.normal(size=(R, K)).astype(np.float32) * 3,
              "ya": rng.normal(size=(2, R, K)).astype(np.float32), "yb": rng.normal(size=(2, R, K)).astype(np.float32)}
-    fp32_out, fp32_scores = _run(model, feeds)
+    fp32_out, fp32_scores = _run(model, feeds, tmp_path / "fp32.onnx")
     counts = integerize_model(model)
     assert counts == {"dense": 1, "attention": 1, "embedding": 0, "dense_fp32": 0}
     ops = [n.op_type for n in model.graph.node]
@@ -90,7 +86,7 @@ def test_rewrite_computes_the_integer_product_exactly(tmp_path, monkeypatch):
     assert "Floor" not in ops and "Gemm" not in ops and "W" not in {t.name for t in model.graph.initializer}
     codes_init = [t for t in model.graph.initializer if t.name.endswith(".codes")]
     assert len(codes_init) == 1 and np.array_equal(numpy_helper.to_array(codes_init[0]), codes.T.astype(np.int8))
-    out, scores = _run(model, feeds)
+    out, scores = _run(model, feeds, tmp_path / "int8.onnx")
     q, a = _quant_ref(feeds["x"])
     want = a * float(alpha) * (q @ codes.T.astype(np.float64)) + bias
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-5)
