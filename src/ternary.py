@@ -198,15 +198,17 @@ def _run(cfg, out_dir, save_resolved):
                  f"checkpoints {os.path.join(out_dir, 'best.ckpt')}, {os.path.join(out_dir, 'best_quant.ckpt')}")
     if cfg.pack.after_train and is_main:
         result["packed"] = pack_run(out_dir, cfg.pack.codec, cfg.pack.max_positions or cfg.data.max_seq_length,
-                                    log=log, eval_sets=eval_sets, eval_batch=cfg.eval.batch_size, task=task)
+                                    cfg.student.head_type, log=log, eval_sets=eval_sets,
+                                    eval_batch=cfg.eval.batch_size, task=task)
     log.close()
     return result
 
 
-def pack_run(out_dir: str, codec: str, max_positions: int, log=None, eval_sets=None, eval_batch: int = 64,
-             task=None, fp32_ckpt: str = "", out_path: str = "") -> dict:
+def pack_run(out_dir: str, codec: str, max_positions: int, head_type: str, log=None, eval_sets=None,
+             eval_batch: int = 64, task=None, fp32_ckpt: str = "", out_path: str = "") -> dict:
     """Pack <out_dir>/best_quant.ckpt into <out_dir>/model.tpack, write size_table.md, and (with eval_sets)
-    evaluate the model rebuilt from the packed file. Returns sizes and metrics."""
+    evaluate the model rebuilt from the packed file. `head_type` = the run's student.head_type: the packed file
+    records it and the rebuilt model uses it. Returns sizes and metrics."""
     from src.checkpoint import read_ms_checkpoint
     from src.packing import build_ternary_inference_model, pack, size_table
     say = log.info if log is not None else print
@@ -215,7 +217,8 @@ def pack_run(out_dir: str, codec: str, max_positions: int, log=None, eval_sets=N
     qckpt = runtime.require_file(os.path.join(out_dir, "best_quant.ckpt"), "quantized checkpoint")
     state = read_ms_checkpoint(qckpt)
     out_path = out_path or os.path.join(out_dir, "model.tpack")
-    sizes = pack(state, bcfg, qcfg, out_path, codec=codec, max_positions=max_positions, source=qckpt)
+    sizes = pack(state, bcfg, qcfg, out_path, head_type=head_type, codec=codec, max_positions=max_positions,
+                 source=qckpt)
     fp32 = fp32_ckpt or os.path.join(out_dir, "best.ckpt")
     note = (f"Everything the packed file holds is counted (header with config and tensor table included); "
             f"position table: first {max_positions} rows kept (the deployed max_seq_length). The tokenizer "

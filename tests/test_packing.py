@@ -138,6 +138,27 @@ def test_export_py_ternary_builds_from_the_packed_artefact(tmp_path):
                           head_type="relu_pooler", ternary=True, log=lambda *_: None)
 
 
+def test_pack_run_records_the_runs_head_type(tmp_path):
+    """A relu_pooler run is packed as relu_pooler: the rebuilt model keeps the ReLU on the pooled output, so its
+    logits equal the trained model's (it was once packed as "dense", which drops the ReLU)."""
+    from src.ternary import pack_run, save_quantized
+    qcfg = QuantConfig()
+    model = quantize_model(BertForSequenceClassification(TINY.replace(initializer_range=0.3),
+                                                         head_type="relu_pooler"), qcfg)
+    net = LogitsOnly(model)
+    net.set_train(False)
+    ref = net(*_inputs()).asnumpy()
+    TINY.to_json_file(str(tmp_path / "config.json"))
+    save_quantized(model, str(tmp_path), "best", qcfg, extra={"step": 1})
+    pack_run(str(tmp_path), "2bit", 16, "relu_pooler", log=None)
+    state, bcfg, qcfg_back, head, _ = unpack(str(tmp_path / "model.tpack"))
+    assert head == "relu_pooler"
+    np.testing.assert_array_equal(build_ternary_inference_model(str(tmp_path / "model.tpack"))(*_inputs()).asnumpy(),
+                                  ref)
+    as_dense = build_ternary_inference_model(state, bcfg, qcfg_back, "dense")(*_inputs()).asnumpy()
+    assert np.abs(as_dense - ref).max() > 1e-3          # the head matters: this test would see the old bug
+
+
 def test_pack_run_of_an_ema_run_keeps_the_frozen_activation_scales(tmp_path):
     """best_quant.ckpt of an `activation_scale: ema` run holds 0-d `amax` parameters: they go through the file,
     the packer and a strict load unchanged (they once came back as checkpoint metadata and were dropped)."""
@@ -155,7 +176,7 @@ def test_pack_run_of_an_ema_run_keeps_the_frozen_activation_scales(tmp_path):
     ref = net(*_inputs()).asnumpy()
     TINY.to_json_file(str(tmp_path / "config.json"))
     save_quantized(model, str(tmp_path), "best", qcfg, extra={"step": 3})
-    pack_run(str(tmp_path), "base3", 16, log=None)
+    pack_run(str(tmp_path), "base3", 16, "dense", log=None)
     state, *_ = unpack(str(tmp_path / "model.tpack"))
     for n, p in amax.items():
         assert state[n] == p.asnumpy(), n

@@ -145,6 +145,17 @@ def test_packing_the_fp32_teacher_is_refused(run, tmp_path):
         pack_ternary.main(["--run_dir", str(bad)])
 
 
+def test_pack_tool_needs_the_resolved_config(run, tmp_path):
+    """The head type comes from the run's resolved config: without it the tool stops before writing anything."""
+    import shutil
+    bare = tmp_path / "bare"
+    shutil.copytree(run["dir"], bare, ignore=shutil.ignore_patterns("*.tpack", "*.mindir", "*.onnx*",
+                                                                    "config_resolved.yaml"))
+    with pytest.raises(UserError, match=r"config_resolved\.yaml missing: expected the run's resolved config"):
+        pack_ternary.main(["--run_dir", str(bare)])
+    assert not list(bare.glob("*.tpack*"))
+
+
 def test_unsupported_bit_width_is_a_user_error(run):
     with pytest.raises(UserError, match=r"quant\.bits\.weight 3 not supported: expected one of \[2, 4, 8, 32\]"):
         run_ternary.main(run["argv"] + ["--quant.bits.weight", "3"])

@@ -7,8 +7,9 @@ model rebuilt from the packed file and export it to MINDIR / ONNX.
     python tools/pack_ternary.py --run_dir output/ternary_mr/w2e2a8 --export ONNX --int8   # integer kernels
     python tools/pack_ternary.py --report output/ternary_mr     # markdown table of every run under the folder
 
-The run folder must hold best_quant.ckpt (quantized values), quant.json and config.json (run_ternary.py writes
-them). A checkpoint whose quantized tensors are not ternary (e.g. the fp32 teacher) is refused. Exports go through
+The run folder must hold best_quant.ckpt (quantized values), quant.json, config.json and config_resolved.yaml
+(run_ternary.py writes them; the student's head type and max_seq_length come from the resolved config). A
+checkpoint whose quantized tensors are not ternary (e.g. the fp32 teacher) is refused. Exports go through
 export.py's code (src/export.py: reloaded and compared with the packed model before the file is written, sidecar
 JSON), as `export.py --ternary --ckpt_file <packed file>` would write them.
 """
@@ -105,32 +106,28 @@ def main(argv=None):
     from src.config import load_config
     from src import ternary
     cfg_path = os.path.join(args.run_dir, "config_resolved.yaml")
-    cfg = load_config(cfg_path, ["--config_path", cfg_path]) if os.path.isfile(cfg_path) else None
-    max_pos = args.max_positions
-    if max_pos < 0:
-        max_pos = cfg.data.max_seq_length if cfg is not None else 0
+    if not os.path.isfile(cfg_path):
+        raise UserError(f"{cfg_path} missing: expected the run's resolved config (student.head_type, "
+                        f"data.max_seq_length), as run_ternary.py writes it")
+    cfg = load_config(cfg_path, ["--config_path", cfg_path])
+    max_pos = args.max_positions if args.max_positions >= 0 else cfg.data.max_seq_length
     eval_sets = task = None
     if args.int8 and "ONNX" not in args.export:
         raise UserError("--int8 rewrites the ONNX export: give --export ONNX")
     if args.eval or args.export:
-        if cfg is None:
-            raise UserError(f"{cfg_path} missing: --eval/--export need the run's resolved config")
         from src import runtime
         runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, False)
         task = runtime.task_from_config(cfg)
         eval_sets = runtime.load_eval_sets(cfg, task) if args.eval else None
     out = args.out or os.path.join(args.run_dir, "model.tpack" if args.codec == "2bit" else "model_base3.tpack")
-    result = ternary.pack_run(args.run_dir, args.codec, max_pos, eval_sets=eval_sets,
-                              eval_batch=cfg.eval.batch_size if cfg is not None else 64, task=task,
-                              fp32_ckpt=args.fp32_ckpt, out_path=out)
+    result = ternary.pack_run(args.run_dir, args.codec, max_pos, cfg.student.head_type, eval_sets=eval_sets,
+                              eval_batch=cfg.eval.batch_size, task=task, fp32_ckpt=args.fp32_ckpt, out_path=out)
     if args.export:
         from src.export import export_checkpoint
-        from src.packing import unpack
-        head = unpack(out)[3]
         for fmt in args.export:
             info = export_checkpoint(os.path.join(args.run_dir, "config.json"), out, os.path.splitext(out)[0], fmt,
-                                     args.export_batch, cfg.data.max_seq_length, head_type=head, ternary=True,
-                                     device_target=cfg.device_target, int8=args.int8 and fmt == "ONNX")
+                                     args.export_batch, cfg.data.max_seq_length, head_type=cfg.student.head_type,
+                                     ternary=True, device_target=cfg.device_target, int8=args.int8 and fmt == "ONNX")
             print(f"exported {fmt}: {info['file']} (weights stored as "
                   f"{'int8 codes' if info.get('int8_rewrite') else 'fp32 values'}; the packed size is the .tpack)")
     return 0 if result else 1
