@@ -632,9 +632,10 @@ def run_ofa(cfg, out_dir: str, save_resolved):
         log.info(f"width {s.label}: heads {_sizes_txt(s.heads)}, FFN {_sizes_txt(s.ffn)}{depth}"
                  + (f" ({note})" if note else ""))
 
-    dev = runtime.load_split(cfg.data.dir, "dev", cfg.data.dataset_type, cfg.data.max_seq_length, task)
+    eval_sets = runtime.load_eval_sets(cfg, task)               # the task's dev split(s): MNLI matched + mismatched
     train = runtime.load_split(cfg.data.dir, "train", cfg.data.dataset_type, cfg.data.max_seq_length, task)
-    log.info(f"train dataset size: {len(train['input_ids'])}, dev eval dataset size: {len(dev['input_ids'])}")
+    log.info(f"train dataset size: {len(train['input_ids'])}, "
+             + ", ".join(f"{s} eval dataset size: {len(a['input_ids'])}" for s, a in eval_sets.items()))
     buckets = list(cfg.data.length_buckets)
 
     teacher = runtime.build_classifier(tcfg, cfg.teacher.head_type)
@@ -717,7 +718,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
         metrics = {}
         for s, net in zip(specs, eval_nets):
             net.set_train(False)
-            m = evaluate(net, {"dev": dev}, cfg.eval.batch_size, task)
+            m = evaluate(net, eval_sets, cfg.eval.batch_size, task)
             metrics.update({k if s is specs[0] else f"{k}_w{s.label}": v for k, v in m.items()})
             b = best[s.label]
             if m[main] > b["metric"]:

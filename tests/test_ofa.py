@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("ofa")
     data = d / "data"
     data.mkdir()
-    for split, n, seed in (("train", 96, 0), ("dev", 40, 1)):
+    for split, n, seed in (("train", 96, 0), ("dev", 40, 1), ("test", 40, 2)):
         k = write_records(str(data / f"{split}.tf_record"), _rows(n, seed), COLUMNS)
         write_schema(str(data / f"{split}_schema.json"), COLUMNS, k)
     ms.set_seed(0)
@@ -125,10 +125,12 @@ def _slice_tool_matches_view(out, sliced, dev, width, depth=1.0):
 def test_ofa_with_depth_keeps_shallower_best_submodels(setup):
     """depth_mult_list [1.0, 0.5] x widths [1.0, 0.5]: four sub-networks trained together; the depth-0.5 best
     checkpoints are 1-layer models that reproduce their logged scores; slice_width --depth_mult gives the
-    supernet's view at that depth."""
+    supernet's view at that depth. `eval.split test`: the scores are those of the test split (the run once
+    always read a split named "dev", so MNLI's dev_matched / dev_mismatched could not be used)."""
     d = setup
     out = d / "run_depth"
-    argv = _argv(d, out, ["--depth_mult_list", "1.0", "0.5", "--train.epochs", "1", "--eval.every", "0"])
+    argv = _argv(d, out, ["--depth_mult_list", "1.0", "0.5", "--train.epochs", "1", "--eval.every", "0",
+                          "--eval.split", "test"])
     i = argv.index("--width_mult_list")
     argv = argv[:i + 1] + ["1.0", "0.5"] + argv[i + 4:]
     cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), argv)
@@ -137,7 +139,8 @@ def test_ofa_with_depth_keeps_shallower_best_submodels(setup):
     assert sorted(rows) == [(0.5, 0.5), (0.5, 1.0), (1.0, 0.5), (1.0, 1.0)]
     evals = [json.loads(l) for l in open(out / "metrics.jsonl") if '"kind": "eval"' in l]
     task = get_task("MR")
-    dev = runtime.load_split(str(d / "data"), "dev", "tfrecord", SEQ, task)
+    dev = runtime.load_split(str(d / "data"), "test", "tfrecord", SEQ, task)
+    assert "test eval dataset size: 40" in open(out / "log.txt").read()
     for (w, dep), key in (((0.5, 0.5), "acc_w0.500_d0.500"), ((1.0, 0.5), "acc_w1.000_d0.500")):
         label = key[len("acc_w"):]
         conf = BertConfig.from_json_file(str(out / f"config_w{label}.json"))
