@@ -27,7 +27,9 @@ def parse_args(argv):
     p.add_argument("--seq_length", type=int, default=64, help="fixed sequence length of the exported graph")
     p.add_argument("--task", default="", help="task name (MR, SST-2, MNLI, ...): sets num_labels")
     p.add_argument("--num_labels", type=int, default=0, help="override num_labels (0 = from --task or config)")
-    p.add_argument("--head_type", default="dense", help="dense | relu_pooler (as trained)")
+    p.add_argument("--head_type", default="auto", choices=["auto", "dense", "relu_pooler"],
+                   help="auto (default) = the head the checkpoint records (dense when it records none); an explicit "
+                        "one must match the record")
     p.add_argument("--gelu", default="auto",
                    help="auto = exact: ONNX Erf | erf_poly: keep the polynomial | tanh (approximation)")
     p.add_argument("--width_mult", type=float, default=None, help="slice a width supernet checkpoint to this width")

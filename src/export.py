@@ -111,7 +111,7 @@ def _ternary_model(cfg: BertConfig, packed_file: str, head_type: str):
     from the artefact itself; only the activation of --config_path (e.g. gelu_erf_poly for ONNX) is applied."""
     from src.packing import build_ternary_inference_model, unpack
     state, packed_cfg, qcfg, packed_head, _ = unpack(packed_file)
-    if head_type != packed_head:
+    if head_type not in ("", "auto") and head_type != packed_head:
         raise UserError(f"--head_type {head_type}: the packed model '{packed_file}' was trained with head_type "
                         f"{packed_head}")
     hidden_act = cfg.hidden_act if cfg.hidden_act != packed_cfg.hidden_act else None
@@ -120,12 +120,14 @@ def _ternary_model(cfg: BertConfig, packed_file: str, head_type: str):
     return model_cfg, net.net
 
 
-def build_model(config_path: str, ckpt_file: str, num_labels: Optional[int] = None, head_type: str = "dense",
+def build_model(config_path: str, ckpt_file: str, num_labels: Optional[int] = None, head_type: str = "auto",
                 width_mult: Optional[float] = None, ternary: bool = False, hidden_act: Optional[str] = None,
                 depth_mult: Optional[float] = None):
     """(config, classifier in inference mode) from a model config.json + checkpoint, strictly loaded.
 
-    hidden_act overrides the activation only (e.g. "gelu_erf_poly" for ONNX); the weights are the same."""
+    head_type "auto": the one the checkpoint (or packed artefact) records, else dense; an explicit one must match
+    the record. hidden_act overrides the activation only (e.g. "gelu_erf_poly" for ONNX); the weights are the
+    same."""
     over = {}
     if num_labels:
         over["num_labels"] = int(num_labels)
@@ -135,6 +137,8 @@ def build_model(config_path: str, ckpt_file: str, num_labels: Optional[int] = No
         cfg = cfg.replace(hidden_act=hidden_act)
     if (width_mult is not None or depth_mult is not None) and ternary:
         raise UserError("--width_mult/--depth_mult and --ternary together are not supported: export one at a time")
+    if not ternary:
+        head_type = runtime.resolve_head_type(head_type, ckpt_file, "--head_type")
     if width_mult is not None or depth_mult is not None:
         cfg, model = _width_model(cfg, ckpt_file, 1.0 if width_mult is None else width_mult, head_type,
                                   1.0 if depth_mult is None else depth_mult)
@@ -219,7 +223,7 @@ def has_act_quant(model: nn.Cell) -> bool:
 
 def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_format: str = "MINDIR",
                       batch_size: int = 32, seq_length: int = 64, num_labels: Optional[int] = None,
-                      head_type: str = "dense", gelu: str = "auto", width_mult: Optional[float] = None,
+                      head_type: str = "auto", gelu: str = "auto", width_mult: Optional[float] = None,
                       ternary: bool = False, device_target: str = "CPU", verify: bool = True, log=print,
                       depth_mult: Optional[float] = None, int8: bool = False) -> dict:
     """Export, reload, compare with the checkpoint, then move the file into place. Returns the sidecar dict.
@@ -275,7 +279,8 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                            "meaning": "classifier logits (no softmax)"},
                 "batch_size": batch_size, "seq_length": seq_length, "num_labels": ref_cfg.num_labels,
                 "hidden_act": exp_cfg.hidden_act, "checkpoint_hidden_act": ref_cfg.hidden_act, "gelu_note": note,
-                "width_mult": width_mult, "depth_mult": depth_mult, "ternary": bool(ternary)}
+                "width_mult": width_mult, "depth_mult": depth_mult, "ternary": bool(ternary),
+                "head_type": ref_model.head_type}
         if rewritten is not None:
             info["onnx_rewrite"] = rewritten
         if int8_counts is not None:

@@ -230,11 +230,41 @@ def cell_state(cell, extra_cells: Optional[dict] = None, prefix: str = "") -> Di
     return state
 
 
+def head_meta(cell) -> dict:
+    """{"head_type": ...} for a classifier (recorded in its checkpoints: the ReLU of a relu_pooler head has no
+    parameter, so the weights alone cannot tell the heads apart), else {}."""
+    head = getattr(cell, "head_type", None)
+    return {"head_type": head} if isinstance(head, str) else {}
+
+
 def save_cell(cell, path: str, extra: Optional[dict] = None, prefix: str = "", **extra_cells):
-    """Atomic checkpoint of a cell (names relative to it, under `prefix`) + extra cells + scalar metadata."""
+    """Atomic checkpoint of a cell (names relative to it, under `prefix`) + extra cells + scalar metadata; a
+    classifier's head type is recorded too (head_meta)."""
     from src.checkpoint import save_checkpoint_atomic
     params = [{"name": n, "data": p} for n, p in cell_state(cell, extra_cells, prefix).items()]
-    save_checkpoint_atomic(params, path, extra=extra)
+    save_checkpoint_atomic(params, path, extra={**head_meta(cell), **(extra or {})})
+
+
+def checkpoint_head_type(ckpt: str) -> Optional[str]:
+    """The head type a checkpoint records (save_cell / save_quantized), or None (older files, HF conversions,
+    backbone-only checkpoints)."""
+    from src.checkpoint import read_ms_checkpoint
+    head = read_ms_checkpoint(ckpt, with_extra=True)[1].get("head_type")
+    return head if isinstance(head, str) else None
+
+
+def resolve_head_type(requested: str, ckpt: str, flag: str) -> str:
+    """`requested` "auto" (or "") -> the head the checkpoint records, else "dense"; an explicit head type must
+    match the recorded one (one clear error instead of a model that silently drops or adds the pooler ReLU)."""
+    require_file(ckpt, flag)
+    recorded = checkpoint_head_type(ckpt)
+    if requested in ("", "auto"):
+        return recorded or "dense"
+    if requested not in BertForSequenceClassification.HEAD_TYPES:
+        raise UserError(f"{flag} '{requested}': expected auto or one of {BertForSequenceClassification.HEAD_TYPES}")
+    if recorded is not None and recorded != requested:
+        raise UserError(f"{flag} {requested}: checkpoint '{ckpt}' was saved with head_type {recorded}")
+    return requested
 
 
 def load_into(cell, ckpt: str, what: str, strict: bool = True, prefix_map: Optional[dict] = None,
@@ -245,10 +275,15 @@ def load_into(cell, ckpt: str, what: str, strict: bool = True, prefix_map: Optio
     Strict: every missing/unexpected key and shape mismatch is reported in one UserError, except keys starting
     with a prefix in allow_missing / allow_unexpected (e.g. the classifier of a freshly built head).
     prefix_map {"": "bert."} renames checkpoint keys (a BertModel checkpoint into a classifier's backbone).
+    A classifier checkpoint that records its head type (save_cell) loads only into a classifier with that head.
     """
     from src.checkpoint import check_state, read_ms_checkpoint
     require_file(ckpt, what)
-    loaded = read_ms_checkpoint(ckpt)
+    loaded, meta = read_ms_checkpoint(ckpt, with_extra=True)
+    recorded, head = meta.get("head_type"), getattr(cell, "head_type", None)
+    if isinstance(recorded, str) and isinstance(head, str) and recorded != head and not prefix_map:
+        raise UserError(f"{what} '{ckpt}' was saved with head_type {recorded}, the model to load it into has "
+                        f"head_type {head}: set the head type the checkpoint was trained with")
     for old, new in (prefix_map or {}).items():
         loaded = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in loaded.items()}
     state = cell_state(cell, extra_cells)

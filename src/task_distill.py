@@ -190,7 +190,7 @@ def _run_eval(cfg, task, eval_sets, log):
     model_cfg_path = cfg.eval.model_config or os.path.join(os.path.dirname(ckpt), "config.json")
     mcfg = runtime.load_bert_config(model_cfg_path, "eval.model_config", num_labels=task.num_labels,
                                     fused_cpu_kernels=runtime.fused_kernels(cfg))
-    model = runtime.build_classifier(mcfg, cfg.eval.head_type)
+    model = runtime.build_classifier(mcfg, runtime.resolve_head_type(cfg.eval.head_type, ckpt, "eval.head_type"))
     runtime.load_into(model, ckpt, "eval.ckpt", strict=True, allow_unexpected=("fit_dense.",))
     net = LogitsOnly(model)
     net.set_train(False)

@@ -92,8 +92,10 @@ def _student(cfg, task, tcfg, teacher):
 
 
 def save_quantized(model, out_dir: str, name: str, qcfg: QuantConfig, extra=None):
-    """best.ckpt (latent) + best_quant.ckpt (quantized values) + quant.json, each written atomically."""
+    """best.ckpt (latent) + best_quant.ckpt (quantized values) + quant.json, each written atomically; both
+    checkpoints record the head type (runtime.head_meta)."""
     from src.checkpoint import save_checkpoint_atomic
+    extra = {**runtime.head_meta(model), **(extra or {})}
     latent = [{"name": n, "data": p} for n, p in model.parameters_and_names() if not n.endswith(HESSIAN_SUFFIX)]
     save_checkpoint_atomic(latent, os.path.join(out_dir, f"{name}.ckpt"), extra=extra)
     qstate = quantized_state(model)
@@ -215,6 +217,7 @@ def pack_run(out_dir: str, codec: str, max_positions: int, head_type: str, log=N
     qcfg = read_quant_json(os.path.join(out_dir, "quant.json"))
     bcfg = runtime.load_bert_config(os.path.join(out_dir, "config.json"), "run config.json")
     qckpt = runtime.require_file(os.path.join(out_dir, "best_quant.ckpt"), "quantized checkpoint")
+    head_type = runtime.resolve_head_type(head_type, qckpt, "student.head_type")
     state = read_ms_checkpoint(qckpt)
     out_path = out_path or os.path.join(out_dir, "model.tpack")
     sizes = pack(state, bcfg, qcfg, out_path, head_type=head_type, codec=codec, max_positions=max_positions,

@@ -399,20 +399,26 @@ def slice_to_width(model: BertForSequenceClassification, width_mult: float,
 
 
 def slice_checkpoint(supernet_ckpt: str, supernet_config: str, width_mult: float, out_dir: str,
-                     head_type: str = "dense", num_labels: Optional[int] = None,
+                     head_type: str = "auto", num_labels: Optional[int] = None,
                      depth_mult: float = 1.0) -> Tuple[str, str]:
     """File-level slicing: supernet checkpoint + its config.json -> <out_dir>/model.ckpt + config.json of the
-    sub-model at `width_mult` (and `depth_mult`). Returns (ckpt path, config path). Used by tools/slice_width.py and
-    export."""
+    sub-model at `width_mult` (and `depth_mult`), which records the head type ("auto": the supernet's record,
+    else dense). Returns (ckpt path, config path). Used by tools/slice_width.py."""
     from src import runtime
+    from src.errors import UserError
+    ckpt = os.path.join(out_dir, "model.ckpt")
+    conf = os.path.join(out_dir, "config.json")
+    for mine, theirs, what in ((ckpt, supernet_ckpt, "checkpoint"), (conf, supernet_config, "config")):
+        if os.path.abspath(mine) == os.path.abspath(theirs):
+            raise UserError(f"--output_dir {out_dir}: the sub-model's {os.path.basename(mine)} would overwrite the "
+                            f"supernet {what} '{theirs}'; choose another folder")
     overrides = {"num_labels": num_labels} if num_labels else {}
     cfg = runtime.load_bert_config(supernet_config, "supernet config", **overrides)
+    head_type = runtime.resolve_head_type(head_type, supernet_ckpt, "--head_type")
     model = runtime.build_classifier(cfg, head_type)
     runtime.load_into(model, supernet_ckpt, "supernet checkpoint", strict=True, allow_unexpected=("fit_dense.",))
     sub = slice_to_width(model, width_mult, depth_mult)
     os.makedirs(out_dir, exist_ok=True)
-    ckpt = os.path.join(out_dir, "model.ckpt")
-    conf = os.path.join(out_dir, "config.json")
     runtime.save_cell(sub, ckpt, extra={"width_mult": float(width_mult), "depth_mult": float(depth_mult)})
     sub.config.to_json_file(conf)
     return ckpt, conf

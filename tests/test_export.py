@@ -205,6 +205,35 @@ def test_width_export_equals_sliced_model(tiny, tmp_path):
     assert not np.allclose(out, tiny["ref"])                # really narrower than the full model
 
 
+def test_export_takes_the_head_type_the_checkpoint_records(tiny, tmp_path):
+    """The pooler ReLU has no parameter, so only the checkpoint's record tells the heads apart: export.py's default
+    (auto) builds the recorded relu_pooler head, an explicit other head is one clear error, and so is loading the
+    file into a model with the other head."""
+    relu = runtime.build_classifier(tiny["cfg"], "relu_pooler")
+    dense = dict(tiny["model"].parameters_and_names())
+    for n, p in relu.parameters_and_names():                          # same weights, other head
+        p.set_data(dense[n].data.copy())
+    runtime.save_cell(relu, str(tmp_path / "relu.ckpt"))
+    assert runtime.checkpoint_head_type(str(tmp_path / "relu.ckpt")) == "relu_pooler"
+    assert runtime.checkpoint_head_type(tiny["ckpt"]) == "dense"
+    relu.set_train(False)
+    ref = LogitsOnly(relu)(*[ms.Tensor(x) for x in tiny["inputs"]]).asnumpy()
+    assert np.abs(ref - tiny["ref"]).max() > 1e-3                      # the heads really differ here
+    info = export_checkpoint(tiny["config"], str(tmp_path / "relu.ckpt"), str(tmp_path / "r"), "MINDIR", B, S,
+                             log=_quiet)
+    assert info["head_type"] == "relu_pooler"
+    out = nn.GraphCell(ms.load(str(tmp_path / "r.mindir")))(*[ms.Tensor(x) for x in tiny["inputs"]]).asnumpy()
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(UserError, match=r"--head_type dense: checkpoint '.*relu\.ckpt' was saved with head_type "
+                                        r"relu_pooler"):
+        export_checkpoint(tiny["config"], str(tmp_path / "relu.ckpt"), str(tmp_path / "d"), "MINDIR", B, S,
+                          head_type="dense", log=_quiet)
+    assert not list(tmp_path.glob("d.*"))
+    with pytest.raises(UserError, match=r"was saved with head_type relu_pooler, the model to load it into has "
+                                        r"head_type dense"):
+        runtime.load_into(runtime.build_classifier(tiny["cfg"], "dense"), str(tmp_path / "relu.ckpt"), "ckpt")
+
+
 def test_onnx_rewrite_leaves_lookalikes_alone():
     """Only the exact MindSpore LayerNorm and ErfPolyGELU shapes are rewritten: an |x|-term not halved and a sum of
     squares not taken around its own mean stay as they are."""

@@ -139,6 +139,25 @@ def test_slice_checkpoint_file_level(tmp_path):
                                   m.bert.encoder[1].ffn.output_dense.weight.asnumpy()[:, :18])
     with pytest.raises(UserError, match="width_mult"):
         slice_checkpoint(str(tmp_path / "supernet.ckpt"), str(tmp_path / "config.json"), 1.5, str(tmp_path / "x"))
+    # the supernet's own folder: its config.json would be replaced by the sub-model's; refused, nothing written
+    before = (tmp_path / "config.json").read_bytes()
+    with pytest.raises(UserError, match=r"config\.json would overwrite the supernet config"):
+        slice_checkpoint(str(tmp_path / "supernet.ckpt"), str(tmp_path / "config.json"), 0.5, str(tmp_path))
+    assert (tmp_path / "config.json").read_bytes() == before and not (tmp_path / "model.ckpt").exists()
+
+
+def test_slice_keeps_the_supernets_head_type(tmp_path):
+    """A relu_pooler supernet (its checkpoint records the head) slices into a relu_pooler sub-model whose
+    checkpoint records it too, so export.py rebuilds the ReLU; an explicit other head is refused."""
+    m = runtime.build_classifier(TINY, "relu_pooler")
+    runtime.save_cell(m, str(tmp_path / "supernet.ckpt"))
+    TINY.to_json_file(str(tmp_path / "config.json"))
+    ckpt, _ = slice_checkpoint(str(tmp_path / "supernet.ckpt"), str(tmp_path / "config.json"), 0.5,
+                               str(tmp_path / "out"))
+    assert runtime.checkpoint_head_type(ckpt) == "relu_pooler"
+    with pytest.raises(UserError, match="--head_type dense: checkpoint .* was saved with head_type relu_pooler"):
+        slice_checkpoint(str(tmp_path / "supernet.ckpt"), str(tmp_path / "config.json"), 0.5,
+                         str(tmp_path / "out2"), head_type="dense")
 
 
 # ---------------------------------------------------------------- importance and rewiring

@@ -25,7 +25,9 @@ def parse_args(argv=None):
     p.add_argument("--width_mult", required=True, help="width in (0, 1], e.g. 0.6666666666666666")
     p.add_argument("--depth_mult", default="1.0", help="depth in (0, 1] (DynaBERT: round(L*d) layers kept)")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--head_type", default="dense", choices=["dense", "relu_pooler"])
+    p.add_argument("--head_type", default="auto", choices=["auto", "dense", "relu_pooler"],
+                   help="auto (default) = the head the supernet checkpoint records (dense when it records none); "
+                        "recorded in the sub-model's checkpoint for export.py")
     return p.parse_args(argv)
 
 
