@@ -478,3 +478,14 @@ class StepWithHessian(nn.Cell):
         loss, parts, norm = self.step(*inputs)
         loss = ops.depend(loss, self.refresh())
         return loss, parts, norm
+
+
+def with_lat_refresh(step, model, optimizer):
+    """`step` followed by the LAT Hessian-proxy refresh when any weight of `model` is LAT-quantized (the ternary
+    Dense weights, the ternary word embedding, or both), else `step` itself."""
+    refresh = LatHessianRefresh(model, optimizer)
+    if not refresh.count:
+        return step
+    wrapped = StepWithHessian(step, refresh)
+    wrapped.set_train(True)
+    return wrapped

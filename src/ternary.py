@@ -21,7 +21,7 @@ from mindspore import nn
 from src import runtime
 from src.distill import FrozenTeacher, IntermediateLoss, PredictionLoss, train_step_from_config
 from src.errors import UserError
-from src.quant import (HESSIAN_SUFFIX, LatHessianRefresh, QuantConfig, StepWithHessian, quantize_model,
+from src.quant import (HESSIAN_SUFFIX, QuantConfig, quantize_model, with_lat_refresh,
                        quantized_state)
 from src.task_distill import loss_config
 from src.tinybert_model import LogitsOnly, count_params
@@ -124,10 +124,30 @@ def read_quant_json(path: str) -> QuantConfig:
         raise UserError(f"{path}: {e}") from None
 
 
+def _keep_outputs_on_error(fn, *args, **kwargs):
+    """Steps after training: a UserError there keeps the run's checkpoints and log (output_guard keep_outputs)."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as e:
+        e.keep_outputs = True
+        raise
+
+
 def run(cfg, out_dir, save_resolved):
     """One TernaryBERT run; on a user error nothing new is left in out_dir (runtime.output_guard)."""
     with runtime.output_guard(out_dir):
         return _run(cfg, out_dir, save_resolved)
+
+
+def _check_pack(cfg, scfg):
+    """The packing options, checked before training (packing runs after it, when an error would cost the run)."""
+    from src.packing import CODECS
+    if cfg.pack.codec not in CODECS:
+        raise UserError(f"pack.codec '{cfg.pack.codec}': expected one of {list(CODECS)}")
+    positions = cfg.pack.max_positions or cfg.data.max_seq_length
+    if not 0 < positions <= scfg.max_position_embeddings:
+        raise UserError(f"pack.max_positions {positions}: expected 1..{scfg.max_position_embeddings} (the model's "
+                        f"position table; 0 = data.max_seq_length)")
 
 
 def _run(cfg, out_dir, save_resolved):
@@ -152,6 +172,8 @@ def _run(cfg, out_dir, save_resolved):
     runtime.load_into(teacher, cfg.teacher.ckpt, "teacher.ckpt", strict=True)
     scfg, model, how = _student(cfg, task, tcfg, teacher)
     log.info(how)
+    if cfg.pack.after_train:
+        _check_pack(cfg, scfg)
     att_map, hid_map = runtime.student_layer_map(cfg, tcfg, scfg, lcfg.attention_weight)
     log.info(f"layer map: attention {att_map}, hidden {hid_map}")
 
@@ -168,9 +190,7 @@ def _run(cfg, out_dir, save_resolved):
                            length_buckets=list(cfg.data.length_buckets))
     step, lr = train_step_from_config(loss_net, cfg, cfg.train, len(batcher), cfg.distributed)
     optimizer = step.optimizer
-    if qcfg.weight_method == "lat" and qcfg.weight_bits == 2:
-        step = StepWithHessian(step, LatHessianRefresh(model, optimizer))
-        step.set_train(True)
+    step = with_lat_refresh(step, model, optimizer)          # LAT: D = sqrt(Adam v) after every step
     log.info(f"model params {count_params(model)}; {len(batcher)} steps per epoch, buckets {batcher.buckets}")
     if is_main:
         scfg.to_json_file(os.path.join(out_dir, "config.json"))
@@ -193,15 +213,16 @@ def _run(cfg, out_dir, save_resolved):
     trainer = Trainer(step, batcher, ["input_ids", "segment_ids", "input_mask", "label_ids"],
                       ["att", "rep", "pred"], log, cfg.train.epochs, lr.value, cfg.log_every, eval_fn=eval_fn,
                       main_metric=task.main_metric, eval_every=cfg.eval.every, save_best=save_best,
-                      is_main=is_main, max_steps=cfg.train.max_steps, state=state, resume=resume)
+                      is_main=is_main, max_steps=cfg.train.max_steps, state=state, resume=resume,
+                      overflow_skips=cfg.optim.loss_scale != 1.0)
     result = trainer.fit()
     if is_main:
         log.info(f"best {task.main_metric} {trainer.best:.6f} at step {trainer.best_step} ({qcfg.notation}); "
                  f"checkpoints {os.path.join(out_dir, 'best.ckpt')}, {os.path.join(out_dir, 'best_quant.ckpt')}")
-    if cfg.pack.after_train and is_main:
-        result["packed"] = pack_run(out_dir, cfg.pack.codec, cfg.pack.max_positions or cfg.data.max_seq_length,
-                                    cfg.student.head_type, log=log, eval_sets=eval_sets,
-                                    eval_batch=cfg.eval.batch_size, task=task)
+    if cfg.pack.after_train and is_main:        # checked before training; any later error keeps the trained run
+        result["packed"] = _keep_outputs_on_error(
+            pack_run, out_dir, cfg.pack.codec, cfg.pack.max_positions or cfg.data.max_seq_length,
+            cfg.student.head_type, log=log, eval_sets=eval_sets, eval_batch=cfg.eval.batch_size, task=task)
     log.close()
     return result
 

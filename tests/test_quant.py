@@ -233,3 +233,39 @@ def test_lat_hessian_proxy_is_adam_second_moment():
     assert v.max() > 0
     np.testing.assert_allclose(wq.lat_hessian.asnumpy(), np.sqrt(v) + 1e-8, rtol=1e-6)
     assert not any(n.endswith("lat_hessian") for n in quantized_state(model))
+
+
+def test_lat_refresh_follows_any_lat_weight():
+    """with_lat_refresh wraps the step whenever a weight is LAT-quantized: here only the ternary word embedding
+    (8-bit Dense weights are min-max); its D = sqrt(Adam v) + eps after a step (run_ternary once wrapped only when
+    the Dense weights were ternary, so this D stayed all ones). TWN: the step itself."""
+    from src.quant import with_lat_refresh
+    ms.set_seed(0)
+    model = BertForSequenceClassification(TINY)
+    quantize_model(model, QuantConfig(weight_method="lat", weight_bits=8, embedding_bits=2, activation_bits=32))
+
+    class Loss(nn.Cell):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def construct(self, a, b, c):
+            loss = (self.m(a, b, c)[0] ** 2).sum()
+            return loss, (loss,)
+
+    opt = build_optimizer(model.trainable_params(), 1e-3, 0.0)
+    plain = TrainStep(Loss(model), opt, clip_mode="none")
+    step = with_lat_refresh(plain, model, opt)
+    assert isinstance(step, StepWithHessian) and step.refresh.count == 1
+    step(*_inputs())
+    emb = model.bert.embeddings.word_embeddings
+    wq = emb.weight_quant
+    names = [p.name for p in opt.parameters]
+    v = opt.moments2[names.index(emb.embedding_table.name)].asnumpy()
+    assert v.max() > 0
+    np.testing.assert_allclose(wq.lat_hessian.asnumpy(), np.sqrt(v) + 1e-8, rtol=1e-6)
+    twn = BertForSequenceClassification(TINY)
+    quantize_model(twn, QuantConfig())
+    opt2 = build_optimizer(twn.trainable_params(), 1e-3, 0.0)
+    plain2 = TrainStep(Loss(twn), opt2, clip_mode="none")
+    assert with_lat_refresh(plain2, twn, opt2) is plain2

@@ -156,6 +156,57 @@ def test_pack_tool_needs_the_resolved_config(run, tmp_path):
     assert not list(bare.glob("*.tpack*"))
 
 
+@pytest.mark.parametrize("flag,value,msg", [
+    ("--pack.codec", "3bit", r"pack\.codec '3bit': expected one of \['2bit', 'base3'\]"),
+    ("--pack.max_positions", "64", r"pack\.max_positions 64: expected 1\.\.32")])
+def test_bad_pack_option_stops_before_training(run, tmp_path, flag, value, msg):
+    """Packing runs after training: its options are checked before the first step, and nothing is written."""
+    out = tmp_path / "bad_pack"
+    argv = run["argv"][:run["argv"].index("--output_dir")] + ["--output_dir", str(out)] + \
+        run["argv"][run["argv"].index("--output_dir") + 2:]
+    with pytest.raises(UserError, match=msg):
+        run_ternary.main(argv + [flag, value])
+    assert not out.exists()
+
+
+def test_error_after_training_keeps_the_trained_run(run, tmp_path, monkeypatch):
+    """A failure in the packing step after training keeps the run's checkpoints and log (it once removed
+    everything the run had written)."""
+    from src import ternary
+
+    def fail(*_, **__):
+        raise UserError("disk full while packing")
+    monkeypatch.setattr(ternary, "pack_run", fail)
+    out = tmp_path / "kept"
+    i = run["argv"].index("--output_dir")
+    argv = run["argv"][:i] + ["--output_dir", str(out)] + run["argv"][i + 2:] + ["--train.epochs", "1"]
+    with pytest.raises(UserError, match="disk full while packing"):
+        run_ternary.main(argv)
+    d = out / "w2e2a8"
+    for name in ("best.ckpt", "best_quant.ckpt", "log.txt", "metrics.jsonl", "config_resolved.yaml"):
+        assert (d / name).is_file(), name
+
+
+def test_loss_scale_lets_the_trainer_skip_overflowing_steps(run, tmp_path, monkeypatch):
+    """optim.loss_scale > 1 (the Ascend/GPU fp16 path): TrainStep skips a step whose scaled gradients overflow and
+    returns an inf norm; the Trainer must then go on, as in TD and GD, not stop with 'gradient norm is inf'
+    (run_ternary once did not tell it). Scales that overflow this tiny model's fp32 gradients underflow 1/scale,
+    so the Trainer's setting is checked where run_ternary builds it."""
+    from src import ternary
+    seen = {}
+
+    class Spy(ternary.Trainer):
+        def __init__(self, *args, **kwargs):
+            seen["overflow_skips"] = kwargs.get("overflow_skips")
+            super().__init__(*args, **kwargs)
+    monkeypatch.setattr(ternary, "Trainer", Spy)
+    i = run["argv"].index("--output_dir")
+    base = run["argv"][:i] + run["argv"][i + 2:] + ["--train.max_steps", "1", "--pack.after_train", "false"]
+    for scale, expected in (("1024", True), ("1.0", False)):
+        run_ternary.main(base + ["--output_dir", str(tmp_path / scale), "--optim.loss_scale", scale])
+        assert seen.pop("overflow_skips") is expected
+
+
 def test_unsupported_bit_width_is_a_user_error(run):
     with pytest.raises(UserError, match=r"quant\.bits\.weight 3 not supported: expected one of \[2, 4, 8, 32\]"):
         run_ternary.main(run["argv"] + ["--quant.bits.weight", "3"])
