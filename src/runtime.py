@@ -144,11 +144,17 @@ def _files_under(folder: str) -> set:
     return out
 
 
+RUN_DESCRIPTION_FILES = ("config_resolved.yaml", "manifest.json", "config.json", "quant.json")
+
+
 @contextlib.contextmanager
 def output_guard(out_dir: str, what: str = "output_dir"):
     """No partial outputs on user errors: files (and folders) that did not exist before and were created inside
     the block are removed again when it raises a UserError, unless the error says keep_outputs (a run that
-    diverged keeps its logs and last good checkpoints). Pre-existing files are never touched."""
+    diverged keeps its logs and last good checkpoints). A rerun into a folder that holds an earlier run rewrites
+    that run's description (RUN_DESCRIPTION_FILES: resolved config, manifest, model and quant configs) as it
+    starts; on such an error those files get their earlier content back, so they still describe the checkpoints
+    beside them. Other pre-existing files are never touched."""
     check_output_dir(out_dir, what)
     out_dir = os.path.abspath(out_dir)
     missing = []                                      # folders this run creates, deepest first
@@ -158,6 +164,11 @@ def output_guard(out_dir: str, what: str = "output_dir"):
         path = os.path.dirname(path)
     before = _files_under(out_dir) if not missing else set()
     dirs_before = {b for b, _, _ in os.walk(out_dir)}
+    described = {}
+    for f in before:
+        if os.path.basename(f) in RUN_DESCRIPTION_FILES:
+            with open(f, "rb") as fh:
+                described[f] = fh.read()
     try:
         yield
     except UserError as e:
@@ -165,6 +176,17 @@ def output_guard(out_dir: str, what: str = "output_dir"):
             for f in sorted(_files_under(out_dir) - before):
                 with contextlib.suppress(OSError):
                     os.remove(f)
+            for f, data in described.items():
+                try:
+                    with open(f, "rb") as fh:
+                        same = fh.read() == data
+                except OSError:
+                    same = False
+                if not same:
+                    with contextlib.suppress(OSError):
+                        with open(f + ".restore", "wb") as fh:
+                            fh.write(data)
+                        os.replace(f + ".restore", f)
             for base in sorted({b for b, _, _ in os.walk(out_dir)} - dirs_before, reverse=True):
                 with contextlib.suppress(OSError):
                     os.rmdir(base)                          # new and empty (deepest first)

@@ -217,3 +217,23 @@ def test_diverging_run_stops_naming_the_step_without_checkpoints(ws, tmp_path):
     assert [int(os.path.basename(f)[10:19]) for f in states] == ([step - 1] if step > 1 else [])
     with open(os.path.join(out, "teacher", "log.txt")) as f:
         assert "phase finetune" in f.read()
+
+
+def test_failed_rerun_leaves_the_earlier_runs_description(tmp_path):
+    """A rerun into a folder holding an earlier run rewrites config_resolved.yaml / manifest.json as it starts; if
+    it then fails (e.g. a missing data dir), those files get their earlier content back, so they still describe
+    the checkpoints beside them (pack_ternary.py reads student.head_type there); new files are removed."""
+    from src.errors import UserError
+    from src.runtime import output_guard
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config_resolved.yaml").write_text("student:\n  head_type: dense\n")
+    (run / "best.ckpt").write_bytes(b"earlier checkpoint")
+    with pytest.raises(UserError, match="data.dir"):
+        with output_guard(str(run)):
+            (run / "config_resolved.yaml").write_text("student:\n  head_type: relu_pooler\n")
+            (run / "manifest.json").write_text("{}")
+            raise UserError("data.dir: 'missing' does not exist")
+    assert (run / "config_resolved.yaml").read_text() == "student:\n  head_type: dense\n"
+    assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "config_resolved.yaml"]
+    assert (run / "best.ckpt").read_bytes() == b"earlier checkpoint"
