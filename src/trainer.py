@@ -53,6 +53,11 @@ class ArrayBatcher:
         if n < self.global_batch and drop_remainder:
             raise UserError(f"training set has {n} rows, fewer than one batch ({batch_size} x {world} "
                             f"worker(s)): lower train batch_size or add data")
+        if drop_remainder and len(self) == 0:        # each length bucket drops its own remainder
+            counts = [int((self.bucket_of == b).sum()) for b in range(len(buckets))]
+            raise UserError(f"training set has {n} rows but no length bucket holds a full batch ({batch_size} x "
+                            f"{world} worker(s)); rows per bucket {dict(zip(buckets, counts))}: lower train "
+                            f"batch_size or use fewer data.length_buckets")
 
     def __len__(self):
         total = 0

@@ -6,6 +6,7 @@ from mindspore import nn, ops, Parameter
 
 from src.distill import (FitDense, FrozenTeacher, TrainStep, WarmupLinearDecayLR, build_optimizer)
 from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
+from src.errors import UserError
 from src.trainer import ArrayBatcher
 
 
@@ -157,6 +158,12 @@ def test_batcher_length_buckets_trim_only_padding():
             np.testing.assert_array_equal(a["input_ids"][lab][:width], batch["input_ids"][list(batch["label_ids"]).index(lab)])
         rows += len(batch["label_ids"])
     assert rows == 8 and len(b) == 4       # 5 rows <= 4 tokens, 5 longer; batch 2 drops one per bucket
+    # batch 6: 10 rows are more than a batch, but neither bucket holds 6 -> no step at all; one clear error
+    # (it once "trained" 0 steps and saved the untrained model)
+    with pytest.raises(UserError, match=r"training set has 10 rows but no length bucket holds a full batch "
+                                        r"\(6 x 1 worker\(s\)\); rows per bucket \{4: 5, 8: 5\}"):
+        ArrayBatcher(a, 6, length_buckets=[4])
+    assert len(ArrayBatcher(a, 6)) == 1
 
 
 def test_bucketed_predict_gives_the_same_logits_in_row_order():
