@@ -23,6 +23,16 @@ def loss_config(cfg) -> DistillLossConfig:
         raise UserError(str(e)) from None
 
 
+def teacher_ckpt(cfg) -> str:
+    """teacher.ckpt, or "" = the fine-tuned teacher of this output_dir (<output_dir>/teacher/best.ckpt)."""
+    return cfg.teacher.ckpt or os.path.join(cfg.output_dir, "teacher", "best.ckpt")
+
+
+def td1_ckpt(cfg) -> str:
+    """student.td1_ckpt, or "" = phase 1's student of this output_dir (<output_dir>/td1/student.ckpt)."""
+    return cfg.student.td1_ckpt or os.path.join(cfg.output_dir, "td1", "student.ckpt")
+
+
 def _teacher(cfg, task, ckpt_key="ckpt"):
     tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels,
                                     fused_cpu_kernels=runtime.fused_kernels(cfg))
@@ -86,7 +96,8 @@ def _run(cfg, out_dir, save_resolved):
         inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["ce"]
         model_cfg, extra_save = tcfg, {}
     else:
-        runtime.load_into(teacher, cfg.teacher.ckpt, "teacher.ckpt", strict=True)
+        runtime.load_into(teacher, teacher_ckpt(cfg), "teacher.ckpt", strict=True)
+        log.info(f"teacher {teacher_ckpt(cfg)}")
         scfg, model = _student(cfg, task, tcfg)
         fit_dense = FitDense(scfg.hidden_size, tcfg.hidden_size)
         model_cfg = scfg
@@ -104,7 +115,8 @@ def _run(cfg, out_dir, save_resolved):
                                              return_targets=phase_cfg.cache_teacher_outputs)
             extra_save = {"fit_dense": fit_dense}
         else:
-            runtime.load_into(model, cfg.student.td1_ckpt, "student.td1_ckpt", strict=True,
+            log.info(f"student from phase 1: {td1_ckpt(cfg)}")
+            runtime.load_into(model, td1_ckpt(cfg), "student.td1_ckpt", strict=True,
                               allow_unexpected=("fit_dense.",))
             extra_save = {}
             inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["soft", "hard"]
@@ -113,7 +125,7 @@ def _run(cfg, out_dir, save_resolved):
                 net = LogitsOnly(teacher)
                 net.set_train(False)
                 train["teacher_logits"] = teacher_cache.logits_for_phase2(
-                    net, train, cfg.eval.batch_size, bucket_cfg, os.path.dirname(cfg.student.td1_ckpt), log)
+                    net, train, cfg.eval.batch_size, bucket_cfg, os.path.dirname(td1_ckpt(cfg)), log)
                 log.info(f"cached teacher logits for {len(train['input_ids'])} train rows in {time.time() - t0:.1f}s")
                 loss_net = CachedLogitsPhase2Loss(model, lcfg, task.regression)
                 inputs = inputs + ["teacher_logits"]

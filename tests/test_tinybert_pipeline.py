@@ -69,9 +69,10 @@ def pipeline(tmp_path_factory):
 
     common = ["--data.dir", data, "--data.max_seq_length", str(SEQ), "--data.length_buckets", "8", str(SEQ),
               "--teacher.config", str(pre / "config.json"), "--teacher.init_ckpt", str(pre / "bert.ckpt"),
-              "--teacher.ckpt", f"{out}/td/teacher/best.ckpt", "--student.config", f"{out}/gd/config.json",
-              "--student.gd_ckpt", f"{out}/gd/student.ckpt", "--student.td1_ckpt", f"{out}/td/td1/student.ckpt",
+              "--student.config", f"{out}/gd/config.json", "--student.gd_ckpt", f"{out}/gd/student.ckpt",
               "--output_dir", f"{out}/td", "--log_every", "4", "--eval.batch_size", "64", "--seed", "7"]
+    # teacher.ckpt and student.td1_ckpt left at "": td1/td2 read <output_dir>/teacher/best.ckpt and
+    # <output_dir>/td1/student.ckpt (checked in the logs below), not another output folder's
     run_task_distill.main(["--phase", "finetune", "--finetune.epochs", "5", "--finetune.lr", "0.001",
                            "--finetune.batch_size", "32"] + common)
     run_general_distill.main([
@@ -106,6 +107,8 @@ def test_zoo_log_lines(pipeline):
     kernels = ("kernels: fused CPU LayerNorm, GELU, masked loss sums (cpu_kernels-" if shutil.which("g++") else
                "kernels: MindSpore ops, fused_cpu_kernels unavailable: no C++ compiler")
     assert kernels in log
+    out = pipeline["out"]                           # td_mr.yaml's "" paths follow --output_dir
+    assert f"teacher {out}/td/teacher/best.ckpt" in log and f"student from phase 1: {out}/td/td1/student.ckpt" in log
 
 
 def test_teacher_learns_the_task(pipeline):
@@ -155,7 +158,8 @@ def test_td1_with_cached_teacher_outputs_trains_the_same_student(pipeline):
     the batches ArrayBatcher's order allows (replayed here)."""
     out = pipeline["out"]
     run_task_distill.main(pipeline["td1_args"] + ["--td1.cache_teacher_outputs", "true",
-                                                  "--output_dir", f"{out}/td_cached"])
+                                                  "--output_dir", f"{out}/td_cached",
+                                                  "--teacher.ckpt", f"{out}/td/teacher/best.ckpt"])
     live, cached = (os.path.join(out, d, "td1") for d in ("td", "td_cached"))
     a, b = (_records(os.path.join(d, "metrics.jsonl"), "train") for d in (live, cached))
     assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) >= 8
