@@ -138,18 +138,25 @@ def test_export_py_ternary_builds_from_the_packed_artefact(tmp_path):
                           head_type="relu_pooler", ternary=True, log=lambda *_: None)
 
 
+def _saved_run(tmp_path, model, qcfg):
+    """A run folder as run_ternary.py leaves it (config.json, best.ckpt, best_quant.ckpt, quant.json) for the
+    quantized `model`; returns its logits on _inputs()."""
+    from src.ternary import save_quantized
+    net = LogitsOnly(model)
+    net.set_train(False)
+    TINY.to_json_file(str(tmp_path / "config.json"))
+    save_quantized(model, str(tmp_path), "best", qcfg, extra={"step": 1})
+    return net(*_inputs()).asnumpy()
+
+
 def test_pack_run_records_the_runs_head_type(tmp_path):
     """A relu_pooler run is packed as relu_pooler: the rebuilt model keeps the ReLU on the pooled output, so its
     logits equal the trained model's (it was once packed as "dense", which drops the ReLU)."""
-    from src.ternary import pack_run, save_quantized
+    from src.ternary import pack_run
     qcfg = QuantConfig()
     model = quantize_model(BertForSequenceClassification(TINY.replace(initializer_range=0.3),
                                                          head_type="relu_pooler"), qcfg)
-    net = LogitsOnly(model)
-    net.set_train(False)
-    ref = net(*_inputs()).asnumpy()
-    TINY.to_json_file(str(tmp_path / "config.json"))
-    save_quantized(model, str(tmp_path), "best", qcfg, extra={"step": 1})
+    ref = _saved_run(tmp_path, model, qcfg)
     pack_run(str(tmp_path), "2bit", 16, "relu_pooler", log=None)
     state, bcfg, qcfg_back, head, _ = unpack(str(tmp_path / "model.tpack"))
     assert head == "relu_pooler"
@@ -163,7 +170,7 @@ def test_pack_run_of_an_ema_run_keeps_the_frozen_activation_scales(tmp_path):
     """best_quant.ckpt of an `activation_scale: ema` run holds 0-d `amax` parameters: they go through the file,
     the packer and a strict load unchanged (they once came back as checkpoint metadata and were dropped)."""
     from src import runtime
-    from src.ternary import pack_run, save_quantized
+    from src.ternary import pack_run
     qcfg = QuantConfig(activation_scale="ema")
     model = BertForSequenceClassification(TINY.replace(initializer_range=0.3))
     quantize_model(model, qcfg)
@@ -171,11 +178,7 @@ def test_pack_run_of_an_ema_run_keeps_the_frozen_activation_scales(tmp_path):
     assert amax and all(p.shape == () for p in amax.values())
     for i, p in enumerate(amax.values()):
         p.set_data(ms.Tensor(0.5 + 0.25 * i, ms.float32))      # frozen scales, as after training
-    net = LogitsOnly(model)
-    net.set_train(False)
-    ref = net(*_inputs()).asnumpy()
-    TINY.to_json_file(str(tmp_path / "config.json"))
-    save_quantized(model, str(tmp_path), "best", qcfg, extra={"step": 3})
+    ref = _saved_run(tmp_path, model, qcfg)
     pack_run(str(tmp_path), "base3", 16, "dense", log=None)
     state, *_ = unpack(str(tmp_path / "model.tpack"))
     for n, p in amax.items():

@@ -209,22 +209,25 @@ def test_roles_select_weights_and_names_do_not_change():
     assert np.abs(q_net(*_inputs()).asnumpy() - ref).max() > 1e-4
 
 
+class _SquaredLogits(nn.Cell):
+    """A train-step loss: the sum of squared logits (loss, (loss,))."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def construct(self, a, b, c):
+        loss = (self.m(a, b, c)[0] ** 2).sum()
+        return loss, (loss,)
+
+
 def test_lat_hessian_proxy_is_adam_second_moment():
     ms.set_seed(0)
     model = BertForSequenceClassification(TINY)
     quantize_model(model, QuantConfig(weight_method="lat", activation_bits=32, roles=["query", "pooler"]))
 
-    class Loss(nn.Cell):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def construct(self, a, b, c):
-            loss = (self.m(a, b, c)[0] ** 2).sum()
-            return loss, (loss,)
-
     opt = build_optimizer(model.trainable_params(), 1e-3, 0.0)
-    step = StepWithHessian(TrainStep(Loss(model), opt, clip_mode="none"), LatHessianRefresh(model, opt))
+    step = StepWithHessian(TrainStep(_SquaredLogits(model), opt, clip_mode="none"), LatHessianRefresh(model, opt))
     step.set_train(True)
     step(*_inputs())
     wq = model.bert.encoder[0].attention.query.weight_quant
@@ -244,17 +247,8 @@ def test_lat_refresh_follows_any_lat_weight():
     model = BertForSequenceClassification(TINY)
     quantize_model(model, QuantConfig(weight_method="lat", weight_bits=8, embedding_bits=2, activation_bits=32))
 
-    class Loss(nn.Cell):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def construct(self, a, b, c):
-            loss = (self.m(a, b, c)[0] ** 2).sum()
-            return loss, (loss,)
-
     opt = build_optimizer(model.trainable_params(), 1e-3, 0.0)
-    plain = TrainStep(Loss(model), opt, clip_mode="none")
+    plain = TrainStep(_SquaredLogits(model), opt, clip_mode="none")
     step = with_lat_refresh(plain, model, opt)
     assert isinstance(step, StepWithHessian) and step.refresh.count == 1
     step(*_inputs())
@@ -267,5 +261,5 @@ def test_lat_refresh_follows_any_lat_weight():
     twn = BertForSequenceClassification(TINY)
     quantize_model(twn, QuantConfig())
     opt2 = build_optimizer(twn.trainable_params(), 1e-3, 0.0)
-    plain2 = TrainStep(Loss(twn), opt2, clip_mode="none")
+    plain2 = TrainStep(_SquaredLogits(twn), opt2, clip_mode="none")
     assert with_lat_refresh(plain2, twn, opt2) is plain2
