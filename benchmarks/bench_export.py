@@ -108,7 +108,7 @@ def build(spec, hidden_act):
     from src import runtime
     from src.export import build_model
     if spec["ckpt"]:
-        _, model = build_model(spec["config_path"], spec["ckpt"], spec["cfg"].num_labels, "dense",
+        _, model = build_model(spec["config_path"], spec["ckpt"], spec["cfg"].num_labels, "auto",
                                width_mult=spec.get("width_mult"), ternary=spec.get("ternary", False),
                                hidden_act=hidden_act)
         return model

@@ -138,7 +138,7 @@ def build_model(config_path: str, ckpt_file: str, num_labels: Optional[int] = No
     if (width_mult is not None or depth_mult is not None) and ternary:
         raise UserError("--width_mult/--depth_mult and --ternary together are not supported: export one at a time")
     if not ternary:
-        head_type = runtime.resolve_head_type(head_type, ckpt_file, "--head_type")
+        head_type = runtime.resolve_head_type(head_type, ckpt_file, "--head_type", "--ckpt_file")
     if width_mult is not None or depth_mult is not None:
         cfg, model = _width_model(cfg, ckpt_file, 1.0 if width_mult is None else width_mult, head_type,
                                   1.0 if depth_mult is None else depth_mult)

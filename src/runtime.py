@@ -137,6 +137,14 @@ def check_output_dir(out_dir: str, what: str = "output_dir") -> str:
     return out_dir
 
 
+def _stamp(path: str):
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+
+
 def _files_under(folder: str) -> set:
     out = set()
     for base, _, files in os.walk(folder):
@@ -153,8 +161,9 @@ def output_guard(out_dir: str, what: str = "output_dir"):
     the block are removed again when it raises a UserError, unless the error says keep_outputs (a run that
     diverged keeps its logs and last good checkpoints). A rerun into a folder that holds an earlier run rewrites
     that run's description (RUN_DESCRIPTION_FILES: resolved config, manifest, model and quant configs) as it
-    starts; on such an error those files get their earlier content back, so they still describe the checkpoints
-    beside them. Other pre-existing files are never touched."""
+    starts; on such an error, if the earlier run's other outputs (checkpoints, ...; logs aside) are all unchanged,
+    those files get their earlier content back, so they still describe the checkpoints beside them. Other
+    pre-existing files are never touched."""
     check_output_dir(out_dir, what)
     out_dir = os.path.abspath(out_dir)
     missing = []                                      # folders this run creates, deepest first
@@ -164,11 +173,13 @@ def output_guard(out_dir: str, what: str = "output_dir"):
         path = os.path.dirname(path)
     before = _files_under(out_dir) if not missing else set()
     dirs_before = {b for b, _, _ in os.walk(out_dir)}
-    described = {}
+    described, outputs = {}, {}
     for f in before:
         if os.path.basename(f) in RUN_DESCRIPTION_FILES:
             with open(f, "rb") as fh:
                 described[f] = fh.read()
+        elif not f.endswith((".txt", ".jsonl")):                 # logs are appended to, not replaced
+            outputs[f] = _stamp(f)
     try:
         yield
     except UserError as e:
@@ -176,7 +187,8 @@ def output_guard(out_dir: str, what: str = "output_dir"):
             for f in sorted(_files_under(out_dir) - before):
                 with contextlib.suppress(OSError):
                     os.remove(f)
-            for f, data in described.items():
+            replaced = any(_stamp(f) != stamp for f, stamp in outputs.items())
+            for f, data in ({} if replaced else described).items():
                 try:
                     with open(f, "rb") as fh:
                         same = fh.read() == data
@@ -275,10 +287,11 @@ def checkpoint_head_type(ckpt: str) -> Optional[str]:
     return head if isinstance(head, str) else None
 
 
-def resolve_head_type(requested: str, ckpt: str, flag: str) -> str:
+def resolve_head_type(requested: str, ckpt: str, flag: str, ckpt_what: str) -> str:
     """`requested` "auto" (or "") -> the head the checkpoint records, else "dense"; an explicit head type must
-    match the recorded one (one clear error instead of a model that silently drops or adds the pooler ReLU)."""
-    require_file(ckpt, flag)
+    match the recorded one (one clear error instead of a model that silently drops or adds the pooler ReLU).
+    `flag` / `ckpt_what` name the head-type option and the checkpoint's option in the errors."""
+    require_file(ckpt, ckpt_what)
     recorded = checkpoint_head_type(ckpt)
     if requested in ("", "auto"):
         return recorded or "dense"
@@ -385,5 +398,6 @@ def task_from_config(cfg):
 
 def load_eval_sets(cfg, task) -> Dict[str, Dict[str, np.ndarray]]:
     """The full eval split(s) of the run: the task's dev splits (MNLI: matched and mismatched) or cfg.eval.split."""
-    splits = task.eval_splits if cfg.eval.split == "dev" else (cfg.eval.split,)
+    split = cfg.eval.get("split", "dev")                 # configs written before the key existed: the dev split(s)
+    splits = task.eval_splits if split == "dev" else (split,)
     return {s: load_split(cfg.data.dir, s, cfg.data.dataset_type, cfg.data.max_seq_length, task) for s in splits}

@@ -133,7 +133,7 @@ def _run(cfg, out_dir, save_resolved):
                 loss_net = TaskDistillPhase2Loss(model, teacher, lcfg, task.regression)
 
     batcher = ArrayBatcher(train, phase_cfg.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
-                           length_buckets=bucket_cfg)
+                           length_buckets=bucket_cfg, batch_key=f"{phase}.batch_size")
     step, lr = train_step_from_config(loss_net, cfg, phase_cfg, len(batcher), cfg.distributed)
     log.info(f"model params {count_params(model)}; {len(batcher)} steps per epoch, buckets {batcher.buckets}")
     run_step = step
@@ -202,7 +202,8 @@ def _run_eval(cfg, task, eval_sets, log):
     model_cfg_path = cfg.eval.model_config or os.path.join(os.path.dirname(ckpt), "config.json")
     mcfg = runtime.load_bert_config(model_cfg_path, "eval.model_config", num_labels=task.num_labels,
                                     fused_cpu_kernels=runtime.fused_kernels(cfg))
-    model = runtime.build_classifier(mcfg, runtime.resolve_head_type(cfg.eval.head_type, ckpt, "eval.head_type"))
+    head = runtime.resolve_head_type(cfg.eval.head_type, ckpt, "eval.head_type", "eval.ckpt")
+    model = runtime.build_classifier(mcfg, head)
     runtime.load_into(model, ckpt, "eval.ckpt", strict=True, allow_unexpected=("fit_dense.",))
     net = LogitsOnly(model)
     net.set_train(False)

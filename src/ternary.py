@@ -191,6 +191,8 @@ def _run(cfg, out_dir, save_resolved):
     step, lr = train_step_from_config(loss_net, cfg, cfg.train, len(batcher), cfg.distributed)
     optimizer = step.optimizer
     step = with_lat_refresh(step, model, optimizer)          # LAT: D = sqrt(Adam v) after every step
+    if hasattr(step, "refresh"):
+        log.info(f"LAT: D = sqrt(Adam v) + eps refreshed after every step for {step.refresh.count} weight(s)")
     log.info(f"model params {count_params(model)}; {len(batcher)} steps per epoch, buckets {batcher.buckets}")
     if is_main:
         scfg.to_json_file(os.path.join(out_dir, "config.json"))
@@ -238,7 +240,7 @@ def pack_run(out_dir: str, codec: str, max_positions: int, head_type: str, log=N
     qcfg = read_quant_json(os.path.join(out_dir, "quant.json"))
     bcfg = runtime.load_bert_config(os.path.join(out_dir, "config.json"), "run config.json")
     qckpt = runtime.require_file(os.path.join(out_dir, "best_quant.ckpt"), "quantized checkpoint")
-    head_type = runtime.resolve_head_type(head_type, qckpt, "student.head_type")
+    head_type = runtime.resolve_head_type(head_type, qckpt, "student.head_type", "quantized checkpoint")
     state = read_ms_checkpoint(qckpt)
     out_path = out_path or os.path.join(out_dir, "model.tpack")
     sizes = pack(state, bcfg, qcfg, out_path, head_type=head_type, codec=codec, max_positions=max_positions,

@@ -33,7 +33,7 @@ MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask")
 class ArrayBatcher:
     def __init__(self, arrays: Dict[str, np.ndarray], batch_size: int, shuffle: bool = True, seed: int = 0,
                  drop_remainder: bool = True, rank: int = 0, world: int = 1,
-                 length_buckets: Optional[Sequence[int]] = None):
+                 length_buckets: Optional[Sequence[int]] = None, batch_key: str = "train.batch_size"):
         self.arrays = arrays
         n = len(next(iter(arrays.values())))
         self.indices = np.arange(n)
@@ -52,12 +52,12 @@ class ArrayBatcher:
         self.bucket_of = np.searchsorted(np.array(buckets), lengths, side="left")
         if n < self.global_batch and drop_remainder:
             raise UserError(f"training set has {n} rows, fewer than one batch ({batch_size} x {world} "
-                            f"worker(s)): lower train batch_size or add data")
+                            f"worker(s)): lower {batch_key} or add data")
         if drop_remainder and len(self) == 0:        # each length bucket drops its own remainder
             counts = [int((self.bucket_of == b).sum()) for b in range(len(buckets))]
             raise UserError(f"training set has {n} rows but no length bucket holds a full batch ({batch_size} x "
-                            f"{world} worker(s)); rows per bucket {dict(zip(buckets, counts))}: lower train "
-                            f"batch_size or use fewer data.length_buckets")
+                            f"{world} worker(s)); rows per bucket {dict(zip(buckets, counts))}: lower {batch_key} "
+                            f"or use fewer data.length_buckets")
 
     def __len__(self):
         total = 0

@@ -414,7 +414,7 @@ def slice_checkpoint(supernet_ckpt: str, supernet_config: str, width_mult: float
                             f"supernet {what} '{theirs}'; choose another folder")
     overrides = {"num_labels": num_labels} if num_labels else {}
     cfg = runtime.load_bert_config(supernet_config, "supernet config", **overrides)
-    head_type = runtime.resolve_head_type(head_type, supernet_ckpt, "--head_type")
+    head_type = runtime.resolve_head_type(head_type, supernet_ckpt, "--head_type", "supernet checkpoint")
     model = runtime.build_classifier(cfg, head_type)
     runtime.load_into(model, supernet_ckpt, "supernet checkpoint", strict=True, allow_unexpected=("fit_dense.",))
     sub = slice_to_width(model, width_mult, depth_mult)
@@ -655,7 +655,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     if cfg.importance.rewire:
         t0 = time.time()
         imp_batcher = ArrayBatcher(train, cfg.importance.batch_size, shuffle=True, seed=cfg.seed + 1,
-                                   length_buckets=buckets)
+                                   length_buckets=buckets, batch_key="importance.batch_size")
         limit = cfg.importance.max_batches
 
         def batches():

@@ -237,3 +237,10 @@ def test_failed_rerun_leaves_the_earlier_runs_description(tmp_path):
     assert (run / "config_resolved.yaml").read_text() == "student:\n  head_type: dense\n"
     assert sorted(p.name for p in run.iterdir()) == ["best.ckpt", "config_resolved.yaml"]
     assert (run / "best.ckpt").read_bytes() == b"earlier checkpoint"
+    # a rerun that got as far as replacing the checkpoint: the new description stays with the new checkpoint
+    with pytest.raises(UserError, match="late"):
+        with output_guard(str(run)):
+            (run / "config_resolved.yaml").write_text("student:\n  head_type: relu_pooler\n")
+            (run / "best.ckpt").write_bytes(b"the rerun's checkpoint")
+            raise UserError("late failure")
+    assert (run / "config_resolved.yaml").read_text() == "student:\n  head_type: relu_pooler\n"

@@ -161,7 +161,8 @@ def test_batcher_length_buckets_trim_only_padding():
     # batch 6: 10 rows are more than a batch, but neither bucket holds 6 -> no step at all; one clear error
     # (it once "trained" 0 steps and saved the untrained model)
     with pytest.raises(UserError, match=r"training set has 10 rows but no length bucket holds a full batch "
-                                        r"\(6 x 1 worker\(s\)\); rows per bucket \{4: 5, 8: 5\}"):
+                                        r"\(6 x 1 worker\(s\)\); rows per bucket \{4: 5, 8: 5\}: "
+                                        r"lower train\.batch_size"):
         ArrayBatcher(a, 6, length_buckets=[4])
     assert len(ArrayBatcher(a, 6)) == 1
 

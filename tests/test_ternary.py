@@ -207,6 +207,18 @@ def test_loss_scale_lets_the_trainer_skip_overflowing_steps(run, tmp_path, monke
         assert seen.pop("overflow_skips") is expected
 
 
+def test_lat_with_only_a_ternary_embedding_refreshes_its_hessian(run, tmp_path):
+    """LAT with 8-bit Dense weights and the ternary word embedding: the run refreshes the embedding's D after every
+    step (it once refreshed only when the Dense weights were ternary, so D stayed 1 and LAT ran as lat_d1)."""
+    i = run["argv"].index("--output_dir")
+    argv = run["argv"][:i] + ["--output_dir", str(tmp_path / "lat")] + run["argv"][i + 2:] + \
+        ["--train.max_steps", "2", "--pack.after_train", "false", "--quant.weight_method", "lat",
+         "--quant.bits.weight", "8", "--quant.bits.embedding", "2"]
+    run_ternary.main(argv)
+    log = next((tmp_path / "lat").glob("*/log.txt")).read_text()
+    assert "LAT: D = sqrt(Adam v) + eps refreshed after every step for 1 weight(s)" in log
+
+
 def test_unsupported_bit_width_is_a_user_error(run):
     with pytest.raises(UserError, match=r"quant\.bits\.weight 3 not supported: expected one of \[2, 4, 8, 32\]"):
         run_ternary.main(run["argv"] + ["--quant.bits.weight", "3"])

@@ -158,6 +158,8 @@ def test_slice_keeps_the_supernets_head_type(tmp_path):
     with pytest.raises(UserError, match="--head_type dense: checkpoint .* was saved with head_type relu_pooler"):
         slice_checkpoint(str(tmp_path / "supernet.ckpt"), str(tmp_path / "config.json"), 0.5,
                          str(tmp_path / "out2"), head_type="dense")
+    with pytest.raises(UserError, match=r"supernet checkpoint: '.*nope\.ckpt' does not exist"):
+        slice_checkpoint(str(tmp_path / "nope.ckpt"), str(tmp_path / "config.json"), 0.5, str(tmp_path / "out3"))
 
 
 # ---------------------------------------------------------------- importance and rewiring
