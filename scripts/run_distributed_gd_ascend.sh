@@ -19,6 +19,8 @@ CONFIG=${DEFAULT_CONFIG:-configs/gd.yaml}
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi
 SCRIPT=${SCRIPT:-run_general_distill.py}
 EPOCH_KEY=${EPOCH_KEY:---train.epochs}
+STEPS_KEY=${STEPS_KEY:---train.max_steps}    # EPOCH_SIZE whole epochs: the config's step cap is cleared (a later
+                                             # --train.max_steps N in the arguments still caps them)
 PYTHON=${PYTHON:-python}
 case "$DEVICE_NUM" in ''|*[!0-9]*|0) echo "ERROR: DEVICE_NUM '$DEVICE_NUM': expected a positive integer" >&2; exit 2;; esac
 # validates the table (one ERROR line, exit 2) and prints RANK_SIZE then "<rank_id> <device_id>" per local device
@@ -36,7 +38,7 @@ while read -r RANK DEVICE; do
   echo "rank $RANK on device $DEVICE (cores $START-$END), RANK_SIZE $RANK_SIZE, log $LOG/log.txt"
   DEVICE_ID=$DEVICE RANK_ID=$RANK taskset -c "$START-$END" \
      $PYTHON "$SCRIPT" --config_path "$CONFIG" --device_target Ascend --distributed true \
-     "$EPOCH_KEY" "$EPOCH_SIZE" "$@" > "$LOG/log.txt" 2>&1 &
+     "$EPOCH_KEY" "$EPOCH_SIZE" "$STEPS_KEY" 0 "$@" > "$LOG/log.txt" 2>&1 &
   i=$((i + 1))
 done < <(echo "$PLAN" | tail -n +2)
 wait

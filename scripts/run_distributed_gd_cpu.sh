@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-WORKER_NUM=${1:-${WORKER_NUM:-2}}
-[ $# -gt 0 ] && shift
+WORKER_NUM=${WORKER_NUM:-2}
+if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then WORKER_NUM=$1; shift; fi   # [WORKER_NUM] is optional
 CONFIG=${DEFAULT_CONFIG:-configs/gd.yaml}
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi
 SCRIPT=${SCRIPT:-run_general_distill.py}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Task distillation (one phase per call) on Ascend with an HCCL rank table. UNTESTED on Ascend hardware.
 #   bash scripts/run_distributed_td_ascend.sh DEVICE_NUM EPOCH_SIZE RANK_TABLE_FILE [CONFIG] --phase td1|td2|finetune [--key value ...]
-# EPOCH_SIZE sets <phase>.epochs. Same contract as run_distributed_gd_ascend.sh (LOG<rank_id>/, SERVER_ID).
+# EPOCH_SIZE sets <phase>.epochs and clears <phase>.max_steps (td_mr.yaml caps td1 at 150 steps; a later
+# --<phase>.max_steps N still caps the run). Same contract as run_distributed_gd_ascend.sh (LOG<rank_id>/, SERVER_ID).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ $# -lt 3 ]; then
@@ -10,4 +11,5 @@ if [ $# -lt 3 ]; then
 fi
 PHASE=$(printf '%s\n' "$@" | awk 'prev == "--phase" {print; exit} {prev = $0}')
 case "$PHASE" in finetune|td1|td2) ;; *) echo "ERROR: --phase: expected finetune, td1 or td2" >&2; exit 2;; esac
-SCRIPT=run_task_distill.py DEFAULT_CONFIG=configs/td_mr.yaml EPOCH_KEY="--$PHASE.epochs" exec bash scripts/run_distributed_gd_ascend.sh "$@"
+SCRIPT=run_task_distill.py DEFAULT_CONFIG=configs/td_mr.yaml EPOCH_KEY="--$PHASE.epochs" STEPS_KEY="--$PHASE.max_steps" \
+  exec bash scripts/run_distributed_gd_ascend.sh "$@"

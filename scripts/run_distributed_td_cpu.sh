@@ -6,8 +6,8 @@
 # Env: WORKER_NUM (default 2), MASTER_PORT (default 8118), THREADS per worker (default 1), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORKER_NUM=${1:-${WORKER_NUM:-2}}
-[ $# -gt 0 ] && shift
+WORKER_NUM=${WORKER_NUM:-2}
+if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then WORKER_NUM=$1; shift; fi   # [WORKER_NUM] is optional
 CONFIG=configs/td_mr.yaml
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi
 export SCRIPT=run_task_distill.py DEFAULT_CONFIG=configs/td_mr.yaml

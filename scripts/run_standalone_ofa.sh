@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-CONFIG=${1:-configs/ofa_mr.yaml}
-[ $# -gt 0 ] && shift
+CONFIG=configs/ofa_mr.yaml
+if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi      # [CONFIG] is optional before --key value
 if [ "$CONFIG" = "configs/ofa_mr.yaml" ]; then
   PYTHON=$PYTHON bash scripts/prepare_default.sh --teacher
 fi

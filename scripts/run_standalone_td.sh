@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-CONFIG=${1:-configs/td_mr.yaml}
-[ $# -gt 0 ] && shift
+CONFIG=configs/td_mr.yaml
+if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi      # [CONFIG] is optional before --key value
 if [ "$CONFIG" = "configs/td_mr.yaml" ] && [ $# -eq 0 ]; then
   PYTHON=$PYTHON bash scripts/prepare_default.sh --teacher
   if [ ! -f output/gd/student.ckpt ]; then

@@ -269,3 +269,45 @@ def test_ascend_script_validates_rank_table_before_launching(tmp_path):
     res = subprocess.run([sys.executable, "-m", "src.rank_table", str(good), "--device_num", "2",
                           "--host_ips", "10.0.0.2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.split("\n")[:3] == ["RANK_SIZE 4", "2 0", "3 1"]
+
+
+def test_ascend_td_script_runs_whole_epochs_per_rank(tmp_path):
+    """run_distributed_td_ascend.sh DEVICE_NUM EPOCH_SIZE RANK_TABLE --phase td1: every rank of this server gets
+    --td1.epochs EPOCH_SIZE and --td1.max_steps 0 (td_mr.yaml caps td1 at 150 steps, which made EPOCH_SIZE do
+    nothing), before the user's own flags, which still win. A stand-in PYTHON records each rank's command line
+    (the rank-table step runs for real)."""
+    good = tmp_path / "table.json"
+    good.write_text(json.dumps(table((("10.0.0.1", 2),))))
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\nif [ "$1" = "-m" ]; then exec "{sys.executable}" "$@"; fi\n'
+                    f'echo "$RANK_ID $DEVICE_ID $*" >> "{calls}"\n')
+    fake.chmod(0o755)
+    env = dict(tiny_run.env(), PYTHON=str(fake), SERVER_ID="10.0.0.1", LOG_ROOT=str(tmp_path / "logs"))
+    res = subprocess.run(["bash", "scripts/run_distributed_td_ascend.sh", "2", "3", str(good), "--phase", "td1",
+                          "--td1.max_steps", "40"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    common = ("run_task_distill.py --config_path configs/td_mr.yaml --device_target Ascend --distributed true "
+              "--td1.epochs 3 --td1.max_steps 0 --phase td1 --td1.max_steps 40")
+    assert sorted(calls.read_text().splitlines()) == [f"0 0 {common}", f"1 1 {common}"]
+    assert sorted(os.listdir(tmp_path / "logs")) == ["LOG0", "LOG1"]
+
+
+@pytest.mark.parametrize("script,config,calls", [
+    ("run_standalone_td.sh", "configs/td_mr.yaml", ["run_task_distill.py --config_path {c} --phase td1 {a}",
+                                                     "run_task_distill.py --config_path {c} --phase td2 {a}"]),
+    ("run_standalone_gd.sh", "configs/gd.yaml", ["run_general_distill.py --config_path {c} {a}"])])
+def test_standalone_script_config_is_optional_before_flags(tmp_path, script, config, calls):
+    """`bash scripts/run_standalone_td.sh --key value` keeps the default config and passes the flags on (the first
+    argument was always taken as CONFIG: --config_path --key). A stand-in PYTHON records the command lines."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> "{log}"\n')
+    fake.chmod(0o755)
+    env = dict(tiny_run.env(), PYTHON=str(fake))
+    for args, cfg in ((["--train.max_steps", "5"], config), (["my.yaml", "--train.max_steps", "5"], "my.yaml")):
+        log.unlink(missing_ok=True)
+        res = subprocess.run(["bash", f"scripts/{script}"] + args, cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert log.read_text().splitlines() == [c.format(c=cfg, a="--train.max_steps 5") for c in calls]
