@@ -609,9 +609,13 @@ def ms_to_hf(ckpt: str, out_safetensors: str, config: Union[str, BertConfig, Non
     strict=False drops them. Returns a summary dict."""
     from safetensors.numpy import save_file
     cfg, cfg_path = _load_config(config, ckpt)
-    state = read_ms_checkpoint(ckpt)
+    state, meta = read_ms_checkpoint(ckpt, with_extra=True)
     has_prefix = any(k.startswith(BERT_PREFIX) for k in state)
     has_classifier = any(k.startswith("classifier.") for k in state)
+    if has_classifier and meta.get("head_type", "dense") != "dense":
+        raise UserError(f"checkpoint '{ckpt}' records head_type {meta['head_type']}: Hugging Face's "
+                        f"BertForSequenceClassification has no ReLU on the pooled output, so the converted model "
+                        f"would give other logits; deploy it with export.py (MINDIR / ONNX) instead")
     expected = _expected_shapes(cfg, BERT_PREFIX if has_prefix else "", has_classifier and has_prefix)
     rep = check_state(expected, {k: v.shape for k, v in state.items()},
                       source=f"checkpoint '{ckpt}' (config '{cfg_path}')", strict=strict)

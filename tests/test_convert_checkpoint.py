@@ -202,6 +202,24 @@ def test_classifier_weights_are_carried(tmp_path):
         load_hf_into(BertModel(cfg), str(tmp_path / "hf"))
 
 
+def test_relu_pooler_classifier_is_not_converted_to_hf(tmp_path):
+    """HF's BertForSequenceClassification has no ReLU on the pooled output: a checkpoint that records
+    head_type relu_pooler is refused (it once converted, silently changing the logits); nothing is written.
+    The same weights saved as dense convert."""
+    from src import runtime
+    cfg = BertConfig(**TINY)
+    relu = BertForSequenceClassification(cfg, head_type="relu_pooler")
+    runtime.save_cell(relu, str(tmp_path / "relu.ckpt"))
+    cfg.to_json_file(str(tmp_path / "config.json"))
+    with pytest.raises(UserError, match=r"records head_type relu_pooler: Hugging Face's "
+                                        r"BertForSequenceClassification has no ReLU"):
+        ms_to_hf(str(tmp_path / "relu.ckpt"), str(tmp_path / "out" / "model.safetensors"))
+    assert not (tmp_path / "out").exists()
+    dense = BertForSequenceClassification(cfg)
+    runtime.save_cell(dense, str(tmp_path / "dense.ckpt"))
+    assert ms_to_hf(str(tmp_path / "dense.ckpt"), str(tmp_path / "ok" / "model.safetensors"))["tensors"] > 0
+
+
 def test_backbone_checkpoint_into_classifier(tmp_path):
     cfg = BertConfig(**TINY)
     backbone = BertModel(cfg)
