@@ -276,3 +276,23 @@ def test_teacher_checkpoint_for_another_head_is_rejected(pipeline, tmp_path):
     with pytest.raises(UserError) as e:
         _td(pipeline, "--phase", "td1", "--teacher.ckpt", str(bad))
     assert "classifier.weight" in str(e.value) and "(3, 32)" in str(e.value)
+
+
+def test_demo_report_names_the_tasks_main_metric(pipeline, tmp_path, capsys):
+    """tools/demo_report.py labels the column with the metric its numbers are (the run's `best`, its task's main
+    metric): acc for MR, mcc for a CoLA run (it once took the first key of the eval record, always acc)."""
+    from tools import demo_report
+    td = tmp_path / "td"
+    shutil.copytree(os.path.join(pipeline["out"], "td"), td)
+    demo_report.main(["--td_dir", str(td), "--gd_dir", os.path.join(pipeline["out"], "gd")])
+    out = capsys.readouterr().out
+    best = max(r["acc"] for r in _records(td / "td2" / "metrics.jsonl", "eval"))
+    assert "| dev acc | % of teacher |" in out and f"| {best:.4f} |" in out
+    resolved = td / "td2" / "config_resolved.yaml"
+    resolved.write_text(resolved.read_text().replace("name: MR", "name: CoLA", 1))
+    with open(td / "td2" / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"acc": 0.9, "best": 0.25, "best_step": 1, "epoch": 9, "kind": "eval", "mcc": 0.25,
+                            "step": 99, "time": 0}, sort_keys=True) + "\n")
+    demo_report.main(["--td_dir", str(td), "--gd_dir", os.path.join(pipeline["out"], "gd")])
+    out = capsys.readouterr().out
+    assert "| dev mcc | % of teacher |" in out and "| 0.2500 |" in out

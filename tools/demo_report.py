@@ -29,6 +29,16 @@ def best_eval(run_dir):
     return evals[-1]["best"], evals
 
 
+def main_metric(run_dir):
+    """The metric the run's eval records call `best` (its task's main metric: acc, f1, mcc, ...)."""
+    from src.config import load_config
+    from src import runtime
+    path = os.path.join(run_dir, "config_resolved.yaml")
+    if not os.path.exists(path):
+        raise UserError(f"{path} missing: run that phase first")
+    return runtime.task_from_config(load_config(path, ["--config_path", path])).main_metric
+
+
 def train_seconds(run_dir):
     path = os.path.join(run_dir, "log.txt")
     for line in reversed(open(path, encoding="utf-8").read().splitlines()):
@@ -53,7 +63,7 @@ def main(argv=None):
     teacher_dir, td1_dir, td2_dir = (os.path.join(args.td_dir, d) for d in ("teacher", "td1", "td2"))
     t_best, t_evals = best_eval(teacher_dir)
     s_best, s_evals = best_eval(td2_dir)
-    metric = [k for k in s_evals[-1] if k not in ("kind", "time", "epoch", "step", "best", "best_step")][0]
+    metric = main_metric(td2_dir)
     rows = []
     for name, d in (("teacher (all-MiniLM-L6-v2, fine-tuned)", teacher_dir), ("student (TinyBERT GD+TD)", td2_dir)):
         cfg = json.load(open(os.path.join(d, "config.json")))
