@@ -650,6 +650,13 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     init = cfg.supernet.init_ckpt or cfg.teacher.ckpt
     runtime.load_into(model, init, "supernet.init_ckpt", strict=True)
     log.info(f"supernet initialised from {init}; teacher {cfg.teacher.ckpt}; params {count_params(model)}")
+    if cfg.eval.get("teacher_baseline", False) and is_main:     # the reference the width table is read against
+        from src.tinybert_model import LogitsOnly
+        teacher_net = LogitsOnly(teacher)
+        teacher_net.set_train(False)
+        tm = evaluate(teacher_net, eval_sets, cfg.eval.batch_size, task)
+        log.info("teacher " + ", ".join(f"{k} {v:.6f}" for k, v in tm.items()))
+        log.record("teacher_eval", **tm)
 
     # ---- importance on the TRAINING split, fresh gradients per batch, then rewiring
     if cfg.importance.rewire:

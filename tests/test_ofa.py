@@ -77,6 +77,14 @@ def test_ofa_end_to_end_keeps_best_per_width_and_slices(setup):
     assert len(evals) == 4                                  # 12 steps / every 3
     task = get_task("MR")
     dev = runtime.load_split(str(d / "data"), "dev", "tfrecord", SEQ, task)
+    # eval.teacher_baseline: the teacher's own score, recorded and shown by tools/readme_results.py
+    teacher = runtime.build_classifier(TINY, "dense")
+    runtime.load_into(teacher, str(d / "teacher.ckpt"), "teacher")
+    t_acc = evaluate(LogitsOnly(teacher).set_train(False), {"dev": dev}, 16, task)["acc"]
+    recorded = [json.loads(l) for l in open(out / "metrics.jsonl") if '"kind": "teacher_eval"' in l]
+    assert len(recorded) == 1 and recorded[0]["acc"] == pytest.approx(t_acc)
+    from tools.readme_results import width_block
+    assert f"Teacher (full model before rewiring): acc {t_acc:.4f}" in width_block(str(out))
     rows = {r["width"]: r for r in result["rows"]}
     for w, heads, key in ((1.0, 4, "acc"), (0.75, 3, "acc_w0.750"), (0.5, 2, "acc_w0.500")):
         label = f"{w:.3f}"
