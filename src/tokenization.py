@@ -62,7 +62,7 @@ class BertTokenizer:
     """WordPiece tokenizer + BERT input builder ([CLS] a [SEP] (b [SEP]), zero padding)."""
 
     def __init__(self, vocab_file: str, do_lower_case: bool = True):
-        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+        from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
         self.vocab_file = os.fspath(vocab_file)
         self.do_lower_case = bool(do_lower_case)
@@ -74,7 +74,11 @@ class BertTokenizer:
         # strip_accents=None follows `lowercase`, as in Google BERT (accents are kept for cased vocabs)
         tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
                                                     strip_accents=None, lowercase=self.do_lower_case)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        # Google's _is_chinese_char includes U+2B820-U+2CEAF (CJK Extension E/F); BertNormalizer (tokenizers 0.23)
+        # starts that block at U+2B920, so the first 256 code points are isolated here as Google isolates them
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex("[\U0002B820-\U0002B91F]"), behavior="isolated"),
+            pre_tokenizers.BertPreTokenizer()])
         tok.no_padding()
         tok.no_truncation()
         self._tok = tok

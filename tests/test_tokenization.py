@@ -77,6 +77,24 @@ def test_single_truncation_and_helper(tmp_path):
     assert (a, b) == ([0, 1, 2], [0, 1, 2])
 
 
+def _google_is_chinese_char(cp):
+    """Google BERT tokenization.py's CJK ranges, copied as numbers."""
+    return any(lo <= cp <= hi for lo, hi in ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF),
+                                              (0x2A700, 0x2B73F), (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF),
+                                              (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)))
+
+
+def test_every_cjk_character_is_its_own_token_as_in_google_bert(bert_tok):
+    """Google's BasicTokenizer puts spaces around every CJK character. The tokenizers normaliser misses
+    U+2B820-U+2B91F (the start of Extension E); the tokenizer isolates those itself."""
+    cps = [cp for cp in range(0x3400, 0x2FA20) if _google_is_chinese_char(cp)][::97] + \
+        list(range(0x2B81E, 0x2B923))
+    for cp in cps:
+        toks = bert_tok.tokenize(f"the{chr(cp)}cat")
+        assert toks[0] == "the" and toks[-1] == "cat" and len(toks) == 3, (hex(cp), toks)
+    assert bert_tok.tokenize("the\u00e9cat") == bert_tok.tokenize("theecat")     # not CJK: stays in the word
+
+
 def test_lower_casing_can_be_turned_off(tmp_path):
     vocab = tiny_vocab(tmp_path)
     cased = BertTokenizer(vocab, do_lower_case=False)
