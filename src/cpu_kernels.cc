@@ -261,6 +261,13 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
 // hidden states: s [B, L, D], w [B, L, 1], so C = 1). Row sums in float lanes, the total in double.
 namespace {
 
+bool same_shape(int nd, const int64_t *s, int tnd, const int64_t *t) {
+  if (nd != tnd) return false;
+  for (int i = 0; i < nd; ++i)
+    if (s[i] != t[i]) return false;
+  return true;
+}
+
 bool broadcast_view(int nd, const int64_t *s, int wnd, const int64_t *w, int64_t *a, int64_t *m, int64_t *c) {
   if (nd != wnd) return false;
   int axis = -1;
@@ -313,6 +320,7 @@ extern "C" int MaskedSquaredErrorSum(int nparam, void **params, int *ndims, int6
   const float *w = static_cast<const float *>(params[2]);
   float *out = static_cast<float *>(params[3]);
   int64_t a, m, c;
+  if (!same_shape(ndims[0], shapes[0], ndims[1], shapes[1])) return 2;  // t is read with s's layout
   if (!broadcast_view(ndims[0], shapes[0], ndims[2], shapes[2], &a, &m, &c)) return 2;
   const int parts = parts_for(a, m * c);
   std::vector<double> partial;
@@ -348,6 +356,7 @@ extern "C" int MaskedSquaredErrorGrad(int nparam, void **params, int *ndims, int
   const float g = 2.0f * static_cast<const float *>(params[3])[0];
   float *ds = static_cast<float *>(params[4]);
   int64_t a, m, c;
+  if (!same_shape(ndims[0], shapes[0], ndims[1], shapes[1])) return 2;
   if (!broadcast_view(ndims[0], shapes[0], ndims[2], shapes[2], &a, &m, &c)) return 2;
   run_parts(a, parts_for(a, m * c), [&](int64_t b, int64_t e, int) {
     for (int64_t i = b; i < e; ++i) {

@@ -127,6 +127,13 @@ def _ln_dtypes(x, *_):
     return x, x, x
 
 
+def _sq_err_shape(s, t, w):
+    """[1]; the student and target tensors must have one shape (the kernel reads t with s's layout)."""
+    if list(s) != list(t):
+        raise ValueError(f"MaskedSquaredError: student tensor {list(s)} and target {list(t)} differ in shape")
+    return [1]
+
+
 @functools.lru_cache(maxsize=None)
 def _ops():
     """The custom ops, made once per process (they are stateless primitives shared by every cell)."""
@@ -152,7 +159,7 @@ def _ops():
     def sq_err_bprop(s, t, w, out, dout):
         return sq_err_grad(s, t, w, dout), ops.zeros_like(t), ops.zeros_like(w)
 
-    sq_err = ops.Custom(f"{lib}:MaskedSquaredErrorSum", out_shape=lambda s, t, w: [1], out_dtype=_same,
+    sq_err = ops.Custom(f"{lib}:MaskedSquaredErrorSum", out_shape=_sq_err_shape, out_dtype=_same,
                         func_type="aot", bprop=sq_err_bprop)
     return gelu, ln, sq_err
 

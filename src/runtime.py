@@ -112,9 +112,13 @@ def student_layer_map(cfg, teacher_cfg, student_cfg, attention_weight: float):
                                  layer_list(cfg.layer_map.hidden, "layer_map.hidden"))
     except ValueError as e:
         raise UserError(str(e)) from None
-    if student_cfg.num_attention_heads != teacher_cfg.num_attention_heads and attention_weight:
-        raise UserError(f"attention loss needs equal head counts: student {student_cfg.num_attention_heads}, "
-                        f"teacher {teacher_cfg.num_attention_heads} (set loss.attention_weight 0 or match heads)")
+    if attention_weight:                     # per mapped layer: width sub-models have per-layer head counts
+        for s_layer, t_layer in enumerate(maps[0]):
+            s_heads, t_heads = student_cfg.heads(s_layer), teacher_cfg.heads(t_layer)
+            if s_heads != t_heads:
+                raise UserError(f"attention loss needs equal head counts: student layer {s_layer} has {s_heads}, "
+                                f"teacher layer {t_layer} has {t_heads} (set loss.attention_weight 0 or match "
+                                f"heads)")
     return maps
 
 

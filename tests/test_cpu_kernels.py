@@ -206,6 +206,29 @@ def test_masked_squared_error_matches_float64(s_shape, w_shape):
 
 
 @needs_gxx
+def test_masked_squared_error_refuses_a_target_of_another_shape():
+    """The kernel reads the target with the student's layout: a teacher with fewer heads ([2, 2, 5, 5] against
+    [2, 4, 5, 5]) once read past its end (inf, or garbage) instead of failing."""
+    sq = cpu_kernels.MaskedSquaredError()
+    s, w = ms.Tensor(np.ones((2, 4, 5, 5), np.float32)), ms.Tensor(np.ones((2, 1, 5, 5), np.float32))
+    with pytest.raises((ValueError, RuntimeError), match="differ in shape"):
+        sq(s, ms.Tensor(np.ones((2, 2, 5, 5), np.float32)), w).asnumpy()
+
+
+def test_attention_loss_checks_heads_per_mapped_layer():
+    """A width sub-model teacher keeps num_attention_heads but has fewer heads per layer: the attention loss
+    needs the mapped layers' counts to agree, which is checked per layer (it compared num_attention_heads only)."""
+    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "td_mr.yaml"), [])
+    teacher = BertConfig(**TINY).replace(num_hidden_layers=2, num_attention_heads=4, hidden_size=32,
+                                         layer_num_heads=[2, 2])
+    student = teacher.replace(layer_num_heads=None)
+    with pytest.raises(runtime.UserError, match="student layer 0 has 4, teacher layer 0 has 2"):
+        runtime.student_layer_map(cfg, teacher, student, attention_weight=1.0)
+    assert runtime.student_layer_map(cfg, teacher, student, attention_weight=0.0) == ([0, 1], [0, 1, 2])
+    assert runtime.student_layer_map(cfg, teacher, teacher, attention_weight=1.0) == ([0, 1], [0, 1, 2])
+
+
+@needs_gxx
 def test_intermediate_loss_fused_matches_mindspore_ops():
     from src.distill import DistillLossConfig, FitDense, IntermediateLoss
     rng = np.random.default_rng(6)
