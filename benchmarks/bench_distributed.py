@@ -6,7 +6,9 @@ Builds a synthetic MR-style workspace (random token ids, no dropout) and a rando
 runs run_task_distill.py --phase finetune (a) as one process with --threads THREADS_SINGLE at batch 2b and
 (b) through msrun with 2 workers x THREADS_PER_WORKER threads at batch b, then prints steady-state seq/s
 (median of the logging windows after the first, i.e. without graph compilation) and the largest weight
-difference between the two final checkpoints. Results also go to <out>/bench.json.
+difference between the two final checkpoints. Results also go to <out>/bench.json; with --readme the table is
+written into that file between the bench:distributed markers (docs/distributed.md).
+seq/s counts every worker's rows (the run's global throughput, as the Trainer logs it).
 Timings on a shared machine are noisy: run it on an otherwise idle host for numbers you quote.
 """
 import argparse
@@ -80,6 +82,7 @@ def main(argv=None):
     ap.add_argument("--threads_single", type=int, default=2)
     ap.add_argument("--threads_per_worker", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "output", "distributed", "bench"))
+    ap.add_argument("--readme", default="", help="write the table into this file between bench markers")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     ws = workspace(os.path.join(args.out, "ws"), args.layers, args.hidden, args.seq, args.vocab,
@@ -118,6 +121,27 @@ def main(argv=None):
     with open(os.path.join(args.out, "bench.json.tmp"), "w") as f:
         json.dump(results, f, indent=2)
     os.replace(os.path.join(args.out, "bench.json.tmp"), os.path.join(args.out, "bench.json"))
+    from benchmarks.common import emit
+    emit("distributed", table(results, args), args.readme or None)
+
+
+def table(results: dict, args) -> str:
+    """Markdown block: the two runs' global seq/s and wall time, the speed-up and the weight difference."""
+    from benchmarks.common import machine, machine_line, markdown_table
+    one, two = results["1_worker"], results["2_workers"]
+    rows = [[f"1 process, {one['threads_per_process']} threads, batch {one['batch_per_worker']}",
+             one["seq_per_s"], one["wall_s"], 1.0],
+            [f"2 msrun workers, {two['threads_per_process']} thread(s) each, batch {two['batch_per_worker']} each",
+             two["seq_per_s"], two["wall_s"], two["seq_per_s"] / one["seq_per_s"]]]
+    shape = results["shape"]
+    return (f"### Data parallel on this machine (benchmarks/bench_distributed.py)\n\n"
+            f"{machine_line(machine(os.cpu_count() or 1))}. run_task_distill.py --phase finetune on a random "
+            f"{shape['layers']}-layer / {shape['hidden']}-hidden BERT (vocab {shape['vocab']}), seq {shape['seq']}, "
+            f"global batch {2 * shape['batch']}, lr {shape['lr']:g}, {shape['steps']} steps; steady seq/s = median "
+            f"of the logging windows after the first (no compilation), all workers' rows counted.\n\n"
+            + markdown_table(["run", "steady seq/s (global)", "wall s incl. start + compile", "x vs 1 process"], rows)
+            + f"\n\nmax |w(1 process) - w(2 workers)| after {shape['steps']} steps: "
+              f"{results['max_abs_weight_diff']:.1e}")
 
 
 if __name__ == "__main__":

@@ -362,7 +362,7 @@ class Trainer:
                     break
                 loss, parts, gnorm = self.step_cell(*to_tensors(batch, self.input_names))
                 self.step = step = step + 1
-                n = len(batch["input_ids"])
+                n = len(batch["input_ids"]) * self.world     # all workers' rows: seq/s and counts are global
                 seen += n
                 window_seq += n
                 loss_v = float(loss.asnumpy())

@@ -120,6 +120,8 @@ def test_two_workers_match_one_worker_at_double_batch(ws, tmp_path):
     with open(os.path.join(two, "teacher", "log.txt")) as f:
         log_two = f.read()
     assert "16 steps per epoch" in log_one and "16 steps per epoch" in log_two and "rank 0/2" in log_two
+    # throughput and counts are global: both runs saw 16 x 4 rows (rank 0 once counted only its own 16 x 2)
+    assert "training done: 16 steps, 64 sequences" in log_one and "training done: 16 steps, 64 sequences" in log_two
     assert tiny_run.best_acc(os.path.join(two, "teacher", "log.txt")) == \
         tiny_run.best_acc(os.path.join(one, "teacher", "log.txt"))
     with open(os.path.join(two, "teacher", "log_rank1.txt")) as f:
