@@ -282,6 +282,17 @@ def main(argv=None):
     return out
 
 
+def packed_ternary_bytes(cfg, params: int) -> int:
+    """The tensor bytes of a packed TernaryBERT artefact (W2E2, src/packing.py, header aside) of this shape: 2 bits
+    per weight of every encoder Dense, the pooler Dense and the word embedding; one fp32 scale per Dense weight
+    and per word-embedding row; every other parameter (biases, LayerNorm, position / token-type embeddings, the
+    classifier) in fp32."""
+    h, v, layers = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers
+    dense_w = sum(4 * h * cfg.heads(i) * cfg.head_size + 2 * h * cfg.ffn(i) for i in range(layers)) + h * h
+    ternary_n = dense_w + v * h
+    return (ternary_n * 2 + 7) // 8 + 4 * (params - ternary_n) + 4 * (6 * layers + 1 + v)
+
+
 def _size_row(spec, params, keep, tag, int8_path, kernels_bytes=None):
     cfg = spec["cfg"]
     ckpt_bytes = os.path.getsize(spec["ckpt"]) if spec["ckpt"] and not spec.get("width_mult") else None
@@ -289,12 +300,7 @@ def _size_row(spec, params, keep, tag, int8_path, kernels_bytes=None):
     if spec.get("ternary"):                 # the artefact itself: its real size, and no fp32 checkpoint here
         packed, ckpt_bytes = os.path.getsize(spec["ckpt"]), None
     else:
-        # Packed ternary (2 bits per weight of every encoder Dense and the word embedding, fp32 scale per tensor and
-        # every other parameter in fp32): the size a packed TernaryBERT artefact of this shape has.
-        h, v = cfg.hidden_size, cfg.vocab_size
-        dense_w = sum(4 * h * cfg.heads(i) * cfg.head_size + 2 * h * cfg.ffn(i) for i in range(cfg.num_hidden_layers))
-        ternary_n = dense_w + v * h
-        packed = (ternary_n * 2 + 7) // 8 + 4 * (params - ternary_n) + 4 * (6 * cfg.num_hidden_layers + v)
+        packed = packed_ternary_bytes(cfg, params)
     return {"model": spec["name"], "params": params, "fp32_bytes": 4 * params, "ckpt_bytes": ckpt_bytes,
             "onnx_bytes": os.path.getsize(onnx) if os.path.exists(onnx) else None,
             "int8_onnx_bytes": (kernels_bytes if kernels_bytes else os.path.getsize(int8_path)
@@ -321,9 +327,10 @@ def latency_table(out) -> str:
              "x vs teacher", "x vs BERT-base", "MINDIR (MS) ms/batch", "MS x vs teacher", "note"]
     rows = []
     for r in out["latency"]:
+        int8_row = r["model"].endswith((INT8, KERNELS))             # integer kernels: no fp32 peak to compare with
         rows.append([r["model"], r["params"], r["gflop_per_seq"], r["batch"], r["seq"],
                      r["ort_s"] * 1e3 if r.get("ort_s") else None, r.get("ort_seq_s"), r.get("ort_gflops"),
-                     r.get("pct_peak"), r.get("x_teacher"), r.get("x_base"),
+                     None if int8_row else r.get("pct_peak"), r.get("x_teacher"), r.get("x_base"),
                      r["ms_s"] * 1e3 if r.get("ms_s") else None, r.get("ms_x_teacher"), r.get("note", "")])
     m = out["machine"]
     goal = _goal_line(out)
@@ -334,7 +341,8 @@ def latency_table(out) -> str:
             f"onnxruntime: {out.get('rounds', 1)} rounds per (batch, seq) cell, the cell's models timed one after "
             f"the other in each round (one session alive at a time); a round's value is the median of its timed calls "
             f"after one warm-up, the table gives the median of the rounds. MINDIR: one round. Ratios are against rows "
-            f"of the same run."
+            f"of the same run. GFLOP/s counts the fp32 model's multiply-adds for every row; '% peak' is given for "
+            f"fp32 rows only (int8 rows run integer kernels, whose peak is another)."
             f"{' QUICK MODE: tiny shapes, timings meaningless.' if out['quick'] else ''}\n\n"
             + markdown_table(heads, rows) + "\n\n" + goal)
 
@@ -396,8 +404,9 @@ def size_table(out) -> str:
         rows.append([s["model"], s["params"], s["fp32_bytes"], s["ckpt_bytes"], s["onnx_bytes"],
                      s["int8_onnx_bytes"], s["ternary_packed_bytes"], s["fp32_bytes"] / s["ternary_packed_bytes"],
                      t["fp32_bytes"] / s["fp32_bytes"] if t else None, s["note"]])
-    return ("### Model sizes\n\nPacked ternary = 2 bits per Dense/word-embedding weight + fp32 scales and other "
-            "parameters (computed from the shape; a TernaryBERT row gives its artefact file's size). int8 = "
+    return ("### Model sizes\n\nPacked ternary = 2 bits per encoder/pooler Dense and word-embedding weight + fp32 "
+            "scales and other parameters (computed from the shape, header aside; a TernaryBERT row gives its "
+            "artefact file's size). int8 = "
             "onnxruntime dynamic quantization, or for a TernaryBERT row its integer-kernel file (export.py --int8)."
             "\n\n"
             + markdown_table(heads, rows))

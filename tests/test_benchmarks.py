@@ -112,6 +112,24 @@ def test_bench_export_quick_has_every_row(tmp_path):
         bench_export.main(["--quick", "--ternary_packed", tpack, "--out_dir", str(tmp_path)])
 
 
+def test_packed_size_formula_equals_the_packer(tmp_path):
+    """The size table's shape formula for packed ternary bytes equals what src/packing.pack writes for that shape
+    (codes + scales + fp32 tensors; the pooler Dense is ternary too, which the formula once left in fp32), for a
+    uniform model and a width sub-model with per-layer sizes."""
+    from benchmarks.bench_export import packed_ternary_bytes
+    from src.packing import pack
+    from src.quant import QuantConfig, quantize_model, quantized_state
+    from src.tinybert_model import BertConfig, BertForSequenceClassification, count_params
+    base = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=32, max_position_embeddings=16)
+    for cfg in (base, base.replace(layer_num_heads=[4, 2], layer_intermediate_sizes=[32, 12])):
+        model = BertForSequenceClassification(cfg)
+        quantize_model(model, QuantConfig())
+        sizes = pack(quantized_state(model), cfg, QuantConfig(), str(tmp_path / "m.tpack"))
+        tensors = sizes["ternary codes"] + sizes["ternary alphas"] + sizes["fp32 tensors"]
+        assert packed_ternary_bytes(cfg, count_params(model)) == tensors
+
+
 def test_bench_export_without_onnx_marks_int8_rows_skipped(tmp_path):
     out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "--quant_python", NO_PY,
                              "--out_dir", str(tmp_path)])
