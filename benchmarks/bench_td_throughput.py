@@ -254,6 +254,7 @@ def main(argv=None):
     nb = {L: n // args.batch for L, n in rows_per.items()}     # ArrayBatcher drops each bucket's remainder
     n_rows = int(len(lens))
     full_batches = n_rows // args.batch
+    trained = {"project": sum(nb.values()) * args.batch, "torch": full_batches * args.batch}   # rows an epoch trains
     py = torch_python(args.torch_python)
     # the torch loop's step time moves 15-30 % between processes on this shared box (1.20-1.64 s for the same
     # phase-1 step): it runs --torch_runs times, one before the MindSpore side and the rest after, and each
@@ -284,8 +285,8 @@ def main(argv=None):
         if unit == "step":
             rows.append([name, b / ms_s, (b / th_s) if th_s else None, ms_s, th_s,
                          (ms_s / th_s) if th_s else None])
-        else:
-            rows.append([name, n_rows / ms_s, (n_rows / th_s) if th_s else None, ms_s, th_s,
+        else:                           # epochs: the rows each side trains (whole batches only) per second
+            rows.append([name, trained["project"] / ms_s, (trained["torch"] / th_s) if th_s else None, ms_s, th_s,
                          (ms_s / th_s) if th_s else None])
     t1 = th["phase1"][seq] if th else None
     t2 = th["phase2"][seq] if th else None
@@ -300,7 +301,8 @@ def main(argv=None):
         t1, "step")
     add(f"TD phase 1 step, teacher outputs from the cache (torch: live), b{b} s{seq}", ms_res["phase1_cached"][seq],
         t1, "step")
-    add(f"TD phase 1 epoch, {n_rows} rows (project: buckets {buckets})", ms_ep1, th_ep1, "epoch")
+    add(f"TD phase 1 epoch, {n_rows} rows, {trained['project']} trained in whole batches (project: buckets "
+        f"{buckets}; torch: {trained['torch']})", ms_ep1, th_ep1, "epoch")
     hits, unseen = cache_batches(lens, seq, buckets, b, seed)
     ms_p1 = []
     for e, counts in enumerate(hits, 1):
@@ -332,7 +334,7 @@ def main(argv=None):
     out = {"machine": mach, "quick": q, "batch": b, "seq": seq, "buckets": buckets, "bucket_batches": nb,
            "bucket_rows": rows_per, "teacher_cache_s": ms_cache, "phase2_logits_after_phase1_s": ms_handoff,
            "rows_in_no_phase1_batch": unseen, "compile_s": ms_compile,
-           "rows": n_rows, "kernels": kernels, "teacher": tcfg.to_dict(), "student": scfg.to_dict(),
+           "rows": n_rows, "rows_trained_per_epoch": trained, "kernels": kernels, "teacher": tcfg.to_dict(), "student": scfg.to_dict(),
            "mindspore": ms_res,
            "torch": th, "torch_python": py, "table": rows}
     write_json(os.path.join(args.out_dir, "td_throughput.json"), _jsonable(out))
