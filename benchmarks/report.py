@@ -50,7 +50,10 @@ def run_summary(name: str, run_dir: str, metric: str):
     ckpt = next((os.path.join(run_dir, c) for c in names if os.path.exists(os.path.join(run_dir, c))), None)
     params = None
     cfg = os.path.join(run_dir, f"config_{width}.json" if width else "config.json")
-    if os.path.exists(cfg):
+    if ckpt and ckpt.endswith(".tpack"):              # the artefact's own shape (its position table is cut)
+        from src.packing import read_header
+        params = _param_count(read_header(ckpt)["config"])
+    elif os.path.exists(cfg):
         params = _param_count(json.load(open(cfg, encoding="utf-8")))
     return {"name": name, "dir": run_dir, "best": max(scores) if scores else None, "evals": len(scores),
             "ckpt_bytes": os.path.getsize(ckpt) if ckpt else None, "params": params,

@@ -188,6 +188,27 @@ def pack(state: Dict[str, np.ndarray], bert_config, qcfg, path: str, head_type: 
     return sizes
 
 
+def _split(path: str, data: bytes):
+    """(header dict, body) of a packed file's bytes."""
+    if not data.startswith(MAGIC):
+        raise UserError(f"'{path}' is not a packed ternary model (bad magic; expected a .tpack from "
+                        f"tools/pack_ternary.py)")
+    (hlen,) = struct.unpack("<Q", data[len(MAGIC):len(MAGIC) + 8])
+    start = len(MAGIC) + 8
+    return json.loads(data[start:start + hlen].decode("utf-8")), memoryview(data)[start + hlen:]
+
+
+def read_header(path: str) -> dict:
+    """The header of a packed file (config, quant config, head type, tensor table) without its tensors; needs
+    neither MindSpore nor the tensor bytes."""
+    if not os.path.isfile(path):
+        raise UserError(f"packed model '{path}' does not exist")
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + 8)
+        hlen = struct.unpack("<Q", head[len(MAGIC):])[0] if len(head) == len(MAGIC) + 8 else 0
+        return _split(path, head + f.read(hlen))[0]
+
+
 def unpack(path: str):
     """-> (state {name: float32 array}, BertConfig, QuantConfig, head_type, header)."""
     from src.quant import QuantConfig
@@ -196,13 +217,7 @@ def unpack(path: str):
         raise UserError(f"packed model '{path}' does not exist")
     with open(path, "rb") as f:
         data = f.read()
-    if not data.startswith(MAGIC):
-        raise UserError(f"'{path}' is not a packed ternary model (bad magic; expected a .tpack from "
-                        f"tools/pack_ternary.py)")
-    (hlen,) = struct.unpack("<Q", data[len(MAGIC):len(MAGIC) + 8])
-    start = len(MAGIC) + 8
-    header = json.loads(data[start:start + hlen].decode("utf-8"))
-    body = memoryview(data)[start + hlen:]
+    header, body = _split(path, data)
     codec = header["codec"]
     state = {}
     for e in header["tensors"]:

@@ -389,13 +389,18 @@ def test_report_selects_a_width_and_counts_the_ternary_artefact(tmp_path):
     q.mkdir()
     (q / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 3, "acc": 0.79}) + "\n")
     (q / "best.ckpt").write_bytes(b"x" * 900)
-    (q / "model_base3.tpack").write_bytes(b"x" * 50)
+    import struct
+    from src.packing import MAGIC
+    header = json.dumps({"config": cfg.replace(max_position_embeddings=16).to_dict(), "tensors": []}).encode()
+    (q / "model_base3.tpack").write_bytes(MAGIC + struct.pack("<Q", len(header)) + header + b"x" * 50)
     cfg.to_json_file(str(q / "config.json"))
     out = report.main(["--run", f"full={w}", "--run", f"half={w}#w0.500", "--run", f"tern={q}", "--out_dir",
                        str(tmp_path / "o"), "--no_plots", "--bench_json", str(tmp_path / "none.json")])
     rows = {r[0]: r for r in out["rows"]}
     assert rows["full"][4] == 0.82 and rows["half"][4] == 0.75
-    assert rows["half"][2] == 300 and rows["tern"][2] == 50             # sub-model ckpt; shipped artefact
+    assert rows["half"][2] == 300 and rows["tern"][2] == os.path.getsize(q / "model_base3.tpack")   # what ships
     from src.tinybert_model import count_params
     assert rows["half"][1] == count_params(runtime.build_classifier(half, "dense")) < rows["full"][1]
+    # the artefact's own shape: its position table keeps 16 rows, the run's config.json has 32
+    assert rows["tern"][1] == rows["full"][1] - 16 * 16
     assert out["runs"][1]["train"] == [] and out["runs"][0]["train"] == [(1, 3.0)]
