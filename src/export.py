@@ -111,9 +111,7 @@ def _ternary_model(cfg: BertConfig, packed_file: str, head_type: str):
     from the artefact itself; only the activation of --config_path (e.g. gelu_erf_poly for ONNX) is applied."""
     from src.packing import build_ternary_inference_model, unpack
     state, packed_cfg, qcfg, packed_head, _ = unpack(packed_file)
-    if head_type not in ("", "auto") and head_type != packed_head:
-        raise UserError(f"--head_type {head_type}: the packed model '{packed_file}' was trained with head_type "
-                        f"{packed_head}")
+    runtime.pick_head_type(head_type, packed_head, "--head_type", packed_file)
     hidden_act = cfg.hidden_act if cfg.hidden_act != packed_cfg.hidden_act else None
     net = build_ternary_inference_model(state, packed_cfg, qcfg, packed_head, hidden_act=hidden_act)
     model_cfg = packed_cfg.replace(hidden_act=hidden_act) if hidden_act else packed_cfg

@@ -78,24 +78,27 @@ def _unpack_bits(data: bytes, n: int, bits: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- ternary checks
 
+def _ternary_rows(w: np.ndarray, rowwise: bool):
+    """(w as float32 rows [rows or 1, -1], per-row mask of the entries that are 0 or +-that row's max |w|)."""
+    w2 = np.asarray(w, np.float32).reshape(w.shape[0], -1) if rowwise else np.asarray(w, np.float32).reshape(1, -1)
+    a = np.abs(w2)
+    return w2, (a == 0) | (a == a.max(axis=1)[:, None])
+
+
 def ternary_signs(w: np.ndarray, rowwise: bool):
     """(alpha [rows or 1] float32, signs int8 in {-1, 0, 1} shaped like w) when w holds only 0 and +-alpha (one alpha
     per row, or one for the whole tensor), else None."""
-    w2 = np.asarray(w, np.float32).reshape(w.shape[0], -1) if rowwise else np.asarray(w, np.float32).reshape(1, -1)
-    a = np.abs(w2)
-    alpha = a.max(axis=1)
-    if not ((a == 0) | (a == alpha[:, None])).all():
+    w2, ok = _ternary_rows(w, rowwise)
+    if not ok.all():
         return None
-    return alpha.astype(np.float32), np.sign(w2).astype(np.int8).reshape(np.shape(w))
+    return np.abs(w2).max(axis=1).astype(np.float32), np.sign(w2).astype(np.int8).reshape(np.shape(w))
 
 
 def ternary_split(w: np.ndarray, rowwise: bool, name: str = "tensor", source: str = ""):
     """A ternary tensor -> (alpha [rows or 1] float32, codes uint8 in {0,1,2}). UserError if not ternary."""
     parts = ternary_signs(w, rowwise)
     if parts is None:
-        w2 = np.asarray(w, np.float32).reshape(w.shape[0], -1) if rowwise else np.asarray(w, np.float32).reshape(1, -1)
-        a = np.abs(w2)
-        ok = (a == 0) | (a == a.max(axis=1)[:, None])
+        w2, ok = _ternary_rows(w, rowwise)
         r = int(np.argmin(ok.all(axis=1)))
         k = int(np.unique(w2[r]).size)
         where = f"row {r} " if rowwise else ""

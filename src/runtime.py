@@ -291,19 +291,24 @@ def checkpoint_head_type(ckpt: str) -> Optional[str]:
     return head if isinstance(head, str) else None
 
 
-def resolve_head_type(requested: str, ckpt: str, flag: str, ckpt_what: str) -> str:
-    """`requested` "auto" (or "") -> the head the checkpoint records, else "dense"; an explicit head type must
-    match the recorded one (one clear error instead of a model that silently drops or adds the pooler ReLU).
-    `flag` / `ckpt_what` name the head-type option and the checkpoint's option in the errors."""
-    require_file(ckpt, ckpt_what)
-    recorded = checkpoint_head_type(ckpt)
+def pick_head_type(requested: str, recorded: Optional[str], flag: str, source: str) -> str:
+    """`requested` "auto" (or "") -> the head `source` records, else "dense"; an explicit head type must match the
+    recorded one (one clear error instead of a model that silently drops or adds the pooler ReLU). `flag` names
+    the head-type option in the errors."""
     if requested in ("", "auto"):
         return recorded or "dense"
     if requested not in BertForSequenceClassification.HEAD_TYPES:
         raise UserError(f"{flag} '{requested}': expected auto or one of {BertForSequenceClassification.HEAD_TYPES}")
     if recorded is not None and recorded != requested:
-        raise UserError(f"{flag} {requested}: checkpoint '{ckpt}' was saved with head_type {recorded}")
+        raise UserError(f"{flag} {requested}: checkpoint '{source}' was saved with head_type {recorded}")
     return requested
+
+
+def resolve_head_type(requested: str, ckpt: str, flag: str, ckpt_what: str) -> str:
+    """pick_head_type against the head a checkpoint file records; `ckpt_what` names the checkpoint's option when
+    the file is missing."""
+    require_file(ckpt, ckpt_what)
+    return pick_head_type(requested, checkpoint_head_type(ckpt), flag, ckpt)
 
 
 def load_into(cell, ckpt: str, what: str, strict: bool = True, prefix_map: Optional[dict] = None,

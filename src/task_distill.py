@@ -96,8 +96,9 @@ def _run(cfg, out_dir, save_resolved):
         inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["ce"]
         model_cfg, extra_save = tcfg, {}
     else:
-        runtime.load_into(teacher, teacher_ckpt(cfg), "teacher.ckpt", strict=True)
-        log.info(f"teacher {teacher_ckpt(cfg)}")
+        t_ckpt = teacher_ckpt(cfg)
+        runtime.load_into(teacher, t_ckpt, "teacher.ckpt", strict=True)
+        log.info(f"teacher {t_ckpt}")
         scfg, model = _student(cfg, task, tcfg)
         fit_dense = FitDense(scfg.hidden_size, tcfg.hidden_size)
         model_cfg = scfg
@@ -115,8 +116,9 @@ def _run(cfg, out_dir, save_resolved):
                                              return_targets=phase_cfg.cache_teacher_outputs)
             extra_save = {"fit_dense": fit_dense}
         else:
-            log.info(f"student from phase 1: {td1_ckpt(cfg)}")
-            runtime.load_into(model, td1_ckpt(cfg), "student.td1_ckpt", strict=True,
+            s_ckpt = td1_ckpt(cfg)
+            log.info(f"student from phase 1: {s_ckpt}")
+            runtime.load_into(model, s_ckpt, "student.td1_ckpt", strict=True,
                               allow_unexpected=("fit_dense.",))
             extra_save = {}
             inputs, parts = ["input_ids", "segment_ids", "input_mask", "label_ids"], ["soft", "hard"]
@@ -125,7 +127,7 @@ def _run(cfg, out_dir, save_resolved):
                 net = LogitsOnly(teacher)
                 net.set_train(False)
                 train["teacher_logits"] = teacher_cache.logits_for_phase2(
-                    net, train, cfg.eval.batch_size, bucket_cfg, os.path.dirname(td1_ckpt(cfg)), log)
+                    net, train, cfg.eval.batch_size, bucket_cfg, os.path.dirname(s_ckpt), log)
                 log.info(f"cached teacher logits for {len(train['input_ids'])} train rows in {time.time() - t0:.1f}s")
                 loss_net = CachedLogitsPhase2Loss(model, lcfg, task.regression)
                 inputs = inputs + ["teacher_logits"]

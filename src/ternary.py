@@ -25,7 +25,7 @@ from src.quant import (HESSIAN_SUFFIX, QuantConfig, quantize_model, with_lat_ref
                        quantized_state)
 from src.task_distill import loss_config
 from src.tinybert_model import LogitsOnly, count_params
-from src.trainer import ArrayBatcher, StateOf, Trainer, evaluate, train_state_from_config
+from src.trainer import ArrayBatcher, StateOf, Trainer, evaluate, teacher_baseline, train_state_from_config
 
 
 class TernaryDistillLoss(nn.Cell):
@@ -177,12 +177,8 @@ def _run(cfg, out_dir, save_resolved):
     att_map, hid_map = runtime.student_layer_map(cfg, tcfg, scfg, lcfg.attention_weight)
     log.info(f"layer map: attention {att_map}, hidden {hid_map}")
 
-    teacher_net = LogitsOnly(teacher)
-    teacher_net.set_train(False)
     if cfg.eval.teacher_baseline and is_main:
-        tm = evaluate(teacher_net, eval_sets, cfg.eval.batch_size, task)
-        log.info("teacher fp32 " + ", ".join(f"{k} {v:.6f}" for k, v in tm.items()))
-        log.record("teacher_eval", **tm)
+        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log)
 
     quantize_model(model, qcfg, sync_ranks=cfg.distributed)
     loss_net = TernaryDistillLoss(model, teacher, att_map, hid_map, lcfg, task.regression, cfg.distributed)
@@ -240,8 +236,8 @@ def pack_run(out_dir: str, codec: str, max_positions: int, head_type: str, log=N
     qcfg = read_quant_json(os.path.join(out_dir, "quant.json"))
     bcfg = runtime.load_bert_config(os.path.join(out_dir, "config.json"), "run config.json")
     qckpt = runtime.require_file(os.path.join(out_dir, "best_quant.ckpt"), "quantized checkpoint")
-    head_type = runtime.resolve_head_type(head_type, qckpt, "student.head_type", "quantized checkpoint")
-    state = read_ms_checkpoint(qckpt)
+    state, meta = read_ms_checkpoint(qckpt, with_extra=True)
+    head_type = runtime.pick_head_type(head_type, meta.get("head_type"), "student.head_type", qckpt)
     out_path = out_path or os.path.join(out_dir, "model.tpack")
     sizes = pack(state, bcfg, qcfg, out_path, head_type=head_type, codec=codec, max_positions=max_positions,
                  source=qckpt)

@@ -138,6 +138,18 @@ def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size:
     return results
 
 
+def teacher_baseline(teacher, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size: int, task, log) -> dict:
+    """The fine-tuned teacher's own score before training, logged and recorded as `teacher_eval` (the reference
+    of the ternary and width tables: tools/pack_ternary.py, tools/readme_results.py)."""
+    from src.tinybert_model import LogitsOnly
+    net = LogitsOnly(teacher)
+    net.set_train(False)
+    metrics = evaluate(net, eval_sets, batch_size, task)
+    log.info("teacher fp32 " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()))
+    log.record("teacher_eval", **metrics)
+    return metrics
+
+
 class TrainingDiverged(UserError):
     """Loss or gradient norm became NaN/inf: the run stops before any checkpoint is written from that state
     (its log and the checkpoints written before stay: keep_outputs)."""

@@ -405,7 +405,6 @@ def slice_checkpoint(supernet_ckpt: str, supernet_config: str, width_mult: float
     sub-model at `width_mult` (and `depth_mult`), which records the head type ("auto": the supernet's record,
     else dense). Returns (ckpt path, config path). Used by tools/slice_width.py."""
     from src import runtime
-    from src.errors import UserError
     ckpt = os.path.join(out_dir, "model.ckpt")
     conf = os.path.join(out_dir, "config.json")
     for mine, theirs, what in ((ckpt, supernet_ckpt, "checkpoint"), (conf, supernet_config, "config")):
@@ -618,7 +617,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     import time
     from src import runtime
     from src.distill import TrainStep, WarmupLinearDecayLR, build_optimizer
-    from src.trainer import ArrayBatcher, StateOf, Trainer, evaluate, train_state_from_config
+    from src.trainer import ArrayBatcher, StateOf, Trainer, evaluate, teacher_baseline, train_state_from_config
 
     task = runtime.task_from_config(cfg)
     tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels,
@@ -651,12 +650,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     runtime.load_into(model, init, "supernet.init_ckpt", strict=True)
     log.info(f"supernet initialised from {init}; teacher {cfg.teacher.ckpt}; params {count_params(model)}")
     if cfg.eval.get("teacher_baseline", False) and is_main:     # the reference the width table is read against
-        from src.tinybert_model import LogitsOnly
-        teacher_net = LogitsOnly(teacher)
-        teacher_net.set_train(False)
-        tm = evaluate(teacher_net, eval_sets, cfg.eval.batch_size, task)
-        log.info("teacher " + ", ".join(f"{k} {v:.6f}" for k, v in tm.items()))
-        log.record("teacher_eval", **tm)
+        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log)
 
     # ---- importance on the TRAINING split, fresh gradients per batch, then rewiring
     if cfg.importance.rewire:
