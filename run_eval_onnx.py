@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from src.errors import UserError, run_main
+from src.dataset import load_split
 
 
 def parse_args(argv):
@@ -39,10 +40,10 @@ def main(argv=None):
     runner = runner_for(args.model_file, args.threads)
     batch, seq = exported_shape(args.model_file, runner, args.batch_size or None, args.seq_length or None)
     splits = task.eval_splits if args.split == "dev" else (args.split,)
-    eval_sets = {s: runtime.load_split(args.data_dir, s, args.dataset_type, seq, task) for s in splits}
+    eval_sets = {s: load_split(args.data_dir, s, args.dataset_type, seq, task) for s in splits}
 
     import mindspore as ms
-    from src.trainer import evaluate
+    from src.evaluation import evaluate
 
     def logits_fn(*tensors):                       # the trainer's predict() hands MindSpore tensors
         return ms.Tensor(runner(*[t.asnumpy() for t in tensors]))

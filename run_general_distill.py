@@ -15,7 +15,7 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 def main(argv=None):
     from src.config import load_config, save_resolved
-    from src import general_distill
+    from src.runs import general_distill
     cfg = load_config(DEFAULT_CONFIG, argv)
     return general_distill.run(cfg, save_resolved)
 

@@ -20,8 +20,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 def main(argv=None):
     from src.config import load_config, save_resolved
     cfg = load_config(DEFAULT_CONFIG, argv)
-    from src import width
-    return width.run_ofa(cfg, cfg.output_dir, save_resolved)
+    from src.runs import width
+    return width.run(cfg, cfg.output_dir, save_resolved)
 
 
 if __name__ == "__main__":

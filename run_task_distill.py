@@ -23,7 +23,7 @@ def main(argv=None):
     cfg = load_config(DEFAULT_CONFIG, argv)
     if cfg.phase not in PHASE_DIRS:
         raise UserError(f"phase '{cfg.phase}': expected one of {', '.join(PHASE_DIRS)}")
-    from src import task_distill
+    from src.runs import task_distill
     return task_distill.run(cfg, os.path.join(cfg.output_dir, PHASE_DIRS[cfg.phase]), save_resolved)
 
 

@@ -7,7 +7,7 @@ Usage (model-zoo style):
     python tools/pack_ternary.py --run_dir output/ternary_mr/w2e2a8
 
 The run writes <output_dir>/<notation>/ (e.g. w2e2a8) with log.txt, metrics.jsonl, manifest.json,
-config_resolved.yaml, config.json, quant.json, best.ckpt, best_quant.ckpt, model.tpack and size_table.md.
+config_resolved.yaml, config.json, quant.json, best.ckpt, best_quant.ckpt, model.tpack and model_sizes.md.
 """
 import os
 import sys
@@ -20,7 +20,7 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 def main(argv=None):
     from src.config import load_config, save_resolved
     cfg = load_config(DEFAULT_CONFIG, argv)
-    from src import ternary
+    from src.runs import ternary
     return ternary.run(cfg, ternary.run_dir(cfg), save_resolved)
 
 

@@ -23,6 +23,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (ROOT, add_timing_args, bert_flops, emit, machine, machine_line,  # noqa
                                markdown_table, rounds_and_budget, time_call, write_json)
+from src.fileio import require_file
+from src.tinybert_model import build_classifier, load_bert_config
 
 TEACHER, BASE, TINY4 = "MiniLM-L6 teacher", "BERT-base shape", "TinyBERT-4 shape"
 STUDENT = "MR student"
@@ -38,12 +40,11 @@ def _spec(name, cfg, ckpt=None, config_path=None, note=""):
 def _ternary_spec(packed: str):
     """The packed TernaryBERT artefact's inference model (src/packing.py): its shape and W-E-A notation come from the
     file; config.json beside it gives build_model the run's config (the activation is swapped for ONNX)."""
-    from src import runtime
     from src.packing import unpack
-    runtime.require_file(packed, "--ternary_packed")
+    require_file(packed, "--ternary_packed")
     _, cfg, qcfg, _, _ = unpack(packed)
     config_path = os.path.join(os.path.dirname(os.path.abspath(packed)), "config.json")
-    runtime.require_file(config_path, "--ternary_packed's config.json (written beside it by run_ternary.py)")
+    require_file(config_path, "--ternary_packed's config.json (written beside it by run_ternary.py)")
     source = f"packed artefact {os.path.basename(packed)}"
     spec = _spec(f"TernaryBERT {qcfg.notation}", cfg, packed, config_path,
                  f"{source}: ternary weights rebuilt as fp32, 8-bit activation fake-quant as trained (onnxruntime has "
@@ -53,7 +54,6 @@ def _ternary_spec(packed: str):
 
 
 def model_specs(args):
-    from src import runtime
     from src.tinybert_model import BertConfig
     from src.width import sub_config, width_spec
     specs = []
@@ -74,19 +74,19 @@ def model_specs(args):
         t_cfg_path = os.path.join(args.teacher_dir, "config.json")
         t_ckpt = os.path.join(args.teacher_dir, "best.ckpt")
         if os.path.exists(t_cfg_path) and os.path.exists(t_ckpt):
-            teacher = runtime.load_bert_config(t_cfg_path, "teacher config")
+            teacher = load_bert_config(t_cfg_path, "teacher config")
             specs.append(_spec(TEACHER, teacher, t_ckpt, t_cfg_path, "fine-tuned on MR"))
         else:
-            teacher = runtime.load_bert_config(args.minilm_config, "--minilm_config")
+            teacher = load_bert_config(args.minilm_config, "--minilm_config")
             specs.append(_spec(TEACHER, teacher, note="random init (no fine-tuned teacher yet)"))
         specs += [_spec(BASE, base, note="random init"), _spec(TINY4, tiny, note="random init")]
         s_cfg_path = os.path.join(args.student_dir, "config.json")
         s_ckpt = os.path.join(args.student_dir, "best.ckpt")
         if os.path.exists(s_cfg_path) and os.path.exists(s_ckpt):
-            specs.append(_spec(STUDENT, runtime.load_bert_config(s_cfg_path, "student config"), s_ckpt, s_cfg_path,
+            specs.append(_spec(STUDENT, load_bert_config(s_cfg_path, "student config"), s_ckpt, s_cfg_path,
                                "TD on MR"))
         elif os.path.exists(args.gd_config):
-            specs.append(_spec(STUDENT, runtime.load_bert_config(args.gd_config, "--gd_config"),
+            specs.append(_spec(STUDENT, load_bert_config(args.gd_config, "--gd_config"),
                                note="random init of the GD student shape (no TD run yet)"))
     if args.ternary_packed:
         specs.append(_ternary_spec(args.ternary_packed))
@@ -105,7 +105,6 @@ def model_specs(args):
 def build(spec, hidden_act):
     """Classifier of a spec with the given activation (weights from its checkpoint, or seeded random init)."""
     import mindspore as ms
-    from src import runtime
     from src.export import build_model
     if spec["ckpt"]:
         _, model = build_model(spec["config_path"], spec["ckpt"], spec["cfg"].num_labels, "auto",
@@ -113,7 +112,7 @@ def build(spec, hidden_act):
                                hidden_act=hidden_act)
         return model
     ms.set_seed(0)
-    model = runtime.build_classifier(spec["cfg"].replace(hidden_act=hidden_act), "dense")
+    model = build_classifier(spec["cfg"].replace(hidden_act=hidden_act), "dense")
     model.set_train(False)
     return model
 
@@ -180,8 +179,8 @@ def main(argv=None):
     seqs = args.seqs or ([16] if args.quick else [64, 128])
     rounds, budget = rounds_and_budget(args)
 
-    from src import runtime
-    runtime.init_context("CPU", "graph", threads=args.threads)
+    from src.runtime import init_context
+    init_context("CPU", "graph", threads=args.threads)
     from src.export import OnnxRunner, MindirRunner
     from src.tinybert_model import count_params
     mach = machine(args.threads)
@@ -381,9 +380,8 @@ def _goal_line(out) -> str:
 def render(path: str, readme: str = "") -> dict:
     """The tables of a saved export.json (what --from_json does)."""
     import json
-    from src import runtime
     from src.errors import UserError
-    runtime.require_file(path, "--from_json")
+    require_file(path, "--from_json")
     try:
         with open(path, encoding="utf-8") as f:
             out = json.load(f)

@@ -28,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import ROOT, emit, machine, machine_line, markdown_table, write_json  # noqa: E402
+from src.dataset import load_split
+from src.tinybert_model import build_classifier, load_bert_config
 
 TORCH_SKIPPED = "skipped: no python with torch + transformers (pip install -r requirements-bench.txt)"
 
@@ -43,15 +45,14 @@ def torch_python(arg: str):
 
 def configs(args, fused: bool):
     """(teacher, student) BertConfig; `fused`: the fused CPU kernels, as the pipeline runs --config."""
-    from src import runtime
     from src.tinybert_model import BertConfig
     if args.quick:
         t = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        intermediate_size=64, max_position_embeddings=64, fused_cpu_kernels=fused)
         return t, t.replace(num_hidden_layers=1, hidden_size=16, intermediate_size=32)
-    t = runtime.load_bert_config(args.teacher_config, "--teacher_config", fused_cpu_kernels=fused)
+    t = load_bert_config(args.teacher_config, "--teacher_config", fused_cpu_kernels=fused)
     if os.path.exists(args.student_config):
-        s = runtime.load_bert_config(args.student_config, "--student_config", fused_cpu_kernels=fused)
+        s = load_bert_config(args.student_config, "--student_config", fused_cpu_kernels=fused)
     else:     # the GD student shape of configs/gd.yaml is not written yet: TinyBERT-4 shape with the teacher's vocab
         s = t.replace(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
     return t, s
@@ -61,8 +62,7 @@ def lengths(args, seq):
     """Token counts of the training rows (MR train), or a synthetic spread in quick mode / without data."""
     path = os.path.join(args.data_dir, "train.tf_record")
     if not args.quick and os.path.exists(path):
-        from src import runtime
-        a = runtime.load_split(args.data_dir, "train", "tfrecord", seq, None, columns=("input_ids", "input_mask"))
+        a = load_split(args.data_dir, "train", "tfrecord", seq, None, columns=("input_ids", "input_mask"))
         return a["input_mask"].sum(axis=1)
     return np.random.default_rng(0).integers(3, seq + 1, size=args.rows)
 
@@ -86,7 +86,7 @@ def cache_batches(lens, seq, buckets, batch, seed, epochs=3):
     """(per epoch {bucket: (live batches, cached batches)} of a td1 run with cache_teacher_outputs, {bucket: rows in
     no batch of epoch 1}): ArrayBatcher's real order replayed (a batch reads the cache only when every row of it was
     in an earlier batch; the rows no epoch-1 batch holds are those phase 2 still runs the teacher for)."""
-    from src.trainer import ArrayBatcher
+    from src.batching import ArrayBatcher
     mask = (np.arange(seq)[None, :] < np.asarray(lens)[:, None]).astype(np.int32)
     batcher = ArrayBatcher({"input_ids": mask, "input_mask": mask, "row": np.arange(len(lens))}, batch, seed=seed,
                            length_buckets=buckets)
@@ -104,16 +104,15 @@ def cache_batches(lens, seq, buckets, batch, seed, epochs=3):
 
 def ms_side(args, tcfg, scfg, seqs, steps):
     import mindspore as ms
-    from src import runtime, teacher_cache
-    from src.distill import (CachedLogitsPhase2Loss, CachedTeacherPhase1Loss, DistillLossConfig, FitDense,
-                             TaskDistillPhase1Loss, TaskDistillPhase2Loss, TrainStep, WarmupLinearDecayLR,
-                             build_optimizer)
+    from src import teacher_cache
+    from src.distill import (CachedLogitsPhase2Loss, CachedTeacherPhase1Loss, DistillLossConfig, FitDense, TaskDistillPhase1Loss, TaskDistillPhase2Loss)
+    from src.train_step import TrainStep, WarmupLinearDecayLR, build_optimizer
     from src.export import sample_inputs
     from src.losses import resolve_layer_map
     from src.tinybert_model import LogitsOnly
     ms.set_seed(0)
-    teacher = runtime.build_classifier(tcfg, "dense")
-    student = runtime.build_classifier(scfg, "dense")
+    teacher = build_classifier(tcfg, "dense")
+    student = build_classifier(scfg, "dense")
     fit = FitDense(scfg.hidden_size, tcfg.hidden_size)
     att, hid = resolve_layer_map(tcfg.num_hidden_layers, scfg.num_hidden_layers)
     lcfg = DistillLossConfig()

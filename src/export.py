@@ -24,10 +24,12 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
-from src import runtime
 from src.errors import UserError
 from src.ort_cpu import ort_session
 from src.tinybert_model import BertConfig, LogitsOnly
+from src.checkpoint import load_into, pick_head_type, resolve_head_type
+from src.fileio import atomic_json, require_file
+from src.tinybert_model import build_classifier, load_bert_config
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 GELU_MODES = ("auto", "erf_poly", "tanh", "exact")
@@ -96,8 +98,8 @@ def _width_model(cfg: BertConfig, ckpt_file: str, width_mult: float, head_type: 
     """Slice a supernet checkpoint (DynaBERT/OFA) to a physically smaller model at `width_mult` (and
     `depth_mult`: DynaBERT's kept layers) (src/width.py)."""
     from src.width import slice_to_width
-    supernet = runtime.build_classifier(cfg, head_type)
-    runtime.load_into(supernet, ckpt_file, "--ckpt_file (supernet)", strict=True, allow_unexpected=("fit_dense.",))
+    supernet = build_classifier(cfg, head_type)
+    load_into(supernet, ckpt_file, "--ckpt_file (supernet)", strict=True, allow_unexpected=("fit_dense.",))
     try:
         sub = slice_to_width(supernet, float(width_mult), float(depth_mult))
     except ValueError as e:
@@ -111,7 +113,7 @@ def _ternary_model(cfg: BertConfig, packed_file: str, head_type: str):
     from the artefact itself; only the activation of --config_path (e.g. gelu_erf_poly for ONNX) is applied."""
     from src.packing import build_ternary_inference_model, unpack
     state, packed_cfg, qcfg, packed_head, _ = unpack(packed_file)
-    runtime.pick_head_type(head_type, packed_head, "--head_type", packed_file)
+    pick_head_type(head_type, packed_head, "--head_type", packed_file)
     hidden_act = cfg.hidden_act if cfg.hidden_act != packed_cfg.hidden_act else None
     net = build_ternary_inference_model(state, packed_cfg, qcfg, packed_head, hidden_act=hidden_act)
     model_cfg = packed_cfg.replace(hidden_act=hidden_act) if hidden_act else packed_cfg
@@ -129,22 +131,22 @@ def build_model(config_path: str, ckpt_file: str, num_labels: Optional[int] = No
     over = {}
     if num_labels:
         over["num_labels"] = int(num_labels)
-    cfg = runtime.load_bert_config(config_path, "--config_path", **over)
-    runtime.require_file(ckpt_file, "--ckpt_file")
+    cfg = load_bert_config(config_path, "--config_path", **over)
+    require_file(ckpt_file, "--ckpt_file")
     if hidden_act:
         cfg = cfg.replace(hidden_act=hidden_act)
     if (width_mult is not None or depth_mult is not None) and ternary:
         raise UserError("--width_mult/--depth_mult and --ternary together are not supported: export one at a time")
     if not ternary:
-        head_type = runtime.resolve_head_type(head_type, ckpt_file, "--head_type", "--ckpt_file")
+        head_type = resolve_head_type(head_type, ckpt_file, "--head_type", "--ckpt_file")
     if width_mult is not None or depth_mult is not None:
         cfg, model = _width_model(cfg, ckpt_file, 1.0 if width_mult is None else width_mult, head_type,
                                   1.0 if depth_mult is None else depth_mult)
     elif ternary:
         cfg, model = _ternary_model(cfg, ckpt_file, head_type)
     else:
-        model = runtime.build_classifier(cfg, head_type)
-        runtime.load_into(model, ckpt_file, "--ckpt_file", strict=True, allow_unexpected=("fit_dense.",))
+        model = build_classifier(cfg, head_type)
+        load_into(model, ckpt_file, "--ckpt_file", strict=True, allow_unexpected=("fit_dense.",))
     model.set_train(False)
     return cfg, model
 
@@ -192,7 +194,7 @@ class MindirRunner:
 
 def runner_for(path: str, threads: int = 0):
     ext = os.path.splitext(path)[1].lower()
-    runtime.require_file(path, "exported model")
+    require_file(path, "exported model")
     if ext == ".onnx":
         return OnnxRunner(path, threads)
     if ext == ".mindir":
@@ -308,10 +310,7 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    side = final + ".json"
-    with open(side + f".tmp{os.getpid()}", "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-    os.replace(side + f".tmp{os.getpid()}", side)
+    atomic_json(final + ".json", info, sort_keys=True)
     log(f"exported {fmt} to {final} ({os.path.getsize(final)} bytes); {note}")
     return info
 

@@ -1,4 +1,4 @@
-"""Distillation losses (TinyBERT, TernaryBERT, DynaBERT) as MindSpore functions, plus a small registry.
+"""Distillation losses (TinyBERT, TernaryBERT, DynaBERT) as pure MindSpore functions.
 
 All functions are graph-mode safe (pure tensor ops). Conventions, stated once because peers differ silently:
 

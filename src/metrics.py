@@ -7,14 +7,6 @@ from typing import Dict
 
 import numpy as np
 
-METRIC_LABELS = {
-    "acc": "accuracy",
-    "f1": "F1",
-    "mcc": "Matthews correlation",
-    "pearson": "Pearson correlation",
-    "spearman": "Spearman correlation",
-}
-
 
 def _pair(a, b):
     a, b = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1)
@@ -121,8 +113,3 @@ def compute_metrics(task, logits_or_preds, labels) -> Dict[str, float]:
     return {m: float(table[m](preds, labels)) for m in task.metrics}
 
 
-def main_metric(task, metrics_dict: Dict[str, float]) -> float:
-    """The value that selects the best checkpoint (`task.main_metric`)."""
-    if task.main_metric not in metrics_dict:
-        raise KeyError(f"{task.name}: main metric '{task.main_metric}' missing from {sorted(metrics_dict)}")
-    return float(metrics_dict[task.main_metric])

@@ -22,9 +22,19 @@ from typing import Dict, Optional
 import numpy as np
 
 from src.errors import UserError
+from src.fileio import atomic_write
 
 MAGIC = b"TBPACK1\n"
 CODECS = ("2bit", "base3")
+
+
+def check_pack_options(codec: str, max_positions: int, table_rows: int):
+    """UserError naming pack.codec / pack.max_positions when a run could not be packed (checked before training)."""
+    if codec not in CODECS:
+        raise UserError(f"pack.codec '{codec}': expected one of {list(CODECS)}")
+    if not 0 < max_positions <= table_rows:
+        raise UserError(f"pack.max_positions {max_positions}: expected 1..{table_rows} (the model's position table; "
+                        f"0 = data.max_seq_length)")
 
 
 # ---------------------------------------------------------------- code packing
@@ -177,15 +187,13 @@ def pack(state: Dict[str, np.ndarray], bert_config, qcfg, path: str, head_type: 
     header = {"format": 1, "codec": codec, "head_type": head_type, "config": cfg.to_dict(),
               "quant": qcfg.to_dict(), "tensors": entries, "extra": extra or {}}
     hbytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    def write(f):
         f.write(MAGIC)
         f.write(struct.pack("<Q", len(hbytes)))
         f.write(hbytes)
         for b in blobs:
             f.write(b)
-    os.replace(tmp, path)
+    atomic_write(path, write, "wb")
     sizes["header (config, quant config, tensor table)"] = len(MAGIC) + 8 + len(hbytes)
     sizes["total"] = os.path.getsize(path)
     return sizes

@@ -481,11 +481,11 @@ class StepWithHessian(nn.Cell):
 
 
 def with_lat_refresh(step, model, optimizer):
-    """`step` followed by the LAT Hessian-proxy refresh when any weight of `model` is LAT-quantized (the ternary
-    Dense weights, the ternary word embedding, or both), else `step` itself."""
+    """(`step` followed by the LAT Hessian-proxy refresh, the number of weights refreshed) when any weight of `model`
+    is LAT-quantized (the ternary Dense weights, the ternary word embedding, or both), else (`step` itself, 0)."""
     refresh = LatHessianRefresh(model, optimizer)
     if not refresh.count:
-        return step
+        return step, 0
     wrapped = StepWithHessian(step, refresh)
     wrapped.set_train(True)
-    return wrapped
+    return wrapped, refresh.count

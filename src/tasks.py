@@ -3,8 +3,10 @@
 One place for everything that differs between tasks, so data converters, metrics, heads and logs agree.
 Label order follows GLUE / HF `transformers` processors (MNLI: contradiction, entailment, neutral).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
+
+from src.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,11 @@ def get_task(name: str, labels: Optional[List[str]] = None) -> Task:
     if key not in TASKS:
         raise ValueError(f"unknown task '{name}': expected one of {', '.join(t.name for t in TASKS.values())}, csv")
     return TASKS[key]
+
+
+def task_from_config(cfg):
+    """The Task of `cfg.task` (name, and labels for task csv); an unknown name is a UserError naming task.name."""
+    try:
+        return get_task(cfg.task.name, list(cfg.task.labels) or None)
+    except ValueError as e:
+        raise UserError(f"task.name: {e}") from None

@@ -27,9 +27,11 @@ from typing import Dict, Optional
 import numpy as np
 import mindspore as ms
 
-from src.distill import TrainStep
+from src.train_step import TrainStep
 from src.errors import UserError
-from src.trainer import MODEL_INPUTS, predict
+from src.fileio import atomic_write
+from src.batching import MODEL_INPUTS
+from src.evaluation import predict
 
 ROW_ID = "row_id"           # column added to the training arrays: the row's index, so the cache can find it
 
@@ -98,9 +100,7 @@ class TeacherLogits:
         path = os.path.join(folder, self.FILE)
         if self.logits is None:
             return path
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, logits=self.logits, seen=self.seen)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(f, logits=self.logits, seen=self.seen), "wb")
         return path
 
 

@@ -8,22 +8,24 @@ One readable model file. It knows nothing about distillation, quantization or wi
 - `BertForSequenceClassification` adds the task head: dropout -> dense (standard, default) or the anchors'
   ReLU-on-pooler head (`head_type="relu_pooler"`, TinyBERT/MindSpore-zoo parity).
 
-Parameter names mirror HF `BertModel` (the explicit HF <-> MindSpore map is `NAME_MAP` in `src/checkpoint.py`), e.g.
+Parameter names mirror HF `BertModel` (the explicit HF <-> MindSpore map is `NAME_MAP` in `src/hf_checkpoint.py`), e.g.
 `bert.encoder.0.attention.query.weight`, `bert.embeddings.LayerNorm.gamma`.
 """
 import copy
 import json
 import math
-import os
-from dataclasses import asdict, dataclass, field, fields
-from typing import List, Optional
+from dataclasses import asdict, dataclass, fields
+from typing import List, Optional, Sequence
 
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
-from mindspore.common.initializer import Normal, TruncatedNormal, initializer
+from mindspore.common.initializer import Normal, TruncatedNormal
 
+from src.checkpoint import HEAD_TYPES
 from src.cpu_kernels import FusedGELU, FusedLayerNorm
+from src.errors import UserError
+from src.fileio import atomic_json, require_file
 
 # HF `hidden_act` strings -> whether GELU uses the tanh approximation. "gelu_erf_poly" is the exact GELU with erf
 # from Abramowitz-Stegun 7.1.26 (|err| < 1.5e-7), built only from ops MindSpore can export to ONNX (`Erf` is not).
@@ -133,11 +135,7 @@ class BertConfig:
         return d
 
     def to_json_file(self, path: str):
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        atomic_json(path, self.to_dict(), sort_keys=True)
 
 
 def _dense(cin: int, cout: int, std: float) -> nn.Dense:
@@ -213,6 +211,8 @@ class BertAttention(nn.Cell):
     def _split(self, x, b, s):
         return x.reshape(b, s, self.num_heads, self.head_size).transpose(0, 2, 1, 3)
 
+    # src/width.py _LayerView.construct carries a marked copy of this forward and BertFFN's (weights sliced to a
+    # width); a change here goes there too (tests/test_width.py::test_full_width_view_equals_plain_model).
     def construct(self, hidden, mask_bias):
         b, s = hidden.shape[0], hidden.shape[1]
         q = self._split(self.query(hidden), b, s)
@@ -293,7 +293,7 @@ class BertForSequenceClassification(nn.Cell):
     For regression tasks use num_labels=1.
     """
 
-    HEAD_TYPES = ("dense", "relu_pooler")
+    HEAD_TYPES = HEAD_TYPES
 
     def __init__(self, config: BertConfig, head_type: str = "dense"):
         super().__init__()
@@ -328,3 +328,56 @@ class LogitsOnly(nn.Cell):
 
 def count_params(net: nn.Cell) -> int:
     return int(sum(np.prod(p.shape) for p in net.get_parameters()))
+
+
+def load_bert_config(path: str, what: str, **overrides) -> BertConfig:
+    require_file(path, what)
+    try:
+        cfg = BertConfig.from_json_file(path)
+        return cfg.replace(**overrides) if overrides else cfg
+    except (ValueError, TypeError, OSError) as e:
+        raise UserError(f"{what} '{path}': {e}") from None
+
+
+def student_config(teacher_cfg: BertConfig, spec: dict) -> BertConfig:
+    """Student shape from the YAML `student.arch` block; vocab/positions/types always follow the teacher."""
+    keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "hidden_act",
+            "hidden_dropout_prob", "attention_probs_dropout_prob")
+    kw = {k: spec[k] for k in keys if spec.get(k) is not None}
+    try:
+        return teacher_cfg.replace(layer_num_heads=None, layer_intermediate_sizes=None, **kw)
+    except ValueError as e:
+        raise UserError(f"student.arch: {e}") from None
+
+
+def build_classifier(cfg: BertConfig, head_type: str) -> BertForSequenceClassification:
+    try:
+        return BertForSequenceClassification(cfg, head_type=head_type)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def copy_teacher_layers(student, teacher, layers: Sequence[int]):
+    """DistilBERT-style init: embeddings, pooler and the chosen encoder layers copied from the teacher.
+    Requires equal hidden size; student layer i <- teacher layer layers[i]."""
+    s_bert = student.bert if hasattr(student, "bert") else student
+    t_bert = teacher.bert if hasattr(teacher, "bert") else teacher
+    if s_bert.config.hidden_size != t_bert.config.hidden_size:
+        raise UserError(f"student.init=teacher_layers needs equal hidden sizes (student "
+                        f"{s_bert.config.hidden_size}, teacher {t_bert.config.hidden_size})")
+    if len(layers) != s_bert.num_layers or any(not 0 <= i < t_bert.num_layers for i in layers):
+        raise UserError(f"student.teacher_layers {list(layers)}: expected {s_bert.num_layers} indices in "
+                        f"[0, {t_bert.num_layers - 1}]")
+
+    def copy(dst_cell, src_cell):
+        src = dict(src_cell.parameters_and_names())       # names relative to the cell
+        for key, p in dst_cell.parameters_and_names():
+            if src[key].shape != p.shape:
+                raise UserError(f"student.init=teacher_layers: {p.name} shape {p.shape} differs from teacher "
+                                f"{src[key].shape} (heads/FFN sizes must match the teacher)")
+            p.set_data(ms.Tensor(src[key].asnumpy()))
+
+    copy(s_bert.embeddings, t_bert.embeddings)
+    copy(s_bert.pooler, t_bert.pooler)
+    for i, ti in enumerate(layers):
+        copy(s_bert.encoder[i], t_bert.encoder[ti])

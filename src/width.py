@@ -10,11 +10,10 @@ no resizing inside construct). `slice_to_width` copies those same leading rows/c
 Rounding (stated once): active heads = floor(H*w + 0.5) clamped to [1, H]; FFN = floor(F*w + 0.5) clamped to
 [1, F]. Head size never changes; hidden size, embeddings, LayerNorms, pooler and classifier are never narrowed.
 """
-import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -24,7 +23,10 @@ from src import losses
 from src.cpu_kernels import MaskedSquaredError
 from src.distill import FrozenTeacher
 from src.errors import UserError
-from src.tinybert_model import BertConfig, BertForSequenceClassification, count_params
+from src.fileio import atomic_json, atomic_write
+from src.tinybert_model import BertConfig, BertForSequenceClassification
+from src.checkpoint import load_into, resolve_head_type, save_cell
+from src.tinybert_model import build_classifier, load_bert_config
 
 
 # ---------------------------------------------------------------------------------------------- widths
@@ -153,6 +155,9 @@ class _LayerView(nn.Cell):
         self.inner = self.heads * self.head_size
         self.scale = layer.attention.scale
 
+    # Copied from src/tinybert_model.py BertAttention.construct + BertFFN.construct, with every weight sliced to
+    # the leading heads / FFN neurons and an optional head mask (the activation quant points are not applied: a
+    # width view trains in fp32). tests/test_width.py::test_full_width_view_equals_plain_model holds the two equal.
     def construct(self, hidden, mask_bias, head_mask=None):
         att = self.layer.attention
         ffn = self.layer.ffn
@@ -217,19 +222,6 @@ class WidthView(nn.Cell):
         x = self.model.relu(pooled) if self.relu_head else self.model.dropout(pooled)
         return self.model.classifier(x), hidden_states, attention_scores
 
-
-class ViewLogits(nn.Cell):
-    """Logits of a WidthView (for evaluate / predict)."""
-
-    def __init__(self, view: WidthView):
-        super().__init__()
-        self.view = view
-
-    def construct(self, input_ids, token_type_ids, input_mask):
-        return self.view(input_ids, token_type_ids, input_mask)[0]
-
-
-# ---------------------------------------------------------------------------------------------- importance
 
 class ImportanceGrad(nn.Cell):
     """One batch -> (loss, head importance [L, H], FFN neuron importance per layer), from fresh gradients.
@@ -313,15 +305,9 @@ def save_importance(importance: dict, head_order, ffn_order, out_dir: str):
     os.makedirs(out_dir, exist_ok=True)
     arrays = {"head": np.asarray(importance["head"])}
     arrays.update({f"ffn_{i}": np.asarray(f) for i, f in enumerate(importance["ffn"])})
-    path = os.path.join(out_dir, "importance.npz")
-    tmp = os.path.join(out_dir, f".importance.tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    perm = os.path.join(out_dir, "permutation.json")
-    tmp = perm + f".tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"head_order": head_order, "ffn_order": ffn_order, "batches": importance["batches"]}, f)
-    os.replace(tmp, perm)
+    atomic_write(os.path.join(out_dir, "importance.npz"), lambda f: np.savez(f, **arrays), "wb")
+    atomic_json(os.path.join(out_dir, "permutation.json"),
+                {"head_order": head_order, "ffn_order": ffn_order, "batches": importance["batches"]}, indent=None)
 
 
 # ---------------------------------------------------------------------------------------------- rewiring
@@ -386,8 +372,8 @@ def slice_to_width(model: BertForSequenceClassification, width_mult: float,
                    depth_mult: float = 1.0) -> BertForSequenceClassification:
     """A plain, physically smaller BertForSequenceClassification holding the supernet's leading heads / FFN
     neurons at `width_mult` (rounded as `width_spec`) and the layers `depth_mult` keeps. Its config (`.config`)
-    has the per-layer sizes; save it with `runtime.save_cell` + `config.to_json_file` and it reloads with
-    `runtime.load_into` (strict)."""
+    has the per-layer sizes; save it with `save_cell` + `config.to_json_file` and it reloads with
+    `load_into` (strict)."""
     spec = parse_width_list([width_mult], model.config, "width_mult", [depth_mult], "depth_mult")[0]
     sub = BertForSequenceClassification(sub_config(model.config, spec), head_type=model.head_type)
     state = slice_state(model, spec)
@@ -404,7 +390,6 @@ def slice_checkpoint(supernet_ckpt: str, supernet_config: str, width_mult: float
     """File-level slicing: supernet checkpoint + its config.json -> <out_dir>/model.ckpt + config.json of the
     sub-model at `width_mult` (and `depth_mult`), which records the head type ("auto": the supernet's record,
     else dense). Returns (ckpt path, config path). Used by tools/slice_width.py."""
-    from src import runtime
     ckpt = os.path.join(out_dir, "model.ckpt")
     conf = os.path.join(out_dir, "config.json")
     for mine, theirs, what in ((ckpt, supernet_ckpt, "checkpoint"), (conf, supernet_config, "config")):
@@ -412,15 +397,41 @@ def slice_checkpoint(supernet_ckpt: str, supernet_config: str, width_mult: float
             raise UserError(f"--output_dir {out_dir}: the sub-model's {os.path.basename(mine)} would overwrite the "
                             f"supernet {what} '{theirs}'; choose another folder")
     overrides = {"num_labels": num_labels} if num_labels else {}
-    cfg = runtime.load_bert_config(supernet_config, "supernet config", **overrides)
-    head_type = runtime.resolve_head_type(head_type, supernet_ckpt, "--head_type", "supernet checkpoint")
-    model = runtime.build_classifier(cfg, head_type)
-    runtime.load_into(model, supernet_ckpt, "supernet checkpoint", strict=True, allow_unexpected=("fit_dense.",))
+    cfg = load_bert_config(supernet_config, "supernet config", **overrides)
+    head_type = resolve_head_type(head_type, supernet_ckpt, "--head_type", "supernet checkpoint")
+    model = build_classifier(cfg, head_type)
+    load_into(model, supernet_ckpt, "supernet checkpoint", strict=True, allow_unexpected=("fit_dense.",))
     sub = slice_to_width(model, width_mult, depth_mult)
     os.makedirs(out_dir, exist_ok=True)
-    runtime.save_cell(sub, ckpt, extra={"width_mult": float(width_mult), "depth_mult": float(depth_mult)})
+    save_cell(sub, ckpt, extra={"width_mult": float(width_mult), "depth_mult": float(depth_mult)})
     sub.config.to_json_file(conf)
     return ckpt, conf
+
+
+class PerWidthBest:
+    """Keep-best per width: each width's best score, and its sliced sub-model saved as best_w<width>.ckpt +
+    config_w<width>.json on every improvement (`counter.value`: the step recorded). Saved with the training
+    state (state_dict / load_state_dict)."""
+
+    def __init__(self, specs: Sequence[WidthSpec], out_dir: str, metric: str, counter):
+        self.out_dir, self.metric, self.counter = out_dir, metric, counter
+        self.best = {s.label: {"metric": -math.inf, "step": -1} for s in specs}
+
+    def update(self, model, spec, metrics: dict) -> dict:
+        b = self.best[spec.label]
+        if metrics[self.metric] > b["metric"]:
+            b.update(metric=metrics[self.metric], step=self.counter.value, all=metrics)
+            sub = slice_to_width(model, spec.width, spec.depth)
+            save_cell(sub, os.path.join(self.out_dir, f"best_w{spec.label}.ckpt"),
+                      extra={"width_mult": spec.width, "depth_mult": spec.depth, **metrics})
+            sub.config.to_json_file(os.path.join(self.out_dir, f"config_w{spec.label}.json"))
+        return b
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict):
+        self.best.update(state["best"])
 
 
 # ---------------------------------------------------------------------------------------------- training loss
@@ -514,14 +525,14 @@ class SampledWidthStep:
     """Train step over a sampled subset of widths per batch (`sample_widths` k of n, see `sample_widths`): one
     TrainStep per subset, built on first use (one compiled graph each), all sharing the supernet, the teacher
     and ONE optimizer (same moments and step counter). Called like a TrainStep: (loss, (loss,), grad_norm).
-    The subset of the step after `steps_done()` steps depends on (seed, that number) only: the same on every
-    data-parallel rank, and a resumed run continues the sequence (steps_done reads the Trainer's counter)."""
+    The subset of the step after `counter.value` steps depends on (seed, that number) only: the same on every
+    data-parallel rank, and a resumed run continues the sequence (`counter`: the Trainer's StepCounter)."""
 
-    def __init__(self, make_step, n: int, k: int, seed: int, steps_done: Callable[[], int]):
+    def __init__(self, make_step, n: int, k: int, seed: int, counter):
         self.make_step = make_step          # subset (tuple of width indices) -> TrainStep
         self.n, self.k = n, k
         self.seed = seed
-        self.steps_done = steps_done
+        self.counter = counter
         self.steps = {}
 
     def set_train(self, mode: bool = True):
@@ -529,7 +540,7 @@ class SampledWidthStep:
             s.set_train(mode)
 
     def __call__(self, *inputs):
-        subset = sample_widths(self.n, self.k, np.random.default_rng([self.seed, 17, self.steps_done()]))
+        subset = sample_widths(self.n, self.k, np.random.default_rng([self.seed, 17, self.counter.value]))
         if subset not in self.steps:
             self.steps[subset] = self.make_step(subset)
             self.steps[subset].set_train(True)
@@ -603,192 +614,6 @@ def format_table(rows: Sequence[dict], metric: str) -> List[str]:
     return out
 
 
-# ------------------------------------------------------------------------------------------ wiring (run_ofa_width.py)
-
-def _sizes_txt(values: Sequence[int]) -> str:
+def sizes_txt(values: Sequence[int]) -> str:
+    """'4' when every layer has 4, else '4/3/2' per layer."""
     return str(values[0]) if len(set(values)) == 1 else "/".join(str(v) for v in values)
-
-
-def run_ofa(cfg, out_dir: str, save_resolved):
-    """Importance on the training split -> rewire -> supernet training over widths -> per-width best sub-models
-    -> table. Wiring only: the algorithms are above. Data parallel (`distributed: true`, msrun): every rank
-    computes the importance on the same batches and takes rank 0's permutation; each rank trains on its shard
-    of every global batch; rank 0 evaluates, saves and writes the table."""
-    import time
-    from src import runtime
-    from src.distill import TrainStep, WarmupLinearDecayLR, build_optimizer
-    from src.trainer import ArrayBatcher, StateOf, Trainer, evaluate, teacher_baseline, train_state_from_config
-
-    task = runtime.task_from_config(cfg)
-    tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels,
-                                    fused_cpu_kernels=runtime.fused_kernels(cfg))
-    specs = parse_width_list(cfg.width_mult_list, tcfg, depths=list(cfg.get("depth_mult_list", None) or [1.0]))
-    if cfg.train.sample_widths < 0:
-        raise UserError(f"train.sample_widths: expected 0 (all widths) or a count >= 1, got {cfg.train.sample_widths}")
-    if cfg.loss.soft_ce_reduction not in losses.SOFT_CE_REDUCTIONS:
-        raise UserError(f"loss.soft_ce_reduction '{cfg.loss.soft_ce_reduction}': expected one of "
-                        f"{losses.SOFT_CE_REDUCTIONS}")
-    rank, world, log = runtime.start_run(cfg, out_dir, save_resolved, {"phase": "ofa_width"})
-    is_main = rank == 0
-    log.info(f"OFA width adaptation, task {task.name}, output {out_dir}, rank {rank}/{world}")
-    for s in specs:
-        note = rounding_note(tcfg, s)
-        depth = f", layers {list(s.layers)}" if s.depth != 1.0 else ""
-        log.info(f"width {s.label}: heads {_sizes_txt(s.heads)}, FFN {_sizes_txt(s.ffn)}{depth}"
-                 + (f" ({note})" if note else ""))
-
-    eval_sets = runtime.load_eval_sets(cfg, task)               # the task's dev split(s): MNLI matched + mismatched
-    train = runtime.load_split(cfg.data.dir, "train", cfg.data.dataset_type, cfg.data.max_seq_length, task)
-    log.info(f"train dataset size: {len(train['input_ids'])}, "
-             + ", ".join(f"{s} eval dataset size: {len(a['input_ids'])}" for s, a in eval_sets.items()))
-    buckets = list(cfg.data.length_buckets)
-
-    teacher = runtime.build_classifier(tcfg, cfg.teacher.head_type)
-    runtime.load_into(teacher, cfg.teacher.ckpt, "teacher.ckpt", strict=True)
-    model = runtime.build_classifier(tcfg, cfg.teacher.head_type)
-    init = cfg.supernet.init_ckpt or cfg.teacher.ckpt
-    runtime.load_into(model, init, "supernet.init_ckpt", strict=True)
-    log.info(f"supernet initialised from {init}; teacher {cfg.teacher.ckpt}; params {count_params(model)}")
-    if cfg.eval.get("teacher_baseline", False) and is_main:     # the reference the width table is read against
-        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log)
-
-    # ---- importance on the TRAINING split, fresh gradients per batch, then rewiring
-    if cfg.importance.rewire:
-        t0 = time.time()
-        imp_batcher = ArrayBatcher(train, cfg.importance.batch_size, shuffle=True, seed=cfg.seed + 1,
-                                   length_buckets=buckets, batch_key="importance.batch_size")
-        limit = cfg.importance.max_batches
-
-        def batches():
-            for i, b in enumerate(imp_batcher.epoch(0)):
-                if limit and i >= limit:
-                    return
-                yield b
-        imp = compute_importance(model, batches(), task.regression, cfg.importance.normalize)
-        head_order, ffn_order = importance_order(imp)
-        if world > 1:
-            head_order, ffn_order = share_rank0_order(head_order, ffn_order, rank)
-        if is_main:
-            save_importance(imp, head_order, ffn_order, out_dir)
-        rewire(model, head_order, ffn_order)
-        if cfg.train.width_matched_teacher:
-            rewire(teacher, head_order, ffn_order)
-        log.info(f"importance on {imp['batches']} training batches (loss {imp['loss']:.4f}) in {time.time() - t0:.1f}s;"
-                 f" head order layer 0 {head_order[0]}; rewired (saved importance.npz, permutation.json)")
-
-    # ---- training
-    regression = task.regression
-    teacher_views = [WidthView(teacher, s) for s in specs] if cfg.train.width_matched_teacher else None
-
-    def loss_cell(idx):
-        tv = [teacher_views[i] for i in idx] if teacher_views else None
-        return MultiWidthDistillLoss(model, teacher, [specs[i] for i in idx], cfg.loss.lambda1, cfg.loss.lambda2,
-                                     cfg.loss.soft_ce_reduction, cfg.loss.temperature, regression,
-                                     cfg.loss.mask_padding, teacher_views=tv, data_parallel=cfg.distributed)
-
-    batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
-                           length_buckets=buckets)
-    total = len(batcher) * cfg.train.epochs
-    if cfg.train.max_steps:
-        total = min(total, cfg.train.max_steps)
-    lr = WarmupLinearDecayLR(cfg.train.lr, total, int(total * cfg.train.warmup_ratio), cfg.optim.end_lr)
-    opt = build_optimizer(model.trainable_params(), lr, cfg.optim.weight_decay, cfg.optim.eps)
-
-    def make_step(idx):
-        try:
-            return TrainStep(loss_cell(idx), opt, cfg.optim.clip_norm, cfg.optim.clip_mode,
-                             data_parallel=cfg.distributed)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-
-    k = cfg.train.sample_widths
-    if k and k < len(specs):
-        step = SampledWidthStep(make_step, len(specs), k, cfg.seed, lambda: trainer.step)
-        parts = ["sampled"]                 # loss of this step's sampled widths (the train line's total)
-        log.info(f"each step trains {k} of {len(specs)} widths (largest and smallest always)")
-    else:
-        step = make_step(tuple(range(len(specs))))
-        step.set_train(True)
-        parts = [f"w{s.label}" for s in specs]
-    log.info(f"{len(batcher)} steps per epoch, {total} steps, buckets {batcher.buckets}, "
-             f"loss {cfg.loss.lambda1}*softCE({cfg.loss.soft_ce_reduction}) + {cfg.loss.lambda2}*hiddenMSE, "
-             f"teacher {'width-matched' if teacher_views else 'full fine-tuned'}")
-    if is_main:
-        tcfg.to_json_file(os.path.join(out_dir, "config.json"))
-
-    # ---- eval of every width, keep-best per width (sliced sub-model + its config)
-    main = task.main_metric
-    eval_nets = [ViewLogits(WidthView(model, s)) for s in specs]
-    best = {s.label: {"metric": -math.inf, "step": -1} for s in specs}
-
-    def eval_fn():
-        metrics = {}
-        for s, net in zip(specs, eval_nets):
-            net.set_train(False)
-            m = evaluate(net, eval_sets, cfg.eval.batch_size, task)
-            metrics.update({k if s is specs[0] else f"{k}_w{s.label}": v for k, v in m.items()})
-            b = best[s.label]
-            if m[main] > b["metric"]:
-                b.update(metric=m[main], step=trainer.step, all=m)
-                sub = slice_to_width(model, s.width, s.depth)
-                runtime.save_cell(sub, os.path.join(out_dir, f"best_w{s.label}.ckpt"),
-                                  extra={"width_mult": s.width, "depth_mult": s.depth, **m})
-                sub.config.to_json_file(os.path.join(out_dir, f"config_w{s.label}.json"))
-            log.info(f"width {s.label} (heads {_sizes_txt(s.heads)}, FFN {_sizes_txt(s.ffn)}): {main} {m[main]:.6f},"
-                     f" best {b['metric']:.6f}")
-        step.set_train(True)
-        return metrics
-
-    def save_best(metrics):
-        runtime.save_cell(model, os.path.join(out_dir, "best.ckpt"), extra=dict(metrics))
-
-    def save_last():
-        runtime.save_cell(model, os.path.join(out_dir, "supernet.ckpt"))
-
-    def get_extra():                         # resume: per-width bests (their checkpoints are on disk already)
-        return {"best": best}
-
-    def set_extra(extra):
-        for label, b in extra["best"].items():
-            best[label] = b
-
-    # resume state: supernet weights + the one optimizer all width subsets share, per-width bests
-    train_state, resume = train_state_from_config(cfg, StateOf(model, opt), out_dir, is_main)
-    trainer = Trainer(step, batcher, ["input_ids", "segment_ids", "input_mask", "label_ids"], parts, log,
-                      cfg.train.epochs, lr.value, cfg.log_every, eval_fn=eval_fn, main_metric=main,
-                      eval_every=cfg.eval.every, save_best=save_best, save_last=save_last, is_main=is_main,
-                      max_steps=cfg.train.max_steps, state=train_state, resume=resume,
-                      extra_state=(get_extra, set_extra))
-    result = trainer.fit()
-    if not is_main:
-        log.close()
-        return result
-
-    # ---- table: reload each best sub-model with the normal strict loader, count params, time it
-    rows = []
-    for s in specs:
-        conf = runtime.load_bert_config(os.path.join(out_dir, f"config_w{s.label}.json"), "sub-model config")
-        sub = runtime.build_classifier(conf, cfg.teacher.head_type)
-        runtime.load_into(sub, os.path.join(out_dir, f"best_w{s.label}.ckpt"), "sub-model checkpoint", strict=True)
-        from src.tinybert_model import LogitsOnly
-        lat = None
-        if cfg.latency.runs:
-            lat = measure_latency(LogitsOnly(sub), cfg.latency.batch_size, cfg.data.max_seq_length,
-                                  conf.vocab_size, cfg.latency.runs)
-        rows.append({"width": s.width, "depth": s.depth, "layers": len(s.layers), "heads": _sizes_txt(s.heads),
-                     "ffn": _sizes_txt(s.ffn), "params": count_params(sub), "metric": best[s.label]["metric"],
-                     "best_step": best[s.label]["step"], "latency_ms": lat})
-        log.info(f"The best {main} of width {s.label} is {best[s.label]['metric']:.6f} (step {best[s.label]['step']})")
-        log.record("width", **rows[-1])
-    table = format_table(rows, main)
-    log.info(f"width table (latency: batch {cfg.latency.batch_size}, seq {cfg.data.max_seq_length}, median of "
-             f"{cfg.latency.runs} runs, graph mode):")
-    for line in table:
-        log.info(line)
-    path = os.path.join(out_dir, "width_table.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(table) + "\n")
-    os.replace(path + ".tmp", path)
-    log.info(f"The best acc is {best[specs[0].label]['metric']:.6f}")
-    log.close()
-    return {**result, "rows": rows}

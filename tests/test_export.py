@@ -14,13 +14,15 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from src import runtime
 from src.errors import UserError
 from src.export import export_checkpoint, sample_inputs
 from src.ort_cpu import ort_session
 from src.tasks import get_task
 from src.tinybert_model import BertConfig, ErfPolyGELU, LogitsOnly
-from src.trainer import evaluate
+from src.evaluation import evaluate
+from src.checkpoint import checkpoint_head_type, load_into, save_cell
+from src.dataset import load_split
+from src.tinybert_model import build_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, S = 4, 16
@@ -33,10 +35,10 @@ def tiny(tmp_path_factory):
     cfg = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                      max_position_embeddings=32, hidden_act="gelu", num_labels=2, initializer_range=0.5)
     ms.set_seed(3)
-    model = runtime.build_classifier(cfg, "dense")
+    model = build_classifier(cfg, "dense")
     model.set_train(False)
     cfg.to_json_file(str(d / "config.json"))
-    runtime.save_cell(model, str(d / "model.ckpt"))
+    save_cell(model, str(d / "model.ckpt"))
     inputs = sample_inputs(B, S, cfg.vocab_size, seed=11)
     net = LogitsOnly(model)
     net.set_train(False)
@@ -183,7 +185,7 @@ def test_run_eval_onnx_equals_checkpoint_eval(tiny, tmp_path):
     export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "m"), "ONNX", B, S, log=_quiet)
     export_checkpoint(tiny["config"], tiny["ckpt"], str(tmp_path / "m"), "MINDIR", B, S, log=_quiet)
     task = get_task("MR")
-    arrays = runtime.load_split(data, "dev", "tfrecord", S, task)
+    arrays = load_split(data, "dev", "tfrecord", S, task)
     ref = evaluate(tiny["net"], {"dev": arrays}, B, task)
     for ext in ("onnx", "mindir"):
         got = run_eval_onnx.main(["--model_file", str(tmp_path / f"m.{ext}"), "--data_dir", data, "--task", "MR"])
@@ -209,13 +211,13 @@ def test_export_takes_the_head_type_the_checkpoint_records(tiny, tmp_path):
     """The pooler ReLU has no parameter, so only the checkpoint's record tells the heads apart: export.py's default
     (auto) builds the recorded relu_pooler head, an explicit other head is one clear error, and so is loading the
     file into a model with the other head."""
-    relu = runtime.build_classifier(tiny["cfg"], "relu_pooler")
+    relu = build_classifier(tiny["cfg"], "relu_pooler")
     dense = dict(tiny["model"].parameters_and_names())
     for n, p in relu.parameters_and_names():                          # same weights, other head
         p.set_data(dense[n].data.copy())
-    runtime.save_cell(relu, str(tmp_path / "relu.ckpt"))
-    assert runtime.checkpoint_head_type(str(tmp_path / "relu.ckpt")) == "relu_pooler"
-    assert runtime.checkpoint_head_type(tiny["ckpt"]) == "dense"
+    save_cell(relu, str(tmp_path / "relu.ckpt"))
+    assert checkpoint_head_type(str(tmp_path / "relu.ckpt")) == "relu_pooler"
+    assert checkpoint_head_type(tiny["ckpt"]) == "dense"
     relu.set_train(False)
     ref = LogitsOnly(relu)(*[ms.Tensor(x) for x in tiny["inputs"]]).asnumpy()
     assert np.abs(ref - tiny["ref"]).max() > 1e-3                      # the heads really differ here
@@ -231,7 +233,7 @@ def test_export_takes_the_head_type_the_checkpoint_records(tiny, tmp_path):
     assert not list(tmp_path.glob("d.*"))
     with pytest.raises(UserError, match=r"was saved with head_type relu_pooler, the model to load it into has "
                                         r"head_type dense"):
-        runtime.load_into(runtime.build_classifier(tiny["cfg"], "dense"), str(tmp_path / "relu.ckpt"), "ckpt")
+        load_into(build_classifier(tiny["cfg"], "dense"), str(tmp_path / "relu.ckpt"), "ckpt")
 
 
 def test_onnx_rewrite_leaves_lookalikes_alone():

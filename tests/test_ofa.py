@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from src import runtime
 from src.config import load_config, save_resolved
 from src.errors import UserError
 from src.records import write_records, write_schema
 from src.tasks import get_task
 from src.tinybert_model import BertConfig, BertForSequenceClassification, LogitsOnly, count_params
-from src.trainer import evaluate
-from src.width import ViewLogits, WidthView, run_ofa, width_spec
+from src.evaluation import evaluate
+from src.runs.width import run as run_ofa
+from src.width import WidthView, width_spec
+from src.checkpoint import load_into, save_cell
+from src.dataset import load_split
+from src.tinybert_model import build_classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ = 12
@@ -51,7 +54,7 @@ def setup(tmp_path_factory):
         write_schema(str(data / f"{split}_schema.json"), COLUMNS, k)
     ms.set_seed(0)
     teacher = BertForSequenceClassification(TINY)
-    runtime.save_cell(teacher, str(d / "teacher.ckpt"))
+    save_cell(teacher, str(d / "teacher.ckpt"))
     TINY.to_json_file(str(d / "config.json"))
     return d
 
@@ -76,10 +79,10 @@ def test_ofa_end_to_end_keeps_best_per_width_and_slices(setup):
     evals = [json.loads(l) for l in open(out / "metrics.jsonl") if '"kind": "eval"' in l]
     assert len(evals) == 4                                  # 12 steps / every 3
     task = get_task("MR")
-    dev = runtime.load_split(str(d / "data"), "dev", "tfrecord", SEQ, task)
+    dev = load_split(str(d / "data"), "dev", "tfrecord", SEQ, task)
     # eval.teacher_baseline: the teacher's own score, recorded and shown by tools/readme_results.py
-    teacher = runtime.build_classifier(TINY, "dense")
-    runtime.load_into(teacher, str(d / "teacher.ckpt"), "teacher")
+    teacher = build_classifier(TINY, "dense")
+    load_into(teacher, str(d / "teacher.ckpt"), "teacher")
     t_acc = evaluate(LogitsOnly(teacher).set_train(False), {"dev": dev}, 16, task)["acc"]
     recorded = [json.loads(l) for l in open(out / "metrics.jsonl") if '"kind": "teacher_eval"' in l]
     assert len(recorded) == 1 and recorded[0]["acc"] == pytest.approx(t_acc)
@@ -93,8 +96,8 @@ def test_ofa_end_to_end_keeps_best_per_width_and_slices(setup):
         # the kept checkpoint is the physically smaller sub-model and reproduces its logged score
         conf = BertConfig.from_json_file(str(out / f"config_w{label}.json"))
         assert conf.layer_num_heads == [heads, heads]
-        sub = runtime.build_classifier(conf, "dense")
-        runtime.load_into(sub, str(out / f"best_w{label}.ckpt"), "best", strict=True)
+        sub = build_classifier(conf, "dense")
+        load_into(sub, str(out / f"best_w{label}.ckpt"), "best", strict=True)
         assert count_params(sub) == rows[w]["params"]
         net = LogitsOnly(sub)
         net.set_train(False)
@@ -117,12 +120,12 @@ def _slice_tool_matches_view(out, sliced, dev, width, depth=1.0):
                            str(out / "supernet.ckpt"), "--width_mult", str(width), "--depth_mult", str(depth),
                            "--output_dir", str(sliced)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    supernet = runtime.build_classifier(TINY, "dense")
-    runtime.load_into(supernet, str(out / "supernet.ckpt"), "supernet", strict=True)
-    view = ViewLogits(WidthView(supernet, width_spec(TINY, width, depth)))
+    supernet = build_classifier(TINY, "dense")
+    load_into(supernet, str(out / "supernet.ckpt"), "supernet", strict=True)
+    view = LogitsOnly(WidthView(supernet, width_spec(TINY, width, depth)))
     view.set_train(False)
-    sub = runtime.build_classifier(BertConfig.from_json_file(str(sliced / "config.json")), "dense")
-    runtime.load_into(sub, str(sliced / "model.ckpt"), "sliced", strict=True)
+    sub = build_classifier(BertConfig.from_json_file(str(sliced / "config.json")), "dense")
+    load_into(sub, str(sliced / "model.ckpt"), "sliced", strict=True)
     net = LogitsOnly(sub)
     net.set_train(False)
     ins = [ms.Tensor(dev[k][:16]) for k in ("input_ids", "segment_ids", "input_mask")]
@@ -147,14 +150,14 @@ def test_ofa_with_depth_keeps_shallower_best_submodels(setup):
     assert sorted(rows) == [(0.5, 0.5), (0.5, 1.0), (1.0, 0.5), (1.0, 1.0)]
     evals = [json.loads(l) for l in open(out / "metrics.jsonl") if '"kind": "eval"' in l]
     task = get_task("MR")
-    dev = runtime.load_split(str(d / "data"), "test", "tfrecord", SEQ, task)
+    dev = load_split(str(d / "data"), "test", "tfrecord", SEQ, task)
     assert "test eval dataset size: 40" in open(out / "log.txt").read()
     for (w, dep), key in (((0.5, 0.5), "acc_w0.500_d0.500"), ((1.0, 0.5), "acc_w1.000_d0.500")):
         label = key[len("acc_w"):]
         conf = BertConfig.from_json_file(str(out / f"config_w{label}.json"))
         assert conf.num_hidden_layers == 1
-        sub = runtime.build_classifier(conf, "dense")
-        runtime.load_into(sub, str(out / f"best_w{label}.ckpt"), "best", strict=True)
+        sub = build_classifier(conf, "dense")
+        load_into(sub, str(out / f"best_w{label}.ckpt"), "best", strict=True)
         net = LogitsOnly(sub)
         net.set_train(False)
         assert evaluate(net, {"dev": dev}, 16, task)["acc"] == pytest.approx(max(e[key] for e in evals))

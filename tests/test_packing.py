@@ -12,6 +12,7 @@ from src.packing import (build_ternary_inference_model, pack, pack_codes, ternar
 from src.quant import QuantConfig, quantize_model, quantized_state
 from src.tinybert_model import BertConfig, BertForSequenceClassification, LogitsOnly
 import tiny_run
+from src.checkpoint import load_into
 
 
 @pytest.mark.parametrize("codec,per", [("2bit", 4), ("base3", 5)])
@@ -152,7 +153,7 @@ def _saved_run(tmp_path, model, qcfg):
 def test_pack_run_records_the_runs_head_type(tmp_path):
     """A relu_pooler run is packed as relu_pooler: the rebuilt model keeps the ReLU on the pooled output, so its
     logits equal the trained model's (it was once packed as "dense", which drops the ReLU)."""
-    from src.ternary import pack_run
+    from src.runs.ternary import pack_run
     qcfg = QuantConfig()
     model = quantize_model(BertForSequenceClassification(TINY.replace(initializer_range=0.3),
                                                          head_type="relu_pooler"), qcfg)
@@ -169,8 +170,7 @@ def test_pack_run_records_the_runs_head_type(tmp_path):
 def test_pack_run_of_an_ema_run_keeps_the_frozen_activation_scales(tmp_path):
     """best_quant.ckpt of an `activation_scale: ema` run holds 0-d `amax` parameters: they go through the file,
     the packer and a strict load unchanged (they once came back as checkpoint metadata and were dropped)."""
-    from src import runtime
-    from src.ternary import pack_run
+    from src.runs.ternary import pack_run
     qcfg = QuantConfig(activation_scale="ema")
     model = BertForSequenceClassification(TINY.replace(initializer_range=0.3))
     quantize_model(model, qcfg)
@@ -186,6 +186,6 @@ def test_pack_run_of_an_ema_run_keeps_the_frozen_activation_scales(tmp_path):
     np.testing.assert_array_equal(build_ternary_inference_model(str(tmp_path / "model.tpack"))(*_inputs()).asnumpy(),
                                   ref)
     again = quantize_model(BertForSequenceClassification(TINY), qcfg)
-    runtime.load_into(again, str(tmp_path / "best.ckpt"), "latent checkpoint", strict=True)
+    load_into(again, str(tmp_path / "best.ckpt"), "latent checkpoint", strict=True)
     got = dict(again.parameters_and_names())
     assert all(got[n].asnumpy() == p.asnumpy() for n, p in amax.items())

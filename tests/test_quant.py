@@ -6,7 +6,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src import quant
-from src.distill import TrainStep, build_optimizer
+from src.train_step import TrainStep, build_optimizer
 from src.quant import (ActQuantizer, LatHessianRefresh, QuantConfig, StepWithHessian, WeightQuantizer,
                        quantize_model, quantized_state, role_params)
 from src.tinybert_model import BertConfig, BertForSequenceClassification, LogitsOnly
@@ -249,8 +249,8 @@ def test_lat_refresh_follows_any_lat_weight():
 
     opt = build_optimizer(model.trainable_params(), 1e-3, 0.0)
     plain = TrainStep(_SquaredLogits(model), opt, clip_mode="none")
-    step = with_lat_refresh(plain, model, opt)
-    assert isinstance(step, StepWithHessian) and step.refresh.count == 1
+    step, count = with_lat_refresh(plain, model, opt)
+    assert isinstance(step, StepWithHessian) and step.refresh.count == count == 1
     step(*_inputs())
     emb = model.bert.embeddings.word_embeddings
     wq = emb.weight_quant
@@ -262,4 +262,5 @@ def test_lat_refresh_follows_any_lat_weight():
     quantize_model(twn, QuantConfig())
     opt2 = build_optimizer(twn.trainable_params(), 1e-3, 0.0)
     plain2 = TrainStep(_SquaredLogits(twn), opt2, clip_mode="none")
-    assert with_lat_refresh(plain2, twn, opt2) is plain2
+    same, count = with_lat_refresh(plain2, twn, opt2)
+    assert same is plain2 and count == 0

@@ -21,10 +21,11 @@ from mindspore import Parameter, nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_run  # noqa: E402
 
-from src.callbacks import RunLog  # noqa: E402
-from src.distill import TrainStep, WarmupLinearDecayLR, build_optimizer  # noqa: E402
+from src.batching import ArrayBatcher  # noqa: E402
 from src.errors import UserError  # noqa: E402
-from src.trainer import ArrayBatcher, Trainer, TrainingDiverged, TrainState  # noqa: E402
+from src.runlog import RunLog  # noqa: E402
+from src.train_step import TrainStep, WarmupLinearDecayLR, build_optimizer  # noqa: E402
+from src.trainer import Evaluation, Schedule, Trainer, TrainingDiverged, TrainState  # noqa: E402
 
 
 # ---------------------------------------------------------------- in process, tiny linear model
@@ -43,12 +44,14 @@ class Regression(nn.Cell):
         return loss, (loss,)
 
 
-def _arrays(n=24, nan_row=None):
+def _arrays(n=24, nan_row=None, big_row=None):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, 3)).astype(np.float32)
     y = (x @ np.array([1.0, 2.0, -1.0], np.float32) + 0.5).astype(np.float32)
     if nan_row is not None:
         x[nan_row, 0] = np.nan
+    if big_row is not None:
+        y[big_row] = 1e5                  # a finite loss far above the first step's
     return {"input_ids": x, "input_mask": np.ones((n, 3), np.int32), "label_ids": y}
 
 
@@ -86,9 +89,9 @@ def _trainer(out, arrays, resume=False, crash_after=0, every=2, lr=0.05, evals=N
     state = TrainState(step, os.path.join(out, "state"), every, keep_last=2)
     cell = CrashAt(step, crash_after) if crash_after else step
     log = RunLog(out, echo=False)
-    tr = Trainer(cell, batcher, ["input_ids", "label_ids"], ["mse"], log, epochs=3, lr_value=sched.value,
-                 eval_fn=eval_fn, main_metric="acc", eval_every=4, save_best=save_best, state=state,
-                 resume=resume)
+    tr = Trainer(cell, batcher, inputs=["input_ids", "label_ids"], parts=["mse"], log=log,
+                 schedule=Schedule(epochs=3, max_steps=0, lr_value=sched.value), log_every=10,
+                 evaluation=Evaluation(eval_fn, "acc", every=4, save_best=save_best), state=state, resume=resume)
     return tr, net, step, log
 
 
@@ -140,6 +143,24 @@ def test_nan_loss_stops_naming_the_step_and_keeps_good_state(tmp_path):
     tensors, meta = tiny_run.read_ckpt(os.path.join(out, "state", states[-1]))
     assert all(np.isfinite(v).all() for v in tensors.values()) and meta["step"] == bad_step - 1
     assert issubclass(TrainingDiverged, UserError)                      # entry scripts: one line, exit 2
+
+
+def test_finite_loss_blowup_stops_like_nan_and_keeps_good_state(tmp_path):
+    """A finite loss above DIVERGENCE_FACTOR x the first step's stops the run as a NaN does: nothing is saved from
+    that step on (the earlier state stays), and the error names the step and both losses."""
+    from src.trainer import DIVERGENCE_FACTOR
+    arrays = _arrays(big_row=5)
+    batcher = ArrayBatcher(arrays, 4, seed=3)
+    bad_step = next(i + 1 for i, b in enumerate(batcher.epoch(1)) if (b["label_ids"] == 1e5).any())
+    assert bad_step > 2
+    out = str(tmp_path)
+    tr, net, _, _ = _trainer(out, arrays, every=1)
+    with pytest.raises(TrainingDiverged, match=rf"loss is [0-9.e+]+, more than {DIVERGENCE_FACTOR:g}x the first "
+                                               rf"step's [0-9.e+-]+ \(diverging\) at epoch 1, step {bad_step}:"):
+        tr.fit()
+    assert tr.first_loss is not None and 0 < tr.first_loss < 10
+    states = sorted(os.listdir(os.path.join(out, "state")))
+    assert states[-1] == f"state_step{bad_step - 1:09d}.ckpt"          # nothing written from the diverged step
 
 
 def test_state_refuses_to_save_nonfinite_weights(tmp_path):

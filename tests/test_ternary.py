@@ -172,7 +172,7 @@ def test_bad_pack_option_stops_before_training(run, tmp_path, flag, value, msg):
 def test_error_after_training_keeps_the_trained_run(run, tmp_path, monkeypatch):
     """A failure in the packing step after training keeps the run's checkpoints and log (it once removed
     everything the run had written)."""
-    from src import ternary
+    from src.runs import ternary
 
     def fail(*_, **__):
         raise UserError("disk full while packing")
@@ -192,19 +192,19 @@ def test_loss_scale_lets_the_trainer_skip_overflowing_steps(run, tmp_path, monke
     returns an inf norm; the Trainer must then go on, as in TD and GD, not stop with 'gradient norm is inf'
     (run_ternary once did not tell it). Scales that overflow this tiny model's fp32 gradients underflow 1/scale,
     so the Trainer's setting is checked where run_ternary builds it."""
-    from src import ternary
+    from src.runs import ternary
     seen = {}
 
     class Spy(ternary.Trainer):
         def __init__(self, *args, **kwargs):
-            seen["overflow_skips"] = kwargs.get("overflow_skips")
+            seen["skip_overflow_steps"] = kwargs.get("skip_overflow_steps")
             super().__init__(*args, **kwargs)
     monkeypatch.setattr(ternary, "Trainer", Spy)
     i = run["argv"].index("--output_dir")
     base = run["argv"][:i] + run["argv"][i + 2:] + ["--train.max_steps", "1", "--pack.after_train", "false"]
     for scale, expected in (("1024", True), ("1.0", False)):
         run_ternary.main(base + ["--output_dir", str(tmp_path / scale), "--optim.loss_scale", scale])
-        assert seen.pop("overflow_skips") is expected
+        assert seen.pop("skip_overflow_steps") is expected
 
 
 def test_lat_with_only_a_ternary_embedding_refreshes_its_hessian(run, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import mindspore as ms
 
 from conftest import FIXTURES
-from src.checkpoint import default_teacher_dir, load_hf_into
+from src.hf_checkpoint import default_teacher_dir, load_hf_into
 from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
 
 REF = os.path.join(FIXTURES, "hf_reference", "minilm_l6_reference.npz")

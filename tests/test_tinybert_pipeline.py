@@ -15,11 +15,12 @@ import pytest
 import run_general_distill
 import run_task_distill
 from src import runtime
-from src.checkpoint import read_ms_checkpoint
+from src.batching import ArrayBatcher
+from src.checkpoint import load_into, read_ms_checkpoint, save_cell
+from src.dataset import load_split
 from src.errors import UserError
 from src.records import write_records, write_schema
-from src.tinybert_model import BertConfig, BertModel
-from src.trainer import ArrayBatcher
+from src.tinybert_model import BertConfig, BertModel, build_classifier
 
 SEQ = 16
 VOCAB = 64
@@ -65,7 +66,7 @@ def pipeline(tmp_path_factory):
     pre = root / "pretrained"
     pre.mkdir()
     TEACHER.to_json_file(str(pre / "config.json"))
-    runtime.save_cell(BertModel(TEACHER), str(pre / "bert.ckpt"))
+    save_cell(BertModel(TEACHER), str(pre / "bert.ckpt"))
 
     common = ["--data.dir", data, "--data.max_seq_length", str(SEQ), "--data.length_buckets", "8", str(SEQ),
               "--teacher.config", str(pre / "config.json"), "--teacher.init_ckpt", str(pre / "bert.ckpt"),
@@ -80,7 +81,7 @@ def pipeline(tmp_path_factory):
         "--teacher.config", str(pre / "config.json"), "--teacher.ckpt", str(pre / "bert.ckpt"),
         "--student.arch.num_hidden_layers", "2", "--student.arch.hidden_size", "32",
         "--student.arch.num_attention_heads", "2", "--student.arch.intermediate_size", "64",
-        "--student.init", "random", "--optim.lr", "0.002", "--train.epochs", "3", "--train.batch_size", "32",
+        "--student.init", "random", "--train.lr", "0.002", "--train.epochs", "3", "--train.batch_size", "32",
         "--output_dir", f"{out}/gd", "--log_every", "4", "--seed", "7"])
     td1 = ["--phase", "td1", "--td1.epochs", "3", "--td1.lr", "0.002", "--td1.batch_size", "32"]
     run_task_distill.main(td1 + common)
@@ -202,7 +203,7 @@ def test_phase2_takes_the_teacher_logits_phase1_computed(pipeline, tmp_path):
     split is not used and every row is recomputed."""
     from src.teacher_cache import logits_for_phase2
     from src.tinybert_model import LogitsOnly
-    from src.trainer import predict
+    from src.evaluation import predict
     out = pipeline["out"]
     td1 = os.path.join(out, "td", "td1")
     with np.load(os.path.join(td1, "teacher_logits.npz")) as f:
@@ -212,11 +213,11 @@ def test_phase2_takes_the_teacher_logits_phase1_computed(pipeline, tmp_path):
     assert (f"teacher logits for phase 2: {int(seen.sum())} rows from {td1}/teacher_logits.npz (checked on 64 rows, "
             in log2 and f"; {512 - int(seen.sum())} rows computed" in log2)
 
-    teacher = runtime.build_classifier(TEACHER, "dense")
-    runtime.load_into(teacher, f"{out}/td/teacher/best.ckpt", "teacher", strict=True)
+    teacher = build_classifier(TEACHER, "dense")
+    load_into(teacher, f"{out}/td/teacher/best.ckpt", "teacher", strict=True)
     net = LogitsOnly(teacher)
     net.set_train(False)
-    train = runtime.load_split(os.path.join(os.path.dirname(out), "data"), "train", "tfrecord", SEQ)
+    train = load_split(os.path.join(os.path.dirname(out), "data"), "train", "tfrecord", SEQ)
     fresh = predict(net, train, 64, [8, SEQ])
     np.testing.assert_allclose(kept[seen], fresh[seen], rtol=0, atol=1e-5)
 
@@ -272,7 +273,7 @@ def test_teacher_checkpoint_for_another_head_is_rejected(pipeline, tmp_path):
     """A 3-label teacher checkpoint against a 2-label task: strict loading names the classifier shapes."""
     cfg = TEACHER.replace(num_labels=3)
     bad = tmp_path / "teacher3.ckpt"
-    runtime.save_cell(runtime.build_classifier(cfg, "dense"), str(bad))
+    save_cell(build_classifier(cfg, "dense"), str(bad))
     with pytest.raises(UserError) as e:
         _td(pipeline, "--phase", "td1", "--teacher.ckpt", str(bad))
     assert "classifier.weight" in str(e.value) and "(3, 32)" in str(e.value)

@@ -1,20 +1,21 @@
 """Width adaptation (src/width.py): width lists and rounding, importance against finite differences, rewiring,
 width views vs the plain model, slicing into a physically smaller model that reloads and exports, the
 multi-width loss and its gradients reaching the shared supernet."""
-import os
 
 import numpy as np
 import pytest
 import mindspore as ms
 from mindspore import nn
 
-from src import runtime
-from src.distill import TrainStep
+from src.train_step import TrainStep
 from src.errors import UserError
 from src.tinybert_model import BertConfig, BertForSequenceClassification, LogitsOnly, count_params
-from src.width import (MultiWidthDistillLoss, ViewLogits, WidthView, compute_importance, importance_order,
+from src.width import (MultiWidthDistillLoss, WidthView, compute_importance, importance_order,
                        parse_width_list, rewire, rounding_note, sample_widths, save_importance, slice_checkpoint,
                        slice_to_width, width_spec)
+from src.checkpoint import checkpoint_head_type, load_into, save_cell
+from src.tinybert_model import build_classifier, load_bert_config
+from src.trainer import StepCounter
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
                   max_position_embeddings=16, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
@@ -91,7 +92,7 @@ def test_sliced_submodel_is_smaller_matches_the_view_reloads_and_exports(tmp_pat
     m = _model(1)
     ins = _inputs(_batch(1))
     spec = width_spec(TINY, 0.5)                       # 2 of 4 heads, 12 of 24 neurons
-    view_logits = ViewLogits(WidthView(m, spec))
+    view_logits = LogitsOnly(WidthView(m, spec))
     view_logits.set_train(False)
     expected = view_logits(*ins).asnumpy()
 
@@ -105,11 +106,11 @@ def test_sliced_submodel_is_smaller_matches_the_view_reloads_and_exports(tmp_pat
     removed = 2 * (3 * (16 * 8 + 8) + 16 * 8 + (16 * 12 + 12) + 16 * 12)
     assert count_params(sub) == count_params(m) - removed
 
-    runtime.save_cell(sub, str(tmp_path / "sub.ckpt"))
+    save_cell(sub, str(tmp_path / "sub.ckpt"))
     sub.config.to_json_file(str(tmp_path / "config.json"))
-    cfg = runtime.load_bert_config(str(tmp_path / "config.json"), "config")
-    reloaded = runtime.build_classifier(cfg, "dense")
-    runtime.load_into(reloaded, str(tmp_path / "sub.ckpt"), "sub", strict=True)
+    cfg = load_bert_config(str(tmp_path / "config.json"), "config")
+    reloaded = build_classifier(cfg, "dense")
+    load_into(reloaded, str(tmp_path / "sub.ckpt"), "sub", strict=True)
     net = LogitsOnly(reloaded)
     net.set_train(False)
     got = net(*ins).asnumpy()
@@ -120,19 +121,19 @@ def test_sliced_submodel_is_smaller_matches_the_view_reloads_and_exports(tmp_pat
     np.testing.assert_allclose(graph(*ins).asnumpy(), expected, atol=1e-5, rtol=0)
     # a full-size model cannot take the sliced checkpoint: strict loading names the mismatch
     with pytest.raises(UserError, match="query.weight"):
-        runtime.load_into(_model(), str(tmp_path / "sub.ckpt"), "sub", strict=True)
+        load_into(_model(), str(tmp_path / "sub.ckpt"), "sub", strict=True)
 
 
 def test_slice_checkpoint_file_level(tmp_path):
     m = _model(2)
-    runtime.save_cell(m, str(tmp_path / "supernet.ckpt"))
+    save_cell(m, str(tmp_path / "supernet.ckpt"))
     TINY.to_json_file(str(tmp_path / "config.json"))
     ckpt, conf = slice_checkpoint(str(tmp_path / "supernet.ckpt"), str(tmp_path / "config.json"), 0.75,
                                   str(tmp_path / "out"))
     cfg = BertConfig.from_json_file(conf)
     assert cfg.layer_num_heads == [3, 3] and cfg.layer_intermediate_sizes == [18, 18]
-    sub = runtime.build_classifier(cfg, "dense")
-    runtime.load_into(sub, ckpt, "sliced", strict=True)
+    sub = build_classifier(cfg, "dense")
+    load_into(sub, ckpt, "sliced", strict=True)
     np.testing.assert_array_equal(sub.bert.encoder[0].attention.value.weight.asnumpy(),
                                   m.bert.encoder[0].attention.value.weight.asnumpy()[:12])
     np.testing.assert_array_equal(sub.bert.encoder[1].ffn.output_dense.weight.asnumpy(),
@@ -149,12 +150,12 @@ def test_slice_checkpoint_file_level(tmp_path):
 def test_slice_keeps_the_supernets_head_type(tmp_path):
     """A relu_pooler supernet (its checkpoint records the head) slices into a relu_pooler sub-model whose
     checkpoint records it too, so export.py rebuilds the ReLU; an explicit other head is refused."""
-    m = runtime.build_classifier(TINY, "relu_pooler")
-    runtime.save_cell(m, str(tmp_path / "supernet.ckpt"))
+    m = build_classifier(TINY, "relu_pooler")
+    save_cell(m, str(tmp_path / "supernet.ckpt"))
     TINY.to_json_file(str(tmp_path / "config.json"))
     ckpt, _ = slice_checkpoint(str(tmp_path / "supernet.ckpt"), str(tmp_path / "config.json"), 0.5,
                                str(tmp_path / "out"))
-    assert runtime.checkpoint_head_type(ckpt) == "relu_pooler"
+    assert checkpoint_head_type(ckpt) == "relu_pooler"
     with pytest.raises(UserError, match="--head_type dense: checkpoint .* was saved with head_type relu_pooler"):
         slice_checkpoint(str(tmp_path / "supernet.ckpt"), str(tmp_path / "config.json"), 0.5,
                          str(tmp_path / "out2"), head_type="dense")
@@ -324,21 +325,21 @@ def test_sampled_width_step_builds_one_step_per_subset_and_shares_it():
         built.append(FakeStep(subset))
         return built[-1]
 
-    done = [0]                                               # the Trainer's steps-done counter
-    step = SampledWidthStep(make, n=4, k=3, seed=0, steps_done=lambda: done[0])
+    done = StepCounter()                                     # the Trainer's steps-done counter
+    step = SampledWidthStep(make, n=4, k=3, seed=0, counter=done)
     for _ in range(30):
         loss, parts, norm = step("batch")
-        done[0] += 1
+        done.value += 1
         assert loss == 3.0 and parts == (3.0,)
     assert sorted(s.subset for s in built) == [(0, 1, 3), (0, 2, 3)]      # each subset compiled once
     assert sum(s.calls for s in built) == 30 and all(s.mode is True for s in built)
     first = list(used)
     used.clear()
-    done[0] = 17                                             # a resumed run: the sequence goes on from step 17
-    resumed = SampledWidthStep(make, n=4, k=3, seed=0, steps_done=lambda: done[0])
+    done.value = 17                                          # a resumed run: the sequence goes on from step 17
+    resumed = SampledWidthStep(make, n=4, k=3, seed=0, counter=done)
     for _ in range(13):
         resumed("batch")
-        done[0] += 1
+        done.value += 1
     assert used == first[17:]
 
 
@@ -372,7 +373,7 @@ def test_depth_view_slices_to_a_shallower_model_and_the_loss_maps_kept_layers(tm
     ins = _inputs(batch)
     spec = width_spec(deep, 0.5, 0.5)                                     # layers 0 and 2, 2 heads, 12 neurons
     assert spec.layers == (0, 2)
-    view = ViewLogits(WidthView(student, spec))
+    view = LogitsOnly(WidthView(student, spec))
     view.set_train(False)
     expected = view(*ins).asnumpy()
 
@@ -382,10 +383,10 @@ def test_depth_view_slices_to_a_shallower_model_and_the_loss_maps_kept_layers(tm
         slice_to_width(student, 0.5).bert.encoder[1])                     # two of four half-width layers gone
     np.testing.assert_array_equal(sub.bert.encoder[1].attention.query.weight.asnumpy(),
                                   student.bert.encoder[2].attention.query.weight.asnumpy()[:8])  # renumbered
-    runtime.save_cell(sub, str(tmp_path / "sub.ckpt"))
+    save_cell(sub, str(tmp_path / "sub.ckpt"))
     sub.config.to_json_file(str(tmp_path / "config.json"))
-    reloaded = runtime.build_classifier(runtime.load_bert_config(str(tmp_path / "config.json"), "c"), "dense")
-    runtime.load_into(reloaded, str(tmp_path / "sub.ckpt"), "sub", strict=True)
+    reloaded = build_classifier(load_bert_config(str(tmp_path / "config.json"), "c"), "dense")
+    load_into(reloaded, str(tmp_path / "sub.ckpt"), "sub", strict=True)
     net = LogitsOnly(reloaded)
     net.set_train(False)
     np.testing.assert_allclose(net(*ins).asnumpy(), expected, atol=1e-5, rtol=0)

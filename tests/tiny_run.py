@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+from src.checkpoint import save_cell
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -84,10 +85,9 @@ def classifier_teacher(ws: dict) -> str:
     path = os.path.join(ws["root"], "model", "classifier.ckpt")
     if not os.path.exists(path):
         import mindspore as ms
-        from src import runtime
         from src.tinybert_model import BertConfig, BertForSequenceClassification
         ms.set_seed(3)
-        runtime.save_cell(BertForSequenceClassification(BertConfig(**TINY).replace(initializer_range=0.2)), path)
+        save_cell(BertForSequenceClassification(BertConfig(**TINY).replace(initializer_range=0.2)), path)
     return path
 
 
@@ -124,7 +124,7 @@ def gd_overrides(ws: dict, **extra) -> dict:
 
 
 def gd_args(ws: dict, out: str, batch: int = 4, **extra) -> list:
-    return cli(gd_overrides(ws, output_dir=out, **{"train.batch_size": batch, "train.epochs": 1, "optim.lr": 0.005,
+    return cli(gd_overrides(ws, output_dir=out, **{"train.batch_size": batch, "train.epochs": 1, "train.lr": 0.005,
                                                    "log_every": 4, "checkpoint.every_steps": 0, **extra}))
 
 

@@ -1,4 +1,4 @@
-"""Convert BERT weights between Hugging Face and MindSpore (the name map is `NAME_MAP` in src/checkpoint.py).
+"""Convert BERT weights between Hugging Face and MindSpore (the name map is `NAME_MAP` in src/hf_checkpoint.py).
 
 HF -> MindSpore (writes the .ckpt and a config.json beside it):
     python tools/convert_checkpoint.py --direction hf2ms --input <HF dir | model.safetensors | pytorch_model.bin> \\
@@ -42,7 +42,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not os.path.exists(args.input):
         raise UserError(f"--input '{args.input}' does not exist")
-    from src.checkpoint import hf_dir_to_ms, ms_to_hf
+    from src.hf_checkpoint import hf_dir_to_ms, ms_to_hf
     if args.direction == "hf2ms":
         if os.path.isdir(args.output) or not args.output.endswith(".ckpt"):
             raise UserError(f"--output '{args.output}': expected the path of a .ckpt file to write")
@@ -63,7 +63,7 @@ def main(argv=None):
               f"-> {res['output']}; config {res['config_out']}")
         if res["per_layer_sizes"]:
             print("note: the config has per-layer head/FFN sizes, which HF transformers' BertModel cannot build; "
-                  "the files load with this project's src.checkpoint.load_hf_into")
+                  "the files load with this project's src.hf_checkpoint.load_hf_into")
     if not res["report"].ok:
         print(f"left out: {res['report'].problems()}")
     return 0

@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.errors import UserError, run_main  # noqa: E402
+from src.tasks import task_from_config
 
 START, END = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
 
@@ -32,11 +33,10 @@ def best_eval(run_dir):
 def main_metric(run_dir):
     """The metric the run's eval records call `best` (its task's main metric: acc, f1, mcc, ...)."""
     from src.config import load_config
-    from src import runtime
     path = os.path.join(run_dir, "config_resolved.yaml")
     if not os.path.exists(path):
         raise UserError(f"{path} missing: run that phase first")
-    return runtime.task_from_config(load_config(path, ["--config_path", path])).main_metric
+    return task_from_config(load_config(path, ["--config_path", path])).main_metric
 
 
 def train_seconds(run_dir):

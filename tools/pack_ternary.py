@@ -22,6 +22,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.errors import UserError, run_main  # noqa: E402
+from src.dataset import load_eval_sets
+from src.tasks import task_from_config
 
 
 def parse_args(argv=None):
@@ -104,7 +106,7 @@ def main(argv=None):
     if not args.run_dir:
         raise UserError("--run_dir: required (a run_ternary.py output folder), or use --report")
     from src.config import load_config
-    from src import ternary
+    from src.runs import ternary
     cfg_path = os.path.join(args.run_dir, "config_resolved.yaml")
     if not os.path.isfile(cfg_path):
         raise UserError(f"{cfg_path} missing: expected the run's resolved config (student.head_type, "
@@ -115,10 +117,10 @@ def main(argv=None):
     if args.int8 and "ONNX" not in args.export:
         raise UserError("--int8 rewrites the ONNX export: give --export ONNX")
     if args.eval or args.export:
-        from src import runtime
-        runtime.init_context(cfg.device_target, cfg.mode, cfg.threads, False)
-        task = runtime.task_from_config(cfg)
-        eval_sets = runtime.load_eval_sets(cfg, task) if args.eval else None
+        from src.runtime import init_context
+        init_context(cfg.device_target, cfg.mode, cfg.threads, False)
+        task = task_from_config(cfg)
+        eval_sets = load_eval_sets(cfg, task) if args.eval else None
     out = args.out or os.path.join(args.run_dir, "model.tpack" if args.codec == "2bit" else "model_base3.tpack")
     result = ternary.pack_run(args.run_dir, args.codec, max_pos, cfg.student.head_type, eval_sets=eval_sets,
                               eval_batch=cfg.eval.batch_size, task=task, fp32_ckpt=args.fp32_ckpt, out_path=out)

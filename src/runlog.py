@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from src.fileio import atomic_json
+
 
 class RunLog:
     def __init__(self, out_dir: str, rank: int = 0, echo: bool = True):
@@ -95,9 +97,5 @@ def write_manifest(out_dir: str, config: dict, seed: int, extra: dict = None) ->
     }
     if extra:
         manifest.update(extra)
-    path = os.path.join(out_dir, "manifest.json")
-    tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    path = atomic_json(os.path.join(out_dir, "manifest.json"), manifest, sort_keys=True)
     return path

@@ -1,0 +1,120 @@
+"""Training and evaluation batches from record arrays.
+
+- One length-bucket rule (`length_buckets_of`, `bucket_of`): rows are grouped by their real length into buckets (each
+  bucket trims the padding columns to its length, so a short batch costs a short batch; each bucket is one compiled
+  graph). Padded positions are masked in the model and the losses.
+- `ArrayBatcher`: in-memory training batches, reshuffled every epoch with a seeded generator. Data parallel: the
+  GLOBAL batches (batch_size x world rows) are formed identically on every rank and rank r takes rows r::world of
+  each, so every rank runs the same number of steps with the same bucket length (no collective hang) and N workers
+  at batch b see exactly what 1 worker sees at batch N*b.
+- `DatasetBatcher`: the same interface over a streamed MindSpore dataset (large corpora).
+"""
+import math
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import mindspore as ms
+
+from src.errors import UserError
+
+SEQ_COLUMNS = ("input_ids", "input_mask", "segment_ids")
+MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask")
+
+
+def length_buckets_of(seq_len: int, buckets: Optional[Sequence[int]]) -> list:
+    """The sorted bucket lengths in use: the configured ones up to `seq_len`, and `seq_len` itself (so every row
+    has a bucket). None or [] = one bucket at `seq_len`."""
+    return sorted(set(int(b) for b in (buckets or [seq_len]) if int(b) <= seq_len) | {seq_len})
+
+
+def bucket_of(input_mask: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
+    """Index into `buckets` of each row: the shortest bucket that holds the row's real tokens."""
+    return np.searchsorted(np.asarray(buckets), input_mask.sum(axis=1), side="left")
+
+
+class ArrayBatcher:
+    def __init__(self, arrays: Dict[str, np.ndarray], batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_remainder: bool = True, rank: int = 0, world: int = 1,
+                 length_buckets: Optional[Sequence[int]] = None, batch_key: str = "train.batch_size"):
+        self.arrays = arrays
+        n = len(next(iter(arrays.values())))
+        self.indices = np.arange(n)
+        self.batch_size = batch_size            # per worker
+        self.rank, self.world = rank, world
+        self.global_batch = batch_size * world
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_remainder = drop_remainder
+        if world > 1 and not drop_remainder:
+            raise ValueError("data-parallel batches need drop_remainder=True (equal rows on every rank)")
+        seq_len = arrays["input_ids"].shape[1]
+        buckets = length_buckets_of(seq_len, length_buckets)
+        self.buckets = buckets
+        self.bucket_of = bucket_of(arrays["input_mask"], buckets)
+        if n < self.global_batch and drop_remainder:
+            raise UserError(f"training set has {n} rows, fewer than one batch ({batch_size} x {world} "
+                            f"worker(s)): lower {batch_key} or add data")
+        if drop_remainder and len(self) == 0:        # each length bucket drops its own remainder
+            counts = [int((self.bucket_of == b).sum()) for b in range(len(buckets))]
+            raise UserError(f"training set has {n} rows but no length bucket holds a full batch ({batch_size} x "
+                            f"{world} worker(s)); rows per bucket {dict(zip(buckets, counts))}: lower {batch_key} "
+                            f"or use fewer data.length_buckets")
+
+    def __len__(self):
+        total = 0
+        for b in range(len(self.buckets)):
+            k = int((self.bucket_of == b).sum())
+            total += k // self.global_batch if self.drop_remainder else math.ceil(k / self.global_batch)
+        return total
+
+    def epoch(self, epoch: int):
+        rng = np.random.default_rng([self.seed, epoch])
+        batches = []
+        for b, length in enumerate(self.buckets):
+            idx = self.indices[self.bucket_of == b]
+            if self.shuffle:
+                idx = rng.permutation(idx)
+            stop = (len(idx) // self.global_batch) * self.global_batch if self.drop_remainder else len(idx)
+            for s in range(0, stop, self.global_batch):
+                batches.append((length, idx[s:s + self.global_batch]))
+        if self.shuffle:
+            order = rng.permutation(len(batches))
+            batches = [batches[i] for i in order]
+        for length, idx in batches:
+            idx = idx[self.rank::self.world]
+            yield {k: (v[idx, :length] if k in SEQ_COLUMNS else v[idx]) for k, v in self.arrays.items()}
+
+
+def to_tensors(batch: dict, names: Sequence[str]):
+    out = []
+    for n in names:
+        v = batch[n]
+        dtype = ms.float32 if v.dtype.kind == "f" else ms.int32
+        out.append(ms.Tensor(v, dtype))
+    return out
+
+
+class DatasetBatcher:
+    """Streams batches from a MindSpore dataset (large general-distillation corpora) with the same interface
+    as ArrayBatcher. One iterator spans all epochs so MindSpore reshuffles between epochs."""
+
+    def __init__(self, dataset, epochs: int):
+        self.dataset = dataset
+        self.epochs = epochs
+        self._it = None
+        self._size = dataset.get_dataset_size()
+        self._next_epoch = 1
+
+    def __len__(self):
+        return self._size
+
+    def epoch(self, epoch: int):
+        if self._it is None:
+            self._it = self.dataset.create_dict_iterator(num_epochs=self.epochs, output_numpy=True)
+        while self._next_epoch < epoch:          # resumed run: read past earlier epochs to get epoch's order
+            for _ in range(self._size):
+                next(self._it)
+            self._next_epoch += 1
+        self._next_epoch = epoch + 1
+        for _ in range(self._size):
+            yield next(self._it)

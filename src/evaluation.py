@@ -1,0 +1,67 @@
+"""Evaluation: logits for every row in order, metrics on the run's eval splits, the teacher's own score.
+
+Eval sets are never shuffled and never dropped: fixed-size batches, the last one padded with zero rows that are
+sliced off again.
+"""
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from src.batching import MODEL_INPUTS, bucket_of, length_buckets_of, to_tensors
+
+
+def predict(logits_fn, arrays: Dict[str, np.ndarray], batch_size: int,
+            length_buckets: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Logits for every row in order: fixed batch shape, last batch padded with zero rows, then sliced off.
+
+    With `length_buckets` (e.g. the training buckets) rows are grouped by length and each group runs with its
+    padding columns trimmed to the bucket length (one compiled graph per bucket): same logits up to float
+    rounding (padding is masked), at a fraction of the cost when most rows are short."""
+    n = len(arrays["input_ids"])
+    if length_buckets:
+        seq_len = arrays["input_ids"].shape[1]
+        buckets = length_buckets_of(seq_len, length_buckets)
+        which = bucket_of(arrays["input_mask"], buckets)
+        out = None
+        for b, length in enumerate(buckets):
+            idx = np.flatnonzero(which == b)
+            if len(idx):
+                part = predict(logits_fn, {k: arrays[k][idx, :length] for k in MODEL_INPUTS}, batch_size)
+                out = np.zeros((n,) + part.shape[1:], part.dtype) if out is None else out
+                out[idx] = part
+        return out
+    outs = []
+    for s in range(0, n, batch_size):
+        batch = {k: arrays[k][s:s + batch_size] for k in MODEL_INPUTS}
+        real = len(batch["input_ids"])
+        if real < batch_size:
+            batch = {k: np.concatenate([v, np.zeros((batch_size - real,) + v.shape[1:], v.dtype)])
+                     for k, v in batch.items()}
+            batch["input_mask"][real:, 0] = 1     # keep padded rows well-defined (one visible token)
+        out = logits_fn(*to_tensors(batch, MODEL_INPUTS))
+        outs.append(out.asnumpy()[:real])
+    return np.concatenate(outs)
+
+
+def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size: int, task) -> Dict[str, float]:
+    """Metrics on every eval split (MNLI: dev_matched and dev_mismatched, prefixed 'mm_' for the second)."""
+    from src.metrics import compute_metrics
+    results = {}
+    for i, (split, arrays) in enumerate(eval_sets.items()):
+        logits = predict(logits_fn, arrays, batch_size)
+        m = compute_metrics(task, logits, arrays["label_ids"].reshape(-1))
+        prefix = "" if i == 0 else "mm_" if split == "dev_mismatched" else f"{split}_"
+        results.update({prefix + k: v for k, v in m.items()})
+    return results
+
+
+def teacher_baseline(teacher, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size: int, task, log) -> dict:
+    """The fine-tuned teacher's own score before training, logged and recorded as `teacher_eval` (the reference
+    of the ternary and width tables: tools/pack_ternary.py, tools/readme_results.py)."""
+    from src.tinybert_model import LogitsOnly
+    net = LogitsOnly(teacher)
+    net.set_train(False)
+    metrics = evaluate(net, eval_sets, batch_size, task)
+    log.info("teacher fp32 " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()))
+    log.record("teacher_eval", **metrics)
+    return metrics
