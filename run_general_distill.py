@@ -15,8 +15,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "confi
 
 def main(argv=None):
     from src.config import load_config, save_resolved
+    cfg = load_config(DEFAULT_CONFIG, argv)               # config errors before MindSpore is imported
     from src import general_distill
-    cfg = load_config(DEFAULT_CONFIG, argv)
     return general_distill.run(cfg, save_resolved)
 
 

@@ -6,6 +6,8 @@ the file (bool, int, float, str, list, or null = anything). There is no second l
 the file cannot be silently overridden after it is read. `--config_path other.yaml` picks another file and
 `--help` lists every key with its current value.
 
+Keys that moved (MOVED_KEYS) are one error naming their new place, in a file or on the command line.
+
 YAML is read with two fixes over PyYAML's 1.1 rules: only true/false (any case) are booleans (`yes`, `no`,
 `on`, `off` stay strings) and `1e-5` is a float. A quoted "true"/"false" in the file is rejected.
 """
@@ -25,6 +27,15 @@ from src.errors import UserError
 _BOOL_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
 _BOOL_RE = re.compile(r"^(?:true|false)$", re.IGNORECASE)
 _EXP_FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+# Keys that moved to another section with the same meaning: a file or a --flag that still holds the old key is one
+# error naming the new key (the run would otherwise fail later on an unknown key, or silently ignore it).
+MOVED_KEYS = {
+    "optim.lr": "train.lr",
+    "optim.warmup_ratio": "train.warmup_ratio",
+}
+_MISSING = object()
 
 
 class _Loader(yaml.SafeLoader):
@@ -139,11 +150,34 @@ def _check(label, value, default, raw=None):
     raise bad(type(default).__name__)
 
 
+def _lookup(data: dict, key: str):
+    """The value at dotted `key` of nested `data`, or _MISSING."""
+    node = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _moved(key: str, known) -> tuple:
+    """(message start, new keys) for a key of MOVED_KEYS, in a config whose dotted keys are `known`. Where the new
+    key does not exist (a config with one schedule section per phase), the keys with the same name stand in."""
+    new = MOVED_KEYS[key]
+    leaf = new.rsplit(".", 1)[-1]
+    targets = [new] if new in known else [k for k in known if k.rsplit(".", 1)[-1] == leaf] or [new]
+    return f"{key} moved to {', '.join(targets)}", targets
+
+
 def _set(data: dict, key: str, value, label: str, raw=None):
     """Set dotted `key` in nested `data` after checking `value` against the value already there."""
     parts, node = key.split("."), data
     for i, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
+            if key in MOVED_KEYS:
+                text, targets = _moved(key, list(_keys(data)))
+                flags = " or ".join(f"--{t}" for t in targets)
+                raise UserError(f"{text}: pass {flags} instead of --{key}")
             raise UserError(f"{label}: unknown key{_suggest(data, key)}")
         if i < len(parts) - 1:
             node = node[part]
@@ -235,6 +269,18 @@ def _reject_string_bools(data: dict, path: str, prefix=""):
                             f"write a real boolean: {v.lower()} (unquoted)")
 
 
+def _reject_moved(data: dict, path: str, default_yaml_path: str):
+    """One error for the first old key of MOVED_KEYS the file holds, naming the new key in this file's (or the
+    default file's) schema."""
+    for old in MOVED_KEYS:
+        if _lookup(data, old) is not _MISSING:
+            known = set(_keys(data))
+            if os.path.abspath(path) != os.path.abspath(default_yaml_path) and os.path.isfile(default_yaml_path):
+                known |= set(_keys(_read_yaml(default_yaml_path)))
+            text, _ = _moved(old, sorted(known - set(MOVED_KEYS)))
+            raise UserError(f"{text}: rename it in config file '{path}'")
+
+
 def _help_comments(path: str) -> dict:
     """Dotted key -> comment at the end of its line (best effort: block-style mappings only)."""
     comments, stack = {}, []
@@ -257,6 +303,7 @@ def load_config(default_yaml_path: str, argv=None) -> Config:
     path, want_help, items = _parse_argv(argv)
     path = path or default_yaml_path
     data = _read_yaml(path)
+    _reject_moved(data, path, default_yaml_path)
     for key, tokens in items:
         node = data
         for part in key.split(".")[:-1]:

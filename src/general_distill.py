@@ -64,7 +64,7 @@ def _run(cfg, save_resolved):
     total = len(batcher) * cfg.train.epochs
     if cfg.train.max_steps:
         total = min(total, cfg.train.max_steps)
-    lr = WarmupLinearDecayLR(cfg.optim.lr, total, int(total * cfg.optim.warmup_ratio), cfg.optim.end_lr)
+    lr = WarmupLinearDecayLR(cfg.train.lr, total, int(total * cfg.train.warmup_ratio), cfg.optim.end_lr)
     opt = build_optimizer(loss_net.trainable_params(), lr, cfg.optim.weight_decay, cfg.optim.eps)
     try:
         step = TrainStep(loss_net, opt, cfg.optim.clip_norm, cfg.optim.clip_mode, cfg.optim.loss_scale,

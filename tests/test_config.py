@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -6,6 +8,11 @@ import yaml
 
 from src.config import Config, load_config, save_resolved
 from src.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# shipped config -> its entry script and the sections holding a training schedule
+SHIPPED = {"gd": ("run_general_distill.py", ["train"]), "td_mr": ("run_task_distill.py", ["finetune", "td1", "td2"]),
+           "ternary_mr": ("run_ternary.py", ["train"]), "ofa_mr": ("run_ofa_width.py", ["train"])}
 
 BASE = """\
 seed: 1                  # random seed
@@ -188,3 +195,51 @@ def test_help_lists_keys(base, capsys):
     out = capsys.readouterr().out
     assert "--train.batch_size = 8  # per device" in out
     assert "--train.deep.level = 3" in out and "--layer_map = null" in out
+
+
+def shipped(name):
+    return os.path.join(ROOT, "configs", f"{name}.yaml")
+
+
+def run_entry(script, args, env=None):
+    """An entry script as users run it (config errors come before MindSpore is imported: fast)."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def one_error(res):
+    """The single ERROR line of a failed entry script (exit 2, no traceback)."""
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(errors) == 1, res.stderr[-3000:]
+    return errors[0]
+
+
+def test_one_schedule_schema_and_optimizer_keys():
+    """Every config: epochs, batch_size, lr, warmup_ratio, max_steps under each phase key; optim: the same
+    optimizer keys everywhere, no schedule keys."""
+    optim = None
+    for name, (_, phases) in SHIPPED.items():
+        cfg = load_config(shipped(name), [])
+        for phase in phases:
+            assert {"epochs", "batch_size", "lr", "warmup_ratio", "max_steps"} <= set(cfg[phase]), (name, phase)
+        assert set(cfg.optim) == {"weight_decay", "eps", "end_lr", "clip_norm", "clip_mode", "loss_scale"}, name
+        optim = optim or set(cfg.optim)
+        assert set(cfg.optim) == optim
+
+
+def test_moved_key_is_one_error_naming_the_new_key(tmp_path):
+    gd = shipped("gd")
+    assert load_config(gd, ["--train.lr", "1e-4"]).train.lr == 1e-4
+    assert error(gd, ["--optim.lr", "1e-4"]) == "optim.lr moved to train.lr: pass --train.lr instead of --optim.lr"
+    assert error(gd, ["--optim.warmup_ratio=0"]).startswith("optim.warmup_ratio moved to train.warmup_ratio")
+    assert error(shipped("td_mr"), ["--optim.lr", "1e-4"]).startswith(
+        "optim.lr moved to finetune.lr, td1.lr, td2.lr")                   # one schedule per phase there
+    old = tmp_path / "old_gd.yaml"                                         # a config written before the move
+    old.write_text(open(gd).read().replace("optim:\n", "optim:\n  lr: 0.0001\n"))
+    assert error(gd, ["--config_path", str(old)]) == f"optim.lr moved to train.lr: rename it in config file '{old}'"
+
+
+def test_moved_key_from_the_entry_script(tmp_path):
+    res = run_entry("run_general_distill.py", ["--optim.lr", "1e-4", "--output_dir", tmp_path / "out"])
+    assert one_error(res).startswith("ERROR: optim.lr moved to train.lr")
+    assert not (tmp_path / "out").exists()

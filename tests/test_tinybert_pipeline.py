@@ -80,7 +80,7 @@ def pipeline(tmp_path_factory):
         "--teacher.config", str(pre / "config.json"), "--teacher.ckpt", str(pre / "bert.ckpt"),
         "--student.arch.num_hidden_layers", "2", "--student.arch.hidden_size", "32",
         "--student.arch.num_attention_heads", "2", "--student.arch.intermediate_size", "64",
-        "--student.init", "random", "--optim.lr", "0.002", "--train.epochs", "3", "--train.batch_size", "32",
+        "--student.init", "random", "--train.lr", "0.002", "--train.epochs", "3", "--train.batch_size", "32",
         "--output_dir", f"{out}/gd", "--log_every", "4", "--seed", "7"])
     td1 = ["--phase", "td1", "--td1.epochs", "3", "--td1.lr", "0.002", "--td1.batch_size", "32"]
     run_task_distill.main(td1 + common)

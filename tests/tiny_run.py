@@ -124,7 +124,7 @@ def gd_overrides(ws: dict, **extra) -> dict:
 
 
 def gd_args(ws: dict, out: str, batch: int = 4, **extra) -> list:
-    return cli(gd_overrides(ws, output_dir=out, **{"train.batch_size": batch, "train.epochs": 1, "optim.lr": 0.005,
+    return cli(gd_overrides(ws, output_dir=out, **{"train.batch_size": batch, "train.epochs": 1, "train.lr": 0.005,
                                                    "log_every": 4, "checkpoint.every_steps": 0, **extra}))
 
 
