@@ -697,7 +697,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     def make_step(idx):
         try:
             return TrainStep(loss_cell(idx), opt, cfg.optim.clip_norm, cfg.optim.clip_mode,
-                             data_parallel=cfg.distributed)
+                             cfg.optim.loss_scale, data_parallel=cfg.distributed)
         except ValueError as e:
             raise UserError(str(e)) from None
 
@@ -758,7 +758,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
                       cfg.train.epochs, lr.value, cfg.log_every, eval_fn=eval_fn, main_metric=main,
                       eval_every=cfg.eval.every, save_best=save_best, save_last=save_last, is_main=is_main,
                       max_steps=cfg.train.max_steps, state=train_state, resume=resume,
-                      extra_state=(get_extra, set_extra))
+                      extra_state=(get_extra, set_extra), overflow_skips=cfg.optim.loss_scale != 1.0)
     result = trainer.fit()
     if not is_main:
         log.close()
