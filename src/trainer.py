@@ -247,10 +247,10 @@ class StateOf(nn.Cell):
 
 
 def train_state_from_config(cfg, step_cell, out_dir: str, is_main: bool, buffers: Sequence[str] = ()):
-    """(TrainState, resume) from the `checkpoint: {every_steps, keep_last}` and `resume` keys (absent keys: no
-    periodic state, no resume). States live in <out_dir>/state/."""
-    ck = cfg.get("checkpoint", None) or {}
-    every, keep, resume = ck.get("every_steps", 0), ck.get("keep_last", 1), cfg.get("resume", False)
+    """(TrainState, resume) from the `checkpoint: {every_steps, keep_last}` and `resume` keys (every config has
+    them). States live in <out_dir>/state/."""
+    ck = cfg.checkpoint
+    every, keep, resume = ck.every_steps, ck.keep_last, cfg.resume
     for name, value, typ in (("checkpoint.every_steps", every, int), ("checkpoint.keep_last", keep, int),
                              ("resume", resume, bool)):
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):

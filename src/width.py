@@ -622,7 +622,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     task = runtime.task_from_config(cfg)
     tcfg = runtime.load_bert_config(cfg.teacher.config, "teacher.config", num_labels=task.num_labels,
                                     fused_cpu_kernels=runtime.fused_kernels(cfg))
-    specs = parse_width_list(cfg.width_mult_list, tcfg, depths=list(cfg.get("depth_mult_list", None) or [1.0]))
+    specs = parse_width_list(cfg.width_mult_list, tcfg, depths=list(cfg.depth_mult_list))
     if cfg.train.sample_widths < 0:
         raise UserError(f"train.sample_widths: expected 0 (all widths) or a count >= 1, got {cfg.train.sample_widths}")
     if cfg.loss.soft_ce_reduction not in losses.SOFT_CE_REDUCTIONS:
@@ -649,7 +649,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
     init = cfg.supernet.init_ckpt or cfg.teacher.ckpt
     runtime.load_into(model, init, "supernet.init_ckpt", strict=True)
     log.info(f"supernet initialised from {init}; teacher {cfg.teacher.ckpt}; params {count_params(model)}")
-    if cfg.eval.get("teacher_baseline", False) and is_main:     # the reference the width table is read against
+    if cfg.eval.teacher_baseline and is_main:     # the reference the width table is read against
         teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log)
 
     # ---- importance on the TRAINING split, fresh gradients per batch, then rewiring

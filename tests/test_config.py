@@ -243,3 +243,29 @@ def test_moved_key_from_the_entry_script(tmp_path):
     res = run_entry("run_general_distill.py", ["--optim.lr", "1e-4", "--output_dir", tmp_path / "out"])
     assert one_error(res).startswith("ERROR: optim.lr moved to train.lr")
     assert not (tmp_path / "out").exists()
+
+
+def test_yaml_is_the_only_list_of_defaults():
+    """No `.get(key, default)` on a config in src/ (a second default beside the YAML's), and the dataclasses the
+    runs fill from a config section default to the shipped YAML's values (QuantConfig.activation_clip was 2.5,
+    ternary_mr.yaml says 0.0)."""
+    import glob
+    import inspect
+    import re
+    from dataclasses import asdict
+    for path in set(glob.glob(os.path.join(ROOT, "src", "*.py"))) - {os.path.join(ROOT, "src", "config.py")}:
+        for n, line in enumerate(open(path, encoding="utf-8"), 1):
+            assert not re.search(r"\bcfg(\.\w+)*\.get\(", line), f"{path}:{n}: {line.strip()}"
+    from src import task_distill, ternary
+    from src.distill import DistillLossConfig
+    from src.quant import QuantConfig
+    from src.width import MultiWidthDistillLoss
+    ternary_cfg = load_config(shipped("ternary_mr"), [])
+    assert ternary.quant_config(ternary_cfg) == QuantConfig()
+    for name in ("td_mr", "ternary_mr"):
+        assert asdict(task_distill.loss_config(load_config(shipped(name), []))) == asdict(DistillLossConfig()), name
+    gd_loss = load_config(shipped("gd"), []).loss.to_dict()
+    assert {k: asdict(DistillLossConfig())[k] for k in gd_loss} == gd_loss
+    params = inspect.signature(MultiWidthDistillLoss).parameters
+    ofa_loss = load_config(shipped("ofa_mr"), []).loss.to_dict()
+    assert {k: params[k].default for k in ofa_loss} == ofa_loss
