@@ -6,13 +6,17 @@ the file (bool, int, float, str, list, or null = anything). There is no second l
 the file cannot be silently overridden after it is read. `--config_path other.yaml` picks another file and
 `--help` lists every key with its current value.
 
-Keys that moved (MOVED_KEYS) are one error naming their new place, in a file or on the command line.
+Keys that moved (MOVED_KEYS) are one error naming their new place, in a file or on the command line. Old
+spellings (DEPRECATED_KEYS, DEPRECATED_VALUES) are translated as the file and the flags are read, with one
+`WARNING:` line each, so the run only sees the new names. Then every value is checked against RULES (one error
+naming the key and what it allows), before anything is written.
 
 YAML is read with two fixes over PyYAML's 1.1 rules: only true/false (any case) are booleans (`yes`, `no`,
 `on`, `off` stay strings) and `1e-5` is a float. A quoted "true"/"false" in the file is rejected.
 """
 import copy
 import difflib
+import fnmatch
 import json
 import os
 import re
@@ -35,7 +39,33 @@ MOVED_KEYS = {
     "optim.lr": "train.lr",
     "optim.warmup_ratio": "train.warmup_ratio",
 }
+# Old spellings still read, with one WARNING line on stderr; the run only sees the new ones.
+# Renamed keys: old key -> (new key in the same section, {old value: new value}).
+DEPRECATED_KEYS = {
+    "loss.mask_padding": ("loss.padding", {True: "valid", False: "anchor"}),
+}
+# Renamed values of a key: key -> {old value: new value}.
+DEPRECATED_VALUES = {
+    "loss.soft_ce_reduction": {"ce": "row_mean", "mean": "element_mean"},
+}
 _MISSING = object()
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _one_of(*allowed):
+    return lambda v, section, data: v in allowed, " or ".join(allowed)
+
+
+# Value rules, checked on every config after the overrides: (dotted-key patterns (fnmatch), test(value, its
+# section, the whole config) -> bool, what the key allows, as the error says it). The first rule whose pattern
+# matches a key decides; a key matching none is free; null values are not checked.
+RULES = [
+    (("loss.padding",), *_one_of("valid", "anchor")),
+    (("loss.soft_ce_reduction",), *_one_of("row_mean", "element_mean")),
+]
 
 
 class _Loader(yaml.SafeLoader):
@@ -281,6 +311,79 @@ def _reject_moved(data: dict, path: str, default_yaml_path: str):
             raise UserError(f"{text}: rename it in config file '{path}'")
 
 
+def _warn(message: str):
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def _yaml_text(value) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def _new_value(label: str, value, values: dict):
+    """The new spelling of a deprecated key's value (`values`: old -> new), or UserError naming the old values."""
+    for old, new in values.items():
+        if type(value) is type(old) and value == old:
+            return new
+    raise UserError(f"{label}: expected {' or '.join(_yaml_text(v) for v in values)}, got {value!r}")
+
+
+def _put(data: dict, key: str, value, rename_to: str = None):
+    """Set the existing dotted `key` to `value`; with `rename_to` (a key of the same section) under that name, at
+    the same place in its section (a resolved file keeps the YAML's order)."""
+    *parents, leaf = key.split(".")
+    section = data
+    for part in parents:
+        section = section[part]
+    new_leaf = rename_to.rsplit(".", 1)[-1] if rename_to else leaf
+    items = list(section.items())
+    section.clear()
+    for k, v in items:
+        section[new_leaf if k == leaf else k] = value if k == leaf else v
+
+
+def _translate_deprecated(data: dict, path: str):
+    """Old spellings in a config file -> the new ones, one WARNING line each."""
+    for old, (new, values) in DEPRECATED_KEYS.items():
+        value = _lookup(data, old)
+        if value is _MISSING:
+            continue
+        if _lookup(data, new) is not _MISSING:
+            raise UserError(f"config file '{path}' holds both {old} (deprecated) and {new}: keep {new} only")
+        mapped = _new_value(f"config file '{path}': {old}", value, values)
+        _put(data, old, mapped, rename_to=new)
+        _warn(f"{old} is deprecated; use {new}: {mapped} (config file '{path}')")
+    for key, values in DEPRECATED_VALUES.items():
+        value = _lookup(data, key)
+        if isinstance(value, str) and value in values:
+            _put(data, key, values[value])
+            _warn(f"{key}: {value} is deprecated; use {key}: {values[value]} (config file '{path}')")
+
+
+def _leaves(data: dict, prefix: str = ""):
+    """(dotted key, value, its section) of every value of nested `data`."""
+    for k, v in data.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v, data
+
+
+def _validate(data: dict):
+    """UserError for the first value a RULES entry refuses, naming the key and what it allows."""
+    for key, value, section in _leaves(data):
+        rule = next((r for r in RULES if any(fnmatch.fnmatchcase(key, p) for p in r[0])), None)
+        if rule is None or value is None:
+            continue
+        _, test, allowed = rule
+        try:
+            ok = bool(test(value, section, data))
+        except (TypeError, KeyError):
+            ok = False
+        if not ok:
+            allowed = allowed(section, data) if callable(allowed) else allowed
+            raise UserError(f"{key} is {json.dumps(value, default=str)}; expected {allowed}")
+
+
 def _help_comments(path: str) -> dict:
     """Dotted key -> comment at the end of its line (best effort: block-style mappings only)."""
     comments, stack = {}, []
@@ -304,12 +407,24 @@ def load_config(default_yaml_path: str, argv=None) -> Config:
     path = path or default_yaml_path
     data = _read_yaml(path)
     _reject_moved(data, path, default_yaml_path)
+    _translate_deprecated(data, path)
     for key, tokens in items:
+        if key in DEPRECATED_KEYS and _lookup(data, key) is _MISSING:
+            new, values = DEPRECATED_KEYS[key]
+            value, raw = _parse_value(f"--{key}", tokens, next(iter(values)))
+            mapped = _new_value(f"--{key}", value, values)
+            _warn(f"--{key} {raw} is deprecated; use --{new} {mapped}")
+            _set(data, new, mapped, f"--{new}")
+            continue
         node = data
         for part in key.split(".")[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         default = node.get(key.rsplit(".", 1)[-1]) if isinstance(node, dict) else None
         value, raw = _parse_value(f"--{key}", tokens, default)
+        old_values = DEPRECATED_VALUES.get(key, {})
+        if isinstance(value, str) and value in old_values:
+            _warn(f"--{key} {value} is deprecated; use --{key} {old_values[value]}")
+            value = raw = old_values[value]
         _set(data, key, value, f"--{key}", raw)
     if want_help:
         comments = _help_comments(path)
@@ -321,6 +436,7 @@ def load_config(default_yaml_path: str, argv=None) -> Config:
             note = f"  # {comments[key]}" if key in comments else ""
             print(f"  --{key} = {json.dumps(value, default=str)}{note}")
         sys.exit(0)
+    _validate(data)
     return Config(data)
 
 

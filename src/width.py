@@ -435,7 +435,7 @@ class MultiWidthDistillLoss(nn.Cell):
     (width-matched teacher). Returns (loss, per-width losses)."""
 
     def __init__(self, model: BertForSequenceClassification, teacher: nn.Cell, specs: Sequence[WidthSpec],
-                 lambda1: float = 1.0, lambda2: float = 0.1, soft_ce_reduction: str = "ce",
+                 lambda1: float = 1.0, lambda2: float = 0.1, soft_ce_reduction: str = "row_mean",
                  temperature: float = 1.0, regression: bool = False, mask_padding: bool = True,
                  teacher_views: Optional[Sequence[nn.Cell]] = None, data_parallel: bool = False):
         super().__init__()
@@ -684,7 +684,7 @@ def run_ofa(cfg, out_dir: str, save_resolved):
         tv = [teacher_views[i] for i in idx] if teacher_views else None
         return MultiWidthDistillLoss(model, teacher, [specs[i] for i in idx], cfg.loss.lambda1, cfg.loss.lambda2,
                                      cfg.loss.soft_ce_reduction, cfg.loss.temperature, regression,
-                                     cfg.loss.mask_padding, teacher_views=tv, data_parallel=cfg.distributed)
+                                     cfg.loss.padding == "valid", teacher_views=tv, data_parallel=cfg.distributed)
 
     batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
                            length_buckets=buckets)

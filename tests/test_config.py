@@ -268,4 +268,78 @@ def test_yaml_is_the_only_list_of_defaults():
     assert {k: asdict(DistillLossConfig())[k] for k in gd_loss} == gd_loss
     params = inspect.signature(MultiWidthDistillLoss).parameters
     ofa_loss = load_config(shipped("ofa_mr"), []).loss.to_dict()
+    ofa_loss["mask_padding"] = ofa_loss.pop("padding") == "valid"          # the loss cell takes the boolean
     assert {k: params[k].default for k in ofa_loss} == ofa_loss
+
+
+OLD_TD_LOSS = """\
+loss:
+  temperature: 1.0
+  soft_ce_reduction: mean
+  mask_padding: false
+  pred_weight: 1.0
+"""
+
+
+def warnings_of(capsys):
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("WARNING:")]
+
+
+def test_deprecated_flags_are_translated_with_one_warning(capsys):
+    td = shipped("td_mr")
+    cfg = load_config(td, ["--loss.mask_padding", "false", "--loss.soft_ce_reduction=ce"])
+    assert (cfg.loss.padding, cfg.loss.soft_ce_reduction) == ("anchor", "row_mean") and "mask_padding" not in cfg.loss
+    assert warnings_of(capsys) == ["WARNING: --loss.mask_padding false is deprecated; use --loss.padding anchor",
+                                   "WARNING: --loss.soft_ce_reduction ce is deprecated; use --loss.soft_ce_reduction "
+                                   "row_mean"]
+    assert load_config(td, ["--loss.mask_padding", "true", "--loss.soft_ce_reduction", "mean"]).loss.to_dict() \
+        == load_config(td, ["--loss.padding", "valid", "--loss.soft_ce_reduction", "element_mean"]).loss.to_dict()
+    capsys.readouterr()
+    cfg = load_config(shipped("ofa_mr"), ["--loss.padding", "anchor", "--loss.soft_ce_reduction", "element_mean"])
+    assert (cfg.loss.padding, cfg.loss.soft_ce_reduction) == ("anchor", "element_mean")
+    assert warnings_of(capsys) == []                                      # the new spelling: no warning
+
+
+def test_deprecated_spellings_in_a_file_are_translated_in_place(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text(OLD_TD_LOSS)
+    cfg = load_config(str(old), [])
+    assert cfg.loss.to_dict() == {"temperature": 1.0, "soft_ce_reduction": "element_mean", "padding": "anchor",
+                                  "pred_weight": 1.0}                     # same place in the section
+    assert list(cfg.loss) == ["temperature", "soft_ce_reduction", "padding", "pred_weight"]
+    assert warnings_of(capsys) == [
+        f"WARNING: loss.mask_padding is deprecated; use loss.padding: anchor (config file '{old}')",
+        f"WARNING: loss.soft_ce_reduction: mean is deprecated; use loss.soft_ce_reduction: element_mean "
+        f"(config file '{old}')"]
+    again = load_config(save_resolved(cfg, str(tmp_path / "run")), [])  # the resolved file has the new names
+    assert again == cfg and warnings_of(capsys) == []
+    assert load_config(str(old), ["--loss.padding", "valid"]).loss.padding == "valid"
+
+
+def test_wrong_values_of_renamed_keys_are_one_error(tmp_path):
+    td = shipped("td_mr")
+    assert error(td, ["--loss.mask_padding", "maybe"]) == "--loss.mask_padding: expected true or false, got 'maybe'"
+    assert error(td, ["--loss.padding", "all"]) == 'loss.padding is "all"; expected valid or anchor'
+    assert error(td, ["--loss.soft_ce_reduction", "sum"]) == \
+        'loss.soft_ce_reduction is "sum"; expected row_mean or element_mean'
+    bad = write(tmp_path, "bad.yaml", "loss:\n  mask_padding: 3\n")
+    assert error(bad, []) == f"config file '{bad}': loss.mask_padding: expected true or false, got 3"
+    both = write(tmp_path, "both.yaml", "loss:\n  mask_padding: true\n  padding: valid\n")
+    assert "both loss.mask_padding (deprecated) and loss.padding" in error(both, [])
+
+
+def test_renamed_loss_keys_reach_the_loss_cells():
+    """loss.padding valid/anchor is the loss cells' mask_padding True/False; soft CE reductions keep their math."""
+    from src.distill import DistillLossConfig
+    from src.task_distill import loss_config
+    td = shipped("td_mr")
+    assert loss_config(load_config(td, [])).mask_padding is True
+    assert loss_config(load_config(td, ["--loss.padding", "anchor"])).mask_padding is False
+    with pytest.raises(ValueError, match="loss.padding"):
+        DistillLossConfig(padding="all")
+
+
+def test_wrong_value_from_the_entry_script(tmp_path):
+    res = run_entry("run_ofa_width.py", ["--loss.soft_ce_reduction", "sum", "--output_dir", tmp_path / "out"])
+    assert one_error(res) == 'ERROR: loss.soft_ce_reduction is "sum"; expected row_mean or element_mean'
+    assert not (tmp_path / "out").exists()

@@ -258,7 +258,7 @@ def _td(pipeline, *extra):
     (["--layer_map.attention", "0", "9"], "layer_map.attention entries [9] out of range"),
     (["--layer_map.hidden", "0", "1"], "layer_map.hidden has 2 entries, expected student layers + 1"),
     (["--student.init", "teacher"], "student.init 'teacher': expected gd, teacher_layers or random"),
-    (["--loss.soft_ce_reduction", "sum"], "loss.soft_ce_reduction 'sum' not supported"),
+    (["--loss.soft_ce_reduction", "sum"], 'loss.soft_ce_reduction is "sum"; expected row_mean or element_mean'),
     (["--td1.cache_teacher_outputs", "true", "--td1.teacher_cache_max_gb", "0.001"],
      "td1.cache_teacher_outputs: the phase-1 teacher cache for 512 training rows needs 5.2 MB, more than td1"),
 ])
