@@ -59,12 +59,57 @@ def _one_of(*allowed):
     return lambda v, section, data: v in allowed, " or ".join(allowed)
 
 
+def _at_least(low):
+    return lambda v, section, data: _num(v) and v >= low, f">= {low}"
+
+
+def _above(low):
+    return lambda v, section, data: _num(v) and v > low, f"> {low}"
+
+
+def _within(low, high, open_low=False, open_high=False):
+    def test(v, section, data):
+        return _num(v) and (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+    return test, f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+
+
+def _buckets(v, section, data):
+    return isinstance(v, list) and all(_num(b) and 1 <= b <= section["max_seq_length"] for b in v)
+
+
+def _clip_norm(v, section, data):
+    return _num(v) and (v > 0 or section.get("clip_mode") == "none")
+
+
 # Value rules, checked on every config after the overrides: (dotted-key patterns (fnmatch), test(value, its
 # section, the whole config) -> bool, what the key allows, as the error says it). The first rule whose pattern
 # matches a key decides; a key matching none is free; null values are not checked.
 RULES = [
     (("loss.padding",), *_one_of("valid", "anchor")),
     (("loss.soft_ce_reduction",), *_one_of("row_mean", "element_mean")),
+    (("optim.clip_mode",), *_one_of("global", "per_tensor", "none")),
+    (("*batch_size",), *_at_least(1)),
+    (("lr", "*.lr"), *_above(0)),
+    (("*warmup_ratio",), *_within(0, 1)),
+    (("*epochs",), *_at_least(1)),              # max_steps only caps the steps: 0 epochs train none
+    (("*max_steps",), *_at_least(0)),           # 0 = all epochs
+    (("eval.every", "log_every", "checkpoint.every_steps"), *_at_least(0)),
+    (("checkpoint.keep_last",), *_at_least(1)),
+    (("threads",), *_at_least(0)),             # 0 = MindSpore's default
+    (("data.max_seq_length",), *_at_least(1)),
+    (("data.length_buckets",), _buckets, lambda section, data: "each bucket in [1, data.max_seq_length = "
+                                                              f"{section['max_seq_length']}]"),
+    (("*temperature",), *_above(0)),
+    (("*weight_decay", "*end_lr"), *_at_least(0)),
+    (("*.eps",), *_above(0)),
+    (("*clip_norm",), _clip_norm, "> 0 (optim.clip_mode none turns clipping off)"),
+    (("*loss_scale",), *_at_least(1)),
+    (("loss.*_weight", "loss.lambda1", "loss.lambda2"), *_at_least(0)),
+    (("quant.ema_decay",), *_within(0, 1, open_low=True, open_high=True)),
+    (("quant.weight_clip", "quant.activation_clip"), *_at_least(0)),      # 0 = no clip
+    (("quant.lat_iters",), *_at_least(1)),
+    (("importance.max_batches", "latency.runs", "train.sample_widths", "pack.max_positions"), *_at_least(0)),
+    (("*teacher_cache_max_gb",), *_above(0)),
 ]
 
 

@@ -1,3 +1,5 @@
+import fnmatch
+import json
 import os
 import subprocess
 import sys
@@ -343,3 +345,102 @@ def test_wrong_value_from_the_entry_script(tmp_path):
     res = run_entry("run_ofa_width.py", ["--loss.soft_ce_reduction", "sum", "--output_dir", tmp_path / "out"])
     assert one_error(res) == 'ERROR: loss.soft_ce_reduction is "sum"; expected row_mean or element_mean'
     assert not (tmp_path / "out").exists()
+
+
+# Every key a config.RULES entry checks in a shipped config -> a value out of its range. Each runs through the entry
+# script of the first shipped config holding the key (SHIPPED order).
+BAD_VALUES = {
+    "threads": -1, "checkpoint.every_steps": -1, "checkpoint.keep_last": 0, "data.max_seq_length": 0,
+    "data.length_buckets": [0, 64], "loss.attention_weight": -1, "loss.hidden_weight": -0.5, "loss.padding": "all",
+    "optim.weight_decay": -0.1, "optim.eps": 0, "optim.end_lr": -1e-5, "optim.clip_norm": 0,
+    "optim.clip_mode": "norm", "optim.loss_scale": 0.5, "train.epochs": 0, "train.batch_size": 0, "train.lr": -1,
+    "train.warmup_ratio": 1.5, "train.max_steps": -1, "log_every": -1,
+    "loss.pred_weight": -1, "loss.hard_label_weight": -1, "loss.temperature": 0, "loss.soft_ce_reduction": "sum",
+    "finetune.epochs": 0, "finetune.batch_size": -2, "finetune.lr": 0, "finetune.warmup_ratio": -0.1,
+    "finetune.max_steps": -5, "td1.epochs": -1, "td1.batch_size": 0, "td1.lr": -1e-4, "td1.warmup_ratio": 2,
+    "td1.max_steps": -1, "td1.teacher_cache_max_gb": 0, "td2.epochs": 0, "td2.batch_size": 0, "td2.lr": 0,
+    "td2.warmup_ratio": 1.01, "td2.max_steps": -1, "eval.batch_size": 0, "eval.every": -1,
+    "quant.weight_clip": -1, "quant.activation_clip": -0.5, "quant.ema_decay": 1.0, "quant.lat_iters": 0,
+    "pack.max_positions": -1, "importance.max_batches": -1, "importance.batch_size": 0, "train.sample_widths": -1,
+    "loss.lambda1": -1, "loss.lambda2": -0.1, "latency.batch_size": 0, "latency.runs": -1,
+}
+
+
+def validated_keys():
+    """(key, shipped config name) for every key of a shipped config that a RULES entry checks, first holder."""
+    from src.config import RULES
+    seen = {}
+    for name in SHIPPED:
+        data = load_config(shipped(name), []).to_dict()
+        stack = [("", data)]
+        while stack:
+            prefix, node = stack.pop()
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    stack.append((f"{prefix}{k}.", v))
+                elif any(fnmatch.fnmatchcase(prefix + k, p) for r in RULES for p in r[0]):
+                    seen.setdefault(prefix + k, name)
+    return seen
+
+
+def test_every_validated_key_has_a_bad_value_case():
+    assert sorted(validated_keys()) == sorted(BAD_VALUES)
+
+
+@pytest.mark.parametrize("key", sorted(BAD_VALUES))
+def test_out_of_range_value_is_one_error_before_any_output(key, tmp_path):
+    """The real entry script: exit 2, one ERROR line naming the key and its range, no traceback, no output dir."""
+    config = validated_keys()[key]
+    value = BAD_VALUES[key]
+    out = tmp_path / "out"
+    res = run_entry(SHIPPED[config][0], [f"--{key}", *(value if isinstance(value, list) else [value]),
+                                         "--output_dir", out])
+    line = one_error(res)
+    assert line.startswith(f"ERROR: {key} is ") and "; expected " in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("ternary_mr", ["--train.batch_size", "0"], "train.batch_size is 0; expected >= 1"),
+    ("ternary_mr", ["--train.lr", "-1"], "train.lr is -1.0; expected > 0"),
+    ("ternary_mr", ["--train.warmup_ratio", "1.5"], "train.warmup_ratio is 1.5; expected in [0, 1]"),
+    ("ternary_mr", ["--data.length_buckets", "32", "128"],
+     "data.length_buckets is [32, 128]; expected each bucket in [1, data.max_seq_length = 64]"),
+    ("td_mr", ["--data.max_seq_length", "16"],                            # its buckets go up to 64
+     "data.length_buckets is [24, 32, 48, 64]; expected each bucket in [1, data.max_seq_length = 16]"),
+    ("ternary_mr", ["--optim.clip_norm", "0"],
+     "optim.clip_norm is 0.0; expected > 0 (optim.clip_mode none turns clipping off)"),
+    ("ternary_mr", ["--quant.ema_decay", "0"], "quant.ema_decay is 0.0; expected in (0, 1)"),
+])
+def test_range_messages(name, argv, message):
+    assert error(shipped(name), argv) == message
+
+
+def test_values_at_the_edges_of_their_ranges_load():
+    cfg = load_config(shipped("ternary_mr"), [
+        "--train.warmup_ratio", "0", "--train.max_steps", "0", "--threads", "0", "--eval.every", "0",
+        "--checkpoint.every_steps", "0", "--optim.weight_decay", "0", "--optim.loss_scale", "1",
+        "--optim.clip_mode", "none", "--optim.clip_norm", "0", "--loss.hard_label_weight", "0",
+        "--data.length_buckets", "[]", "--quant.activation_clip", "0", "--pack.max_positions", "0"])
+    assert cfg.optim.clip_norm == 0.0 and cfg.data.length_buckets == []
+    assert load_config(shipped("ternary_mr"), ["--train.warmup_ratio", "1", "--data.length_buckets", "1", "64"])
+    assert load_config(shipped("td_mr"), ["--data.max_seq_length", "16", "--data.length_buckets", "8", "16"])
+
+
+def test_rule_choices_are_the_codes_choices():
+    from src import losses
+    from src.config import RULES
+    from src.distill import TrainStep
+
+    def choices(key):
+        rule = next(r for r in RULES if key in r[0])
+        return set(rule[2].split(" or "))
+    assert choices("loss.soft_ce_reduction") == set(losses.SOFT_CE_REDUCTIONS)
+    assert choices("loss.padding") == set(losses.PADDINGS)
+    assert choices("optim.clip_mode") == set(TrainStep.CLIP_MODES)
+
+
+def test_rules_apply_to_any_config_file(base):
+    assert load_config(base, ["--train.batch_size", "1"]).train.batch_size == 1
+    assert error(base, ["--train.batch_size", "0"]) == "train.batch_size is 0; expected >= 1"
+    assert error(base, ["--train.lr", "0"]) == "train.lr is 0.0; expected > 0"

@@ -246,6 +246,7 @@ def test_every_run_dir_has_its_manifest_and_resolved_config(pipeline):
 def _td(pipeline, *extra):
     out = pipeline["out"]
     base = ["--data.dir", os.path.join(os.path.dirname(out), "data"), "--data.max_seq_length", str(SEQ),
+            "--data.length_buckets", str(SEQ),
             "--teacher.config", os.path.join(os.path.dirname(out), "pretrained", "config.json"),
             "--teacher.ckpt", f"{out}/td/teacher/best.ckpt", "--student.config", f"{out}/gd/config.json",
             "--student.gd_ckpt", f"{out}/gd/student.ckpt", "--output_dir", f"{out}/bad"]
