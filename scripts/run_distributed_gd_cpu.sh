@@ -8,6 +8,7 @@
 # msrun's own logs (scheduler + one per worker): output/msrun_log/ (LOG_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export GLOG_v="${GLOG_v:-3}"      # MindSpore's C++ log: errors only unless set (GLOG_v=2: warnings)
 PYTHON=${PYTHON:-python}
 WORKER_NUM=${WORKER_NUM:-2}
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then WORKER_NUM=$1; shift; fi   # [WORKER_NUM] is optional
