@@ -84,3 +84,54 @@ def test_every_entry_point_sets_glog_v_before_mindspore(script, tmp_path):
         if imported == "True":                         # imported at module level: it must come after the line
             src = open(os.path.join(ROOT, script), encoding="utf-8").read()
             assert src.index('os.environ.setdefault("GLOG_v", "3")') < src.index("\nfrom src.")
+
+
+MSRUN = ("msrun GLOG_v=3 --worker_num={n} --local_worker_num={n} --master_addr=127.0.0.1 --master_port=8118 "
+         "--log_dir={log} --join=True --cluster_time_out=600 {script} --config_path {config} --distributed true "
+         "--device_target CPU --threads 1")
+
+
+@pytest.mark.parametrize("wrapper, args, calls", [
+    ("run_distributed_gd_cpu.sh", ["--train.max_steps", "5"],
+     [dict(n=2, script="run_general_distill.py", config="configs/gd.yaml", rest="--train.max_steps 5")]),
+    ("run_distributed_ternary_cpu.sh", ["3", "configs/ternary_mr.yaml", "--train.epochs", "2"],
+     [dict(n=3, script="run_ternary.py", config="configs/ternary_mr.yaml", rest="--train.epochs 2")]),
+    ("run_distributed_ofa_cpu.sh", [], [dict(n=2, script="run_ofa_width.py", config="configs/ofa_mr.yaml", rest="")]),
+    ("run_distributed_td_cpu.sh", ["2", "--phase", "finetune"],
+     [dict(n=2, script="run_task_distill.py", config="configs/td_mr.yaml", rest="--phase finetune")]),
+    ("run_distributed_td_cpu.sh", ["2", "--td1.max_steps", "3"],
+     [dict(n=2, script="run_task_distill.py", config="configs/td_mr.yaml", rest="--td1.max_steps 3 --phase td1",
+           log="output/msrun_log_td1"),
+      dict(n=2, script="run_task_distill.py", config="configs/td_mr.yaml", rest="--td1.max_steps 3 --phase td2",
+           log="output/msrun_log_td2")]),
+])
+def test_msrun_wrappers_launch_their_entry_script(tmp_path, wrapper, args, calls):
+    """run_distributed_{gd,ternary,ofa,td}_cpu.sh all go through scripts/msrun_cpu.sh: a stand-in msrun (found
+    beside PYTHON, as msrun_cpu.sh puts PYTHON's folder first on PATH) records the command line."""
+    python, log = fake_python(tmp_path)
+    env = user_env(PYTHON=python)
+    for k in ("WORKER_NUM", "MASTER_PORT", "LOG_DIR", "THREADS"):
+        env.pop(k, None)
+    res = subprocess.run(["bash", f"scripts/{wrapper}", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    expected = [(MSRUN.format(**{"log": "output/msrun_log", **c}) + " " + c["rest"]).rstrip() for c in calls]
+    assert log.read_text().splitlines() == expected
+
+
+@pytest.mark.parametrize("env_extra, args, message", [
+    ({}, ["configs/gd.yaml"], "ERROR: SCRIPT: set the entry script to launch"),
+    ({"SCRIPT": "run_nothing.py"}, ["configs/gd.yaml"], "ERROR: SCRIPT 'run_nothing.py' does not exist"),
+    ({"SCRIPT": "run_ternary.py"}, [], "ERROR: CONFIG: give the config file"),
+    ({"SCRIPT": "run_ternary.py"}, ["nope.yaml"], "ERROR: CONFIG 'nope.yaml' does not exist"),
+])
+def test_msrun_launcher_refuses_missing_script_or_config(tmp_path, env_extra, args, message):
+    python, log = fake_python(tmp_path)
+    env = user_env(PYTHON=python, **env_extra)
+    for k in ("SCRIPT", "DEFAULT_CONFIG"):
+        if k not in env_extra:
+            env.pop(k, None)
+    res = subprocess.run(["bash", "scripts/msrun_cpu.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and res.stderr.startswith(message), res.stderr
+    assert not log.exists()                                                # msrun never started
