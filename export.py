@@ -12,9 +12,12 @@ Inputs: input_ids, token_type_ids, input_mask (int32, [batch_size, seq_length], 
 [batch_size, num_labels]. Every export is reloaded and compared with the checkpoint before it is written.
 """
 import argparse
+import os
 import sys
 
 from src.errors import UserError, run_main
+
+os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
 
 def parse_args(argv):

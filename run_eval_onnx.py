@@ -8,10 +8,13 @@ export batch and sliced off). Usage:
 Prints `eval acc 0.xxxxxx | <file>` and the model-zoo line `============== acc is 0.xxxxxx`.
 """
 import argparse
+import os
 import sys
 
 from src.errors import UserError, run_main
 from src.dataset import load_split
+
+os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
 
 def parse_args(argv):

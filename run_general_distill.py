@@ -10,13 +10,14 @@ import sys
 
 from src.errors import run_main
 
+os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "gd.yaml")
 
 
 def main(argv=None):
     from src.config import load_config, save_resolved
+    cfg = load_config(DEFAULT_CONFIG, argv)               # config errors before MindSpore is imported
     from src.runs import general_distill
-    cfg = load_config(DEFAULT_CONFIG, argv)
     return general_distill.run(cfg, save_resolved)
 
 

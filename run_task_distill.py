@@ -14,6 +14,7 @@ import sys
 
 from src.errors import UserError, run_main
 
+os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "td_mr.yaml")
 PHASE_DIRS = {"finetune": "teacher", "td1": "td1", "td2": "td2", "eval": "eval"}
 

@@ -8,6 +8,7 @@
 # Env: PYTHON (default python), GD_DOCS (IMDB reviews to use, default 150).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export GLOG_v="${GLOG_v:-3}"      # MindSpore's C++ log: errors only unless set (GLOG_v=2: warnings)
 PYTHON=${PYTHON:-python}
 GD_DOCS=${GD_DOCS:-150}
 

@@ -7,6 +7,7 @@
 #   5. a teacher-vs-student table and "The best acc is X"  (tools/demo_report.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export GLOG_v="${GLOG_v:-3}"      # MindSpore's C++ log: errors only unless set (GLOG_v=2: warnings)
 PYTHON=${PYTHON:-python}
 start=$(date +%s)
 PYTHON=$PYTHON bash scripts/prepare_default.sh

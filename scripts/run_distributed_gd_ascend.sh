@@ -10,6 +10,7 @@
 # Tip (zoo README): export HCCL_CONNECT_TIMEOUT=600 against "connect p2p timeout".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export GLOG_v="${GLOG_v:-3}"      # MindSpore's C++ log: errors only unless set (GLOG_v=2: warnings)
 if [ $# -lt 3 ]; then
   echo "Usage: bash scripts/run_distributed_gd_ascend.sh DEVICE_NUM EPOCH_SIZE RANK_TABLE_FILE [CONFIG] [--key value ...]" >&2
   exit 2

@@ -8,18 +8,6 @@
 # msrun's own logs (scheduler + one per worker): output/msrun_log/ (LOG_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
-WORKER_NUM=${WORKER_NUM:-2}
-if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then WORKER_NUM=$1; shift; fi   # [WORKER_NUM] is optional
-CONFIG=${DEFAULT_CONFIG:-configs/gd.yaml}
-if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi
-SCRIPT=${SCRIPT:-run_general_distill.py}
-case "$WORKER_NUM" in ''|*[!0-9]*|0) echo "ERROR: WORKER_NUM '$WORKER_NUM': expected a positive integer" >&2; exit 2;; esac
-[ -f "$CONFIG" ] || { echo "ERROR: CONFIG '$CONFIG' does not exist" >&2; exit 2; }
-# msrun starts workers with the `python` found on PATH: make it ours
-PY_BIN=$(command -v "$PYTHON")
-export PATH="$(dirname "$PY_BIN"):$PATH"
-LOG_DIR=${LOG_DIR:-output/msrun_log}
-msrun --worker_num="$WORKER_NUM" --local_worker_num="$WORKER_NUM" --master_addr=127.0.0.1 \
-      --master_port="${MASTER_PORT:-8118}" --log_dir="$LOG_DIR" --join=True --cluster_time_out=600 \
-      "$SCRIPT" --config_path "$CONFIG" --distributed true --device_target CPU --threads "${THREADS:-1}" "$@"
+export GLOG_v="${GLOG_v:-3}"      # MindSpore's C++ log: errors only unless set (GLOG_v=2: warnings)
+export SCRIPT=run_general_distill.py DEFAULT_CONFIG=configs/gd.yaml
+exec bash scripts/msrun_cpu.sh "$@"

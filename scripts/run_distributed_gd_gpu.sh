@@ -10,6 +10,7 @@
 #   (mpirun as a GPU launcher does NOT work for CPU/mccl: see docs/distributed.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export GLOG_v="${GLOG_v:-3}"      # MindSpore's C++ log: errors only unless set (GLOG_v=2: warnings)
 if [ $# -lt 2 ]; then
   echo "Usage: bash scripts/run_distributed_gd_gpu.sh DEVICE_NUM EPOCH_SIZE [CONFIG] [--key value ...]" >&2; exit 2
 fi

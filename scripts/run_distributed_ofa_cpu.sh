@@ -7,5 +7,6 @@
 # Env: WORKER_NUM, MASTER_PORT, THREADS per worker, PYTHON, LOG_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export GLOG_v="${GLOG_v:-3}"      # MindSpore's C++ log: errors only unless set (GLOG_v=2: warnings)
 export SCRIPT=run_ofa_width.py DEFAULT_CONFIG=configs/ofa_mr.yaml
-exec bash scripts/run_distributed_gd_cpu.sh "$@"
+exec bash scripts/msrun_cpu.sh "$@"

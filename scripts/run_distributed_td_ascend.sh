@@ -5,6 +5,7 @@
 # --<phase>.max_steps N still caps the run). Same contract as run_distributed_gd_ascend.sh (LOG<rank_id>/, SERVER_ID).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export GLOG_v="${GLOG_v:-3}"      # MindSpore's C++ log: errors only unless set (GLOG_v=2: warnings)
 if [ $# -lt 3 ]; then
   echo "Usage: bash scripts/run_distributed_td_ascend.sh DEVICE_NUM EPOCH_SIZE RANK_TABLE_FILE [CONFIG] --phase PHASE [--key value ...]" >&2
   exit 2

@@ -6,14 +6,8 @@
 # Env: WORKER_NUM (default 2), MASTER_PORT (default 8118), THREADS per worker (default 1), PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORKER_NUM=${WORKER_NUM:-2}
-if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then WORKER_NUM=$1; shift; fi   # [WORKER_NUM] is optional
-CONFIG=configs/td_mr.yaml
-if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi
+export GLOG_v="${GLOG_v:-3}"      # MindSpore's C++ log: errors only unless set (GLOG_v=2: warnings)
 export SCRIPT=run_task_distill.py DEFAULT_CONFIG=configs/td_mr.yaml
-if printf '%s\n' "$@" | grep -qx -- "--phase"; then
-  bash scripts/run_distributed_gd_cpu.sh "$WORKER_NUM" "$CONFIG" "$@"
-else
-  LOG_DIR=${LOG_DIR:-output/msrun_log}_td1 bash scripts/run_distributed_gd_cpu.sh "$WORKER_NUM" "$CONFIG" --phase td1 "$@"
-  LOG_DIR=${LOG_DIR:-output/msrun_log}_td2 bash scripts/run_distributed_gd_cpu.sh "$WORKER_NUM" "$CONFIG" --phase td2 "$@"
-fi
+if printf '%s\n' "$@" | grep -qE -- "^--phase(=|$)"; then exec bash scripts/msrun_cpu.sh "$@"; fi
+LOG_DIR=${LOG_DIR:-output/msrun_log}_td1 bash scripts/msrun_cpu.sh "$@" --phase td1
+LOG_DIR=${LOG_DIR:-output/msrun_log}_td2 bash scripts/msrun_cpu.sh "$@" --phase td2

@@ -6,6 +6,7 @@
 # Output: output_dir from the config (default output/gd): log.txt, student.ckpt, config.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export GLOG_v="${GLOG_v:-3}"      # MindSpore's C++ log: errors only unless set (GLOG_v=2: warnings)
 PYTHON=${PYTHON:-python}
 CONFIG=configs/gd.yaml
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi      # [CONFIG] is optional before --key value

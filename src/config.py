@@ -6,11 +6,17 @@ the file (bool, int, float, str, list, or null = anything). There is no second l
 the file cannot be silently overridden after it is read. `--config_path other.yaml` picks another file and
 `--help` lists every key with its current value.
 
+Keys that moved (MOVED_KEYS) are one error naming their new place, in a file or on the command line. Old
+spellings (DEPRECATED_KEYS, DEPRECATED_VALUES) are translated as the file and the flags are read, with one
+`WARNING:` line each, so the run only sees the new names. Then every value is checked against RULES (one error
+naming the key and what it allows), before anything is written.
+
 YAML is read with two fixes over PyYAML's 1.1 rules: only true/false (any case) are booleans (`yes`, `no`,
 `on`, `off` stay strings) and `1e-5` is a float. A quoted "true"/"false" in the file is rejected.
 """
 import copy
 import difflib
+import fnmatch
 import json
 import os
 import re
@@ -25,6 +31,86 @@ from src.errors import UserError
 _BOOL_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
 _BOOL_RE = re.compile(r"^(?:true|false)$", re.IGNORECASE)
 _EXP_FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+# Keys that moved to another section with the same meaning: a file or a --flag that still holds the old key is one
+# error naming the new key (the run would otherwise fail later on an unknown key, or silently ignore it).
+MOVED_KEYS = {
+    "optim.lr": "train.lr",
+    "optim.warmup_ratio": "train.warmup_ratio",
+}
+# Old spellings still read, with one WARNING line on stderr; the run only sees the new ones.
+# Renamed keys: old key -> (new key in the same section, {old value: new value}).
+DEPRECATED_KEYS = {
+    "loss.mask_padding": ("loss.padding", {True: "valid", False: "anchor"}),
+}
+# Renamed values of a key: key -> {old value: new value}.
+DEPRECATED_VALUES = {
+    "loss.soft_ce_reduction": {"ce": "row_mean", "mean": "element_mean"},
+}
+_MISSING = object()
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _one_of(*allowed):
+    return lambda v, section, data: v in allowed, " or ".join(allowed)
+
+
+def _at_least(low):
+    return lambda v, section, data: _num(v) and v >= low, f">= {low}"
+
+
+def _above(low):
+    return lambda v, section, data: _num(v) and v > low, f"> {low}"
+
+
+def _within(low, high, open_low=False, open_high=False):
+    def test(v, section, data):
+        return _num(v) and (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+    return test, f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+
+
+def _buckets(v, section, data):
+    return isinstance(v, list) and all(_num(b) and 1 <= b <= section["max_seq_length"] for b in v)
+
+
+def _clip_norm(v, section, data):
+    return _num(v) and (v > 0 or section.get("clip_mode") == "none")
+
+
+# Value rules, checked on every config after the overrides: (dotted-key patterns (fnmatch), test(value, its
+# section, the whole config) -> bool, what the key allows, as the error says it). The first rule whose pattern
+# matches a key decides; a key matching none is free; null values are not checked.
+RULES = [
+    (("loss.padding",), *_one_of("valid", "anchor")),
+    (("loss.soft_ce_reduction",), *_one_of("row_mean", "element_mean")),
+    (("optim.clip_mode",), *_one_of("global", "per_tensor", "none")),
+    (("*batch_size",), *_at_least(1)),
+    (("lr", "*.lr"), *_above(0)),
+    (("*warmup_ratio",), *_within(0, 1)),
+    (("*epochs",), *_at_least(1)),              # max_steps only caps the steps: 0 epochs train none
+    (("*max_steps",), *_at_least(0)),           # 0 = all epochs
+    (("eval.every", "log_every", "checkpoint.every_steps"), *_at_least(0)),
+    (("checkpoint.keep_last",), *_at_least(1)),
+    (("threads",), *_at_least(0)),             # 0 = MindSpore's default
+    (("data.max_seq_length",), *_at_least(1)),
+    (("data.length_buckets",), _buckets, lambda section, data: "each bucket in [1, data.max_seq_length = "
+                                                              f"{section['max_seq_length']}]"),
+    (("*temperature",), *_above(0)),
+    (("*weight_decay", "*end_lr"), *_at_least(0)),
+    (("*.eps",), *_above(0)),
+    (("*clip_norm",), _clip_norm, "> 0 (optim.clip_mode none turns clipping off)"),
+    (("*loss_scale",), *_at_least(1)),
+    (("loss.*_weight", "loss.lambda1", "loss.lambda2"), *_at_least(0)),
+    (("quant.ema_decay",), *_within(0, 1, open_low=True, open_high=True)),
+    (("quant.weight_clip", "quant.activation_clip"), *_at_least(0)),      # 0 = no clip
+    (("quant.lat_iters",), *_at_least(1)),
+    (("importance.max_batches", "latency.runs", "train.sample_widths", "pack.max_positions"), *_at_least(0)),
+    (("*teacher_cache_max_gb",), *_above(0)),
+]
 
 
 class _Loader(yaml.SafeLoader):
@@ -139,11 +225,34 @@ def _check(label, value, default, raw=None):
     raise bad(type(default).__name__)
 
 
+def _lookup(data: dict, key: str):
+    """The value at dotted `key` of nested `data`, or _MISSING."""
+    node = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _moved(key: str, known) -> tuple:
+    """(message start, new keys) for a key of MOVED_KEYS, in a config whose dotted keys are `known`. Where the new
+    key does not exist (a config with one schedule section per phase), the keys with the same name stand in."""
+    new = MOVED_KEYS[key]
+    leaf = new.rsplit(".", 1)[-1]
+    targets = [new] if new in known else [k for k in known if k.rsplit(".", 1)[-1] == leaf] or [new]
+    return f"{key} moved to {', '.join(targets)}", targets
+
+
 def _set(data: dict, key: str, value, label: str, raw=None):
     """Set dotted `key` in nested `data` after checking `value` against the value already there."""
     parts, node = key.split("."), data
     for i, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
+            if key in MOVED_KEYS:
+                text, targets = _moved(key, list(_keys(data)))
+                flags = " or ".join(f"--{t}" for t in targets)
+                raise UserError(f"{text}: pass {flags} instead of --{key}")
             raise UserError(f"{label}: unknown key{_suggest(data, key)}")
         if i < len(parts) - 1:
             node = node[part]
@@ -235,6 +344,91 @@ def _reject_string_bools(data: dict, path: str, prefix=""):
                             f"write a real boolean: {v.lower()} (unquoted)")
 
 
+def _reject_moved(data: dict, path: str, default_yaml_path: str):
+    """One error for the first old key of MOVED_KEYS the file holds, naming the new key in this file's (or the
+    default file's) schema."""
+    for old in MOVED_KEYS:
+        if _lookup(data, old) is not _MISSING:
+            known = set(_keys(data))
+            if os.path.abspath(path) != os.path.abspath(default_yaml_path) and os.path.isfile(default_yaml_path):
+                known |= set(_keys(_read_yaml(default_yaml_path)))
+            text, _ = _moved(old, sorted(known - set(MOVED_KEYS)))
+            raise UserError(f"{text}: rename it in config file '{path}'")
+
+
+def _warn(message: str):
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+
+
+def _yaml_text(value) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def _new_value(label: str, value, values: dict):
+    """The new spelling of a deprecated key's value (`values`: old -> new), or UserError naming the old values."""
+    for old, new in values.items():
+        if type(value) is type(old) and value == old:
+            return new
+    raise UserError(f"{label}: expected {' or '.join(_yaml_text(v) for v in values)}, got {value!r}")
+
+
+def _put(data: dict, key: str, value, rename_to: str = None):
+    """Set the existing dotted `key` to `value`; with `rename_to` (a key of the same section) under that name, at
+    the same place in its section (a resolved file keeps the YAML's order)."""
+    *parents, leaf = key.split(".")
+    section = data
+    for part in parents:
+        section = section[part]
+    new_leaf = rename_to.rsplit(".", 1)[-1] if rename_to else leaf
+    items = list(section.items())
+    section.clear()
+    for k, v in items:
+        section[new_leaf if k == leaf else k] = value if k == leaf else v
+
+
+def _translate_deprecated(data: dict, path: str):
+    """Old spellings in a config file -> the new ones, one WARNING line each."""
+    for old, (new, values) in DEPRECATED_KEYS.items():
+        value = _lookup(data, old)
+        if value is _MISSING:
+            continue
+        if _lookup(data, new) is not _MISSING:
+            raise UserError(f"config file '{path}' holds both {old} (deprecated) and {new}: keep {new} only")
+        mapped = _new_value(f"config file '{path}': {old}", value, values)
+        _put(data, old, mapped, rename_to=new)
+        _warn(f"{old} is deprecated; use {new}: {mapped} (config file '{path}')")
+    for key, values in DEPRECATED_VALUES.items():
+        value = _lookup(data, key)
+        if isinstance(value, str) and value in values:
+            _put(data, key, values[value])
+            _warn(f"{key}: {value} is deprecated; use {key}: {values[value]} (config file '{path}')")
+
+
+def _leaves(data: dict, prefix: str = ""):
+    """(dotted key, value, its section) of every value of nested `data`."""
+    for k, v in data.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v, data
+
+
+def _validate(data: dict):
+    """UserError for the first value a RULES entry refuses, naming the key and what it allows."""
+    for key, value, section in _leaves(data):
+        rule = next((r for r in RULES if any(fnmatch.fnmatchcase(key, p) for p in r[0])), None)
+        if rule is None or value is None:
+            continue
+        _, test, allowed = rule
+        try:
+            ok = bool(test(value, section, data))
+        except (TypeError, KeyError):
+            ok = False
+        if not ok:
+            allowed = allowed(section, data) if callable(allowed) else allowed
+            raise UserError(f"{key} is {json.dumps(value, default=str)}; expected {allowed}")
+
+
 def _help_comments(path: str) -> dict:
     """Dotted key -> comment at the end of its line (best effort: block-style mappings only)."""
     comments, stack = {}, []
@@ -257,12 +451,25 @@ def load_config(default_yaml_path: str, argv=None) -> Config:
     path, want_help, items = _parse_argv(argv)
     path = path or default_yaml_path
     data = _read_yaml(path)
+    _reject_moved(data, path, default_yaml_path)
+    _translate_deprecated(data, path)
     for key, tokens in items:
+        if key in DEPRECATED_KEYS and _lookup(data, key) is _MISSING:
+            new, values = DEPRECATED_KEYS[key]
+            value, raw = _parse_value(f"--{key}", tokens, next(iter(values)))
+            mapped = _new_value(f"--{key}", value, values)
+            _warn(f"--{key} {raw} is deprecated; use --{new} {mapped}")
+            _set(data, new, mapped, f"--{new}")
+            continue
         node = data
         for part in key.split(".")[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         default = node.get(key.rsplit(".", 1)[-1]) if isinstance(node, dict) else None
         value, raw = _parse_value(f"--{key}", tokens, default)
+        old_values = DEPRECATED_VALUES.get(key, {})
+        if isinstance(value, str) and value in old_values:
+            _warn(f"--{key} {value} is deprecated; use --{key} {old_values[value]}")
+            value = raw = old_values[value]
         _set(data, key, value, f"--{key}", raw)
     if want_help:
         comments = _help_comments(path)
@@ -274,6 +481,7 @@ def load_config(default_yaml_path: str, argv=None) -> Config:
             note = f"  # {comments[key]}" if key in comments else ""
             print(f"  --{key} = {json.dumps(value, default=str)}{note}")
         sys.exit(0)
+    _validate(data)
     return Config(data)
 
 

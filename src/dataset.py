@@ -405,6 +405,6 @@ def load_split(data_dir: str, split: str, dataset_type: str, seq_length: int, ta
 
 def load_eval_sets(cfg, task) -> Dict[str, Dict[str, np.ndarray]]:
     """The full eval split(s) of the run: the task's dev splits (MNLI: matched and mismatched) or cfg.eval.split."""
-    split = cfg.eval.get("split", "dev")                 # configs written before the key existed: the dev split(s)
+    split = cfg.eval.split
     splits = task.eval_splits if split == "dev" else (split,)
     return {s: load_split(cfg.data.dir, s, cfg.data.dataset_type, cfg.data.max_seq_length, task) for s in splits}

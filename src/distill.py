@@ -21,20 +21,26 @@ from src.errors import UserError
 @dataclass
 class DistillLossConfig:
     """Weights and conventions of the distillation losses. Defaults = TinyBERT anchors (unit weights, T=1,
-    soft CE mean over classes) except `mask_padding` (anchors: False)."""
+    soft CE mean over classes) except `padding` (anchors: anchor)."""
     attention_weight: float = 1.0
     hidden_weight: float = 1.0
     pred_weight: float = 1.0
     hard_label_weight: float = 0.0
     temperature: float = 1.0
-    soft_ce_reduction: str = "mean"
+    soft_ce_reduction: str = "element_mean"
     temperature_squared: bool = False
-    mask_padding: bool = True
+    padding: str = "valid"
+
+    @property
+    def mask_padding(self) -> bool:
+        return self.padding == "valid"
 
     def __post_init__(self):
         if self.soft_ce_reduction not in losses.SOFT_CE_REDUCTIONS:
             raise ValueError(f"loss.soft_ce_reduction '{self.soft_ce_reduction}' not supported: expected one of "
                              f"{losses.SOFT_CE_REDUCTIONS}")
+        if self.padding not in losses.PADDINGS:
+            raise ValueError(f"loss.padding '{self.padding}' not supported: expected one of {losses.PADDINGS}")
         if self.temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {self.temperature}")
 

@@ -2,15 +2,15 @@
 
 All functions are graph-mode safe (pure tensor ops). Conventions, stated once because peers differ silently:
 
-- attention_mse: MSE between pre-softmax attention scores (mask already added). `mask_padding=True` (default)
-  averages over valid (query, key) pairs only. `mask_padding=False` reproduces the TinyBERT / model-zoo anchors:
-  every entry <= -100 is replaced by 0 in both tensors, then a plain mean over B*H*S*S (padded query rows and the
-  keys' zeros count in the denominator).
+- attention_mse: MSE between pre-softmax attention scores (mask already added). `mask_padding=True` (default,
+  config `loss.padding: valid`) averages over valid (query, key) pairs only. `mask_padding=False` (`loss.padding:
+  anchor`) reproduces the TinyBERT / model-zoo anchors: every entry <= -100 is replaced by 0 in both tensors, then
+  a plain mean over B*H*S*S (padded query rows and the keys' zeros count in the denominator).
 - hidden_mse: MSE between (projected) student and teacher hidden states; `mask_padding` as above (anchors: all
   positions).
-- soft_cross_entropy: -softmax(t/T) . log_softmax(s/T). reduction "mean" = mean over all B*C elements (the
-  TinyBERT / TernaryBERT anchors; equals true CE / C); "ce" = mean over batch of the sum over classes (true CE,
-  DynaBERT / TextBrewer). No T^2 factor (as TinyBERT); say `temperature_squared: true` to add it.
+- soft_cross_entropy: -softmax(t/T) . log_softmax(s/T). reduction "element_mean" = mean over all B*C elements
+  (the TinyBERT / TernaryBERT anchors; equals true CE / C); "row_mean" = mean over batch of the sum over classes
+  (true CE, DynaBERT / TextBrewer). No T^2 factor (as TinyBERT); say `temperature_squared: true` to add it.
 - regression prediction loss: MSE between student and teacher outputs (not the gold label).
 - squares are `ops.square`, not `** 2`: MindSpore 2.10 lowers `** 2` to a Pow kernel, slower on CPU.
 - data parallelism: a masked mean is per rank (sum_r / n_r); `GlobalMaskCounts` gives the factors that make each
@@ -19,7 +19,8 @@ All functions are graph-mode safe (pure tensor ops). Conventions, stated once be
 import mindspore as ms
 from mindspore import nn, ops
 
-SOFT_CE_REDUCTIONS = ("mean", "ce")
+SOFT_CE_REDUCTIONS = ("element_mean", "row_mean")
+PADDINGS = ("valid", "anchor")              # loss.padding: valid = padding excluded, anchor = the anchors' masking
 
 
 def _valid_pairs(input_mask):
@@ -78,12 +79,12 @@ class GlobalMaskCounts(nn.Cell):
         return factors[0], factors[1]
 
 
-def soft_cross_entropy(student_logits, teacher_logits, temperature=1.0, reduction="mean",
+def soft_cross_entropy(student_logits, teacher_logits, temperature=1.0, reduction="element_mean",
                        temperature_squared=False):
     t_prob = ops.softmax(teacher_logits / temperature, axis=-1)
     s_logp = ops.log_softmax(student_logits / temperature, axis=-1)
     per_elem = -t_prob * s_logp
-    loss = per_elem.mean() if reduction == "mean" else per_elem.sum(axis=-1).mean()
+    loss = per_elem.mean() if reduction == "element_mean" else per_elem.sum(axis=-1).mean()
     if temperature_squared:
         loss = loss * (temperature * temperature)
     return loss

@@ -53,7 +53,7 @@ class QuantConfig:
     embedding_rowwise: bool = True      # ternary word embedding: one alpha per row (paper) or per tensor
     activation_mode: str = "sym"        # sym (PyTorch anchor) | asym (MindSpore anchor, EMA min/max)
     activation_scale: str = "dynamic"   # sym: dynamic (per batch) | ema (frozen at inference); asym is always ema
-    activation_clip: float = 2.5        # sym: clip to +-c before the max (0 = no clip)
+    activation_clip: float = 0.0        # sym: clip to +-c before the max (0 = no clip)
     ema_decay: float = 0.99
     lat_iters: int = 10
     roles: List[str] = field(default_factory=lambda: list(ROLES))

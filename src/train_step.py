@@ -71,7 +71,7 @@ class TrainStep(nn.Cell):
                  clip_mode: str = "global", loss_scale: float = 1.0, data_parallel: bool = False):
         super().__init__(auto_prefix=False)
         if clip_mode not in self.CLIP_MODES:
-            raise ValueError(f"train.clip_mode '{clip_mode}' not supported: expected one of {self.CLIP_MODES}")
+            raise ValueError(f"optim.clip_mode '{clip_mode}' not supported: expected one of {self.CLIP_MODES}")
         self.loss_net = loss_net
         self.optimizer = optimizer
         self.weights = optimizer.parameters

@@ -446,7 +446,7 @@ class MultiWidthDistillLoss(nn.Cell):
     (width-matched teacher). Returns (loss, per-width losses)."""
 
     def __init__(self, model: BertForSequenceClassification, teacher: nn.Cell, specs: Sequence[WidthSpec],
-                 lambda1: float = 1.0, lambda2: float = 0.1, soft_ce_reduction: str = "ce",
+                 lambda1: float = 1.0, lambda2: float = 0.1, soft_ce_reduction: str = "row_mean",
                  temperature: float = 1.0, regression: bool = False, mask_padding: bool = True,
                  teacher_views: Optional[Sequence[nn.Cell]] = None, data_parallel: bool = False):
         super().__init__()

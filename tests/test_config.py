@@ -1,4 +1,7 @@
+import fnmatch
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -6,6 +9,11 @@ import yaml
 
 from src.config import Config, load_config, save_resolved
 from src.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# shipped config -> its entry script and the sections holding a training schedule
+SHIPPED = {"gd": ("run_general_distill.py", ["train"]), "td_mr": ("run_task_distill.py", ["finetune", "td1", "td2"]),
+           "ternary_mr": ("run_ternary.py", ["train"]), "ofa_mr": ("run_ofa_width.py", ["train"])}
 
 BASE = """\
 seed: 1                  # random seed
@@ -188,3 +196,251 @@ def test_help_lists_keys(base, capsys):
     out = capsys.readouterr().out
     assert "--train.batch_size = 8  # per device" in out
     assert "--train.deep.level = 3" in out and "--layer_map = null" in out
+
+
+def shipped(name):
+    return os.path.join(ROOT, "configs", f"{name}.yaml")
+
+
+def run_entry(script, args, env=None):
+    """An entry script as users run it (config errors come before MindSpore is imported: fast)."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def one_error(res):
+    """The single ERROR line of a failed entry script (exit 2, no traceback)."""
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(errors) == 1, res.stderr[-3000:]
+    return errors[0]
+
+
+def test_one_schedule_schema_and_optimizer_keys():
+    """Every config: epochs, batch_size, lr, warmup_ratio, max_steps under each phase key; optim: the same
+    optimizer keys everywhere, no schedule keys."""
+    optim = None
+    for name, (_, phases) in SHIPPED.items():
+        cfg = load_config(shipped(name), [])
+        for phase in phases:
+            assert {"epochs", "batch_size", "lr", "warmup_ratio", "max_steps"} <= set(cfg[phase]), (name, phase)
+        assert set(cfg.optim) == {"weight_decay", "eps", "end_lr", "clip_norm", "clip_mode", "loss_scale"}, name
+        optim = optim or set(cfg.optim)
+        assert set(cfg.optim) == optim
+
+
+def test_moved_key_is_one_error_naming_the_new_key(tmp_path):
+    gd = shipped("gd")
+    assert load_config(gd, ["--train.lr", "1e-4"]).train.lr == 1e-4
+    assert error(gd, ["--optim.lr", "1e-4"]) == "optim.lr moved to train.lr: pass --train.lr instead of --optim.lr"
+    assert error(gd, ["--optim.warmup_ratio=0"]).startswith("optim.warmup_ratio moved to train.warmup_ratio")
+    assert error(shipped("td_mr"), ["--optim.lr", "1e-4"]).startswith(
+        "optim.lr moved to finetune.lr, td1.lr, td2.lr")                   # one schedule per phase there
+    old = tmp_path / "old_gd.yaml"                                         # a config written before the move
+    old.write_text(open(gd).read().replace("optim:\n", "optim:\n  lr: 0.0001\n"))
+    assert error(gd, ["--config_path", str(old)]) == f"optim.lr moved to train.lr: rename it in config file '{old}'"
+
+
+def test_moved_key_from_the_entry_script(tmp_path):
+    res = run_entry("run_general_distill.py", ["--optim.lr", "1e-4", "--output_dir", tmp_path / "out"])
+    assert one_error(res).startswith("ERROR: optim.lr moved to train.lr")
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_is_the_only_list_of_defaults():
+    """No `.get(key, default)` on a config in src/ (a second default beside the YAML's), and the dataclasses the
+    runs fill from a config section default to the shipped YAML's values (QuantConfig.activation_clip was 2.5,
+    ternary_mr.yaml says 0.0)."""
+    import glob
+    import inspect
+    import re
+    from dataclasses import asdict
+    for path in set(glob.glob(os.path.join(ROOT, "src", "**", "*.py"), recursive=True)) - {
+            os.path.join(ROOT, "src", "config.py")}:
+        for n, line in enumerate(open(path, encoding="utf-8"), 1):
+            assert not re.search(r"\bcfg(\.\w+)*\.get\(", line), f"{path}:{n}: {line.strip()}"
+    from src import ternary
+    from src.distill import DistillLossConfig, loss_config
+    from src.quant import QuantConfig
+    from src.width import MultiWidthDistillLoss
+    ternary_cfg = load_config(shipped("ternary_mr"), [])
+    assert ternary.quant_config(ternary_cfg) == QuantConfig()
+    for name in ("td_mr", "ternary_mr"):
+        assert asdict(loss_config(load_config(shipped(name), []))) == asdict(DistillLossConfig()), name
+    gd_loss = load_config(shipped("gd"), []).loss.to_dict()
+    assert {k: asdict(DistillLossConfig())[k] for k in gd_loss} == gd_loss
+    params = inspect.signature(MultiWidthDistillLoss).parameters
+    ofa_loss = load_config(shipped("ofa_mr"), []).loss.to_dict()
+    ofa_loss["mask_padding"] = ofa_loss.pop("padding") == "valid"          # the loss cell takes the boolean
+    assert {k: params[k].default for k in ofa_loss} == ofa_loss
+
+
+OLD_TD_LOSS = """\
+loss:
+  temperature: 1.0
+  soft_ce_reduction: mean
+  mask_padding: false
+  pred_weight: 1.0
+"""
+
+
+def warnings_of(capsys):
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("WARNING:")]
+
+
+def test_deprecated_flags_are_translated_with_one_warning(capsys):
+    td = shipped("td_mr")
+    cfg = load_config(td, ["--loss.mask_padding", "false", "--loss.soft_ce_reduction=ce"])
+    assert (cfg.loss.padding, cfg.loss.soft_ce_reduction) == ("anchor", "row_mean") and "mask_padding" not in cfg.loss
+    assert warnings_of(capsys) == ["WARNING: --loss.mask_padding false is deprecated; use --loss.padding anchor",
+                                   "WARNING: --loss.soft_ce_reduction ce is deprecated; use --loss.soft_ce_reduction "
+                                   "row_mean"]
+    assert load_config(td, ["--loss.mask_padding", "true", "--loss.soft_ce_reduction", "mean"]).loss.to_dict() \
+        == load_config(td, ["--loss.padding", "valid", "--loss.soft_ce_reduction", "element_mean"]).loss.to_dict()
+    capsys.readouterr()
+    cfg = load_config(shipped("ofa_mr"), ["--loss.padding", "anchor", "--loss.soft_ce_reduction", "element_mean"])
+    assert (cfg.loss.padding, cfg.loss.soft_ce_reduction) == ("anchor", "element_mean")
+    assert warnings_of(capsys) == []                                      # the new spelling: no warning
+
+
+def test_deprecated_spellings_in_a_file_are_translated_in_place(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text(OLD_TD_LOSS)
+    cfg = load_config(str(old), [])
+    assert cfg.loss.to_dict() == {"temperature": 1.0, "soft_ce_reduction": "element_mean", "padding": "anchor",
+                                  "pred_weight": 1.0}                     # same place in the section
+    assert list(cfg.loss) == ["temperature", "soft_ce_reduction", "padding", "pred_weight"]
+    assert warnings_of(capsys) == [
+        f"WARNING: loss.mask_padding is deprecated; use loss.padding: anchor (config file '{old}')",
+        f"WARNING: loss.soft_ce_reduction: mean is deprecated; use loss.soft_ce_reduction: element_mean "
+        f"(config file '{old}')"]
+    again = load_config(save_resolved(cfg, str(tmp_path / "run")), [])  # the resolved file has the new names
+    assert again == cfg and warnings_of(capsys) == []
+    assert load_config(str(old), ["--loss.padding", "valid"]).loss.padding == "valid"
+
+
+def test_wrong_values_of_renamed_keys_are_one_error(tmp_path):
+    td = shipped("td_mr")
+    assert error(td, ["--loss.mask_padding", "maybe"]) == "--loss.mask_padding: expected true or false, got 'maybe'"
+    assert error(td, ["--loss.padding", "all"]) == 'loss.padding is "all"; expected valid or anchor'
+    assert error(td, ["--loss.soft_ce_reduction", "sum"]) == \
+        'loss.soft_ce_reduction is "sum"; expected row_mean or element_mean'
+    bad = write(tmp_path, "bad.yaml", "loss:\n  mask_padding: 3\n")
+    assert error(bad, []) == f"config file '{bad}': loss.mask_padding: expected true or false, got 3"
+    both = write(tmp_path, "both.yaml", "loss:\n  mask_padding: true\n  padding: valid\n")
+    assert "both loss.mask_padding (deprecated) and loss.padding" in error(both, [])
+
+
+def test_renamed_loss_keys_reach_the_loss_cells():
+    """loss.padding valid/anchor is the loss cells' mask_padding True/False; soft CE reductions keep their math."""
+    from src.distill import DistillLossConfig
+    from src.distill import loss_config
+    td = shipped("td_mr")
+    assert loss_config(load_config(td, [])).mask_padding is True
+    assert loss_config(load_config(td, ["--loss.padding", "anchor"])).mask_padding is False
+    with pytest.raises(ValueError, match="loss.padding"):
+        DistillLossConfig(padding="all")
+
+
+def test_wrong_value_from_the_entry_script(tmp_path):
+    res = run_entry("run_ofa_width.py", ["--loss.soft_ce_reduction", "sum", "--output_dir", tmp_path / "out"])
+    assert one_error(res) == 'ERROR: loss.soft_ce_reduction is "sum"; expected row_mean or element_mean'
+    assert not (tmp_path / "out").exists()
+
+
+# Every key a config.RULES entry checks in a shipped config -> a value out of its range. Each runs through the entry
+# script of the first shipped config holding the key (SHIPPED order).
+BAD_VALUES = {
+    "threads": -1, "checkpoint.every_steps": -1, "checkpoint.keep_last": 0, "data.max_seq_length": 0,
+    "data.length_buckets": [0, 64], "loss.attention_weight": -1, "loss.hidden_weight": -0.5, "loss.padding": "all",
+    "optim.weight_decay": -0.1, "optim.eps": 0, "optim.end_lr": -1e-5, "optim.clip_norm": 0,
+    "optim.clip_mode": "norm", "optim.loss_scale": 0.5, "train.epochs": 0, "train.batch_size": 0, "train.lr": -1,
+    "train.warmup_ratio": 1.5, "train.max_steps": -1, "log_every": -1,
+    "loss.pred_weight": -1, "loss.hard_label_weight": -1, "loss.temperature": 0, "loss.soft_ce_reduction": "sum",
+    "finetune.epochs": 0, "finetune.batch_size": -2, "finetune.lr": 0, "finetune.warmup_ratio": -0.1,
+    "finetune.max_steps": -5, "td1.epochs": -1, "td1.batch_size": 0, "td1.lr": -1e-4, "td1.warmup_ratio": 2,
+    "td1.max_steps": -1, "td1.teacher_cache_max_gb": 0, "td2.epochs": 0, "td2.batch_size": 0, "td2.lr": 0,
+    "td2.warmup_ratio": 1.01, "td2.max_steps": -1, "eval.batch_size": 0, "eval.every": -1,
+    "quant.weight_clip": -1, "quant.activation_clip": -0.5, "quant.ema_decay": 1.0, "quant.lat_iters": 0,
+    "pack.max_positions": -1, "importance.max_batches": -1, "importance.batch_size": 0, "train.sample_widths": -1,
+    "loss.lambda1": -1, "loss.lambda2": -0.1, "latency.batch_size": 0, "latency.runs": -1,
+}
+
+
+def validated_keys():
+    """(key, shipped config name) for every key of a shipped config that a RULES entry checks, first holder."""
+    from src.config import RULES
+    seen = {}
+    for name in SHIPPED:
+        data = load_config(shipped(name), []).to_dict()
+        stack = [("", data)]
+        while stack:
+            prefix, node = stack.pop()
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    stack.append((f"{prefix}{k}.", v))
+                elif any(fnmatch.fnmatchcase(prefix + k, p) for r in RULES for p in r[0]):
+                    seen.setdefault(prefix + k, name)
+    return seen
+
+
+def test_every_validated_key_has_a_bad_value_case():
+    assert sorted(validated_keys()) == sorted(BAD_VALUES)
+
+
+@pytest.mark.parametrize("key", sorted(BAD_VALUES))
+def test_out_of_range_value_is_one_error_before_any_output(key, tmp_path):
+    """The real entry script: exit 2, one ERROR line naming the key and its range, no traceback, no output dir."""
+    config = validated_keys()[key]
+    value = BAD_VALUES[key]
+    out = tmp_path / "out"
+    res = run_entry(SHIPPED[config][0], [f"--{key}", *(value if isinstance(value, list) else [value]),
+                                         "--output_dir", out])
+    line = one_error(res)
+    assert line.startswith(f"ERROR: {key} is ") and "; expected " in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("ternary_mr", ["--train.batch_size", "0"], "train.batch_size is 0; expected >= 1"),
+    ("ternary_mr", ["--train.lr", "-1"], "train.lr is -1.0; expected > 0"),
+    ("ternary_mr", ["--train.warmup_ratio", "1.5"], "train.warmup_ratio is 1.5; expected in [0, 1]"),
+    ("ternary_mr", ["--data.length_buckets", "32", "128"],
+     "data.length_buckets is [32, 128]; expected each bucket in [1, data.max_seq_length = 64]"),
+    ("td_mr", ["--data.max_seq_length", "16"],                            # its buckets go up to 64
+     "data.length_buckets is [24, 32, 48, 64]; expected each bucket in [1, data.max_seq_length = 16]"),
+    ("ternary_mr", ["--optim.clip_norm", "0"],
+     "optim.clip_norm is 0.0; expected > 0 (optim.clip_mode none turns clipping off)"),
+    ("ternary_mr", ["--quant.ema_decay", "0"], "quant.ema_decay is 0.0; expected in (0, 1)"),
+])
+def test_range_messages(name, argv, message):
+    assert error(shipped(name), argv) == message
+
+
+def test_values_at_the_edges_of_their_ranges_load():
+    cfg = load_config(shipped("ternary_mr"), [
+        "--train.warmup_ratio", "0", "--train.max_steps", "0", "--threads", "0", "--eval.every", "0",
+        "--checkpoint.every_steps", "0", "--optim.weight_decay", "0", "--optim.loss_scale", "1",
+        "--optim.clip_mode", "none", "--optim.clip_norm", "0", "--loss.hard_label_weight", "0",
+        "--data.length_buckets", "[]", "--quant.activation_clip", "0", "--pack.max_positions", "0"])
+    assert cfg.optim.clip_norm == 0.0 and cfg.data.length_buckets == []
+    assert load_config(shipped("ternary_mr"), ["--train.warmup_ratio", "1", "--data.length_buckets", "1", "64"])
+    assert load_config(shipped("td_mr"), ["--data.max_seq_length", "16", "--data.length_buckets", "8", "16"])
+
+
+def test_rule_choices_are_the_codes_choices():
+    from src import losses
+    from src.config import RULES
+    from src.train_step import TrainStep
+
+    def choices(key):
+        rule = next(r for r in RULES if key in r[0])
+        return set(rule[2].split(" or "))
+    assert choices("loss.soft_ce_reduction") == set(losses.SOFT_CE_REDUCTIONS)
+    assert choices("loss.padding") == set(losses.PADDINGS)
+    assert choices("optim.clip_mode") == set(TrainStep.CLIP_MODES)
+
+
+def test_rules_apply_to_any_config_file(base):
+    assert load_config(base, ["--train.batch_size", "1"]).train.batch_size == 1
+    assert error(base, ["--train.batch_size", "0"]) == "train.batch_size is 0; expected >= 1"
+    assert error(base, ["--train.lr", "0"]) == "train.lr is 0.0; expected > 0"

@@ -45,17 +45,17 @@ def test_soft_cross_entropy_reductions_and_temperature():
     # teacher probs [0.25, 0.75]; student uniform -> -sum p log q = log 2
     s = T([[0.0, 0.0]])
     t = T([[0.0, math.log(3.0)]])
-    ce = float(losses.soft_cross_entropy(s, t, 1.0, "ce").asnumpy())
-    mean = float(losses.soft_cross_entropy(s, t, 1.0, "mean").asnumpy())
+    ce = float(losses.soft_cross_entropy(s, t, 1.0, "row_mean").asnumpy())
+    mean = float(losses.soft_cross_entropy(s, t, 1.0, "element_mean").asnumpy())
     assert ce == pytest.approx(math.log(2.0), rel=1e-5)
     assert mean == pytest.approx(math.log(2.0) / 2, rel=1e-5)       # anchors: mean over B*C = CE / C
     # T=2 on teacher logits [0, 2 log 3] gives the same teacher probs; student [0, 2 log 3]/2 = [0, log 3]
     s2 = T([[0.0, 2 * math.log(3.0)]])
     t2 = T([[0.0, 2 * math.log(3.0)]])
     ent = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
-    got = float(losses.soft_cross_entropy(s2, t2, 2.0, "ce").asnumpy())
+    got = float(losses.soft_cross_entropy(s2, t2, 2.0, "row_mean").asnumpy())
     assert got == pytest.approx(ent, rel=1e-5)
-    got_t2 = float(losses.soft_cross_entropy(s2, t2, 2.0, "ce", temperature_squared=True).asnumpy())
+    got_t2 = float(losses.soft_cross_entropy(s2, t2, 2.0, "row_mean", temperature_squared=True).asnumpy())
     assert got_t2 == pytest.approx(4 * ent, rel=1e-5)
 
 

@@ -247,6 +247,7 @@ def test_every_run_dir_has_its_manifest_and_resolved_config(pipeline):
 def _td(pipeline, *extra):
     out = pipeline["out"]
     base = ["--data.dir", os.path.join(os.path.dirname(out), "data"), "--data.max_seq_length", str(SEQ),
+            "--data.length_buckets", str(SEQ),
             "--teacher.config", os.path.join(os.path.dirname(out), "pretrained", "config.json"),
             "--teacher.ckpt", f"{out}/td/teacher/best.ckpt", "--student.config", f"{out}/gd/config.json",
             "--student.gd_ckpt", f"{out}/gd/student.ckpt", "--output_dir", f"{out}/bad"]
@@ -259,7 +260,7 @@ def _td(pipeline, *extra):
     (["--layer_map.attention", "0", "9"], "layer_map.attention entries [9] out of range"),
     (["--layer_map.hidden", "0", "1"], "layer_map.hidden has 2 entries, expected student layers + 1"),
     (["--student.init", "teacher"], "student.init 'teacher': expected gd, teacher_layers or random"),
-    (["--loss.soft_ce_reduction", "sum"], "loss.soft_ce_reduction 'sum' not supported"),
+    (["--loss.soft_ce_reduction", "sum"], 'loss.soft_ce_reduction is "sum"; expected row_mean or element_mean'),
     (["--td1.cache_teacher_outputs", "true", "--td1.teacher_cache_max_gb", "0.001"],
      "td1.cache_teacher_outputs: the phase-1 teacher cache for 512 training rows needs 5.2 MB, more than td1"),
 ])

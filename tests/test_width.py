@@ -254,7 +254,7 @@ def test_multi_width_loss_matches_numpy_and_trains_only_the_active_slice():
     batch = _batch(6)
     ins = _inputs(batch) + [ms.Tensor(batch["label_ids"])]
     specs = parse_width_list([1.0, 0.5], TINY)
-    loss_net = MultiWidthDistillLoss(student, teacher, specs, lambda1=1.0, lambda2=0.1, soft_ce_reduction="ce")
+    loss_net = MultiWidthDistillLoss(student, teacher, specs, lambda1=1.0, lambda2=0.1, soft_ce_reduction="row_mean")
     loss_net.set_train(False)
     total, parts = loss_net(*ins)
 
@@ -275,7 +275,7 @@ def test_multi_width_loss_matches_numpy_and_trains_only_the_active_slice():
     assert float(total.asnumpy()) == pytest.approx(sum(expected), rel=1e-5)
 
     # one SGD step on the 0.5 width only: leading heads/neurons move, the rest of the supernet does not
-    half = MultiWidthDistillLoss(student, teacher, specs[1:], soft_ce_reduction="ce")
+    half = MultiWidthDistillLoss(student, teacher, specs[1:], soft_ce_reduction="row_mean")
     q = student.bert.encoder[0].attention.query.weight
     w2 = student.bert.encoder[1].ffn.output_dense.weight
     q0, w20 = q.asnumpy().copy(), w2.asnumpy().copy()
@@ -293,7 +293,7 @@ def test_width_matched_teacher_uses_the_same_width():
     student, teacher = _model(8), _model(8)             # same weights: each width's hidden MSE must be 0
     batch = _batch(8)
     specs = parse_width_list([1.0, 0.5], TINY)
-    loss_net = MultiWidthDistillLoss(student, teacher, specs, lambda1=1.0, lambda2=0.1, soft_ce_reduction="ce",
+    loss_net = MultiWidthDistillLoss(student, teacher, specs, lambda1=1.0, lambda2=0.1, soft_ce_reduction="row_mean",
                                      teacher_views=[WidthView(teacher, s) for s in specs])
     loss_net.set_train(False)
     _, parts = loss_net(*_inputs(batch), ms.Tensor(batch["label_ids"]))

@@ -61,7 +61,7 @@ def _run(cfg, out_dir, save_resolved):
     def make_step(idx):               # a TrainStep over the widths `idx` (one compiled graph per subset)
         loss = MultiWidthDistillLoss(model, teacher, [specs[i] for i in idx], cfg.loss.lambda1, cfg.loss.lambda2,
                                      cfg.loss.soft_ce_reduction, cfg.loss.temperature, task.regression,
-                                     cfg.loss.mask_padding, data_parallel=cfg.distributed,
+                                     cfg.loss.padding == "valid", data_parallel=cfg.distributed,
                                      teacher_views=[teacher_views[i] for i in idx] if teacher_views else None)
         return make_train_step(loss, opt, cfg.optim, cfg.distributed)
 

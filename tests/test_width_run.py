@@ -190,3 +190,36 @@ def test_cli_bad_width_list_exit_code_2(setup):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("ERROR: width_mult_list: width 1.2") and "Traceback" not in proc.stderr
+
+
+def test_optim_loss_scale_reaches_the_width_train_step(setup, tmp_path, monkeypatch):
+    """optim.loss_scale is passed to the width run's TrainStep (it was left out: always 1.0) and, above 1, the
+    Trainer skips overflowing steps instead of stopping, as in the other runs; loss.padding anchor is the loss
+    cell's mask_padding False. Stand-ins stop before training."""
+    import src.runs.width
+    import src.train_step
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class FakeStep:
+        def __init__(self, loss_net, opt, clip_norm, clip_mode, loss_scale=1.0, data_parallel=False):
+            seen["loss_scale"], seen["mask_padding"] = loss_scale, loss_net.mask_padding
+
+        def set_train(self, mode=True):
+            return self
+
+    def fake_trainer(*args, **kwargs):
+        seen["skip_overflow_steps"] = kwargs["skip_overflow_steps"]
+        raise Stop
+
+    monkeypatch.setattr(src.train_step, "TrainStep", FakeStep)
+    monkeypatch.setattr(src.runs.width, "Trainer", fake_trainer)
+    out = tmp_path / "run"
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"),
+                      _argv(setup, out, ["--optim.loss_scale", "128", "--importance.rewire", "false",
+                                         "--eval.teacher_baseline", "false", "--loss.padding", "anchor"]))
+    with pytest.raises(Stop):
+        run_ofa(cfg, str(out), save_resolved)
+    assert seen == {"loss_scale": 128.0, "mask_padding": False, "skip_overflow_steps": True}
