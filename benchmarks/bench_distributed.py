@@ -118,9 +118,8 @@ def main(argv=None):
     results["shape"] = {k: getattr(args, k) for k in ("layers", "hidden", "seq", "vocab", "batch", "steps", "lr")}
     print(f"speedup 2 workers / 1: {results['2_workers']['seq_per_s'] / results['1_worker']['seq_per_s']:.2f}x; "
           f"max |w1 - w2| after {args.steps} steps: {diff:.2e}")
-    with open(os.path.join(args.out, "bench.json.tmp"), "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(os.path.join(args.out, "bench.json.tmp"), os.path.join(args.out, "bench.json"))
+    from src.fileio import atomic_json
+    atomic_json(os.path.join(args.out, "bench.json"), results)
     from benchmarks.common import emit
     emit("distributed", table(results, args), args.readme or None)
 

@@ -10,7 +10,8 @@ import pytest
 
 from benchmarks import (bench_export, bench_int8, bench_ort_denormal, bench_ort_layernorm, bench_ort_profile,
                         bench_td_throughput, report)
-from benchmarks.common import bert_flops, write_readme
+from benchmarks.common import bert_flops
+from tools.marked_blocks import write_between, write_block
 from src import runtime
 from src.errors import UserError
 from src.tinybert_model import BertConfig
@@ -359,14 +360,24 @@ def test_report_table_from_run_records(tmp_path):
         report.main(["--run", f"T={t}", "--latency_row", "S", "--out_dir", str(tmp_path / "o"), "--no_plots"])
 
 
-def test_write_readme_markers_and_flops(tmp_path):
-    p = str(tmp_path / "R.md")
-    write_readme(p, "a", "one")
-    write_readme(p, "b", "two")
-    write_readme(p, "a", "three")
-    text = open(p).read()
-    assert "one" not in text and text.index("three") < text.index("two")
-    assert text.count("bench:a:start") == 1 and text.count("bench:b:end") == 1
+def test_marked_blocks_and_flops(tmp_path):
+    p = str(tmp_path / "docs" / "R.md")                # the folder is created with the file
+    write_block(p, "a", "one")
+    write_block(p, "b", "two")
+    write_block(p, "a", "three\n\n")
+    assert open(p).read() == ("<!-- bench:a:start -->\nthree\n<!-- bench:a:end -->\n\n"
+                              "<!-- bench:b:start -->\ntwo\n<!-- bench:b:end -->\n")
+    assert os.listdir(tmp_path / "docs") == ["R.md"]   # no temp file left beside it
+    # demo_report's block: replaced in place between its own markers; a file without them is an error, unchanged
+    start, end = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
+    d = tmp_path / "demo.md"
+    d.write_text(f"# Head\n\n{start}\nold\n{end}\n\nTail\n")
+    write_between(str(d), start, end, "| new |")
+    assert d.read_text() == f"# Head\n\n{start}\n| new |\n{end}\n\nTail\n"
+    d.write_text("no markers\n")
+    with pytest.raises(UserError, match="markers <!-- demo-results:start -->"):
+        write_between(str(d), start, end, "| new |")
+    assert d.read_text() == "no markers\n"
     base = BertConfig()                   # BERT-base: ~11.2 GMAC = 22.4 GFLOP per 128-token sequence
     assert bert_flops(base, 128) / 1e9 == pytest.approx(22.36, rel=0.01)
 
@@ -404,3 +415,15 @@ def test_report_selects_a_width_and_counts_the_ternary_artefact(tmp_path):
     # the artefact's own shape: its position table keeps 16 rows, the run's config.json has 32
     assert rows["tern"][1] == rows["full"][1] - 16 * 16
     assert out["runs"][1]["train"] == [] and out["runs"][0]["train"] == [(1, 3.0)]
+
+
+def test_tools_never_import_benchmarks():
+    """tools/ is used without the benchmark scripts (and their second venv): no module of it imports benchmarks."""
+    import ast
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+    for name in sorted(os.listdir(tools)):
+        if name.endswith(".py"):
+            tree = ast.parse(open(os.path.join(tools, name), encoding="utf-8").read())
+            mods = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            mods += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            assert not [m for m in mods if m.split(".")[0] == "benchmarks"], name

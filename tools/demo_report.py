@@ -79,8 +79,8 @@ def main(argv=None):
     lines.append("")
     lines.append("Training time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
                  + (f"; whole job incl. data and conversion {args.seconds:.0f}" if args.seconds else ""))
-    from benchmarks.common import machine
-    cpu = machine(os.cpu_count() or 1)["cpu"]
+    from tools.machine_info import cpu_model
+    cpu = cpu_model()
     lines.append(f"Machine: {cpu}, {os.cpu_count()} CPUs, {platform.system()}, MindSpore graph mode fp32; "
                  f"student/teacher params {rows[1][2] / rows[0][2]:.2f}x, "
                  f"checkpoint {rows[0][3] / rows[1][3]:.2f}x smaller")
@@ -88,15 +88,8 @@ def main(argv=None):
     print(table)
     print(f"The best acc is {s_best:.6f}")
     if args.readme:
-        text = open(args.readme, encoding="utf-8").read()
-        if START not in text or END not in text:
-            raise UserError(f"{args.readme}: markers {START} / {END} not found")
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        tmp = args.readme + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(head + START + "\n" + table + "\n" + END + tail)
-        os.replace(tmp, args.readme)
+        from tools.marked_blocks import write_between
+        write_between(args.readme, START, END, table)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import write_readme  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
+from tools.marked_blocks import write_block  # noqa: E402
 
 
 def _manifest(run_dir: str) -> dict:
@@ -68,7 +68,7 @@ def main(argv=None):
         blocks["width"] = width_block(args.width_dir)
     for name, text in blocks.items():
         print(text + "\n")
-        write_readme(args.readme, name, text)
+        write_block(args.readme, name, text)
     return 0
 
 
