@@ -2,7 +2,7 @@
 
     python benchmarks/bench_export.py                   # full grid: batch 1/16/32 x seq 64/128 (~20 min, 2 cores)
     python benchmarks/bench_export.py --quick           # tiny shapes, seconds (what the tests run)
-    python benchmarks/bench_export.py --readme README.md   # also write both tables between the bench markers
+    python benchmarks/bench_export.py --results docs/results.md   # also write both tables between the bench markers
 
 Rows: BERT-base shape and TinyBERT-4 shape (random init: speed only), the MiniLM-L6 teacher, the MR student
 (checkpoints when they exist, else random init of their config, marked so), width 0.833/0.667/0.5 sub-models of the
@@ -169,11 +169,11 @@ def main(argv=None):
                                                         "model.tpack) for a TernaryBERT row")
     p.add_argument("--quant_python", default="", help="python with onnx + onnxruntime (default: this one or "
                                                       ".venv-bench/bin/python)")
-    p.add_argument("--from_json", default="", help="print (and with --readme write) the tables of a saved "
+    p.add_argument("--from_json", default="", help="print (and with --results write) the tables of a saved "
                                                    "export.json again, without timing anything")
     args = p.parse_args(argv)
     if args.from_json:
-        return render(args.from_json, args.readme)
+        return render(args.from_json, args.results)
     if args.width_supernet and not args.width_supernet_config:
         args.width_supernet_config = os.path.join(os.path.dirname(os.path.abspath(args.width_supernet)), "config.json")
     batches = args.batches or ([1, 4] if args.quick else [1, 16, 32])
@@ -277,8 +277,8 @@ def main(argv=None):
     out = {"machine": mach, "quick": args.quick, "rounds": rounds, "budget_s": budget, "latency": results,
            "sizes": sizes, "int8_python": qpy}
     write_json(os.path.join(args.out_dir, "export.json"), out)
-    emit("export_latency", latency_table(out), args.readme or None)
-    emit("export_size", size_table(out), args.readme or None)
+    emit("export_latency", latency_table(out), args.results or None)
+    emit("export_size", size_table(out), args.results or None)
     return out
 
 

@@ -143,7 +143,7 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     out["goals"] = goal_ratios(out["models"], modes=("off", "on"))
     write_json(os.path.join(args.out_dir, "ort_denormal.json"), out)
-    emit("ort_denormal", table(out), args.readme or None)
+    emit("ort_denormal", table(out), args.results or None)
     return out
 
 

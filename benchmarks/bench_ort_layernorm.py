@@ -213,7 +213,7 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     out["goals"] = goal_ratios(out["models"])
     write_json(os.path.join(args.out_dir, "ort_layernorm.json"), out)
-    emit("ort_layernorm", table(out), args.readme or None)
+    emit("ort_layernorm", table(out), args.results or None)
     return out
 
 

@@ -189,7 +189,7 @@ def main(argv=None):
            "models": rows}
     out["pairs"] = pair_tables(rows)
     write_json(os.path.join(args.out_dir, "ort_profile.json"), out)
-    emit("ort_profile", table(out), args.readme or None)
+    emit("ort_profile", table(out), args.results or None)
     return out
 
 

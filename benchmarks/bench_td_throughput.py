@@ -4,7 +4,7 @@ thread count, in one run.
 
     python benchmarks/bench_td_throughput.py                 # MiniLM-L6 teacher -> student, batch 32, MR lengths
     python benchmarks/bench_td_throughput.py --quick         # tiny shapes (tests); torch row skipped if absent
-    python benchmarks/bench_td_throughput.py --readme README.md
+    python benchmarks/bench_td_throughput.py --results docs/results.md
 
 Step rows are median seconds per step on identical fixed-shape batches. Epoch rows: one epoch of the MR train
 split (row lengths from data/mr) as each side runs it - the project with the length buckets, batch sizes and
@@ -230,7 +230,8 @@ def main(argv=None):
     p.add_argument("--data_dir", default="data/mr")
     p.add_argument("--torch_python", default="")
     p.add_argument("--out_dir", default="output/bench")
-    p.add_argument("--readme", default="")
+    from tools.marked_blocks import add_results_arg
+    add_results_arg(p, what="the table")
     args = p.parse_args(argv)
     q = args.quick
     cfg_buckets, cfg_batch, cfg_eval_batch, seed = pipeline_settings(args.config) if not q else ([8, 16], 4, 4, 0)
@@ -369,7 +370,7 @@ def main(argv=None):
             f"states per row at its bucket width). {cache_verdict} It can only be used for data that is not "
             f"augmented (TinyBERT's own phase 1 trains on augmented data, which cannot be cached); the embedded "
             f"default runs phase 1 for less than one epoch and leaves it off.")
-    emit("td_throughput", text, args.readme or None)
+    emit("td_throughput", text, args.results or None)
     return out
 
 

@@ -13,7 +13,7 @@ if ROOT not in sys.path:
 
 from src.fileio import atomic_json  # noqa: E402
 from tools.machine_info import cpu_model, cpuinfo  # noqa: E402
-from tools.marked_blocks import write_block  # noqa: E402
+from tools.marked_blocks import add_results_arg, write_block  # noqa: E402
 
 
 def machine(threads: int) -> dict:
@@ -63,14 +63,14 @@ def time_call(fn: Callable[[], object], min_reps: int = 3, budget_s: float = 2.0
 
 
 def add_timing_args(p, budget_help: str):
-    """--quick, --threads, --rounds, --budget, --out_dir, --readme: the flags every timing script shares."""
+    """--quick, --threads, --rounds, --budget, --out_dir, --results: the flags every timing script shares."""
     p.add_argument("--quick", action="store_true", help="tiny shapes (tests); timings meaningless")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=None, help="timing rounds (median of their medians; default 3, "
                                                              "--quick 1)")
     p.add_argument("--budget", type=float, default=None, help=budget_help)
     p.add_argument("--out_dir", default="output/bench")
-    p.add_argument("--readme", default="", help="write the tables into this file between bench markers")
+    add_results_arg(p)
 
 
 def rounds_and_budget(args):

@@ -46,7 +46,7 @@ def test_bench_export_quick_has_every_row(tmp_path):
     tpack = _packed_ternary(str(tmp_path / "ternary"))
     out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "24", "--rounds", "2",
                              "--quant_python", sys.executable, "--out_dir", str(tmp_path / "bench"),
-                             "--ternary_packed", tpack, "--readme", str(readme)])
+                             "--ternary_packed", tpack, "--results", str(readme)])
     (skipped,) = [r for r in out["latency"] if r["seq"] == 24 and r["model"] == "TernaryBERT W2E2A8"]
     assert "ort_s" not in skipped and skipped["note"].startswith("skipped: the model has 16 positions")
     assert all(_pos(r["ort_s"]) for r in out["latency"] if r["seq"] == 24 and r is not skipped
@@ -101,7 +101,7 @@ def test_bench_export_quick_has_every_row(tmp_path):
     assert f"met in {int(t4 >= 14) + int(t4_24 >= 14)} of 2 cells" in text
     again = tmp_path / "again.md"
     again.write_text(text)
-    bench_export.main(["--from_json", str(tmp_path / "bench" / "export.json"), "--readme", str(again)])
+    bench_export.main(["--from_json", str(tmp_path / "bench" / "export.json"), "--readme", str(again)])  # old name
     assert again.read_text() == text
     with pytest.raises(UserError, match="not an export.json"):
         (tmp_path / "bad.json").write_text("{}")
@@ -242,7 +242,7 @@ def test_bench_int8_accuracy_is_the_eval_of_each_file(tmp_path):
     readme = tmp_path / "bench.md"
     out = bench_int8.main(["--quick", "--model", f"teacher-like={path}", "--data_dir", data,
                            "--quant_python", sys.executable, "--out_dir", str(tmp_path / "bench"),
-                           "--readme", str(readme)])
+                           "--results", str(readme)])
     (r,) = out["models"]
     for kind in ("fp32", "int8"):
         ref = run_eval_onnx.main(["--model_file", r[kind + "_file"], "--data_dir", data])
@@ -427,3 +427,35 @@ def test_tools_never_import_benchmarks():
             mods = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
             mods += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
             assert not [m for m in mods if m.split(".")[0] == "benchmarks"], name
+
+
+def test_report_links_plots_from_the_results_file():
+    """docs/results.md links the plots report.py writes into docs/results relative to its own folder (as markdown
+    resolves links), README.md at the top from there; without a results file the path stays as given."""
+    assert report.image_link("docs/results/tradeoff.png", "docs/results.md") == "results/tradeoff.png"
+    assert report.image_link("docs/results/tradeoff.png", "README.md") == "docs/results/tradeoff.png"
+    assert report.image_link("output/bench/curves.png", "docs/results.md") == "../output/bench/curves.png"
+    assert report.image_link("output/bench/curves.png", "") == "output/bench/curves.png"
+
+
+def test_readme_results_writes_the_width_block_into_docs_results(tmp_path, monkeypatch):
+    """By default the width block goes into docs/results.md (created with its folder), between its bench markers:
+    the run's table, its teacher's recorded score and the command it came from."""
+    from tools import readme_results
+    run = tmp_path / "output" / "ofa_mr"
+    run.mkdir(parents=True)
+    (run / "width_table.md").write_text("| width | acc |\n|---|---|\n| 0.500 | 0.7000 |\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 3, "acc": 0.8}) + "\n"
+                                       + json.dumps({"kind": "teacher_eval", "time": 1.0, "acc": 0.81234}) + "\n")
+    (run / "manifest.json").write_text(json.dumps({"config": {"teacher": {"ckpt": "t.ckpt"}},
+                                                   "command": "run_ofa_width.py --config_path configs/ofa_mr.yaml",
+                                                   "git": "0123456789abcdef", "machine": {"cpus": 2},
+                                                   "started": "2024-01-01T00:00:00"}))
+    monkeypatch.chdir(tmp_path)
+    readme_results.main(["--only", "width", "--width_dir", "output/ofa_mr"])
+    assert (tmp_path / "docs" / "results.md").read_text() == (
+        "<!-- bench:width:start -->\n| width | acc |\n|---|---|\n| 0.500 | 0.7000 |\n\n"
+        "Teacher (full model before rewiring): acc 0.8123\n\n"
+        "- `output/ofa_mr`: `run_ofa_width.py --config_path configs/ofa_mr.yaml` (teacher `t.ckpt`, git 0123456789ab, "
+        "2 CPUs, started 2024-01-01T00:00:00)\n<!-- bench:width:end -->\n")
+    assert not (tmp_path / "README.md").exists()

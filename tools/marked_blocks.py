@@ -16,6 +16,13 @@ from src.fileio import atomic_text  # noqa: E402
 RESULTS = "docs/results.md"          # the file the measured blocks are written into
 
 
+def add_results_arg(p, default: str = "", what: str = "the tables"):
+    """--results FILE.md (old name --readme): where a script writes its blocks."""
+    p.add_argument("--results", "--readme", dest="results", default=default, metavar="FILE.md",
+                   help=f"write {what} into this markdown file between their bench markers (the measured blocks "
+                        f"live in {RESULTS}){'' if default else '; default: print only'}")
+
+
 def bench_markers(name: str):
     return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
 
