@@ -109,6 +109,22 @@ def write_json(path: str, obj):
     atomic_json(path, obj, indent=2, sort_keys=True)
 
 
+def read_result(path: str, render: Callable[[dict], str], what: str) -> dict:
+    """A result JSON a script saved, checked by rendering it with `render`: UserError (naming --from_json) when the
+    file is missing or is not `what`."""
+    import json
+    from src.errors import UserError
+    from src.fileio import require_file
+    require_file(path, "--from_json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            out = json.load(f)
+        render(out)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"--from_json '{path}': not {what} written by this script ({e!r})") from None
+    return out
+
+
 def emit(name: str, text: str, results: Optional[str]):
     """Print `text`; with `results` (a markdown file) also write it there as the bench:NAME block."""
     print(text, flush=True)

@@ -1,5 +1,5 @@
 """benchmarks/ in --quick mode: every table has every row with positive, finite values and ratios against the
-rows of the same run; README blocks are replaced between their markers; the report reads run records exactly.
+rows of the same run; result blocks are replaced between their markers; the report reads run records exactly.
 Timings themselves are not asserted (shared CPU). torch is not required: its columns say "skipped"."""
 import json
 import math
@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import (bench_export, bench_int8, bench_ort_denormal, bench_ort_layernorm, bench_ort_profile,
-                        bench_td_throughput, report)
+from benchmarks import bench_export, bench_int8, bench_td_throughput, report
 from benchmarks.common import bert_flops
 from tools.marked_blocks import write_between, write_block
 from src import runtime
@@ -141,93 +140,6 @@ def test_bench_export_without_onnx_marks_int8_rows_skipped(tmp_path):
     assert not os.path.exists(tmp_path / "tmp_export")                 # temporary exports removed
 
 
-def test_bench_ort_layernorm_quick(tmp_path):
-    """Both sessions of every model are what they claim: onnxruntime's default merges every LayerNorm with its
-    residual Add (SkipLayerNormalization), the project's session (src/export.py) merges none; same logits."""
-    readme = tmp_path / "bench.md"
-    out = bench_ort_layernorm.main(["--quick", "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
-    assert [(r["rows"], r["hidden"]) for r in out["kernels"]] == [(8, 24)]
-    k = out["kernels"][0]
-    assert _pos(k["skip_s"]) and _pos(k["add_ln_s"]) and k["max_abs_diff"] < 1e-5
-    models = {r["model"]: r for r in out["models"]}
-    assert set(models) == {bench_export.TEACHER + " shape", bench_export.BASE, bench_export.TINY4, "width 0.667"}
-    for r in models.values():
-        assert (r["batch"], r["seq"]) == (2, 16)
-        assert r["fused_skip_nodes"] == r["layernorms"] and r["unfused_skip_nodes"] == 0, r
-        assert _pos(r["fused_s"]) and _pos(r["unfused_s"]) and r["speedup"] == r["fused_s"] / r["unfused_s"]
-        assert r["max_abs_logit_diff"] < 1e-5
-    assert models[bench_export.TINY4]["layernorms"] == 3 and models[bench_export.BASE]["layernorms"] == 5
-    (g,) = out["goals"]
-    assert g["tiny_vs_base_unfused"] == pytest.approx(models[bench_export.BASE]["unfused_s"]
-                                                      / models[bench_export.TINY4]["unfused_s"])
-    assert all(_pos(v) for v in g.values())
-    assert json.loads((tmp_path / "bench" / "ort_layernorm.json").read_text())["goals"] == out["goals"]
-    text = readme.read_text()
-    assert text.count("<!-- bench:ort_layernorm:start -->") == 1 and "| TinyBERT-4" in text
-    assert not os.path.exists(tmp_path / "bench" / "tmp_ort_layernorm")
-
-
-def test_bench_ort_profile_quick(tmp_path):
-    """Each model's optimized graph runs the nodes it should per call (6L+1 Gemm + the pooler's FusedGemm, L QK^T
-    FusedMatMul and L PV MatMul, L Softmax and GELU, 2L+1 LayerNormalization, 3L+2 Add: mask, residuals,
-    embeddings), every node lands in a kind, and the goal tables are the ratios of the model rows."""
-    readme = tmp_path / "bench.md"
-    out = bench_ort_profile.main(["--quick", "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
-    layers = {bench_export.TEACHER + " shape": 2, bench_export.BASE: 2, bench_export.TINY4: 1, "width 0.667": 2}
-    models = {r["model"]: r for r in out["models"]}
-    assert set(models) == set(layers)
-    for name, r in models.items():
-        L, n = layers[name], r["profiled_runs"]
-        assert n >= 1 and (r["batch"], r["seq"]) == (2, 16)
-        per_call = {op: c / n for op, c in r["op_calls"].items()}
-        assert {op: per_call.get(op) for op in ("Gemm", "FusedGemm", "FusedMatMul", "MatMul", "Softmax", "Gelu",
-                                               "LayerNormalization", "Add", "SkipLayerNormalization")} == {
-            "Gemm": 6 * L + 1, "FusedGemm": 1, "FusedMatMul": L, "MatMul": L, "Softmax": L, "Gelu": L,
-            "LayerNormalization": 2 * L + 1, "Add": 3 * L + 2, "SkipLayerNormalization": None}, name
-        assert set(r["kind_ms"]) == set(bench_ort_profile.KIND_NAMES)
-        assert r["kernel_ms"] == pytest.approx(sum(r["op_us"].values()) / 1000.0 / n)
-        assert r["kernel_ms"] == pytest.approx(sum(r["kind_ms"].values()))
-        assert all(_pos(r["kind_ms"][k]) for k in ("dense GEMMs", "attention matmuls", "softmax", "LayerNorm", "GELU"))
-        assert _pos(r["s"]) and _pos(r["gflop"]) and 0 < r["gemm_gflop"] < r["gflop"]
-    pairs = {(t["goal"], t["batch"], t["seq"]): t for t in out["pairs"]}
-    assert set(pairs) == {("TinyBERT-4 vs BERT-base", 2, 16), ("width 0.667 vs full", 2, 16)}
-    t = pairs[("TinyBERT-4 vs BERT-base", 2, 16)]
-    base, tiny = models[bench_export.BASE], models[bench_export.TINY4]
-    assert t["measured_ratio"] == base["s"] / tiny["s"] and t["kernel_ratio"] == base["kernel_ms"] / tiny["kernel_ms"]
-    gemm = t["kinds"][0]
-    assert gemm["kind"] == "dense GEMMs"
-    assert gemm["ratio"] == base["kind_ms"]["dense GEMMs"] / tiny["kind_ms"]["dense GEMMs"]
-    assert sum(k["small_share"] for k in t["kinds"]) == pytest.approx(1.0)
-    assert json.loads((tmp_path / "bench" / "ort_profile.json").read_text())["pairs"] == out["pairs"]
-    text = readme.read_text()
-    assert text.count("<!-- bench:ort_profile:start -->") == 1 and "| dense GEMMs |" in text
-    assert not os.path.exists(tmp_path / "bench" / "tmp_ort_profile")
-
-
-def test_profile_kernel_times_skip_warmup_runs(tmp_path):
-    """Only the nodes of the runs after the warm-up count, summed per op type; a profile without such a run is an
-    error, not zeros."""
-    ev = [{"name": "model_run", "cat": "Session", "ts": 0, "dur": 100},
-          {"name": "a_kernel_time", "cat": "Node", "ts": 10, "dur": 50, "args": {"op_name": "Gemm"}},
-          {"name": "model_run", "cat": "Session", "ts": 200, "dur": 100},
-          {"name": "a_kernel_time", "cat": "Node", "ts": 210, "dur": 30, "args": {"op_name": "Gemm"}},
-          {"name": "b_kernel_time", "cat": "Node", "ts": 250, "dur": 8, "args": {"op_name": "Erf"}},
-          {"name": "a_fence_before", "cat": "Node", "ts": 250, "dur": 1, "args": {"op_name": "Gemm"}},
-          {"name": "model_run", "cat": "Session", "ts": 400, "dur": 100},
-          {"name": "a_kernel_time", "cat": "Node", "ts": 410, "dur": 34, "args": {"op_name": "Gemm"}}]
-    path = tmp_path / "p.json"
-    path.write_text(json.dumps(ev))
-    k = bench_ort_profile.kernel_times(str(path), 1)
-    assert k == {"runs": 2, "op_us": {"Gemm": 64, "Erf": 8}, "op_calls": {"Gemm": 2, "Erf": 1}}
-    assert bench_ort_profile.by_kind(k["op_us"], k["runs"]) == {
-        "dense GEMMs": 0.032, "attention matmuls": 0.0, "softmax": 0.0, "element-wise adds": 0.0, "LayerNorm": 0.0,
-        "GELU": 0.0, "layout": 0.0, "other": 0.004}
-    with pytest.raises(RuntimeError, match="no profiled run after 3"):
-        bench_ort_profile.kernel_times(str(path), 3)
-    with pytest.raises(UserError, match="--cells 3by4: expected BATCHxSEQ"):
-        bench_ort_profile.main(["--quick", "--cells", "3by4", "--out_dir", str(tmp_path / "b")])
-
-
 def test_bench_int8_accuracy_is_the_eval_of_each_file(tmp_path):
     """Both files of a model are evaluated on the whole dev split exactly as run_eval_onnx.py does; the int8 copy is
     a real quantized file (integer ops); missing files and bad --model specs are clear errors."""
@@ -264,24 +176,6 @@ def test_bench_int8_accuracy_is_the_eval_of_each_file(tmp_path):
         bench_int8.main(["--model", "x=nope.onnx", "--out_dir", str(tmp_path / "b2")])
     with pytest.raises(UserError, match="expected NAME=FILE.onnx"):
         bench_int8.main(["--model", "nope.onnx", "--out_dir", str(tmp_path / "b2")])
-
-
-def test_bench_ort_denormal_quick(tmp_path):
-    """Every measurement ran (each in its own process) with and without flushing denormals, and the two settings give
-    the same softmax / logits; the goal ratios are those of the model rows."""
-    readme = tmp_path / "bench.md"
-    out = bench_ort_denormal.main(["--quick", "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
-    assert [(r["case"], r["masked"]) for r in out["kernels"]] == [("[2, 12, 16, 16]", False), ("[2, 12, 16, 16]", True)]
-    models = {r["model"]: r for r in out["models"]}
-    assert set(models) == {bench_export.TEACHER + " shape", bench_export.BASE, bench_export.TINY4, "width 0.667"}
-    for r in out["kernels"] + out["models"]:
-        assert _pos(r["off_s"]) and _pos(r["on_s"]) and r["speedup"] == r["off_s"] / r["on_s"]
-        assert r["max_abs_diff"] < 1e-6, r
-    (g,) = out["goals"]
-    assert g["tiny_vs_base_on"] == pytest.approx(models[bench_export.BASE]["on_s"] / models[bench_export.TINY4]["on_s"])
-    assert json.loads((tmp_path / "bench" / "ort_denormal.json").read_text())["goals"] == out["goals"]
-    assert readme.read_text().count("<!-- bench:ort_denormal:start -->") == 1
-    assert not os.path.exists(tmp_path / "bench" / "tmp_ort_denormal")
 
 
 def test_bench_td_quick_table(tmp_path):

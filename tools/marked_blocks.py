@@ -19,8 +19,8 @@ RESULTS = "docs/results.md"          # the file the measured blocks are written 
 def add_results_arg(p, default: str = "", what: str = "the tables"):
     """--results FILE.md (old name --readme): where a script writes its blocks."""
     p.add_argument("--results", "--readme", dest="results", default=default, metavar="FILE.md",
-                   help=f"write {what} into this markdown file between their bench markers (the measured blocks "
-                        f"live in {RESULTS}){'' if default else '; default: print only'}")
+                   help=f"write {what} into this markdown file between their bench markers"
+                        f"{'' if default else ' (default: print only)'}")
 
 
 def bench_markers(name: str):
