@@ -209,7 +209,16 @@ def test_bench_td_quick_table(tmp_path):
     assert rows[14][1] is None and rows[14][4] == 0.0
     # quick teacher 2 layers / 32 hidden / 4 heads -> student 1 layer: 2 hidden states + 1 attention map per row
     assert ms_res["phase1_cache_bytes_per_row"][16] == 4 * (2 * 16 * 32 + 1 * 4 * 16 * 16)
-    assert json.loads((tmp_path / "td_throughput.json").read_text())["torch"] is None
+    saved = json.loads((tmp_path / "td_throughput.json").read_text())
+    assert saved["torch"] is None and saved["table"] == json.loads(json.dumps(rows))
+    # the saved JSON alone renders the measured block again (--from_json times nothing)
+    text = bench_td_throughput.render(out)
+    assert bench_td_throughput.render(saved) == text and "| TD phase 2 epoch 2+ (logits already cached) |" in text
+    results = tmp_path / "results.md"
+    bench_td_throughput.main(["--from_json", str(tmp_path / "td_throughput.json"), "--results", str(results)])
+    assert results.read_text() == f"<!-- bench:td_throughput:start -->\n{text}\n<!-- bench:td_throughput:end -->\n"
+    with pytest.raises(UserError, match="not a td_throughput.json"):
+        bench_td_throughput.main(["--from_json", str(tmp_path / "results.md")])
 
 
 def test_report_table_from_run_records(tmp_path):
