@@ -92,6 +92,9 @@ def test_bench_export_quick_has_every_row(tmp_path):
     assert "| width 0.5 |" in text and "nominal fp32 peak" in text
     saved = json.loads((tmp_path / "bench" / "export.json").read_text())
     assert len(saved["latency"]) == len(out["latency"])
+    assert bench_export.render(saved) == bench_export.render(out)          # the saved JSON alone renders both tables
+    for name, table in bench_export.BLOCKS:
+        assert f"<!-- bench:{name}:start -->\n{table(saved)}\n<!-- bench:{name}:end -->" in text
     # goals judged on the unrounded ratios; --from_json writes the same blocks again without timing
     t4 = lat[bench_export.TINY4]["x_base"]
     assert f"TinyBERT-4 vs BERT-base {math.floor(t4 * 100) / 100:.2f}x ({'met' if t4 >= 14 else 'not met'};" in text
