@@ -11,7 +11,7 @@ split (row lengths from data/mr) as each side runs it - the project with the len
 teacher-logit caching of --config (configs/td_mr.yaml: phase 2 caches the teacher logits once per run, bucketed,
 at the eval batch size; timed and included); the PyTorch loop padded to max_seq_length with the teacher run live,
 as a plain loop does. Epoch rows are steady state; the one-off graph compiles of the project (one per bucket and
-graph) are a row of their own. Goal (issue #3): project epoch <= 0.5x the PyTorch loop's.
+graph) are a row of their own. Goal (the verdict line under the table): project epoch <= 0.5x the PyTorch loop's.
 The torch side runs in --torch_python (default: this python if it has torch + transformers, else
 .venv-bench/bin/python); without one the torch columns say "skipped". Writes output/bench/td_throughput.json.
 """
