@@ -68,6 +68,7 @@ def lengths(args, seq):
     return np.random.default_rng(0).integers(3, seq + 1, size=args.rows)
 
 
+# TODO(bucket rule): use src.batching.length_bucket
 def bucket_rows(lens, buckets):
     """Rows per bucket length (each row goes to the shortest bucket that holds it, as ArrayBatcher and predict)."""
     bs = sorted(set(buckets))
