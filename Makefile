@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # Benchmarks (not part of the two set-up commands): PyTorch + transformers + matplotlib live in a second venv because
-# transformers pins tokenizers<=0.23.0. Results are written into README.md by the scripts.
+# transformers pins tokenizers<=0.23.0. Results are written into docs/results.md by the scripts.
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
@@ -32,8 +32,9 @@ $(BENCH_STAMP): requirements-bench.txt
 	$(BENCH_VENV)/bin/python -m pip install -q -r requirements-bench.txt
 	touch $(BENCH_STAMP)
 
-# The README's inputs: the demo's teacher and student, plus these runs when they exist (`make bench
-# WIDTH_RUN=output/ofa_mr_e1 TERNARY_RUN=output/ternary_mr_e1/w2e2a8` are the README's width and ternary runs).
+# The inputs of docs/results.md: the demo's teacher and student, plus these runs when they exist (`make bench
+# WIDTH_RUN=output/ofa_mr_e1 TERNARY_RUN=output/ternary_mr_e1/w2e2a8` are its width and ternary runs).
+RESULTS ?= docs/results.md
 WIDTH_RUN ?= output/ofa_mr
 TERNARY_RUN ?= output/ternary_mr/w2e2a8
 HASH := \#
@@ -44,13 +45,13 @@ REPORT_RUNS := --run "MiniLM-L6 teacher=output/td_mr/teacher" --run "MR student=
 	--run "width 0.667=$(WIDTH_RUN)$(HASH)w0.667" --run "width 0.5=$(WIDTH_RUN)$(HASH)w0.500")
 
 bench: $(STAMP) $(BENCH_STAMP)
-	$(PY) benchmarks/bench_td_throughput.py --readme README.md
-	$(PY) benchmarks/bench_export.py --readme README.md \
+	$(PY) benchmarks/bench_td_throughput.py --results $(RESULTS)
+	$(PY) benchmarks/bench_export.py --results $(RESULTS) \
 		$(if $(wildcard $(WIDTH_RUN)/supernet.ckpt),--width_supernet $(WIDTH_RUN)/supernet.ckpt) \
 		$(if $(wildcard $(TERNARY_RUN)/model_base3.tpack),--ternary_packed $(TERNARY_RUN)/model_base3.tpack,$(if \
 		$(wildcard $(TERNARY_RUN)/model.tpack),--ternary_packed $(TERNARY_RUN)/model.tpack))
-	$(PY) benchmarks/bench_int8.py --readme README.md
-	$(BENCH_VENV)/bin/python benchmarks/report.py --out_dir docs/results --readme README.md $(REPORT_RUNS)
+	$(PY) benchmarks/bench_int8.py --results $(RESULTS)
+	$(BENCH_VENV)/bin/python benchmarks/report.py --out_dir docs/results --results $(RESULTS) $(REPORT_RUNS)
 
 clean:
 	rm -rf output

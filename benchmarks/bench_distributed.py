@@ -6,8 +6,8 @@ Builds a synthetic MR-style workspace (random token ids, no dropout) and a rando
 runs run_task_distill.py --phase finetune (a) as one process with --threads THREADS_SINGLE at batch 2b and
 (b) through msrun with 2 workers x THREADS_PER_WORKER threads at batch b, then prints steady-state seq/s
 (median of the logging windows after the first, i.e. without graph compilation) and the largest weight
-difference between the two final checkpoints. Results also go to <out>/bench.json; with --readme the table is
-written into that file between the bench:distributed markers (docs/distributed.md).
+difference between the two final checkpoints. Results also go to <out>/bench.json; with --results FILE.md the table is
+written into that file between the bench:distributed markers (its block is in docs/distributed.md).
 seq/s counts every worker's rows (the run's global throughput, as the Trainer logs it).
 Timings on a shared machine are noisy: run it on an otherwise idle host for numbers you quote.
 """
@@ -82,7 +82,8 @@ def main(argv=None):
     ap.add_argument("--threads_single", type=int, default=2)
     ap.add_argument("--threads_per_worker", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "output", "distributed", "bench"))
-    ap.add_argument("--readme", default="", help="write the table into this file between bench markers")
+    from tools.marked_blocks import add_results_arg
+    add_results_arg(ap, what="the table")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     ws = workspace(os.path.join(args.out, "ws"), args.layers, args.hidden, args.seq, args.vocab,
@@ -118,11 +119,10 @@ def main(argv=None):
     results["shape"] = {k: getattr(args, k) for k in ("layers", "hidden", "seq", "vocab", "batch", "steps", "lr")}
     print(f"speedup 2 workers / 1: {results['2_workers']['seq_per_s'] / results['1_worker']['seq_per_s']:.2f}x; "
           f"max |w1 - w2| after {args.steps} steps: {diff:.2e}")
-    with open(os.path.join(args.out, "bench.json.tmp"), "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(os.path.join(args.out, "bench.json.tmp"), os.path.join(args.out, "bench.json"))
+    from src.fileio import atomic_json
+    atomic_json(os.path.join(args.out, "bench.json"), results)
     from benchmarks.common import emit
-    emit("distributed", table(results, args), args.readme or None)
+    emit("distributed", table(results, args), args.results or None)
 
 
 def table(results: dict, args) -> str:

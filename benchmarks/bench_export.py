@@ -2,13 +2,14 @@
 
     python benchmarks/bench_export.py                   # full grid: batch 1/16/32 x seq 64/128 (~20 min, 2 cores)
     python benchmarks/bench_export.py --quick           # tiny shapes, seconds (what the tests run)
-    python benchmarks/bench_export.py --readme README.md   # also write both tables between the bench markers
+    python benchmarks/bench_export.py --results docs/results.md   # also write both tables between the bench markers
 
 Rows: BERT-base shape and TinyBERT-4 shape (random init: speed only), the MiniLM-L6 teacher, the MR student
 (checkpoints when they exist, else random init of their config, marked so), width 0.833/0.667/0.5 sub-models of the
 teacher (sliced from --width_supernet when given, else random init of the sliced config) and int8 dynamic
-quantization of the students in onnxruntime. Every ratio is against rows measured in the same run. Writes
-output/bench/export.json.
+quantization of the students in onnxruntime. Every ratio is against rows measured in the same run. The line under the
+latency table checks the latency goals in every cell: TinyBERT-4 vs BERT-base >= 14x, width 0.667 vs the full
+teacher >= 1.45x. Writes output/bench/export.json; --from_json renders a saved one again.
 """
 import argparse
 import math
@@ -18,13 +19,12 @@ import statistics
 import subprocess
 import sys
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (ROOT, add_timing_args, bert_flops, emit, machine, machine_line,  # noqa
-                               markdown_table, rounds_and_budget, time_call, write_json)
-from src.fileio import require_file
-from src.tinybert_model import build_classifier, load_bert_config
+                               markdown_table, read_result, rounds_and_budget, time_call, write_json)
+from src.fileio import require_file  # noqa: E402
+from src.tinybert_model import build_classifier, load_bert_config  # noqa: E402
 
 TEACHER, BASE, TINY4 = "MiniLM-L6 teacher", "BERT-base shape", "TinyBERT-4 shape"
 STUDENT = "MR student"
@@ -152,7 +152,7 @@ def quant_python(args):
     return None
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description="exported-model latency/throughput and size tables")
     add_timing_args(p, "seconds of timed calls per model, cell and round")
     p.add_argument("--batches", type=int, nargs="+", default=None)
@@ -168,20 +168,35 @@ def main(argv=None):
                                                         "model.tpack) for a TernaryBERT row")
     p.add_argument("--quant_python", default="", help="python with onnx + onnxruntime (default: this one or "
                                                       ".venv-bench/bin/python)")
-    p.add_argument("--from_json", default="", help="print (and with --readme write) the tables of a saved "
+    p.add_argument("--from_json", default="", help="print (and with --results write) the tables of a saved "
                                                    "export.json again, without timing anything")
     args = p.parse_args(argv)
-    if args.from_json:
-        return render(args.from_json, args.readme)
     if args.width_supernet and not args.width_supernet_config:
         args.width_supernet_config = os.path.join(os.path.dirname(os.path.abspath(args.width_supernet)), "config.json")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.from_json:
+        out = read_result(args.from_json, render, "an export.json")
+    else:
+        out = measure(args)
+        write_json(os.path.join(args.out_dir, "export.json"), out)
+    for name, table in BLOCKS:
+        emit(name, table(out), args.results or None)
+    return out
+
+
+def measure(args) -> dict:
+    """Every model of model_specs(args) exported and timed over the (batch, seq) grid, and their sizes: the dict
+    export.json saves (render needs nothing else). The first cell's ONNX files are kept in <out_dir>/onnx."""
     batches = args.batches or ([1, 4] if args.quick else [1, 16, 32])
     seqs = args.seqs or ([16] if args.quick else [64, 128])
     rounds, budget = rounds_and_budget(args)
 
-    from src.runtime import init_context
-    init_context("CPU", "graph", threads=args.threads)
-    from src.export import OnnxRunner, MindirRunner
+    from src import runtime
+    runtime.init_context("CPU", "graph", threads=args.threads)
     from src.tinybert_model import count_params
     mach = machine(args.threads)
     work = os.path.join(args.out_dir, "tmp_export")
@@ -204,66 +219,7 @@ def main(argv=None):
     # machine is spread over the rows that a ratio compares.
     for seq in seqs:
         for b in batches:
-            cell = []
-            for m in models:
-                spec, cfg = m["spec"], m["spec"]["cfg"]
-                row = {"model": spec["name"], "note": spec["note"], "params": m["params"], "batch": b, "seq": seq,
-                       "gflop_per_seq": bert_flops(cfg, seq) / 1e9}
-                if seq > cfg.max_position_embeddings:       # a packed artefact keeps only its run's positions
-                    row["note"] = (f"skipped: the model has {cfg.max_position_embeddings} positions"
-                                   + (f" ({spec['source']})" if spec.get("source") else ""))
-                    results.append(row)
-                    continue
-                path, inputs = export_file(m["onnx"], os.path.join(work, m["tag"]), "ONNX", b, seq, cfg.vocab_size)
-                if (b, seq) == first:
-                    final = os.path.join(keep, m["tag"] + ".onnx")
-                    shutil.copyfile(path, final)
-                    row["onnx_bytes"] = os.path.getsize(final)
-                    if spec["name"] in (STUDENT, TINY4) and qpy:
-                        m["int8"] = _quantize(qpy, final, os.path.join(keep, m["tag"] + "_int8.onnx"))
-                if m["ms"] is not None:
-                    mpath, _ = export_file(m["ms"], os.path.join(work, m["tag"]), "MINDIR", b, seq, cfg.vocab_size)
-                    mr = MindirRunner(mpath)
-                    row["ms_s"] = time_call(lambda: mr(*inputs), budget_s=budget)
-                    del mr
-                    os.remove(mpath)
-                cell.append((row, path, inputs))
-                if spec.get("ternary"):                    # the deployable form: ternary matmuls as MatMulInteger
-                    from src.ternary_int8 import integerize_file
-                    kpath = path[:-5] + "_kernels.onnx"
-                    integerize_file(path, kpath)
-                    rowk = {"model": spec["name"] + KERNELS, "params": m["params"], "batch": b, "seq": seq,
-                            "gflop_per_seq": row["gflop_per_seq"],
-                            "note": "src/ternary_int8.py (export.py --ternary --int8): ternary codes as int8, "
-                                    "8-bit activations with the trained symmetric rule, MatMulInteger"}
-                    if (b, seq) == first:
-                        final = os.path.join(keep, m["tag"] + "_kernels.onnx")
-                        shutil.copyfile(kpath, final)
-                        rowk["onnx_bytes"] = m["kernels_bytes"] = os.path.getsize(final)
-                    cell.append((rowk, kpath, inputs))
-                if spec["name"] in (STUDENT, TINY4):
-                    row8 = {"model": spec["name"] + INT8, "params": m["params"], "batch": b, "seq": seq,
-                            "gflop_per_seq": row["gflop_per_seq"]}
-                    if m["int8"] is None:
-                        row8["note"] = "skipped: needs the onnx package (pip install -r requirements.txt)"
-                        results.append(row8)
-                    elif (b, seq) == first:
-                        row8["onnx_bytes"] = os.path.getsize(m["int8"])
-                        row8["note"] = "int8 weights, dynamic int8 activations; measured at the first shape only"
-                        cell.append((row8, m["int8"], inputs))
-            for _ in range(rounds):
-                for row, path, inputs in cell:
-                    runner = OnnxRunner(path, args.threads)
-                    row.setdefault("ort_rounds_s", []).append(time_call(lambda: runner(*inputs), budget_s=budget))
-                    del runner
-            for row, path, _ in cell:
-                row["ort_s"] = statistics.median(row["ort_rounds_s"])
-                results.append(row)
-                if os.path.dirname(os.path.abspath(path)) == os.path.abspath(work):     # not the kept int8 file
-                    os.remove(path)
-                print(f"{row['model']:<36} b{b:<3} s{seq:<4} ort {row['ort_s'] * 1e3:9.2f} ms ("
-                      + " ".join(f"{x * 1e3:.2f}" for x in row["ort_rounds_s"]) + ")"
-                      + (f"  mindir {row['ms_s'] * 1e3:9.2f} ms" if "ms_s" in row else ""), flush=True)
+            results += _measure_cell(models, b, seq, (b, seq) == first, work, keep, qpy, rounds, budget, args.threads)
     results.sort(key=lambda r: (order.index(r["model"]), r["seq"], r["batch"]))
     sizes = [_size_row(m["spec"], m["params"], keep, m["tag"], m["int8"], m["kernels_bytes"]) for m in models]
     shutil.rmtree(work, ignore_errors=True)
@@ -273,12 +229,76 @@ def main(argv=None):
             r["ort_seq_s"] = r["batch"] / r["ort_s"]
             r["ort_gflops"] = r["gflop_per_seq"] * r["batch"] / r["ort_s"]
             r["pct_peak"] = 100 * r["ort_gflops"] / mach["peak_gflops"] if mach["peak_gflops"] else None
-    out = {"machine": mach, "quick": args.quick, "rounds": rounds, "budget_s": budget, "latency": results,
-           "sizes": sizes, "int8_python": qpy}
-    write_json(os.path.join(args.out_dir, "export.json"), out)
-    emit("export_latency", latency_table(out), args.readme or None)
-    emit("export_size", size_table(out), args.readme or None)
-    return out
+    return {"machine": mach, "quick": args.quick, "rounds": rounds, "budget_s": budget, "latency": results,
+            "sizes": sizes, "int8_python": qpy}
+
+
+def _measure_cell(models, b, seq, first, work, keep, qpy, rounds, budget, threads):
+    """The latency rows of one (batch, seq) cell: each model exported (and its MINDIR timed), its integer-kernel
+    and int8 forms where it has them, then every ONNX file timed in `rounds` rounds. `first`: the first cell, whose
+    files are kept in `keep` (and quantized to int8 there)."""
+    from src.export import MindirRunner, OnnxRunner
+    cell, results = [], []
+    for m in models:
+        spec, cfg = m["spec"], m["spec"]["cfg"]
+        row = {"model": spec["name"], "note": spec["note"], "params": m["params"], "batch": b, "seq": seq,
+               "gflop_per_seq": bert_flops(cfg, seq) / 1e9}
+        if seq > cfg.max_position_embeddings:       # a packed artefact keeps only its run's positions
+            row["note"] = (f"skipped: the model has {cfg.max_position_embeddings} positions"
+                           + (f" ({spec['source']})" if spec.get("source") else ""))
+            results.append(row)
+            continue
+        path, inputs = export_file(m["onnx"], os.path.join(work, m["tag"]), "ONNX", b, seq, cfg.vocab_size)
+        if first:
+            final = os.path.join(keep, m["tag"] + ".onnx")
+            shutil.copyfile(path, final)
+            row["onnx_bytes"] = os.path.getsize(final)
+            if spec["name"] in (STUDENT, TINY4) and qpy:
+                m["int8"] = _quantize(qpy, final, os.path.join(keep, m["tag"] + "_int8.onnx"))
+        if m["ms"] is not None:
+            mpath, _ = export_file(m["ms"], os.path.join(work, m["tag"]), "MINDIR", b, seq, cfg.vocab_size)
+            mr = MindirRunner(mpath)
+            row["ms_s"] = time_call(lambda: mr(*inputs), budget_s=budget)
+            del mr
+            os.remove(mpath)
+        cell.append((row, path, inputs))
+        if spec.get("ternary"):                    # the deployable form: ternary matmuls as MatMulInteger
+            from src.ternary_int8 import integerize_file
+            kpath = path[:-5] + "_kernels.onnx"
+            integerize_file(path, kpath)
+            rowk = {"model": spec["name"] + KERNELS, "params": m["params"], "batch": b, "seq": seq,
+                    "gflop_per_seq": row["gflop_per_seq"],
+                    "note": "src/ternary_int8.py (export.py --ternary --int8): ternary codes as int8, "
+                            "8-bit activations with the trained symmetric rule, MatMulInteger"}
+            if first:
+                final = os.path.join(keep, m["tag"] + "_kernels.onnx")
+                shutil.copyfile(kpath, final)
+                rowk["onnx_bytes"] = m["kernels_bytes"] = os.path.getsize(final)
+            cell.append((rowk, kpath, inputs))
+        if spec["name"] in (STUDENT, TINY4):
+            row8 = {"model": spec["name"] + INT8, "params": m["params"], "batch": b, "seq": seq,
+                    "gflop_per_seq": row["gflop_per_seq"]}
+            if m["int8"] is None:
+                row8["note"] = "skipped: needs the onnx package (pip install -r requirements.txt)"
+                results.append(row8)
+            elif first:
+                row8["onnx_bytes"] = os.path.getsize(m["int8"])
+                row8["note"] = "int8 weights, dynamic int8 activations; measured at the first shape only"
+                cell.append((row8, m["int8"], inputs))
+    for _ in range(rounds):
+        for row, path, inputs in cell:
+            runner = OnnxRunner(path, threads)
+            row.setdefault("ort_rounds_s", []).append(time_call(lambda: runner(*inputs), budget_s=budget))
+            del runner
+    for row, path, _ in cell:
+        row["ort_s"] = statistics.median(row["ort_rounds_s"])
+        results.append(row)
+        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(work):     # not the kept int8 file
+            os.remove(path)
+        print(f"{row['model']:<36} b{b:<3} s{seq:<4} ort {row['ort_s'] * 1e3:9.2f} ms ("
+              + " ".join(f"{x * 1e3:.2f}" for x in row["ort_rounds_s"]) + ")"
+              + (f"  mindir {row['ms_s'] * 1e3:9.2f} ms" if "ms_s" in row else ""), flush=True)
+    return results
 
 
 def packed_ternary_bytes(cfg, params: int) -> int:
@@ -346,7 +366,7 @@ def latency_table(out) -> str:
             + markdown_table(heads, rows) + "\n\n" + goal)
 
 
-GOAL_TINY4, GOAL_WIDTH = 14.0, 1.45          # issue 6: TinyBERT-4 vs BERT-base, width 0.667 vs full
+GOAL_TINY4, GOAL_WIDTH = 14.0, 1.45          # latency goals: TinyBERT-4 vs BERT-base, width 0.667 vs full
 
 
 def _down(v: float, digits: int) -> str:
@@ -372,25 +392,9 @@ def _goal_line(out) -> str:
                          f"({'met' if met['w'][-1] else 'not met'})")
     if not lines:
         return ""
-    return (f"Goals (issue 6): TinyBERT-4 vs BERT-base >= {GOAL_TINY4:g}x met in {sum(met['t4'])} of "
+    return (f"Goals: TinyBERT-4 vs BERT-base >= {GOAL_TINY4:g}x met in {sum(met['t4'])} of "
             f"{len(met['t4'])} cells, width 0.667 vs full >= {GOAL_WIDTH:g}x in {sum(met['w'])} of {len(met['w'])}. "
             + "; ".join(lines))
-
-
-def render(path: str, readme: str = "") -> dict:
-    """The tables of a saved export.json (what --from_json does)."""
-    import json
-    from src.errors import UserError
-    require_file(path, "--from_json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            out = json.load(f)
-        latency, size = latency_table(out), size_table(out)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"--from_json '{path}': not an export.json written by this script ({e!r})") from None
-    emit("export_latency", latency, readme or None)
-    emit("export_size", size, readme or None)
-    return out
 
 
 def size_table(out) -> str:
@@ -408,6 +412,14 @@ def size_table(out) -> str:
             "onnxruntime dynamic quantization, or for a TernaryBERT row its integer-kernel file (export.py --int8)."
             "\n\n"
             + markdown_table(heads, rows))
+
+
+BLOCKS = (("export_latency", latency_table), ("export_size", size_table))     # (marker name, table of the result)
+
+
+def render(out) -> str:
+    """Both tables of a measure() result, or of the export.json it was saved as."""
+    return "\n\n".join(table(out) for _, table in BLOCKS)
 
 
 if __name__ == "__main__":

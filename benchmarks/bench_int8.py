@@ -2,7 +2,7 @@
 The export table times int8 rows; this says what they cost in accuracy.
 
     python benchmarks/bench_int8.py                                # after bench_export.py; ~2 min on 2 cores
-    python benchmarks/bench_int8.py --readme README.md             # also write the table there
+    python benchmarks/bench_int8.py --results docs/results.md      # also write the table there
     python benchmarks/bench_int8.py --model "MR student=output/bench/onnx/MR_student.onnx" --data_dir data/mr
 
 Models (default): the ONNX files bench_export.py keeps in output/bench/onnx (its first cell, batch 1 x seq 64) for
@@ -127,7 +127,7 @@ def main(argv=None):
            "task": args.task, "metric": main_metric, "reference": REFERENCE if ref is not None else None,
            "models": rows}
     write_json(os.path.join(args.out_dir, "int8.json"), out)
-    emit("int8", table(out), args.readme or None)
+    emit("int8", table(out), args.results or None)
     return out
 
 

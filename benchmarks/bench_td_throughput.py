@@ -4,14 +4,14 @@ thread count, in one run.
 
     python benchmarks/bench_td_throughput.py                 # MiniLM-L6 teacher -> student, batch 32, MR lengths
     python benchmarks/bench_td_throughput.py --quick         # tiny shapes (tests); torch row skipped if absent
-    python benchmarks/bench_td_throughput.py --readme README.md
+    python benchmarks/bench_td_throughput.py --results docs/results.md
 
 Step rows are median seconds per step on identical fixed-shape batches. Epoch rows: one epoch of the MR train
 split (row lengths from data/mr) as each side runs it - the project with the length buckets, batch sizes and
 teacher-logit caching of --config (configs/td_mr.yaml: phase 2 caches the teacher logits once per run, bucketed,
 at the eval batch size; timed and included); the PyTorch loop padded to max_seq_length with the teacher run live,
 as a plain loop does. Epoch rows are steady state; the one-off graph compiles of the project (one per bucket and
-graph) are a row of their own. Goal (issue #3): project epoch <= 0.5x the PyTorch loop's.
+graph) are a row of their own. Goal (the verdict line under the table): project epoch <= 0.5x the PyTorch loop's.
 The torch side runs in --torch_python (default: this python if it has torch + transformers, else
 .venv-bench/bin/python); without one the torch columns say "skipped". Writes output/bench/td_throughput.json.
 """
@@ -27,9 +27,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import ROOT, emit, machine, machine_line, markdown_table, write_json  # noqa: E402
-from src.dataset import load_split
-from src.tinybert_model import build_classifier, load_bert_config
+from benchmarks.common import (ROOT, emit, machine, machine_line, markdown_table, read_result,  # noqa: E402
+                               write_json)
+from src.batching import bucket_of  # noqa: E402
+from src.dataset import load_split  # noqa: E402
+from src.tinybert_model import build_classifier, load_bert_config  # noqa: E402
 
 TORCH_SKIPPED = "skipped: no python with torch + transformers (pip install -r requirements-bench.txt)"
 
@@ -68,9 +70,10 @@ def lengths(args, seq):
 
 
 def bucket_rows(lens, buckets):
-    """Rows per bucket length (each row goes to the shortest bucket that holds it, as ArrayBatcher and predict)."""
+    """Rows per bucket length (the batchers' rule, src/batching.py: each row goes to the shortest bucket that
+    holds it)."""
     bs = sorted(set(buckets))
-    idx = np.searchsorted(np.array(bs), lens, side="left")
+    idx = bucket_of(np.asarray(lens), bs)
     return {bs[b]: int((idx == b).sum()) for b in range(len(bs))}
 
 
@@ -211,7 +214,7 @@ def torch_side(py, args, tcfg, scfg, seqs, steps):
     return res
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description="TD step/epoch throughput: MindSpore project vs PyTorch+transformers")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--batch", type=int, default=None)
@@ -229,8 +232,27 @@ def main(argv=None):
     p.add_argument("--data_dir", default="data/mr")
     p.add_argument("--torch_python", default="")
     p.add_argument("--out_dir", default="output/bench")
-    p.add_argument("--readme", default="")
-    args = p.parse_args(argv)
+    p.add_argument("--from_json", default="", help="print (and with --results write) the table of a saved "
+                                                   "td_throughput.json again, without timing anything")
+    from tools.marked_blocks import add_results_arg
+    add_results_arg(p, what="the table")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.from_json:
+        out = read_result(args.from_json, render, "a td_throughput.json")
+    else:
+        out = measure(args)
+        write_json(os.path.join(args.out_dir, "td_throughput.json"), _jsonable(out))
+    emit("td_throughput", render(out), args.results or None)
+    return out
+
+
+def measure(args) -> dict:
+    """Both sides' step times and the epoch, cache and compile rows built from them: the dict td_throughput.json
+    saves (render needs nothing else)."""
     q = args.quick
     cfg_buckets, cfg_batch, cfg_eval_batch, seed = pipeline_settings(args.config) if not q else ([8, 16], 4, 4, 0)
     args.batch = args.batch or cfg_batch
@@ -249,11 +271,6 @@ def main(argv=None):
     lens = lengths(args, seq)
     if q:
         lens = lens[:args.rows]
-    rows_per = bucket_rows(lens, buckets)
-    nb = {L: n // args.batch for L, n in rows_per.items()}     # ArrayBatcher drops each bucket's remainder
-    n_rows = int(len(lens))
-    full_batches = n_rows // args.batch
-    trained = {"project": sum(nb.values()) * args.batch, "torch": full_batches * args.batch}   # rows an epoch trains
     py = torch_python(args.torch_python)
     # the torch loop's step time moves 15-30 % between processes on this shared box (1.20-1.64 s for the same
     # phase-1 step): it runs --torch_runs times, one before the MindSpore side and the rest after, and each
@@ -268,8 +285,22 @@ def main(argv=None):
         for k in ("phase1", "phase2"):
             th[k] = {seq: statistics.median(r[k][seq] for r in th_runs)}
         th["runs"] = th_runs
+    out = {"machine": machine(args.threads), "quick": q, "batch": args.batch, "eval_batch": args.eval_batch,
+           "seq": seq, "buckets": buckets, "steps": steps, "config": args.config, "fused_cpu_kernels": fused,
+           "kernels": kernels, "teacher": tcfg.to_dict(), "student": scfg.to_dict(), "mindspore": ms_res,
+           "torch": th, "torch_python": py, "torch_processes": len(th_runs)}
+    out.update(epoch_rows(ms_res, th, lens, seq, buckets, args.batch, seed))
+    return out
 
-    b = args.batch
+
+def epoch_rows(ms_res, th, lens, seq, buckets, b, seed) -> dict:
+    """The table rows (step, epoch, cache and compile rows) from the measured step times and the split's row
+    lengths, with the totals the verdict lines quote."""
+    rows_per = bucket_rows(lens, buckets)
+    nb = {L: n // b for L, n in rows_per.items()}     # ArrayBatcher drops each bucket's remainder
+    n_rows = int(len(lens))
+    full_batches = n_rows // b
+    trained = {"project": sum(nb.values()) * b, "torch": full_batches * b}   # rows an epoch trains
     ms_ep1 = sum(n * ms_res["phase1"][L] for L, n in nb.items())
     ms_cache = sum(n * ms_res["teacher_fwd_per_row"][L] for L, n in rows_per.items())
     ms_ep2 = ms_cache + sum(n * ms_res["phase2_cached"][L] for L, n in nb.items())
@@ -328,48 +359,55 @@ def main(argv=None):
                  ms_compile, 0.0, None])
     rows.append([f"the same with td1.cache_teacher_outputs ({4 * len(buckets)} graphs)", None, None,
                  ms_compile_cached, 0.0, None])
+    return {"bucket_batches": nb, "bucket_rows": rows_per, "teacher_cache_s": ms_cache,
+            "phase2_logits_after_phase1_s": ms_handoff, "rows_in_no_phase1_batch": unseen, "compile_s": ms_compile,
+            "rows": n_rows, "rows_trained_per_epoch": trained, "phase1_epoch_s": ms_ep1,
+            "phase1_cached_epochs_s": ms_p1, "phase2_train_epoch_s": ms_train2, "first_epochs_s": ms_first,
+            "torch_epochs_s": th_total, "phase1_cache_gb": cache_gb,
+            "phase1_step_s": ms_res["phase1"][seq], "phase1_cached_step_s": ms_res["phase1_cached"][seq],
+            "table": rows}
 
-    mach = machine(args.threads)
-    out = {"machine": mach, "quick": q, "batch": b, "seq": seq, "buckets": buckets, "bucket_batches": nb,
-           "bucket_rows": rows_per, "teacher_cache_s": ms_cache, "phase2_logits_after_phase1_s": ms_handoff,
-           "rows_in_no_phase1_batch": unseen, "compile_s": ms_compile,
-           "rows": n_rows, "rows_trained_per_epoch": trained, "kernels": kernels, "teacher": tcfg.to_dict(), "student": scfg.to_dict(),
-           "mindspore": ms_res,
-           "torch": th, "torch_python": py, "table": rows}
-    write_json(os.path.join(args.out_dir, "td_throughput.json"), _jsonable(out))
+
+def render(out) -> str:
+    """The markdown block of a measure() result, or of the td_throughput.json it was saved as."""
+    th, b, seq, config = out["torch"], out["batch"], out["seq"], out["config"]
+    tcfg, scfg = out["teacher"], out["student"]
+    ms_first, th_total, ms_compile = out["first_epochs_s"], out["torch_epochs_s"], out["compile_s"]
+    ms_ep1, ms_p1_last = out["phase1_epoch_s"], out["phase1_cached_epochs_s"][-1]
     heads = ["measure", "project seq/s", "PyTorch seq/s", "project s", "PyTorch s", "project / PyTorch time"]
     total = ms_first / th_total if th else None
-    later = (ms_p1[-1] + ms_train2) / th_total if th else None
+    later = (ms_p1_last + out["phase2_train_epoch_s"]) / th_total if th else None
     verdict = ("PyTorch side " + TORCH_SKIPPED) if th is None else (
         f"TD epoch project / PyTorch: first epoch of each phase {total:.2f}x (goal <= 0.5x: "
         f"{'met' if total <= 0.5 else 'NOT met'}; with the project's one-off compiles counted in it: "
         f"{(ms_first + ms_compile) / th_total:.2f}x); third and later epochs with td1.cache_teacher_outputs "
         f"{later:.2f}x (goal {'met' if later <= 0.5 else 'NOT met'})")
     versions = f" torch {th['torch']}, transformers {th['transformers']}." if th else ""
-    saved = 1.0 - ms_p1[-1] / ms_ep1
-    live_s, cached_s = ms_res["phase1"][seq], ms_res["phase1_cached"][seq]
+    saved = 1.0 - ms_p1_last / ms_ep1
     cache_verdict = (f"Here it saves {100 * saved:.0f}% of a phase-1 epoch from the third epoch on." if saved > 0.03
-                     else f"Here it does not pay: the third epoch with it takes {ms_p1[-1]:.0f} s against "
-                          f"{ms_ep1:.0f} s without (a cached step at b{b}/s{seq} {cached_s:.2f} s, a live one "
-                          f"{live_s:.2f} s): copying the kept tensors into a step costs as much as the teacher's "
-                          f"forward{' on the fused CPU kernels' if fused else ''}.")
-    text = (f"### Task-distillation throughput: MindSpore project vs PyTorch + transformers\n\n{machine_line(mach)}. "
-            f"Teacher {tcfg.num_hidden_layers}L/{tcfg.hidden_size}H, student {scfg.num_hidden_layers}L/"
-            f"{scfg.hidden_size}H; median of {steps} steps after warm-up (torch: median over {len(th_runs)} "
-            f"processes, one before the project side, the rest after); both sides {args.threads} threads."
-            f"{versions} Project epochs use the buckets {buckets} and batch {b} of {args.config}; phase 2's "
-            f"teacher logits (all rows: {ms_cache:.0f} s at eval batch {args.eval_batch}; after a phase-1 epoch: "
-            f"{ms_handoff:.0f} s) are inside its first epoch. Project {kernels} (fused_cpu_kernels of {args.config})."
-            f"{' QUICK MODE: tiny shapes, timings meaningless.' if q else ''}\n\n"
-            + markdown_table(heads, rows) + f"\n\n{verdict}\n\n"
+                     else f"Here it does not pay: the third epoch with it takes {ms_p1_last:.0f} s against "
+                          f"{ms_ep1:.0f} s without (a cached step at b{b}/s{seq} {out['phase1_cached_step_s']:.2f} s, "
+                          f"a live one {out['phase1_step_s']:.2f} s): copying the kept tensors into a step costs as "
+                          f"much as the teacher's forward"
+                          f"{' on the fused CPU kernels' if out['fused_cpu_kernels'] else ''}.")
+    return (f"### Task-distillation throughput: MindSpore project vs PyTorch + transformers\n\n"
+            f"{machine_line(out['machine'])}. "
+            f"Teacher {tcfg['num_hidden_layers']}L/{tcfg['hidden_size']}H, student {scfg['num_hidden_layers']}L/"
+            f"{scfg['hidden_size']}H; median of {out['steps']} steps after warm-up (torch: median over "
+            f"{out['torch_processes']} processes, one before the project side, the rest after); both sides "
+            f"{out['machine']['threads']} threads."
+            f"{versions} Project epochs use the buckets {out['buckets']} and batch {b} of {config}; phase 2's "
+            f"teacher logits (all rows: {out['teacher_cache_s']:.0f} s at eval batch {out['eval_batch']}; after a "
+            f"phase-1 epoch: {out['phase2_logits_after_phase1_s']:.0f} s) are inside its first epoch. Project "
+            f"{out['kernels']} (fused_cpu_kernels of {config})."
+            f"{' QUICK MODE: tiny shapes, timings meaningless.' if out['quick'] else ''}\n\n"
+            + markdown_table(heads, out["table"]) + f"\n\n{verdict}\n\n"
             f"Phase-1 teacher cache (`td1.cache_teacher_outputs: true`, off in configs/td_mr.yaml): the first "
             f"epoch fills it from the live steps, later epochs skip the teacher for every batch whose rows are all "
-            f"kept; {cache_gb:.1f} GB of fp32 teacher tensors for this split (mapped attention scores + hidden "
-            f"states per row at its bucket width). {cache_verdict} It can only be used for data that is not "
+            f"kept; {out['phase1_cache_gb']:.1f} GB of fp32 teacher tensors for this split (mapped attention scores "
+            f"+ hidden states per row at its bucket width). {cache_verdict} It can only be used for data that is not "
             f"augmented (TinyBERT's own phase 1 trains on augmented data, which cannot be cached); the embedded "
             f"default runs phase 1 for less than one epoch and leaves it off.")
-    emit("td_throughput", text, args.readme or None)
-    return out
 
 
 def _jsonable(o):

@@ -1,8 +1,7 @@
 """Shared by the benchmark scripts: machine description, nominal peak FLOP/s, BERT FLOP counts, markdown tables,
-timing, result JSON, and writing a table into README.md between `<!-- bench:NAME:start -->` / `:end -->` markers."""
-import json
+timing, result JSON (src/fileio.py writes it atomically), and writing a table between `<!-- bench:NAME:start -->`
+/ `:end -->` markers (tools/marked_blocks.py)."""
 import os
-import platform
 import statistics
 import sys
 import time
@@ -12,30 +11,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-
-def _cpuinfo() -> dict:
-    out = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if ":" in line:
-                    k, v = line.split(":", 1)
-                    out.setdefault(k.strip(), v.strip())
-    except OSError:
-        pass
-    return out
+from src.fileio import atomic_json  # noqa: E402
+from tools.machine_info import cpu_model, cpuinfo  # noqa: E402
+from tools.marked_blocks import add_results_arg, write_block  # noqa: E402
 
 
 def machine(threads: int) -> dict:
     """CPU model, cores, threads used and the nominal fp32 peak of the threads used:
     threads x clock x FLOP/cycle (AVX-512 FMA: 2 units x 16 lanes x 2 = 64; AVX2 FMA: 2 x 8 x 2 = 32; else 16).
     The clock is /proc/cpuinfo's current MHz (no turbo model): a nominal figure, not a measured roofline."""
-    info = _cpuinfo()
+    info = cpuinfo()
     flags = set(info.get("flags", "").split())
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 16
     mhz = float(info.get("cpu MHz", 0) or 0)
     peak = threads * mhz / 1000.0 * per_cycle if mhz else 0.0
-    return {"cpu": info.get("model name", platform.processor() or "unknown"), "cores": os.cpu_count(),
+    return {"cpu": cpu_model(info), "cores": os.cpu_count(),
             "threads": threads, "mhz": mhz, "flop_per_cycle": per_cycle, "peak_gflops": peak,
             "isa": "AVX-512" if per_cycle == 64 else "AVX2+FMA" if per_cycle == 32 else "SSE"}
 
@@ -73,14 +63,14 @@ def time_call(fn: Callable[[], object], min_reps: int = 3, budget_s: float = 2.0
 
 
 def add_timing_args(p, budget_help: str):
-    """--quick, --threads, --rounds, --budget, --out_dir, --readme: the flags every timing script shares."""
+    """--quick, --threads, --rounds, --budget, --out_dir, --results: the flags every timing script shares."""
     p.add_argument("--quick", action="store_true", help="tiny shapes (tests); timings meaningless")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=None, help="timing rounds (median of their medians; default 3, "
                                                              "--quick 1)")
     p.add_argument("--budget", type=float, default=None, help=budget_help)
     p.add_argument("--out_dir", default="output/bench")
-    p.add_argument("--readme", default="", help="write the tables into this file between bench markers")
+    add_results_arg(p)
 
 
 def rounds_and_budget(args):
@@ -115,32 +105,29 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def atomic_write(path: str, text: str):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: str, obj):
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_json(path, obj, indent=2, sort_keys=True)
 
 
-def write_readme(readme: str, name: str, text: str):
-    """Replace the block between the markers of `name` in `readme` (append a new marked block when absent)."""
-    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
-    old = open(readme, encoding="utf-8").read() if os.path.exists(readme) else ""
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in old and end in old and old.index(start) < old.index(end):
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + block + "\n"
-    atomic_write(readme, new)
+def read_result(path: str, render: Callable[[dict], str], what: str) -> dict:
+    """A result JSON a script saved, checked by rendering it with `render`: UserError (naming --from_json) when the
+    file is missing or is not `what`."""
+    import json
+    from src.errors import UserError
+    from src.fileio import require_file
+    require_file(path, "--from_json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            out = json.load(f)
+        render(out)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"--from_json '{path}': not {what} written by this script ({e!r})") from None
+    return out
 
 
-def emit(name: str, text: str, readme: Optional[str]):
+def emit(name: str, text: str, results: Optional[str]):
+    """Print `text`; with `results` (a markdown file) also write it there as the bench:NAME block."""
     print(text, flush=True)
-    if readme:
-        write_readme(readme, name, text)
-        print(f"(written into {readme} between the bench:{name} markers)")
+    if results:
+        write_block(results, name, text)
+        print(f"(written into {results} between the bench:{name} markers)")

@@ -7,20 +7,18 @@ python of `--quant_python`, this one, .venv-bench's that can import it.
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def main(argv):
     if len(argv) != 2:
         print("usage: ort_quantize.py IN.onnx OUT.onnx", file=sys.stderr)
         return 2
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from src.fileio import atomic_path
     src, dst = argv
-    tmp = f"{dst}.tmp{os.getpid()}.onnx"
-    try:
+    with atomic_path(dst) as tmp:
         quantize_dynamic(src, tmp, weight_type=QuantType.QInt8)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     print(f"quantized {src} -> {dst} ({os.path.getsize(dst)} bytes)")
     return 0
 

@@ -1,7 +1,7 @@
 """Trade-off table and plots for the embedded default, from the runs' own records (never typed by hand).
 
     python benchmarks/report.py                          # teacher + TD student of output/td_mr, bench JSON
-    python benchmarks/report.py --run width0.667=output/width/w0.667 --readme README.md
+    python benchmarks/report.py --run width0.667=output/width/w0.667 --results docs/results.md
 
 Table: model, params, bytes (checkpoint), latency (from output/bench/export.json, batch/seq chosen with
 --latency_batch/--latency_seq, onnxruntime), dev metric (best eval in the run's metrics.jsonl), % of the teacher's
@@ -95,7 +95,8 @@ def main(argv=None):
                         "\"TernaryBERT W2E2A8=TernaryBERT W2E2A8 int8 kernels\" (its deployable integer-kernel file)")
     p.add_argument("--out_dir", default="output/bench")
     p.add_argument("--no_plots", action="store_true")
-    p.add_argument("--readme", default="")
+    from tools.marked_blocks import add_results_arg
+    add_results_arg(p, what="the table")
     args = p.parse_args(argv)
     bench = json.load(open(args.bench_json, encoding="utf-8")) if os.path.exists(args.bench_json) else None
     specs = args.run or DEFAULT_RUNS
@@ -135,10 +136,19 @@ def main(argv=None):
         text += "\n\nNot found: " + "; ".join(missing)
     pngs = [] if args.no_plots else plots(runs, args)
     if pngs:
-        text += "\n\n" + " ".join(f"![{os.path.basename(pth)}]({pth})" for pth in pngs)
+        text += "\n\n" + " ".join(f"![{os.path.basename(pth)}]({image_link(pth, args.results)})" for pth in pngs)
     write_json(os.path.join(args.out_dir, "report.json"), {"runs": runs, "missing": missing, "pngs": pngs})
-    emit("tradeoff", text, args.readme or None)
+    emit("tradeoff", text, args.results or None)
     return {"rows": rows, "runs": runs, "pngs": pngs, "text": text}
+
+
+def image_link(png: str, results: str) -> str:
+    """The path a markdown file at `results` links `png` by (relative to that file's folder, as markdown resolves
+    it); without a results file, `png` as given."""
+    if not results:
+        return png
+    rel = os.path.relpath(os.path.abspath(png), os.path.dirname(os.path.abspath(results)))
+    return rel.replace(os.sep, "/")
 
 
 def plots(runs, args):
@@ -178,9 +188,9 @@ def plots(runs, args):
 
 
 def _save(fig, path):
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    from src.fileio import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     return path
 
 

@@ -27,9 +27,10 @@ def length_buckets_of(seq_len: int, buckets: Optional[Sequence[int]]) -> list:
     return sorted(set(int(b) for b in (buckets or [seq_len]) if int(b) <= seq_len) | {seq_len})
 
 
-def bucket_of(input_mask: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
-    """Index into `buckets` of each row: the shortest bucket that holds the row's real tokens."""
-    return np.searchsorted(np.asarray(buckets), input_mask.sum(axis=1), side="left")
+def bucket_of(lengths: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
+    """Index into the sorted `buckets` of each row of real length `lengths` (input_mask.sum(axis=1)): the
+    shortest bucket that holds it."""
+    return np.searchsorted(np.asarray(buckets), lengths, side="left")
 
 
 class ArrayBatcher:
@@ -50,7 +51,7 @@ class ArrayBatcher:
         seq_len = arrays["input_ids"].shape[1]
         buckets = length_buckets_of(seq_len, length_buckets)
         self.buckets = buckets
-        self.bucket_of = bucket_of(arrays["input_mask"], buckets)
+        self.bucket_of = bucket_of(arrays["input_mask"].sum(axis=1), buckets)
         if n < self.global_batch and drop_remainder:
             raise UserError(f"training set has {n} rows, fewer than one batch ({batch_size} x {world} "
                             f"worker(s)): lower {batch_key} or add data")

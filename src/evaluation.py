@@ -21,7 +21,7 @@ def predict(logits_fn, arrays: Dict[str, np.ndarray], batch_size: int,
     if length_buckets:
         seq_len = arrays["input_ids"].shape[1]
         buckets = length_buckets_of(seq_len, length_buckets)
-        which = bucket_of(arrays["input_mask"], buckets)
+        which = bucket_of(arrays["input_mask"].sum(axis=1), buckets)
         out = None
         for b, length in enumerate(buckets):
             idx = np.flatnonzero(which == b)

@@ -1,5 +1,5 @@
 """benchmarks/ in --quick mode: every table has every row with positive, finite values and ratios against the
-rows of the same run; README blocks are replaced between their markers; the report reads run records exactly.
+rows of the same run; result blocks are replaced between their markers; the report reads run records exactly.
 Timings themselves are not asserted (shared CPU). torch is not required: its columns say "skipped"."""
 import json
 import math
@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from benchmarks import (bench_export, bench_int8, bench_ort_denormal, bench_ort_layernorm, bench_ort_profile,
-                        bench_td_throughput, report)
-from benchmarks.common import bert_flops, write_readme
+from benchmarks import bench_export, bench_int8, bench_td_throughput, report
+from benchmarks.common import bert_flops
+from tools.marked_blocks import write_between, write_block
 from src.errors import UserError
 from src.tinybert_model import BertConfig
 from src.tinybert_model import build_classifier
@@ -45,7 +45,7 @@ def test_bench_export_quick_has_every_row(tmp_path):
     tpack = _packed_ternary(str(tmp_path / "ternary"))
     out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "24", "--rounds", "2",
                              "--quant_python", sys.executable, "--out_dir", str(tmp_path / "bench"),
-                             "--ternary_packed", tpack, "--readme", str(readme)])
+                             "--ternary_packed", tpack, "--results", str(readme)])
     (skipped,) = [r for r in out["latency"] if r["seq"] == 24 and r["model"] == "TernaryBERT W2E2A8"]
     assert "ort_s" not in skipped and skipped["note"].startswith("skipped: the model has 16 positions")
     assert all(_pos(r["ort_s"]) for r in out["latency"] if r["seq"] == 24 and r is not skipped
@@ -92,6 +92,9 @@ def test_bench_export_quick_has_every_row(tmp_path):
     assert "| width 0.5 |" in text and "nominal fp32 peak" in text
     saved = json.loads((tmp_path / "bench" / "export.json").read_text())
     assert len(saved["latency"]) == len(out["latency"])
+    assert bench_export.render(saved) == bench_export.render(out)          # the saved JSON alone renders both tables
+    for name, table in bench_export.BLOCKS:
+        assert f"<!-- bench:{name}:start -->\n{table(saved)}\n<!-- bench:{name}:end -->" in text
     # goals judged on the unrounded ratios; --from_json writes the same blocks again without timing
     t4 = lat[bench_export.TINY4]["x_base"]
     assert f"TinyBERT-4 vs BERT-base {math.floor(t4 * 100) / 100:.2f}x ({'met' if t4 >= 14 else 'not met'};" in text
@@ -100,7 +103,7 @@ def test_bench_export_quick_has_every_row(tmp_path):
     assert f"met in {int(t4 >= 14) + int(t4_24 >= 14)} of 2 cells" in text
     again = tmp_path / "again.md"
     again.write_text(text)
-    bench_export.main(["--from_json", str(tmp_path / "bench" / "export.json"), "--readme", str(again)])
+    bench_export.main(["--from_json", str(tmp_path / "bench" / "export.json"), "--readme", str(again)])  # old name
     assert again.read_text() == text
     with pytest.raises(UserError, match="not an export.json"):
         (tmp_path / "bad.json").write_text("{}")
@@ -140,93 +143,6 @@ def test_bench_export_without_onnx_marks_int8_rows_skipped(tmp_path):
     assert not os.path.exists(tmp_path / "tmp_export")                 # temporary exports removed
 
 
-def test_bench_ort_layernorm_quick(tmp_path):
-    """Both sessions of every model are what they claim: onnxruntime's default merges every LayerNorm with its
-    residual Add (SkipLayerNormalization), the project's session (src/export.py) merges none; same logits."""
-    readme = tmp_path / "bench.md"
-    out = bench_ort_layernorm.main(["--quick", "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
-    assert [(r["rows"], r["hidden"]) for r in out["kernels"]] == [(8, 24)]
-    k = out["kernels"][0]
-    assert _pos(k["skip_s"]) and _pos(k["add_ln_s"]) and k["max_abs_diff"] < 1e-5
-    models = {r["model"]: r for r in out["models"]}
-    assert set(models) == {bench_export.TEACHER + " shape", bench_export.BASE, bench_export.TINY4, "width 0.667"}
-    for r in models.values():
-        assert (r["batch"], r["seq"]) == (2, 16)
-        assert r["fused_skip_nodes"] == r["layernorms"] and r["unfused_skip_nodes"] == 0, r
-        assert _pos(r["fused_s"]) and _pos(r["unfused_s"]) and r["speedup"] == r["fused_s"] / r["unfused_s"]
-        assert r["max_abs_logit_diff"] < 1e-5
-    assert models[bench_export.TINY4]["layernorms"] == 3 and models[bench_export.BASE]["layernorms"] == 5
-    (g,) = out["goals"]
-    assert g["tiny_vs_base_unfused"] == pytest.approx(models[bench_export.BASE]["unfused_s"]
-                                                      / models[bench_export.TINY4]["unfused_s"])
-    assert all(_pos(v) for v in g.values())
-    assert json.loads((tmp_path / "bench" / "ort_layernorm.json").read_text())["goals"] == out["goals"]
-    text = readme.read_text()
-    assert text.count("<!-- bench:ort_layernorm:start -->") == 1 and "| TinyBERT-4" in text
-    assert not os.path.exists(tmp_path / "bench" / "tmp_ort_layernorm")
-
-
-def test_bench_ort_profile_quick(tmp_path):
-    """Each model's optimized graph runs the nodes it should per call (6L+1 Gemm + the pooler's FusedGemm, L QK^T
-    FusedMatMul and L PV MatMul, L Softmax and GELU, 2L+1 LayerNormalization, 3L+2 Add: mask, residuals,
-    embeddings), every node lands in a kind, and the goal tables are the ratios of the model rows."""
-    readme = tmp_path / "bench.md"
-    out = bench_ort_profile.main(["--quick", "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
-    layers = {bench_export.TEACHER + " shape": 2, bench_export.BASE: 2, bench_export.TINY4: 1, "width 0.667": 2}
-    models = {r["model"]: r for r in out["models"]}
-    assert set(models) == set(layers)
-    for name, r in models.items():
-        L, n = layers[name], r["profiled_runs"]
-        assert n >= 1 and (r["batch"], r["seq"]) == (2, 16)
-        per_call = {op: c / n for op, c in r["op_calls"].items()}
-        assert {op: per_call.get(op) for op in ("Gemm", "FusedGemm", "FusedMatMul", "MatMul", "Softmax", "Gelu",
-                                               "LayerNormalization", "Add", "SkipLayerNormalization")} == {
-            "Gemm": 6 * L + 1, "FusedGemm": 1, "FusedMatMul": L, "MatMul": L, "Softmax": L, "Gelu": L,
-            "LayerNormalization": 2 * L + 1, "Add": 3 * L + 2, "SkipLayerNormalization": None}, name
-        assert set(r["kind_ms"]) == set(bench_ort_profile.KIND_NAMES)
-        assert r["kernel_ms"] == pytest.approx(sum(r["op_us"].values()) / 1000.0 / n)
-        assert r["kernel_ms"] == pytest.approx(sum(r["kind_ms"].values()))
-        assert all(_pos(r["kind_ms"][k]) for k in ("dense GEMMs", "attention matmuls", "softmax", "LayerNorm", "GELU"))
-        assert _pos(r["s"]) and _pos(r["gflop"]) and 0 < r["gemm_gflop"] < r["gflop"]
-    pairs = {(t["goal"], t["batch"], t["seq"]): t for t in out["pairs"]}
-    assert set(pairs) == {("TinyBERT-4 vs BERT-base", 2, 16), ("width 0.667 vs full", 2, 16)}
-    t = pairs[("TinyBERT-4 vs BERT-base", 2, 16)]
-    base, tiny = models[bench_export.BASE], models[bench_export.TINY4]
-    assert t["measured_ratio"] == base["s"] / tiny["s"] and t["kernel_ratio"] == base["kernel_ms"] / tiny["kernel_ms"]
-    gemm = t["kinds"][0]
-    assert gemm["kind"] == "dense GEMMs"
-    assert gemm["ratio"] == base["kind_ms"]["dense GEMMs"] / tiny["kind_ms"]["dense GEMMs"]
-    assert sum(k["small_share"] for k in t["kinds"]) == pytest.approx(1.0)
-    assert json.loads((tmp_path / "bench" / "ort_profile.json").read_text())["pairs"] == out["pairs"]
-    text = readme.read_text()
-    assert text.count("<!-- bench:ort_profile:start -->") == 1 and "| dense GEMMs |" in text
-    assert not os.path.exists(tmp_path / "bench" / "tmp_ort_profile")
-
-
-def test_profile_kernel_times_skip_warmup_runs(tmp_path):
-    """Only the nodes of the runs after the warm-up count, summed per op type; a profile without such a run is an
-    error, not zeros."""
-    ev = [{"name": "model_run", "cat": "Session", "ts": 0, "dur": 100},
-          {"name": "a_kernel_time", "cat": "Node", "ts": 10, "dur": 50, "args": {"op_name": "Gemm"}},
-          {"name": "model_run", "cat": "Session", "ts": 200, "dur": 100},
-          {"name": "a_kernel_time", "cat": "Node", "ts": 210, "dur": 30, "args": {"op_name": "Gemm"}},
-          {"name": "b_kernel_time", "cat": "Node", "ts": 250, "dur": 8, "args": {"op_name": "Erf"}},
-          {"name": "a_fence_before", "cat": "Node", "ts": 250, "dur": 1, "args": {"op_name": "Gemm"}},
-          {"name": "model_run", "cat": "Session", "ts": 400, "dur": 100},
-          {"name": "a_kernel_time", "cat": "Node", "ts": 410, "dur": 34, "args": {"op_name": "Gemm"}}]
-    path = tmp_path / "p.json"
-    path.write_text(json.dumps(ev))
-    k = bench_ort_profile.kernel_times(str(path), 1)
-    assert k == {"runs": 2, "op_us": {"Gemm": 64, "Erf": 8}, "op_calls": {"Gemm": 2, "Erf": 1}}
-    assert bench_ort_profile.by_kind(k["op_us"], k["runs"]) == {
-        "dense GEMMs": 0.032, "attention matmuls": 0.0, "softmax": 0.0, "element-wise adds": 0.0, "LayerNorm": 0.0,
-        "GELU": 0.0, "layout": 0.0, "other": 0.004}
-    with pytest.raises(RuntimeError, match="no profiled run after 3"):
-        bench_ort_profile.kernel_times(str(path), 3)
-    with pytest.raises(UserError, match="--cells 3by4: expected BATCHxSEQ"):
-        bench_ort_profile.main(["--quick", "--cells", "3by4", "--out_dir", str(tmp_path / "b")])
-
-
 def test_bench_int8_accuracy_is_the_eval_of_each_file(tmp_path):
     """Both files of a model are evaluated on the whole dev split exactly as run_eval_onnx.py does; the int8 copy is
     a real quantized file (integer ops); missing files and bad --model specs are clear errors."""
@@ -241,7 +157,7 @@ def test_bench_int8_accuracy_is_the_eval_of_each_file(tmp_path):
     readme = tmp_path / "bench.md"
     out = bench_int8.main(["--quick", "--model", f"teacher-like={path}", "--data_dir", data,
                            "--quant_python", sys.executable, "--out_dir", str(tmp_path / "bench"),
-                           "--readme", str(readme)])
+                           "--results", str(readme)])
     (r,) = out["models"]
     for kind in ("fp32", "int8"):
         ref = run_eval_onnx.main(["--model_file", r[kind + "_file"], "--data_dir", data])
@@ -263,24 +179,6 @@ def test_bench_int8_accuracy_is_the_eval_of_each_file(tmp_path):
         bench_int8.main(["--model", "x=nope.onnx", "--out_dir", str(tmp_path / "b2")])
     with pytest.raises(UserError, match="expected NAME=FILE.onnx"):
         bench_int8.main(["--model", "nope.onnx", "--out_dir", str(tmp_path / "b2")])
-
-
-def test_bench_ort_denormal_quick(tmp_path):
-    """Every measurement ran (each in its own process) with and without flushing denormals, and the two settings give
-    the same softmax / logits; the goal ratios are those of the model rows."""
-    readme = tmp_path / "bench.md"
-    out = bench_ort_denormal.main(["--quick", "--out_dir", str(tmp_path / "bench"), "--readme", str(readme)])
-    assert [(r["case"], r["masked"]) for r in out["kernels"]] == [("[2, 12, 16, 16]", False), ("[2, 12, 16, 16]", True)]
-    models = {r["model"]: r for r in out["models"]}
-    assert set(models) == {bench_export.TEACHER + " shape", bench_export.BASE, bench_export.TINY4, "width 0.667"}
-    for r in out["kernels"] + out["models"]:
-        assert _pos(r["off_s"]) and _pos(r["on_s"]) and r["speedup"] == r["off_s"] / r["on_s"]
-        assert r["max_abs_diff"] < 1e-6, r
-    (g,) = out["goals"]
-    assert g["tiny_vs_base_on"] == pytest.approx(models[bench_export.BASE]["on_s"] / models[bench_export.TINY4]["on_s"])
-    assert json.loads((tmp_path / "bench" / "ort_denormal.json").read_text())["goals"] == out["goals"]
-    assert readme.read_text().count("<!-- bench:ort_denormal:start -->") == 1
-    assert not os.path.exists(tmp_path / "bench" / "tmp_ort_denormal")
 
 
 def test_bench_td_quick_table(tmp_path):
@@ -314,7 +212,16 @@ def test_bench_td_quick_table(tmp_path):
     assert rows[14][1] is None and rows[14][4] == 0.0
     # quick teacher 2 layers / 32 hidden / 4 heads -> student 1 layer: 2 hidden states + 1 attention map per row
     assert ms_res["phase1_cache_bytes_per_row"][16] == 4 * (2 * 16 * 32 + 1 * 4 * 16 * 16)
-    assert json.loads((tmp_path / "td_throughput.json").read_text())["torch"] is None
+    saved = json.loads((tmp_path / "td_throughput.json").read_text())
+    assert saved["torch"] is None and saved["table"] == json.loads(json.dumps(rows))
+    # the saved JSON alone renders the measured block again (--from_json times nothing)
+    text = bench_td_throughput.render(out)
+    assert bench_td_throughput.render(saved) == text and "| TD phase 2 epoch 2+ (logits already cached) |" in text
+    results = tmp_path / "results.md"
+    bench_td_throughput.main(["--from_json", str(tmp_path / "td_throughput.json"), "--results", str(results)])
+    assert results.read_text() == f"<!-- bench:td_throughput:start -->\n{text}\n<!-- bench:td_throughput:end -->\n"
+    with pytest.raises(UserError, match="not a td_throughput.json"):
+        bench_td_throughput.main(["--from_json", str(tmp_path / "results.md")])
 
 
 def test_report_table_from_run_records(tmp_path):
@@ -359,14 +266,24 @@ def test_report_table_from_run_records(tmp_path):
         report.main(["--run", f"T={t}", "--latency_row", "S", "--out_dir", str(tmp_path / "o"), "--no_plots"])
 
 
-def test_write_readme_markers_and_flops(tmp_path):
-    p = str(tmp_path / "R.md")
-    write_readme(p, "a", "one")
-    write_readme(p, "b", "two")
-    write_readme(p, "a", "three")
-    text = open(p).read()
-    assert "one" not in text and text.index("three") < text.index("two")
-    assert text.count("bench:a:start") == 1 and text.count("bench:b:end") == 1
+def test_marked_blocks_and_flops(tmp_path):
+    p = str(tmp_path / "docs" / "R.md")                # the folder is created with the file
+    write_block(p, "a", "one")
+    write_block(p, "b", "two")
+    write_block(p, "a", "three\n\n")
+    assert open(p).read() == ("<!-- bench:a:start -->\nthree\n<!-- bench:a:end -->\n\n"
+                              "<!-- bench:b:start -->\ntwo\n<!-- bench:b:end -->\n")
+    assert os.listdir(tmp_path / "docs") == ["R.md"]   # no temp file left beside it
+    # demo_report's block: replaced in place between its own markers; a file without them is an error, unchanged
+    start, end = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
+    d = tmp_path / "demo.md"
+    d.write_text(f"# Head\n\n{start}\nold\n{end}\n\nTail\n")
+    write_between(str(d), start, end, "| new |")
+    assert d.read_text() == f"# Head\n\n{start}\n| new |\n{end}\n\nTail\n"
+    d.write_text("no markers\n")
+    with pytest.raises(UserError, match="markers <!-- demo-results:start -->"):
+        write_between(str(d), start, end, "| new |")
+    assert d.read_text() == "no markers\n"
     base = BertConfig()                   # BERT-base: ~11.2 GMAC = 22.4 GFLOP per 128-token sequence
     assert bert_flops(base, 128) / 1e9 == pytest.approx(22.36, rel=0.01)
 
@@ -404,3 +321,47 @@ def test_report_selects_a_width_and_counts_the_ternary_artefact(tmp_path):
     # the artefact's own shape: its position table keeps 16 rows, the run's config.json has 32
     assert rows["tern"][1] == rows["full"][1] - 16 * 16
     assert out["runs"][1]["train"] == [] and out["runs"][0]["train"] == [(1, 3.0)]
+
+
+def test_tools_never_import_benchmarks():
+    """tools/ is used without the benchmark scripts (and their second venv): no module of it imports benchmarks."""
+    import ast
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+    for name in sorted(os.listdir(tools)):
+        if name.endswith(".py"):
+            tree = ast.parse(open(os.path.join(tools, name), encoding="utf-8").read())
+            mods = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            mods += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            assert not [m for m in mods if m.split(".")[0] == "benchmarks"], name
+
+
+def test_report_links_plots_from_the_results_file():
+    """docs/results.md links the plots report.py writes into docs/results relative to its own folder (as markdown
+    resolves links), README.md at the top from there; without a results file the path stays as given."""
+    assert report.image_link("docs/results/tradeoff.png", "docs/results.md") == "results/tradeoff.png"
+    assert report.image_link("docs/results/tradeoff.png", "README.md") == "docs/results/tradeoff.png"
+    assert report.image_link("output/bench/curves.png", "docs/results.md") == "../output/bench/curves.png"
+    assert report.image_link("output/bench/curves.png", "") == "output/bench/curves.png"
+
+
+def test_readme_results_writes_the_width_block_into_docs_results(tmp_path, monkeypatch):
+    """By default the width block goes into docs/results.md (created with its folder), between its bench markers:
+    the run's table, its teacher's recorded score and the command it came from."""
+    from tools import readme_results
+    run = tmp_path / "output" / "ofa_mr"
+    run.mkdir(parents=True)
+    (run / "width_table.md").write_text("| width | acc |\n|---|---|\n| 0.500 | 0.7000 |\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 3, "acc": 0.8}) + "\n"
+                                       + json.dumps({"kind": "teacher_eval", "time": 1.0, "acc": 0.81234}) + "\n")
+    (run / "manifest.json").write_text(json.dumps({"config": {"teacher": {"ckpt": "t.ckpt"}},
+                                                   "command": "run_ofa_width.py --config_path configs/ofa_mr.yaml",
+                                                   "git": "0123456789abcdef", "machine": {"cpus": 2},
+                                                   "started": "2024-01-01T00:00:00"}))
+    monkeypatch.chdir(tmp_path)
+    readme_results.main(["--only", "width", "--width_dir", "output/ofa_mr"])
+    assert (tmp_path / "docs" / "results.md").read_text() == (
+        "<!-- bench:width:start -->\n| width | acc |\n|---|---|\n| 0.500 | 0.7000 |\n\n"
+        "Teacher (full model before rewiring): acc 0.8123\n\n"
+        "- `output/ofa_mr`: `run_ofa_width.py --config_path configs/ofa_mr.yaml` (teacher `t.ckpt`, git 0123456789ab, "
+        "2 CPUs, started 2024-01-01T00:00:00)\n<!-- bench:width:end -->\n")
+    assert not (tmp_path / "README.md").exists()

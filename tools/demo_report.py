@@ -1,10 +1,11 @@
 """Teacher-vs-student table for a finished task-distillation run, from its own outputs (logs, configs,
 checkpoint files), never typed by hand.
 
-    python tools/demo_report.py --td_dir output/td_mr --gd_dir output/gd [--readme README.md]
+    python tools/demo_report.py --td_dir output/td_mr --gd_dir output/gd [--results docs/results.md]
 
-Prints the table and `The best acc is X` (the student's best dev metric). With --readme, the block between
-`<!-- demo-results:start -->` and `<!-- demo-results:end -->` in that file is replaced by the table.
+Prints the table and `The best acc is X` (the student's best dev metric). With --results (old name --readme), the
+block between `<!-- demo-results:start -->` and `<!-- demo-results:end -->` in that file (docs/results.md holds it)
+is replaced by the table; without it nothing is written.
 """
 import argparse
 import json
@@ -59,7 +60,8 @@ def main(argv=None):
     ap.add_argument("--td_dir", default="output/td_mr")
     ap.add_argument("--gd_dir", default="output/gd")
     ap.add_argument("--seconds", type=float, default=None, help="wall time of the whole job, for the table")
-    ap.add_argument("--readme", default=None)
+    ap.add_argument("--results", "--readme", dest="results", default=None, metavar="FILE.md",
+                    help="replace the demo-results block of this file (docs/results.md) by the table")
     args = ap.parse_args(argv)
     teacher_dir, td1_dir, td2_dir = (os.path.join(args.td_dir, d) for d in ("teacher", "td1", "td2"))
     t_best, t_evals = best_eval(teacher_dir)
@@ -80,24 +82,17 @@ def main(argv=None):
     lines.append("")
     lines.append("Training time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
                  + (f"; whole job incl. data and conversion {args.seconds:.0f}" if args.seconds else ""))
-    from benchmarks.common import machine
-    cpu = machine(os.cpu_count() or 1)["cpu"]
+    from tools.machine_info import cpu_model
+    cpu = cpu_model()
     lines.append(f"Machine: {cpu}, {os.cpu_count()} CPUs, {platform.system()}, MindSpore graph mode fp32; "
                  f"student/teacher params {rows[1][2] / rows[0][2]:.2f}x, "
                  f"checkpoint {rows[0][3] / rows[1][3]:.2f}x smaller")
     table = "\n".join(lines)
     print(table)
     print(f"The best acc is {s_best:.6f}")
-    if args.readme:
-        text = open(args.readme, encoding="utf-8").read()
-        if START not in text or END not in text:
-            raise UserError(f"{args.readme}: markers {START} / {END} not found")
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        tmp = args.readme + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(head + START + "\n" + table + "\n" + END + tail)
-        os.replace(tmp, args.readme)
+    if args.results:
+        from tools.marked_blocks import write_between
+        write_between(args.results, START, END, table)
 
 
 if __name__ == "__main__":

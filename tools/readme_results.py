@@ -1,8 +1,8 @@
-"""Write the TernaryBERT and width-adaptation result tables into README.md from the runs' own outputs (never by
+"""Write the TernaryBERT and width-adaptation result tables into docs/results.md from the runs' own outputs (never by
 hand): the `tools/pack_ternary.py --report` table of every run under --ternary_dir, and the width table
 (`width_table.md`) of the run in --width_dir, each with the command line and teacher it came from.
 
-    python tools/readme_results.py --ternary_dir output/ternary_mr --width_dir output/ofa_mr --readme README.md
+    python tools/readme_results.py --ternary_dir output/ternary_mr --width_dir output/ofa_mr --results docs/results.md
 
 Blocks: <!-- bench:ternary:start --> ... <!-- bench:ternary:end --> and the same with `width`.
 """
@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import write_readme  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
+from tools.marked_blocks import RESULTS, add_results_arg, write_block  # noqa: E402
 
 
 def _manifest(run_dir: str) -> dict:
@@ -58,7 +58,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ternary_dir", default="output/ternary_mr")
     p.add_argument("--width_dir", default="output/ofa_mr")
-    p.add_argument("--readme", default="README.md")
+    add_results_arg(p, default=RESULTS)
     p.add_argument("--only", choices=["ternary", "width"], default=None, help="write one of the two blocks")
     args = p.parse_args(argv)
     blocks = {}
@@ -68,7 +68,7 @@ def main(argv=None):
         blocks["width"] = width_block(args.width_dir)
     for name, text in blocks.items():
         print(text + "\n")
-        write_readme(args.readme, name, text)
+        write_block(args.results, name, text)
     return 0
 
 
