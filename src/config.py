@@ -77,6 +77,11 @@ def _buckets(v, section, data):
     return isinstance(v, list) and all(_num(b) and 1 <= b <= section["max_seq_length"] for b in v)
 
 
+def _epochs(v, section, data):
+    """>= 1, or 0 when the section's max_steps > 0 (then max_steps alone says how long the run trains)."""
+    return _num(v) and (v >= 1 or (v == 0 and _num(section.get("max_steps")) and section["max_steps"] > 0))
+
+
 def _clip_norm(v, section, data):
     return _num(v) and (v > 0 or section.get("clip_mode") == "none")
 
@@ -91,7 +96,7 @@ RULES = [
     (("*batch_size",), *_at_least(1)),
     (("lr", "*.lr"), *_above(0)),
     (("*warmup_ratio",), *_within(0, 1)),
-    (("*epochs",), *_at_least(1)),              # max_steps only caps the steps: 0 epochs train none
+    (("*epochs",), _epochs, ">= 1 (or 0 with max_steps > 0: train max_steps steps)"),
     (("*max_steps",), *_at_least(0)),           # 0 = all epochs
     (("eval.every", "log_every", "checkpoint.every_steps"), *_at_least(0)),
     (("checkpoint.keep_last",), *_at_least(1)),
@@ -356,6 +361,22 @@ def _reject_moved(data: dict, path: str, default_yaml_path: str):
             raise UserError(f"{text}: rename it in config file '{path}'")
 
 
+def _require_default_keys(data: dict, path: str, default_yaml_path: str):
+    """A file given with --config_path must hold every key of the run's own config file (the YAML is the only
+    list of defaults, so a missing key has no value): one error naming the missing keys and their shipped values,
+    instead of a failure deep inside the run."""
+    if os.path.abspath(path) == os.path.abspath(default_yaml_path) or not os.path.isfile(default_yaml_path):
+        return
+    default = _read_yaml(default_yaml_path)
+    _translate_deprecated(default, default_yaml_path)
+    missing = [k for k in _keys(default) if _lookup(data, k) is _MISSING]
+    if missing:
+        shown = ", ".join(f"{k} ({json.dumps(_lookup(default, k), default=str)})" for k in missing[:4])
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        raise UserError(f"config file '{path}' lacks {len(missing)} key(s) of {default_yaml_path}: {shown}{more}; "
+                        f"start from a copy of that file")
+
+
 def _warn(message: str):
     print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
@@ -453,6 +474,7 @@ def load_config(default_yaml_path: str, argv=None) -> Config:
     data = _read_yaml(path)
     _reject_moved(data, path, default_yaml_path)
     _translate_deprecated(data, path)
+    _require_default_keys(data, path, default_yaml_path)
     for key, tokens in items:
         if key in DEPRECATED_KEYS and _lookup(data, key) is _MISSING:
             new, values = DEPRECATED_KEYS[key]

@@ -5,11 +5,12 @@ should pass the same two (docs/export.md):
 
 - `disabled_optimizers=["SkipLayerNormFusion"]`: that fusion merges each residual Add with the LayerNormalization
   after it into one SkipLayerNormalization kernel, which on the CPU execution provider (onnxruntime 1.32) is 3-5.5x
-  slower than the two kernels it replaces (benchmarks/bench_ort_layernorm.py).
+  slower than the two kernels it replaces (benchmarks/investigations/bench_ort_settings.py --study skip_layernorm).
 - `session.set_denormal_as_zero`: the padded keys' -10000 mask sends softmax's exp into the denormal range, where
   x86 arithmetic is many times slower (a masked [16, 12, 128, 128] softmax: 3.7-4.1 ms instead of 0.5 ms;
-  benchmarks/bench_ort_denormal.py). Values below 1.2e-38 become 0, which no logit can see. onnxruntime also sets
-  the flags on the thread that creates the session, and they stay set there after the session is gone.
+  benchmarks/investigations/bench_ort_settings.py --study denormal). Values below 1.2e-38 become 0, which no
+  logit can see. onnxruntime also sets the flags on the thread that creates the session, and they stay set there
+  after the session is gone.
 
 Imports onnxruntime only (no MindSpore), so benchmark child processes start quickly.
 """

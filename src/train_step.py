@@ -10,9 +10,15 @@ import mindspore as ms
 from src.errors import UserError
 
 
+def epochs_to_run(steps_per_epoch: int, epochs: int, max_steps: int) -> int:
+    """`epochs`, or with epochs 0 (and max_steps > 0) as many epochs as `max_steps` steps need."""
+    return epochs if epochs else -(-max_steps // max(steps_per_epoch, 1))
+
+
 def total_steps(steps_per_epoch: int, epochs: int, max_steps: int) -> int:
-    """Optimizer steps of a run: every batch of `epochs` epochs, capped at `max_steps` when it is > 0."""
-    total = steps_per_epoch * epochs
+    """Optimizer steps of a run: every batch of `epochs` epochs, capped at `max_steps` when it is > 0 (epochs 0:
+    exactly max_steps)."""
+    total = steps_per_epoch * epochs_to_run(steps_per_epoch, epochs, max_steps)
     return min(total, max_steps) if max_steps else total
 
 

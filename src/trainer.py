@@ -24,7 +24,7 @@ from mindspore import nn
 from src.batching import to_tensors
 from src.errors import UserError
 from src.runlog import RunLog, eval_line, train_line
-from src.train_step import total_steps
+from src.train_step import epochs_to_run, total_steps
 
 # A finite loss above this multiple of the run's first logged loss stops the run like a NaN does.
 DIVERGENCE_FACTOR = 1e4
@@ -147,8 +147,8 @@ class StepCounter:
 
 @dataclass(frozen=True)
 class Schedule:
-    """How long a run trains: `epochs` epochs, capped at `max_steps` optimizer steps when > 0. `lr_value(step)` is
-    the host-side learning rate for the log line."""
+    """How long a run trains: `epochs` epochs, capped at `max_steps` optimizer steps when > 0 (epochs 0: max_steps
+    steps, over as many epochs as they need). `lr_value(step)` is the host-side learning rate for the log line."""
     epochs: int
     max_steps: int
     lr_value: Callable[[int], float]
@@ -215,7 +215,8 @@ class Trainer:
         start_epoch, skip = self._restore()
         self.t_start, self.first_step, self.seen = time.time(), self.step, 0
         self.window_t, self.window_seq = time.time(), 0
-        for epoch in range(start_epoch, self.schedule.epochs + 1):
+        last_epoch = epochs_to_run(len(self.batcher), self.schedule.epochs, self.schedule.max_steps)
+        for epoch in range(start_epoch, last_epoch + 1):
             resuming_mid_epoch = epoch == start_epoch and skip > 0
             if self._done() and not resuming_mid_epoch:
                 break                             # resumed from the state written after the last step

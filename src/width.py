@@ -614,6 +614,13 @@ def format_table(rows: Sequence[dict], metric: str) -> List[str]:
     return out
 
 
+def describe_spec(config: BertConfig, spec: WidthSpec) -> str:
+    """The log line of a width: heads and FFN per layer, kept layers (depth < 1), and any rounding note."""
+    note, depth = rounding_note(config, spec), f", layers {list(spec.layers)}" if spec.depth != 1.0 else ""
+    return f"width {spec.label}: heads {sizes_txt(spec.heads)}, FFN {sizes_txt(spec.ffn)}{depth}" + (
+        f" ({note})" if note else "")
+
+
 def sizes_txt(values: Sequence[int]) -> str:
     """'4' when every layer has 4, else '4/3/2' per layer."""
     return str(values[0]) if len(set(values)) == 1 else "/".join(str(v) for v in values)

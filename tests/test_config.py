@@ -140,12 +140,19 @@ def test_yaml_yes_no_are_strings_and_duplicates_rejected(tmp_path):
 
 
 def test_config_path_picks_other_file(base, tmp_path, monkeypatch):
-    write(tmp_path, "other.yaml", "seed: 99\ntrain:\n  batch_size: 4\n")
+    """--config_path reads another file, which must hold every key of the run's own file: a missing key is one
+    error naming it and its shipped value (it once surfaced as an AttributeError deep in the run); extra keys
+    are the other file's business."""
+    other = open(base, encoding="utf-8").read().replace("seed: 1", "seed: 99") + "extra: 1\n"
+    write(tmp_path, "other.yaml", other)
     monkeypatch.chdir(tmp_path)
     cfg = load_config(base, ["--config_path", "other.yaml", "--train.batch_size", "2"])
-    assert cfg.seed == 99 and cfg.train.batch_size == 2 and "distributed" not in cfg
+    assert cfg.seed == 99 and cfg.train.batch_size == 2 and cfg.extra == 1
     assert load_config(base, ["--config_path=other.yaml"]).seed == 99
     assert "not found" in error(base, ["--config_path", "missing.yaml"])
+    write(tmp_path, "partial.yaml", "seed: 99\ntrain:\n  batch_size: 4\n")
+    msg = error(base, ["--config_path", "partial.yaml"])
+    assert msg.startswith("config file 'partial.yaml' lacks ") and "distributed (false)" in msg, msg
 
 
 def test_immutable_and_mapping_api(base):
@@ -425,6 +432,9 @@ def test_values_at_the_edges_of_their_ranges_load():
     assert cfg.optim.clip_norm == 0.0 and cfg.data.length_buckets == []
     assert load_config(shipped("ternary_mr"), ["--train.warmup_ratio", "1", "--data.length_buckets", "1", "64"])
     assert load_config(shipped("td_mr"), ["--data.max_seq_length", "16", "--data.length_buckets", "8", "16"])
+    assert load_config(shipped("td_mr"), ["--td1.epochs", "0"]).td1.epochs == 0       # td1.max_steps 150 decides
+    assert error(shipped("td_mr"), ["--td1.epochs", "0", "--td1.max_steps", "0"]) == (
+        "td1.epochs is 0; expected >= 1 (or 0 with max_steps > 0: train max_steps steps)")
 
 
 def test_rule_choices_are_the_codes_choices():

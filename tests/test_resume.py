@@ -68,7 +68,7 @@ class CrashAt:
         return self.cell(*a)
 
 
-def _trainer(out, arrays, resume=False, crash_after=0, every=2, lr=0.05, evals=None):
+def _trainer(out, arrays, resume=False, crash_after=0, every=2, lr=0.05, evals=None, epochs=3, max_steps=0):
     net = Regression()
     sched = WarmupLinearDecayLR(lr, 18, 2)
     step = TrainStep(net, build_optimizer(net.trainable_params(), sched, 0.01), clip_mode="none")
@@ -90,7 +90,7 @@ def _trainer(out, arrays, resume=False, crash_after=0, every=2, lr=0.05, evals=N
     cell = CrashAt(step, crash_after) if crash_after else step
     log = RunLog(out, echo=False)
     tr = Trainer(cell, batcher, inputs=["input_ids", "label_ids"], parts=["mse"], log=log,
-                 schedule=Schedule(epochs=3, max_steps=0, lr_value=sched.value), log_every=10,
+                 schedule=Schedule(epochs=epochs, max_steps=max_steps, lr_value=sched.value), log_every=10,
                  evaluation=Evaluation(eval_fn, "acc", every=4, save_best=save_best), state=state, resume=resume)
     return tr, net, step, log
 
@@ -161,6 +161,15 @@ def test_finite_loss_blowup_stops_like_nan_and_keeps_good_state(tmp_path):
     assert tr.first_loss is not None and 0 < tr.first_loss < 10
     states = sorted(os.listdir(os.path.join(out, "state")))
     assert states[-1] == f"state_step{bad_step - 1:09d}.ckpt"          # nothing written from the diverged step
+
+
+def test_epochs_0_trains_exactly_max_steps_over_the_epochs_they_need(tmp_path):
+    """epochs 0 with max_steps 9 at 6 steps per epoch: 9 steps, the second epoch cut after 3 batches, and the
+    epoch-end eval of both epochs (eval every 4 steps: 4, 8, then the end of epoch 2 at step 9)."""
+    tr, _, _, _ = _trainer(str(tmp_path), _arrays(), every=0, epochs=0, max_steps=9)
+    res = tr.fit()
+    assert res["steps"] == 9 and tr.total_steps == 9
+    assert [(h["epoch"], h["step"]) for h in tr.history] == [(1, 4), (1, 6), (2, 8), (2, 9)]
 
 
 def test_state_refuses_to_save_nonfinite_weights(tmp_path):

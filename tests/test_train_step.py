@@ -6,7 +6,7 @@ import mindspore as ms
 from mindspore import nn, Parameter
 
 from src.tinybert_model import BertConfig, BertForSequenceClassification
-from src.train_step import TrainStep, WarmupLinearDecayLR, build_optimizer, total_steps
+from src.train_step import TrainStep, WarmupLinearDecayLR, build_optimizer, epochs_to_run, total_steps
 
 
 class LinearLoss(nn.Cell):
@@ -82,6 +82,8 @@ def test_optimizer_decay_filter():
 def test_total_steps_is_epochs_capped_by_max_steps():
     assert total_steps(7, 3, 0) == 21                      # max_steps 0 = every epoch
     assert total_steps(7, 3, 10) == 10 and total_steps(7, 3, 50) == 21
+    assert total_steps(7, 0, 10) == 10 and epochs_to_run(7, 0, 10) == 2     # epochs 0: exactly max_steps
+    assert epochs_to_run(7, 0, 14) == 2 and epochs_to_run(7, 3, 10) == 3
 
 
 class TwoLinearLoss(nn.Cell):

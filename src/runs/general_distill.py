@@ -12,7 +12,7 @@ from src.outputs import output_guard
 from src.runs.common import schedule
 from src.runtime import fused_kernels, start_run
 from src.tinybert_model import BertModel, copy_teacher_layers, count_params, load_bert_config, student_config
-from src.train_step import build_train_step
+from src.train_step import build_train_step, epochs_to_run
 from src.trainer import Trainer, train_state_from_config
 
 GD_COLUMNS = ["input_ids", "input_mask", "segment_ids"]
@@ -81,4 +81,5 @@ def _batcher(cfg, rank, world):
     ds = create_train_dataset(records, schema, GD_COLUMNS, cfg.train.batch_size, cfg.data.max_seq_length,
                               dataset_type=cfg.data.dataset_type, shuffle=True, seed=cfg.seed, rank_id=rank,
                               rank_size=world)
-    return DatasetBatcher(ds, cfg.train.epochs), ds.get_dataset_size() * cfg.train.batch_size
+    epochs = epochs_to_run(ds.get_dataset_size(), cfg.train.epochs, cfg.train.max_steps)
+    return DatasetBatcher(ds, epochs), ds.get_dataset_size() * cfg.train.batch_size

@@ -1,8 +1,6 @@
-"""DynaBERT / OFA width run: importance on the training split -> rewire -> supernet training over widths with
-distillation from the fine-tuned teacher -> each width's best sub-model, sliced -> the width table.
-Algorithm: src/width.py. Data parallel (`distributed: true`, msrun): every rank computes the importance on the
-same batches and takes rank 0's permutation; each rank trains on its shard of every global batch; rank 0
-evaluates, saves and writes the table."""
+"""DynaBERT / OFA width run (algorithm: src/width.py): importance -> rewire -> supernet training over widths with
+distillation from the fine-tuned teacher -> each width's best sub-model, sliced -> the width table. Data parallel:
+every rank takes rank 0's permutation and trains on its shard; rank 0 evaluates, saves and writes the table."""
 import itertools
 import os
 import time
@@ -12,14 +10,14 @@ from src.checkpoint import load_into, save_cell
 from src.evaluation import evaluate, teacher_baseline
 from src.fileio import atomic_text
 from src.outputs import output_guard
-from src.runs.common import TASK_INPUTS, classifier_config, eval_data, schedule, train_data
+from src.runs.common import TASK_INPUTS, classifier_config, eval_data, schedule, teacher_classifier, train_data
 from src.runtime import start_run
 from src.tasks import task_from_config
 from src.tinybert_model import LogitsOnly, build_classifier, count_params, load_bert_config
 from src.train_step import make_train_step, schedule_and_optimizer, total_steps
 from src.trainer import Evaluation, StateOf, StepCounter, Trainer, train_state_from_config
 from src.width import (MultiWidthDistillLoss, PerWidthBest, SampledWidthStep, WidthView, compute_importance,
-                       format_table, importance_order, measure_latency, parse_width_list, rewire, rounding_note,
+                       describe_spec, format_table, importance_order, measure_latency, parse_width_list, rewire,
                        save_importance, share_rank0_order, sizes_txt)
 
 
@@ -37,14 +35,11 @@ def _run(cfg, out_dir, save_resolved):
     is_main = rank == 0
     log.info(f"OFA width adaptation, task {task.name}, output {out_dir}, rank {rank}/{world}")
     for s in specs:
-        note, depth = rounding_note(tcfg, s), f", layers {list(s.layers)}" if s.depth != 1.0 else ""
-        log.info(f"width {s.label}: heads {sizes_txt(s.heads)}, FFN {sizes_txt(s.ffn)}{depth}"
-                 + (f" ({note})" if note else ""))
+        log.info(describe_spec(tcfg, s))
 
     # ---- build: data, teacher, supernet (rewired by importance), loss over widths, one optimizer for all
     eval_sets, train = eval_data(cfg, task, log), train_data(cfg, task, log)
-    teacher = build_classifier(tcfg, cfg.teacher.head_type)
-    load_into(teacher, cfg.teacher.ckpt, "teacher.ckpt", strict=True)
+    _, teacher = teacher_classifier(cfg, task, cfg.teacher.ckpt)
     model = build_classifier(tcfg, cfg.teacher.head_type)
     load_into(model, cfg.supernet.init_ckpt or cfg.teacher.ckpt, "supernet.init_ckpt", strict=True)
     log.info(f"supernet initialised from {cfg.supernet.init_ckpt or cfg.teacher.ckpt}; teacher {cfg.teacher.ckpt}; "
