@@ -135,3 +135,23 @@ def test_msrun_launcher_refuses_missing_script_or_config(tmp_path, env_extra, ar
                          timeout=60)
     assert res.returncode == 2 and res.stderr.startswith(message), res.stderr
     assert not log.exists()                                                # msrun never started
+
+
+def test_every_src_import_in_scripts_and_docs_resolves():
+    """Shell scripts and doc snippets import project code by name (`python -c "from src.x import y"`): every
+    such name exists where they look for it (scripts/prepare_default.sh once imported default_teacher_dir from
+    a module that no longer held it, and `make demo` stopped at its first step)."""
+    import glob
+    import importlib
+    import re
+    found, missing = 0, []
+    for path in sorted(glob.glob(os.path.join(ROOT, "scripts", "*.sh")) + glob.glob(os.path.join(ROOT, "docs", "*.md"))
+                       + [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "Makefile")]):
+        text = open(path, encoding="utf-8").read()
+        for module, names in re.findall(r"from (src(?:\.\w+)+) import ([\w, ]+)", text):
+            mod = importlib.import_module(module)
+            for name in (n.strip() for n in names.split(",")):
+                found += 1
+                if name and not hasattr(mod, name):
+                    missing.append(f"{os.path.relpath(path, ROOT)}: {module}.{name}")
+    assert found >= 3 and missing == []
