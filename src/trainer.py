@@ -26,7 +26,7 @@ from src.errors import UserError
 from src.runlog import RunLog, eval_line, train_line
 from src.train_step import epochs_to_run, total_steps
 
-# A finite loss above this multiple of the run's first logged loss stops the run like a NaN does.
+# A finite loss above this multiple of the run's first step's loss stops the run like a NaN does.
 DIVERGENCE_FACTOR = 1e4
 
 
@@ -305,7 +305,8 @@ class Trainer:
         if self.state is None or not self.state.every_steps:
             return
         meta = {"step": self.step, "epoch": epoch, "batch": batch, "best": float(self.best),
-                "best_step": self.best_step, "steps_per_epoch": len(self.batcher), "world": self.world}
+                "best_step": self.best_step, "steps_per_epoch": len(self.batcher), "world": self.world,
+                "first_loss": float(self.first_loss) if self.first_loss is not None else -1.0}
         if self.extra_state is not None:
             meta["extra"] = json.dumps(self.extra_state.state_dict(), sort_keys=True)
         self.state.save(meta)
@@ -328,6 +329,8 @@ class Trainer:
                             f"{meta['world']} worker(s), this run has {len(self.batcher)} on {self.world}: resume "
                             f"with the same data, batch_size and worker count")
         self.best, self.best_step = float(meta["best"]), int(meta["best_step"])
+        if float(meta.get("first_loss", -1.0)) >= 0:      # the divergence rule's reference (states written before
+            self.first_loss = float(meta["first_loss"])   # it was recorded: the first step after the resume)
         if self.extra_state is not None:
             if "extra" not in meta:
                 raise UserError(f"resume: {path} has no extra state (written by another kind of run)")

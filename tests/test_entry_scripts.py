@@ -124,10 +124,12 @@ def test_msrun_wrappers_launch_their_entry_script(tmp_path, wrapper, args, calls
     ({"SCRIPT": "run_nothing.py"}, ["configs/gd.yaml"], "ERROR: SCRIPT 'run_nothing.py' does not exist"),
     ({"SCRIPT": "run_ternary.py"}, [], "ERROR: CONFIG: give the config file"),
     ({"SCRIPT": "run_ternary.py"}, ["nope.yaml"], "ERROR: CONFIG 'nope.yaml' does not exist"),
+    ({"SCRIPT": "run_ternary.py", "PYTHON": "no-such-python"}, ["configs/ternary_mr.yaml"],
+     "ERROR: PYTHON 'no-such-python' not found"),
 ])
 def test_msrun_launcher_refuses_missing_script_or_config(tmp_path, env_extra, args, message):
     python, log = fake_python(tmp_path)
-    env = user_env(PYTHON=python, **env_extra)
+    env = user_env(**{"PYTHON": python, **env_extra})
     for k in ("SCRIPT", "DEFAULT_CONFIG"):
         if k not in env_extra:
             env.pop(k, None)
@@ -139,9 +141,8 @@ def test_msrun_launcher_refuses_missing_script_or_config(tmp_path, env_extra, ar
 
 def test_every_src_import_in_scripts_and_docs_resolves():
     """Every `from src.<module> import <name>` in the repository names something the module holds: in shell
-    scripts and doc snippets (`python -c "..."`) and in lazy imports inside functions, which no import runs
-    (scripts/prepare_default.sh once imported default_teacher_dir from a module that no longer held it, and
-    `make demo` stopped at its first step)."""
+    scripts and doc snippets (`python -c "..."`) and in lazy imports inside functions, which importing the
+    module does not run."""
     import glob
     import importlib
     import importlib.util
