@@ -101,6 +101,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     tr, net_a, step_a, _ = _trainer(a_dir, arrays)
     res_a = tr.fit()
     assert res_a["steps"] == 18
+    first_loss = tr.first_loss                                          # the divergence rule's reference
 
     tr, _, _, log = _trainer(b_dir, arrays, crash_after=7)               # dies in epoch 2 (batch 1 of 6)
     with pytest.raises(KeyboardInterrupt):
@@ -113,7 +114,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
 
     tr, net_b, step_b, _ = _trainer(b_dir, arrays, resume=True)
     res_b = tr.fit()
-    assert res_b["steps"] == 18
+    assert res_b["steps"] == 18 and tr.first_loss == first_loss         # kept from step 1, not step 5's
     assert not os.path.exists(os.path.join(b_dir, "state"))             # a finished run drops its states
     np.testing.assert_array_equal(net_b.w.asnumpy(), net_a.w.asnumpy())
     np.testing.assert_array_equal(net_b.bias.asnumpy(), net_a.bias.asnumpy())

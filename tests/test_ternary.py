@@ -169,6 +169,17 @@ def test_bad_pack_option_stops_before_training(run, tmp_path, flag, value, msg):
     assert not out.exists()
 
 
+def test_empty_teacher_ckpt_with_a_student_checkpoint_is_an_error(run, tmp_path):
+    """student.init ckpt reads the student from its own file; `--teacher.ckpt ""` must still be refused, not
+    leave the freshly built teacher untrained and distil from it."""
+    out = tmp_path / "no_teacher"
+    i = run["argv"].index("--output_dir")
+    argv = run["argv"][:i] + ["--output_dir", str(out)] + run["argv"][i + 2:]
+    with pytest.raises(UserError, match=r"teacher\.ckpt: no path given"):
+        run_ternary.main(argv + ["--student.init", "ckpt", "--student.ckpt", run["teacher"], "--teacher.ckpt", ""])
+    assert not out.exists()
+
+
 def test_error_after_training_keeps_the_trained_run(run, tmp_path, monkeypatch):
     """A failure in the packing step after training keeps the run's checkpoints and log (it once removed
     everything the run had written)."""

@@ -223,3 +223,31 @@ def test_optim_loss_scale_reaches_the_width_train_step(setup, tmp_path, monkeypa
     with pytest.raises(Stop):
         run_ofa(cfg, str(out), save_resolved)
     assert seen == {"loss_scale": 128.0, "mask_padding": False, "skip_overflow_steps": True}
+
+
+def test_empty_teacher_ckpt_is_an_error_not_a_random_teacher(setup, tmp_path):
+    """`--teacher.ckpt ""` (in td_mr.yaml it means the folder's own teacher) is refused here: the width run has no
+    such default, and it must not distil from the freshly built, untrained teacher."""
+    out = tmp_path / "run"
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"),
+                      _argv(setup, out, ["--teacher.ckpt", "", "--supernet.init_ckpt", str(setup / "teacher.ckpt")]))
+    with pytest.raises(UserError, match="teacher.ckpt: no path given"):
+        run_ofa(cfg, str(out), save_resolved)
+    assert not out.exists()
+
+
+def test_error_in_the_final_table_keeps_the_trained_run(setup, tmp_path, monkeypatch):
+    """An error after training (reloading sub-models for the table) keeps the run's checkpoints and log."""
+    import src.runs.width
+
+    def fail(*_, **__):
+        raise UserError("disk full while writing the table")
+    monkeypatch.setattr(src.runs.width, "_report", fail)
+    out = tmp_path / "run"
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"),
+                      _argv(setup, out, ["--train.epochs", "1", "--train.max_steps", "2", "--importance.rewire",
+                                         "false", "--eval.teacher_baseline", "false"]))
+    with pytest.raises(UserError, match="disk full"):
+        run_ofa(cfg, str(out), save_resolved)
+    for name in ("supernet.ckpt", "best.ckpt", "best_w0.500.ckpt", "config_w0.500.json", "log.txt"):
+        assert (out / name).is_file(), name
