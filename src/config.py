@@ -94,6 +94,7 @@ def _clip_norm(v, section, data):
 # matches a key decides; a key matching none is free; null values are not checked.
 RULES = [
     (("loss.padding",), *_one_of("valid", "anchor")),
+    (("loss.attention_heads",), *_one_of("each", "average")),
     (("loss.soft_ce_reduction",), *_one_of("row_mean", "element_mean")),
     (("optim.clip_mode",), *_one_of("global", "per_tensor", "none")),
     (("*batch_size",), *_at_least(1)),

@@ -276,7 +276,8 @@ class Trainer:
         now = time.time()
         rate = self.window_seq / max(now - self.window_t, 1e-9)
         eta = (total - self.step) * (now - self.t_start) / max(self.step - self.first_step, 1)
-        part_vals = {k: float(v.asnumpy()) for k, v in zip(self.parts, parts)}
+        part_vals = {k: float(v.asnumpy() if hasattr(v, "asnumpy") else v)    # a term not built is a plain 0.0
+                     for k, v in zip(self.parts, parts)}
         lr = self.schedule.lr_value(self.step)
         self.log.info(train_line(epoch, self.step, loss_v, part_vals, lr, rate, eta))
         self.log.record("train", epoch=epoch, step=self.step, loss=loss_v, lr=lr, seq_per_s=rate,

@@ -359,6 +359,7 @@ def test_wrong_value_from_the_entry_script(tmp_path):
 BAD_VALUES = {
     "threads": -1, "checkpoint.every_steps": -1, "checkpoint.keep_last": 0, "data.max_seq_length": 0,
     "data.length_buckets": [0, 64], "loss.attention_weight": -1, "loss.hidden_weight": -0.5, "loss.padding": "all",
+    "loss.attention_heads": "mean",
     "optim.weight_decay": -0.1, "optim.eps": 0, "optim.end_lr": -1e-5, "optim.clip_norm": 0,
     "optim.clip_mode": "norm", "optim.loss_scale": 0.5, "train.epochs": 0, "train.batch_size": 0, "train.lr": -1,
     "train.warmup_ratio": 1.5, "train.max_steps": -1, "log_every": -1,

@@ -33,6 +33,22 @@ def test_attention_mse_averages_over_heads():
     assert got == pytest.approx((1.0 + 9.0) / 2)
 
 
+def test_attention_mse_of_head_means_compares_fewer_student_heads():
+    """average_heads: each side's scores are averaged over its heads first, so a 1-head student meets a 3-head
+    teacher; B=2 rows of lengths 3 and 2, the masked mean over the 9 + 4 valid (query, key) pairs (numpy)."""
+    rng = np.random.default_rng(0)
+    mask = np.array([[1, 1, 1], [1, 1, 0]], np.int32)
+    bias = (1.0 - mask[:, None, None, :]) * -10000.0
+    s = rng.standard_normal((2, 1, 3, 3)) + bias
+    t = rng.standard_normal((2, 3, 3, 3)) + bias
+    valid = mask[:, None, :, None] * mask[:, None, None, :]
+    want = float((np.square(s - t.mean(axis=1, keepdims=True)) * valid).sum() / valid.sum())
+    got = float(losses.attention_mse(T(s), T(t), T(mask, np.int32), average_heads=True).asnumpy())
+    assert got == pytest.approx(want, rel=1e-5) and want > 0.5
+    per_head = float(losses.attention_mse(T(np.repeat(s, 3, axis=1)), T(t), T(mask, np.int32)).asnumpy())
+    assert abs(per_head - got) > 0.1                                  # not the per-head loss under another name
+
+
 def test_hidden_mse_valid_tokens_only_vs_all_positions():
     s = np.array([[[1.0, 2.0], [5.0, 5.0]]])               # B=1, S=2, H=2
     t = np.array([[[0.0, 0.0], [0.0, 0.0]]])
