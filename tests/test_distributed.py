@@ -128,7 +128,7 @@ def test_two_workers_match_one_worker_at_double_batch(ws, tmp_path):
         log_r1 = f.read()
     assert "rank 1/2" in log_r1 and "The best acc" not in log_r1 and "eval epoch" not in log_r1
     logged = [[ln.split("outputs are ")[1].split()[0] for ln in text.splitlines() if "outputs are" in ln]
-              for text in (open(os.path.join(two, "log.txt")).read(), log_r1)]
+              for text in (log_two, log_r1)]
     assert logged[0] and logged[0] == logged[1]      # the step's loss is the global batch's, the same on every rank
 
 
