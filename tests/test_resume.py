@@ -2,7 +2,8 @@
 
 - in process: a run interrupted at step 5 and resumed ends with exactly the weights, optimizer moments and best
   metric of an uninterrupted run; NaN stops with the step named and leaves the last good state and best
-  checkpoint untouched; --resume with no state / a different data layout is a one-line UserError;
+  checkpoint untouched; an inf gradient norm is a skipped step with skip_overflow_steps and a stop without it;
+  --resume with no state / a different data layout is a one-line UserError;
 - end to end: run_task_distill.py killed with SIGKILL mid-epoch, then `--resume true`, ends bit-identical to an
   uninterrupted run with the same seed (best.ckpt, last.ckpt, "The best acc is" lines); the same for
   run_ternary.py (with quantizer state) and run_ofa_width.py (sampled widths, per-width bests).
@@ -161,6 +162,38 @@ def test_finite_loss_blowup_stops_like_nan_and_keeps_good_state(tmp_path):
     assert tr.first_loss is not None and 0 < tr.first_loss < 10
     states = sorted(os.listdir(os.path.join(out, "state")))
     assert states[-1] == f"state_step{bad_step - 1:09d}.ckpt"          # nothing written from the diverged step
+
+
+class OverflowAt:
+    """A stub step cell: loss 1.0 and grad norm 2.0, except an inf grad norm at call `n` (a loss-scaled step that
+    overflowed and was skipped by the step itself); counts its calls."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self, *inputs):
+        self.calls += 1
+        norm = np.inf if self.calls == self.n else 2.0
+        loss = ms.Tensor(1.0, ms.float32)
+        return loss, (loss,), ms.Tensor(norm, ms.float32)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_inf_grad_norm_is_skipped_only_with_skip_overflow_steps(tmp_path, skip):
+    """skip_overflow_steps (loss scale > 1): an inf gradient norm with a finite loss is a skipped step, the run
+    goes on to its last step; without it the same step stops the run naming the epoch and step."""
+    step = OverflowAt(3)
+    log = RunLog(str(tmp_path), echo=False)
+    tr = Trainer(step, ArrayBatcher(_arrays(), 4, seed=3), inputs=["input_ids", "label_ids"], parts=["mse"],
+                 log=log, schedule=Schedule(epochs=1, max_steps=0, lr_value=lambda s: 0.0), log_every=1,
+                 skip_overflow_steps=skip)
+    if skip:
+        assert tr.fit()["steps"] == 6 and step.calls == 6
+    else:
+        with pytest.raises(TrainingDiverged, match="gradient norm is inf at epoch 1, step 3:"):
+            tr.fit()
+        assert step.calls == 3
+    log.close()
 
 
 def test_epochs_0_trains_exactly_max_steps_over_the_epochs_they_need(tmp_path):
