@@ -162,6 +162,11 @@ def test_tanh_gelu_differs_slightly_from_exact(tiny):
     np.testing.assert_array_equal(approx[2][0], exact[2][0])           # embeddings: no GELU yet
     diff = np.abs(approx[0] - exact[0]).max()
     assert 1e-5 < diff < 1e-2, diff                                   # about 8e-4
+    x = np.linspace(-8, 8, 4001).astype(np.float32)                   # the activation cell itself, elementwise
+    got = tanh_net.encoder[0].ffn.act(ms.Tensor(x)).asnumpy().astype(np.float64)
+    v = x.astype(np.float64)
+    want = 0.5 * v * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (v + 0.044715 * v ** 3)))
+    assert np.abs(got - want).max() < 2e-6
 
 
 def test_relu_pooler_head(tiny):
