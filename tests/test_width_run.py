@@ -170,17 +170,23 @@ def test_ofa_with_depth_keeps_shallower_best_submodels(setup):
     assert sub.config.num_hidden_layers == 1
 
 
-@pytest.mark.parametrize("value", ["0", "1.5", "wide", "[]"])
+@pytest.mark.parametrize("value", ["0", "1.5", "[]"])
 def test_bad_width_list_stops_before_any_work(setup, value):
+    """Values the config accepts (numbers, a list) that the width run refuses: run() raises before it writes."""
     d = setup
     out = d / f"bad_{abs(hash(value))}"
     argv = _argv(d, out)
     i = argv.index("--width_mult_list")
     argv = argv[:i + 1] + [value] + argv[i + 4:]
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), argv)
     with pytest.raises(UserError, match="width_mult_list"):
-        cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), argv)
         run_ofa(cfg, str(out), save_resolved)
     assert not out.exists()                                 # no partial outputs
+
+
+def test_non_numeric_width_list_is_a_config_error():
+    with pytest.raises(UserError, match=r"--width_mult_list\[0\]: expected float, got 'wide'"):
+        load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), ["--width_mult_list", "wide"])
 
 
 def test_cli_bad_width_list_exit_code_2(setup):
