@@ -279,6 +279,7 @@ def test_crash_mid_epoch_then_resume_is_bit_identical(ws, tmp_path):
     assert best_a and best_b[-1] == best_a[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ternary", "width"])
 def test_ternary_and_width_crash_then_resume_is_bit_identical(method, ws, tmp_path):
     """TernaryBERT with 8-bit activations on EMA ranges (frozen quantizer state that a resume must restore, not
