@@ -28,6 +28,10 @@ from src.train_step import epochs_to_run, total_steps
 
 # A finite loss above this multiple of the run's first step's loss stops the run like a NaN does.
 DIVERGENCE_FACTOR = 1e4
+# Crash-simulation hook for tests only: with TINYBERT_EXIT_AFTER_STEP=N in the environment the process exits at once
+# with status 137 (no cleanup, as after a SIGKILL) right after optimizer step N and its mid-epoch state save if one
+# is due, so the resume tests crash at a known step instead of racing a kill against the run.
+EXIT_AFTER_STEP_ENV = "TINYBERT_EXIT_AFTER_STEP"
 
 
 class TrainingDiverged(UserError):
@@ -170,7 +174,8 @@ class Trainer:
     With `state` (a TrainState), saves the training state every `state.every_steps` steps and at each epoch end;
     `resume=True` continues from the newest state: skips the batches already consumed in that epoch, so the run
     ends where an uninterrupted run with the same seed ends. `skip_overflow_steps`: the step skips steps whose
-    gradients overflow itself (loss scale > 1), so an inf gradient norm there is not a divergence."""
+    gradients overflow itself (loss scale > 1), so an inf gradient norm there is not a divergence.
+    Test hook: EXIT_AFTER_STEP_ENV (crash simulation for the resume tests)."""
 
     def __init__(self, step_cell, batcher, *, inputs: Sequence[str], parts: Sequence[str], log: RunLog,
                  schedule: Schedule, log_every: int, evaluation: Optional[Evaluation] = None,
@@ -197,6 +202,7 @@ class Trainer:
         self.best_step = -1
         self.first_loss = None
         self.history: List[dict] = []
+        self.exit_after_step = int(os.environ.get(EXIT_AFTER_STEP_ENV) or 0)     # test hook, see EXIT_AFTER_STEP_ENV
 
     @property
     def step(self) -> int:
@@ -232,6 +238,8 @@ class Trainer:
                     self._eval(epoch)
                 if every and self.step % every == 0 and i + 1 < len(self.batcher):   # epoch end: saved below
                     self._save_state(epoch, i + 1)
+                if self.step == self.exit_after_step:
+                    os._exit(137)                 # simulated crash (tests), see EXIT_AFTER_STEP_ENV
                 if self._done():
                     break
             if not (eval_every and self.step % eval_every == 0):

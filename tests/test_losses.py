@@ -49,6 +49,21 @@ def test_attention_mse_of_head_means_compares_fewer_student_heads():
     assert abs(per_head - got) > 0.1                                  # not the per-head loss under another name
 
 
+def test_attention_mse_masked_mean_over_rows_of_different_lengths_and_heads():
+    """B=2 rows of lengths 3 and 2, H=2, S=3: the sum over every valid (row, head, query, key) of (s - t)^2 divided
+    by the number of those, (3*3 + 2*2) pairs x 2 heads (not per row, not per head, not B*H*S*S)."""
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(2, 2, 3, 3)), rng.normal(size=(2, 2, 3, 3))
+    lengths = [3, 2]
+    mask = [[1, 1, 1], [1, 1, 0]]
+    num = sum((s[b, h, q, k] - t[b, h, q, k]) ** 2 for b in range(2) for h in range(2)
+              for q in range(lengths[b]) for k in range(lengths[b]))
+    got = float(losses.attention_mse(T(s), T(t), T(mask, np.int32), mask_padding=True).asnumpy())
+    assert got == pytest.approx(num / ((9 + 4) * 2), rel=1e-5)
+    per_row = np.mean([((s[b, :, :n, :n] - t[b, :, :n, :n]) ** 2).mean() for b, n in enumerate(lengths)])
+    assert abs(per_row - num / 26) > 1e-3                  # the other reductions give other numbers here
+
+
 def test_hidden_mse_valid_tokens_only_vs_all_positions():
     s = np.array([[[1.0, 2.0], [5.0, 5.0]]])               # B=1, S=2, H=2
     t = np.array([[[0.0, 0.0], [0.0, 0.0]]])
