@@ -258,6 +258,7 @@ def _narrow_argv(run, out, ckpt, *extra):
              *extra])
 
 
+@pytest.mark.slow
 def test_width_submodel_with_fewer_heads_goes_on_to_ternarybert(run, narrow_student, tmp_path):
     """A student with fewer heads than its teacher: the per-head attention loss is one clear error naming the
     ways out; loss.attention_heads average (head-mean scores) trains, its attention term is real and falls; with
