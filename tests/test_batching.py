@@ -87,3 +87,26 @@ def test_length_buckets_with_data_parallel_give_every_rank_the_same_batches_shap
             assert (lengths[g["label_ids"]] <= width).all()               # each row in a bucket that holds it
         seen = np.concatenate([b["label_ids"] for b in r0 + r1])
         assert len(seen) == len(set(seen)) == 6 * len(one)
+
+
+def test_dataset_batcher_streams_every_epoch_and_a_resumed_run_reads_past_earlier_ones():
+    """DatasetBatcher over a shuffled MindSpore dataset: each epoch gives all its batches (MindSpore's iterator stops
+    at every epoch end; reading on once ran into that stop and failed at the start of epoch 2), the order changes
+    between epochs, and a fresh batcher asked for epoch 2 first (a resumed run) gives the second epoch's order."""
+    import mindspore.dataset as ds
+    from src.batching import DatasetBatcher
+
+    def batcher():
+        ds.config.set_seed(3)
+        data = ds.NumpySlicesDataset({"input_ids": np.arange(12).reshape(12, 1)}, shuffle=True).batch(2)
+        return DatasetBatcher(data, epochs=3)
+
+    b = batcher()
+    assert len(b) == 6
+    epochs = [[x["input_ids"][:, 0].tolist() for x in b.epoch(e)] for e in (1, 2, 3)]
+    assert [len(e) for e in epochs] == [6, 6, 6]
+    assert all(sorted(sum(e, [])) == list(range(12)) for e in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]
+    resumed = batcher()
+    assert [x["input_ids"][:, 0].tolist() for x in resumed.epoch(2)] == epochs[1]
+    assert [x["input_ids"][:, 0].tolist() for x in resumed.epoch(3)] == epochs[2]
