@@ -6,6 +6,7 @@ the training state of a given step is written, mid-epoch in the second epoch; `-
 that state. Each resumed run is compared with an uninterrupted run of the same config, checkpoint by checkpoint.
 """
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,6 +109,29 @@ def _td_args(ws, out, phase, **extra):
             "eval.batch_size": 16, "log_every": 4, **STATE}
     args.update(extra)
     return tiny_run.cli(args)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_td_phase1_resume_equals_uninterrupted(ws, tmp_path, cache):
+    """TD phase 1, with and without td1.cache_teacher_outputs: killed in epoch 2, resumed, the student, its
+    fit_dense and the teacher logits kept for phase 2 (teacher_logits.npz, every row seen: the rows seen before
+    the crash come from the training state) equal the uninterrupted run's. The teacher-output cache is not part of
+    the state: after the resume it starts empty and the rest of epoch 2 runs the live step, which trains exactly
+    as the cached one."""
+    def args(name):
+        return _td_args(ws, str(tmp_path / name), "td1", **{"td1.cache_teacher_outputs": cache})
+    ref, res = _interrupted_and_resumed("run_task_distill.py", args, str(tmp_path / "b" / "td1" / "state"))
+    if cache:
+        cached = [re.search(r"(\d+) read it from the cache", r.stdout) for r in (ref, res)]
+        assert int(cached[0].group(1)) > 0 and int(cached[1].group(1)) == 0
+    a, b = str(tmp_path / "a" / "td1"), str(tmp_path / "b" / "td1")
+    _same_checkpoints(a, b, ["student.ckpt"])
+    assert "fit_dense.dense.weight" in tiny_run.read_ckpt(os.path.join(b, "student.ckpt"))[0]
+    assert _train_losses(b)[-3:] == _train_losses(a)[-3:]
+    with np.load(os.path.join(a, "teacher_logits.npz")) as fa, np.load(os.path.join(b, "teacher_logits.npz")) as fb:
+        np.testing.assert_array_equal(fb["seen"], fa["seen"])
+        np.testing.assert_array_equal(fb["logits"], fa["logits"])
+        assert fa["seen"].all() and fa["logits"].shape == (64, 2)
 
 
 def test_td_phase2_resume_equals_uninterrupted(ws, tmp_path):
