@@ -21,6 +21,8 @@ import tiny_run  # noqa: E402
 CRASH = """
 import os, runpy, signal, sys
 from src import trainer
+
+pytestmark = pytest.mark.slow          # several tiny end-to-end runs
 after, save = int(os.environ["CRASH_STEP"]), trainer.TrainState.save
 def save_then_die(self, meta):
     path = save(self, meta)

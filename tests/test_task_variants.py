@@ -19,6 +19,8 @@ from tiny_run import SEQ, VOCAB  # noqa: E402
 
 from src.records import write_records, write_schema  # noqa: E402
 
+pytestmark = pytest.mark.slow          # several tiny end-to-end runs
+
 REGRESSION_COLUMNS = dict(tiny_run.COLUMNS, label_ids=("float32", 1))
 
 
