@@ -17,12 +17,12 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_run  # noqa: E402
 
+pytestmark = pytest.mark.slow          # several tiny end-to-end runs
+
 # Runs an entry script (argv[1:]) and SIGKILLs it right after TrainState writes the state of step >= CRASH_STEP.
 CRASH = """
 import os, runpy, signal, sys
 from src import trainer
-
-pytestmark = pytest.mark.slow          # several tiny end-to-end runs
 after, save = int(os.environ["CRASH_STEP"]), trainer.TrainState.save
 def save_then_die(self, meta):
     path = save(self, meta)
