@@ -71,38 +71,46 @@ def test_packing_layout_is_the_contrib_ops():
 
 
 def _graph(tmp_path):
-    """x [R, K] -> Gemm(W1^T, b1) ternary, MatMul(x, W2) ternary per row, Gemm(W3^T) not ternary; K = 40."""
+    """x [R, K] -> Gemm(W1^T, b1) ternary, MatMul(x, W2) ternary per row, Gemm(W3^T) not ternary; K = 40;
+    ids [2, R] -> Gather(E), E a table ternary per row."""
     rng = np.random.default_rng(1)
     r, k, n = 5, 40, 24
     w1 = (0.3 * rng.integers(-1, 2, size=(n, k))).astype(np.float32)
     w2 = (rng.uniform(0.1, 1, size=(1, n)) * rng.integers(-1, 2, size=(k, n))).astype(np.float32)   # [K, N]
     w3 = rng.normal(size=(n, k)).astype(np.float32)
     b1 = rng.normal(size=n).astype(np.float32)
+    e = (rng.uniform(0.1, 1, size=(9, 1)) * rng.integers(-1, 2, size=(9, n))).astype(np.float32)
     nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["y1"], transB=1),
              helper.make_node("MatMul", ["x", "W2"], ["y2"]),
-             helper.make_node("Gemm", ["x", "W3"], ["y3"], transB=1)]
+             helper.make_node("Gemm", ["x", "W3"], ["y3"], transB=1),
+             helper.make_node("Gather", ["E", "ids"], ["emb"])]
     f = lambda name, s: helper.make_tensor_value_info(name, TensorProto.FLOAT, s)
-    g = helper.make_graph(nodes, "g", [f("x", [r, k])], [f("y1", [r, n]), f("y2", [r, n]), f("y3", [r, n])],
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [2, r])
+    g = helper.make_graph(nodes, "g", [f("x", [r, k]), ids],
+                          [f("y1", [r, n]), f("y2", [r, n]), f("y3", [r, n]), f("emb", [2, r, n])],
                           [numpy_helper.from_array(v, name) for name, v in
-                           (("W1", w1), ("W2", w2), ("W3", w3), ("b1", b1))])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)]), rng.normal(size=(r, k)).astype(np.float32)
+                           (("W1", w1), ("W2", w2), ("W3", w3), ("b1", b1), ("E", e))])
+    feeds = {"x": rng.normal(size=(r, k)).astype(np.float32), "ids": rng.integers(0, 9, size=(2, r))}
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)]), feeds
 
 
 def test_rewrite_of_a_hand_built_graph(tmp_path):
-    model, x = _graph(tmp_path)
+    model, feeds = _graph(tmp_path)
     onnx.save(model, str(tmp_path / "fp32.onnx"))
-    want = ort_session(str(tmp_path / "fp32.onnx"), 2).run(None, {"x": x})
+    want = ort_session(str(tmp_path / "fp32.onnx"), 2).run(None, feeds)
     counts = nbits_model(model)
     assert counts["dense"] == 2 and counts["dense_fp32"] == 1 and counts["block_sizes"] == {"40": 16}
+    assert counts["embedding"] == 1
     ops = [(n.op_type, n.domain) for n in model.graph.node]
     assert ops.count(("MatMulNBits", "com.microsoft")) == 2 and ops.count(("Gemm", "")) == 1
-    assert {t.name for t in model.graph.initializer} >= {"W3"} and not {"W1", "W2"} & {
+    assert {t.name for t in model.graph.initializer} >= {"W3"} and not {"W1", "W2", "E"} & {
         t.name for t in model.graph.initializer}
     onnx.checker.check_model(model)
     onnx.save(model, str(tmp_path / "nbits.onnx"))
-    got = ort_session(str(tmp_path / "nbits.onnx"), 2).run(None, {"x": x})
-    for g, w in zip(got, want):
+    got = ort_session(str(tmp_path / "nbits.onnx"), 2).run(None, feeds)
+    for g, w in zip(got[:3], want[:3]):
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)
+    assert np.array_equal(got[3], want[3])                    # the embedding rows: alpha x {-1, 0, 1}, exact
 
 
 def _set_scales(model):
