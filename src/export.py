@@ -45,11 +45,14 @@ TOLERANCE = {"MINDIR": 1e-5, "ONNX": 1e-4}
 # graph (weights, scales) differs by about the logits themselves. Such exports pass at |diff| <= 0.5 * max(1,
 # max|logits|), and the dev metric (run_eval_onnx.py) is the real check (docs/export.md).
 ACT_QUANT_TOLERANCE = 0.5
-# --nbits 2: the rewritten file against the fp32 fake-quant graph it was made from (the same ONNX file before the
-# rewrite, in the same onnxruntime session settings). MatMulNBits at accuracy_level 0 dequantizes the 2-bit codes to
-# the same fp32 weights and runs an fp32 GEMM, so the two compute the same math (measured: 0.0 on the tiny and the
-# MiniLM-shape models); an error in the codes, scales or zero points moves the logits by about their size.
-NBITS_TOLERANCE = 1e-4
+# --nbits 2, the rewrite itself: every MatMulNBits run alone in onnxruntime on random activations equals the fp32
+# Gemm it replaced within 1e-5 x max(1, max|y|) (measured 4.5e-7 on the MiniLM-L6 shape: only the order of the fp32
+# sums differs; one wrong code, scale or zero point is ~1e-2), and the 2-bit word embedding gives every row exactly.
+# End to end the 2-bit file cannot be held that tight: the 8-bit fake-quant after each Dense turns those 1e-7
+# differences into whole quantization steps (MiniLM-L6 shape, random init, batch 1: 2.2e-3 against the fp32 graph on
+# logits of ~0.05, where the fp32 graph itself is 1.2e-3 from the packed model), so it is held to the rule of every
+# 8-bit-activation ONNX export, against the packed model and against the fp32 graph it was rewritten from.
+NBITS_OP_TOLERANCE = 1e-5
 NBITS = (2,)
 
 
@@ -227,7 +230,7 @@ def nbits_onnx(path: str) -> dict:
     is stored as 2-bit codes (src/ternary_nbits.py)."""
     _require_onnx("--nbits")
     from src.ternary_nbits import nbits_file
-    return nbits_file(path)
+    return nbits_file(path, check=True)
 
 
 def check_nbits(nbits: int, int8: bool, ternary: bool, fmt: str):
@@ -314,6 +317,12 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
             if not nbits_counts["dense"]:
                 raise UserError(f"--nbits: '{ckpt_file}' has no ternary Dense to write as 2-bit MatMulNBits "
                                 f"({nbits_counts['dense_fp32']} Dense with weights that are not ternary)")
+            chk = nbits_counts.get("check", {})
+            if not (chk.get("dense_max_rel_diff", np.inf) <= NBITS_OP_TOLERANCE
+                    and chk.get("embedding_max_diff", 0.0) == 0.0):
+                raise RuntimeError(f"--nbits: a rewritten site differs from the fp32 one it replaced ({chk}; "
+                                   f"tolerance {NBITS_OP_TOLERANCE:.0e} x max(1, max|y|), embedding exact): not "
+                                   f"writing {final}")
             blocks = ", ".join(f"K {k}: {b}" for k, b in sorted(nbits_counts["block_sizes"].items(),
                                                                  key=lambda kv: int(kv[0])))
             log(f"ONNX 2-bit: {nbits_counts['dense']} ternary Dense as MatMulNBits (bits 2, block size {blocks}), "
@@ -358,14 +367,15 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
             if nbits:
                 fp32 = runner_for(tmp_fp32)(ids, types, mask)
                 d2 = float(np.abs(got - fp32).max())
-                tol2 = NBITS_TOLERANCE * max(1.0, float(np.abs(fp32).max()))
-                rule2 = f"{NBITS_TOLERANCE:.0e} x max(1, max|logits|) = {tol2:.3g}"
                 info["nbits_parity"] = {"against": "the fp32 fake-quant ONNX graph before the rewrite",
-                                        "max_abs_logit_diff": d2, "tolerance": tol2, "tolerance_rule": rule2}
-                log(f"parity 2-bit ONNX vs the fp32 fake-quant ONNX: max|logits diff| {d2:.3e} (tolerance {rule2})")
-                if not d2 <= tol2:
+                                        "max_abs_logit_diff": d2, "argmax_agreement":
+                                            float(np.mean(got.argmax(-1) == fp32.argmax(-1))),
+                                        "tolerance": tol, "tolerance_rule": rule}
+                log(f"parity 2-bit ONNX vs the fp32 fake-quant ONNX: max|logits diff| {d2:.3e} (tolerance {rule}); "
+                    f"each MatMulNBits alone vs its fp32 Gemm: {chk['dense_max_rel_diff']:.1e} x max|y|")
+                if not d2 <= tol:
                     raise RuntimeError(f"2-bit ONNX differs from the fp32 graph it was rewritten from by {d2:.3e} > "
-                                       f"{rule2}: not writing {final}")
+                                       f"{rule}: not writing {final}")
         os.replace(tmp, final)
     finally:
         for path in (tmp, tmp_fp32):

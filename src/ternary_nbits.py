@@ -105,11 +105,13 @@ def _dense_weight(G: _Graph, n):
     return n.input[0], t[1], alpha, bias
 
 
-def nbits_model(model, accuracy_level: int = 0, max_block: int = MAX_BLOCK) -> Dict[str, object]:
+def nbits_model(model, accuracy_level: int = 0, max_block: int = MAX_BLOCK,
+                sites: Optional[list] = None) -> Dict[str, object]:
     """Rewrite an onnx ModelProto in place. Returns counts: "dense" (ternary Dense now MatMulNBits), "embedding"
     (word embedding stored as 2-bit codes), "dense_fp32" (Gemm / MatMul on a constant weight that is not ternary,
     left in fp32: the classifier, 4/8-bit weights), "block_sizes" ({K: block size}), "weight_bytes" (bytes of the
-    2-bit codes, scales and zero points written)."""
+    2-bit codes, scales and zero points written). `sites` (a list) receives (kind, replaced node, new nodes, input
+    name) of each rewrite, for check_rewrite."""
     from onnx import TensorProto, helper, numpy_helper
     g = model.graph
     G = _Graph(g)
@@ -140,6 +142,8 @@ def nbits_model(model, accuracy_level: int = 0, max_block: int = MAX_BLOCK) -> D
                                                  domain=DOMAIN, K=k_in, N=n_out, bits=BITS, block_size=bs,
                                                  accuracy_level=accuracy_level)]
             counts["dense"] += 1
+            if sites is not None:
+                sites.append(("dense", _copy(n), new_nodes[id(n)], a_in))
             counts["block_sizes"][str(k_in)] = bs
             counts["weight_bytes"] += b.nbytes + scales.nbytes + zp.nbytes
         elif n.op_type == "Gather":            # the ternary word embedding: the only table whose rows are each
@@ -167,6 +171,8 @@ def nbits_model(model, accuracy_level: int = 0, max_block: int = MAX_BLOCK) -> D
                                  name=p + ".GatherAlpha"),
                 helper.make_node("Mul", [p + ".c", p + ".a"], [n.output[0]], name=p + ".Mul")]
             counts["embedding"] += 1
+            if sites is not None:
+                sites.append(("embedding", _copy(n), new_nodes[id(n)], idx))
             counts["weight_bytes"] += codes.nbytes + t[0].nbytes
     if not new_nodes:
         return counts
@@ -176,12 +182,120 @@ def nbits_model(model, accuracy_level: int = 0, max_block: int = MAX_BLOCK) -> D
     return counts
 
 
+def _copy(node):
+    from onnx import NodeProto
+    c = NodeProto()
+    c.CopyFrom(node)
+    return c
+
+
+def _site_model(nodes, inputs, outputs, const_of, dtype_of):
+    """A model of `nodes` with `inputs` as graph inputs ([rows, width] of dtype_of(name)) and the constants they
+    read (const_of(name) -> TensorProto or None)."""
+    from onnx import helper
+    inits, seen = [], set(inputs)
+    for n in nodes:
+        for i in n.input:
+            if i and i not in seen:
+                seen.add(i)
+                t = const_of(i)
+                if t is not None:
+                    inits.append(t)
+    made = {o for n in nodes for o in n.output}
+    ins = [helper.make_tensor_value_info(name, dtype_of(name), None) for name in inputs]
+    outs = [helper.make_tensor_value_info(o, 1, None) for o in outputs if o in made]
+    g = helper.make_graph(list(nodes), "check", ins, outs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(DOMAIN, 1)])
+
+
+def check_rewrite(before, after, sites, rows: int = 8, seed: int = 0, threads: int = 0) -> Dict[str, object]:
+    """Run every rewritten site alone in onnxruntime, before (fp32 Gemm / Gather of `before`, the model as it was)
+    and after (MatMulNBits / the 2-bit embedding nodes of `after`), on the same inputs: random normal activations
+    [rows, K] for each Dense, every row id for the embedding. No fake-quant is in between, so the fp32 sums differ
+    only by their order: returns {"dense": n, "dense_max_rel_diff": max over sites of max|after - before| /
+    max(1, max|before|), "embedding_rows": n, "embedding_max_diff": max|after - before| (0.0: exact)}."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+    rng = np.random.default_rng(seed)
+    inits_before = {t.name: t for t in before.graph.initializer}
+    inits_after = {t.name: t for t in after.graph.initializer}
+    consts = {n.output[0]: n for n in before.graph.node if n.op_type == "Constant"}
+
+    def const_of(table):
+        def get(name):
+            if name in table:
+                return table[name]
+            if name in consts:                 # a Constant node's value, as an initializer of the check model
+                from onnx import numpy_helper
+                return numpy_helper.from_array(numpy_helper.to_array(consts[name].attribute[0].t), name)
+            return None
+        return get
+
+    out = {"dense": 0, "dense_max_rel_diff": 0.0, "embedding_rows": 0, "embedding_max_diff": 0.0}
+    for kind in ("dense", "embedding"):
+        group = [s for s in sites if s[0] == kind]
+        if not group:
+            continue
+        feeds = {}
+        for _, node, _, inp in group:
+            if inp in feeds:
+                continue
+            if kind == "dense":
+                k = int(next(a.i for a in _new_attrs(group, inp) if a.name == "K"))
+                feeds[inp] = rng.normal(size=(rows, k)).astype(np.float32)
+            else:
+                feeds[inp] = np.arange(_const_rows(node, inits_before, consts), dtype=np.int64)
+        dtype = (lambda _: TensorProto.FLOAT) if kind == "dense" else (lambda _: TensorProto.INT64)
+        outputs = [node.output[0] for _, node, _, _ in group]
+        old = _site_model([node for _, node, _, _ in group], list(feeds), outputs, const_of(inits_before), dtype)
+        new = _site_model([m for _, _, nodes, _ in group for m in nodes], list(feeds), outputs,
+                          const_of(inits_after), dtype)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        res = [dict(zip(outputs, ort.InferenceSession(m.SerializeToString(), opts,
+                                                      providers=["CPUExecutionProvider"]).run(outputs, feeds)))
+               for m in (old, new)]
+        for o in outputs:
+            d = float(np.abs(res[1][o] - res[0][o]).max())
+            if kind == "dense":
+                out["dense"] += 1
+                out["dense_max_rel_diff"] = max(out["dense_max_rel_diff"],
+                                                d / max(1.0, float(np.abs(res[0][o]).max())))
+            else:
+                out["embedding_rows"] += len(next(iter(feeds.values())))
+                out["embedding_max_diff"] = max(out["embedding_max_diff"], d)
+    return out
+
+
+def _new_attrs(group, inp):
+    """The attributes of the first MatMulNBits reading `inp`."""
+    for _, _, nodes, i in group:
+        if i == inp:
+            return nodes[0].attribute
+    raise KeyError(inp)
+
+
+def _const_rows(gather, inits, consts) -> int:
+    from onnx import numpy_helper
+    name = gather.input[0]
+    t = inits[name] if name in inits else consts[name].attribute[0].t
+    return int(numpy_helper.to_array(t).shape[0])
+
+
 def nbits_file(path: str, out_path: Optional[str] = None, accuracy_level: int = 0,
-               max_block: int = MAX_BLOCK) -> Dict[str, object]:
-    """Rewrite an .onnx file (in place, or into out_path); see nbits_model."""
+               max_block: int = MAX_BLOCK, check: bool = False) -> Dict[str, object]:
+    """Rewrite an .onnx file (in place, or into out_path); see nbits_model. check: also run check_rewrite (its
+    result under "check")."""
     import onnx
     model = onnx.load(path)
-    counts = nbits_model(model, accuracy_level, max_block)
+    before = onnx.ModelProto()
+    if check:
+        before.CopyFrom(model)
+    sites = []
+    counts = nbits_model(model, accuracy_level, max_block, sites)
     onnx.checker.check_model(model)
+    if check and sites:
+        counts["check"] = check_rewrite(before, model, sites)
     onnx.save(model, out_path or path)
     return counts

@@ -169,6 +169,8 @@ def test_export_nbits_of_a_packed_ternary_model(packed, scale, tmp_path):
     rw = info["nbits_rewrite"]
     assert rw["dense"] == 6 * layers + 1 and rw["embedding"] == 1 and rw["dense_fp32"] == 1   # the classifier
     assert rw["bits"] == 2 and rw["accuracy_level"] == 0
+    assert rw["check"]["dense"] == rw["dense"] and rw["check"]["dense_max_rel_diff"] <= 1e-5
+    assert rw["check"]["embedding_rows"] == packed["cfg"].vocab_size and rw["check"]["embedding_max_diff"] == 0.0
     assert info["nbits_parity"]["max_abs_logit_diff"] <= info["nbits_parity"]["tolerance"]
     with open(path + ".json", encoding="utf-8") as f:
         assert json.load(f)["nbits_rewrite"] == rw
@@ -203,6 +205,23 @@ def test_export_nbits_of_a_packed_ternary_model(packed, scale, tmp_path):
     assert rw["weight_bytes"] == want
 
 
+def test_a_wrong_rewrite_is_refused_before_the_file_is_written(packed, tmp_path, monkeypatch):
+    """The export's check of each rewritten site (MatMulNBits alone vs the fp32 Gemm it replaced) with the zero
+    point put at 1: the file is not written."""
+    from src import ternary_nbits
+    from src.export import export_checkpoint
+    right = ternary_nbits.nbits_weight
+
+    def wrong_zero_point(signs, alpha, block_size):
+        b, scales, zp = right(signs, alpha, block_size)
+        return b, scales, np.full_like(zp, 0b01010101)
+    monkeypatch.setattr(ternary_nbits, "nbits_weight", wrong_zero_point)
+    with pytest.raises(RuntimeError, match="a rewritten site differs from the fp32 one it replaced"):
+        export_checkpoint(packed["config"], packed["ema"], str(tmp_path / "n"), "ONNX", 2, 8, ternary=True, nbits=2,
+                          log=lambda *_: None)
+    assert os.listdir(tmp_path) == []
+
+
 def test_nbits_without_ternary_dense_is_an_error(packed, tmp_path):
     from src.export import export_checkpoint
     with pytest.raises(UserError, match=r"--nbits: .* has no ternary Dense .* \(8 Dense with weights that are not "):
@@ -222,3 +241,19 @@ def test_bad_nbits_flags_are_one_error_line(packed, flags, message, tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("ERROR: " + message), r.stderr[-2000:]
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_bench_nbits_quick(tmp_path):
+    from benchmarks import bench_nbits
+    out = bench_nbits.main(["--quick", "--batches", "2", "--seq", "16", "--budget", "0.01",
+                            "--out_dir", str(tmp_path)])
+    size = out["bytes"]
+    assert size["nbits"] < size["int8"] < size["fp32"]
+    (cell,) = out["cells"].values()
+    assert cell["diffs"]["nbits"]["vs_fp32_onnx"] <= 1e-6 and cell["diffs"]["nbits"]["argmax_vs_packed"] == 1.0
+    assert cell["checks"]["nbits"]["nbits_parity"]["max_abs_logit_diff"] <= 1e-6
+    assert cell["rewired"] == 6 * out["config"]["layers"] + 1
+    assert all(t > 0 for t in cell["latency_s"].values())
+    text = bench_nbits.table(out)
+    assert all(label in text for label in bench_nbits.LABELS.values())
+    assert not os.path.exists(tmp_path / "nbits") and os.path.exists(tmp_path / "nbits.json")
