@@ -254,6 +254,7 @@ def test_bench_nbits_quick(tmp_path):
     assert cell["checks"]["nbits"]["nbits_parity"]["max_abs_logit_diff"] <= 1e-6
     assert cell["rewired"] == 6 * out["config"]["layers"] + 1
     assert all(t > 0 for t in cell["latency_s"].values())
+    assert cell["diffs"]["nbits_std"]["vs_fp32_onnx"] == 0.0     # the same fp32 weights, folded when loaded
     text = bench_nbits.table(out)
     assert all(label in text for label in bench_nbits.LABELS.values())
     assert not os.path.exists(tmp_path / "nbits") and os.path.exists(tmp_path / "nbits.json")
