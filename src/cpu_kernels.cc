@@ -6,8 +6,9 @@
 // A kernel returns non-zero (MindSpore raises) when a tensor is not float32.
 // (2: shapes that do not fit the kernel, 3: out of memory.)
 // Threads: SetThreads(n) (called by src/cpu_kernels.py with the run's `threads`) lets a kernel split its rows over
-// up to n threads when each gets at least kMinWorkPerThread elements; sums are then reduced in thread order, so a
-// result depends only on the data and n.
+// up to n threads when each gets at least kMinWorkPerThread elements. Results do not depend on n: element-wise
+// kernels write each element once, and the row-summing ones (dgamma / dbeta, the masked sums) add their rows in
+// fixed chunks whose bounds depend only on the shape, then add the chunks' sums in chunk order.
 //
 // Math (all in float32):
 //   GELU(x)  = x * Phi(x), Phi(x) = 0.5 * (1 + erf(x / sqrt 2)), erf from Abramowitz-Stegun 7.1.26 (|error| <
@@ -27,12 +28,20 @@ namespace {
 
 constexpr int kLanes = 8;  // independent partial sums, so the row reductions vectorize without reassociation
 constexpr int64_t kMinWorkPerThread = 1 << 16;
+constexpr int64_t kMaxChunks = 256;
 int g_threads = 1;
 
 // How many parts to split `items` items of `work` elements each into.
 int parts_for(int64_t items, int64_t work) {
   const int64_t by_work = std::max<int64_t>(1, items * work / kMinWorkPerThread);
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(g_threads), by_work, items})));
+}
+
+// How many chunks a row-summing kernel adds `items` items of `work` elements each in: from the shape only (one per
+// kMinWorkPerThread elements, at most kMaxChunks), never from the thread count.
+int chunks_for(int64_t items, int64_t work) {
+  const int64_t by_work = std::max<int64_t>(1, items * work / kMinWorkPerThread);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({kMaxChunks, by_work, items})));
 }
 
 // body(begin, end, part) over [0, items) in `parts` contiguous chunks; the last chunk runs on the calling thread,
@@ -51,6 +60,19 @@ void run_parts(int64_t items, int parts, const Body &body) {
   }
   body(std::min(items, (parts - 1) * chunk), items, parts - 1);
   for (auto &t : pool) t.join();
+}
+
+// body(begin, end, chunk) for each of `chunks` fixed chunks of [0, items) (chunk c holds items [c * size, (c + 1) *
+// size), size = ceil(items / chunks); trailing chunks may be empty); the chunks are spread over up to g_threads
+// threads, which changes who computes a chunk, never what it holds.
+template <class Body>
+void run_chunks(int64_t items, int chunks, const Body &body) {
+  const int64_t size = (items + chunks - 1) / chunks;
+  run_parts(chunks, std::min(g_threads, chunks), [&](int64_t cb, int64_t ce, int) {
+    for (int64_t c = cb; c < ce; ++c) {
+      body(std::min(items, c * size), std::min(items, (c + 1) * size), static_cast<int>(c));
+    }
+  });
 }
 
 bool all_float32(int nparam, const char **dtypes) {
@@ -231,21 +253,21 @@ extern "C" int LayerNormBackward(int nparam, void **params, int *ndims, int64_t 
   float *dbeta = static_cast<float *>(params[7]);
   const int64_t h = shapes[0][ndims[0] - 1];
   const int64_t rows = numel(ndims[0], shapes[0]) / h;
-  const int parts = parts_for(rows, h);
+  const int chunks = chunks_for(rows, h);
   std::vector<float> partial;
   try {
-    partial.assign(static_cast<size_t>(parts) * 2 * h, 0.0f);  // per part: dgamma, dbeta
+    partial.assign(static_cast<size_t>(chunks) * 2 * h, 0.0f);  // per chunk: dgamma, dbeta
   } catch (...) {
     return 3;
   }
-  run_parts(rows, parts, [&](int64_t b, int64_t e, int p) {
-    float *pg = partial.data() + static_cast<size_t>(p) * 2 * h;
+  run_chunks(rows, chunks, [&](int64_t b, int64_t e, int c) {
+    float *pg = partial.data() + static_cast<size_t>(c) * 2 * h;
     for (int64_t r = b; r < e; ++r) {
       layer_norm_backward_row(dy + r * h, x + r * h, gamma, mean[r], rstd[r], h, dx + r * h, pg, pg + h);
     }
   });
   for (int64_t j = 0; j < h; ++j) dgamma[j] = dbeta[j] = 0.0f;
-  for (int p = 0; p < parts; ++p) {
+  for (int p = 0; p < chunks; ++p) {
     const float *pg = partial.data() + static_cast<size_t>(p) * 2 * h;
     for (int64_t j = 0; j < h; ++j) {
       dgamma[j] += pg[j];
@@ -322,14 +344,14 @@ extern "C" int MaskedSquaredErrorSum(int nparam, void **params, int *ndims, int6
   int64_t a, m, c;
   if (!same_shape(ndims[0], shapes[0], ndims[1], shapes[1])) return 2;  // t is read with s's layout
   if (!broadcast_view(ndims[0], shapes[0], ndims[2], shapes[2], &a, &m, &c)) return 2;
-  const int parts = parts_for(a, m * c);
+  const int chunks = chunks_for(a, m * c);
   std::vector<double> partial;
   try {
-    partial.assign(parts, 0.0);
+    partial.assign(chunks, 0.0);
   } catch (...) {
     return 3;
   }
-  run_parts(a, parts, [&](int64_t b, int64_t e, int p) {
+  run_chunks(a, chunks, [&](int64_t b, int64_t e, int p) {
     double total = 0.0;
     for (int64_t i = b; i < e; ++i) {
       if (c == 1) {  // one weight per row of M values
@@ -341,7 +363,7 @@ extern "C" int MaskedSquaredErrorSum(int nparam, void **params, int *ndims, int6
     partial[p] = total;
   });
   double total = 0.0;
-  for (double v : partial) total += v;
+  for (double v : partial) total += v;  // chunk order
   out[0] = static_cast<float>(total);
   return 0;
 }
