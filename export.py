@@ -6,6 +6,7 @@ Usage (model-zoo style):
     python export.py ... --file_format ONNX            # exact GELU as ONNX Erf, LayerNorm fusable (docs/export.md)
     python export.py ... --width_mult 0.667            # slice a width supernet checkpoint first
     python export.py ... --ternary --ckpt_file <run>/model.tpack --file_format ONNX --int8   # TernaryBERT, int8 kernels
+    python export.py ... --ternary --ckpt_file <run>/model.tpack --file_format ONNX --nbits 2  # 2-bit MatMulNBits
     python run_eval_onnx.py --model_file output/export/td_mr_student.onnx --task MR --data_dir data/mr
 
 Inputs: input_ids, token_type_ids, input_mask (int32, [batch_size, seq_length], fixed). Output: the logits
@@ -40,6 +41,9 @@ def parse_args(argv):
     p.add_argument("--ternary", action="store_true", help="export the ternary inference model of a TernaryBERT ckpt")
     p.add_argument("--int8", action="store_true", help="with --ternary and ONNX: run the ternary matmuls as "
                                                        "MatMulInteger (int8 codes, 8-bit activations as trained)")
+    p.add_argument("--nbits", type=int, default=0, help="2: with --ternary and ONNX, write the ternary Dense as 2-bit "
+                                                        "MatMulNBits codes (onnxruntime contrib op) and the word "
+                                                        "embedding as 2-bit codes; not with --int8")
     p.add_argument("--device_target", default="CPU", help="CPU | GPU | Ascend")
     p.add_argument("--no_verify", action="store_true", help="skip the reload-and-compare check (not recommended)")
     return p.parse_args(argv)
@@ -47,8 +51,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    from src.export import check_format
-    check_format(args.file_format, args.device_target)          # AIR off Ascend fails before any work
+    from src.export import check_format, check_nbits
+    fmt = check_format(args.file_format, args.device_target)    # AIR off Ascend fails before any work
+    check_nbits(args.nbits, args.int8, args.ternary, fmt)
     num_labels = args.num_labels or None
     if args.task and not num_labels:
         from src.tasks import get_task
@@ -62,7 +67,7 @@ def main(argv=None):
     return export_checkpoint(args.config_path, args.ckpt_file, args.file_name, args.file_format, args.batch_size,
                              args.seq_length, num_labels, args.head_type, args.gelu, args.width_mult, args.ternary,
                              args.device_target, verify=not args.no_verify, depth_mult=args.depth_mult,
-                             int8=args.int8)
+                             int8=args.int8, nbits=args.nbits)
 
 
 if __name__ == "__main__":

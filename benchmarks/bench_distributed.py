@@ -78,7 +78,7 @@ def main(argv=None):
     ap.add_argument("--vocab", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=16, help="per-worker batch b (single process: 2b)")
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamWeightDecay, 10% warmup)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (AdamWeightDecay, 10%% warmup)")
     ap.add_argument("--threads_single", type=int, default=2)
     ap.add_argument("--threads_per_worker", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "output", "distributed", "bench"))

@@ -21,7 +21,7 @@ case "$WORKER_NUM" in ''|*[!0-9]*|0) echo "ERROR: WORKER_NUM '$WORKER_NUM': expe
 [ -n "$CONFIG" ] || { echo "ERROR: CONFIG: give the config file (or set DEFAULT_CONFIG)" >&2; exit 2; }
 [ -f "$CONFIG" ] || { echo "ERROR: CONFIG '$CONFIG' does not exist" >&2; exit 2; }
 # msrun starts workers with the `python` found on PATH: make it ours
-PY_BIN=$(command -v "$PYTHON")
+PY_BIN=$(command -v "$PYTHON") || { echo "ERROR: PYTHON '$PYTHON' not found (set PYTHON to the python that has MindSpore)" >&2; exit 2; }
 export PATH="$(dirname "$PY_BIN"):$PATH"
 LOG_DIR=${LOG_DIR:-output/msrun_log}
 msrun --worker_num="$WORKER_NUM" --local_worker_num="$WORKER_NUM" --master_addr=127.0.0.1 \

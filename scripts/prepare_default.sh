@@ -13,7 +13,7 @@ PYTHON=${PYTHON:-python}
 GD_DOCS=${GD_DOCS:-150}
 
 if [ ! -f output/minilm/minilm.ckpt ]; then
-  teacher_dir=$($PYTHON -c "from src.checkpoint import default_teacher_dir; print(default_teacher_dir())")
+  teacher_dir=$($PYTHON -c "from src.hf_checkpoint import default_teacher_dir; print(default_teacher_dir())")
   $PYTHON tools/convert_checkpoint.py --direction hf2ms --input "$teacher_dir" --output output/minilm/minilm.ckpt
 fi
 if [ ! -f data/mr/train_schema.json ]; then

@@ -97,7 +97,8 @@ def to_tensors(batch: dict, names: Sequence[str]):
 
 class DatasetBatcher:
     """Streams batches from a MindSpore dataset (large general-distillation corpora) with the same interface
-    as ArrayBatcher. One iterator spans all epochs so MindSpore reshuffles between epochs."""
+    as ArrayBatcher. One iterator spans all epochs so MindSpore reshuffles between epochs; it stops
+    (StopIteration) at the end of each epoch and continues with the next one when iterated again."""
 
     def __init__(self, dataset, epochs: int):
         self.dataset = dataset
@@ -113,9 +114,8 @@ class DatasetBatcher:
         if self._it is None:
             self._it = self.dataset.create_dict_iterator(num_epochs=self.epochs, output_numpy=True)
         while self._next_epoch < epoch:          # resumed run: read past earlier epochs to get epoch's order
-            for _ in range(self._size):
-                next(self._it)
+            for _ in self._it:
+                pass
             self._next_epoch += 1
         self._next_epoch = epoch + 1
-        for _ in range(self._size):
-            yield next(self._it)
+        yield from self._it                      # to this epoch's end

@@ -41,6 +41,9 @@ MOVED_KEYS = {
 }
 # Old spellings still read, with one WARNING line on stderr; the run only sees the new ones.
 # Renamed keys: old key -> (new key in the same section, {old value: new value}).
+# Keys added to a shipped config after users may have copied it: a --config_path file without one gets the run's
+# own default value, with one WARNING line.
+ADDED_KEYS = ("optim.loss_scale",)
 DEPRECATED_KEYS = {
     "loss.mask_padding": ("loss.padding", {True: "valid", False: "anchor"}),
 }
@@ -91,6 +94,7 @@ def _clip_norm(v, section, data):
 # matches a key decides; a key matching none is free; null values are not checked.
 RULES = [
     (("loss.padding",), *_one_of("valid", "anchor")),
+    (("loss.attention_heads",), *_one_of("each", "average")),
     (("loss.soft_ce_reduction",), *_one_of("row_mean", "element_mean")),
     (("optim.clip_mode",), *_one_of("global", "per_tensor", "none")),
     (("*batch_size",), *_at_least(1)),
@@ -369,12 +373,25 @@ def _require_default_keys(data: dict, path: str, default_yaml_path: str):
         return
     default = _read_yaml(default_yaml_path)
     _translate_deprecated(default, default_yaml_path)
+    for key in ADDED_KEYS:
+        if _lookup(data, key) is _MISSING and _lookup(default, key) is not _MISSING:
+            _warn(f"config file '{path}' has no {key}; using {json.dumps(_lookup(default, key))} from "
+                  f"{default_yaml_path}")
+            *parents, leaf = key.split(".")
+            section = data
+            for part in parents:
+                section = section.setdefault(part, {})
+            section[leaf] = _lookup(default, key)
     missing = [k for k in _keys(default) if _lookup(data, k) is _MISSING]
     if missing:
         shown = ", ".join(f"{k} ({json.dumps(_lookup(default, k), default=str)})" for k in missing[:4])
         more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
         raise UserError(f"config file '{path}' lacks {len(missing)} key(s) of {default_yaml_path}: {shown}{more}; "
                         f"start from a copy of that file")
+    for key in _keys(default):                      # the file's values have the types of the run's own file
+        shipped = _lookup(default, key)
+        if not isinstance(shipped, dict):
+            _put(data, key, _check(f"{key} (config file '{path}')", _lookup(data, key), shipped))
 
 
 def _warn(message: str):
@@ -466,8 +483,10 @@ def _help_comments(path: str) -> dict:
     return comments
 
 
-def load_config(default_yaml_path: str, argv=None) -> Config:
-    """YAML (`--config_path` or `default_yaml_path`) + `--a.b.c VALUE` overrides -> Config. `--help` exits 0."""
+def load_config(default_yaml_path: str, argv=None, check_values: bool = True) -> Config:
+    """YAML (`--config_path` or `default_yaml_path`) + `--a.b.c VALUE` overrides -> Config. `--help` exits 0.
+    `check_values=False` skips the value RULES: for a finished run's config_resolved.yaml, read to pack or report
+    that run (it was checked by the rules of its day)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     path, want_help, items = _parse_argv(argv)
     path = path or default_yaml_path
@@ -503,7 +522,8 @@ def load_config(default_yaml_path: str, argv=None) -> Config:
             note = f"  # {comments[key]}" if key in comments else ""
             print(f"  --{key} = {json.dumps(value, default=str)}{note}")
         sys.exit(0)
-    _validate(data)
+    if check_values:
+        _validate(data)
     return Config(data)
 
 

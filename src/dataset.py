@@ -345,7 +345,7 @@ def read_all(data: str, schema_file: Optional[str], columns: Sequence[str],
 
 
 # ---------------------------------------------------------------------------------------------------------
-# evaluation batches and label checks
+# label checks and the splits of a run
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ class DistillLossConfig:
     soft_ce_reduction: str = "element_mean"
     temperature_squared: bool = False
     padding: str = "valid"
+    attention_heads: str = "each"
 
     @property
     def mask_padding(self) -> bool:
@@ -39,6 +40,9 @@ class DistillLossConfig:
         if self.soft_ce_reduction not in losses.SOFT_CE_REDUCTIONS:
             raise ValueError(f"loss.soft_ce_reduction '{self.soft_ce_reduction}' not supported: expected one of "
                              f"{losses.SOFT_CE_REDUCTIONS}")
+        if self.attention_heads not in losses.ATTENTION_HEADS:
+            raise ValueError(f"loss.attention_heads '{self.attention_heads}' not supported: expected one of "
+                             f"{losses.ATTENTION_HEADS}")
         if self.padding not in losses.PADDINGS:
             raise ValueError(f"loss.padding '{self.padding}' not supported: expected one of {losses.PADDINGS}")
         if self.temperature <= 0:
@@ -82,7 +86,8 @@ class FitDense(nn.Cell):
 class IntermediateLoss(nn.Cell):
     """attention + hidden (incl. embedding output) losses over a layer map. Shared by GD, TD phase 1 and
     TernaryBERT. fit_dense None: the hidden states are compared as they are (equal widths, TernaryBERT).
-    data_parallel: masked means scaled to the rank's share of the global one (losses.GlobalMaskCounts)."""
+    data_parallel: masked means scaled to the rank's share of the global one (losses.GlobalMaskCounts). A term
+    whose weight is 0 is not built into the graph (its part is 0)."""
 
     def __init__(self, fit_dense: Optional[FitDense], attention_map: Sequence[int], hidden_map: Sequence[int],
                  cfg: DistillLossConfig, data_parallel: bool = False, fused: bool = False):
@@ -91,8 +96,9 @@ class IntermediateLoss(nn.Cell):
         # fused: the masked numerators run as one CPU kernel each (src/cpu_kernels.py), as the student's own
         # BertConfig.fused_cpu_kernels says
         self.sq_err = MaskedSquaredError() if fused and cfg.mask_padding else None
-        self.attention_map = tuple(attention_map)
-        self.hidden_map = tuple(hidden_map)
+        self.attention_map = tuple(attention_map) if cfg.attention_weight else ()
+        self.hidden_map = tuple(hidden_map) if cfg.hidden_weight else ()
+        self.average_heads = cfg.attention_heads == "average"
         self.att_w = cfg.attention_weight
         self.rep_w = cfg.hidden_weight
         self.mask_padding = cfg.mask_padding
@@ -101,7 +107,8 @@ class IntermediateLoss(nn.Cell):
     def construct(self, s_hidden, s_scores, t_hidden, t_scores, input_mask):
         att = 0.0
         for i, ti in enumerate(self.attention_map):
-            att = att + losses.attention_mse(s_scores[i], t_scores[ti], input_mask, self.mask_padding, self.sq_err)
+            att = att + losses.attention_mse(s_scores[i], t_scores[ti], input_mask, self.mask_padding, self.sq_err,
+                                             self.average_heads)
         rep = 0.0
         for i, ti in enumerate(self.hidden_map):
             h = s_hidden[i] if self.fit_dense is None else self.fit_dense(s_hidden[i])
@@ -261,13 +268,13 @@ def student_layer_map(cfg, teacher_cfg, student_cfg, attention_weight: float):
                                  layer_list(cfg.layer_map.hidden, "layer_map.hidden"))
     except ValueError as e:
         raise UserError(str(e)) from None
-    if attention_weight:                     # per mapped layer: width sub-models have per-layer head counts
-        for s_layer, t_layer in enumerate(maps[0]):
+    if attention_weight and cfg.loss.attention_heads == "each":   # per mapped layer: width sub-models have
+        for s_layer, t_layer in enumerate(maps[0]):                    # per-layer head counts
             s_heads, t_heads = student_cfg.heads(s_layer), teacher_cfg.heads(t_layer)
             if s_heads != t_heads:
                 raise UserError(f"attention loss needs equal head counts: student layer {s_layer} has {s_heads}, "
-                                f"teacher layer {t_layer} has {t_heads} (set loss.attention_weight 0 or match "
-                                f"heads)")
+                                f"teacher layer {t_layer} has {t_heads} (set loss.attention_heads average, "
+                                f"loss.attention_weight 0, or a teacher with the student's heads)")
     return maps
 
 

@@ -18,6 +18,7 @@ ONNX: onnxruntime) and its logits are compared with the checkpoint's logits on a
 """
 import json
 import os
+import shutil
 from typing import Optional
 
 import numpy as np
@@ -44,6 +45,15 @@ TOLERANCE = {"MINDIR": 1e-5, "ONNX": 1e-4}
 # graph (weights, scales) differs by about the logits themselves. Such exports pass at |diff| <= 0.5 * max(1,
 # max|logits|), and the dev metric (run_eval_onnx.py) is the real check (docs/export.md).
 ACT_QUANT_TOLERANCE = 0.5
+# --nbits 2, the rewrite itself: every MatMulNBits run alone in onnxruntime on random activations equals the fp32
+# Gemm it replaced within 1e-5 x max(1, max|y|) (measured 4.5e-7 on the MiniLM-L6 shape: only the order of the fp32
+# sums differs; one wrong code, scale or zero point is ~1e-2), and the 2-bit word embedding gives every row exactly.
+# End to end the 2-bit file cannot be held that tight: the 8-bit fake-quant after each Dense turns those 1e-7
+# differences into whole quantization steps (MiniLM-L6 shape, random init, batch 1: 2.2e-3 against the fp32 graph on
+# logits of ~0.05, where the fp32 graph itself is 1.2e-3 from the packed model), so it is held to the rule of every
+# 8-bit-activation ONNX export, against the packed model and against the fp32 graph it was rewritten from.
+NBITS_OP_TOLERANCE = 1e-5
+NBITS = (2,)
 
 
 def check_format(file_format: str, device_target: str) -> str:
@@ -215,6 +225,29 @@ def integerize_onnx(path: str) -> dict:
     return integerize_file(path)
 
 
+def nbits_onnx(path: str) -> dict:
+    """Rewrite a ternary model's .onnx in place so its ternary Dense run as 2-bit MatMulNBits and its word embedding
+    is stored as 2-bit codes (src/ternary_nbits.py)."""
+    _require_onnx("--nbits")
+    from src.ternary_nbits import nbits_file
+    return nbits_file(path, check=True)
+
+
+def check_nbits(nbits: int, int8: bool, ternary: bool, fmt: str):
+    """UserError for a --nbits that cannot be written (checked before any work)."""
+    if not nbits:
+        return
+    if nbits not in NBITS:
+        raise UserError(f"--nbits {nbits}: expected {' or '.join(map(str, NBITS))} (ternary weights as 2-bit "
+                        f"MatMulNBits codes)")
+    if int8:
+        raise UserError("--nbits and --int8 are exclusive: --nbits 2 writes the ternary Dense as 2-bit MatMulNBits, "
+                        "--int8 as MatMulInteger on int8 codes; give one")
+    if not (ternary and fmt == "ONNX"):
+        raise UserError(f"--nbits rewrites the ONNX of a TernaryBERT model: it needs --ternary and --file_format ONNX "
+                        f"(got {'--ternary' if ternary else 'no --ternary'}, --file_format {fmt})")
+
+
 def has_act_quant(model: nn.Cell) -> bool:
     """True when the model holds 8-bit activation fake-quant (src/quant.py ActQuantizer)."""
     from src.quant import ActQuantizer
@@ -225,12 +258,15 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                       batch_size: int = 32, seq_length: int = 64, num_labels: Optional[int] = None,
                       head_type: str = "auto", gelu: str = "auto", width_mult: Optional[float] = None,
                       ternary: bool = False, device_target: str = "CPU", verify: bool = True, log=print,
-                      depth_mult: Optional[float] = None, int8: bool = False) -> dict:
+                      depth_mult: Optional[float] = None, int8: bool = False, nbits: int = 0) -> dict:
     """Export, reload, compare with the checkpoint, then move the file into place. Returns the sidecar dict.
-    int8 (ONNX of a ternary model only): its quantized matmuls become MatMulInteger (src/ternary_int8.py)."""
+    int8 (ONNX of a ternary model only): its quantized matmuls become MatMulInteger (src/ternary_int8.py).
+    nbits 2 (ONNX of a ternary model only, not with int8): its ternary Dense become 2-bit MatMulNBits and the word
+    embedding 2-bit codes (src/ternary_nbits.py); also checked against the fp32 graph it was rewritten from."""
     fmt = check_format(file_format, device_target)
     if batch_size < 1 or seq_length < 1:
         raise UserError(f"--batch_size {batch_size} / --seq_length {seq_length}: both must be >= 1")
+    check_nbits(nbits, int8, ternary, fmt)
     if int8 and not (ternary and fmt == "ONNX"):
         raise UserError(f"--int8 rewrites the ONNX of a TernaryBERT model: it needs --ternary and --file_format ONNX "
                         f"(got {'--ternary' if ternary else 'no --ternary'}, --file_format {fmt})")
@@ -254,6 +290,7 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
     os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
     tmp_base = f"{final}.tmp{os.getpid()}"
     tmp = tmp_base + FORMATS[fmt]
+    tmp_fp32 = tmp_base + ".fp32" + FORMATS[fmt]          # --nbits: the fake-quant graph before the rewrite
     try:
         ms.export(net, *inputs, file_name=tmp_base, file_format=fmt)
         if not os.path.exists(tmp):
@@ -273,6 +310,24 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
             log(f"ONNX int8: {int8_counts['dense']} ternary Dense and {int8_counts['attention']} attention matmuls as "
                 f"MatMulInteger, {int8_counts['embedding']} word embedding as int8 codes; "
                 f"{int8_counts['dense_fp32']} quantized Dense left in fp32 (weights not ternary)")
+        nbits_counts = None
+        if nbits:
+            shutil.copyfile(tmp, tmp_fp32)
+            nbits_counts = nbits_onnx(tmp)
+            if not nbits_counts["dense"]:
+                raise UserError(f"--nbits: '{ckpt_file}' has no ternary Dense to write as 2-bit MatMulNBits "
+                                f"({nbits_counts['dense_fp32']} Dense with weights that are not ternary)")
+            chk = nbits_counts.get("check", {})
+            if not (chk.get("dense_max_rel_diff", np.inf) <= NBITS_OP_TOLERANCE
+                    and chk.get("embedding_max_diff", 0.0) == 0.0):
+                raise RuntimeError(f"--nbits: a rewritten site differs from the fp32 one it replaced ({chk}; "
+                                   f"tolerance {NBITS_OP_TOLERANCE:.0e} x max(1, max|y|), embedding exact): not "
+                                   f"writing {final}")
+            blocks = ", ".join(f"K {k}: {b}" for k, b in sorted(nbits_counts["block_sizes"].items(),
+                                                                 key=lambda kv: int(kv[0])))
+            log(f"ONNX 2-bit: {nbits_counts['dense']} ternary Dense as MatMulNBits (bits 2, block size {blocks}), "
+                f"{nbits_counts['embedding']} word embedding as 2-bit codes; {nbits_counts['dense_fp32']} Dense left "
+                f"in fp32 (weights not ternary)")
         info = {"format": fmt, "file": os.path.basename(final), "config": config_path, "ckpt": ckpt_file,
                 "inputs": [{"name": n, "dtype": "int32", "shape": [batch_size, seq_length]} for n in INPUT_NAMES],
                 "output": {"name": "logits", "dtype": "float32", "shape": [batch_size, ref_cfg.num_labels],
@@ -285,6 +340,9 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
             info["onnx_rewrite"] = rewritten
         if int8_counts is not None:
             info["int8_rewrite"] = int8_counts
+        if nbits_counts is not None:
+            info["nbits_rewrite"] = dict(nbits_counts, bits=nbits, op="com.microsoft::MatMulNBits",
+                                         accuracy_level=0, zero_point=2)
         if verify and fmt != "AIR":
             ref_net = LogitsOnly(ref_model)
             ref_net.set_train(False)
@@ -306,10 +364,23 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
             if exact_graph and not diff <= tol:
                 raise RuntimeError(f"exported {fmt} differs from the checkpoint by {diff:.3e} > {rule}: "
                                    f"not writing {final}")
+            if nbits:
+                fp32 = runner_for(tmp_fp32)(ids, types, mask)
+                d2 = float(np.abs(got - fp32).max())
+                info["nbits_parity"] = {"against": "the fp32 fake-quant ONNX graph before the rewrite",
+                                        "max_abs_logit_diff": d2, "argmax_agreement":
+                                            float(np.mean(got.argmax(-1) == fp32.argmax(-1))),
+                                        "tolerance": tol, "tolerance_rule": rule}
+                log(f"parity 2-bit ONNX vs the fp32 fake-quant ONNX: max|logits diff| {d2:.3e} (tolerance {rule}); "
+                    f"each MatMulNBits alone vs its fp32 Gemm: {chk['dense_max_rel_diff']:.1e} x max|y|")
+                if not d2 <= tol:
+                    raise RuntimeError(f"2-bit ONNX differs from the fp32 graph it was rewritten from by {d2:.3e} > "
+                                       f"{rule}: not writing {final}")
         os.replace(tmp, final)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for path in (tmp, tmp_fp32):
+            if os.path.exists(path):
+                os.remove(path)
     atomic_json(final + ".json", info, sort_keys=True)
     log(f"exported {fmt} to {final} ({os.path.getsize(final)} bytes); {note}")
     return info

@@ -21,6 +21,7 @@ from mindspore import nn, ops
 
 SOFT_CE_REDUCTIONS = ("element_mean", "row_mean")
 PADDINGS = ("valid", "anchor")              # loss.padding: valid = padding excluded, anchor = the anchors' masking
+ATTENTION_HEADS = ("each", "average")       # loss.attention_heads: per-head scores, or the mean over a layer's heads
 
 
 def _valid_pairs(input_mask):
@@ -28,8 +29,12 @@ def _valid_pairs(input_mask):
     return m[:, None, :, None] * m[:, None, None, :]        # [B,1,S,S]: query valid AND key valid
 
 
-def attention_mse(student_scores, teacher_scores, input_mask, mask_padding=True, sq_err=None):
-    """sq_err: the fused kernel for the masked numerator (src/cpu_kernels.MaskedSquaredError) or None."""
+def attention_mse(student_scores, teacher_scores, input_mask, mask_padding=True, sq_err=None, average_heads=False):
+    """sq_err: the fused kernel for the masked numerator (src/cpu_kernels.MaskedSquaredError) or None.
+    average_heads: compare the mean over each side's heads ([B, 1, S, S]), so the head counts may differ."""
+    if average_heads:
+        student_scores = student_scores.mean(axis=1, keep_dims=True)
+        teacher_scores = teacher_scores.mean(axis=1, keep_dims=True)
     if mask_padding:
         w = _valid_pairs(input_mask)
         heads = student_scores.shape[1]

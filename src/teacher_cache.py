@@ -17,10 +17,12 @@ bucket: hidden [n_hidden, rows, L, D] and scores [n_att, rows, H, L, L], float32
 (the rows change between epochs) or data parallel runs (each worker sees other rows every epoch).
 
 Phase 2 needs only the teacher's logits, which the live phase-1 step computes anyway: phase 1 keeps them per row
-and writes `teacher_logits.npz` beside its student; phase 2 takes the rows found there (after recomputing a sample
-of them: a file from another teacher or other data is not used) and runs the teacher only over the rest. A phase 1
-of at least one epoch leaves phase 2 with nothing to compute.
+(with the training state too, so a resumed phase 1 still has the rows seen before the crash) and writes
+`teacher_logits.npz` beside its student; phase 2 takes the rows found there (after recomputing a sample of them: a
+file from another teacher or other data is not used) and runs the teacher only over the rest. A phase 1 of at least
+one epoch leaves phase 2 with nothing to compute.
 """
+import base64
 import os
 from typing import Dict, Optional
 
@@ -94,6 +96,24 @@ class TeacherLogits:
             self.logits = np.zeros((len(self.seen),) + logits.shape[1:], np.float32)
         self.logits[rows] = logits
         self.seen[rows] = True
+
+    def state_dict(self) -> dict:
+        """The logits kept so far, for the training state (Trainer `extra_state`): a resumed phase 1 writes the
+        rows seen before the crash too. float32 bytes and the seen flags, base64 (exact, JSON-safe)."""
+        if self.logits is None:
+            return {"rows": len(self.seen)}
+        return {"rows": len(self.seen), "shape": list(self.logits.shape),
+                "logits": base64.b64encode(self.logits.astype("<f4").tobytes()).decode("ascii"),
+                "seen": base64.b64encode(np.packbits(self.seen).tobytes()).decode("ascii")}
+
+    def load_state_dict(self, state: dict):
+        if state["rows"] != len(self.seen):
+            raise UserError(f"resume: the training state keeps teacher logits of {state['rows']} rows, this split "
+                            f"has {len(self.seen)}")
+        if "logits" in state:
+            self.logits = np.frombuffer(base64.b64decode(state["logits"]), "<f4").reshape(state["shape"]).copy()
+            self.seen = np.unpackbits(np.frombuffer(base64.b64decode(state["seen"]), np.uint8),
+                                      count=len(self.seen)).astype(bool)
 
     def save(self, folder: str) -> str:
         """Atomic write (temp name, then rename); nothing is written when no row was seen."""

@@ -68,7 +68,9 @@ class TrainStep(nn.Cell):
 
     grads -> (data parallel: averaged exactly once by DistributedGradReducer, mean=True) -> unscale (loss
     scale) -> clip (global norm, or per tensor as the anchors) -> optimizer. With a loss scale > 1 (fp16 on
-    Ascend/GPU) a step whose gradients overflow is skipped. Returns (loss, parts, grad_norm).
+    Ascend/GPU) a step whose gradients overflow is skipped. Returns (loss, parts, grad_norm). Data parallel: the
+    loss is the mean over workers (the global batch's loss, the same number on every worker, so decisions taken on
+    it, such as the divergence stop, agree); the parts are this worker's.
     """
 
     CLIP_MODES = ("global", "per_tensor", "none")
@@ -91,6 +93,8 @@ class TrainStep(nn.Cell):
             from mindspore.nn.wrap.grad_reducer import DistributedGradReducer
             from mindspore.communication import get_group_size
             self.reducer = DistributedGradReducer(self.weights, mean=True, degree=get_group_size())
+            self.loss_sum = ops.AllReduce()
+            self.degree = float(get_group_size())
 
     def _scaled_loss(self, *inputs):
         loss, parts = self.loss_net(*inputs)
@@ -100,6 +104,7 @@ class TrainStep(nn.Cell):
         (_, (loss, parts)), grads = self.grad_fn(*inputs)
         if self.reducer is not None:
             grads = self.reducer(grads)
+            loss = self.loss_sum(loss) / self.degree
         if self.loss_scale != 1.0:
             grads = self.map(ops.partial(_scale_grad, 1.0 / self.loss_scale), grads)
         half_sq = self.map(_half_sq_norm, grads)

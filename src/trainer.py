@@ -27,8 +27,12 @@ from src.errors import UserError
 from src.runlog import RunLog, eval_line, train_line
 from src.train_step import epochs_to_run, total_steps
 
-# A finite loss above this multiple of the run's first logged loss stops the run like a NaN does.
+# A finite loss above this multiple of the run's first step's loss stops the run like a NaN does.
 DIVERGENCE_FACTOR = 1e4
+# Crash-simulation hook for tests only: with TINYBERT_EXIT_AFTER_STEP=N in the environment the process exits at once
+# with status 137 (no cleanup, as after a SIGKILL) right after optimizer step N and its mid-epoch state save if one
+# is due, so the resume tests crash at a known step instead of racing a kill against the run.
+EXIT_AFTER_STEP_ENV = "TINYBERT_EXIT_AFTER_STEP"
 
 
 class TrainingDiverged(UserError):
@@ -173,7 +177,8 @@ class Trainer:
     With `state` (a TrainState), saves the training state every `state.every_steps` steps and at each epoch end;
     `resume=True` continues from the newest state: skips the batches already consumed in that epoch, so the run
     ends where an uninterrupted run with the same seed ends. `skip_overflow_steps`: the step skips steps whose
-    gradients overflow itself (loss scale > 1), so an inf gradient norm there is not a divergence."""
+    gradients overflow itself (loss scale > 1), so an inf gradient norm there is not a divergence.
+    Test hook: EXIT_AFTER_STEP_ENV (crash simulation for the resume tests)."""
 
     def __init__(self, step_cell, batcher, *, inputs: Sequence[str], parts: Sequence[str], log: RunLog,
                  schedule: Schedule, log_every: int, evaluation: Optional[Evaluation] = None,
@@ -200,6 +205,7 @@ class Trainer:
         self.best_step = -1
         self.first_loss = None
         self.history: List[dict] = []
+        self.exit_after_step = int(os.environ.get(EXIT_AFTER_STEP_ENV) or 0)     # test hook, see EXIT_AFTER_STEP_ENV
 
     @property
     def step(self) -> int:
@@ -235,6 +241,8 @@ class Trainer:
                     self._eval(epoch)
                 if every and self.step % every == 0 and i + 1 < len(self.batcher):   # epoch end: saved below
                     self._save_state(epoch, i + 1)
+                if self.step == self.exit_after_step:
+                    os._exit(137)                 # simulated crash (tests), see EXIT_AFTER_STEP_ENV
                 if self._done():
                     break
             if not (eval_every and self.step % eval_every == 0):
@@ -280,7 +288,8 @@ class Trainer:
         now = time.time()
         rate = self.window_seq / max(now - self.window_t, 1e-9)
         eta = (total - self.step) * (now - self.t_start) / max(self.step - self.first_step, 1)
-        part_vals = {k: float(v.asnumpy()) for k, v in zip(self.parts, parts)}
+        part_vals = {k: float(v.asnumpy() if hasattr(v, "asnumpy") else v)    # a term not built is a plain 0.0
+                     for k, v in zip(self.parts, parts)}
         lr = self.schedule.lr_value(self.step)
         self.log.info(train_line(epoch, self.step, loss_v, part_vals, lr, rate, eta))
         self.log.record("train", epoch=epoch, step=self.step, loss=loss_v, lr=lr, seq_per_s=rate,
@@ -309,7 +318,8 @@ class Trainer:
         if self.state is None or not self.state.every_steps:
             return
         meta = {"step": self.step, "epoch": epoch, "batch": batch, "best": float(self.best),
-                "best_step": self.best_step, "steps_per_epoch": len(self.batcher), "world": self.world}
+                "best_step": self.best_step, "steps_per_epoch": len(self.batcher), "world": self.world,
+                "first_loss": float(self.first_loss) if self.first_loss is not None else -1.0}
         if self.extra_state is not None:
             meta["extra"] = json.dumps(self.extra_state.state_dict(), sort_keys=True)
         self.state.save(meta)
@@ -332,6 +342,8 @@ class Trainer:
                             f"{meta['world']} worker(s), this run has {len(self.batcher)} on {self.world}: resume "
                             f"with the same data, batch_size and worker count")
         self.best, self.best_step = float(meta["best"]), int(meta["best_step"])
+        if float(meta.get("first_loss", -1.0)) >= 0:      # the divergence rule's reference (states written before
+            self.first_loss = float(meta["first_loss"])   # it was recorded: the first step after the resume)
         if self.extra_state is not None:
             if "extra" not in meta:
                 raise UserError(f"resume: {path} has no extra state (written by another kind of run)")

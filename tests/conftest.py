@@ -9,6 +9,11 @@ sys.path.insert(0, ROOT)
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes 20 s or more (msrun launches, several end-to-end training runs); "
+                                       "`make test` runs them, `pytest -m 'not slow'` leaves them out")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def graph_mode():
     """Tests run MindSpore the way users do: graph mode on CPU, 2 threads."""

@@ -303,23 +303,24 @@ def test_report_selects_a_width_and_counts_the_ternary_artefact(tmp_path):
     half = cfg.replace(layer_num_heads=[1, 1], layer_intermediate_sizes=[16, 16])
     half.to_json_file(str(w / "config_w0.500.json"))
     q = tmp_path / "ternary"
-    q.mkdir()
+    tpack = _packed_ternary(str(q))                         # written by pack(): keeps 16 positions
+    from src.packing import read_header, unpack
+    _, packed_cfg, packed_q, _, _ = unpack(tpack)
+    assert read_header(tpack)["config"] == packed_cfg.to_dict() and read_header(tpack)["quant"] == packed_q.to_dict()
+    run_cfg = packed_cfg.replace(max_position_embeddings=32)    # the run's config.json: 32 positions
+    run_cfg.to_json_file(str(q / "config.json"))
     (q / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": 3, "acc": 0.79}) + "\n")
     (q / "best.ckpt").write_bytes(b"x" * 900)
-    import struct
-    from src.packing import MAGIC
-    header = json.dumps({"config": cfg.replace(max_position_embeddings=16).to_dict(), "tensors": []}).encode()
-    (q / "model_base3.tpack").write_bytes(MAGIC + struct.pack("<Q", len(header)) + header + b"x" * 50)
-    cfg.to_json_file(str(q / "config.json"))
     out = report.main(["--run", f"full={w}", "--run", f"half={w}#w0.500", "--run", f"tern={q}", "--out_dir",
                        str(tmp_path / "o"), "--no_plots", "--bench_json", str(tmp_path / "none.json")])
     rows = {r[0]: r for r in out["rows"]}
     assert rows["full"][4] == 0.82 and rows["half"][4] == 0.75
-    assert rows["half"][2] == 300 and rows["tern"][2] == os.path.getsize(q / "model_base3.tpack")   # what ships
+    assert rows["half"][2] == 300 and rows["tern"][2] == os.path.getsize(tpack)   # what ships
     from src.tinybert_model import count_params
     assert rows["half"][1] == count_params(build_classifier(half, "dense")) < rows["full"][1]
     # the artefact's own shape: its position table keeps 16 rows, the run's config.json has 32
-    assert rows["tern"][1] == rows["full"][1] - 16 * 16
+    assert rows["tern"][1] == count_params(build_classifier(packed_cfg, "dense"))
+    assert rows["tern"][1] == count_params(build_classifier(run_cfg, "dense")) - 16 * packed_cfg.hidden_size
     assert out["runs"][1]["train"] == [] and out["runs"][0]["train"] == [(1, 3.0)]
 
 

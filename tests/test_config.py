@@ -359,6 +359,7 @@ def test_wrong_value_from_the_entry_script(tmp_path):
 BAD_VALUES = {
     "threads": -1, "checkpoint.every_steps": -1, "checkpoint.keep_last": 0, "data.max_seq_length": 0,
     "data.length_buckets": [0, 64], "loss.attention_weight": -1, "loss.hidden_weight": -0.5, "loss.padding": "all",
+    "loss.attention_heads": "mean",
     "optim.weight_decay": -0.1, "optim.eps": 0, "optim.end_lr": -1e-5, "optim.clip_norm": 0,
     "optim.clip_mode": "norm", "optim.loss_scale": 0.5, "train.epochs": 0, "train.batch_size": 0, "train.lr": -1,
     "train.warmup_ratio": 1.5, "train.max_steps": -1, "log_every": -1,
@@ -454,3 +455,20 @@ def test_rules_apply_to_any_config_file(base):
     assert load_config(base, ["--train.batch_size", "1"]).train.batch_size == 1
     assert error(base, ["--train.batch_size", "0"]) == "train.batch_size is 0; expected >= 1"
     assert error(base, ["--train.lr", "0"]) == "train.lr is 0.0; expected > 0"
+
+
+def test_file_from_before_an_added_key_loads_with_a_warning_and_types_are_checked(tmp_path, capsys):
+    """A copy of configs/ofa_mr.yaml made before optim.loss_scale existed loads with the shipped value and one
+    WARNING; a value of another type than the shipped file's (batch_size 16.0) is one error naming key and file."""
+    shipped_ofa = shipped("ofa_mr")
+    text = open(shipped_ofa, encoding="utf-8").read()
+    old = tmp_path / "old_ofa.yaml"
+    old.write_text("".join(ln for ln in text.splitlines(keepends=True) if not ln.strip().startswith("loss_scale:")))
+    cfg = load_config(shipped_ofa, ["--config_path", str(old)])
+    assert cfg.optim.loss_scale == 1.0
+    assert warnings_of(capsys) == [f"WARNING: config file '{old}' has no optim.loss_scale; using 1.0 from "
+                                   f"{shipped_ofa}"]
+    bad = tmp_path / "float_batch.yaml"
+    bad.write_text(text.replace("  batch_size: 16\n", "  batch_size: 16.0\n", 1))
+    assert error(shipped_ofa, ["--config_path", str(bad)]) == (
+        f"importance.batch_size (config file '{bad}'): expected int, got 16.0")

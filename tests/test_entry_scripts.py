@@ -124,10 +124,12 @@ def test_msrun_wrappers_launch_their_entry_script(tmp_path, wrapper, args, calls
     ({"SCRIPT": "run_nothing.py"}, ["configs/gd.yaml"], "ERROR: SCRIPT 'run_nothing.py' does not exist"),
     ({"SCRIPT": "run_ternary.py"}, [], "ERROR: CONFIG: give the config file"),
     ({"SCRIPT": "run_ternary.py"}, ["nope.yaml"], "ERROR: CONFIG 'nope.yaml' does not exist"),
+    ({"SCRIPT": "run_ternary.py", "PYTHON": "no-such-python"}, ["configs/ternary_mr.yaml"],
+     "ERROR: PYTHON 'no-such-python' not found"),
 ])
 def test_msrun_launcher_refuses_missing_script_or_config(tmp_path, env_extra, args, message):
     python, log = fake_python(tmp_path)
-    env = user_env(PYTHON=python, **env_extra)
+    env = user_env(**{"PYTHON": python, **env_extra})
     for k in ("SCRIPT", "DEFAULT_CONFIG"):
         if k not in env_extra:
             env.pop(k, None)
@@ -135,3 +137,27 @@ def test_msrun_launcher_refuses_missing_script_or_config(tmp_path, env_extra, ar
                          timeout=60)
     assert res.returncode == 2 and res.stderr.startswith(message), res.stderr
     assert not log.exists()                                                # msrun never started
+
+
+def test_every_src_import_in_scripts_and_docs_resolves():
+    """Every `from src.<module> import <name>` in the repository names something the module holds: in shell
+    scripts and doc snippets (`python -c "..."`) and in lazy imports inside functions, which importing the
+    module does not run."""
+    import glob
+    import importlib
+    import importlib.util
+    import re
+    found, missing = 0, []
+    py = [f for d in ("src", "tools", "benchmarks", "tests") for f in glob.glob(os.path.join(ROOT, d, "**", "*.py"),
+                                                                            recursive=True)]
+    for path in sorted(glob.glob(os.path.join(ROOT, "scripts", "*.sh")) + glob.glob(os.path.join(ROOT, "docs", "*.md"))
+                       + [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "Makefile")] + py
+                       + glob.glob(os.path.join(ROOT, "*.py"))):
+        text = open(path, encoding="utf-8").read()
+        for module, names in re.findall(r"from (src(?:\.\w+)+) import ([\w, ]+)", text):
+            mod = importlib.import_module(module)
+            for name in (n.split()[0] for n in names.split(",") if n.strip()):
+                found += 1
+                if not hasattr(mod, name) and importlib.util.find_spec(f"{module}.{name}") is None:
+                    missing.append(f"{os.path.relpath(path, ROOT)}: {module}.{name}")
+    assert found >= 3 and missing == []

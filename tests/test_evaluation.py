@@ -1,5 +1,8 @@
 """Evaluation (src/evaluation.py): logits for every row in order, bucketed or not."""
+import re
+
 import numpy as np
+import pytest
 import mindspore as ms
 
 from conftest import ragged_arrays as _arrays
@@ -35,3 +38,84 @@ def test_predict_keeps_every_row_in_order_with_one_batch_shape():
     out = predict(logits_fn, a, 4)
     assert shapes == [(4, 8)] * 3
     np.testing.assert_array_equal(out[:, 0], a["input_ids"].sum(axis=1))
+
+
+# ------------------------------------------------------------------ MNLI: two dev splits
+
+def _mnli_split(correct, n):
+    """`n` rows (row i has input id i + 1 first) with labels 0..2; the stub model below is right on the rows in
+    `correct` and wrong (label + 1) on the others."""
+    labels = np.arange(n, dtype=np.int32) % 3
+    ids = np.zeros((n, 4), np.int32)
+    ids[:, 0] = np.arange(1, n + 1)
+    pred = np.where(np.isin(np.arange(n), list(correct)), labels, (labels + 1) % 3)
+    return {"input_ids": ids, "input_mask": np.ones((n, 4), np.int32), "segment_ids": np.zeros((n, 4), np.int32),
+            "label_ids": labels[:, None]}, pred
+
+
+def _stub_logits(preds):
+    """logits_fn giving class `preds[row]` (row from the first input id; padded rows, id 0, get class 0)."""
+    def logits_fn(input_ids, segment_ids, input_mask):
+        rows = input_ids.asnumpy()[:, 0]
+        p = np.where(rows > 0, np.asarray(preds)[np.maximum(rows - 1, 0)], 0)
+        return ms.Tensor(np.eye(3, dtype=np.float32)[p])
+    return logits_fn
+
+
+def test_mnli_evaluate_reports_matched_acc_and_mismatched_as_mm_acc():
+    """evaluate() over MNLI's two dev splits: the first (dev_matched) gives the plain keys, dev_mismatched the mm_
+    ones; tail batches (8 and 5 rows at batch 4) included."""
+    from src.evaluation import evaluate
+    from src.tasks import get_task
+    task = get_task("MNLI")
+    assert task.eval_splits == ("dev_matched", "dev_mismatched") and task.main_metric == "acc"
+    matched, pm = _mnli_split(range(6), 8)             # 6 of 8 right
+    mism, pmm = _mnli_split([0, 3], 5)                 # 2 of 5 right
+    for name, (arrays, preds) in (("matched", (matched, pm)), ("mismatched", (mism, pmm))):
+        assert evaluate(_stub_logits(preds), {"dev": arrays}, 4, task) == {"acc": pytest.approx(
+            {"matched": 0.75, "mismatched": 0.4}[name], abs=1e-12)}
+    offset = np.concatenate([pm, pmm])                 # one stub for both splits: the mismatched ids follow on
+    mism_ids = dict(mism, input_ids=mism["input_ids"] + np.array([8, 0, 0, 0], np.int32))
+    got = evaluate(_stub_logits(offset), {"dev_matched": matched, "dev_mismatched": mism_ids}, 4, task)
+    assert got == {"acc": pytest.approx(0.75, abs=1e-12), "mm_acc": pytest.approx(0.4, abs=1e-12)}
+
+
+def test_mnli_keep_best_follows_the_matched_split(tmp_path):
+    """The Trainer keeps the best by the task's main metric, which for MNLI is the matched split's acc: three evals
+    where matched acc peaks at the second and mismatched acc at the third keep the second (best value, step, the
+    metrics handed to save_best, the 'The best acc is' lines)."""
+    from src.batching import ArrayBatcher
+    from src.evaluation import evaluate
+    from src.runlog import RunLog
+    from src.tasks import get_task
+    from src.trainer import Evaluation, Schedule, Trainer
+    task = get_task("MNLI")
+    n_m, n_mm = 8, 5
+    schedule_m, schedule_mm = (2, 6, 4), (1, 2, 5)     # rows right at evals 1, 2, 3
+    evals, saved = [], []
+
+    def eval_fn():
+        k = len(evals)
+        matched, pm = _mnli_split(range(schedule_m[k]), n_m)
+        mism, pmm = _mnli_split(range(schedule_mm[k]), n_mm)
+        mism["input_ids"][:, 0] += n_m
+        evals.append(k)
+        return evaluate(_stub_logits(np.concatenate([pm, pmm])), {"dev_matched": matched, "dev_mismatched": mism},
+                        4, task)
+
+    def step(input_ids):
+        return ms.Tensor(1.0, ms.float32), (), ms.Tensor(0.5, ms.float32)
+
+    train = {"input_ids": np.ones((6, 4), np.int32), "input_mask": np.ones((6, 4), np.int32)}
+    log = RunLog(str(tmp_path), echo=False)
+    tr = Trainer(step, ArrayBatcher(train, 2, seed=0), inputs=["input_ids"], parts=[], log=log,
+                 schedule=Schedule(epochs=1, max_steps=0, lr_value=lambda s: 0.0), log_every=10,
+                 evaluation=Evaluation(eval_fn, task.main_metric, every=1, save_best=saved.append))
+    res = tr.fit()
+    log.close()
+    assert [(h["step"], h["acc"], h["mm_acc"]) for h in tr.history] == [(1, 0.25, 0.2), (2, 0.75, 0.4),
+                                                                         (3, 0.5, 1.0)]
+    assert (res["best"], res["best_step"]) == (0.75, 2)
+    assert saved == [{"acc": 0.25, "mm_acc": 0.2}, {"acc": 0.75, "mm_acc": 0.4}]
+    text = open(tmp_path / "log.txt", encoding="utf-8").read()
+    assert re.findall(r"^The best acc is ([0-9.]+)$", text, re.M) == ["0.250000", "0.750000"]

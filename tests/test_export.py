@@ -134,7 +134,15 @@ def test_onnx_gelu_modes_erf_poly_keeps_polynomial_and_tanh_reports_difference(t
                              log=_quiet)
     assert info["hidden_act"] == "gelu_tanh" and "tanh" in info["gelu_note"]
     assert info["parity"]["max_abs_logit_diff"] > 0.0                   # the approximation is visible, reported
-    assert 0.0 <= info["parity"]["argmax_agreement"] <= 1.0
+    # the files themselves, in onnxruntime on the fixture's batch (not the one the export measured itself on)
+    ref = tiny["ref"]
+    assert np.abs(ref).max() > 0.1 and not np.allclose(ref[0], ref[1], atol=1e-3)
+    feeds = dict(zip(["input_ids", "token_type_ids", "input_mask"], tiny["inputs"]))
+    poly = ort_session(str(tmp_path / "p.onnx")).run(None, feeds)[0]
+    assert np.abs(poly - ref).max() <= 1e-4
+    tanh = ort_session(str(tmp_path / "t.onnx")).run(None, feeds)[0]
+    assert 1e-6 < np.abs(tanh - ref).max() < 1e-2                      # erf vs tanh GELU: about 8e-4 per value
+    assert np.array_equal(tanh.argmax(-1), ref.argmax(-1))
 
 
 def _run(script, *args):

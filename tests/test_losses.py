@@ -33,6 +33,37 @@ def test_attention_mse_averages_over_heads():
     assert got == pytest.approx((1.0 + 9.0) / 2)
 
 
+def test_attention_mse_of_head_means_compares_fewer_student_heads():
+    """average_heads: each side's scores are averaged over its heads first, so a 1-head student meets a 3-head
+    teacher; B=2 rows of lengths 3 and 2, the masked mean over the 9 + 4 valid (query, key) pairs (numpy)."""
+    rng = np.random.default_rng(0)
+    mask = np.array([[1, 1, 1], [1, 1, 0]], np.int32)
+    bias = (1.0 - mask[:, None, None, :]) * -10000.0
+    s = rng.standard_normal((2, 1, 3, 3)) + bias
+    t = rng.standard_normal((2, 3, 3, 3)) + bias
+    valid = mask[:, None, :, None] * mask[:, None, None, :]
+    want = float((np.square(s - t.mean(axis=1, keepdims=True)) * valid).sum() / valid.sum())
+    got = float(losses.attention_mse(T(s), T(t), T(mask, np.int32), average_heads=True).asnumpy())
+    assert got == pytest.approx(want, rel=1e-5) and want > 0.5
+    per_head = float(losses.attention_mse(T(np.repeat(s, 3, axis=1)), T(t), T(mask, np.int32)).asnumpy())
+    assert abs(per_head - got) > 0.1                                  # not the per-head loss under another name
+
+
+def test_attention_mse_masked_mean_over_rows_of_different_lengths_and_heads():
+    """B=2 rows of lengths 3 and 2, H=2, S=3: the sum over every valid (row, head, query, key) of (s - t)^2 divided
+    by the number of those, (3*3 + 2*2) pairs x 2 heads (not per row, not per head, not B*H*S*S)."""
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(2, 2, 3, 3)), rng.normal(size=(2, 2, 3, 3))
+    lengths = [3, 2]
+    mask = [[1, 1, 1], [1, 1, 0]]
+    num = sum((s[b, h, q, k] - t[b, h, q, k]) ** 2 for b in range(2) for h in range(2)
+              for q in range(lengths[b]) for k in range(lengths[b]))
+    got = float(losses.attention_mse(T(s), T(t), T(mask, np.int32), mask_padding=True).asnumpy())
+    assert got == pytest.approx(num / ((9 + 4) * 2), rel=1e-5)
+    per_row = np.mean([((s[b, :, :n, :n] - t[b, :, :n, :n]) ** 2).mean() for b, n in enumerate(lengths)])
+    assert abs(per_row - num / 26) > 1e-3                  # the other reductions give other numbers here
+
+
 def test_hidden_mse_valid_tokens_only_vs_all_positions():
     s = np.array([[[1.0, 2.0], [5.0, 5.0]]])               # B=1, S=2, H=2
     t = np.array([[[0.0, 0.0], [0.0, 0.0]]])

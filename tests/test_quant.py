@@ -118,6 +118,12 @@ def test_weight_ste_gradient_is_analytic_in_graph_mode():
     assert got[0, 0] == 0 and got[2, 3] == 0
 
 
+def _sym_ref(xc, amax):
+    """numpy float32 of src/quant.py sym_quant: s = 127 / amax, floor(x * s + 0.5) / s."""
+    s = np.float32(127.0) / np.float32(amax)
+    return np.floor(xc * s + np.float32(0.5)) / s
+
+
 def test_activation_ste_gradient_and_sym_error_bound():
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((3, 7, 5)) * 1.5).astype(np.float32)
@@ -126,11 +132,35 @@ def test_activation_ste_gradient_and_sym_error_bound():
     xc = np.clip(x, -2.5, 2.5)
     step = np.abs(xc).max() / 127
     assert np.abs(out - xc).max() <= step / 2 * (1 + 1e-5)
-    assert np.unique(out).size <= 255
+    np.testing.assert_array_equal(out, _sym_ref(xc, np.abs(xc).max()))       # exact values
+    assert (out != xc).any() and np.unique(out).size <= 255
     grad = ops.GradOperation(sens_param=True)(Fn(aq))
     g = rng.standard_normal(x.shape).astype(np.float32)
     got = Fn(grad)(T(x), T(g)).asnumpy()
     np.testing.assert_allclose(got, g * (np.abs(x) <= 2.5), rtol=1e-6)
+
+
+def test_sym_dynamic_scale_is_max_abs_over_the_whole_tensor():
+    """No clip: s = 127 / max|x| of the whole batch (not per row, not max x): the largest |x| is one negative value
+    in row 0, so every other row's values depend on it."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1.0, 1.0, (4, 9)).astype(np.float32)
+    x[0, 2] = -3.7
+    out = Fn(ActQuantizer(8, "sym", "dynamic", clip=0))(T(x)).asnumpy()
+    np.testing.assert_array_equal(out, _sym_ref(x, 3.7))
+    per_row = np.concatenate([_sym_ref(r[None], np.abs(r).max()) for r in x])
+    assert not np.array_equal(out[1:], per_row[1:]) and not np.array_equal(out, _sym_ref(x, x.max()))
+    assert (out != x).any()
+
+
+def _asym_ref(x, lo, hi):
+    """numpy float32 of src/quant.py asym_quant on clip(x, lo, hi): s = (hi - lo) / 255, zp = floor(-lo / s + 0.5),
+    q = clip(floor(x / s + 0.5) + zp, 0, 255), (q - zp) * s."""
+    lo, hi, half = np.float32(lo), np.float32(hi), np.float32(0.5)
+    s = (hi - lo) / np.float32(255.0)
+    zp = np.floor(-lo / s + half)
+    q = np.clip(np.floor(np.clip(x, lo, hi) / s + half) + zp, 0.0, 255.0)
+    return ((q - zp) * s).astype(np.float32)
 
 
 def test_asym_ema_update_and_frozen_inference():
@@ -148,6 +178,14 @@ def test_asym_ema_update_and_frozen_inference():
     out = net(T(x)).asnumpy()
     s = (hi - lo) / 255
     assert np.abs(out - x).max() <= s / 2 + 1e-6
+    np.testing.assert_array_equal(out, _asym_ref(x, aq.ema_min.asnumpy(), aq.ema_max.asnumpy()))
+    assert (out != x).any()
+    # 0.0 is exactly representable (rounded zero point); beyond the frozen range values saturate at its ends
+    edge = np.array([[0.0, -9.0, lo - 0.3, 9.0, hi + 0.3, hi]], np.float32)
+    got = net(T(edge)).asnumpy()
+    np.testing.assert_array_equal(got, _asym_ref(edge, aq.ema_min.asnumpy(), aq.ema_max.asnumpy()))
+    assert got[0, 0] == 0.0 and got[0, 1] == got[0, 2] and got[0, 3] == got[0, 4] == got[0, 5]
+    assert got[0, 1] == pytest.approx(lo, abs=s / 2) and got[0, 3] == pytest.approx(hi, abs=s / 2)
     assert float(aq.ema_max.asnumpy()) == pytest.approx(hi, rel=1e-6)   # frozen at inference
     np.testing.assert_array_equal(net(T(x[:1])).asnumpy(), out[:1])     # batch-independent
 

@@ -2,16 +2,16 @@
 
 - in process: a run interrupted at step 5 and resumed ends with exactly the weights, optimizer moments and best
   metric of an uninterrupted run; NaN stops with the step named and leaves the last good state and best
-  checkpoint untouched; --resume with no state / a different data layout is a one-line UserError;
-- end to end: run_task_distill.py killed with SIGKILL mid-epoch, then `--resume true`, ends bit-identical to an
+  checkpoint untouched; an inf gradient norm is a skipped step with skip_overflow_steps and a stop without it;
+  --resume with no state / a different data layout is a one-line UserError;
+- end to end: run_task_distill.py crashed mid-epoch (the Trainer's TINYBERT_EXIT_AFTER_STEP hook: exit 137 right
+  after a given step, nothing cleaned up, as after a SIGKILL), then `--resume true`, ends bit-identical to an
   uninterrupted run with the same seed (best.ckpt, last.ckpt, "The best acc is" lines); the same for
   run_ternary.py (with quantizer state) and run_ofa_width.py (sampled widths, per-width bests).
 """
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -101,6 +101,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     tr, net_a, step_a, _ = _trainer(a_dir, arrays)
     res_a = tr.fit()
     assert res_a["steps"] == 18
+    first_loss = tr.first_loss                                          # the divergence rule's reference
 
     tr, _, _, log = _trainer(b_dir, arrays, crash_after=7)               # dies in epoch 2 (batch 1 of 6)
     with pytest.raises(KeyboardInterrupt):
@@ -113,7 +114,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
 
     tr, net_b, step_b, _ = _trainer(b_dir, arrays, resume=True)
     res_b = tr.fit()
-    assert res_b["steps"] == 18
+    assert res_b["steps"] == 18 and tr.first_loss == first_loss         # kept from step 1, not step 5's
     assert not os.path.exists(os.path.join(b_dir, "state"))             # a finished run drops its states
     np.testing.assert_array_equal(net_b.w.asnumpy(), net_a.w.asnumpy())
     np.testing.assert_array_equal(net_b.bias.asnumpy(), net_a.bias.asnumpy())
@@ -163,6 +164,38 @@ def test_finite_loss_blowup_stops_like_nan_and_keeps_good_state(tmp_path):
     assert states[-1] == f"state_step{bad_step - 1:09d}.ckpt"          # nothing written from the diverged step
 
 
+class OverflowAt:
+    """A stub step cell: loss 1.0 and grad norm 2.0, except an inf grad norm at call `n` (a loss-scaled step that
+    overflowed and was skipped by the step itself); counts its calls."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __call__(self, *inputs):
+        self.calls += 1
+        norm = np.inf if self.calls == self.n else 2.0
+        loss = ms.Tensor(1.0, ms.float32)
+        return loss, (loss,), ms.Tensor(norm, ms.float32)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_inf_grad_norm_is_skipped_only_with_skip_overflow_steps(tmp_path, skip):
+    """skip_overflow_steps (loss scale > 1): an inf gradient norm with a finite loss is a skipped step, the run
+    goes on to its last step; without it the same step stops the run naming the epoch and step."""
+    step = OverflowAt(3)
+    log = RunLog(str(tmp_path), echo=False)
+    tr = Trainer(step, ArrayBatcher(_arrays(), 4, seed=3), inputs=["input_ids", "label_ids"], parts=["mse"],
+                 log=log, schedule=Schedule(epochs=1, max_steps=0, lr_value=lambda s: 0.0), log_every=1,
+                 skip_overflow_steps=skip)
+    if skip:
+        assert tr.fit()["steps"] == 6 and step.calls == 6
+    else:
+        with pytest.raises(TrainingDiverged, match="gradient norm is inf at epoch 1, step 3:"):
+            tr.fit()
+        assert step.calls == 3
+    log.close()
+
+
 def test_epochs_0_trains_exactly_max_steps_over_the_epochs_they_need(tmp_path):
     """epochs 0 with max_steps 9 at 6 steps per epoch: 9 steps, the second epoch cut after 3 batches, and the
     epoch-end eval of both epochs (eval every 4 steps: 4, 8, then the end of epoch 2 at step 9)."""
@@ -195,7 +228,7 @@ def test_resume_errors(tmp_path):
         tr.fit()
 
 
-# ---------------------------------------------------------------- end to end, SIGKILL
+# ---------------------------------------------------------------- end to end: crash (exit 137), then resume
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
@@ -206,36 +239,36 @@ def _tensors(path):
     return tiny_run.read_ckpt(path)[0]
 
 
-def _start_and_kill_at_first_state(script, args, state_dir):
-    proc = subprocess.Popen([sys.executable, os.path.join(tiny_run.ROOT, script)] + args, cwd=tiny_run.ROOT,
-                            env=tiny_run.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(state_dir) and any(f.startswith("state_step") for f in os.listdir(state_dir)):
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+def _crash_after_step(script, args, step):
+    """Run `script` until it dies right after optimizer `step` (the Trainer's crash-simulation hook: exit status
+    137, nothing cleaned up, as after a SIGKILL)."""
+    from src.trainer import EXIT_AFTER_STEP_ENV
+    env = dict(tiny_run.env(), **{EXIT_AFTER_STEP_ENV: str(step)})
+    proc = subprocess.run([sys.executable, os.path.join(tiny_run.ROOT, script)] + args, cwd=tiny_run.ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 137, proc.stderr[-2000:]
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(ws, tmp_path):
+def _resumed_line(res):
+    resumed = [line for line in res.stdout.splitlines() if line.startswith("resumed from")]
+    assert len(resumed) == 1, res.stdout[-2000:]
+    return resumed[0]
+
+
+def test_crash_mid_epoch_then_resume_is_bit_identical(ws, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     extra = {"checkpoint.every_steps": 3, "checkpoint.keep_last": 2, "finetune.epochs": 3}
     ref = tiny_run.run_script("run_task_distill.py", tiny_run.finetune_args(ws, a, **extra))
     assert ref.returncode == 0, ref.stderr[-2000:]
 
-    _start_and_kill_at_first_state("run_task_distill.py", tiny_run.finetune_args(ws, b, **extra),
-                                   os.path.join(b, "teacher", "state"))
+    _crash_after_step("run_task_distill.py", tiny_run.finetune_args(ws, b, **extra), 7)
     with open(os.path.join(b, "teacher", "log.txt")) as f:
         assert "training done" not in f.read()
 
     res = tiny_run.run_script("run_task_distill.py", tiny_run.finetune_args(ws, b, resume=True, **extra))
     assert res.returncode == 0, res.stderr[-2000:]
-    resumed = [line for line in res.stdout.splitlines() if line.startswith("resumed from")]
-    assert len(resumed) == 1 and " of 16 batches done" in resumed[0], res.stdout[-2000:]
-    done_in_epoch = int(resumed[0].split(" of 16")[0].rsplit(" ", 1)[1])
-    assert 0 < done_in_epoch < 16, resumed[0]                              # really mid-epoch
+    resumed = _resumed_line(res)                  # the newest state before step 7: step 6, mid-epoch 1
+    assert "state_step000000006.ckpt: epoch 1, 6 of 16 batches done, step 6," in resumed, resumed
 
     for name in ("best.ckpt", "last.ckpt"):
         ta, tb = _tensors(os.path.join(a, "teacher", name)), _tensors(os.path.join(b, "teacher", name))
@@ -247,12 +280,13 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(ws, tmp_path):
     assert best_a and best_b[-1] == best_a[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ternary", "width"])
-def test_ternary_and_width_sigkill_then_resume_is_bit_identical(method, ws, tmp_path):
+def test_ternary_and_width_crash_then_resume_is_bit_identical(method, ws, tmp_path):
     """TernaryBERT with 8-bit activations on EMA ranges (frozen quantizer state that a resume must restore, not
     only weights and Adam moments) and the width supernet training a sampled width per step (the sampled
-    sequence and the per-width bests must continue where they stopped): killed after the first state, resumed,
-    bit-identical to an uninterrupted run."""
+    sequence and the per-width bests must continue where they stopped): crashed after step 20, resumed from the
+    state of step 18 (mid-epoch 2), bit-identical to an uninterrupted run."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     if method == "ternary":
         script, make, sub = "run_ternary.py", tiny_run.ternary_args, "w2e2a8"
@@ -266,11 +300,13 @@ def test_ternary_and_width_sigkill_then_resume_is_bit_identical(method, ws, tmp_
     ref = tiny_run.run_script(script, make(ws, a, **extra))
     assert ref.returncode == 0, ref.stderr[-2000:]
 
-    _start_and_kill_at_first_state(script, make(ws, b, **extra), os.path.join(b, sub, "state"))
+    _crash_after_step(script, make(ws, b, **extra), 20)
+    with open(os.path.join(b, sub, "log.txt")) as f:
+        assert "training done" not in f.read()
     res = tiny_run.run_script(script, make(ws, b, resume=True, **extra))
     assert res.returncode == 0, res.stderr[-2000:]
-    resumed = [line for line in res.stdout.splitlines() if line.startswith("resumed from")]
-    assert len(resumed) == 1 and " of 16 batches done" in resumed[0], res.stdout[-2000:]
+    resumed = _resumed_line(res)                  # states at 16 (epoch end) and 18: mid-epoch 2, after an eval
+    assert "state_step000000018.ckpt: epoch 2, 2 of 16 batches done, step 18," in resumed, resumed
 
     for name in files:
         ta, tb = _tensors(os.path.join(a, sub, name)), _tensors(os.path.join(b, sub, name))

@@ -169,6 +169,17 @@ def test_bad_pack_option_stops_before_training(run, tmp_path, flag, value, msg):
     assert not out.exists()
 
 
+def test_empty_teacher_ckpt_with_a_student_checkpoint_is_an_error(run, tmp_path):
+    """student.init ckpt reads the student from its own file; `--teacher.ckpt ""` must still be refused, not
+    leave the freshly built teacher untrained and distil from it."""
+    out = tmp_path / "no_teacher"
+    i = run["argv"].index("--output_dir")
+    argv = run["argv"][:i] + ["--output_dir", str(out)] + run["argv"][i + 2:]
+    with pytest.raises(UserError, match=r"teacher\.ckpt: no path given"):
+        run_ternary.main(argv + ["--student.init", "ckpt", "--student.ckpt", run["teacher"], "--teacher.ckpt", ""])
+    assert not out.exists()
+
+
 def test_error_after_training_keeps_the_trained_run(run, tmp_path, monkeypatch):
     """A failure in the packing step after training keeps the run's checkpoints and log (it once removed
     everything the run had written)."""
@@ -222,3 +233,44 @@ def test_lat_with_only_a_ternary_embedding_refreshes_its_hessian(run, tmp_path):
 def test_unsupported_bit_width_is_a_user_error(run):
     with pytest.raises(UserError, match=r"quant\.bits\.weight 3 not supported: expected one of \[2, 4, 8, 32\]"):
         run_ternary.main(run["argv"] + ["--quant.bits.weight", "3"])
+
+
+@pytest.fixture(scope="module")
+def narrow_student(run, tmp_path_factory):
+    """A width-0.5 sub-model of the run's teacher (1 head per layer where the teacher has 2), as a width run
+    slices it: the student of a width -> TernaryBERT chain."""
+    from src.checkpoint import save_cell
+    from src.width import slice_to_width
+    d = tmp_path_factory.mktemp("narrow")
+    teacher = BertForSequenceClassification(TINY)
+    ms.load_param_into_net(teacher, ms.load_checkpoint(run["teacher"]))
+    sub = slice_to_width(teacher, 0.5)
+    assert [sub.config.heads(i) for i in range(2)] == [1, 1]
+    save_cell(sub, str(d / "model.ckpt"))
+    sub.config.to_json_file(str(d / "config.json"))
+    return str(d / "model.ckpt")
+
+
+def _narrow_argv(run, out, ckpt, *extra):
+    i = run["argv"].index("--output_dir")
+    return (run["argv"][:i] + ["--output_dir", str(out)] + run["argv"][i + 2:] +
+            ["--student.init", "ckpt", "--student.ckpt", ckpt, "--train.epochs", "1", "--pack.after_train", "false",
+             *extra])
+
+
+@pytest.mark.slow
+def test_width_submodel_with_fewer_heads_goes_on_to_ternarybert(run, narrow_student, tmp_path):
+    """A student with fewer heads than its teacher: the per-head attention loss is one clear error naming the
+    ways out; loss.attention_heads average (head-mean scores) trains, its attention term is real and falls; with
+    loss.attention_weight 0 the attention term is not built at all (it once built it and failed in the fused
+    masked-loss kernel's shape check)."""
+    with pytest.raises(UserError, match="attention loss needs equal head counts: student layer 0 has 1, teacher "
+                                        "layer 0 has 2 \\(set loss.attention_heads average"):
+        run_ternary.main(_narrow_argv(run, tmp_path / "each", narrow_student))
+    assert not (tmp_path / "each").exists()
+    run_ternary.main(_narrow_argv(run, tmp_path / "avg", narrow_student, "--loss.attention_heads", "average"))
+    train = _records(tmp_path / "avg" / "w2e2a8", "train")
+    assert train[0]["att"] > 1e-3 and np.mean([r["att"] for r in train[-3:]]) < np.mean([r["att"] for r in train[:3]])
+    run_ternary.main(_narrow_argv(run, tmp_path / "no_att", narrow_student, "--loss.attention_weight", "0"))
+    train = _records(tmp_path / "no_att" / "w2e2a8", "train")
+    assert all(r["att"] == 0.0 for r in train) and train[-1]["rep"] < train[0]["rep"]

@@ -1,12 +1,16 @@
-"""WordPiece tokenizer: exact ids with the bert-base-uncased vocab, Google-style truncation, casing."""
+"""WordPiece tokenizer: exact ids with the bert-base-uncased vocab (every row of the HF reference fixture),
+Google-style truncation, casing."""
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+HF_REF = ROOT / "tests" / "fixtures" / "hf_reference"
 
 from src.errors import UserError  # noqa: E402
 from src.tokenization import BertTokenizer, default_vocab_file, truncate_seq_pair  # noqa: E402
@@ -28,12 +32,19 @@ def tiny_vocab(tmp_path, tokens=TINY_VOCAB):
     return str(path)
 
 
-def test_known_pair_ids_with_bert_uncased_vocab(bert_tok):
-    ids, mask, seg = bert_tok.encode("the movie was surprisingly delightful !", "a paraphrase of it .",
-                                     max_seq_length=16)
-    assert ids == [101, 1996, 3185, 2001, 10889, 26380, 999, 102, 1037, 11498, 8458, 23797, 1997, 2009, 1012, 102]
-    assert seg == [0] * 8 + [1] * 8
-    assert mask == [1] * 16
+def test_ids_equal_hf_tokenizer_on_every_reference_row(bert_tok):
+    """The three rows HF transformers tokenised for the model fixture (a pair; capitals and a full stop glued to a
+    word; 'Stocks', 'Tuesday,'), padded to 24: ids, segments and mask exactly."""
+    hf = HF_REF / "minilm_l6_reference"
+    meta = json.loads(hf.with_suffix(".json").read_text(encoding="utf-8"))
+    ref = np.load(hf.with_suffix(".npz"))
+    assert len(meta["sentences_a"]) == len(ref["input_ids"]) == 3
+    for i, (a, b) in enumerate(zip(meta["sentences_a"], meta["sentences_b"])):
+        ids, mask, seg = bert_tok.encode(a, b, max_seq_length=meta["max_length"])
+        assert ids == ref["input_ids"][i].tolist(), (i, a)
+        assert seg == ref["token_type_ids"][i].tolist(), (i, a)
+        assert mask == ref["attention_mask"][i].tolist(), (i, a)
+    assert ref["token_type_ids"][0].max() == 1 and ref["attention_mask"].sum(1).min() < 24   # a pair, padding
     assert bert_tok.vocab_size == 30522
 
 

@@ -401,3 +401,29 @@ def test_depth_view_slices_to_a_shallower_model_and_the_loss_maps_kept_layers(tm
     rep = sum((((s_hidden[j].asnumpy() - t_hidden[t].asnumpy()) ** 2) * mask).sum() / (mask.sum() * 16)
               for j, t in enumerate((0, 1, 3)))
     np.testing.assert_allclose(parts[0].asnumpy(), rep, rtol=1e-5)
+
+
+def test_regression_importance_and_width_loss_are_row_by_row_mse():
+    """Regression (STS-B, num_labels 1): logits are (B, 1) and the batcher's labels (B, 1); importance's loss and
+    the width loss's prediction term are the mean of per-row squared errors (a (B, 1) - (B,) broadcast would
+    average all B x B pairs instead)."""
+    cfg = TINY.replace(num_labels=1)
+    ms.set_seed(11)
+    student = BertForSequenceClassification(cfg)
+    ms.set_seed(12)
+    teacher = BertForSequenceClassification(cfg)
+    for m in (student, teacher):
+        m.set_train(False)
+    batch = dict(_batch(8), label_ids=np.array([[0.5], [2.0], [4.5]], np.float32))
+    s = student(*_inputs(batch))[0].asnumpy().astype(np.float64)
+    t = teacher(*_inputs(batch))[0].asnumpy().astype(np.float64)
+    assert s.shape == t.shape == (B, 1) and np.ptp(s) > 1e-3 and np.ptp(t) > 1e-3
+    y = batch["label_ids"].astype(np.float64)
+    imp = compute_importance(student, [batch], regression=True)
+    assert imp["loss"] == pytest.approx(((s - y) ** 2).mean(), rel=1e-5)
+    assert imp["loss"] != pytest.approx(((s - y.reshape(-1)) ** 2).mean(), rel=1e-3)   # the broadcast value differs
+    loss_net = MultiWidthDistillLoss(student, teacher, parse_width_list([1.0], cfg), lambda1=1.0, lambda2=0.0,
+                                     regression=True)
+    loss_net.set_train(False)
+    total, _ = loss_net(*_inputs(batch), ms.Tensor(batch["label_ids"]))
+    assert float(total.asnumpy()) == pytest.approx(((s - t) ** 2).mean(), rel=1e-5)

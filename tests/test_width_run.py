@@ -52,8 +52,8 @@ def setup(tmp_path_factory):
     for split, n, seed in (("train", 96, 0), ("dev", 40, 1), ("test", 40, 2)):
         k = write_records(str(data / f"{split}.tf_record"), _rows(n, seed), COLUMNS)
         write_schema(str(data / f"{split}_schema.json"), COLUMNS, k)
-    ms.set_seed(0)
-    teacher = BertForSequenceClassification(TINY)
+    ms.set_seed(0)       # initializer_range 0.5: logits far from uniform, so a narrower width starts off the teacher
+    teacher = BertForSequenceClassification(TINY.replace(initializer_range=0.5))
     save_cell(teacher, str(d / "teacher.ckpt"))
     TINY.to_json_file(str(d / "config.json"))
     return d
@@ -78,6 +78,10 @@ def test_ofa_end_to_end_keeps_best_per_width_and_slices(setup):
         assert (out / name).is_file(), name
     evals = [json.loads(l) for l in open(out / "metrics.jsonl") if '"kind": "eval"' in l]
     assert len(evals) == 4                                  # 12 steps / every 3
+    # the supernet learned: width 0.5 (half the heads of the teacher it starts as) ends much closer to the teacher
+    train = [json.loads(l) for l in open(out / "metrics.jsonl") if '"kind": "train"' in l]
+    assert len(train) == 6 and train[-1]["loss"] < train[0]["loss"]
+    assert np.mean([r["w0.500"] for r in train[-2:]]) < 0.75 * train[0]["w0.500"], train
     task = get_task("MR")
     dev = load_split(str(d / "data"), "dev", "tfrecord", SEQ, task)
     # eval.teacher_baseline: the teacher's own score, recorded and shown by tools/readme_results.py
@@ -170,17 +174,23 @@ def test_ofa_with_depth_keeps_shallower_best_submodels(setup):
     assert sub.config.num_hidden_layers == 1
 
 
-@pytest.mark.parametrize("value", ["0", "1.5", "wide", "[]"])
+@pytest.mark.parametrize("value", ["0", "1.5", "[]"])
 def test_bad_width_list_stops_before_any_work(setup, value):
+    """Values the config accepts (numbers, a list) that the width run refuses: run() raises before it writes."""
     d = setup
     out = d / f"bad_{abs(hash(value))}"
     argv = _argv(d, out)
     i = argv.index("--width_mult_list")
     argv = argv[:i + 1] + [value] + argv[i + 4:]
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), argv)
     with pytest.raises(UserError, match="width_mult_list"):
-        cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), argv)
         run_ofa(cfg, str(out), save_resolved)
     assert not out.exists()                                 # no partial outputs
+
+
+def test_non_numeric_width_list_is_a_config_error():
+    with pytest.raises(UserError, match=r"--width_mult_list\[0\]: expected float, got 'wide'"):
+        load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), ["--width_mult_list", "wide"])
 
 
 def test_cli_bad_width_list_exit_code_2(setup):
@@ -223,3 +233,31 @@ def test_optim_loss_scale_reaches_the_width_train_step(setup, tmp_path, monkeypa
     with pytest.raises(Stop):
         run_ofa(cfg, str(out), save_resolved)
     assert seen == {"loss_scale": 128.0, "mask_padding": False, "skip_overflow_steps": True}
+
+
+def test_empty_teacher_ckpt_is_an_error_not_a_random_teacher(setup, tmp_path):
+    """`--teacher.ckpt ""` (in td_mr.yaml it means the folder's own teacher) is refused here: the width run has no
+    such default, and it must not distil from the freshly built, untrained teacher."""
+    out = tmp_path / "run"
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"),
+                      _argv(setup, out, ["--teacher.ckpt", "", "--supernet.init_ckpt", str(setup / "teacher.ckpt")]))
+    with pytest.raises(UserError, match="teacher.ckpt: no path given"):
+        run_ofa(cfg, str(out), save_resolved)
+    assert not out.exists()
+
+
+def test_error_in_the_final_table_keeps_the_trained_run(setup, tmp_path, monkeypatch):
+    """An error after training (reloading sub-models for the table) keeps the run's checkpoints and log."""
+    import src.runs.width
+
+    def fail(*_, **__):
+        raise UserError("disk full while writing the table")
+    monkeypatch.setattr(src.runs.width, "_report", fail)
+    out = tmp_path / "run"
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"),
+                      _argv(setup, out, ["--train.epochs", "1", "--train.max_steps", "2", "--importance.rewire",
+                                         "false", "--eval.teacher_baseline", "false"]))
+    with pytest.raises(UserError, match="disk full"):
+        run_ofa(cfg, str(out), save_resolved)
+    for name in ("supernet.ckpt", "best.ckpt", "best_w0.500.ckpt", "config_w0.500.json", "log.txt"):
+        assert (out / name).is_file(), name

@@ -33,6 +33,21 @@ def token_inputs(seed: int, pad_row: int, pad_from: int, batch: int = 2, seq: in
     return ids, ms.Tensor(np.zeros((batch, seq), np.int32)), ms.Tensor(mask)
 
 
+def calibrate(model, batches: int = 3, batch: int = 8):
+    """Run `batches` training-mode forward passes of a quantized TINY classifier on random token batches, so EMA
+    activation scales hold real ranges (a fresh EMA quantizer's amax is 0: every activation would quantize to 0);
+    returns {name: amax} of those scales, then leaves the model in inference mode."""
+    import mindspore as ms
+    from src.export import sample_inputs
+    from src.tinybert_model import LogitsOnly
+    net = LogitsOnly(model)
+    net.set_train(True)
+    for seed in range(batches):
+        net(*[ms.Tensor(a) for a in sample_inputs(batch, SEQ, VOCAB, seed=100 + seed)])
+    net.set_train(False)
+    return {n: float(p.asnumpy()) for n, p in model.parameters_and_names() if n.endswith("amax")}
+
+
 def rows(n: int, seed: int):
     """Learnable rows: label 1 iff the first word id is >= 17 (about half); lengths 5..16."""
     rng = np.random.default_rng(seed)

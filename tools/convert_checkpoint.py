@@ -3,7 +3,7 @@
 HF -> MindSpore (writes the .ckpt and a config.json beside it):
     python tools/convert_checkpoint.py --direction hf2ms --input <HF dir | model.safetensors | pytorch_model.bin> \\
         --output output/minilm/minilm.ckpt
-    e.g. the default teacher: --input "$(python -c 'from src.checkpoint import default_teacher_dir as d; print(d())')"
+    e.g. the default teacher: --input "$(python -c 'from src.hf_checkpoint import default_teacher_dir as d; print(d())')"
   MindSpore names are BertModel names (`encoder.0.attention.query.weight`), or BertForSequenceClassification names
   (`bert.` + `classifier.*`) automatically when the HF checkpoint has a classifier. --with_bert_prefix forces
   `bert.` on a plain BertModel checkpoint. `pytorch_model.bin` is read without torch (plain tensors only).

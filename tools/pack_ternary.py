@@ -112,7 +112,7 @@ def main(argv=None):
     if not os.path.isfile(cfg_path):
         raise UserError(f"{cfg_path} missing: expected the run's resolved config (student.head_type, "
                         f"data.max_seq_length), as run_ternary.py writes it")
-    cfg = load_config(cfg_path, ["--config_path", cfg_path])
+    cfg = load_config(cfg_path, ["--config_path", cfg_path], check_values=False)
     max_pos = args.max_positions if args.max_positions >= 0 else cfg.data.max_seq_length
     eval_sets = task = None
     if args.int8 and "ONNX" not in args.export:

@@ -16,11 +16,11 @@ def classifier_config(cfg, path: str, what: str, task):
     return load_bert_config(path, what, num_labels=task.num_labels, fused_cpu_kernels=fused_kernels(cfg))
 
 
-def teacher_classifier(cfg, task, ckpt: str = "", what: str = "teacher.ckpt"):
-    """(config, classifier) of `teacher:`; loaded from `ckpt` when given."""
+def teacher_classifier(cfg, task, ckpt=None, what: str = "teacher.ckpt"):
+    """(config, classifier) of `teacher:`; loaded from `ckpt` unless it is None (an empty path is an error)."""
     tcfg = classifier_config(cfg, cfg.teacher.config, "teacher.config", task)
     teacher = build_classifier(tcfg, cfg.teacher.head_type)
-    if ckpt:
+    if ckpt is not None:
         load_into(teacher, ckpt, what, strict=True)
     return tcfg, teacher
 

@@ -56,7 +56,7 @@ def _run(cfg, out_dir, save_resolved):
     trainer = Trainer(run_step, batcher, inputs=b.inputs, parts=b.parts, log=log, schedule=schedule(sched, lr),
                       log_every=cfg.log_every, evaluation=evaluation,
                       save_last=lambda: save_cell(b.model, last, **b.extra_cells), state=state, resume=resume,
-                      is_main=is_main, skip_overflow_steps=cfg.optim.loss_scale != 1.0)
+                      is_main=is_main, skip_overflow_steps=cfg.optim.loss_scale != 1.0, extra_state=b.extra_state)
     result = trainer.fit()
 
     # ---- report

@@ -29,7 +29,8 @@ def td1_ckpt(cfg) -> str:
 @dataclass
 class Built:
     """What a phase trains: the model (and its config), the loss cell with its inputs and logged parts, extra cells
-    saved beside the model, and optional hooks around the train step (td1's teacher caches)."""
+    saved beside the model, optional hooks around the train step (td1's teacher caches) and state kept with the
+    training state (td1's teacher logits, so a resumed phase 1 still hands phase 2 every row)."""
     model: object
     model_cfg: object
     loss_net: object
@@ -38,6 +39,7 @@ class Built:
     extra_cells: dict = field(default_factory=dict)
     wrap_step: Optional[Callable] = None          # (TrainStep, batcher) -> the step the Trainer runs
     finish: Optional[Callable] = None             # (that step, out_dir, is_main, log) after training
+    extra_state: Optional[object] = None          # saved with the training state (Trainer extra_state)
 
 
 def _finetune(cfg, task, tcfg, teacher, train, log) -> Built:
@@ -92,7 +94,7 @@ def _td1(cfg, task, tcfg, teacher, train, log) -> Built:
             path = logits.save(out_dir)
             log.info(f"teacher logits of {int(logits.seen.sum())} train rows kept for phase 2: {path}")
     return Built(student, scfg, loss_net, TASK_INPUTS + [teacher_cache.ROW_ID], ["att", "rep"],
-                 {"fit_dense": fit_dense}, wrap_step, finish)
+                 {"fit_dense": fit_dense}, wrap_step, finish, extra_state=logits)
 
 
 def _td2(cfg, task, tcfg, teacher, train, log) -> Built:

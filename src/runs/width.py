@@ -10,7 +10,8 @@ from src.checkpoint import load_into, save_cell
 from src.evaluation import evaluate, teacher_baseline
 from src.fileio import atomic_text
 from src.outputs import output_guard
-from src.runs.common import TASK_INPUTS, classifier_config, eval_data, schedule, teacher_classifier, train_data
+from src.runs.common import (TASK_INPUTS, classifier_config, eval_data, keep_outputs_on_error, schedule,
+                             teacher_classifier, train_data)
 from src.runtime import start_run
 from src.tasks import task_from_config
 from src.tinybert_model import LogitsOnly, build_classifier, count_params, load_bert_config
@@ -97,8 +98,8 @@ def _run(cfg, out_dir, save_resolved):
                       save_last=lambda: save_cell(model, os.path.join(out_dir, "supernet.ckpt")),
                       skip_overflow_steps=cfg.optim.loss_scale != 1.0, extra_state=bests, counter=counter)
     result = trainer.fit()
-    if is_main:
-        result["rows"] = _report(cfg, specs, bests, task.main_metric, out_dir, log)
+    if is_main:                 # after training: an error here keeps the trained run (keep_outputs)
+        result["rows"] = keep_outputs_on_error(_report, cfg, specs, bests, task.main_metric, out_dir, log)
     log.close()
     return result
 
