@@ -4,12 +4,11 @@
   gradient by the same mask; its mask is bitwise the same at 1, 2 and 3 threads, a function of (seed, op, step,
   input) and nothing else; inference mode is the identity;
 - end to end, at 2 threads with dropout on (the student of tiny_run.td1_args): two td1 runs with one seed end with
-  bit-identical weights, and a run killed with SIGKILL after its first training state, then resumed, ends
-  bit-identical to an uninterrupted one. With `--deterministic false` (MindSpore's CPU Dropout, whose threads share
+  bit-identical weights, and a run crashed mid-epoch (the Trainer's TINYBERT_EXIT_AFTER_STEP hook), then resumed,
+  ends bit-identical to an uninterrupted one. With `--deterministic false` (MindSpore's CPU Dropout, whose threads share
   one random engine, and whose state a resume does not restore) both end-to-end tests fail.
 """
 import os
-import re
 import shutil
 import sys
 
@@ -20,7 +19,7 @@ from mindspore import nn, ops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_run  # noqa: E402
-from test_resume import _start_and_kill_at_first_state  # noqa: E402
+from test_resume import _crash_after_step, _resumed_line  # noqa: E402
 
 from src import cpu_kernels  # noqa: E402
 
@@ -128,18 +127,15 @@ def test_two_runs_at_2_threads_with_dropout_are_bit_identical(ws, tmp_path):
 
 
 @needs_gxx
-def test_kill_and_resume_at_2_threads_with_dropout_equals_uninterrupted(ws, tmp_path):
+def test_crash_and_resume_at_2_threads_with_dropout_equals_uninterrupted(ws, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     extra = {"threads": 2, "epochs": 4, "checkpoint.every_steps": 3, "checkpoint.keep_last": 2}
     ref = tiny_run.run_script("run_task_distill.py", tiny_run.td1_args(ws, a, **extra))
     assert ref.returncode == 0, ref.stderr[-2000:]
 
-    _start_and_kill_at_first_state("run_task_distill.py", tiny_run.td1_args(ws, b, **extra),
-                                   os.path.join(b, "td1", "state"))
+    _crash_after_step("run_task_distill.py", tiny_run.td1_args(ws, b, **extra), 10)
     res = tiny_run.run_script("run_task_distill.py", tiny_run.td1_args(ws, b, resume=True, **extra))
     assert res.returncode == 0, res.stderr[-2000:]
-    resumed = [line for line in res.stdout.splitlines() if line.startswith("resumed from")]
-    assert len(resumed) == 1, res.stdout[-2000:]
-    done = re.search(r" of 8 batches done, step (\d+),", resumed[0])
-    assert done and 0 < int(done.group(1)) < 32, resumed[0]                  # resumed before the last step
+    resumed = _resumed_line(res)                  # states at 8 (epoch end) and 9: mid-epoch 2
+    assert "state_step000000009.ckpt: epoch 2, 1 of 8 batches done, step 9," in resumed, resumed
     _assert_same_student(a, b)
