@@ -1,14 +1,20 @@
 // Fused CPU kernels for MindSpore `ops.Custom` (func_type "aot"): LayerNorm and the exact (erf) GELU, forward and
-// backward, and the padding-masked squared-error sum of the distillation losses with its gradient. Built by
-// src/cpu_kernels.py with g++ on first use; see that file for why and how.
+// backward, the padding-masked squared-error sum of the distillation losses with its gradient, and a dropout whose
+// mask is a function of (seed, op, step, input). Built by src/cpu_kernels.py with g++ on first use; see that file for
+// why and how.
 //
-// Every kernel has MindSpore's AOT signature: params holds the inputs then the outputs, all float32, contiguous.
-// A kernel returns non-zero (MindSpore raises) when a tensor is not float32.
+// Every kernel has MindSpore's AOT signature: params holds the inputs then the outputs, contiguous, float32 except
+// the dropout key (int64). A kernel returns non-zero (MindSpore raises) when a tensor has another dtype.
 // (2: shapes that do not fit the kernel, 3: out of memory.)
 // Threads: SetThreads(n) (called by src/cpu_kernels.py with the run's `threads`) lets a kernel split its rows over
 // up to n threads when each gets at least kMinWorkPerThread elements. Results do not depend on n: element-wise
 // kernels write each element once, and the row-summing ones (dgamma / dbeta, the masked sums) add their rows in
 // fixed chunks whose bounds depend only on the shape, then add the chunks' sums in chunk order.
+//
+// Dropout (DropoutForward): keep element i iff the top 24 bits of hash(i, call key) < keep * 2^24, where the call
+// key mixes the op's (seed, op id), the step set by SetDropoutStep and a fingerprint of the input. The mask is a
+// function of those alone: not of the thread count, nor of the order in which MindSpore launches the ops, and a
+// run resumed at step s draws the masks an uninterrupted run draws at step s.
 //
 // Math (all in float32):
 //   GELU(x)  = x * Phi(x), Phi(x) = 0.5 * (1 + erf(x / sqrt 2)), erf from Abramowitz-Stegun 7.1.26 (|error| <
@@ -18,6 +24,7 @@
 //   its backward with xh = (x - mean) * rstd, g = dy * gamma:
 //              dx = rstd * (g - mean(g) - xh * mean(g * xh)), dgamma = sum_rows dy * xh, dbeta = sum_rows dy
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -394,6 +401,88 @@ extern "C" int MaskedSquaredErrorGrad(int nparam, void **params, int *ndims, int
   });
   return 0;
 }
+
+// Dropout with a counter-based mask: x [n] float32, p [1] float32 (drop probability), key [2] int64 (seed, op id)
+// -> y [n] = x * m, m [n] = (kept ? 1 / (1 - p) : 0) (the backward is dy * m).
+namespace {
+
+std::atomic<int64_t> g_dropout_step{0};
+
+inline uint64_t mix64(uint64_t z) {  // splitmix64's finalizer
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+inline uint32_t mix32(uint32_t x) {  // a 32-bit integer hash (two xorshift-multiply rounds)
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// The 64-bit key of one launch: seed, op id, step, element count and the bits of kFingerprint evenly spaced
+// elements of x, mixed in turn. The input's fingerprint tells apart the calls of one op within a step (a width
+// supernet runs a layer's dropout once per width in one graph) without depending on the order they run in.
+constexpr int64_t kFingerprint = 64;
+
+uint64_t dropout_call_key(int64_t seed, int64_t id, const float *x, int64_t n) {
+  uint64_t k = mix64(static_cast<uint64_t>(seed));
+  k = mix64(k ^ static_cast<uint64_t>(id));
+  k = mix64(k ^ static_cast<uint64_t>(g_dropout_step.load()));
+  k = mix64(k ^ static_cast<uint64_t>(n));
+  const int64_t samples = std::min(n, kFingerprint);
+  for (int64_t j = 0; j < samples; ++j) {
+    uint32_t bits;
+    std::memcpy(&bits, x + j * n / samples, sizeof bits);
+    k = mix64(k ^ bits);
+  }
+  return k;
+}
+
+void dropout_range(const float *__restrict__ x, int64_t begin, int64_t end, uint32_t k0, uint32_t k1,
+                   uint32_t threshold, float scale, float *__restrict__ y, float *__restrict__ m) {
+  for (int64_t i = begin; i < end; ++i) {
+    const uint32_t h = mix32(mix32(static_cast<uint32_t>(i) ^ k0) + k1);
+    const float keep = (h >> 8) < threshold ? scale : 0.0f;
+    m[i] = keep;
+    y[i] = x[i] * keep;
+  }
+}
+
+}  // namespace
+
+extern "C" int DropoutForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                              void *) {
+  if (nparam != 5) return 1;
+  if (std::strcmp(dtypes[0], "float32") != 0 || std::strcmp(dtypes[1], "float32") != 0 ||
+      std::strcmp(dtypes[2], "int64") != 0 || std::strcmp(dtypes[3], "float32") != 0 ||
+      std::strcmp(dtypes[4], "float32") != 0) {
+    return 1;
+  }
+  const float *x = static_cast<const float *>(params[0]);
+  const float p = *static_cast<const float *>(params[1]);
+  const int64_t *key = static_cast<const int64_t *>(params[2]);
+  float *y = static_cast<float *>(params[3]);
+  float *m = static_cast<float *>(params[4]);
+  const int64_t n = numel(ndims[0], shapes[0]);
+  if (numel(ndims[2], shapes[2]) != 2 || n > (int64_t{1} << 32) || !(p >= 0.0f && p < 1.0f)) return 2;
+  const uint64_t k = dropout_call_key(key[0], key[1], x, n);
+  const uint32_t k0 = static_cast<uint32_t>(k), k1 = static_cast<uint32_t>(k >> 32);
+  const double keep = 1.0 - static_cast<double>(p);
+  const uint32_t threshold = static_cast<uint32_t>(std::lround(keep * 16777216.0));  // keep * 2^24
+  const float scale = static_cast<float>(1.0 / keep);
+  run_parts(n, parts_for(n, 1), [&](int64_t b, int64_t e, int) {
+    dropout_range(x, b, e, k0, k1, threshold, scale, y, m);
+  });
+  return 0;
+}
+
+// The step the next dropout masks belong to (the trainer sets it before each optimizer step).
+extern "C" void SetDropoutStep(int64_t step) { g_dropout_step.store(step); }
 
 // Threads a kernel may use from now on (>= 1); returns the previous value.
 extern "C" int SetThreads(int n) {

@@ -1,5 +1,5 @@
 """Fused CPU kernels as MindSpore AOT custom ops: LayerNorm and the exact GELU (forward and backward) for the model,
-and the padding-masked squared-error sum of the distillation losses.
+the padding-masked squared-error sum of the distillation losses, and a reproducible dropout.
 
 Why: MindSpore 2.10's CPU kernels for these ops are 10-30x slower than PyTorch's. In a TD phase-1 step (MiniLM-L6
 teacher -> 3-layer student, batch 32, seq 64, ~1.9 s) Erf (the exact GELU) took ~130 ms, LayerNormGrad ~130 ms,
@@ -13,6 +13,15 @@ the folder). The library is written under a temporary name and renamed, so worke
 a half-written file. `FusedLayerNorm` / `FusedGELU` / `MaskedSquaredError` wrap the ops with their backward
 (`bprop`) for graph mode. `set_threads` (called by runtime.init_context with the run's `threads`) sets how many
 threads a kernel may split its rows over.
+
+Dropout: MindSpore 2.10's CPU Dropout kernel draws every element from one shared std::default_random_engine
+while its rows run on several threads, so at threads > 1 the mask of a call depends on how the threads interleave
+(and on the thread count its parallel auto-search settles on): two runs with one seed differ after a few steps.
+Its state is not saved either, so a resumed run draws other masks than an uninterrupted one. `DeterministicDropout`
+draws element i's keep bit from a hash of (i, seed, op id, step, a fingerprint of the input): the same mask at
+any thread count and in any launch order, and the trainer's step (`set_dropout_step`) makes a resumed run draw the
+masks the uninterrupted run drew. `set_deterministic` (runtime.init_context, the YAML key `deterministic`)
+makes `dropout(p)` build it instead of nn.Dropout.
 
 Who uses them: BertConfig.fused_cpu_kernels (runtime only, never written to config.json), set by the runs from
 the YAML key `fused_cpu_kernels` on CPU (src/runtime.py:fused_kernels); the distillation losses follow the
@@ -88,6 +97,8 @@ def library() -> str:
 
 
 _THREADS = [1]        # what set_threads asked for; applied when the library is loaded
+_DROPOUT_STEP = [0]   # what set_dropout_step asked for; applied when the library is loaded
+_DETERMINISTIC = [False]  # set_deterministic: dropout(p) builds DeterministicDropout
 _LOADED = []          # the ctypes handle (keeps the library, and its thread setting, loaded in this process)
 
 
@@ -101,10 +112,37 @@ def set_threads(n: int):
     return previous
 
 
+def set_dropout_step(step: int):
+    """The optimizer step the next DeterministicDropout masks belong to (the Trainer calls it before each step; a
+    resumed run continues with the steps it restored)."""
+    _DROPOUT_STEP[0] = int(step)
+    if _LOADED:
+        _LOADED[0].SetDropoutStep(ctypes.c_int64(_DROPOUT_STEP[0]))
+
+
+def set_deterministic(on: bool):
+    """Whether `dropout(p)` builds DeterministicDropout (runtime.init_context, the YAML key `deterministic`).
+    Returns the previous value."""
+    previous, _DETERMINISTIC[0] = _DETERMINISTIC[0], bool(on)
+    return previous
+
+
+def deterministic_dropout() -> bool:
+    """`set_deterministic(True)` and the kernel library builds."""
+    return _DETERMINISTIC[0] and available()[0]
+
+
+def dropout(p: float) -> nn.Cell:
+    """The model's dropout cell: DeterministicDropout when deterministic_dropout(), else nn.Dropout. Either takes
+    the next of MindSpore's dropout op seeds, so both see the same seeds for one ms.set_seed."""
+    return DeterministicDropout(p) if deterministic_dropout() else nn.Dropout(p=p)
+
+
 def _load(path: str):
     if not _LOADED:
         _LOADED.append(ctypes.CDLL(path))
     _LOADED[0].SetThreads(_THREADS[0])
+    _LOADED[0].SetDropoutStep(ctypes.c_int64(_DROPOUT_STEP[0]))
 
 
 def available():
@@ -161,7 +199,13 @@ def _ops():
 
     sq_err = ops.Custom(f"{lib}:MaskedSquaredErrorSum", out_shape=_sq_err_shape, out_dtype=_same,
                         func_type="aot", bprop=sq_err_bprop)
-    return gelu, ln, sq_err
+
+    def dropout_bprop(x, p, key, out, dout):
+        return dout[0] * out[1], ops.zeros_like(p), ops.zeros_like(key)
+
+    drop = ops.Custom(f"{lib}:DropoutForward", out_shape=lambda x, p, key: (x, x),
+                      out_dtype=lambda x, p, key: (x, x), func_type="aot", bprop=dropout_bprop)
+    return gelu, ln, sq_err, drop
 
 
 class FusedGELU(nn.Cell):
@@ -202,3 +246,29 @@ class MaskedSquaredError(nn.Cell):
 
     def construct(self, s, t, w):
         return self.sq_err(s, t, w)
+
+
+class DeterministicDropout(nn.Cell):
+    """Dropout with probability `p` in training mode, identity otherwise (as nn.Dropout; no parameters either, so
+    checkpoints do not depend on it). Element i of a call is kept iff hash(i, seed, op id, step, input) is below
+    1 - p; kept elements are scaled by 1 / (1 - p), and the backward multiplies by the same mask. seed and op id
+    are those nn.Dropout would get (ms.set_seed, then one per dropout cell built), the step is set_dropout_step's,
+    and input is a fingerprint of x (its size and 64 evenly spaced values): calls of one cell on different tensors
+    in one step (a width supernet's widths) get different masks whatever order they run in; calls on the same
+    tensor in one step get the same mask. float32."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        from mindspore.common.seed import _get_graph_seed      # nn.Dropout's seeds: (global seed, op seed)
+        if not 0 <= p < 1:
+            raise ValueError(f"DeterministicDropout: p must be in [0, 1), got {p}")
+        self.p = float(p)
+        seed, op_id = _get_graph_seed(0, "dropout")
+        self.key = ms.Tensor(np.array([seed, op_id], np.int64))
+        self.prob = ms.Tensor(np.array([self.p], np.float32))
+        self.drop = _ops()[3]
+
+    def construct(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return self.drop(x, self.prob, self.key)[0]

@@ -1,4 +1,4 @@
-"""The MindSpore process a run starts in: device and mode, CPU threads, the fused-kernel choice, seeds,
+"""The MindSpore process a run starts in: device and mode, CPU threads, the fused-kernel choice, determinism, seeds,
 data-parallel setup, and `start_run`, the opening every training run shares."""
 import os
 import random
@@ -9,8 +9,12 @@ import mindspore as ms
 from src.errors import UserError
 
 
-def init_context(device_target: str = "CPU", mode: str = "graph", threads: int = 0, distributed: bool = False):
-    """Graph mode by default (PyNative is 4-6x slower on CPU: debugging only). Returns (rank, world)."""
+def init_context(device_target: str = "CPU", mode: str = "graph", threads: int = 0, distributed: bool = False,
+                 deterministic: bool = False):
+    """Graph mode by default (PyNative is 4-6x slower on CPU: debugging only). `deterministic` (the YAML key): on
+    CPU the models built from now on use DeterministicDropout (src/cpu_kernels.py: of the ops a training step
+    runs, MindSpore's CPU Dropout is the one whose result changed from run to run at threads > 1), on GPU / Ascend
+    MindSpore's own switch (ms.set_deterministic, not run here). Returns (rank, world)."""
     if device_target not in ("CPU", "GPU", "Ascend"):
         raise UserError(f"device_target '{device_target}': expected CPU, GPU or Ascend")
     if mode not in ("graph", "pynative"):
@@ -26,6 +30,10 @@ def init_context(device_target: str = "CPU", mode: str = "graph", threads: int =
     if device_target == "CPU":        # the fused kernels (src/cpu_kernels.py) use as many threads as MindSpore's
         from src import cpu_kernels
         cpu_kernels.set_threads(int(threads) or _cpus())
+        cpu_kernels.set_deterministic(deterministic)
+    elif deterministic and not _DETERMINISTIC_SET:
+        ms.set_deterministic(True)    # MindSpore accepts it once per process
+        _DETERMINISTIC_SET.append(True)
     if not distributed:
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init
@@ -35,6 +43,7 @@ def init_context(device_target: str = "CPU", mode: str = "graph", threads: int =
 
 
 _THREADS_SET = []
+_DETERMINISTIC_SET = []
 
 
 def start_run(cfg, out_dir: str, save_resolved, manifest_extra: dict):
@@ -42,12 +51,13 @@ def start_run(cfg, out_dir: str, save_resolved, manifest_extra: dict):
     output-folder check, the per-rank log, and on rank 0 the resolved config and the run manifest.
     Returns (rank, world, log)."""
     from src.runlog import RunLog, write_manifest
-    rank, world = init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed)
+    rank, world = init_context(cfg.device_target, cfg.mode, cfg.threads, cfg.distributed, cfg.deterministic)
     set_seed(cfg.seed)
     if os.path.isfile(out_dir):
         raise UserError(f"output_dir: '{out_dir}' is a file, expected a directory")
     log = RunLog(out_dir, rank)
     log.info(kernels_line(cfg))
+    log.info(determinism_line(cfg))
     if rank == 0:
         save_resolved(cfg, out_dir)
         write_manifest(out_dir, cfg.to_dict(), cfg.seed, {**manifest_extra, "rank_size": world})
@@ -75,6 +85,20 @@ def fused_kernels(cfg) -> bool:
 
 def kernels_line(cfg) -> str:
     return kernel_choice(cfg)[1]
+
+
+def determinism_line(cfg) -> str:
+    """The run's log line saying whether two runs with its seed end with the same weights, and why (after
+    init_context)."""
+    if not cfg.deterministic:
+        return "deterministic: false (MindSpore's Dropout: with dropout > 0 at threads > 1 runs differ)"
+    if cfg.device_target != "CPU":
+        return "deterministic: true (MindSpore's set_deterministic)"
+    from src import cpu_kernels
+    if cpu_kernels.deterministic_dropout():
+        return "deterministic: true (dropout masks from seed, op, step and input; fixed-order kernel sums)"
+    return (f"deterministic: true, but MindSpore's Dropout runs (the kernel library is unavailable: "
+            f"{cpu_kernels.available()[1]}): with dropout > 0 at threads > 1 runs differ")
 
 
 def _cpus() -> int:

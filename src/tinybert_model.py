@@ -23,7 +23,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal
 
 from src.checkpoint import HEAD_TYPES
-from src.cpu_kernels import FusedGELU, FusedLayerNorm
+from src.cpu_kernels import FusedGELU, FusedLayerNorm, dropout
 from src.errors import UserError
 from src.fileio import atomic_json, require_file
 
@@ -169,7 +169,7 @@ class BertEmbeddings(nn.Cell):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size,
                                                   embedding_table=Normal(std))
         self.LayerNorm = _layernorm(config)
-        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+        self.dropout = dropout(config.hidden_dropout_prob)
 
     def construct(self, input_ids, token_type_ids):
         seq_len = input_ids.shape[1]
@@ -197,8 +197,8 @@ class BertAttention(nn.Cell):
         self.value = _dense(config.hidden_size, inner, std)
         self.output_dense = _dense(inner, config.hidden_size, std)
         self.output_LayerNorm = _layernorm(config)
-        self.attn_dropout = nn.Dropout(p=config.attention_probs_dropout_prob)
-        self.output_dropout = nn.Dropout(p=config.hidden_dropout_prob)
+        self.attn_dropout = dropout(config.attention_probs_dropout_prob)
+        self.output_dropout = dropout(config.hidden_dropout_prob)
         self.scale = 1.0 / math.sqrt(self.head_size)
         self.softmax = nn.Softmax(axis=-1)
         # Activation quantization points (TernaryBERT): identities here; src/quant.py swaps them for 8-bit
@@ -236,7 +236,7 @@ class BertFFN(nn.Cell):
         self.act = _gelu(config)
         self.output_dense = _dense(config.ffn(layer), config.hidden_size, std)
         self.output_LayerNorm = _layernorm(config)
-        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+        self.dropout = dropout(config.hidden_dropout_prob)
 
     def construct(self, hidden):
         x = self.output_dense(self.act(self.intermediate(hidden)))
@@ -302,7 +302,7 @@ class BertForSequenceClassification(nn.Cell):
         self.config = copy.deepcopy(config)
         self.head_type = head_type
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
+        self.dropout = dropout(config.hidden_dropout_prob)
         self.relu = nn.ReLU()
         self.classifier = _dense(config.hidden_size, config.num_labels, config.initializer_range)
 

@@ -21,6 +21,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn
 
+from src import cpu_kernels
 from src.batching import to_tensors
 from src.errors import UserError
 from src.runlog import RunLog, eval_line, train_line
@@ -51,8 +52,10 @@ class TrainState:
     (`StateOf(..., frozen_state=True)`). Other frozen parameters (the teacher) are rebuilt from
     their own checkpoints and not repeated. Files: <folder>/state_step<step>.ckpt, the newest
     `keep_last` kept; rank 0 writes, every rank reads (shared output folder). The data position is enough to
-    restore the data order because ArrayBatcher's order is a pure function of (seed, epoch); MindSpore's
-    dropout RNG is not restored, so with dropout > 0 a resumed run is equivalent in distribution only.
+    restore the data order because ArrayBatcher's order is a pure function of (seed, epoch), and the dropout masks:
+    with `deterministic` on (src/cpu_kernels.DeterministicDropout) they are a function of (seed, op, step, input),
+    and the Trainer sets the step before each batch. MindSpore's own Dropout (deterministic false) keeps an RNG
+    state that is not saved, so there a resumed run with dropout > 0 is equivalent in distribution only.
     """
 
     PATTERN = re.compile(r"state_step(\d+)\.ckpt\Z")
@@ -258,6 +261,7 @@ class Trainer:
 
     def _train_batch(self, batch: dict, epoch: int):
         """One optimizer step; (loss, parts, grad norm) as Python values, or TrainingDiverged."""
+        cpu_kernels.set_dropout_step(self.step)      # the masks of DeterministicDropout belong to this step
         loss, parts, gnorm = self.step_cell(*to_tensors(batch, self.inputs))
         self.counter.value += 1
         n = len(batch["input_ids"]) * self.world     # all workers' rows: seq/s and counts are global

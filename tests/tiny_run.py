@@ -1,8 +1,8 @@
 """A tiny, self-contained workspace for end-to-end runs of the entry scripts in subprocesses (resume, data
 parallel, bad inputs): MR-style records (seq 16, vocab 30), a tiny teacher BertModel checkpoint + config.json,
-and the command-line overrides that point configs/td_mr.yaml / configs/gd.yaml at them. No dropout, so runs are
-deterministic. Used by tests/test_resume.py, tests/test_distributed.py, tests/test_bad_input.py and
-benchmarks/bench_distributed.py."""
+and the command-line overrides that point configs/td_mr.yaml / configs/gd.yaml at them. No dropout, except in the
+student of td1_args (tests/test_determinism.py). Used by tests/test_resume.py, tests/test_distributed.py,
+tests/test_bad_input.py, tests/test_determinism.py and benchmarks/bench_distributed.py."""
 import os
 import subprocess
 import sys
@@ -89,6 +89,30 @@ def finetune_args(ws: dict, out: str, batch: int = 4, epochs: int = 3, **extra) 
             "data.max_seq_length": SEQ, "data.length_buckets": [SEQ], "teacher.config": ws["config"],
             "teacher.init_ckpt": ws["ckpt"], "finetune.batch_size": batch, "finetune.epochs": epochs,
             "finetune.lr": 0.005, "finetune.warmup_ratio": 0.1, "eval.batch_size": 16, "log_every": 4,
+            "checkpoint.every_steps": 0}
+    args.update(extra)
+    return cli(args)
+
+
+def dropout_student_config(ws: dict, hidden: int = 64) -> str:
+    """config.json of a 1-layer student `hidden` wide with dropout 0.1 on hidden states and attention probabilities
+    (beside the workspace's teacher config): tensors of 4k-8k elements a dropout op at batch 8, large enough for
+    MindSpore's CPU Dropout to split them over threads."""
+    path = os.path.join(ws["root"], "model", f"student_dropout_{hidden}.json")
+    if not os.path.exists(path):
+        from src.tinybert_model import BertConfig
+        BertConfig(**TINY).replace(hidden_size=hidden, intermediate_size=2 * hidden, hidden_dropout_prob=0.1,
+                                   attention_probs_dropout_prob=0.1).to_json_file(path)
+    return path
+
+
+def td1_args(ws: dict, out: str, batch: int = 8, epochs: int = 3, **extra) -> list:
+    """run_task_distill.py --phase td1 on the tiny workspace: the random classifier teacher, a random student of
+    dropout_student_config (dropout on), every batch of `epochs` epochs (8 steps each at batch 8)."""
+    args = {"phase": "td1", "threads": 1, "output_dir": out, "data.dir": ws["data"], "data.max_seq_length": SEQ,
+            "data.length_buckets": [SEQ], "teacher.config": ws["config"], "teacher.ckpt": classifier_teacher(ws),
+            "student.config": dropout_student_config(ws), "student.init": "random", "td1.batch_size": batch,
+            "td1.epochs": epochs, "td1.max_steps": 0, "td1.lr": 0.002, "eval.batch_size": 16, "log_every": 8,
             "checkpoint.every_steps": 0}
     args.update(extra)
     return cli(args)
