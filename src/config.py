@@ -365,10 +365,15 @@ def _reject_moved(data: dict, path: str, default_yaml_path: str):
             raise UserError(f"{text}: rename it in config file '{path}'")
 
 
-def _require_default_keys(data: dict, path: str, default_yaml_path: str):
+def _in_open(key: str, open_sections) -> bool:
+    """True for a dotted key inside one of `open_sections` (sections whose keys are another config's)."""
+    return any(key.startswith(s + ".") for s in open_sections)
+
+
+def _require_default_keys(data: dict, path: str, default_yaml_path: str, open_sections=()):
     """A file given with --config_path must hold every key of the run's own config file (the YAML is the only
     list of defaults, so a missing key has no value): one error naming the missing keys and their shipped values,
-    instead of a failure deep inside the run."""
+    instead of a failure deep inside the run. Keys inside `open_sections` are the file's own."""
     if os.path.abspath(path) == os.path.abspath(default_yaml_path) or not os.path.isfile(default_yaml_path):
         return
     default = _read_yaml(default_yaml_path)
@@ -382,13 +387,15 @@ def _require_default_keys(data: dict, path: str, default_yaml_path: str):
             for part in parents:
                 section = section.setdefault(part, {})
             section[leaf] = _lookup(default, key)
-    missing = [k for k in _keys(default) if _lookup(data, k) is _MISSING]
+    missing = [k for k in _keys(default) if _lookup(data, k) is _MISSING and not _in_open(k, open_sections)]
     if missing:
         shown = ", ".join(f"{k} ({json.dumps(_lookup(default, k), default=str)})" for k in missing[:4])
         more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
         raise UserError(f"config file '{path}' lacks {len(missing)} key(s) of {default_yaml_path}: {shown}{more}; "
                         f"start from a copy of that file")
     for key in _keys(default):                      # the file's values have the types of the run's own file
+        if _in_open(key, open_sections):
+            continue
         shipped = _lookup(default, key)
         if not isinstance(shipped, dict):
             _put(data, key, _check(f"{key} (config file '{path}')", _lookup(data, key), shipped))
@@ -451,9 +458,12 @@ def _leaves(data: dict, prefix: str = ""):
             yield f"{prefix}{k}", v, data
 
 
-def _validate(data: dict):
-    """UserError for the first value a RULES entry refuses, naming the key and what it allows."""
+def _validate(data: dict, open_sections=()):
+    """UserError for the first value a RULES entry refuses, naming the key and what it allows (keys inside
+    `open_sections` are checked by the config they belong to)."""
     for key, value, section in _leaves(data):
+        if _in_open(key, open_sections):
+            continue
         rule = next((r for r in RULES if any(fnmatch.fnmatchcase(key, p) for p in r[0])), None)
         if rule is None or value is None:
             continue
@@ -483,18 +493,23 @@ def _help_comments(path: str) -> dict:
     return comments
 
 
-def load_config(default_yaml_path: str, argv=None, check_values: bool = True) -> Config:
+def load_config(default_yaml_path: str, argv=None, check_values: bool = True, open_sections=()) -> Config:
     """YAML (`--config_path` or `default_yaml_path`) + `--a.b.c VALUE` overrides -> Config. `--help` exits 0.
     `check_values=False` skips the value RULES: for a finished run's config_resolved.yaml, read to pack or report
-    that run (it was checked by the rules of its day)."""
+    that run (it was checked by the rules of its day). `open_sections` (dotted section names, e.g. "depth.args")
+    hold another config's keys: any key may be set there (created if new, typed like the value it replaces) and
+    the config those keys belong to checks them."""
     argv = sys.argv[1:] if argv is None else list(argv)
     path, want_help, items = _parse_argv(argv)
     path = path or default_yaml_path
     data = _read_yaml(path)
     _reject_moved(data, path, default_yaml_path)
     _translate_deprecated(data, path)
-    _require_default_keys(data, path, default_yaml_path)
+    _require_default_keys(data, path, default_yaml_path, open_sections)
     for key, tokens in items:
+        if _in_open(key, open_sections):
+            _set_open(data, key, tokens)
+            continue
         if key in DEPRECATED_KEYS and _lookup(data, key) is _MISSING:
             new, values = DEPRECATED_KEYS[key]
             value, raw = _parse_value(f"--{key}", tokens, next(iter(values)))
@@ -523,8 +538,24 @@ def load_config(default_yaml_path: str, argv=None, check_values: bool = True) ->
             print(f"  --{key} = {json.dumps(value, default=str)}{note}")
         sys.exit(0)
     if check_values:
-        _validate(data)
+        _validate(data, open_sections)
     return Config(data)
+
+
+def _set_open(data: dict, key: str, tokens):
+    """`--key tokens` inside an open section: sections created as needed, the value typed like the one it
+    replaces (a new key takes the YAML value of its text)."""
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        if not isinstance(node.get(part, {}), dict):
+            raise UserError(f"--{key}: '{part}' is a value, not a section")
+        node = node.setdefault(part, {})
+    old = node.get(leaf)
+    if isinstance(old, dict):
+        raise UserError(f"--{key}: is a section, not a value; set its keys, e.g. --{key}.{next(iter(old), '')}")
+    value, raw = _parse_value(f"--{key}", tokens, old)
+    node[leaf] = _check(f"--{key}", value, old, raw)
 
 
 def save_resolved(cfg: Config, out_dir: str, name: str = "config_resolved.yaml") -> str:

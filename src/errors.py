@@ -15,5 +15,6 @@ def run_main(main, argv=None):
     try:
         return main(argv)
     except UserError as e:
-        print(f"ERROR: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        if not getattr(e, "reported", False):       # a child process has already printed its error
+            print(f"ERROR: {e}", file=sys.stderr, flush=True)
+        sys.exit(getattr(e, "returncode", 2))

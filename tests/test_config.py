@@ -472,3 +472,31 @@ def test_file_from_before_an_added_key_loads_with_a_warning_and_types_are_checke
     bad.write_text(text.replace("  batch_size: 16\n", "  batch_size: 16.0\n", 1))
     assert error(shipped_ofa, ["--config_path", str(bad)]) == (
         f"importance.batch_size (config file '{bad}'): expected int, got 16.0")
+
+
+def test_open_sections_hold_another_configs_keys(tmp_path):
+    """The compression pipeline's `<stage>.args` sections: any key may be set there from the command line (new
+    keys created, existing ones typed like their value), a user's file needs none of the shipped args keys, and
+    the value RULES leave them to the stage's own config; everywhere else the usual checks hold."""
+    path = os.path.join(ROOT, "configs", "compress_mr.yaml")
+    open_ = ("depth.args", "width.args", "ternary.args")
+    cfg = load_config(path, ["--depth.args.td1.max_steps", "7", "--width.args.train.lr", "1e-4",
+                             "--ternary.args.quant.bits.embedding", "8"], open_sections=open_)
+    assert cfg.depth.args.td1.max_steps == 7 and cfg.width.args.train.lr == 1e-4
+    assert cfg.ternary.args.quant.bits.embedding == 8
+    assert cfg.depth.args.student.gd_ckpt == "output/gd/student.ckpt"          # the shipped args stay
+    with pytest.raises(UserError, match=r"--depth.args.td1.max_steps: expected int"):
+        load_config(path, ["--depth.args.td1.max_steps", "x"], open_sections=open_)
+    with pytest.raises(UserError, match=r"--depth.args.td1: is a section"):
+        load_config(path, ["--depth.args.td1", "3"], open_sections=open_)
+    with pytest.raises(UserError, match=r"--vocab.top_x: unknown key"):                # not an open section
+        load_config(path, ["--vocab.top_x", "3"], open_sections=open_)
+    assert load_config(path, ["--width.args.train.max_steps", "-5"], open_sections=open_)  # the stage checks it
+    own = yaml.safe_load(open(path))
+    own["depth"]["args"] = {"td2": {"epochs": 2}}
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump(own))
+    cfg = load_config(path, ["--config_path", str(mine)], open_sections=open_)
+    assert cfg.depth.args.to_dict() == {"td2": {"epochs": 2}}
+    with pytest.raises(UserError, match="lacks 4 key"):                          # without open sections: refused
+        load_config(path, ["--config_path", str(mine)])

@@ -16,7 +16,8 @@ LAYERS = {
     "engine": ["train_step", "batching", "evaluation", "trainer", "runlog", "runtime", "teacher_cache"],
     "deploy": ["export", "onnx_graph", "ternary_int8", "ternary_nbits", "ort_cpu", "hf_checkpoint"],
     "runs": ["runs.common", "runs.general_distill", "runs.task_distill", "runs.td_phases", "runs.ternary",
-             "runs.width"],
+             "runs.width", "runs.compress", "runs.compress_stages", "runs.compress_steps",
+             "runs.compress_report"],
 }
 RANK = {"base": 0, "io": 1, "model": 2, "algorithms": 3, "engine": 4, "deploy": 4, "runs": 5}
 LAYER_OF = {m: layer for layer, mods in LAYERS.items() for m in mods}

@@ -2,8 +2,10 @@
 checkpoint files), never typed by hand.
 
     python tools/demo_report.py --td_dir output/td_mr --gd_dir output/gd [--results README.md]
+    python tools/demo_report.py --compress_dir output/compress_mr --td_dir output/td_mr --gd_dir output/gd
 
-Prints the table and `The best acc is X` (the student's best dev metric). With --results (old name --readme), the
+Prints the table and `The best acc is X` (the student's best dev metric; with --compress_dir the stage table of
+that compression pipeline run, stages.json, and the final model's metric). With --results (old name --readme), the
 block between `<!-- demo-results:start -->` and `<!-- demo-results:end -->` in that file (README.md holds it)
 is replaced by the table; without it nothing is written.
 """
@@ -59,10 +61,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--td_dir", default="output/td_mr")
     ap.add_argument("--gd_dir", default="output/gd")
+    ap.add_argument("--compress_dir", default=None, help="a run_compress.py output folder: report its stage table")
     ap.add_argument("--seconds", type=float, default=None, help="wall time of the whole job, for the table")
     ap.add_argument("--results", "--readme", dest="results", default=None, metavar="FILE.md",
                     help="replace the demo-results block of this file (README.md) by the table")
     args = ap.parse_args(argv)
+    if args.compress_dir:
+        return compress_report(args)
     teacher_dir, td1_dir, td2_dir = (os.path.join(args.td_dir, d) for d in ("teacher", "td1", "td2"))
     t_best, t_evals = best_eval(teacher_dir)
     s_best, s_evals = best_eval(td2_dir)
@@ -93,6 +98,43 @@ def main(argv=None):
     if args.results:
         from tools.marked_blocks import write_between
         write_between(args.results, START, END, table)
+
+
+def compress_report(args):
+    """The stage table of a compression pipeline run (written by the run from its own outputs), each stage's
+    seconds, the teacher's fine-tuning and general distillation times, the machine."""
+    from src.runs.compress_report import format_table
+    from src.runs.compress_stages import ORDER, read_stage
+    path = os.path.join(args.compress_dir, "stages.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} missing: run run_compress.py to the end first")
+    rows = json.load(open(path, encoding="utf-8"))
+    resolved = os.path.join(args.compress_dir, "config_resolved.yaml")
+    from src.config import load_config
+    from src.runs.compress import OPEN_SECTIONS
+    cfg = load_config(resolved, ["--config_path", resolved], check_values=False, open_sections=OPEN_SECTIONS)
+    metric = task_from_config(cfg).main_metric
+    lines = format_table(rows, metric, cfg.export.seq_length)
+    times = {"fine-tune teacher": train_seconds(os.path.join(args.td_dir, "teacher")),
+             "general distillation": train_seconds(args.gd_dir)}
+    for name in ORDER:
+        st = read_stage(os.path.join(args.compress_dir, name))
+        if st is not None:
+            times[f"stage {name}"] = st["seconds"]
+    from tools.machine_info import cpu_model
+    lines += ["", "Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+              + (f"; whole job incl. data and conversion {args.seconds:.0f}" if args.seconds else ""),
+              f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.system()}, MindSpore graph mode fp32 "
+              f"training; onnxruntime {cfg.threads} threads for the latency column"]
+    table = "\n".join(lines)
+    print(table)
+    final = rows[-1]
+    if final["metric"] is not None:
+        print(f"The best {metric} is {final['metric']:.6f}")
+    if args.results:
+        from tools.marked_blocks import write_between
+        write_between(args.results, START, END, table)
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,0 +1,158 @@
+"""The compression pipeline: a fine-tuned teacher -> one small deployable model, in stages (depth, width, ternary,
+vocab, export; src/runs/compress_stages.py), each a normal run of its method whose output feeds the next, all
+under one output folder: <output_dir>/<stage>/ with a stage.json once the stage has finished, log.txt (the
+pipeline's lines; each stage keeps its own log.txt), stages.md (the stage table, src/runs/compress_report.py).
+
+A finished stage is skipped on the next call unless from_stage names it or an earlier one; once a stage runs,
+every later stage runs again. Every stage's config is checked before the first one starts. A failed stage leaves
+nothing of itself (a crash keeps its training state for `resume: true`); the earlier stages are kept."""
+import os
+import subprocess
+import time
+
+from src.config import load_config
+from src.errors import UserError
+from src.fileio import atomic_json
+from src.outputs import output_guard
+from src.runlog import RunLog, format_duration, write_manifest
+from src.runs.compress_stages import ORDER, TRAINING, Model, commands, input_model, read_stage, stage_metrics
+
+OPEN_SECTIONS = ("depth.args", "width.args", "ternary.args")
+DISTILL_FROM = ("width", "depth", "teacher")
+EXPORT_FORMATS = ("nbits_int8", "int8", "nbits", "fp32")
+
+
+class StageFailed(UserError):
+    """A child run failed and has printed its own ERROR line (or traceback): exit with its status, print nothing."""
+
+    def __init__(self, message: str, returncode: int):
+        super().__init__(message)
+        self.returncode = returncode
+        self.reported = True
+
+
+def run(cfg, save_resolved):
+    out_dir = cfg.output_dir
+    stages, start = check_plan(cfg)
+    teacher = Model(cfg.teacher.config, cfg.teacher.ckpt)
+    os.makedirs(out_dir, exist_ok=True)
+    save_resolved(cfg, out_dir)
+    write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"method": "compress", "stages": stages})
+    log = RunLog(out_dir)
+    log.info(f"compression pipeline, task {cfg.task.name}, stages {' -> '.join(stages)}, output {out_dir}")
+    model, depth_out, rerun = first_input(cfg, stages, teacher), None, False
+    for name in stages:
+        stage_dir = os.path.join(out_dir, name)
+        done = read_stage(stage_dir)
+        rerun = rerun or name == start or done is None
+        if not rerun:
+            model = Model(**done["model"])
+            depth_out = model if name == "depth" else depth_out
+            log.info(f"stage {name}: done ({os.path.join(stage_dir, 'stage.json')}), skipped")
+            continue
+        model = run_stage(cfg, name, model, stage_dir, teacher, depth_out, log)
+        depth_out = model if name == "depth" else depth_out
+    from src.runs.compress_report import report
+    rows = report(cfg, out_dir, teacher, log)
+    log.close()
+    return rows
+
+
+def check_plan(cfg):
+    """(stages, from_stage) after checking the stage list, every stage's section and each training stage's config
+    as its run will load it (so a bad key fails before the first stage trains)."""
+    stages = list(cfg.stages)
+    unknown = [s for s in stages if s not in ORDER]
+    if unknown or not stages:
+        raise UserError(f"stages: {unknown or '[]'} unknown; expected a sub-list of {', '.join(ORDER)}, in order")
+    if stages != [s for s in ORDER if s in stages] or len(set(stages)) != len(stages):
+        raise UserError(f"stages {stages}: expected each at most once, in the order {', '.join(ORDER)}")
+    if cfg.from_stage and cfg.from_stage not in stages:
+        raise UserError(f"from_stage '{cfg.from_stage}': not in stages {stages}")
+    if cfg.ternary.distill_from not in DISTILL_FROM:
+        raise UserError(f"ternary.distill_from '{cfg.ternary.distill_from}': expected one of {', '.join(DISTILL_FROM)}")
+    if cfg.export.format not in EXPORT_FORMATS:
+        raise UserError(f"export.format '{cfg.export.format}': expected one of {', '.join(EXPORT_FORMATS)}")
+    if not 0.0 < cfg.width.target < 1.0:
+        raise UserError(f"width.target {cfg.width.target}: expected a width in (0, 1), e.g. 0.5")
+    for key in ("vocab.top_n", "report.latency_runs"):
+        section, leaf = key.split(".")
+        if cfg[section][leaf] < 0:
+            raise UserError(f"{key} {cfg[section][leaf]}: expected >= 0")
+    if cfg.vocab.top_n and not cfg.vocab.corpus:
+        raise UserError("vocab.top_n > 0 needs vocab.corpus (records of a general corpus, e.g. data/imdb_gd)")
+    for b in ("export.batch_size", "export.seq_length"):
+        section, leaf = b.split(".")
+        if cfg[section][leaf] < 1:
+            raise UserError(f"{b} {cfg[section][leaf]}: expected >= 1")
+    from src.runs.compress_stages import argv_of, user_args, wired_common
+    for name in (s for s in stages if s in TRAINING):
+        argv = argv_of({**wired_common(cfg, os.path.join(cfg.output_dir, name)), **user_args(cfg, name)})
+        try:
+            load_config(cfg[name].config, ["--config_path", cfg[name].config] + argv)
+        except UserError as e:
+            raise UserError(f"{name} stage ({cfg[name].config}): {e}") from None
+    return stages, cfg.from_stage
+
+
+def first_input(cfg, stages, teacher: Model) -> Model:
+    """The first stage's input: input_dir, else the previous stage's output under output_dir, else the teacher."""
+    if cfg.input_dir:
+        return input_model(cfg.input_dir)
+    k = ORDER.index(stages[0])
+    for prev in reversed(ORDER[:k]):
+        done = read_stage(os.path.join(cfg.output_dir, prev))
+        if done is not None:
+            return Model(**done["model"])
+    return teacher
+
+
+def run_stage(cfg, name: str, model: Model, stage_dir: str, teacher: Model, depth_out, log) -> Model:
+    """One stage under output_guard(stage_dir); writes stage.json last. Returns the model it hands on."""
+    if name in ("width", "ternary") and model.kind != "fp32":
+        raise UserError(f"{name} stage: its input {model.dir} is a {model.kind} model; {name} takes an fp32 model")
+    t0 = time.time()
+    stale = os.path.join(stage_dir, "stage.json")
+    if os.path.exists(stale):
+        os.remove(stale)
+    with output_guard(stage_dir, f"{name} stage folder"):
+        if name in TRAINING:
+            argvs, out = commands(cfg, name, model, stage_dir, teacher, depth_out)
+            for argv in argvs:
+                _run_child(argv, name, stage_dir, log)
+            _check_output(name, out)
+            metrics = stage_metrics(out)
+        else:
+            from src.runs.compress_steps import STEPS
+            out, metrics = STEPS[name](cfg, model, stage_dir, teacher, log)
+            argvs = []
+        record = {"stage": name, "input": model.to_dict(), "model": out.to_dict(),
+                  "commands": [_shown(a) for a in argvs], "metrics": metrics, "seconds": round(time.time() - t0, 1)}
+        atomic_json(os.path.join(stage_dir, "stage.json"), record)
+    log.info(f"stage {name}: done in {format_duration(time.time() - t0)} -> {out.dir}")
+    log.record("stage", **record)
+    return out
+
+
+def _run_child(argv, name, stage_dir, log):
+    log.info(f"stage {name}: {_shown(argv)}")
+    p = subprocess.run(argv, cwd=os.getcwd())
+    if p.returncode:
+        e = StageFailed(f"stage {name} failed (exit {p.returncode}); its log: {stage_dir}", p.returncode)
+        e.keep_outputs = p.returncode != 2           # a crash keeps the training state for resume
+        log.info(f"stage {name}: failed (exit {p.returncode}); earlier stages kept")
+        raise e
+
+
+def _check_output(name, out: Model):
+    for path in (out.config, out.ckpt) + ((out.packed,) if out.packed else ()):
+        if not os.path.isfile(path):
+            raise UserError(f"{name} stage: its run finished without writing {path}")
+
+
+def _shown(argv) -> str:
+    """A child's argv as the command a user would type (entry script relative to the repository)."""
+    from src.runs.compress_stages import ROOT
+    import shlex
+    parts = ["python", os.path.relpath(argv[1], ROOT)] + list(argv[2:])
+    return " ".join(shlex.quote(p) for p in parts)

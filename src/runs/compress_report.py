@@ -1,0 +1,122 @@
+"""The stage table of the compression pipeline (stages.md, log.txt): for the teacher and each finished stage, its
+shape, parameters, deployable bytes (the ONNX file it exports to: fp32 for fp32 models, export.format for ternary
+ones; the final row is the shipped file itself), onnxruntime latency at batch 1 and export.seq_length (median of
+report.latency_runs runs, every model timed in this process one after the other), dev metric and % of the
+teacher's. Ends with `The best acc is X` of the final model."""
+import os
+import statistics
+import time
+
+from src.fileio import atomic_json, atomic_text
+from src.runs.compress_stages import ORDER, Model, read_stage
+
+FORMAT_FLAGS = {"nbits_int8": dict(int8=True, nbits=2), "int8": dict(int8=True, nbits=0),
+                "nbits": dict(int8=False, nbits=2), "fp32": dict(int8=False, nbits=0)}
+
+
+def shape_of(config_path: str) -> dict:
+    from src.tinybert_model import load_bert_config
+    from src.width import sizes_txt
+    c = load_bert_config(config_path, "model config")
+    n = c.num_hidden_layers
+    return {"layers": n, "heads": sizes_txt([c.heads(i) for i in range(n)]),
+            "ffn": sizes_txt([c.ffn(i) for i in range(n)]), "vocab": c.vocab_size, "hidden": c.hidden_size}
+
+
+def params_of(config_path: str, num_labels: int, head_type: str) -> int:
+    from src.tinybert_model import build_classifier, count_params, load_bert_config
+    return count_params(build_classifier(load_bert_config(config_path, "model config", num_labels=num_labels),
+                                         head_type))
+
+
+def onnx_of(cfg, model: Model, path: str, num_labels: int) -> str:
+    """`model` exported to ONNX at batch 1 / export.seq_length (reloaded and checked by export_checkpoint)."""
+    from src.export import export_checkpoint
+    if os.path.isfile(path):
+        return path
+    ternary = model.kind == "ternary"
+    flags = FORMAT_FLAGS[cfg.export.format] if ternary else FORMAT_FLAGS["fp32"]
+    export_checkpoint(model.config, model.packed if ternary else model.ckpt, path, "ONNX", 1, cfg.export.seq_length,
+                      num_labels, cfg.teacher.head_type, "auto", None, ternary, "CPU", log=lambda *_: None, **flags)
+    return path
+
+
+def latency_ms(path: str, seq: int, vocab: int, runs: int, threads: int) -> float:
+    from src.export import OnnxRunner, sample_inputs
+    r = OnnxRunner(path, threads)
+    x = sample_inputs(1, seq, vocab, seed=1)
+    for _ in range(3):
+        r(*x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        r(*x)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def report(cfg, out_dir: str, teacher: Model, log) -> list:
+    from src.tasks import task_from_config
+    task = task_from_config(cfg)
+    metric = task.main_metric
+    rep = os.path.join(out_dir, "report")
+    os.makedirs(rep, exist_ok=True)
+    entries = [("teacher", teacher, {metric: teacher_metric(teacher.ckpt, metric)})]
+    for name in ORDER:
+        st = read_stage(os.path.join(out_dir, name))
+        if st is not None:
+            entries.append((name, Model(**st["model"]), st.get("metrics", {})))
+    rows = []
+    for name, model, metrics in entries:
+        shape = shape_of(model.config)
+        final = os.path.join(out_dir, "export", "model.onnx")
+        if name == "export":
+            path = final
+        else:
+            path = onnx_of(cfg, model, os.path.join(rep, f"{name}.onnx"), task.num_labels)
+        lat_path = path if name != "export" or cfg.export.batch_size == 1 else os.path.join(rep, "vocab.onnx")
+        lat = latency_ms(lat_path, cfg.export.seq_length, shape["vocab"], cfg.report.latency_runs,
+                         cfg.threads) if cfg.report.latency_runs else None
+        rows.append({"stage": name, **shape, "params": params_of(model.config, task.num_labels,
+                                                                 cfg.teacher.head_type),
+                     "kind": model.kind, "bytes": os.path.getsize(path),
+                     "packed_bytes": os.path.getsize(model.packed) if model.packed else None,
+                     "latency_ms": lat, "metric": metrics.get(metric)})
+    base = rows[0]
+    for r in rows:
+        r["x_smaller"] = base["bytes"] / r["bytes"]
+        r["x_faster"] = base["latency_ms"] / r["latency_ms"] if r["latency_ms"] and base["latency_ms"] else None
+        r["pct_teacher"] = (100 * r["metric"] / base["metric"]) if r["metric"] and base["metric"] else None
+    table = format_table(rows, metric, cfg.export.seq_length)
+    atomic_text(os.path.join(out_dir, "stages.md"), "\n".join(table) + "\n")
+    atomic_json(os.path.join(out_dir, "stages.json"), rows)
+    log.info(f"stage table (deployable bytes: the ONNX file; latency: onnxruntime, batch 1, seq "
+             f"{cfg.export.seq_length}, median of {cfg.report.latency_runs} runs, {cfg.threads} threads):")
+    for line in table:
+        log.info(line)
+    final = rows[-1]
+    if final["metric"] is not None:
+        log.info(f"The best {metric} is {final['metric']:.6f}")
+    return rows
+
+
+def teacher_metric(ckpt: str, metric: str):
+    """The fine-tuned teacher's dev metric as its keep-best checkpoint records it (None when it records none)."""
+    from src.checkpoint import read_ms_checkpoint
+    _, meta = read_ms_checkpoint(ckpt, with_extra=True)
+    v = meta.get(metric)
+    return float(v) if v is not None else None
+
+
+def format_table(rows, metric: str, seq: int) -> list:
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+    out = [f"| stage | layers / heads / FFN / vocab | params | deployable bytes | x smaller | ms b1/s{seq} | "
+           f"x faster | dev {metric} | % of teacher |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        packed = f" (packed {r['packed_bytes']:,})" if r["packed_bytes"] else ""
+        out.append(f"| {r['stage']}{' (ternary)' if r['kind'] == 'ternary' else ''} | {r['layers']} / {r['heads']} / "
+                   f"{r['ffn']} / {r['vocab']:,} | {r['params']:,} | {r['bytes']:,}{packed} | "
+                   f"{r['x_smaller']:.1f}x | {num(r['latency_ms'], '.2f')} | {num(r['x_faster'], '.1f')} | "
+                   f"{num(r['metric'], '.4f')} | {num(r['pct_teacher'], '.1f')} |")
+    return out
