@@ -14,7 +14,8 @@ LAYERS = {
     "model": ["tinybert_model", "cpu_kernels"],
     "algorithms": ["losses", "distill", "quant", "packing", "ternary", "width"],
     "engine": ["train_step", "batching", "evaluation", "trainer", "runlog", "runtime", "teacher_cache"],
-    "deploy": ["export", "onnx_graph", "ternary_int8", "ternary_nbits", "ort_cpu", "hf_checkpoint"],
+    "deploy": ["export", "export_folder", "predict", "onnx_graph", "ternary_int8", "ternary_nbits", "ort_cpu",
+               "hf_checkpoint"],
     "runs": ["runs.common", "runs.general_distill", "runs.task_distill", "runs.td_phases", "runs.ternary",
              "runs.width"],
 }
