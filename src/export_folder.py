@@ -152,9 +152,9 @@ def render_model_card(card: Optional[dict], labels: dict, files: dict) -> str:
         out += ["", "## Stages", ""] + _table(card["stages"], columns)
     if card.get("metrics"):
         out += ["", "## Metrics", ""] + _keyed_table(card["metrics"], "model", "value")
-    out += ["", "## Sizes (bytes)", ""]
-    out += _keyed_table(card["sizes"], "model", "bytes") if card.get("sizes") else []
-    out += ([""] if card.get("sizes") else []) + ["Files in this folder:", ""]
+    if card.get("sizes"):
+        out += ["", "## Sizes (bytes)", ""] + _keyed_table(card["sizes"], "model", "bytes")
+    out += ["", "## Files", ""]
     out += _table([{"file": f"`{n}`", "bytes": b} for n, b in sorted(files.items())], ["file", "bytes"])
     if card.get("latency"):
         out += ["", "## Latency (ms)", ""] + _keyed_table(card["latency"], "setting", "ms")
@@ -371,9 +371,13 @@ def export_to_folder(export_dir: str, task: Union[Task, str], config_path: str, 
     os.makedirs(parent, exist_ok=True)
     work = os.path.join(parent, f".{os.path.basename(os.path.abspath(export_dir))}.{uuid.uuid4().hex[:12]}.export")
     os.makedirs(work)
+    final = os.path.abspath(export_dir)
+
+    def export_log(msg):                     # the export's lines name the file where it will be, not the temp one
+        log(str(msg).replace(work, final))
     try:
         info = export_checkpoint(config_path, ckpt_file, os.path.join(work, "model"), file_format, batch_size,
-                                 seq_length, t.num_labels, log=log, **export_kw)
+                                 seq_length, t.num_labels, log=export_log, **export_kw)
         quant = None
         if ternary:
             from src.packing import read_header
