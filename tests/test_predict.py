@@ -355,6 +355,13 @@ def test_export_py_export_dir_writes_the_folder(tiny, tmp_path):
     f = read_export_folder(str(out))
     assert (f.file_format, f.batch_size, f.seq_length, f.task.name) == ("MINDIR", 2, 8, "SST-2")
     assert open(f.vocab_file, encoding="utf-8").read() == open(tiny["vocab"], encoding="utf-8").read()
+    # the MINDIR folder predicts what the ONNX one does on texts short enough for both (padding is masked)
+    import run_predict
+    short = ["good film", "Bad movie.", "great fun"]                 # 3 rows, batch 2: a padded tail
+    mindir = run_predict.main(["--model_dir", str(out), *short])
+    onnx_ = run_predict.main(["--model_dir", tiny["folder"], *short])
+    assert [p["label"] for p in mindir] == [p["label"] for p in onnx_]
+    np.testing.assert_allclose(_probs(mindir), _probs(onnx_), rtol=0, atol=1e-4)
     for argv, message in ((["--vocab_file", tiny["vocab"]], "--vocab_file: only with --export_dir"),
                           (["--export_dir", str(tmp_path / "y"), "--file_name", "z", "--task", "MR"],
                            "--file_name and --export_dir"),
@@ -363,6 +370,28 @@ def test_export_py_export_dir_writes_the_folder(tiny, tmp_path):
         with pytest.raises(UserError, match=message):
             export.main(["--config_path", tiny["config"], "--ckpt_file", tiny["ckpt"]] + argv)
     assert sorted(os.listdir(tmp_path)) == ["folder"]
+
+
+def test_a_regression_folder_prints_values(tiny, tmp_path, capsys):
+    """STS-B (regression, pairs): the value is the model's one output, equal to the evaluation's logits."""
+    cfg = tiny["cfg"].replace(num_labels=1)
+    ms.set_seed(9)
+    save_cell(build_classifier(cfg, "dense"), str(tmp_path / "reg.ckpt"))
+    cfg.to_json_file(str(tmp_path / "reg.json"))
+    folder = str(tmp_path / "stsb")
+    export_to_folder(folder, "STS-B", str(tmp_path / "reg.json"), str(tmp_path / "reg.ckpt"), vocab_file=tiny["vocab"],
+                     file_format="ONNX", batch_size=B, seq_length=S, log=_quiet)
+    csv_path = _csv(tmp_path / "pairs.csv", PAIRS, pair=True)
+    arrays = _records(csv_path, tmp_path / "data", tiny["vocab"], pair=True)
+    runner = OnnxRunner(os.path.join(folder, "model.onnx"))
+    want = predict(lambda *t: ms.Tensor(runner(*[x.asnumpy() for x in t])), arrays, B)[:, 0]
+    out = str(tmp_path / "o.csv")
+    preds, lines = _predict(["--model_dir", folder, "--csv", csv_path, "--text_b_column", "text_b", "--output", out],
+                            capsys)
+    np.testing.assert_allclose([p["value"] for p in preds], want, rtol=0, atol=1e-6)
+    assert all("label" not in p for p in preds) and np.ptp(want) > 1e-3
+    assert [float(x.split("\t")[0]) for x in lines] == [float(f"{v:.6f}") for v in (p["value"] for p in preds)]
+    assert open(out, encoding="utf-8").readline().strip() == "text,text_b,value"
 
 
 @pytest.fixture(scope="module")
