@@ -80,22 +80,12 @@ def main(argv=None):
             num_labels = get_task(args.task).num_labels
         except ValueError as e:
             raise UserError(f"--task: {e}") from None
-    folder_only = [f for f, v in (("--vocab_file", args.vocab_file), ("--max_seq_length", args.max_seq_length),
-                                  ("--labels", args.labels), ("--regression", args.regression),
-                                  ("--text_pair", args.text_pair != "auto"), ("--include_tpack", args.include_tpack),
-                                  ("--no-do_lower_case", not args.do_lower_case)) if v]
-    if args.export_dir is None and folder_only:
-        raise UserError(f"{', '.join(folder_only)}: only with --export_dir (they describe the exported folder)")
-    if args.export_dir is not None:
-        if args.file_name is not None:
-            raise UserError("--file_name and --export_dir: give one (the folder names its model model.<ext>)")
-        if not args.task:
-            raise UserError("--export_dir needs --task (the folder records the task's labels and metric)")
-        from src.export_folder import task_for
-        labels = [x.strip() for x in (args.labels or "").split(",") if x.strip()]
-        task = task_for(args.task, labels, args.regression)
-        if args.num_labels and args.num_labels != task.num_labels:
-            raise UserError(f"--num_labels {args.num_labels}: task {task.name} has {task.num_labels} label(s)")
+    folder_flags = {"--vocab_file": args.vocab_file, "--max_seq_length": args.max_seq_length,
+                    "--labels": args.labels, "--regression": args.regression, "--text_pair": args.text_pair != "auto",
+                    "--include_tpack": args.include_tpack, "--no-do_lower_case": not args.do_lower_case}
+    from src.export_folder import folder_task_from_flags
+    task = folder_task_from_flags(args.export_dir, args.file_name, args.task, args.labels, args.regression,
+                                  args.num_labels, [f for f, v in folder_flags.items() if v])
     from src import runtime
     runtime.init_context(args.device_target, "graph")
     kw = dict(head_type=args.head_type, gelu=args.gelu, width_mult=args.width_mult, ternary=args.ternary,

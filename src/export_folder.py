@@ -206,6 +206,25 @@ def task_for(name: str, labels=None, regression: bool = False) -> Task:
         raise UserError(f"--task: {e}") from None
 
 
+def folder_task_from_flags(export_dir: Optional[str], file_name: Optional[str], task: str, labels: Optional[str],
+                           regression: bool, num_labels: int, folder_flags_given) -> Optional[Task]:
+    """export.py's flags for an exported folder, checked before any work: the folder's Task (None without
+    --export_dir, where the folder-only flags named in `folder_flags_given` are an error)."""
+    if export_dir is None:
+        if folder_flags_given:
+            raise UserError(f"{', '.join(folder_flags_given)}: only with --export_dir (they describe the exported "
+                            f"folder)")
+        return None
+    if file_name is not None:
+        raise UserError("--file_name and --export_dir: give one (the folder names its model model.<ext>)")
+    if not task:
+        raise UserError("--export_dir needs --task (the folder records the task's labels and metric)")
+    t = task_for(task, [x.strip() for x in (labels or "").split(",") if x.strip()], regression)
+    if num_labels and num_labels != t.num_labels:
+        raise UserError(f"--num_labels {num_labels}: task {t.name} has {t.num_labels} label(s)")
+    return t
+
+
 def _task_of(task: Union[Task, str]) -> Task:
     return task if isinstance(task, Task) else task_for(task)
 
