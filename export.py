@@ -8,6 +8,8 @@ Usage (model-zoo style):
     python export.py ... --ternary --ckpt_file <run>/model.tpack --file_format ONNX --int8   # TernaryBERT, int8 kernels
     python export.py ... --ternary --ckpt_file <run>/model.tpack --file_format ONNX --nbits 2  # 2-bit MatMulNBits
     python run_eval_onnx.py --model_file output/export/td_mr_student.onnx --task MR --data_dir data/mr
+    python export.py ... --file_format ONNX --task MR --export_dir output/export/td_mr   # a folder to ship:
+    python run_predict.py --model_dir output/export/td_mr "a gripping, funny film"     # model + vocab + labels
 
 Inputs: input_ids, token_type_ids, input_mask (int32, [batch_size, seq_length], fixed). Output: the logits
 [batch_size, num_labels]. Every export is reloaded and compared with the checkpoint before it is written.
@@ -25,7 +27,24 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config_path", required=True, help="model config.json written beside the checkpoint")
     p.add_argument("--ckpt_file", required=True, help="classifier checkpoint (e.g. <run>/best.ckpt)")
-    p.add_argument("--file_name", default="tinybert", help="output path; the format's extension is added")
+    p.add_argument("--file_name", default=None, help="output path; the format's extension is added (default "
+                                                     "tinybert; not with --export_dir)")
+    p.add_argument("--export_dir", default=None,
+                   help="write an exported folder instead (model, vocab.txt, config.json, labels.json, model card; "
+                        "docs/export.md): needs --task; run it with run_predict.py --model_dir")
+    p.add_argument("--vocab_file", default=None, help="--export_dir: the model's vocab.txt (default: vocab.txt "
+                                                      "beside --ckpt_file, else bert-base-uncased)")
+    p.add_argument("--max_seq_length", type=int, default=0,
+                   help="--export_dir: the tokenizer's max_seq_length the model was trained with (0 = --seq_length)")
+    p.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True,
+                   help="--export_dir: the tokenizer lower-cases (default; --no-do_lower_case for cased vocabs)")
+    p.add_argument("--labels", default=None, help="--export_dir with --task csv: label names in id order, "
+                                                  "comma-separated (as tools/prepare_data.py --labels)")
+    p.add_argument("--regression", action="store_true", help="--export_dir with --task csv: a regression model")
+    p.add_argument("--text_pair", default="auto", choices=["auto", "single", "pair"],
+                   help="--export_dir: inputs are single texts or text pairs (auto: known for GLUE tasks and MR)")
+    p.add_argument("--include_tpack", action="store_true",
+                   help="--export_dir with --ternary: copy the packed artefact (--ckpt_file) into the folder too")
     p.add_argument("--file_format", default="MINDIR", help="MINDIR | ONNX | AIR (AIR: Ascend only)")
     p.add_argument("--batch_size", type=int, default=32, help="fixed batch of the exported graph")
     p.add_argument("--seq_length", type=int, default=64, help="fixed sequence length of the exported graph")
@@ -55,19 +74,32 @@ def main(argv=None):
     fmt = check_format(args.file_format, args.device_target)    # AIR off Ascend fails before any work
     check_nbits(args.nbits, args.int8, args.ternary, fmt)
     num_labels = args.num_labels or None
-    if args.task and not num_labels:
+    if args.task and not num_labels and args.export_dir is None:
         from src.tasks import get_task
         try:
             num_labels = get_task(args.task).num_labels
         except ValueError as e:
             raise UserError(f"--task: {e}") from None
+    folder_flags = {"--vocab_file": args.vocab_file, "--max_seq_length": args.max_seq_length,
+                    "--labels": args.labels, "--regression": args.regression, "--text_pair": args.text_pair != "auto",
+                    "--include_tpack": args.include_tpack, "--no-do_lower_case": not args.do_lower_case}
+    from src.export_folder import folder_task_from_flags
+    task = folder_task_from_flags(args.export_dir, args.file_name, args.task, args.labels, args.regression,
+                                  args.num_labels, [f for f, v in folder_flags.items() if v])
     from src import runtime
     runtime.init_context(args.device_target, "graph")
+    kw = dict(head_type=args.head_type, gelu=args.gelu, width_mult=args.width_mult, ternary=args.ternary,
+              device_target=args.device_target, verify=not args.no_verify, depth_mult=args.depth_mult,
+              int8=args.int8, nbits=args.nbits)
+    if args.export_dir is not None:
+        from src.export_folder import export_to_folder
+        return export_to_folder(args.export_dir, task, args.config_path, args.ckpt_file, args.vocab_file,
+                                args.max_seq_length or None, args.do_lower_case, args.file_format, args.batch_size,
+                                args.seq_length, include_tpack=args.include_tpack,
+                                text_pair={"auto": None, "single": False, "pair": True}[args.text_pair], **kw)
     from src.export import export_checkpoint
-    return export_checkpoint(args.config_path, args.ckpt_file, args.file_name, args.file_format, args.batch_size,
-                             args.seq_length, num_labels, args.head_type, args.gelu, args.width_mult, args.ternary,
-                             args.device_target, verify=not args.no_verify, depth_mult=args.depth_mult,
-                             int8=args.int8, nbits=args.nbits)
+    return export_checkpoint(args.config_path, args.ckpt_file, args.file_name or "tinybert", args.file_format,
+                             args.batch_size, args.seq_length, num_labels, **kw)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ export batch and sliced off). Usage:
 
     python run_eval_onnx.py --model_file output/export/td_mr_student.onnx --task MR --data_dir data/mr
     python run_eval_onnx.py --model_file output/export/td_mr_student.mindir --task MR --data_dir data/mr
+    python run_eval_onnx.py --model_dir output/export/td_mr --data_dir data/mr     # an exported folder: its task
 
 Prints `eval acc 0.xxxxxx | <file>` and the model-zoo line `============== acc is 0.xxxxxx`.
 """
@@ -19,8 +20,10 @@ os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unles
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_file", required=True, help=".onnx or .mindir written by export.py")
-    p.add_argument("--task", default="MR")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model_file", help=".onnx or .mindir written by export.py")
+    which.add_argument("--model_dir", help="exported folder (export.py --export_dir): task, shape and model from it")
+    p.add_argument("--task", default=None, help="task name (default MR; --model_dir: the folder's, must agree)")
     p.add_argument("--data_dir", default="data/mr")
     p.add_argument("--split", default="dev", help="dev = the task's dev split(s); or test, train")
     p.add_argument("--dataset_type", default="tfrecord", help="tfrecord | mindrecord")
@@ -33,15 +36,23 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     from src.tasks import get_task
-    try:
-        task = get_task(args.task)
-    except ValueError as e:
-        raise UserError(f"--task: {e}") from None
+    if args.model_dir:
+        from src.export_folder import read_export_folder
+        folder = read_export_folder(args.model_dir)
+        task, model_file = folder.task, folder.model_file
+        if args.task and args.task.lower() != task.name.lower():
+            raise UserError(f"--task {args.task}: the model in '{args.model_dir}' is for task {task.name}")
+    else:
+        model_file = args.model_file
+        try:
+            task = get_task(args.task or "MR")
+        except ValueError as e:
+            raise UserError(f"--task: {e}") from None
     from src import runtime
     from src.export import exported_shape, runner_for
     runtime.init_context("CPU", "graph", threads=args.threads)
-    runner = runner_for(args.model_file, args.threads)
-    batch, seq = exported_shape(args.model_file, runner, args.batch_size or None, args.seq_length or None)
+    runner = runner_for(model_file, args.threads)
+    batch, seq = exported_shape(model_file, runner, args.batch_size or None, args.seq_length or None)
     splits = task.eval_splits if args.split == "dev" else (args.split,)
     eval_sets = {s: load_split(args.data_dir, s, args.dataset_type, seq, task) for s in splits}
 
@@ -53,7 +64,7 @@ def main(argv=None):
 
     metrics = evaluate(logits_fn, eval_sets, batch, task)
     rows = sum(len(a["input_ids"]) for a in eval_sets.values())
-    print("eval " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()) + f" | {rows} rows | {args.model_file}")
+    print("eval " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()) + f" | {rows} rows | {model_file}")
     print(f"============== {task.main_metric} is {metrics[task.main_metric]:.6f}", flush=True)
     return metrics
 

@@ -335,7 +335,7 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                 "batch_size": batch_size, "seq_length": seq_length, "num_labels": ref_cfg.num_labels,
                 "hidden_act": exp_cfg.hidden_act, "checkpoint_hidden_act": ref_cfg.hidden_act, "gelu_note": note,
                 "width_mult": width_mult, "depth_mult": depth_mult, "ternary": bool(ternary),
-                "head_type": ref_model.head_type}
+                "head_type": ref_model.head_type, "model_config": ref_cfg.to_dict()}
         if rewritten is not None:
             info["onnx_rewrite"] = rewritten
         if int8_counts is not None:
