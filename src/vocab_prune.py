@@ -42,7 +42,7 @@ import numpy as np
 
 from src.errors import UserError
 from src.fileio import atomic_json, atomic_path, atomic_write, require_file
-from src.tokenization import PAD_ID, load_vocab, truncate_seq_pair
+from src.tokenization import PAD_ID, load_vocab
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 WORD_TABLE = "word_embeddings.embedding_table"       # name suffix of the word-embedding table in every checkpoint
@@ -213,6 +213,23 @@ def _embedding_quant(quant_json: str) -> Tuple[str, bool]:
     return (f"{'ternary' if bits == 2 else f'{bits}-bit'}, one scale for the whole table", False)
 
 
+def model_config(in_dir: str, n_tokens: int) -> dict:
+    """The run folder's config.json as a dict, checked: vocab_size must equal the vocab's `n_tokens`."""
+    if not os.path.isdir(in_dir):
+        raise UserError(f"model folder '{in_dir}' does not exist")
+    path = require_file(os.path.join(in_dir, "config.json"), "model config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        vocab_size, _ = int(config["vocab_size"]), int(config["hidden_size"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a BERT config.json with vocab_size and hidden_size ({e})") from None
+    if vocab_size != n_tokens:
+        raise UserError(f"{path}: vocab_size {vocab_size} but the vocab has {n_tokens} tokens: prune with the "
+                        f"vocab.txt the model was trained with")
+    return config
+
+
 def prune_model_dir(in_dir: str, out_dir: str, keep, vocab_tokens: Sequence[str],
                     ckpt_names: Sequence[str] = MODEL_CKPTS, report_extra: Optional[dict] = None) -> dict:
     """Copy a run folder's model into `out_dir` with the vocab pruned to `keep` (sorted old ids of `vocab_tokens`,
@@ -224,21 +241,11 @@ def prune_model_dir(in_dir: str, out_dir: str, keep, vocab_tokens: Sequence[str]
     from src.checkpoint import read_ms_checkpoint, save_checkpoint_atomic
     from src.outputs import output_guard
 
-    if not os.path.isdir(in_dir):
-        raise UserError(f"model folder '{in_dir}' does not exist")
     if os.path.abspath(in_dir) == os.path.abspath(out_dir):
         raise UserError(f"output folder '{out_dir}' is the model folder: the pruned files would replace the "
                         f"original ones; choose another folder")
-    config_path = require_file(os.path.join(in_dir, "config.json"), "model config.json")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-        vocab_size, hidden = int(config["vocab_size"]), int(config["hidden_size"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{config_path}: not a BERT config.json with vocab_size and hidden_size ({e})") from None
-    if vocab_size != len(vocab_tokens):
-        raise UserError(f"{config_path}: vocab_size {vocab_size} but the vocab has {len(vocab_tokens)} tokens: prune "
-                        f"with the vocab.txt the model was trained with")
+    config = model_config(in_dir, len(vocab_tokens))
+    vocab_size, hidden = int(config["vocab_size"]), int(config["hidden_size"])
     try:
         k = check_keep(keep, vocab_size)
     except ValueError as e:
@@ -361,10 +368,8 @@ def retokenize(rows: Dict[str, np.ndarray], old_tokens: Sequence[str], pruned_to
         if len(seps) > 2:
             raise UserError(f"row {r}: {len(seps)} [SEP] tokens, expected 1 or 2")
         enc = [encode(_segment_words([old_tokens[i] for i in s], "[UNK]")) for s in segs]
-        a, b = enc[0], (enc[1] if len(enc) > 1 else None)
-        if b is not None:
-            truncate_seq_pair(a, b, L - 3)
-        i, m, s = pruned_tokenizer.build_inputs(a, b, L)
+        # build_inputs truncates as tools/prepare_data did: a[:L-2], or truncate_seq_pair(a, b, L-3) for a pair
+        i, m, s = pruned_tokenizer.build_inputs(enc[0], enc[1] if len(enc) > 1 else None, L)
         new["input_ids"][r], new["input_mask"][r], new["segment_ids"][r] = i, m, s
     out = {**{k: v for k, v in rows.items() if k not in ROW_COLUMNS}, **new}
     return out, at_max

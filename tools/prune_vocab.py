@@ -63,11 +63,12 @@ def main(argv=None) -> int:
 
     from src.dataset import split_files
     from src.tokenization import BertTokenizer, default_vocab_file
-    from src.vocab_prune import (kept_ids, prune_model_dir, pruned_tokens, read_rows, read_vocab_tokens, retokenize,
-                                 token_stats, write_vocab)
+    from src.vocab_prune import (kept_ids, model_config, prune_model_dir, pruned_tokens, read_rows,
+                                 read_vocab_tokens, retokenize, token_stats, write_vocab)
     beside = os.path.join(args.model_dir, "vocab.txt")
     vocab_file = args.vocab_file or (beside if os.path.isfile(beside) else default_vocab_file())
     tokens = read_vocab_tokens(vocab_file)
+    model_config(args.model_dir, len(tokens))                 # the vocab must be the model's, before any work
     train = read_rows(args.train_data, "train", args.dataset_type)
     corpus = read_rows(args.corpus, "train", args.dataset_type) if args.corpus and args.top_n else None
     parts = {}
