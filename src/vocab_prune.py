@@ -379,7 +379,8 @@ def token_stats(old_rows: Dict[str, np.ndarray], new_rows: Dict[str, np.ndarray]
                 old_unk: int, new_unk: int) -> dict:
     """How a re-encoding changed the rows: % of rows whose tokens changed (compared through the id map: a row is
     unchanged when the new ids are its old ids remapped), tokens before / after (special tokens included, padding
-    not), the % change, and the [UNK] rate (of non-padding tokens) before / after."""
+    not), the % change, the % of the original tokens whose piece was dropped, and the [UNK] rate (of non-padding
+    tokens) before / after."""
     old_ids, new_ids = np.asarray(old_rows["input_ids"]), np.asarray(new_rows["input_ids"])
     old_m, new_m = np.asarray(old_rows["input_mask"]).astype(bool), np.asarray(new_rows["input_mask"]).astype(bool)
     mapped = id_map(keep, old_vocab_size)[old_ids]          # -1 for a dropped piece: never equal to a new id
@@ -389,6 +390,7 @@ def token_stats(old_rows: Dict[str, np.ndarray], new_rows: Dict[str, np.ndarray]
     return {"rows": int(len(old_ids)), "changed_rows_pct": 100.0 * float(changed.mean()) if len(old_ids) else 0.0,
             "tokens_before": t_old, "tokens_after": t_new,
             "tokens_change_pct": 100.0 * (t_new - t_old) / max(t_old, 1),
+            "dropped_token_pct": 100.0 * float((old_m & (mapped < 0)).sum()) / max(t_old, 1),
             "unk_pct_before": 100.0 * float(((old_ids == old_unk) & old_m).sum()) / max(t_old, 1),
             "unk_pct_after": 100.0 * float(((new_ids == new_unk) & new_m).sum()) / max(t_new, 1)}
 
