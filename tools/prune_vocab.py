@@ -21,6 +21,8 @@ import os
 import sys
 import tempfile
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
@@ -76,9 +78,12 @@ def main(argv=None) -> int:
                     train_mask=train["input_mask"], extra_mask=None if corpus is None else corpus["input_mask"],
                     single_chars=args.single_chars, parts=parts)
     counts = {k: int(len(v)) for k, v in parts.items()}
+    others = np.concatenate([parts[k] for k in ("special", "train", "single_char")])
+    counts["corpus_top_n_new"] = int(len(np.setdiff1d(parts["corpus_top_n"], others)))
     print(f"vocab {vocab_file}: {len(tokens)} pieces -> kept {len(keep)} ({100.0 * len(keep) / len(tokens):.1f} %): "
           f"special {counts['special']}, train {counts['train']}, corpus top {args.top_n}: "
-          f"{counts['corpus_top_n']}, single characters {counts['single_char']}", flush=True)
+          f"{counts['corpus_top_n']} ({counts['corpus_top_n_new']} not in the others), single characters "
+          f"{counts['single_char']}", flush=True)
 
     effect = {}
     with tempfile.TemporaryDirectory(prefix="prune_vocab.") as tmp:
@@ -95,7 +100,7 @@ def main(argv=None) -> int:
             effect[split] = st
             print(f"{split}: {st['rows']} rows, {st['changed_rows_pct']:.2f} % re-encoded differently, tokens "
                   f"{st['tokens_before']} -> {st['tokens_after']} ({st['tokens_change_pct']:+.2f} %), [UNK] "
-                  f"{st['unk_pct_before']:.3f} % -> {st['unk_pct_after']:.3f} % ({at_max} rows at max length)",
+                  f"{st['unk_pct_before']:.3f} % -> {st['unk_pct_after']:.3f} %, rows at max length: {at_max}",
                   flush=True)
     extra = {"vocab_file": os.path.abspath(vocab_file), "train_data": os.path.abspath(args.train_data),
              "corpus": os.path.abspath(args.corpus) if corpus is not None else None, "top_n": args.top_n,
