@@ -12,7 +12,7 @@ LAYERS = {
     "io": ["config", "checkpoint", "dataset", "records", "tokenization", "outputs", "tasks", "metrics",
            "rank_table"],
     "model": ["tinybert_model", "cpu_kernels"],
-    "algorithms": ["losses", "distill", "quant", "packing", "ternary", "width"],
+    "algorithms": ["losses", "distill", "quant", "packing", "ternary", "width", "vocab_prune"],
     "engine": ["train_step", "batching", "evaluation", "trainer", "runlog", "runtime", "teacher_cache"],
     "deploy": ["export", "export_folder", "predict", "onnx_graph", "ternary_int8", "ternary_nbits", "ort_cpu",
                "hf_checkpoint"],
