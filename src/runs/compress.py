@@ -7,6 +7,7 @@ A finished stage is skipped on the next call unless from_stage names it or an ea
 every later stage runs again. Every stage's config is checked before the first one starts. A failed stage leaves
 nothing of itself (a crash keeps its training state for `resume: true`); the earlier stages are kept."""
 import os
+import shutil
 import subprocess
 import time
 
@@ -115,6 +116,7 @@ def run_stage(cfg, name: str, model: Model, stage_dir: str, teacher: Model, dept
     stale = os.path.join(stage_dir, "stage.json")
     if os.path.exists(stale):
         os.remove(stale)
+    shutil.rmtree(os.path.join(cfg.output_dir, "report"), ignore_errors=True)     # the table's exports are stale
     with output_guard(stage_dir, f"{name} stage folder"):
         if name in TRAINING:
             argvs, out = commands(cfg, name, model, stage_dir, teacher, depth_out)

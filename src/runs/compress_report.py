@@ -73,8 +73,9 @@ def report(cfg, out_dir: str, teacher: Model, log) -> list:
         if name == "export":
             path = final
         else:
-            path = onnx_of(cfg, model, os.path.join(rep, f"{name}.onnx"), task.num_labels)
-        lat_path = path if name != "export" or cfg.export.batch_size == 1 else os.path.join(rep, "vocab.onnx")
+            fmt = cfg.export.format if model.kind == "ternary" else "fp32"
+            path = onnx_of(cfg, model, os.path.join(rep, f"{name}_{fmt}.onnx"), task.num_labels)
+        lat_path = path if name != "export" or cfg.export.batch_size == 1 else os.path.join(rep, f"vocab_{cfg.export.format}.onnx")
         lat = latency_ms(lat_path, cfg.export.seq_length, shape["vocab"], cfg.report.latency_runs,
                          cfg.threads) if cfg.report.latency_runs else None
         rows.append({"stage": name, **shape, "params": params_of(model.config, task.num_labels,
@@ -94,10 +95,40 @@ def report(cfg, out_dir: str, teacher: Model, log) -> list:
              f"{cfg.export.seq_length}, median of {cfg.report.latency_runs} runs, {cfg.threads} threads):")
     for line in table:
         log.info(line)
+    if rows[-1]["stage"] == "export":
+        write_card(cfg, os.path.join(out_dir, "export"), rows, metric)
     final = rows[-1]
     if final["metric"] is not None:
         log.info(f"The best {metric} is {final['metric']:.6f}")
     return rows
+
+
+def write_card(cfg, folder: str, rows: list, metric: str):
+    """The exported folder's model_card.md, generated from the stage table (src/export_folder.py)."""
+    import json
+    import platform
+    from src.export_folder import _file_sizes, render_model_card
+    from src.runlog import git_hash
+    stages = [{"stage": r["stage"], "layers / heads / FFN / vocab": f"{r['layers']} / {r['heads']} / {r['ffn']} / "
+               f"{r['vocab']}", "params": r["params"], "ONNX bytes": r["bytes"], "x smaller": round(r["x_smaller"], 1),
+               f"ms b1/s{cfg.export.seq_length}": r["latency_ms"], f"dev {metric}": r["metric"]} for r in rows]
+    final, teacher = rows[-1], rows[0]
+    card = {"title": f"{cfg.task.name} classifier compressed from {cfg.teacher.ckpt}",
+            "teacher": f"{cfg.teacher.ckpt} ({teacher['layers']} layers, {teacher['params']:,} parameters)",
+            "recipe": " -> ".join(r["stage"] for r in rows[1:]) + f" (width {cfg.width.target}, export "
+                      f"{cfg.export.format})",
+            "stages": stages,
+            "metrics": {"teacher": {f"dev {metric}": teacher["metric"]}, "this model": {f"dev {metric}": final["metric"]}},
+            "sizes": {"teacher ONNX (fp32)": teacher["bytes"], "this model.onnx": final["bytes"]},
+            "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs; onnxruntime {cfg.threads} "
+                       f"threads",
+            "command": f"python run_compress.py --config_path {os.path.join(cfg.output_dir, 'config_resolved.yaml')}",
+            "commit": git_hash()}
+    if final["latency_ms"] is not None:
+        card["latency"] = {"teacher, batch 1": teacher["latency_ms"], "this model, batch 1": final["latency_ms"]}
+    with open(os.path.join(folder, "labels.json"), encoding="utf-8") as f:
+        labels = json.load(f)
+    atomic_text(os.path.join(folder, "model_card.md"), render_model_card(card, labels, _file_sizes(folder)))
 
 
 def teacher_metric(ckpt: str, metric: str):
@@ -115,7 +146,7 @@ def format_table(rows, metric: str, seq: int) -> list:
            f"x faster | dev {metric} | % of teacher |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         packed = f" (packed {r['packed_bytes']:,})" if r["packed_bytes"] else ""
-        out.append(f"| {r['stage']}{' (ternary)' if r['kind'] == 'ternary' else ''} | {r['layers']} / {r['heads']} / "
+        out.append(f"| {r['stage']} | {r['layers']} / {r['heads']} / "
                    f"{r['ffn']} / {r['vocab']:,} | {r['params']:,} | {r['bytes']:,}{packed} | "
                    f"{r['x_smaller']:.1f}x | {num(r['latency_ms'], '.2f')} | {num(r['x_faster'], '.1f')} | "
                    f"{num(r['metric'], '.4f')} | {num(r['pct_teacher'], '.1f')} |")
