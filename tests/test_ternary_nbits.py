@@ -265,7 +265,8 @@ def test_bench_nbits_quick(tmp_path):
     assert cell["checks"]["nbits_int8"]["int8_parity"]["bit_identical"]
     text = bench_nbits.table(out)
     assert all(label in text for label in bench_nbits.LABELS.values())
-    assert not os.path.exists(tmp_path / "nbits") and os.path.exists(tmp_path / "nbits.json")
+    assert size[bench_nbits.REFERENCE] > size["nbits_int8"] and cell["latency_s"][bench_nbits.REFERENCE] > 0
+    assert not os.path.exists(tmp_path / "nbits") and os.path.exists(tmp_path / "nbits_minilm.json")
 
 
 def _int8_graph():
