@@ -1,6 +1,8 @@
-"""TernaryBERT with real 2-bit weights in the ONNX file: rewrite the fp32 export of a ternary model so that each
-ternary Dense is onnxruntime's contrib op `com.microsoft::MatMulNBits` (bits=2) on packed 2-bit codes, and the
-ternary word embedding is stored as packed 2-bit codes too.
+"""TernaryBERT with real 2-bit weights in the ONNX file. `export.py --nbits 2` (nbits_model; 2-bit storage, fp32
+compute): rewrite the fp32 export of a ternary model so that each ternary Dense is onnxruntime's contrib op
+`com.microsoft::MatMulNBits` (bits=2) on packed 2-bit codes, and the ternary word embedding is stored as packed 2-bit
+codes too. `export.py --int8 --nbits 2` (int8_codes_to_2bit_model, at the end): the --int8 graph with its int8
+codes stored as 2-bit codes.
 
 What the export holds at a ternary Dense: Gemm(y, W, bias) with W = alpha * C, C in {-1, 0, 1} (one alpha per
 tensor; one per output row is handled the same way), y the 8-bit activation fake-quant as trained. MatMulNBits
@@ -24,6 +26,16 @@ The word embedding (ternary, one alpha per row) becomes Gather(packed codes [V, 
 Gather(a 256 x 4 table of the four signs in each byte) -> Reshape -> Mul(Gather(alpha)): standard ONNX ops, the same
 fp32 values, 2 bits per entry. Position / token-type embeddings, LayerNorm, biases and the classifier stay fp32.
 Gemms whose weight is not ternary (4/8-bit weights, the classifier) stay fp32 and are counted.
+
+`export.py --int8 --nbits 2` (int8_codes_to_2bit_model) starts instead from the --int8 graph (src/ternary_int8.py):
+2-bit storage, int8 compute. Each int8 code tensor there (the [K, N] weight of every MatMulInteger on a constant,
+the [V, H] code table of the word embedding) is replaced by its packed 2-bit codes, uint8 [rows, ceil(cols / 4)]
+(pack_2bit along the last axis), and Cast(int32) -> Gather(a 256 x 4 int8 sign table) -> Reshape (-> Slice when
+cols % 4) that rebuild it exactly under its own name. All their inputs are constants, so onnxruntime folds them
+(level-1 constant folding) before its level-2 fusions look at the graph: the session runs the --int8 graph, the same
+MatMulIntegerToFloat kernels on the same int8 codes, and the logits equal the --int8 file's bit for bit (export.py
+checks both before writing). Packing along the last axis of each tensor needs no Transpose in the rebuild; the
+tensors and the graph around MatMulInteger are those of the --int8 file, so its fusions see the same pattern.
 """
 from typing import Dict, Optional
 
