@@ -7,6 +7,7 @@ Usage (model-zoo style):
     python export.py ... --width_mult 0.667            # slice a width supernet checkpoint first
     python export.py ... --ternary --ckpt_file <run>/model.tpack --file_format ONNX --int8   # TernaryBERT, int8 kernels
     python export.py ... --ternary --ckpt_file <run>/model.tpack --file_format ONNX --nbits 2  # 2-bit MatMulNBits
+    python export.py ... --ternary --ckpt_file <run>/model.tpack --file_format ONNX --int8 --nbits 2  # both
     python run_eval_onnx.py --model_file output/export/td_mr_student.onnx --task MR --data_dir data/mr
     python export.py ... --file_format ONNX --task MR --export_dir output/export/td_mr   # a folder to ship:
     python run_predict.py --model_dir output/export/td_mr "a gripping, funny film"     # model + vocab + labels
@@ -58,11 +59,16 @@ def parse_args(argv):
     p.add_argument("--width_mult", type=float, default=None, help="slice a width supernet checkpoint to this width")
     p.add_argument("--depth_mult", type=float, default=None, help="and to this depth (DynaBERT: round(L*d) layers)")
     p.add_argument("--ternary", action="store_true", help="export the ternary inference model of a TernaryBERT ckpt")
-    p.add_argument("--int8", action="store_true", help="with --ternary and ONNX: run the ternary matmuls as "
-                                                       "MatMulInteger (int8 codes, 8-bit activations as trained)")
-    p.add_argument("--nbits", type=int, default=0, help="2: with --ternary and ONNX, write the ternary Dense as 2-bit "
-                                                        "MatMulNBits codes (onnxruntime contrib op) and the word "
-                                                        "embedding as 2-bit codes; not with --int8")
+    p.add_argument("--int8", action="store_true", help="with --ternary and ONNX: int8 storage, int8 compute: the "
+                                                       "ternary matmuls as MatMulInteger on int8 codes, 8-bit "
+                                                       "activations as trained (with --nbits 2: see there)")
+    p.add_argument("--nbits", type=int, default=0, help="2, with --ternary and ONNX. Alone: 2-bit storage, fp32 "
+                                                        "compute: the ternary Dense as 2-bit MatMulNBits (onnxruntime "
+                                                        "contrib op, unpacked to fp32 on every call), the word "
+                                                        "embedding as 2-bit codes. With --int8: 2-bit storage, int8 "
+                                                        "compute: the --int8 graph with its int8 codes stored as "
+                                                        "2-bit codes, rebuilt once when the session starts (same "
+                                                        "logits as --int8)")
     p.add_argument("--device_target", default="CPU", help="CPU | GPU | Ascend")
     p.add_argument("--no_verify", action="store_true", help="skip the reload-and-compare check (not recommended)")
     return p.parse_args(argv)

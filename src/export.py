@@ -54,6 +54,18 @@ ACT_QUANT_TOLERANCE = 0.5
 # 8-bit-activation ONNX export, against the packed model and against the fp32 graph it was rewritten from.
 NBITS_OP_TOLERANCE = 1e-5
 NBITS = (2,)
+# What --int8 and --nbits 2 write for a ternary model's ONNX, alone and together (src/ternary_int8.py,
+# src/ternary_nbits.py):
+#   --nbits 2         2-bit storage, fp32 compute: MatMulNBits (onnxruntime contrib op) on 2-bit codes, unpacked to
+#                     fp32 on every call, the trained fake-quant in front (the smallest file, not a fast one)
+#   --int8            int8 storage, int8 compute: MatMulInteger on int8 codes with the trained 8-bit activation grid
+#   --int8 --nbits 2  2-bit storage, int8 compute: the --int8 graph with its int8 code tensors stored as packed 2-bit
+#                     codes and rebuilt by standard ops on constants, which onnxruntime folds once when the session
+#                     starts; its logits equal the --int8 file's bit for bit (checked before writing)
+NBITS_MODES = {(False, True): "2-bit storage, fp32 compute (MatMulNBits)",
+               (True, False): "int8 storage, int8 compute (MatMulInteger)",
+               (True, True): "2-bit storage, int8 compute (MatMulInteger on int8 codes rebuilt from 2-bit codes when "
+                             "the session starts)"}
 
 
 def check_format(file_format: str, device_target: str) -> str:
@@ -225,6 +237,24 @@ def integerize_onnx(path: str) -> dict:
     return integerize_file(path)
 
 
+def int8_nbits_onnx(path: str) -> dict:
+    """Rewrite an integerized ternary .onnx in place so its int8 code tensors are stored as 2-bit codes rebuilt by
+    standard ops on constants (src/ternary_nbits.py int8_codes_to_2bit_file)."""
+    _require_onnx("--int8 --nbits")
+    from src.ternary_nbits import int8_codes_to_2bit_file
+    return int8_codes_to_2bit_file(path, check=True)
+
+
+def ort_optimized_ops(path: str, out_path: str) -> dict:
+    """{op type: count} of the graph onnxruntime runs for `path` (this project's session, written to out_path)."""
+    import onnx
+    ort_session(path, 0, optimized_model_filepath=out_path)
+    counts = {}
+    for n in onnx.load(out_path, load_external_data=False).graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def nbits_onnx(path: str) -> dict:
     """Rewrite a ternary model's .onnx in place so its ternary Dense run as 2-bit MatMulNBits and its word embedding
     is stored as 2-bit codes (src/ternary_nbits.py)."""
@@ -234,18 +264,18 @@ def nbits_onnx(path: str) -> dict:
 
 
 def check_nbits(nbits: int, int8: bool, ternary: bool, fmt: str):
-    """UserError for a --nbits that cannot be written (checked before any work)."""
+    """UserError for a --nbits that cannot be written (checked before any work). --nbits 2 alone: 2-bit storage, fp32
+    compute (MatMulNBits); with --int8: 2-bit storage, int8 compute (NBITS_MODES)."""
     if not nbits:
         return
     if nbits not in NBITS:
         raise UserError(f"--nbits {nbits}: expected {' or '.join(map(str, NBITS))} (ternary weights as 2-bit "
                         f"MatMulNBits codes)")
-    if int8:
-        raise UserError("--nbits and --int8 are exclusive: --nbits 2 writes the ternary Dense as 2-bit MatMulNBits, "
-                        "--int8 as MatMulInteger on int8 codes; give one")
     if not (ternary and fmt == "ONNX"):
-        raise UserError(f"--nbits rewrites the ONNX of a TernaryBERT model: it needs --ternary and --file_format ONNX "
-                        f"(got {'--ternary' if ternary else 'no --ternary'}, --file_format {fmt})")
+        flags = "--int8 --nbits" if int8 else "--nbits"
+        raise UserError(f"{flags} rewrites the ONNX of a TernaryBERT model: it needs --ternary and --file_format ONNX "
+                        f"(got {'--ternary' if ternary else 'no --ternary'}, --file_format {fmt}); --nbits 2 alone: "
+                        f"{NBITS_MODES[False, True]}; with --int8: {NBITS_MODES[True, True]}")
 
 
 def has_act_quant(model: nn.Cell) -> bool:
@@ -261,8 +291,11 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                       depth_mult: Optional[float] = None, int8: bool = False, nbits: int = 0) -> dict:
     """Export, reload, compare with the checkpoint, then move the file into place. Returns the sidecar dict.
     int8 (ONNX of a ternary model only): its quantized matmuls become MatMulInteger (src/ternary_int8.py).
-    nbits 2 (ONNX of a ternary model only, not with int8): its ternary Dense become 2-bit MatMulNBits and the word
-    embedding 2-bit codes (src/ternary_nbits.py); also checked against the fp32 graph it was rewritten from."""
+    nbits 2 (ONNX of a ternary model only), alone: its ternary Dense become 2-bit MatMulNBits and the word
+    embedding 2-bit codes (src/ternary_nbits.py); also checked against the fp32 graph it was rewritten from.
+    nbits 2 with int8: the int8 graph, its int8 code tensors stored as 2-bit codes that standard ops rebuild
+    (onnxruntime folds them when the session starts); its logits must equal the int8 file's bit for bit and the
+    graph onnxruntime runs must be the int8 file's (the same op counts after its optimizer)."""
     fmt = check_format(file_format, device_target)
     if batch_size < 1 or seq_length < 1:
         raise UserError(f"--batch_size {batch_size} / --seq_length {seq_length}: both must be >= 1")
@@ -291,6 +324,8 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
     tmp_base = f"{final}.tmp{os.getpid()}"
     tmp = tmp_base + FORMATS[fmt]
     tmp_fp32 = tmp_base + ".fp32" + FORMATS[fmt]          # --nbits: the fake-quant graph before the rewrite
+    tmp_int8 = tmp_base + ".int8" + FORMATS[fmt]          # --int8 --nbits: the int8 graph before the rewrite
+    tmp_opt = [tmp_base + f".opt{k}" + FORMATS[fmt] for k in range(2)]      # onnxruntime's optimized graphs
     try:
         ms.export(net, *inputs, file_name=tmp_base, file_format=fmt)
         if not os.path.exists(tmp):
@@ -311,7 +346,22 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                 f"MatMulInteger, {int8_counts['embedding']} word embedding as int8 codes; "
                 f"{int8_counts['dense_fp32']} quantized Dense left in fp32 (weights not ternary)")
         nbits_counts = None
-        if nbits:
+        if nbits and int8:
+            shutil.copyfile(tmp, tmp_int8)
+            nbits_counts = int8_nbits_onnx(tmp)
+            chk = nbits_counts.get("check", {})
+            if nbits_counts["not_ternary"] or not nbits_counts["dense"]:
+                raise UserError(f"--int8 --nbits {nbits}: '{ckpt_file}' has {nbits_counts['not_ternary']} int8 code "
+                                f"tensors with values outside {{-1, 0, 1}} (or not 2-D) and {nbits_counts['dense']} "
+                                f"ternary ones: it cannot be stored as 2-bit codes; --int8 alone writes int8 codes")
+            if chk.get("tensors") != nbits_counts["dense"] + nbits_counts["embedding"] or chk.get("mismatched"):
+                raise RuntimeError(f"--int8 --nbits: the 2-bit codes do not rebuild the int8 codes they replace "
+                                   f"({chk}): not writing {final}")
+            log(f"ONNX int8 from 2-bit codes: {nbits_counts['dense']} MatMulInteger weights and "
+                f"{nbits_counts['embedding']} word embedding stored as 2-bit codes ({nbits_counts['weight_bytes']} "
+                f"bytes instead of {nbits_counts['int8_bytes']}), each rebuilt exactly to its int8 codes by "
+                f"Cast / Gather / Reshape on constants")
+        elif nbits:
             shutil.copyfile(tmp, tmp_fp32)
             nbits_counts = nbits_onnx(tmp)
             if not nbits_counts["dense"]:
@@ -340,9 +390,13 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
             info["onnx_rewrite"] = rewritten
         if int8_counts is not None:
             info["int8_rewrite"] = int8_counts
-        if nbits_counts is not None:
+        if nbits_counts is not None and int8:
+            info["nbits_rewrite"] = dict(nbits_counts, bits=nbits, mode=NBITS_MODES[True, True],
+                                         op="MatMulInteger on int8 codes rebuilt from 2-bit codes (Cast, Gather of "
+                                            "a 256 x 4 int8 sign table, Reshape)")
+        elif nbits_counts is not None:
             info["nbits_rewrite"] = dict(nbits_counts, bits=nbits, op="com.microsoft::MatMulNBits",
-                                         accuracy_level=0, zero_point=2)
+                                         accuracy_level=0, zero_point=2, mode=NBITS_MODES[False, True])
         if verify and fmt != "AIR":
             ref_net = LogitsOnly(ref_model)
             ref_net.set_train(False)
@@ -364,7 +418,29 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
             if exact_graph and not diff <= tol:
                 raise RuntimeError(f"exported {fmt} differs from the checkpoint by {diff:.3e} > {rule}: "
                                    f"not writing {final}")
-            if nbits:
+            if nbits and int8:
+                want = runner_for(tmp_int8)(ids, types, mask)
+                same = bool(got.shape == want.shape and np.array_equal(got, want))
+                ops_int8, ops_2bit = ort_optimized_ops(tmp_int8, tmp_opt[0]), ort_optimized_ops(tmp, tmp_opt[1])
+                info["int8_parity"] = {"against": "the --int8 file of the same model", "bit_identical": same,
+                                       "max_abs_logit_diff": float(np.abs(got - want).max()),
+                                       "ort_optimized_ops": ops_2bit,
+                                       "ort_optimized_same_as_int8": ops_int8 == ops_2bit}
+                log(f"parity int8-from-2-bit ONNX vs the --int8 ONNX: logits bit-identical {same}; onnxruntime's "
+                    f"optimized graph {'the same as' if ops_int8 == ops_2bit else 'DIFFERS from'} the --int8 one "
+                    f"({ops_2bit.get('MatMulIntegerToFloat', 0)} MatMulIntegerToFloat, "
+                    f"{ops_2bit.get('MatMulInteger', 0)} MatMulInteger)")
+                if not same:
+                    raise RuntimeError(f"--int8 --nbits: logits differ from the --int8 file's by "
+                                       f"{info['int8_parity']['max_abs_logit_diff']:.3e} (must be bit-identical): "
+                                       f"not writing {final}")
+                if ops_int8 != ops_2bit:
+                    diff_ops = {k: (ops_int8.get(k, 0), ops_2bit.get(k, 0)) for k in set(ops_int8) | set(ops_2bit)
+                                if ops_int8.get(k, 0) != ops_2bit.get(k, 0)}
+                    raise RuntimeError(f"--int8 --nbits: onnxruntime does not run the --int8 graph for this file (op "
+                                       f"counts after its optimizer, --int8 vs this file: {diff_ops}; the 2-bit "
+                                       f"codes were not folded): not writing {final}")
+            elif nbits:
                 fp32 = runner_for(tmp_fp32)(ids, types, mask)
                 d2 = float(np.abs(got - fp32).max())
                 info["nbits_parity"] = {"against": "the fp32 fake-quant ONNX graph before the rewrite",
@@ -378,7 +454,7 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                                        f"{rule}: not writing {final}")
         os.replace(tmp, final)
     finally:
-        for path in (tmp, tmp_fp32):
+        for path in (tmp, tmp_fp32, tmp_int8, *tmp_opt):
             if os.path.exists(path):
                 os.remove(path)
     atomic_json(final + ".json", info, sort_keys=True)

@@ -1,6 +1,8 @@
-"""TernaryBERT with real 2-bit weights in the ONNX file: rewrite the fp32 export of a ternary model so that each
-ternary Dense is onnxruntime's contrib op `com.microsoft::MatMulNBits` (bits=2) on packed 2-bit codes, and the
-ternary word embedding is stored as packed 2-bit codes too.
+"""TernaryBERT with real 2-bit weights in the ONNX file. `export.py --nbits 2` (nbits_model; 2-bit storage, fp32
+compute): rewrite the fp32 export of a ternary model so that each ternary Dense is onnxruntime's contrib op
+`com.microsoft::MatMulNBits` (bits=2) on packed 2-bit codes, and the ternary word embedding is stored as packed 2-bit
+codes too. `export.py --int8 --nbits 2` (int8_codes_to_2bit_model, at the end): the --int8 graph with its int8
+codes stored as 2-bit codes.
 
 What the export holds at a ternary Dense: Gemm(y, W, bias) with W = alpha * C, C in {-1, 0, 1} (one alpha per
 tensor; one per output row is handled the same way), y the 8-bit activation fake-quant as trained. MatMulNBits
@@ -24,6 +26,16 @@ The word embedding (ternary, one alpha per row) becomes Gather(packed codes [V, 
 Gather(a 256 x 4 table of the four signs in each byte) -> Reshape -> Mul(Gather(alpha)): standard ONNX ops, the same
 fp32 values, 2 bits per entry. Position / token-type embeddings, LayerNorm, biases and the classifier stay fp32.
 Gemms whose weight is not ternary (4/8-bit weights, the classifier) stay fp32 and are counted.
+
+`export.py --int8 --nbits 2` (int8_codes_to_2bit_model) starts instead from the --int8 graph (src/ternary_int8.py):
+2-bit storage, int8 compute. Each int8 code tensor there (the [K, N] weight of every MatMulInteger on a constant,
+the [V, H] code table of the word embedding) is replaced by its packed 2-bit codes, uint8 [rows, ceil(cols / 4)]
+(pack_2bit along the last axis), and Cast(int32) -> Gather(a 256 x 4 int8 sign table) -> Reshape (-> Slice when
+cols % 4) that rebuild it exactly under its own name. All their inputs are constants, so onnxruntime folds them
+(level-1 constant folding) before its level-2 fusions look at the graph: the session runs the --int8 graph, the same
+MatMulIntegerToFloat kernels on the same int8 codes, and the logits equal the --int8 file's bit for bit (export.py
+checks both before writing). Packing along the last axis of each tensor needs no Transpose in the rebuild; the
+tensors and the graph around MatMulInteger are those of the --int8 file, so its fusions see the same pattern.
 """
 from typing import Dict, Optional
 
@@ -297,5 +309,134 @@ def nbits_file(path: str, out_path: Optional[str] = None, accuracy_level: int = 
     onnx.checker.check_model(model)
     if check and sites:
         counts["check"] = check_rewrite(before, model, sites)
+    onnx.save(model, out_path or path)
+    return counts
+
+
+# --int8 --nbits 2: the int8 graph of src/ternary_int8.py with its code tensors stored as 2-bit codes.
+
+def _int8_sign_table() -> np.ndarray:
+    """[256, 4] int8: the four signs (code - 2) held in each byte of pack_2bit (code 0, never written, gives -2)."""
+    return _sign_table().astype(np.int8)
+
+
+def _int8_code_tensors(G: _Graph):
+    """{initializer name: (kind, consumers)} of the int8 code tensors of an integerized graph: the constant weight
+    (input 1) of each MatMulInteger ("dense") and the constant table (input 0) of each int8 Gather ("embedding")."""
+    from onnx import TensorProto
+    found = {}
+    for n in G.g.node:
+        if n.op_type == "MatMulInteger" and len(n.input) > 1:
+            name, kind = n.input[1], "dense"
+        elif n.op_type == "Gather":
+            name, kind = n.input[0], "embedding"
+        else:
+            continue
+        t = G.inits.get(name)
+        if t is not None and t.data_type == TensorProto.INT8:
+            found.setdefault(name, [kind, []])[1].append(n)
+    return found
+
+
+def int8_codes_to_2bit_model(model) -> Dict[str, object]:
+    """Rewrite an integerized onnx ModelProto (src/ternary_int8.py) in place: every int8 code tensor (the weight of
+    each MatMulInteger on a constant, the word embedding's code table) is replaced by packed 2-bit codes (uint8
+    [rows, ceil(cols / 4)], four per byte, low bits first along the last axis, code = sign + 2, as pack_2bit) and
+    standard ops that rebuild it under its own name: Cast(int32) -> Gather(a 256 x 4 int8 sign table) -> Reshape
+    [rows, 4 * ceil(cols / 4)] (-> Slice to cols when cols % 4). Every input of those ops is a constant, so a runtime
+    that folds constants (onnxruntime, when the session starts) runs the integerized graph itself.
+
+    Returns counts: "dense", "embedding" (tensors rewritten), "not_ternary" (int8 code tensors left as they were:
+    values outside {-1, 0, 1}, or not 2-D), "weight_bytes" (bytes of the packed codes written), "int8_bytes"
+    (bytes of the int8 tensors they replace) and "tensors" ({name: int8 array replaced}, for check_int8_codes)."""
+    from onnx import TensorProto, helper, numpy_helper
+    g = model.graph
+    G = _Graph(g)
+    counts = {"dense": 0, "embedding": 0, "not_ternary": 0, "weight_bytes": 0, "int8_bytes": 0, "tensors": {}}
+    found = _int8_code_tensors(G)
+    new_nodes, new_inits, drop = [], [], set()
+    for k, (name, (kind, _)) in enumerate(found.items()):
+        c = numpy_helper.to_array(G.inits[name])
+        if c.ndim != 2 or c.size == 0 or c.min() < -1 or c.max() > 1:
+            counts["not_ternary"] += 1
+            continue
+        rows, cols = c.shape
+        width = -(-cols // 4) * 4
+        codes = np.full((rows, width), ZERO_POINT, np.uint8)                 # padding: code 2 = sign 0
+        codes[:, :cols] = (c.astype(np.int16) + ZERO_POINT).astype(np.uint8)
+        packed = pack_2bit(codes)                                            # [rows, width / 4]
+        p = f"int8nbits.{k}"
+        new_inits += [numpy_helper.from_array(packed, p + ".codes"),
+                      numpy_helper.from_array(np.array([rows, width], np.int64), p + ".shape")]
+        full = name if width == cols else p + ".padded"
+        new_nodes += [helper.make_node("Cast", [p + ".codes"], [p + ".i"], name=p + ".Cast", to=TensorProto.INT32),
+                      helper.make_node("Gather", ["int8nbits.sign_table", p + ".i"], [p + ".s"],
+                                       name=p + ".GatherSigns"),
+                      helper.make_node("Reshape", [p + ".s", p + ".shape"], [full], name=p + ".Reshape")]
+        if width != cols:
+            new_inits += [numpy_helper.from_array(np.array(v, np.int64), p + s) for s, v in
+                          ((".lo", [0]), (".hi", [cols]), (".axis", [1]))]
+            new_nodes.append(helper.make_node("Slice", [full, p + ".lo", p + ".hi", p + ".axis"], [name],
+                                              name=p + ".Slice"))
+        drop.add(name)
+        counts[kind] += 1
+        counts["weight_bytes"] += packed.nbytes
+        counts["int8_bytes"] += c.nbytes
+        counts["tensors"][name] = c
+    if not drop:
+        return counts
+    new_inits.append(numpy_helper.from_array(_int8_sign_table(), "int8nbits.sign_table"))
+    kept = [t for t in g.initializer if t.name not in drop]
+    del g.initializer[:]
+    g.initializer.extend(kept + new_inits)
+    nodes = new_nodes + list(g.node)                # the rebuild reads only initializers: first keeps it topological
+    del g.node[:]
+    g.node.extend(nodes)
+    if model.opset_import[0].version < 10:                                   # Slice with inputs: opset 10
+        model.opset_import[0].version = 10
+    return counts
+
+
+def check_int8_codes(model, tensors: Dict[str, np.ndarray], threads: int = 0) -> Dict[str, object]:
+    """Run the rebuild of every rewritten code tensor of `model` (int8_codes_to_2bit_model's output) in onnxruntime
+    and compare it with the int8 tensor it replaced: {"tensors": n, "mismatched": [names not equal bit for bit]}."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    G = _Graph(model.graph)
+    nodes, need = [], list(tensors)
+    seen = set()
+    while need:                                                              # the nodes that make those tensors
+        n = G.producer.get(need.pop())
+        if n is None or id(n) in seen:
+            continue
+        seen.add(id(n))
+        nodes.append(n)
+        need += [i for i in n.input if i in G.producer]
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    nodes.sort(key=lambda n: order[id(n)])
+    used = {i for n in nodes for i in n.input}
+    inits = [t for t in model.graph.initializer if t.name in used]
+    outs = [helper.make_tensor_value_info(name, TensorProto.INT8, None) for name in tensors]
+    m = helper.make_model(helper.make_graph(nodes, "check", [], outs, inits),
+                          opset_imports=[helper.make_opsetid("", max(10, model.opset_import[0].version))])
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL     # run the ops, not their folding
+    if threads:
+        opts.intra_op_num_threads = threads
+    got = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(list(tensors), {})
+    bad = [name for name, v in zip(tensors, got) if v.dtype != np.int8 or not np.array_equal(v, tensors[name])]
+    return {"tensors": len(tensors), "mismatched": bad}
+
+
+def int8_codes_to_2bit_file(path: str, out_path: Optional[str] = None, check: bool = True) -> Dict[str, object]:
+    """Rewrite an integerized .onnx file (in place, or into out_path); see int8_codes_to_2bit_model. check: also
+    run check_int8_codes (its result under "check"). The returned counts hold no arrays."""
+    import onnx
+    model = onnx.load(path)
+    counts = int8_codes_to_2bit_model(model)
+    tensors = counts.pop("tensors")
+    onnx.checker.check_model(model)
+    if check and tensors:
+        counts["check"] = check_int8_codes(model, tensors)
     onnx.save(model, out_path or path)
     return counts

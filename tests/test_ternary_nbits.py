@@ -3,7 +3,13 @@ MatMulNBits on a 384 x 384 ternary matrix equals numpy; the rewrite of a hand-bu
 K not a whole number of blocks, a weight that is not ternary) computes the same values; a tiny packed TernaryBERT
 model with real activation scales (frozen EMA scales set by hand, dynamic scales, asymmetric EMA ranges) exports with
 every ternary Dense as MatMulNBits bits=2, no fp32 copy of a ternary weight, and logits equal to the packed model's;
-bad flags are one ERROR line, exit 2, no file."""
+bad flags are one ERROR line, exit 2, no file.
+
+`export.py --ternary --int8 --nbits 2` (2-bit storage, int8 compute): on a hand-built int8 graph the 2-bit codes
+rebuild every int8 code tensor exactly (a width that is not a multiple of 4 included) and leave codes outside
+{-1, 0, 1} alone; a width-sliced packed model (per-layer heads and FFN, small vocab) exports with no int8 code tensor
+left in the file, onnxruntime folding the rebuild and fusing as for --int8, and logits bit-identical to the --int8
+file; a wrong bit order or codes that are not ternary write nothing."""
 import json
 import os
 
@@ -233,7 +239,7 @@ def test_nbits_without_ternary_dense_is_an_error(packed, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--ternary", "--nbits", "3"], "--nbits 3: expected 2"),
     (["--nbits", "2"], "--nbits rewrites the ONNX of a TernaryBERT model: it needs --ternary"),
-    (["--ternary", "--nbits", "2", "--int8"], "--nbits and --int8 are exclusive"),
+    (["--int8", "--nbits", "2"], "--int8 --nbits rewrites the ONNX of a TernaryBERT model: it needs --ternary"),
 ])
 def test_bad_nbits_flags_are_one_error_line(packed, flags, message, tmp_path):
     r = tiny_run.run_script("export.py", ["--config_path", packed["config"], "--ckpt_file", packed["dynamic"],
@@ -254,7 +260,175 @@ def test_bench_nbits_quick(tmp_path):
     assert cell["checks"]["nbits"]["nbits_parity"]["max_abs_logit_diff"] <= 1e-6
     assert cell["rewired"] == 6 * out["config"]["layers"] + 1
     assert all(t > 0 for t in cell["latency_s"].values())
-    assert cell["diffs"]["nbits_std"]["vs_fp32_onnx"] == 0.0     # the same fp32 weights, folded when loaded
+    assert size["nbits_int8"] < size["int8"]
+    assert cell["diffs"]["nbits_int8"]["vs_int8_onnx"] == 0.0     # the same int8 codes, rebuilt when loaded
+    assert cell["checks"]["nbits_int8"]["int8_parity"]["bit_identical"]
     text = bench_nbits.table(out)
     assert all(label in text for label in bench_nbits.LABELS.values())
-    assert not os.path.exists(tmp_path / "nbits") and os.path.exists(tmp_path / "nbits.json")
+    assert size[bench_nbits.REFERENCE] > size["nbits_int8"] and cell["latency_s"][bench_nbits.REFERENCE] > 0
+    assert not os.path.exists(tmp_path / "nbits") and os.path.exists(tmp_path / "nbits_minilm.json")
+
+
+def _int8_graph():
+    """x uint8 [R, K] -> MatMulInteger(C1 int8 [K, 10], zp 128) and MatMulInteger(C2 int8 [K, 8], values up to 2);
+    ids [2, R] -> Gather(E int8 [9, 12]). 10 is not a multiple of 4 (the rebuild slices the padding off)."""
+    rng = np.random.default_rng(2)
+    r, k = 5, 16
+    c1, e = rng.integers(-1, 2, size=(k, 10)).astype(np.int8), rng.integers(-1, 2, size=(9, 12)).astype(np.int8)
+    c2 = rng.integers(-2, 3, size=(k, 8)).astype(np.int8)
+    nodes = [helper.make_node("MatMulInteger", ["x", "C1", "zp"], ["y1"]),
+             helper.make_node("MatMulInteger", ["x", "C2", "zp"], ["y2"]),
+             helper.make_node("Gather", ["E", "ids"], ["emb"])]
+    v = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "g", [v("x", TensorProto.UINT8, [r, k]), v("ids", TensorProto.INT64, [2, r])],
+                          [v("y1", TensorProto.INT32, [r, 10]), v("y2", TensorProto.INT32, [r, 8]),
+                           v("emb", TensorProto.INT8, [2, r, 12])],
+                          [numpy_helper.from_array(a, n) for n, a in
+                           (("C1", c1), ("C2", c2), ("E", e), ("zp", np.array(128, np.uint8)))])
+    feeds = {"x": rng.integers(1, 256, size=(r, k)).astype(np.uint8), "ids": rng.integers(0, 9, size=(2, r))}
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 10)]), feeds, {"C1": c1, "E": e}
+
+
+def test_int8_codes_as_2bit_codes_on_a_hand_built_graph(tmp_path):
+    from src.ternary_nbits import check_int8_codes, int8_codes_to_2bit_model
+    model, feeds, ternary = _int8_graph()
+    onnx.save(model, str(tmp_path / "int8.onnx"))
+    want = ort_session(str(tmp_path / "int8.onnx"), 2).run(None, feeds)
+    counts = int8_codes_to_2bit_model(model)
+    tensors = counts.pop("tensors")
+    assert counts == {"dense": 1, "embedding": 1, "not_ternary": 1, "int8_bytes": 16 * 10 + 9 * 12,
+                      "weight_bytes": 16 * 3 + 9 * 3}
+    assert sorted(tensors) == ["C1", "E"]
+    inits = {t.name: t for t in model.graph.initializer}
+    assert "C1" not in inits and "E" not in inits and "C2" in inits          # C2 holds a 2: left as int8 codes
+    int8 = [n for n, t in inits.items() if t.data_type == TensorProto.INT8]
+    assert sorted(int8) == ["C2", "int8nbits.sign_table"]
+    onnx.checker.check_model(model)
+    assert check_int8_codes(model, tensors) == {"tensors": 2, "mismatched": []}
+    onnx.save(model, str(tmp_path / "int8_2bit.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Slice") == 1 and ops.count("Reshape") == 2             # the 10-wide one is sliced back
+    got = ort_session(str(tmp_path / "int8_2bit.onnx"), 2).run(None, feeds)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and np.array_equal(g, w)
+    # onnxruntime folds the rebuild when the session starts: the graph it runs is the int8 one
+    opt = str(tmp_path / "opt.onnx")
+    ort_session(str(tmp_path / "int8_2bit.onnx"), 2, optimized_model_filepath=opt)
+    assert sorted(n.op_type for n in onnx.load(opt).graph.node) == ["Gather", "MatMulInteger", "MatMulInteger"]
+
+
+# A width-sliced model as src/width.py writes it: per-layer heads (2 and 3) other than the config's 4, per-layer FFN
+# (38 is not a multiple of 4), a small vocabulary.
+SLICED = dict(vocab_size=150, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+              layer_num_heads=[2, 3], layer_intermediate_sizes=[38, 24], max_position_embeddings=tiny_run.SEQ,
+              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+@pytest.fixture(scope="module")
+def sliced(tmp_path_factory):
+    from src.packing import pack
+    from src.quant import QuantConfig, quantize_model, quantized_state
+    from src.tinybert_model import BertConfig, BertForSequenceClassification
+    d = tmp_path_factory.mktemp("tern_sliced")
+    cfg = BertConfig(**SLICED)
+    cfg.to_json_file(str(d / "config.json"))
+    out = {"dir": d, "config": str(d / "config.json"), "cfg": cfg}
+    for name, q in (("dynamic", QuantConfig()), ("ema", QuantConfig(activation_scale="ema"))):
+        ms.set_seed(0)
+        model = BertForSequenceClassification(cfg.replace(initializer_range=0.3))
+        quantize_model(model, q)
+        if name == "ema":
+            assert _set_scales(model) == 10 * cfg.num_hidden_layers + 1            # + the pooler's
+        pack(quantized_state(model), cfg, q, str(d / f"{name}.tpack"))
+        out[name] = str(d / f"{name}.tpack")
+    return out
+
+
+@pytest.mark.parametrize("scale", ["dynamic", "ema"])
+def test_export_int8_nbits_of_a_width_sliced_packed_model(sliced, scale, tmp_path):
+    from src.export import OnnxRunner, export_checkpoint, sample_inputs
+    from src.packing import build_ternary_inference_model
+    cfg, layers = sliced["cfg"], sliced["cfg"].num_hidden_layers
+    b, s = 32, tiny_run.SEQ
+    kw = dict(ternary=True, log=lambda *_: None)
+    export_checkpoint(sliced["config"], sliced[scale], str(tmp_path / "i"), "ONNX", b, s, int8=True, **kw)
+    info = export_checkpoint(sliced["config"], sliced[scale], str(tmp_path / "n"), "ONNX", b, s, int8=True, nbits=2,
+                             **kw)
+    path, int8_path = str(tmp_path / "n.onnx"), str(tmp_path / "i.onnx")
+    rw = info["nbits_rewrite"]
+    assert (rw["dense"], rw["embedding"], rw["not_ternary"]) == (6 * layers + 1, 1, 0)      # + the pooler
+    assert rw["check"] == {"tensors": 6 * layers + 2, "mismatched": []}
+    assert info["int8_rewrite"]["dense"] == 6 * layers + 1 and info["int8_parity"]["bit_identical"]
+    with open(path + ".json", encoding="utf-8") as f:
+        assert json.load(f)["int8_parity"] == info["int8_parity"]
+    # the file: no int8 code tensor but the sign table, the codes at 2 bits, the rest the --int8 file's
+    m, i8 = onnx.load(path), onnx.load(int8_path)
+    assert [t.name for t in m.graph.initializer if t.data_type == TensorProto.INT8] == ["int8nbits.sign_table"]
+    codes = {t.name: numpy_helper.to_array(t) for t in i8.graph.initializer if t.data_type == TensorProto.INT8}
+    assert len(codes) == 6 * layers + 2
+    heads = [cfg.layer_num_heads[i] * (cfg.hidden_size // cfg.num_attention_heads) for i in range(layers)]
+    assert sorted(c.shape for c in codes.values()) == sorted(
+        [(cfg.hidden_size, h) for h in heads for _ in range(3)] + [(h, cfg.hidden_size) for h in heads]
+        + [(cfg.hidden_size, f) for f in cfg.layer_intermediate_sizes]
+        + [(f, cfg.hidden_size) for f in cfg.layer_intermediate_sizes]
+        + [(cfg.hidden_size, cfg.hidden_size), (cfg.vocab_size, cfg.hidden_size)])
+    assert rw["weight_bytes"] == sum(r * -(-c // 4) for r, c in (v.shape for v in codes.values()))
+    assert rw["int8_bytes"] == sum(v.nbytes for v in codes.values())
+    assert _init_bytes(m) == _init_bytes(i8) - rw["int8_bytes"] + rw["weight_bytes"] + 256 * 4 + 16 * len(codes) \
+        + 24 * sum(1 for v in codes.values() if v.shape[1] % 4)               # shapes, and the slices of 38
+    # onnxruntime folds the rebuild and runs the --int8 graph: the same fused kernels, nothing left of the rebuild
+    opt = {}
+    for k, p in (("int8", int8_path), ("2bit", path)):
+        ort_session(p, 2, optimized_model_filepath=str(tmp_path / f"opt_{k}.onnx"))
+        opt[k] = sorted(n.op_type for n in onnx.load(str(tmp_path / f"opt_{k}.onnx")).graph.node)
+    assert opt["2bit"] == opt["int8"] and info["int8_parity"]["ort_optimized_same_as_int8"]
+    fused = "MatMulIntegerToFloat" if scale == "dynamic" else "MatMulInteger"    # frozen scales: unfused, as --int8
+    assert opt["2bit"].count(fused) == 8 * layers + 1
+    # logits on an unseen batch: bit for bit the --int8 file's, and as close to the packed model as --int8 is
+    ids, types, mask = sample_inputs(b, s, cfg.vocab_size, seed=11)
+    got, want = OnnxRunner(path)(ids, types, mask), OnnxRunner(int8_path)(ids, types, mask)
+    assert np.array_equal(got, want)
+    ref = build_ternary_inference_model(sliced[scale])(ms.Tensor(ids), ms.Tensor(types), ms.Tensor(mask)).asnumpy()
+    assert np.abs(ref).max() > 0.05 and np.ptp(ref, axis=0).max() > 0.05     # real activations: logits vary
+    # (--int8's rounding: QuantizeLinear half to even from max|x| / 127 moves a value near a tie by one step; measured
+    # here max 0.059 on logits up to 1.5, median 1.2e-5; a wrong code or scale moves logits by about themselves)
+    diff = np.abs(got - ref)
+    assert diff.max() <= 0.1 * np.abs(ref).max() and np.median(diff) <= 1e-4, (diff.max(), np.median(diff))
+    assert info["parity"]["max_abs_logit_diff"] <= info["parity"]["tolerance"]      # the export's 8-bit rule
+
+
+def test_int8_nbits_wrong_bit_order_is_refused_before_the_file_is_written(sliced, tmp_path, monkeypatch):
+    """The packing with its four codes per byte in the wrong order (high bits first): the rebuild check fails and
+    nothing is written."""
+    from src import ternary_nbits
+    from src.export import export_checkpoint
+
+    def high_bits_first(codes):
+        c = np.asarray(codes, np.uint8)
+        c = c.reshape(c.shape[:-1] + (c.shape[-1] // 4, 4))
+        return (c[..., 3] | (c[..., 2] << 2) | (c[..., 1] << 4) | (c[..., 0] << 6)).astype(np.uint8)
+    monkeypatch.setattr(ternary_nbits, "pack_2bit", high_bits_first)
+    with pytest.raises(RuntimeError, match="the 2-bit codes do not rebuild the int8 codes"):
+        export_checkpoint(sliced["config"], sliced["dynamic"], str(tmp_path / "n"), "ONNX", 2, 8, ternary=True,
+                          int8=True, nbits=2, log=lambda *_: None)
+    assert os.listdir(tmp_path) == []
+
+
+def test_int8_nbits_of_codes_that_are_not_ternary_is_an_error(sliced, tmp_path, monkeypatch):
+    """An int8 graph with one code tensor outside {-1, 0, 1} (here made by hand): a UserError, nothing written."""
+    from src import ternary_int8
+    from src.export import export_checkpoint
+    right = ternary_int8.integerize_file
+
+    def one_code_doubled(path, out_path=None):
+        counts = right(path, out_path)
+        m = onnx.load(path)
+        t = next(t for t in m.graph.initializer if t.data_type == TensorProto.INT8)
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 2, t.name))
+        onnx.save(m, path)
+        return counts
+    monkeypatch.setattr(ternary_int8, "integerize_file", one_code_doubled)
+    with pytest.raises(UserError, match=r"--int8 --nbits 2: .* has 1 int8 code tensors with values outside"):
+        export_checkpoint(sliced["config"], sliced["dynamic"], str(tmp_path / "n"), "ONNX", 2, 8, ternary=True,
+                          int8=True, nbits=2, log=lambda *_: None)
+    assert os.listdir(tmp_path) == []
