@@ -5,8 +5,12 @@ bytes are word-embedding rows of pieces the task never sees. Kept (`kept_ids`):
 - the special tokens [PAD] [UNK] [CLS] [SEP] [MASK];
 - every piece that occurs in the task's training rows (input_ids, padding excluded by the mask);
 - optionally the `top_n` most frequent pieces of a general corpus (e.g. the IMDB general-distillation records);
-- every single-character piece "c" and "##c" of the original vocab, so a word made of characters the original
-  vocab has as single pieces never becomes [UNK]: WordPiece falls back to shorter sub-pieces instead.
+- single-character pieces "c" and "##c" of the original vocab (`single_chars`): "all" of them, so a word made of
+  characters the original vocab has as single pieces never becomes [UNK] (WordPiece falls back to shorter
+  sub-pieces instead); or "seen": those of the characters the other kept pieces are made of, so the guarantee holds
+  for every word written in the training text's characters, and a word with a character the training text never
+  had (another script) becomes [UNK] (1,994 rows of bert-base-uncased are single characters, most of them of
+  scripts an English task never sees); or "none".
 Kept pieces keep their original order (new id = rank of the old id among the kept ones), so [PAD] = 0 and the
 other special tokens keep their relative order.
 
@@ -66,10 +70,17 @@ def read_vocab_tokens(vocab_file: str) -> List[str]:
     return [line.strip() for line in lines]
 
 
-def single_char_ids(vocab_tokens: Sequence[str]) -> np.ndarray:
-    """Ids of every one-character piece "c" and continuation piece "##c"."""
+SINGLE_CHARS = ("all", "seen", "none")
+
+
+def single_char_ids(vocab_tokens: Sequence[str], chars=None) -> np.ndarray:
+    """Ids of every one-character piece "c" and continuation piece "##c" (of the characters `chars`, if given)."""
+    def char_of(t):
+        if len(t) == 1:
+            return t
+        return t[len(CONTINUATION):] if t.startswith(CONTINUATION) and len(t) == len(CONTINUATION) + 1 else None
     return np.array([i for i, t in enumerate(vocab_tokens)
-                     if len(t) == 1 or (t.startswith(CONTINUATION) and len(t) == len(CONTINUATION) + 1)], np.int64)
+                     if char_of(t) is not None and (chars is None or char_of(t) in chars)], np.int64)
 
 
 def _masked_ids(ids, mask, vocab_size: int, what: str) -> np.ndarray:
@@ -90,11 +101,12 @@ def _masked_ids(ids, mask, vocab_size: int, what: str) -> np.ndarray:
 
 
 def kept_ids(vocab_tokens: Sequence[str], train_ids, extra_ids=None, top_n: int = 0, train_mask=None,
-             extra_mask=None, single_chars: bool = True, parts: Optional[dict] = None) -> np.ndarray:
+             extra_mask=None, single_chars="all", parts: Optional[dict] = None) -> np.ndarray:
     """Sorted old ids to keep: the special tokens, every id of the training rows `train_ids` (padding excluded by
     `train_mask`; without a mask every non-[PAD] id), the `top_n` most frequent ids of the corpus rows `extra_ids`
     (`extra_mask`; ties: the lower id first; counted over all corpus pieces, so some may already be kept) and,
-    with `single_chars`, every single-character piece. New id = position in the returned array.
+    single-character pieces per `single_chars` (SINGLE_CHARS: all | seen = of the characters of the other kept
+    pieces | none; True / False = all / none). New id = position in the returned array.
     `parts` (a dict), when given, receives each source's ids: special, train, corpus_top_n, single_char."""
     n = len(vocab_tokens)
     if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0:
@@ -114,7 +126,17 @@ def kept_ids(vocab_tokens: Sequence[str], train_ids, extra_ids=None, top_n: int 
         got["corpus_top_n"] = np.sort(top[counts[top] > 0]).astype(np.int64)
     else:
         got["corpus_top_n"] = np.zeros(0, np.int64)
-    got["single_char"] = single_char_ids(vocab_tokens) if single_chars else np.zeros(0, np.int64)
+    mode = {True: "all", False: "none"}.get(single_chars, single_chars)
+    if mode not in SINGLE_CHARS:
+        raise UserError(f"single_chars {single_chars!r}: expected one of {', '.join(SINGLE_CHARS)}")
+    if mode == "seen":
+        special = set(SPECIAL_TOKENS)
+        pieces = (vocab_tokens[i] for i in np.concatenate([got["train"], got["corpus_top_n"]]))
+        chars = {c for t in pieces if t not in special
+                 for c in (t[len(CONTINUATION):] if t.startswith(CONTINUATION) else t)}
+        got["single_char"] = single_char_ids(vocab_tokens, chars)
+    else:
+        got["single_char"] = single_char_ids(vocab_tokens) if mode == "all" else np.zeros(0, np.int64)
     if parts is not None:
         parts.update(got)
     return np.unique(np.concatenate(list(got.values())))

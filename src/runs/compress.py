@@ -80,6 +80,9 @@ def check_plan(cfg):
         section, leaf = key.split(".")
         if cfg[section][leaf] < 0:
             raise UserError(f"{key} {cfg[section][leaf]}: expected >= 0")
+    from src.vocab_prune import SINGLE_CHARS
+    if cfg.vocab.single_chars not in SINGLE_CHARS:
+        raise UserError(f"vocab.single_chars '{cfg.vocab.single_chars}': expected one of {', '.join(SINGLE_CHARS)}")
     if cfg.vocab.top_n and not cfg.vocab.corpus:
         raise UserError("vocab.top_n > 0 needs vocab.corpus (records of a general corpus, e.g. data/imdb_gd)")
     for b in ("export.batch_size", "export.seq_length"):

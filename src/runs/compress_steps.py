@@ -76,7 +76,8 @@ def vocab_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
     corpus = vp.read_rows(cfg.vocab.corpus, "train", cfg.data.dataset_type) if cfg.vocab.top_n else None
     parts = {}
     keep = vp.kept_ids(tokens, train["input_ids"], None if corpus is None else corpus["input_ids"], cfg.vocab.top_n,
-                       train["input_mask"], None if corpus is None else corpus["input_mask"], parts=parts)
+                       train["input_mask"], None if corpus is None else corpus["input_mask"],
+                       single_chars=cfg.vocab.single_chars, parts=parts)
     log.info(f"vocab: {len(keep):,} of {len(tokens):,} pieces kept (training text {len(parts['train']):,}, "
              f"top {cfg.vocab.top_n} of the corpus {len(parts['corpus_top_n']):,}, single characters "
              f"{len(parts['single_char']):,}, special {len(parts['special'])})")
