@@ -36,12 +36,15 @@ def run(cfg, save_resolved):
     out_dir = cfg.output_dir
     stages, start = check_plan(cfg)
     teacher = Model(cfg.teacher.config, cfg.teacher.ckpt)
+    model = first_input(cfg, stages, teacher)
+    from src.runtime import init_context
+    init_context("CPU", "graph", cfg.threads)        # this process: the vocab and export stages, the table
     os.makedirs(out_dir, exist_ok=True)
     save_resolved(cfg, out_dir)
     write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"method": "compress", "stages": stages})
     log = RunLog(out_dir)
     log.info(f"compression pipeline, task {cfg.task.name}, stages {' -> '.join(stages)}, output {out_dir}")
-    model, depth_out, rerun = first_input(cfg, stages, teacher), None, False
+    depth_out, rerun = None, False
     for name in stages:
         stage_dir = os.path.join(out_dir, name)
         done = read_stage(stage_dir)

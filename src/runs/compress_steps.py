@@ -106,12 +106,11 @@ def vocab_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
     atomic_json(os.path.join(stage_dir, vp.REPORT), {**report, "splits": stats}, sort_keys=True)
     vocab = os.path.join(stage_dir, "vocab.txt")
     if model.kind != "ternary":
-        from src.runs.common import classifier_config
         from src.checkpoint import load_into
         from src.evaluation import evaluate
-        from src.tinybert_model import LogitsOnly, build_classifier
-        net = build_classifier(classifier_config(cfg, os.path.join(stage_dir, "config.json"), "config", task),
-                               cfg.teacher.head_type)
+        from src.tinybert_model import LogitsOnly, build_classifier, load_bert_config
+        net = build_classifier(load_bert_config(os.path.join(stage_dir, "config.json"), "pruned config",
+                                                num_labels=task.num_labels), cfg.teacher.head_type)
         load_into(net, os.path.join(stage_dir, "best.ckpt"), "pruned checkpoint", strict=True)
         net = LogitsOnly(net)
         net.set_train(False)
