@@ -38,7 +38,7 @@ RESULTS ?= docs/results.md
 WIDTH_RUN ?= output/ofa_mr
 TERNARY_RUN ?= output/ternary_mr/w2e2a8
 HASH := \#
-REPORT_RUNS := --run "MiniLM-L6 teacher=output/td_mr/teacher" --run "MR student=output/td_mr/td2" \
+REPORT_RUNS := --run "MiniLM-L6 teacher=output/td_mr/teacher" --run "MR student=output/compress_mr/depth/td2" \
 	$(if $(wildcard $(TERNARY_RUN)/metrics.jsonl),--run "TernaryBERT W2E2A8=$(TERNARY_RUN)" \
 	--latency_row "TernaryBERT W2E2A8=TernaryBERT W2E2A8 int8 kernels") \
 	$(if $(wildcard $(WIDTH_RUN)/metrics.jsonl),--run "width 0.833=$(WIDTH_RUN)$(HASH)w0.833" \

@@ -159,7 +159,7 @@ def parse_args(argv=None):
     p.add_argument("--seqs", type=int, nargs="+", default=None)
     p.add_argument("--no_mindir", action="store_true", help="skip the MINDIR-in-MindSpore column")
     p.add_argument("--teacher_dir", default="output/td_mr/teacher")
-    p.add_argument("--student_dir", default="output/td_mr/td2")
+    p.add_argument("--student_dir", default="output/compress_mr/depth/td2")
     p.add_argument("--minilm_config", default="output/minilm/config.json")
     p.add_argument("--gd_config", default="output/gd/config.json")
     p.add_argument("--width_supernet", default="", help="supernet checkpoint to slice the width rows from")

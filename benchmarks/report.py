@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import emit, markdown_table, write_json  # noqa: E402
 
-DEFAULT_RUNS = ["MiniLM-L6 teacher=output/td_mr/teacher", "MR student=output/td_mr/td2"]
+DEFAULT_RUNS = ["MiniLM-L6 teacher=output/td_mr/teacher", "MR student=output/compress_mr/depth/td2"]
 
 
 def read_metrics(path: str):

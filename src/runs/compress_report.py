@@ -7,6 +7,8 @@ import os
 import statistics
 import time
 
+import numpy as np
+
 from src.fileio import atomic_json, atomic_text
 from src.runs.compress_stages import ORDER, Model, read_stage
 
@@ -96,6 +98,13 @@ def report(cfg, out_dir: str, teacher: Model, log) -> list:
     for line in table:
         log.info(line)
     if rows[-1]["stage"] == "export":
+        where = bytes_breakdown(os.path.join(out_dir, "export", "model.onnx"), rows[-1]["vocab"])
+        atomic_json(os.path.join(out_dir, "export_bytes.json"), where)
+        lines = format_bytes(where)
+        log.info("where the bytes of export/model.onnx go:")
+        for line in lines:
+            log.info(line)
+        atomic_text(os.path.join(out_dir, "stages.md"), "\n".join(table + [""] + lines) + "\n")
         write_card(cfg, os.path.join(out_dir, "export"), rows, metric)
     final = rows[-1]
     if final["metric"] is not None:
@@ -130,6 +139,42 @@ def write_card(cfg, folder: str, rows: list, metric: str):
     with open(os.path.join(folder, "labels.json"), encoding="utf-8") as f:
         labels = json.load(f)
     atomic_text(os.path.join(folder, "model_card.md"), render_model_card(card, labels, _file_sizes(folder)))
+
+
+def bytes_breakdown(path: str, vocab_size: int) -> dict:
+    """Bytes of an exported ONNX file by what they hold: its constant tensors grouped by kind, the rest (graph
+    nodes, names, metadata) as "graph"."""
+    import onnx
+    from onnx import numpy_helper
+    groups = {"word embedding: 2-bit codes": 0, "Dense weights: 2-bit codes": 0, "scales (alpha per row / tensor)": 0,
+              "fp32 tensors (position and token-type embeddings, LayerNorm, biases, classifier)": 0,
+              "int8 / fp32 weights (not 2-bit)": 0, "other constants": 0}
+    for t in onnx.load(path).graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.dtype == np.uint8 and a.ndim == 2 and t.name.endswith(".codes"):
+            key = "word embedding: 2-bit codes" if a.shape[0] == vocab_size else "Dense weights: 2-bit codes"
+        elif "alpha" in t.name or "scale" in t.name:
+            key = "scales (alpha per row / tensor)"
+        elif a.dtype == np.int8 and a.size > 1024 or (a.dtype == np.float32 and a.ndim == 2 and min(a.shape) > 2
+                                                        and "embeddings" not in t.name):
+            key = "int8 / fp32 weights (not 2-bit)"
+        elif a.dtype == np.float32:
+            key = "fp32 tensors (position and token-type embeddings, LayerNorm, biases, classifier)"
+        else:
+            key = "other constants"
+        groups[key] += int(a.nbytes)
+    total = os.path.getsize(path)
+    groups["graph (nodes, names, metadata)"] = total - sum(groups.values())
+    return {"file": os.path.basename(path), "total": total, "groups": groups}
+
+
+def format_bytes(where: dict) -> list:
+    out = [f"| {where['file']} holds | bytes | share |", "|---|---:|---:|"]
+    for k, v in where["groups"].items():
+        if v:
+            out.append(f"| {k} | {v:,} | {100 * v / where['total']:.1f}% |")
+    out.append(f"| total | {where['total']:,} | 100.0% |")
+    return out
 
 
 def teacher_metric(ckpt: str, metric: str):
