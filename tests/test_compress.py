@@ -47,7 +47,7 @@ def compress_args(w, out, **extra):
          "depth.args.data.length_buckets": [SEQ], "depth.args.td1.max_steps": 4, "depth.args.td1.batch_size": 8,
          "depth.args.td2.max_steps": 4, "depth.args.td2.batch_size": 8, "depth.args.eval.batch_size": 16,
          "depth.args.checkpoint.every_steps": 0, "depth.args.log_every": 2,
-         "width.args.train.max_steps": 4, "width.args.train.batch_size": 8, "width.args.importance.max_batches": 2,
+         "width.args.data.length_buckets": [SEQ], "width.args.train.max_steps": 4, "width.args.train.batch_size": 8, "width.args.importance.max_batches": 2,
          "width.args.importance.batch_size": 8, "width.args.eval.every": 0, "width.args.eval.batch_size": 16,
          "width.args.checkpoint.every_steps": 0, "width.args.log_every": 2,
          "ternary.args.data.length_buckets": [SEQ], "ternary.args.train.max_steps": 4,
@@ -183,3 +183,16 @@ def test_a_failed_stage_leaves_nothing_of_itself_and_keeps_the_earlier_ones(ws, 
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR:")]
     assert res.returncode == 2 and len(errors) == 1 and "td1.batch_size" in errors[0], res.stderr[-2000:]
     assert not os.path.exists(os.path.join(new, "depth")) and os.path.exists(os.path.join(new, "vocab", "stage.json"))
+
+
+def test_a_vocab_that_does_not_match_the_model_is_one_error(ws, chain, tmp_path):
+    out, _ = chain
+    short = tmp_path / "vocab.txt"
+    short.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS[:10]) + "\n")
+    new = tmp_path / "run"
+    res = run_script("run_compress.py", compress_args(ws, str(new), stages=["vocab", "export"],
+                                                      input_dir=os.path.join(out, "ternary"),
+                                                      **{"teacher.vocab": str(short)}), timeout=300)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert res.returncode == 2 and len(errors) == 1 and "vocab" in errors[0] and "30" in errors[0], res.stderr[-999:]
+    assert not (new / "vocab").exists() and "Traceback" not in res.stderr

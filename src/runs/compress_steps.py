@@ -72,6 +72,11 @@ def vocab_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
     task = task_from_config(cfg)
     vocab_file = model.vocab or cfg.teacher.vocab or default_vocab_file()
     tokens = vp.read_vocab_tokens(vocab_file)
+    from src.tinybert_model import load_bert_config
+    size = load_bert_config(model.config, "vocab stage input config").vocab_size
+    if size != len(tokens):
+        raise UserError(f"vocab {vocab_file}: {len(tokens):,} tokens, but the model {model.config} has vocab_size "
+                        f"{size:,}; expected the vocab it and the records were made with (teacher.vocab)")
     train = vp.read_rows(cfg.data.dir, "train", cfg.data.dataset_type)
     corpus = vp.read_rows(cfg.vocab.corpus, "train", cfg.data.dataset_type) if cfg.vocab.top_n else None
     parts = {}
