@@ -29,15 +29,18 @@ def params_of(config_path: str, num_labels: int, head_type: str) -> int:
                                          head_type))
 
 
-def onnx_of(cfg, model: Model, path: str, num_labels: int) -> str:
-    """`model` exported to ONNX at batch 1 / export.seq_length (reloaded and checked by export_checkpoint)."""
+def onnx_of(cfg, model: Model, path: str, num_labels: int, batch: int = 1, seq: int = 0) -> str:
+    """`model` exported to ONNX at `batch` / `seq` (default: batch 1 / export.seq_length), fp32 for an fp32 model and
+    export.format for a ternary one (from its packed artefact); reloaded and checked by export_checkpoint. An
+    existing `path` is returned as it is."""
     from src.export import export_checkpoint
     if os.path.isfile(path):
         return path
     ternary = model.kind == "ternary"
     flags = FORMAT_FLAGS[cfg.export.format] if ternary else FORMAT_FLAGS["fp32"]
-    export_checkpoint(model.config, model.packed if ternary else model.ckpt, path, "ONNX", 1, cfg.export.seq_length,
-                      num_labels, cfg.teacher.head_type, "auto", None, ternary, "CPU", log=lambda *_: None, **flags)
+    export_checkpoint(model.config, model.packed if ternary else model.ckpt, path, "ONNX", batch,
+                      seq or cfg.export.seq_length, num_labels, cfg.teacher.head_type, "auto", None, ternary, "CPU",
+                      log=lambda *_: None, **flags)
     return path
 
 
@@ -55,19 +58,25 @@ def latency_ms(path: str, seq: int, vocab: int, runs: int, threads: int) -> floa
     return 1000 * statistics.median(times)
 
 
+def entries_of(out_dir: str, teacher: Model, metric: str) -> list:
+    """[(name, Model, metrics)]: the teacher (`metric` as its checkpoint records it) and each finished stage of the
+    run in `out_dir`, in pipeline order (its stage.json's model and metrics)."""
+    entries = [("teacher", teacher, {metric: teacher_metric(teacher.ckpt, metric)})]
+    for name in ORDER:
+        st = read_stage(os.path.join(out_dir, name))
+        if st is not None:
+            entries.append((name, Model(**st["model"]), st.get("metrics", {})))
+    return entries
+
+
 def report(cfg, out_dir: str, teacher: Model, log) -> list:
     from src.tasks import task_from_config
     task = task_from_config(cfg)
     metric = task.main_metric
     rep = os.path.join(out_dir, "report")
     os.makedirs(rep, exist_ok=True)
-    entries = [("teacher", teacher, {metric: teacher_metric(teacher.ckpt, metric)})]
-    for name in ORDER:
-        st = read_stage(os.path.join(out_dir, name))
-        if st is not None:
-            entries.append((name, Model(**st["model"]), st.get("metrics", {})))
     rows = []
-    for name, model, metrics in entries:
+    for name, model, metrics in entries_of(out_dir, teacher, metric):
         shape = shape_of(model.config)
         final = os.path.join(out_dir, "export", "model.onnx")
         if name == "export":
@@ -75,7 +84,8 @@ def report(cfg, out_dir: str, teacher: Model, log) -> list:
         else:
             fmt = cfg.export.format if model.kind == "ternary" else "fp32"
             path = onnx_of(cfg, model, os.path.join(rep, f"{name}_{fmt}.onnx"), task.num_labels)
-        lat_path = path if name != "export" or cfg.export.batch_size == 1 else os.path.join(rep, f"vocab_{cfg.export.format}.onnx")
+        lat_path = path if name != "export" or cfg.export.batch_size == 1 else os.path.join(
+            rep, f"vocab_{cfg.export.format}.onnx")
         lat = latency_ms(lat_path, cfg.export.seq_length, shape["vocab"], cfg.report.latency_runs,
                          cfg.threads) if cfg.report.latency_runs else None
         rows.append({"stage": name, **shape, "params": params_of(model.config, task.num_labels,
@@ -118,7 +128,8 @@ def write_card(cfg, folder: str, rows: list, metric: str):
             "recipe": " -> ".join(r["stage"] for r in rows[1:]) + f" (width {cfg.width.target}, export "
                       f"{cfg.export.format})",
             "stages": stages,
-            "metrics": {"teacher": {f"dev {metric}": teacher["metric"]}, "this model": {f"dev {metric}": final["metric"]}},
+            "metrics": {"teacher": {f"dev {metric}": teacher["metric"]},
+                        "this model": {f"dev {metric}": final["metric"]}},
             "sizes": {"teacher ONNX (fp32)": teacher["bytes"], "this model.onnx": final["bytes"]},
             "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs; onnxruntime {cfg.threads} "
                        f"threads",
