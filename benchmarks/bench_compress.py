@@ -1,7 +1,7 @@
 """Size and onnxruntime latency of each stage of a finished compression pipeline run (run_compress.py) against its
 fp32 teacher, at batch 1 / 16 / 32 x seq 64 / 128, measured in the same run.
 
-    python benchmarks/bench_compress.py                                 # output/compress_mr; ~6 min on 2 cores
+    python benchmarks/bench_compress.py                                 # output/compress_mr; ~6 min on 2 busy cores
     python benchmarks/bench_compress.py --run_dir output/compress_mr --results docs/results.md
 
 Rows: the run's teacher (teacher.config / teacher.ckpt of its config_resolved.yaml) and the model of each finished
@@ -69,8 +69,8 @@ def positions_of(model) -> tuple:
     from src.tinybert_model import load_bert_config
     if model.kind == "ternary" and model.packed:
         from src.packing import read_header
-        return int(read_header(model.packed)["config"]["max_position_embeddings"]), "its packed artefact keeps"
-    return load_bert_config(model.config, "model config").max_position_embeddings, "its config has"
+        return int(read_header(model.packed)["config"]["max_position_embeddings"]), "the packed artefact keeps"
+    return load_bert_config(model.config, "model config").max_position_embeddings, "the config has"
 
 
 def _reusable(path: str, model, batch: int, seq: int) -> bool:
@@ -151,8 +151,9 @@ def table(out: dict) -> str:
     notes = [f"{', '.join(s for s, _ in v)} at seq {', '.join(str(q) for q in sorted({q for _, qs in v for q in qs}))}"
              f" (every batch): {source} {n} position rows, so the graph cannot take a longer sequence"
              for (n, source), v in groups.items()]
-    note = ("\n\n'-' = not possible: " + "; ".join(notes) + ". The pipeline packs a ternary model for the run's "
-            "data.max_seq_length only (pack.max_positions), which is all its exported file is for.") if notes else ""
+    note = ("\n\n'-' = not possible: " + "; ".join(notes) + ". The ternary stage packs its model for one sequence "
+            "length (pack.max_positions, by default the run's data.max_seq_length) and the later stages keep that "
+            "table.") if notes else ""
     run = out["run"]
     m = out["machine"]
     rounds = f"{out['rounds']} round{'s' if out['rounds'] > 1 else ''}"
@@ -166,7 +167,9 @@ def table(out: dict) -> str:
         f"(model, batch, seq); {rounds}, in each a cell's models timed one after the other (one session alive at a",
         "time), a round's value the median of its timed calls after one warm-up (at least 3,",
         f"{out['budget_s']:g} s budget), the cell the median of the rounds.",
-        "Every ratio is against the teacher row of this run.",
+        "Every ratio is against the teacher row of this run"
+        + (f" (1-minute load average {out['load']:.1f} when the timing started)." if out.get("load") is not None
+           else "."),
         f"Dev {metric}: each stage's stage.json (the teacher's: its checkpoint's record)."])
     return (f"### Compression pipeline stages against the fp32 teacher (onnxruntime)\n\n{caption}\n\n"
             + markdown_table(headers, body) + note)
@@ -178,7 +181,7 @@ def main(argv=None):
                                             "against its teacher")
     p.add_argument("--run_dir", default="output/compress_mr", help="a finished run_compress.py output folder")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3, help="timing rounds (median of their medians)")
+    p.add_argument("--rounds", type=int, default=5, help="timing rounds (median of their medians)")
     p.add_argument("--budget", type=float, default=0.5, help="seconds of timed calls per model, cell and round")
     p.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     p.add_argument("--seqs", type=int, nargs="+", default=list(SEQS))
@@ -215,6 +218,7 @@ def main(argv=None):
                      "positions": positions, "positions_note": source,
                      "skipped": [k for k in keys if k not in files], "metric": metrics.get(task.main_metric),
                      "rounds_s": {}})
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for rnd in range(args.rounds):
         for (b, s), key in zip(cells, keys):
             for r in rows:
@@ -228,8 +232,9 @@ def main(argv=None):
     if os.path.isfile(os.path.join(args.run_dir, "manifest.json")):
         with open(os.path.join(args.run_dir, "manifest.json"), encoding="utf-8") as f:
             manifest = json.load(f)
-    out = {"machine": machine(args.threads), "rounds": args.rounds, "budget_s": args.budget, "cells": keys,
-           "metric": task.main_metric, "export_format": cfg.export.format, "export_seq": cfg.export.seq_length,
+    out = {"machine": machine(args.threads), "rounds": args.rounds, "budget_s": args.budget, "load": load,
+           "cells": keys, "metric": task.main_metric, "export_format": cfg.export.format,
+           "export_seq": cfg.export.seq_length,
            "run": {"dir": args.run_dir, "command": manifest.get("command", "?"), "git": manifest.get("git", "?")},
            "command": "python benchmarks/bench_compress.py" + (" " + shlex.join(argv) if argv else ""),
            "commit": git_hash(), "rows": rows}

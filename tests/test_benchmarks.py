@@ -382,7 +382,7 @@ def test_bench_compress_ratios_against_the_teacher_and_cells_not_possible(tmp_pa
         row("teacher", "fp32", 8000, None, {"b1/s64": [0.010, 0.008, 0.030], "b1/s128": [0.020]}, 0.80),
         row("width", "fp32", 4000, None, {"b1/s64": [0.004, 0.004, 0.001], "b1/s128": [0.005]}, 0.78),
         row("ternary", "ternary", 500, 400, {"b1/s64": [0.002, 0.001, 0.002]}, None, 64,
-            "its packed artefact keeps")], cells)
+            "the packed artefact keeps")], cells)
     t, w, q = rows
     assert t["ms"]["b1/s64"] == pytest.approx(10.0) and t["x_faster"]["b1/s64"] == pytest.approx(1.0)
     assert w["x_faster"]["b1/s64"] == pytest.approx(2.5) and w["x_faster"]["b1/s128"] == pytest.approx(4.0)
@@ -401,7 +401,7 @@ def test_bench_compress_ratios_against_the_teacher_and_cells_not_possible(tmp_pa
     assert lines["width"][3:7] == ["2.0x", "-", "4.00 (2.50x)", "5.00 (4.00x)"]
     assert lines["ternary"][4:7] == ["400 (20.0x)", "2.00 (5.00x)", "-"]
     assert lines["ternary"][7:] == ["-", "- |"] and lines["width"][7:] == ["0.7800", "97.5% |"]
-    assert "ternary at seq 128 (every batch): its packed artefact keeps 64 position rows" in text
+    assert "ternary at seq 128 (every batch): the packed artefact keeps 64 position rows" in text
     assert "width at" not in text
     assert "git aaaaaaaaaaaa-dirty" in text and "at commit bbbbbbbbbbbb." in text
     path = tmp_path / "compress.json"
