@@ -33,10 +33,12 @@ $(BENCH_STAMP): requirements-bench.txt
 	touch $(BENCH_STAMP)
 
 # The inputs of docs/results.md: the demo's teacher and student, plus these runs when they exist (`make bench
-# WIDTH_RUN=output/ofa_mr_e1 TERNARY_RUN=output/ternary_mr_e1/w2e2a8` are its width and ternary runs).
+# WIDTH_RUN=output/ofa_mr_e1 TERNARY_RUN=output/ternary_mr_e1/w2e2a8` are its width and ternary runs; COMPRESS_RUN is
+# a run_compress.py output folder).
 RESULTS ?= docs/results.md
 WIDTH_RUN ?= output/ofa_mr
 TERNARY_RUN ?= output/ternary_mr/w2e2a8
+COMPRESS_RUN ?= output/compress_mr
 HASH := \#
 REPORT_RUNS := --run "MiniLM-L6 teacher=output/td_mr/teacher" --run "MR student=output/compress_mr/depth/td2" \
 	$(if $(wildcard $(TERNARY_RUN)/metrics.jsonl),--run "TernaryBERT W2E2A8=$(TERNARY_RUN)" \
@@ -51,6 +53,8 @@ bench: $(STAMP) $(BENCH_STAMP)
 		$(if $(wildcard $(TERNARY_RUN)/model_base3.tpack),--ternary_packed $(TERNARY_RUN)/model_base3.tpack,$(if \
 		$(wildcard $(TERNARY_RUN)/model.tpack),--ternary_packed $(TERNARY_RUN)/model.tpack))
 	$(PY) benchmarks/bench_int8.py --results $(RESULTS)
+	$(if $(wildcard $(COMPRESS_RUN)/config_resolved.yaml),$(PY) benchmarks/bench_compress.py --run_dir $(COMPRESS_RUN) \
+		--results $(RESULTS))
 	$(BENCH_VENV)/bin/python benchmarks/report.py --out_dir docs/results --results $(RESULTS) $(REPORT_RUNS)
 
 clean:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import bench_export, bench_int8, bench_td_throughput, report
+from benchmarks import bench_compress, bench_export, bench_int8, bench_td_throughput, report
 from benchmarks.common import bert_flops
 from tools.marked_blocks import write_between, write_block
 from src.errors import UserError
@@ -366,3 +366,44 @@ def test_readme_results_writes_the_width_block_into_docs_results(tmp_path, monke
         "- `output/ofa_mr`: `run_ofa_width.py --config_path configs/ofa_mr.yaml` (teacher `t.ckpt`, git 0123456789ab, "
         "2 CPUs, started 2024-01-01T00:00:00)\n<!-- bench:width:end -->\n")
     assert not (tmp_path / "README.md").exists()
+
+
+def test_bench_compress_ratios_against_the_teacher_and_cells_not_possible(tmp_path):
+    """The stage table of bench_compress.py on synthetic rows: each cell is the median of its round medians, every
+    ratio is against the teacher row, a cell a model cannot take is '-' with its reason, and a saved result renders
+    the same table again."""
+    cells = ["b1/s64", "b1/s128"]
+
+    def row(stage, kind, nbytes, packed, rounds, metric, positions=512, note="its config has"):
+        return {"stage": stage, "kind": kind, "bytes": nbytes, "packed_bytes": packed, "rounds_s": rounds,
+                "metric": metric, "positions": positions, "positions_note": note,
+                "skipped": [c for c in cells if c not in rounds]}
+    rows = bench_compress.summarize([
+        row("teacher", "fp32", 8000, None, {"b1/s64": [0.010, 0.008, 0.030], "b1/s128": [0.020]}, 0.80),
+        row("width", "fp32", 4000, None, {"b1/s64": [0.004, 0.004, 0.001], "b1/s128": [0.005]}, 0.78),
+        row("ternary", "ternary", 500, 400, {"b1/s64": [0.002, 0.001, 0.002]}, None, 64,
+            "the packed artefact keeps")], cells)
+    t, w, q = rows
+    assert t["ms"]["b1/s64"] == pytest.approx(10.0) and t["x_faster"]["b1/s64"] == pytest.approx(1.0)
+    assert w["x_faster"]["b1/s64"] == pytest.approx(2.5) and w["x_faster"]["b1/s128"] == pytest.approx(4.0)
+    assert q["x_faster"]["b1/s64"] == pytest.approx(5.0) and q["ms"]["b1/s128"] is None
+    assert q["x_faster"]["b1/s128"] is None
+    assert (w["x_smaller"], q["x_smaller"], q["packed_x_smaller"]) == (2.0, 16.0, 20.0)
+    assert w["pct_teacher"] == pytest.approx(97.5) and q["pct_teacher"] is None
+    out = {"machine": {"cpu": "cpu", "cores": 2, "threads": 2, "isa": "AVX2+FMA", "mhz": 1000.0,
+                       "peak_gflops": 64.0},
+           "rounds": 3, "budget_s": 0.5, "cells": cells, "metric": "acc", "export_format": "nbits_int8",
+           "export_seq": 64, "run": {"dir": "r", "command": "run_compress.py", "git": "a" * 40 + "-dirty"},
+           "command": "python benchmarks/bench_compress.py --run_dir r", "commit": "b" * 40, "rows": rows}
+    text = bench_compress.table(out)
+    lines = {ln.split(" | ")[0][2:]: ln.split(" | ") for ln in text.splitlines() if ln.startswith("| ")}
+    assert lines["teacher"][5:7] == ["10.00 (1.00x)", "20.00 (1.00x)"]
+    assert lines["width"][3:7] == ["2.0x", "-", "4.00 (2.50x)", "5.00 (4.00x)"]
+    assert lines["ternary"][4:7] == ["400 (20.0x)", "2.00 (5.00x)", "-"]
+    assert lines["ternary"][7:] == ["-", "- |"] and lines["width"][7:] == ["0.7800", "97.5% |"]
+    assert "ternary at seq 128 (every batch): the packed artefact keeps 64 position rows" in text
+    assert "width at" not in text
+    assert "git aaaaaaaaaaaa-dirty" in text and "at commit bbbbbbbbbbbb." in text
+    path = tmp_path / "compress.json"
+    path.write_text(json.dumps(out))
+    assert bench_compress.table(bench_compress.main(["--from_json", str(path)])) == text

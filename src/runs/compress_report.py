@@ -31,15 +31,18 @@ def params_of(config_path: str, num_labels: int, head_type: str) -> int:
                                          head_type))
 
 
-def onnx_of(cfg, model: Model, path: str, num_labels: int) -> str:
-    """`model` exported to ONNX at batch 1 / export.seq_length (reloaded and checked by export_checkpoint)."""
+def onnx_of(cfg, model: Model, path: str, num_labels: int, batch: int = 1, seq: int = 0) -> str:
+    """`model` exported to ONNX at `batch` / `seq` (default: batch 1 / export.seq_length), fp32 for an fp32 model and
+    export.format for a ternary one (from its packed artefact); reloaded and checked by export_checkpoint. An
+    existing `path` is returned as it is."""
     from src.export import export_checkpoint
     if os.path.isfile(path):
         return path
     ternary = model.kind == "ternary"
     flags = FORMAT_FLAGS[cfg.export.format] if ternary else FORMAT_FLAGS["fp32"]
-    export_checkpoint(model.config, model.packed if ternary else model.ckpt, path, "ONNX", 1, cfg.export.seq_length,
-                      num_labels, cfg.teacher.head_type, "auto", None, ternary, "CPU", log=lambda *_: None, **flags)
+    export_checkpoint(model.config, model.packed if ternary else model.ckpt, path, "ONNX", batch,
+                      seq or cfg.export.seq_length, num_labels, cfg.teacher.head_type, "auto", None, ternary, "CPU",
+                      log=lambda *_: None, **flags)
     return path
 
 
@@ -57,19 +60,25 @@ def latency_ms(path: str, seq: int, vocab: int, runs: int, threads: int) -> floa
     return 1000 * statistics.median(times)
 
 
+def entries_of(out_dir: str, teacher: Model, metric: str) -> list:
+    """[(name, Model, metrics)]: the teacher (`metric` as its checkpoint records it) and each finished stage of the
+    run in `out_dir`, in pipeline order (its stage.json's model and metrics)."""
+    entries = [("teacher", teacher, {metric: teacher_metric(teacher.ckpt, metric)})]
+    for name in ORDER:
+        st = read_stage(os.path.join(out_dir, name))
+        if st is not None:
+            entries.append((name, Model(**st["model"]), st.get("metrics", {})))
+    return entries
+
+
 def report(cfg, out_dir: str, teacher: Model, log) -> list:
     from src.tasks import task_from_config
     task = task_from_config(cfg)
     metric = task.main_metric
     rep = os.path.join(out_dir, "report")
     os.makedirs(rep, exist_ok=True)
-    entries = [("teacher", teacher, {metric: teacher_metric(teacher.ckpt, metric)})]
-    for name in ORDER:
-        st = read_stage(os.path.join(out_dir, name))
-        if st is not None:
-            entries.append((name, Model(**st["model"]), st.get("metrics", {})))
     rows = []
-    for name, model, metrics in entries:
+    for name, model, metrics in entries_of(out_dir, teacher, metric):
         shape = shape_of(model.config)
         fmt = cfg.export.format if model.kind == "ternary" else "fp32"
         b1 = os.path.join(rep, f"{name}_{fmt}.onnx")

@@ -5,8 +5,6 @@ import os
 from src.errors import UserError
 from src.runs.compress_stages import Model
 
-EXPORT_FLAGS = {"nbits_int8": dict(int8=True, nbits=2), "int8": dict(int8=True, nbits=0),
-                "nbits": dict(int8=False, nbits=2), "fp32": dict(int8=False, nbits=0)}
 
 
 def eval_records(cfg, model: Model) -> str:
@@ -27,7 +25,8 @@ def export_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
     if ternary and not model.packed:
         raise UserError(f"export stage: {model.dir} has no packed artefact (model.tpack); run the ternary stage "
                         f"with pack.after_train true, or the vocab stage")
-    flags = EXPORT_FLAGS[cfg.export.format] if ternary else EXPORT_FLAGS["fp32"]
+    from src.runs.compress_report import FORMAT_FLAGS
+    flags = FORMAT_FLAGS[cfg.export.format] if ternary else FORMAT_FLAGS["fp32"]
     task = task_from_config(cfg)
     export_to_folder(stage_dir, task, model.config, model.packed if ternary else model.ckpt,
                      vocab_file=model.vocab or cfg.teacher.vocab or default_vocab_file(),
