@@ -155,6 +155,7 @@ def test_a_stage_starts_from_another_runs_folder(ws, chain, tmp_path):
     ({"ternary.args.student.ckpt": "x.ckpt"}, "ternary.args.student.ckpt: set by the pipeline"),
     ({"vocab.single_chars": "some"}, "vocab.single_chars 'some': expected one of all, seen, none"),
     ({"export.format": "int4"}, "export.format 'int4': expected one of"),
+    ({"teacher.ckpt": "/nonexistent/best.ckpt"}, "teacher.ckpt: '/nonexistent/best.ckpt' does not exist"),
     ({"stages": ["vocab", "export"], "input_dir": "/nonexistent/run"}, "input_dir: '/nonexistent/run' is not a folder"),
 ])
 def test_bad_plan_is_one_error_line_before_any_work(ws, tmp_path, extra, expected):

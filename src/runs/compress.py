@@ -13,7 +13,7 @@ import time
 
 from src.config import load_config
 from src.errors import UserError
-from src.fileio import atomic_json
+from src.fileio import atomic_json, require_file
 from src.outputs import output_guard
 from src.runlog import RunLog, format_duration, write_manifest
 from src.runs.compress_stages import ORDER, TRAINING, Model, commands, input_model, read_stage, stage_metrics
@@ -44,7 +44,8 @@ def run(cfg, save_resolved):
     write_manifest(out_dir, cfg.to_dict(), cfg.seed, {"method": "compress", "stages": stages})
     log = RunLog(out_dir)
     log.info(f"compression pipeline, task {cfg.task.name}, stages {' -> '.join(stages)}, output {out_dir}")
-    depth_out, rerun = None, False
+    depth_done = read_stage(os.path.join(out_dir, "depth"))
+    depth_out, rerun = (Model(**depth_done["model"]) if depth_done else None), False
     for name in stages:
         stage_dir = os.path.join(out_dir, name)
         done = read_stage(stage_dir)
@@ -92,6 +93,8 @@ def check_plan(cfg):
         section, leaf = b.split(".")
         if cfg[section][leaf] < 1:
             raise UserError(f"{b} {cfg[section][leaf]}: expected >= 1")
+    require_file(cfg.teacher.config, "teacher.config")
+    require_file(cfg.teacher.ckpt, "teacher.ckpt")
     from src.runs.compress_stages import argv_of, user_args, wired_common
     for name in (s for s in stages if s in TRAINING):
         argv = argv_of({**wired_common(cfg, os.path.join(cfg.output_dir, name)), **user_args(cfg, name)})
