@@ -62,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--td_dir", default="output/td_mr")
     ap.add_argument("--gd_dir", default="output/gd")
     ap.add_argument("--compress_dir", default=None, help="a run_compress.py output folder: report its stage table")
+    ap.add_argument("--block", default="demo-results", help="with --results: the marked block to replace "
+                                                             "(<!-- NAME:start --> ... <!-- NAME:end -->)")
     ap.add_argument("--seconds", type=float, default=None, help="wall time of the whole job, for the table")
     ap.add_argument("--results", "--readme", dest="results", default=None, metavar="FILE.md",
                     help="replace the demo-results block of this file (README.md) by the table")
@@ -115,6 +117,10 @@ def compress_report(args):
     cfg = load_config(resolved, ["--config_path", resolved], check_values=False, open_sections=OPEN_SECTIONS)
     metric = task_from_config(cfg).main_metric
     lines = format_table(rows, metric, cfg.export.seq_length)
+    bytes_json = os.path.join(args.compress_dir, "export_bytes.json")
+    if os.path.isfile(bytes_json):
+        from src.runs.compress_report import format_bytes
+        lines += [""] + format_bytes(json.load(open(bytes_json, encoding="utf-8")))
     times = {"fine-tune teacher": train_seconds(os.path.join(args.td_dir, "teacher")),
              "general distillation": train_seconds(args.gd_dir)}
     for name in ORDER:
@@ -133,7 +139,7 @@ def compress_report(args):
         print(f"The best {metric} is {final['metric']:.6f}")
     if args.results:
         from tools.marked_blocks import write_between
-        write_between(args.results, START, END, table)
+        write_between(args.results, f"<!-- {args.block}:start -->", f"<!-- {args.block}:end -->", table)
     return rows
 
 

@@ -200,7 +200,8 @@ def format_table(rows, metric: str, seq: int) -> list:
     out = [f"| stage | layers / heads / FFN / vocab | params | deployable bytes | x smaller | ms b1/s{seq} | "
            f"x faster | dev {metric} | % of teacher |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        packed = f" (packed {r['packed_bytes']:,})" if r["packed_bytes"] else ""
+        packed = (f" (packed {r['packed_bytes']:,}: {rows[0]['bytes'] / r['packed_bytes']:.1f}x)"
+                  if r["packed_bytes"] else "")
         out.append(f"| {r['stage']} | {r['layers']} / {r['heads']} / "
                    f"{r['ffn']} / {r['vocab']:,} | {r['params']:,} | {r['bytes']:,}{packed} | "
                    f"{r['x_smaller']:.1f}x | {num(r['latency_ms'], '.2f')} | {num(r['x_faster'], '.1f')} | "
