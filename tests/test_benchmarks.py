@@ -407,3 +407,65 @@ def test_bench_compress_ratios_against_the_teacher_and_cells_not_possible(tmp_pa
     path = tmp_path / "compress.json"
     path.write_text(json.dumps(out))
     assert bench_compress.table(bench_compress.main(["--from_json", str(path)])) == text
+
+
+def _write_run(d, records, log_lines=()):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    with open(os.path.join(d, "log.txt"), "w") as f:
+        f.writelines(line + "\n" for line in log_lines)
+
+
+def test_ternary_attention_table_reads_each_run_record(tmp_path):
+    """bench_ternary_attention's parsers: a run's best dev metric is the best of its evals (not the last one), its
+    packed-model metric the packed_eval record, its teacher the teacher_eval before training; the width stage's row
+    is the one of the width asked for (not the full width, which is recorded first). The percentages are against
+    the fp32 sub-model and the fine-tuned teacher, and two seeds of one option give its mean."""
+    from benchmarks import bench_ternary_attention as bta
+    width = str(tmp_path / "width")
+    _write_run(width, [{"kind": "teacher_eval", "acc": 0.81},
+                       {"kind": "width", "width": 1.0, "depth": 1.0, "metric": 0.805, "best_step": 100, "heads": "12"},
+                       {"kind": "width", "width": 0.5, "depth": 1.0, "metric": 0.8, "best_step": 150, "heads": "6"}],
+               ["training done: 150 steps, 2400 sequences in 91.9s (26.1 seq/s)"])
+    sub = bta.parse_width_run(width, 0.5)
+    assert (sub["metric"], sub["heads"], sub["teacher"], sub["train_s"]) == (0.8, "6", 0.81, 91.9)
+    assert sub["ckpt"] == os.path.join(width, "best_w0.500.ckpt")
+    with pytest.raises(RuntimeError, match="no width 0.75 row"):
+        bta.parse_width_run(width, 0.75)
+
+    def ternary(name, accs, packed, teacher):
+        d = str(tmp_path / name / "w2e2a8")
+        recs = [{"kind": "teacher_eval", "acc": teacher}]
+        best = 0.0
+        for i, a in enumerate(accs):
+            best = max(best, a)
+            recs += [{"kind": "train", "step": 50 * i + 40, "loss": 1.0},
+                     {"kind": "eval", "step": 50 * (i + 1), "acc": a, "best": best}]
+        recs.append({"kind": "packed_eval", "acc": packed, "ratio": 15.0})
+        _write_run(d, recs, ["epoch: 1, step: 200, outputs are 1.0",
+                             "training done: 200 steps, 6400 sequences in 120.5s (53.1 seq/s)"])
+        return bta.parse_ternary_run(d)
+
+    a = ternary("a", [0.70, 0.78, 0.74, 0.76], 0.77, 0.83)
+    assert (a["best"], a["best_step"], a["packed"], a["teacher"], a["steps"], a["train_s"]) == \
+        (0.78, 100, 0.77, 0.83, 200, 120.5)
+    c1, c2 = ternary("c1", [0.79, 0.80], 0.80, 0.8), ternary("c2", [0.77], 0.76, 0.8)
+    runs = [{"option": "a", "teacher_option": "a", "teacher_name": "fine-tuned teacher", "attention": "average",
+             "seed": 1234, "wall_s": 200.4, **a},
+            {"option": "c", "teacher_option": "c", "teacher_name": "fp32 width sub-model", "attention": "each",
+             "seed": 1234, "wall_s": 150.0, **c1},
+            {"option": "c", "teacher_option": "c", "teacher_name": "fp32 width sub-model", "attention": "each",
+             "seed": 7, "wall_s": 151.0, **c2}]
+    out = {"metric": "acc", "seed": 1234, "width": 0.5, "width_list": [1.0, 0.5], "width_steps": 150, "steps": 200,
+           "eval_every": 50, "batch_size": 32, "fp32_sub_model": {**sub, "wall_s": 108.0}, "teacher_metric": 0.83,
+           "runs": runs, "quick": False}
+    lines = bta.render(out).splitlines()
+    cells = [[c.strip() for c in line.split("|")] for line in lines if line.startswith("| ")]
+    row = {c[1]: c for c in cells}
+    assert row["a"][6:11] == ["0.7800", "0.7700", "97.5%", "94.0%", "200"]
+    assert row["fp32 width 0.5 sub-model (6 heads)"][6:11] == ["0.8000", "-", "100.0%", "96.4%", "108"]
+    assert row["fp32 depth student (full width)"][6] == "0.8100"
+    text = bta.render(out)
+    assert "c 0.7850 (2 seeds, 98.1% of the fp32 sub-model)" in text
+    assert "Ranked by mean best dev acc: c (0.7850) > a (0.7800)" in text

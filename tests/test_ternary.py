@@ -270,7 +270,11 @@ def test_width_submodel_with_fewer_heads_goes_on_to_ternarybert(run, narrow_stud
     assert not (tmp_path / "each").exists()
     run_ternary.main(_narrow_argv(run, tmp_path / "avg", narrow_student, "--loss.attention_heads", "average"))
     train = _records(tmp_path / "avg" / "w2e2a8", "train")
+    assert "layer map: attention [0, 1] (head-mean scores), hidden [0, 1, 2]" in \
+        (tmp_path / "avg" / "w2e2a8" / "log.txt").read_text()
     assert train[0]["att"] > 1e-3 and np.mean([r["att"] for r in train[-3:]]) < np.mean([r["att"] for r in train[:3]])
     run_ternary.main(_narrow_argv(run, tmp_path / "no_att", narrow_student, "--loss.attention_weight", "0"))
     train = _records(tmp_path / "no_att" / "w2e2a8", "train")
+    assert "layer map: attention none (loss.attention_weight 0), hidden [0, 1, 2]" in \
+        (tmp_path / "no_att" / "w2e2a8" / "log.txt").read_text()
     assert all(r["att"] == 0.0 for r in train) and train[-1]["rep"] < train[0]["rep"]

@@ -44,7 +44,7 @@ def test_ternary_from_a_tinybert_student_checkpoint(tmp_path):
     res = tiny_run.run_script("run_ternary.py", args)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"student initialised from {os.path.join(s_dir, 'student.ckpt')}" in res.stdout
-    assert "layer map: attention [1], hidden [0, 2]" in res.stdout
+    assert "layer map: attention [1] (per-head scores), hidden [0, 2]" in res.stdout
     run = out / "w2e2a8"
     assert BertConfig.from_json_file(str(run / "config.json")).num_hidden_layers == 1
     init = tiny_run.read_ckpt(os.path.join(s_dir, "student.ckpt"))[0]

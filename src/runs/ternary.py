@@ -54,7 +54,10 @@ def _run(cfg, out_dir, save_resolved):
         check_pack_options(cfg.pack.codec, cfg.pack.max_positions or cfg.data.max_seq_length,
                            scfg.max_position_embeddings)
     att_map, hid_map = student_layer_map(cfg, tcfg, scfg, lcfg.attention_weight)
-    log.info(f"layer map: attention {att_map}, hidden {hid_map}")
+    att_txt = (f"{att_map} ({'head-mean' if lcfg.attention_heads == 'average' else 'per-head'} scores)"
+               if lcfg.attention_weight else "none (loss.attention_weight 0)")
+    hid_txt = hid_map if lcfg.hidden_weight else "none (loss.hidden_weight 0)"
+    log.info(f"layer map: attention {att_txt}, hidden {hid_txt}")
     if cfg.eval.teacher_baseline and is_main:
         teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log)
     quantize_model(model, qcfg, sync_ranks=cfg.distributed)
