@@ -2,7 +2,7 @@
 tokenization changes, dev / test accuracy and the bytes saved.
 
     python benchmarks/bench_vocab_prune.py --teacher_dir output/td_mr/teacher --data_dir data/mr \\
-        --corpus data/imdb_gd --top_n 0 2000 5000 --out_dir /tmp/vocab/bench [--results docs/vocab_pruning.md]
+        --corpus data/imdb_gd --top_n 0 2000 5000 --out_dir output/bench/vocab [--results docs/vocab_pruning.md]
 
 For each --top_n: the pieces kept from <data_dir>/train (+ the N most frequent pieces of <corpus>/train), the teacher
 folder pruned with them (prune_model_dir), and
