@@ -192,16 +192,18 @@ def _config_dict(bert_config) -> dict:
 def task_for(name: str, labels=None, regression: bool = False) -> Task:
     """The Task of a name as the data tools spell it: a GLUE task or MR, or csv with its label names in id order
     (or regression), as tools/prepare_data.py builds it."""
-    if str(name).lower() == "csv" and regression:
-        if labels:
-            raise UserError("--task csv: give --labels or --regression, not both")
-        return Task("csv", (), "pearson", ("pearson", "spearman"), regression=True)
-    if regression:
+    csv = str(name).lower() == "csv"
+    if csv and regression and labels:
+        raise UserError("--task csv: give --labels or --regression, not both")
+    if regression and not csv:
         raise UserError(f"--regression applies to --task csv only (task {name} has its own label set)")
-    if labels and str(name).lower() != "csv":
+    if labels and not csv:
         raise UserError(f"--labels applies to --task csv only (task {name} has its own label set)")
+    if csv and not regression and not labels:
+        raise UserError("--task csv needs a label list (--labels, comma-separated label strings in id order, e.g. "
+                        "neg,pos) or --regression (float labels)")
     try:
-        return get_task(name, list(labels) if labels else None)
+        return get_task(name, list(labels) if labels else None, regression)
     except ValueError as e:
         raise UserError(f"--task: {e}") from None
 

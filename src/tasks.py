@@ -42,22 +42,39 @@ TASKS = {
 }
 
 
-def get_task(name: str, labels: Optional[List[str]] = None) -> Task:
-    """Look a task up by name (case-insensitive). `labels` defines a generic task named "csv"."""
+def get_task(name: str, labels: Optional[List[str]] = None, regression: bool = False) -> Task:
+    """Look a task up by name (case-insensitive). "csv" is the user's own data: `labels` (label strings in id order)
+    make it a classification task; `regression=True` (and no labels) a regression task on float labels: one output,
+    MSE, Pearson / Spearman as for STS-B. For the named tasks `regression=True` is only valid where the task is a
+    regression task (STS-B); False keeps the task's own kind. The messages name the config keys (task.labels,
+    task.regression)."""
     key = str(name).lower()
     if key == "csv":
+        if regression:
+            if labels:
+                raise ValueError(f"task csv with task.regression true takes no task.labels (got {list(labels)}): "
+                                 f"a regression task has float labels; for classification set task.regression "
+                                 f"false")
+            return Task("csv", (), "pearson", ("pearson", "spearman"), regression=True)
         if not labels:
-            raise ValueError("task 'csv' needs a label list (data.labels), e.g. ['neg', 'pos']; "
-                             "an empty list is only valid with regression")
+            raise ValueError("task csv needs a label list (task.labels), e.g. ['neg', 'pos']; an empty list is only "
+                             "valid with task.regression true (float labels)")
         return Task("csv", tuple(str(x) for x in labels), "acc", ("acc", "f1") if len(labels) == 2 else ("acc",))
     if key not in TASKS:
         raise ValueError(f"unknown task '{name}': expected one of {', '.join(t.name for t in TASKS.values())}, csv")
-    return TASKS[key]
+    task = TASKS[key]
+    if regression and not task.regression:
+        raise ValueError(f"task.regression true: task {task.name} is classification (labels "
+                         f"{', '.join(task.labels)}); regression applies to task csv (your own float labels) and "
+                         f"STS-B")
+    return task
 
 
 def task_from_config(cfg):
-    """The Task of `cfg.task` (name, and labels for task csv); an unknown name is a UserError naming task.name."""
+    """The Task of `cfg.task` (name; labels or regression for task csv); an unknown name is a UserError naming
+    task.name, a bad combination of the keys one naming them."""
+    name = str(cfg.task.name).lower()
     try:
-        return get_task(cfg.task.name, list(cfg.task.labels) or None)
+        return get_task(cfg.task.name, list(cfg.task.labels) or None, cfg.task.regression)
     except ValueError as e:
-        raise UserError(f"task.name: {e}") from None
+        raise UserError(str(e) if name == "csv" or name in TASKS else f"task.name: {e}") from None

@@ -474,6 +474,33 @@ def test_file_from_before_an_added_key_loads_with_a_warning_and_types_are_checke
         f"importance.batch_size (config file '{bad}'): expected int, got 16.0")
 
 
+@pytest.mark.parametrize("name", ["td_mr", "ternary_mr", "ofa_mr", "compress_mr"])
+def test_file_from_before_task_regression_loads_with_a_warning(name, tmp_path, capsys):
+    """A copy of a shipped config made before task.regression existed loads with regression false and one WARNING
+    naming the key, the file and the shipped config; the flag still overrides it, type-checked."""
+    from src.runs.compress import OPEN_SECTIONS
+    from src.tasks import task_from_config
+    path = shipped(name)
+    lines = open(path, encoding="utf-8").read().splitlines(keepends=True)
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("  regression:"))
+    assert lines[at - 3] == "task:\n" and lines[at + 1].strip().startswith("#")   # the key and its comment line
+    old = tmp_path / f"old_{name}.yaml"
+    old.write_text("".join(lines[:at] + lines[at + 2:]))
+    opened = OPEN_SECTIONS if name == "compress_mr" else ()
+    cfg = load_config(path, ["--config_path", str(old)], open_sections=opened)
+    assert cfg.task.regression is False and task_from_config(cfg).name == "MR"
+    assert warnings_of(capsys) == [f"WARNING: config file '{old}' has no task.regression; using false from {path}"]
+    cfg = load_config(path, ["--config_path", str(old), "--task.name", "csv", "--task.regression", "true"],
+                      open_sections=opened)
+    assert task_from_config(cfg).regression and len(warnings_of(capsys)) == 1
+    assert error(path, ["--config_path", str(old), "--task.regression", "1"]) == (
+        "--task.regression: expected bool (true or false), got '1'")
+    quoted = tmp_path / f"quoted_{name}.yaml"
+    quoted.write_text("".join(lines).replace("  regression: false", '  regression: "true"', 1))
+    assert error(path, ["--config_path", str(quoted)]) == (
+        f"config file '{quoted}': task.regression is the string 'true'; write a real boolean: true (unquoted)")
+
+
 def test_open_sections_hold_another_configs_keys(tmp_path):
     """The compression pipeline's `<stage>.args` sections: any key may be set there from the command line (new
     keys created, existing ones typed like their value), a user's file needs none of the shipped args keys, and

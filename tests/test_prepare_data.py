@@ -230,6 +230,18 @@ def test_missing_input_file(tmp_path):
     assert all_files(out) == []
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--task", "csv", "--labels", "neg,pos", "--regression"], "--task csv: give --labels or --regression, not both"),
+    (["--task", "MR", "--regression"], "--regression applies to --task csv only (task MR has its own label kind)"),
+])
+def test_regression_flag_only_for_csv_without_labels(args, message, tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\ngood,1.5\n")
+    out = tmp_path / "out"
+    r = run_cli(*args, "--input", tmp_path / "d.csv", "--output_dir", out)
+    assert r.returncode == 2 and r.stderr.splitlines() == [f"ERROR: {message}"]
+    assert not out.exists()
+
+
 def test_label_outside_label_set(tmp_path):
     task_dir = tmp_path / "SST-2"
     shutil.copytree(GLUE / "SST-2", task_dir)

@@ -389,6 +389,8 @@ def main(argv=None) -> int:
         raise UserError(f"--source {args.source} only applies to --task gd")
     if args.input_dir and kind in ("gd", "csv", "mr"):
         raise UserError(f"--task {args.task} reads --input, not --input_dir")
+    if args.regression and kind != "csv":
+        raise UserError(f"--regression applies to --task csv only (task {args.task} has its own label kind)")
 
     # resolve the task and collect the labelled examples of every split (validated while reading)
     corpus = None
@@ -405,14 +407,13 @@ def main(argv=None) -> int:
         corpus = _limit(docs, args.max_docs)
         task = None
     elif kind == "csv":
-        if args.regression:
-            task = Task("csv", (), "pearson", ("pearson", "spearman"), regression=True)
-        else:
-            labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
-            if not labels:
-                raise UserError("--task csv needs --labels (comma-separated label strings in id order, "
-                                "e.g. neg,pos) or --regression")
-            task = get_task("csv", labels)
+        labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+        if args.regression and labels:
+            raise UserError("--task csv: give --labels or --regression, not both")
+        if not args.regression and not labels:
+            raise UserError("--task csv needs --labels (comma-separated label strings in id order, "
+                            "e.g. neg,pos) or --regression")
+        task = get_task("csv", labels, regression=args.regression)   # train it with --task.regression true
         if not inputs:
             raise UserError("--task csv needs --input FILE (or SPLIT=FILE, repeated)")
         named = {}

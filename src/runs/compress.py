@@ -93,6 +93,8 @@ def check_plan(cfg):
         section, leaf = b.split(".")
         if cfg[section][leaf] < 1:
             raise UserError(f"{b} {cfg[section][leaf]}: expected >= 1")
+    from src.tasks import task_from_config
+    task_from_config(cfg)                            # task.name, task.labels and task.regression agree
     require_file(cfg.teacher.config, "teacher.config")
     require_file(cfg.teacher.ckpt, "teacher.ckpt")
     from src.runs.compress_stages import argv_of, user_args, wired_common

@@ -13,8 +13,8 @@ from src.fileio import require_file
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ORDER = ("depth", "width", "ternary", "vocab", "export")
 TRAINING = ("depth", "width", "ternary")
-SHARED_KEYS = ("output_dir", "seed", "threads", "resume", "distributed", "task.name", "task.labels", "data.dir",
-               "data.dataset_type", "data.max_seq_length")
+SHARED_KEYS = ("output_dir", "seed", "threads", "resume", "distributed", "task.name", "task.labels",
+               "task.regression", "data.dir", "data.dataset_type", "data.max_seq_length")
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,9 @@ def user_args(cfg, name: str) -> dict:
 
 def wired_common(cfg, out_dir: str) -> dict:
     return {"output_dir": out_dir, "seed": cfg.seed, "threads": cfg.threads, "resume": cfg.resume,
-            "task.name": cfg.task.name, "task.labels": list(cfg.task.labels), "data.dir": cfg.data.dir,
-            "data.dataset_type": cfg.data.dataset_type, "data.max_seq_length": cfg.data.max_seq_length}
+            "task.name": cfg.task.name, "task.labels": list(cfg.task.labels), "task.regression": cfg.task.regression,
+            "data.dir": cfg.data.dir, "data.dataset_type": cfg.data.dataset_type,
+            "data.max_seq_length": cfg.data.max_seq_length}
 
 
 def heads_per_layer(config_path: str) -> list:
