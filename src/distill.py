@@ -5,6 +5,7 @@ Each loss cell's construct takes a batch and returns (loss, parts) where parts i
 log (e.g. attention, hidden, prediction losses). The teacher always runs in inference mode: dropout off, its
 parameters frozen, its outputs behind stop_gradient.
 """
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -260,12 +261,29 @@ class FinetuneLoss(nn.Cell):
 
 def student_layer_map(cfg, teacher_cfg, student_cfg, attention_weight: float):
     """(attention map, hidden map) from the config's `layer_map` (uniform when null), range-checked, and the check
-    that an attention loss has equal head counts on both sides. Shared by GD, TD phase 1 and TernaryBERT."""
+    that an attention loss has equal head counts on both sides. Shared by GD, TD phase 1 and TernaryBERT.
+
+    The uniform map (every k-th teacher layer, k = teacher layers // student layers) is only used when the
+    teacher's layer count is a multiple of the student's, as TinyBERT requires: otherwise (e.g. 6 -> 4, k = 1)
+    it would end at teacher layer N*k < M and silently never use the teacher's last layers, so a map the loss
+    uses (attention: attention_weight != 0; hidden: loss.hidden_weight != 0) must then be given explicitly."""
     from src.losses import resolve_layer_map
+    attention = layer_list(cfg.layer_map.attention, "layer_map.attention")
+    hidden = layer_list(cfg.layer_map.hidden, "layer_map.hidden")
+    n_teacher, n_student = teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers
+    uniform = [f"layer_map.{name}" for name, value, weight in
+               (("attention", attention, attention_weight), ("hidden", hidden, cfg.loss.hidden_weight))
+               if value is None and weight]
+    if uniform and 1 <= n_student <= n_teacher and n_teacher % n_student:
+        suggest = [int(math.floor(i * n_teacher / n_student + 0.5)) for i in range(n_student + 1)]
+        raise UserError(f"the teacher's {n_teacher} layers are not a multiple of the student's {n_student} "
+                        f"(num_hidden_layers of each config), so the uniform layer map would never use the "
+                        f"teacher's last layers; choose the map explicitly with layer_map.attention (one teacher "
+                        f"layer per student layer, 0-based, e.g. {[h - 1 for h in suggest[1:]]}) and "
+                        f"layer_map.hidden (student layers + 1 entries, embeddings first, e.g. {suggest}); "
+                        f"missing: {', '.join(uniform)}")
     try:
-        maps = resolve_layer_map(teacher_cfg.num_hidden_layers, student_cfg.num_hidden_layers,
-                                 layer_list(cfg.layer_map.attention, "layer_map.attention"),
-                                 layer_list(cfg.layer_map.hidden, "layer_map.hidden"))
+        maps = resolve_layer_map(n_teacher, n_student, attention, hidden)
     except ValueError as e:
         raise UserError(str(e)) from None
     if attention_weight and cfg.loss.attention_heads == "each":   # per mapped layer: width sub-models have

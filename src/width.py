@@ -47,8 +47,14 @@ class WidthSpec:
 
     @property
     def hidden_map(self) -> Tuple[int, ...]:
-        """Supernet hidden-state index of each of this sub-network's hidden states (0 = embedding output)."""
-        return (0,) + tuple(i + 1 for i in self.layers)
+        """Supernet (teacher) hidden-state index each of this sub-network's hidden states is distilled to
+        (0 = embedding output, L = the last layer's output), DynaBERT's rule: the sub-network's state entering its
+        kept layer k is matched to the teacher's state entering layer k (hidden k), and its final state, the one
+        feeding the pooler and classifier, to the teacher's final state (hidden L). Each kept layer thereby stands
+        in for itself and the dropped layers after it: 12 layers at depth 0.5 keep (0, 2, ..., 10) and map to
+        (0, 2, ..., 10, 12). At depth 1.0 this is the identity (0, 1, ..., L)."""
+        num_layers = len(self.heads)
+        return tuple(self.layers or range(num_layers)) + (num_layers,)
 
 
 def _round_half_up(x: float) -> int:
@@ -56,8 +62,12 @@ def _round_half_up(x: float) -> int:
 
 
 def kept_layers(num_layers: int, depth: float) -> Tuple[int, ...]:
-    """DynaBERT's depth rule: round(L * depth) layers, layer floor(i / depth) for i = 0, 1, ... (depth 0.5 keeps
-    every other layer, 0.75 drops every fourth), so the kept layers are spread over the whole depth."""
+    """DynaBERT's depth rule: round(L * depth) layers, layer floor(i / depth) for i = 0, 1, ... (0-based), so
+    the kept layers are spread over the whole depth and layer 0 is always kept. 12 layers: depth 0.5 keeps
+    (0, 2, 4, 6, 8, 10) (every other layer, the last one dropped), depth 0.75 keeps (0, 1, 2, 4, 5, 6, 8, 9, 10)
+    (drops layers 3, 7 and 11, every fourth). The count rounds half up (6 x 0.75 = 4.5 -> 5 layers; DynaBERT's
+    Python round gives 4). The sub-network's hidden states are matched to the teacher's as `WidthSpec.hidden_map`
+    describes; the sliced sub-model (`slice_to_width`) keeps these same layers."""
     n = min(num_layers, max(1, _round_half_up(num_layers * depth)))
     if n == num_layers:
         return tuple(range(num_layers))
@@ -439,8 +449,9 @@ class PerWidthBest:
 class MultiWidthDistillLoss(nn.Cell):
     """DynaBERT-W loss summed over widths (largest first):
         sum_w  lambda1 * softCE(student_w, teacher) + lambda2 * sum_{l=0..L} MSE(h_w[l], h_t[l])
-    (a sub-network with fewer layers (depth < 1) matches its hidden states to the teacher's at the layers it
-    keeps, DynaBERT-D; a width-matched teacher view keeps the same layers, so there the map is 1:1)
+    (a sub-network with fewer layers (depth < 1) matches its hidden states to the teacher's by
+    `WidthSpec.hidden_map`, DynaBERT-D: the state entering kept layer k to teacher hidden k, the final state to the
+    teacher's final state; a width-matched teacher view keeps the same layers, so there the map is 1:1)
     Regression: MSE to the teacher's output instead of soft CE (the anchors' 0 logit loss is a bug). The teacher
     is the fine-tuned full model (FrozenTeacher), or with `teacher_views` one frozen view per width
     (width-matched teacher). Returns (loss, per-width losses)."""

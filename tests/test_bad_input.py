@@ -22,7 +22,7 @@ ROOT = tiny_run.ROOT
 def ws(tmp_path_factory):
     import mindspore as ms
     from src.records import write_records, write_schema
-    from src.tinybert_model import BertConfig, BertForSequenceClassification
+    from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
     root = str(tmp_path_factory.mktemp("bad_ws"))
     w = tiny_run.make_workspace(root)
     good = w["data"]
@@ -38,6 +38,9 @@ def ws(tmp_path_factory):
     wide = cfg.replace(hidden_size=24, num_attention_heads=2)
     save_cell(BertForSequenceClassification(wide), os.path.join(root, "wide_teacher.ckpt"))
     cfg.replace(vocab_size=50).to_json_file(os.path.join(root, "vocab50.json"))
+    deep = BertConfig(**tiny_run.TINY).replace(num_hidden_layers=3)  # a GD teacher 2 student layers do not divide
+    deep.to_json_file(os.path.join(root, "teacher3.json"))
+    ms.save_checkpoint(BertModel(deep), os.path.join(root, "teacher3.ckpt"))
     with open(os.path.join(root, "garbage.ckpt"), "wb") as f:
         f.write(b"not a checkpoint at all" * 10)
     os.makedirs(os.path.join(root, "a_directory"))
@@ -123,6 +126,10 @@ CASES = {
     "output_dir_is_file": (lambda w: td(w, "finetune", output_dir=p(w, "a_file")), "is a file"),
     "gd_missing_teacher": (lambda w: gd(w, **{"teacher.ckpt": p(w, "nope.ckpt")}), "teacher.ckpt"),
     "gd_wrong_seq_length": (lambda w: gd(w, **{"data.max_seq_length": 32}), "data.max_seq_length is 32"),
+    "gd_layer_map_does_not_divide": (lambda w: gd(w, **{"teacher.config": p(w, "teacher3.json"),
+                                                        "teacher.ckpt": p(w, "teacher3.ckpt"),
+                                                        "student.arch.num_hidden_layers": 2}),
+                                     "teacher's 3 layers are not a multiple of the student's 2"),
     "width_zero": (lambda w: ofa(w, width_mult_list=[0.0, 1.0]), "width_mult_list"),
     "width_above_one": (lambda w: ofa(w, width_mult_list=[1.0, 1.5]), "width_mult_list"),
     "ternary_unknown_task": (lambda w: ("run_ternary.py", {"threads": 1, "task.name": "NOPE"}), "task.name"),
@@ -146,8 +153,9 @@ def _snapshot(folder):
 # One subprocess per entry script proves the real exit status and stderr; the other cases run the same
 # `run_main(main, argv)` in this process (no 3 s MindSpore import per case; an unexpected exception fails the
 # test just as a traceback would).
-SUBPROCESS = {"missing_teacher_ckpt", "output_dir_is_file", "gd_missing_teacher", "width_zero",
-              "ternary_unknown_task", "prepare_missing_input", "convert_missing_input", "export_missing_ckpt"}
+SUBPROCESS = {"missing_teacher_ckpt", "output_dir_is_file", "gd_missing_teacher", "gd_layer_map_does_not_divide",
+              "width_zero", "ternary_unknown_task", "prepare_missing_input", "convert_missing_input",
+              "export_missing_ckpt"}
 _MODULES = {}
 
 

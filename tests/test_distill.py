@@ -167,3 +167,37 @@ def test_phase2_live_teacher_equals_cached_logits_loss_and_gradients(regression)
     assert float(soft.asnumpy()) == pytest.approx(want_soft, rel=1e-5)
     assert float(hard.asnumpy()) == pytest.approx(want_hard, rel=1e-5) and want_hard > 0.05
     assert float(l_live.asnumpy()) == pytest.approx(1.5 * want_soft + 0.5 * want_hard, rel=1e-5)
+
+
+def test_layer_map_that_does_not_divide_needs_an_explicit_map():
+    """TinyBERT's uniform map needs teacher layers = k x student layers; 6 -> 4 (k = 1) would end at teacher
+    layer 4 and never use the last two, so it is a UserError naming both counts and the keys that choose the map,
+    unless the maps the loss uses are given explicitly. Dividing depths keep the uniform map."""
+    import os
+    from src.config import load_config
+    from src.distill import student_layer_map
+    from src.errors import UserError
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    teacher, student = TINY.replace(num_hidden_layers=6), TINY.replace(num_hidden_layers=4)
+
+    def layer_map(s_cfg, *over, attention_weight=1.0):
+        cfg = load_config(os.path.join(root, "configs", "td_mr.yaml"), list(over))
+        return student_layer_map(cfg, teacher, s_cfg, attention_weight)
+
+    with pytest.raises(UserError) as e:
+        layer_map(student)
+    msg = str(e.value)
+    assert "teacher's 6 layers are not a multiple of the student's 4" in msg
+    assert "layer_map.attention" in msg and "layer_map.hidden" in msg and "[0, 2, 3, 5, 6]" in msg
+    assert msg.endswith("missing: layer_map.attention, layer_map.hidden")
+    with pytest.raises(UserError, match="missing: layer_map.hidden$"):             # one explicit is not enough
+        layer_map(student, "--layer_map.attention", "1", "2", "4", "5")
+    assert layer_map(student, "--layer_map.attention", "1", "2", "4", "5", "--layer_map.hidden", "0", "2", "3", "5",
+                     "6") == ([1, 2, 4, 5], [0, 2, 3, 5, 6])
+    # a map the loss does not use need not be given
+    assert layer_map(student, "--layer_map.hidden", "0", "2", "3", "5", "6", attention_weight=0.0)[1] == [0, 2, 3, 5, 6]
+    with pytest.raises(UserError, match="missing: layer_map.attention$"):
+        layer_map(student, "--layer_map.hidden", "0", "2", "3", "5", "6")
+    # dividing depths: the uniform map, unchanged (6 -> 3, 6 -> 6; the shipped configs' 1 -> 1 of the tests)
+    assert layer_map(TINY.replace(num_hidden_layers=3)) == ([1, 3, 5], [0, 2, 4, 6])
+    assert layer_map(teacher) == ([0, 1, 2, 3, 4, 5], list(range(7)))

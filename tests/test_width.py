@@ -355,11 +355,28 @@ def test_depth_rule_keeps_layers_spread_over_the_depth():
     deep = TINY.replace(num_hidden_layers=6)
     specs = parse_width_list([1.0, 0.5], deep, depths=[0.5, 1.0])
     assert [s.label for s in specs] == ["1.000", "0.500", "1.000_d0.500", "0.500_d0.500"]   # largest first
-    assert specs[3].layers == (0, 2, 4) and specs[3].hidden_map == (0, 1, 3, 5) and specs[3].heads[0] == 2
+    assert specs[3].layers == (0, 2, 4) and specs[3].heads[0] == 2
+    assert specs[0].hidden_map == tuple(range(7))                         # full depth: 1:1
+    assert specs[3].hidden_map == (0, 2, 4, 6)                            # the final state <- teacher hidden 6
+    assert width_spec(deep, 1.0, 0.75).hidden_map == (0, 1, 2, 4, 5, 6)
     assert "3.00 layers" not in (rounding_note(deep, specs[3]) or "")
     assert "4.50 layers rounded to 5" in rounding_note(deep, width_spec(deep, 1.0, 0.75))
     with pytest.raises(UserError, match=r"depth_mult_list: depth 0 is out of range"):
         parse_width_list([1.0], deep, depths=[0])
+
+
+def test_depth_hidden_map_is_dynaberts_kept_layers_plus_the_last():
+    """DynaBERT matches the sub-network's state entering kept layer k to teacher hidden k and its final state
+    (the classifier's input) to the teacher's final hidden state L, never to hidden L-1."""
+    big = TINY.replace(num_hidden_layers=12)
+    half, three_quarters = width_spec(big, 1.0, 0.5), width_spec(big, 0.5, 0.75)
+    assert half.layers == (0, 2, 4, 6, 8, 10) and half.hidden_map == (0, 2, 4, 6, 8, 10, 12)
+    assert three_quarters.layers == (0, 1, 2, 4, 5, 6, 8, 9, 10)          # layers 3, 7, 11 dropped
+    assert three_quarters.hidden_map == (0, 1, 2, 4, 5, 6, 8, 9, 10, 12)
+    assert width_spec(big, 1.0, 1.0).hidden_map == tuple(range(13))
+    for d in (0.25, 0.5, 0.75, 1.0 / 3, 0.9):                             # one entry per hidden state, ends at L
+        s = width_spec(big, 1.0, d)
+        assert len(s.hidden_map) == len(s.layers) + 1 and s.hidden_map[0] == 0 and s.hidden_map[-1] == 12
 
 
 def test_depth_view_slices_to_a_shallower_model_and_the_loss_maps_kept_layers(tmp_path):
@@ -391,7 +408,8 @@ def test_depth_view_slices_to_a_shallower_model_and_the_loss_maps_kept_layers(tm
     net.set_train(False)
     np.testing.assert_allclose(net(*ins).asnumpy(), expected, atol=1e-5, rtol=0)
 
-    # the loss matches the depth-0.5 student's hidden states j to the teacher's hidden_map[j] = (0, 1, 3)
+    # the loss matches the depth-0.5 student's hidden states j to the teacher's hidden_map[j] = (0, 2, 4): the
+    # state entering kept layer k to teacher hidden k, the final one to the teacher's final hidden state
     loss_net = MultiWidthDistillLoss(student, teacher, [spec], lambda1=0.0, lambda2=1.0)
     loss_net.set_train(False)
     _, parts = loss_net(*ins, ms.Tensor(batch["label_ids"]))
@@ -399,7 +417,8 @@ def test_depth_view_slices_to_a_shallower_model_and_the_loss_maps_kept_layers(tm
     _, s_hidden, _ = sub(*ins)
     mask = batch["input_mask"].astype(np.float64)[:, :, None]
     rep = sum((((s_hidden[j].asnumpy() - t_hidden[t].asnumpy()) ** 2) * mask).sum() / (mask.sum() * 16)
-              for j, t in enumerate((0, 1, 3)))
+              for j, t in enumerate((0, 2, 4)))
+    assert spec.hidden_map == (0, 2, 4) and len(s_hidden) == 3 and len(t_hidden) == 5
     np.testing.assert_allclose(parts[0].asnumpy(), rep, rtol=1e-5)
 
 
