@@ -22,7 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (ROOT, add_timing_args, bert_flops, emit, machine, machine_line,  # noqa
-                               markdown_table, read_result, rounds_and_budget, time_call, write_json)
+                               markdown_table, measured_or_saved, rounds_and_budget, time_call)
 from src.fileio import require_file  # noqa: E402
 from src.tinybert_model import build_classifier, load_bert_config  # noqa: E402
 
@@ -178,11 +178,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.from_json:
-        out = read_result(args.from_json, render, "an export.json")
-    else:
-        out = measure(args)
-        write_json(os.path.join(args.out_dir, "export.json"), out)
+    out = measured_or_saved(args, measure, render, "export.json", "an export.json")
     for name, table in BLOCKS:
         emit(name, table(out), args.results or None)
     return out

@@ -27,8 +27,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import (ROOT, emit, machine, machine_line, markdown_table, read_result,  # noqa: E402
-                               write_json)
+from benchmarks.common import ROOT, emit, machine, machine_line, markdown_table, measured_or_saved  # noqa: E402
 from src.batching import bucket_of  # noqa: E402
 from src.dataset import load_split  # noqa: E402
 from src.tinybert_model import build_classifier, load_bert_config  # noqa: E402
@@ -241,11 +240,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.from_json:
-        out = read_result(args.from_json, render, "a td_throughput.json")
-    else:
-        out = measure(args)
-        write_json(os.path.join(args.out_dir, "td_throughput.json"), _jsonable(out))
+    out = measured_or_saved(args, measure, render, "td_throughput.json", "a td_throughput.json", to_json=_jsonable)
     emit("td_throughput", render(out), args.results or None)
     return out
 

@@ -31,7 +31,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import emit, fmt, machine, machine_line, markdown_table, read_result, write_json  # noqa: E402
+from benchmarks.common import (emit, fmt, machine, machine_line, markdown_table, measured_or_saved,  # noqa: E402
+                               write_json)
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 BLOCK = "ternary_attention"
@@ -319,11 +320,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.from_json:
-        out = read_result(args.from_json, render, "a ternary_attention.json")
-    else:
-        out = measure(args)
-        write_json(os.path.join(args.out_dir, "ternary_attention.json"), out)
+    out = measured_or_saved(args, measure, render, "ternary_attention.json", "a ternary_attention.json")
     emit(BLOCK, render(out), args.results or None)
     return out
 

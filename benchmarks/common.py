@@ -125,6 +125,17 @@ def read_result(path: str, render: Callable[[dict], str], what: str) -> dict:
     return out
 
 
+def measured_or_saved(args, measure: Callable, render: Callable[[dict], str], json_name: str, what: str,
+                      to_json: Callable = lambda out: out) -> dict:
+    """The result a script's main works on: with --from_json the saved one (checked by `render`, `what` names it in
+    the error), else `measure(args)`, saved as <out_dir>/<json_name> (through `to_json`)."""
+    if args.from_json:
+        return read_result(args.from_json, render, what)
+    out = measure(args)
+    write_json(os.path.join(args.out_dir, json_name), to_json(out))
+    return out
+
+
 def emit(name: str, text: str, results: Optional[str]):
     """Print `text`; with `results` (a markdown file) also write it there as the bench:NAME block."""
     print(text, flush=True)
