@@ -56,13 +56,8 @@ def main(argv=None):
     splits = task.eval_splits if args.split == "dev" else (args.split,)
     eval_sets = {s: load_split(args.data_dir, s, args.dataset_type, seq, task) for s in splits}
 
-    import mindspore as ms
-    from src.evaluation import evaluate
-
-    def logits_fn(*tensors):                       # the trainer's predict() hands MindSpore tensors
-        return ms.Tensor(runner(*[t.asnumpy() for t in tensors]))
-
-    metrics = evaluate(logits_fn, eval_sets, batch, task)
+    from src.evaluation import evaluate, numpy_logits
+    metrics = evaluate(numpy_logits(runner), eval_sets, batch, task)
     rows = sum(len(a["input_ids"]) for a in eval_sets.values())
     print("eval " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()) + f" | {rows} rows | {model_file}")
     print(f"============== {task.main_metric} is {metrics[task.main_metric]:.6f}", flush=True)

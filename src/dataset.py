@@ -403,6 +403,22 @@ def load_split(data_dir: str, split: str, dataset_type: str, seq_length: int, ta
     return arrays
 
 
+def padded_batches(arrays: Dict[str, np.ndarray], names: Sequence[str], batch_size: int):
+    """(batch {name: rows}, real row count) over the rows of `arrays` in order, every batch exactly `batch_size`
+    rows (an exported graph's fixed shape): the last one padded with zero rows, each with its first token visible
+    (input_mask[:, 0] = 1) so it stays well defined; the caller slices the padded rows off. Shared by the
+    training-time evaluation and the predictions of an exported folder."""
+    n = len(arrays[names[0]])
+    for s in range(0, n, batch_size):
+        batch = {k: arrays[k][s:s + batch_size] for k in names}
+        real = len(batch[names[0]])
+        if real < batch_size:
+            batch = {k: np.concatenate([v, np.zeros((batch_size - real,) + v.shape[1:], v.dtype)])
+                     for k, v in batch.items()}
+            batch["input_mask"][real:, 0] = 1
+        yield batch, real
+
+
 def load_eval_sets(cfg, task) -> Dict[str, Dict[str, np.ndarray]]:
     """The full eval split(s) of the run: the task's dev splits (MNLI: matched and mismatched) or cfg.eval.split."""
     split = cfg.eval.split

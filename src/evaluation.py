@@ -8,6 +8,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from src.batching import MODEL_INPUTS, bucket_of, length_buckets_of, to_tensors
+from src.dataset import padded_batches
 
 
 def predict(logits_fn, arrays: Dict[str, np.ndarray], batch_size: int,
@@ -31,16 +32,20 @@ def predict(logits_fn, arrays: Dict[str, np.ndarray], batch_size: int,
                 out[idx] = part
         return out
     outs = []
-    for s in range(0, n, batch_size):
-        batch = {k: arrays[k][s:s + batch_size] for k in MODEL_INPUTS}
-        real = len(batch["input_ids"])
-        if real < batch_size:
-            batch = {k: np.concatenate([v, np.zeros((batch_size - real,) + v.shape[1:], v.dtype)])
-                     for k, v in batch.items()}
-            batch["input_mask"][real:, 0] = 1     # keep padded rows well-defined (one visible token)
+    for batch, real in padded_batches(arrays, MODEL_INPUTS, batch_size):
         out = logits_fn(*to_tensors(batch, MODEL_INPUTS))
         outs.append(out.asnumpy()[:real])
     return np.concatenate(outs)
+
+
+def numpy_logits(runner):
+    """The logits_fn of predict / evaluate for a runner on numpy arrays (an exported model: onnxruntime session,
+    MINDIR GraphCell): predict hands MindSpore tensors."""
+    import mindspore as ms
+
+    def logits_fn(*tensors):
+        return ms.Tensor(runner(*[t.asnumpy() for t in tensors]))
+    return logits_fn
 
 
 def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size: int, task) -> Dict[str, float]:

@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from src.dataset import padded_batches
 from src.errors import UserError
 from src.export_folder import ExportFolder, read_export_folder
 from src.fileio import atomic_text
@@ -137,19 +138,10 @@ def encode(folder: ExportFolder, texts_a: Sequence[str], texts_b: Optional[Seque
 
 
 def run_batches(runner, arrays: dict, batch_size: int) -> np.ndarray:
-    """Logits of every row in order, in fixed batches; the tail padded with zero rows (input_mask[:, 0] = 1, as
-    src/evaluation.py:predict pads) and sliced off."""
-    n = len(arrays["input_ids"])
-    outs = []
-    for s in range(0, n, batch_size):
-        batch = {k: arrays[k][s:s + batch_size] for k in MODEL_INPUT_ORDER}
-        real = len(batch["input_ids"])
-        if real < batch_size:
-            batch = {k: np.concatenate([v, np.zeros((batch_size - real,) + v.shape[1:], v.dtype)])
-                     for k, v in batch.items()}
-            batch["input_mask"][real:, 0] = 1
-        outs.append(np.asarray(runner(*[batch[k] for k in MODEL_INPUT_ORDER]))[:real])
-    return np.concatenate(outs)
+    """Logits of every row in order, in fixed batches; the tail padded as src/evaluation.py:predict pads it
+    (src/dataset.py padded_batches) and sliced off."""
+    return np.concatenate([np.asarray(runner(*[batch[k] for k in MODEL_INPUT_ORDER]))[:real]
+                           for batch, real in padded_batches(arrays, MODEL_INPUT_ORDER, batch_size)])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
