@@ -89,10 +89,8 @@ def check_plan(cfg):
         raise UserError(f"vocab.single_chars '{cfg.vocab.single_chars}': expected one of {', '.join(SINGLE_CHARS)}")
     if cfg.vocab.top_n and not cfg.vocab.corpus:
         raise UserError("vocab.top_n > 0 needs vocab.corpus (records of a general corpus, e.g. data/imdb_gd)")
-    for b in ("export.batch_size", "export.seq_length"):
-        section, leaf = b.split(".")
-        if cfg[section][leaf] < 1:
-            raise UserError(f"{b} {cfg[section][leaf]}: expected >= 1")
+    if cfg.export.seq_length < 1:                     # export.batch_size: config RULES (*batch_size)
+        raise UserError(f"export.seq_length {cfg.export.seq_length}: expected >= 1")
     from src.tasks import task_from_config
     task_from_config(cfg)                            # task.name, task.labels and task.regression agree
     require_file(cfg.teacher.config, "teacher.config")

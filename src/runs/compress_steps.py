@@ -44,18 +44,12 @@ def export_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
 def evaluate_folder(cfg, folder: str, data_dir: str, task) -> dict:
     """Metrics of an exported folder's model file on the task's dev split(s) of `data_dir` (onnxruntime, the
     exported batch; run_eval_onnx.py computes the same)."""
-    import mindspore as ms
-    from src.dataset import load_split
-    from src.evaluation import evaluate
+    from src.evaluation import evaluate, numpy_logits
     from src.export import runner_for
     from src.export_folder import read_export_folder
     f = read_export_folder(folder)
-    runner = runner_for(f.model_file, cfg.threads)
-    eval_sets = {s: load_split(data_dir, s, cfg.data.dataset_type, f.seq_length, task) for s in task.eval_splits}
-
-    def logits_fn(*tensors):
-        return ms.Tensor(runner(*[t.asnumpy() for t in tensors]))
-    return evaluate(logits_fn, eval_sets, f.batch_size, task)
+    return evaluate(numpy_logits(runner_for(f.model_file, cfg.threads)),
+                    _eval_sets(cfg, data_dir, task, f.seq_length), f.batch_size, task)
 
 
 def vocab_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
@@ -86,7 +80,7 @@ def vocab_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
              f"top {cfg.vocab.top_n} of the corpus {len(parts['corpus_top_n']):,}, single characters "
              f"{len(parts['single_char']):,}, special {len(parts['special'])})")
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(stage_dir))) as src_dir:
-        for name, path in (("config.json", model.config), (MODEL_CKPT[model.kind], model.ckpt)):
+        for name, path in (("config.json", model.config), ("best.ckpt", model.ckpt)):    # prune_model_dir's names
             os.symlink(os.path.abspath(path), os.path.join(src_dir, name))
         if model.kind == "ternary":
             for name in ("best_quant.ckpt", "quant.json"):
@@ -133,12 +127,11 @@ def vocab_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
     return out, metrics
 
 
-MODEL_CKPT = {"fp32": "best.ckpt", "ternary": "best.ckpt"}   # the names prune_model_dir reads
-
-
-def _eval_sets(cfg, data_dir: str, task) -> dict:
+def _eval_sets(cfg, data_dir: str, task, seq: int = 0) -> dict:
+    """The task's dev split(s) of `data_dir` at `seq` (0 = data.max_seq_length)."""
     from src.dataset import load_split
-    return {s: load_split(data_dir, s, cfg.data.dataset_type, cfg.data.max_seq_length, task) for s in task.eval_splits}
+    return {s: load_split(data_dir, s, cfg.data.dataset_type, seq or cfg.data.max_seq_length, task)
+            for s in task.eval_splits}
 
 
 def _write_split(cfg, data_dir: str, split: str, rows: dict):
