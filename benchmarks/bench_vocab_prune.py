@@ -123,7 +123,7 @@ def run(args) -> dict:
     from src.dataset import load_split
     from src.tasks import get_task
     from src.tokenization import BertTokenizer, default_vocab_file
-    from src.vocab_prune import id_map, kept_ids, prune_model_dir, read_rows, read_vocab_tokens, retokenize, token_stats
+    from src.vocab_prune import id_map, kept_ids_of_rows, prune_model_dir, read_rows, read_vocab_tokens, reencode
     from tools import prepare_data
 
     task = get_task("MR")
@@ -147,9 +147,7 @@ def run(args) -> dict:
     for top_n in args.top_n:
         t0 = time.time()
         parts = {}
-        keep = kept_ids(tokens, splits["train"]["input_ids"], corpus["input_ids"] if top_n else None, top_n,
-                        train_mask=splits["train"]["input_mask"], extra_mask=corpus["input_mask"] if top_n else None,
-                        parts=parts)
+        keep = kept_ids_of_rows(tokens, splits["train"], corpus if top_n else None, top_n, parts=parts)
         folder = os.path.join(args.out_dir, f"teacher_top{top_n}")
         report = prune_model_dir(args.teacher_dir, folder, keep, tokens)
         pruned = BertTokenizer(os.path.join(folder, "vocab.txt"))
@@ -158,11 +156,9 @@ def run(args) -> dict:
              "ckpt_bytes": report["checkpoints"]["best.ckpt"], "splits": {}}
         m = id_map(keep, len(tokens))
         for s in ("train", "dev", "test"):
-            new, at_max = retokenize(splits[s], tokens, pruned)
-            st = token_stats(splits[s], new, keep, len(tokens), tok.unk_id, pruned.unk_id)
+            new, st = reencode(splits[s], tokens, keep, pruned)
             raw = np.array([e[0] for e in pruned.encode_batch(texts[s], None, seq)])
             st["exact_rows"] = int(np.all(raw == new["input_ids"], axis=1).sum())
-            st["rows_at_max_length"] = at_max
             if s != "train" and not args.no_eval:
                 st["acc_pruned"] = evaluate_dir(folder, new, task)
             r["splits"][s] = st

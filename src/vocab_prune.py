@@ -397,6 +397,24 @@ def retokenize(rows: Dict[str, np.ndarray], old_tokens: Sequence[str], pruned_to
     return out, at_max
 
 
+def kept_ids_of_rows(vocab_tokens: Sequence[str], train_rows: Dict[str, np.ndarray], corpus_rows=None,
+                     top_n: int = 0, single_chars="all", parts: Optional[dict] = None) -> np.ndarray:
+    """kept_ids of encoded rows (read_rows): the training rows' input_ids under their mask, and the corpus rows'
+    (None = no corpus) for top_n."""
+    return kept_ids(vocab_tokens, train_rows["input_ids"], None if corpus_rows is None else corpus_rows["input_ids"],
+                    top_n, train_mask=train_rows["input_mask"],
+                    extra_mask=None if corpus_rows is None else corpus_rows["input_mask"], single_chars=single_chars,
+                    parts=parts)
+
+
+def reencode(rows: Dict[str, np.ndarray], old_tokens: Sequence[str], keep, pruned_tokenizer,
+             max_seq_length: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], dict]:
+    """(retokenize's rows, token_stats of the change + rows_at_max_length) for rows encoded with `old_tokens`."""
+    new, at_max = retokenize(rows, old_tokens, pruned_tokenizer, max_seq_length)
+    stats = token_stats(rows, new, keep, len(old_tokens), old_tokens.index("[UNK]"), pruned_tokenizer.unk_id)
+    return new, {**stats, "rows_at_max_length": at_max}
+
+
 def token_stats(old_rows: Dict[str, np.ndarray], new_rows: Dict[str, np.ndarray], keep, old_vocab_size: int,
                 old_unk: int, new_unk: int) -> dict:
     """How a re-encoding changed the rows: % of rows whose tokens changed (compared through the id map: a row is

@@ -65,8 +65,8 @@ def main(argv=None) -> int:
 
     from src.dataset import split_files
     from src.tokenization import BertTokenizer, default_vocab_file
-    from src.vocab_prune import (kept_ids, model_config, prune_model_dir, pruned_tokens, read_rows,
-                                 read_vocab_tokens, retokenize, token_stats, write_vocab)
+    from src.vocab_prune import (kept_ids_of_rows, model_config, prune_model_dir, pruned_tokens, read_rows,
+                                 read_vocab_tokens, reencode, write_vocab)
     beside = os.path.join(args.model_dir, "vocab.txt")
     vocab_file = args.vocab_file or (beside if os.path.isfile(beside) else default_vocab_file())
     tokens = read_vocab_tokens(vocab_file)
@@ -74,9 +74,7 @@ def main(argv=None) -> int:
     train = read_rows(args.train_data, "train", args.dataset_type)
     corpus = read_rows(args.corpus, "train", args.dataset_type) if args.corpus and args.top_n else None
     parts = {}
-    keep = kept_ids(tokens, train["input_ids"], None if corpus is None else corpus["input_ids"], args.top_n,
-                    train_mask=train["input_mask"], extra_mask=None if corpus is None else corpus["input_mask"],
-                    single_chars=args.single_chars, parts=parts)
+    keep = kept_ids_of_rows(tokens, train, corpus, args.top_n, args.single_chars, parts)
     counts = {k: int(len(v)) for k, v in parts.items()}
     others = np.concatenate([parts[k] for k in ("special", "train", "single_char")])
     counts["corpus_top_n_new"] = int(len(np.setdiff1d(parts["corpus_top_n"], others)))
@@ -89,14 +87,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="prune_vocab.") as tmp:
         pruned_vocab = write_vocab(os.path.join(tmp, "vocab.txt"), pruned_tokens(tokens, keep))
         pruned_tok = BertTokenizer(pruned_vocab)
-        unk_old = tokens.index("[UNK]")
         for split in [s.strip() for s in args.measure.split(",") if s.strip()]:
             if not os.path.isfile(split_files(args.train_data, split, args.dataset_type)[0]):
                 continue
-            rows = read_rows(args.train_data, split, args.dataset_type)
-            new, at_max = retokenize(rows, tokens, pruned_tok)
-            st = token_stats(rows, new, keep, len(tokens), unk_old, pruned_tok.unk_id)
-            st["rows_at_max_length"] = at_max
+            _, st = reencode(read_rows(args.train_data, split, args.dataset_type), tokens, keep, pruned_tok)
+            at_max = st["rows_at_max_length"]
             effect[split] = st
             print(f"{split}: {st['rows']} rows, {st['changed_rows_pct']:.2f} % re-encoded differently, tokens "
                   f"{st['tokens_before']} -> {st['tokens_after']} ({st['tokens_change_pct']:+.2f} %), [UNK] "

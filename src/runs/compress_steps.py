@@ -73,9 +73,7 @@ def vocab_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
     train = vp.read_rows(cfg.data.dir, "train", cfg.data.dataset_type)
     corpus = vp.read_rows(cfg.vocab.corpus, "train", cfg.data.dataset_type) if cfg.vocab.top_n else None
     parts = {}
-    keep = vp.kept_ids(tokens, train["input_ids"], None if corpus is None else corpus["input_ids"], cfg.vocab.top_n,
-                       train["input_mask"], None if corpus is None else corpus["input_mask"],
-                       single_chars=cfg.vocab.single_chars, parts=parts)
+    keep = vp.kept_ids_of_rows(tokens, train, corpus, cfg.vocab.top_n, cfg.vocab.single_chars, parts)
     log.info(f"vocab: {len(keep):,} of {len(tokens):,} pieces kept (training text {len(parts['train']):,}, "
              f"top {cfg.vocab.top_n} of the corpus {len(parts['corpus_top_n']):,}, single characters "
              f"{len(parts['single_char']):,}, special {len(parts['special'])})")
@@ -95,9 +93,7 @@ def vocab_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
             if split == "test":
                 continue                                   # a task without a test split
             raise
-        new, at_max = vp.retokenize(rows, tokens, pruned, cfg.data.max_seq_length)
-        stats[split] = {**vp.token_stats(rows, new, keep, len(tokens), tokens.index("[UNK]"), pruned.unk_id),
-                        "rows_at_max_length": at_max}
+        new, stats[split] = vp.reencode(rows, tokens, keep, pruned, cfg.data.max_seq_length)
         _write_split(cfg, data_out, split, new)
         log.info(f"vocab: {split} re-encoded: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                                                             for k, v in stats[split].items()))
