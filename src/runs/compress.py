@@ -20,7 +20,6 @@ from src.runs.compress_stages import ORDER, TRAINING, Model, commands, input_mod
 
 OPEN_SECTIONS = ("depth.args", "width.args", "ternary.args")
 DISTILL_FROM = ("width", "depth", "teacher")
-EXPORT_FORMATS = ("nbits_int8", "int8", "nbits", "fp32")
 
 
 class StageFailed(UserError):
@@ -76,8 +75,9 @@ def check_plan(cfg):
         raise UserError(f"from_stage '{cfg.from_stage}': not in stages {stages}")
     if cfg.ternary.distill_from not in DISTILL_FROM:
         raise UserError(f"ternary.distill_from '{cfg.ternary.distill_from}': expected one of {', '.join(DISTILL_FROM)}")
-    if cfg.export.format not in EXPORT_FORMATS:
-        raise UserError(f"export.format '{cfg.export.format}': expected one of {', '.join(EXPORT_FORMATS)}")
+    from src.runs.compress_report import FORMAT_FLAGS
+    if cfg.export.format not in FORMAT_FLAGS:
+        raise UserError(f"export.format '{cfg.export.format}': expected one of {', '.join(FORMAT_FLAGS)}")
     if not 0.0 < cfg.width.target < 1.0:
         raise UserError(f"width.target {cfg.width.target}: expected a width in (0, 1), e.g. 0.5")
     for key in ("vocab.top_n", "report.latency_runs"):
