@@ -437,7 +437,8 @@ def _folder_task(labels: dict, path: str) -> Task:
         raise UserError(f"'{path}': 'labels' is empty and 'regression' is false (expected the label names in id "
                         f"order)")
     return Task(name, tuple(str(x) for x in labels["labels"]), labels["main_metric"],
-                tuple(labels["metrics"]) or (labels["main_metric"],), labels["regression"],
+                tuple(labels["metrics"]) or (labels["main_metric"],), "regression" if labels["regression"] else
+                "classification",
                 tuple(labels["eval_splits"]) or ("dev",))
 
 
