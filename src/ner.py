@@ -97,8 +97,7 @@ def chunks(tags: Sequence[str]) -> List[Chunk]:
     """Entity chunks (type, start, end exclusive) of one sentence, by conlleval's rules (see the module text).
     Accepts IOB1, IOB2 and BIOES tags (mixed too); a tag that is not O or B/I/E/S-TYPE is a TagError."""
     out: List[Chunk] = []
-    start, kind = None, ""           # the open chunk
-    prev = "O"
+    start, kind = None, ""           # the open chunk (E- and S- close it at once)
     for i, tag in enumerate(tags):
         if tag == "O":
             p, t = "O", ""
@@ -107,7 +106,7 @@ def chunks(tags: Sequence[str]) -> List[Chunk]:
             if p not in CHUNK_PREFIXES or not t:
                 raise TagError(f"tag {i + 1} '{tag}': expected O or X-TYPE with X one of "
                                f"{', '.join(CHUNK_PREFIXES)}", i)
-        begins = p in ("B", "S") or (p in ("I", "E") and (start is None or prev in ("E", "S") or t != kind))
+        begins = p in ("B", "S") or (p in ("I", "E") and (start is None or t != kind))
         if start is not None and (p == "O" or begins):
             out.append((kind, start, i))
             start = None
@@ -116,7 +115,6 @@ def chunks(tags: Sequence[str]) -> List[Chunk]:
         if start is not None and p in ("E", "S"):
             out.append((kind, start, i + 1))
             start = None
-        prev = p
     if start is not None:
         out.append((kind, start, len(tags)))
     return out

@@ -661,7 +661,7 @@ def token_main(args, kind: str, inputs: Sequence[str]) -> int:
         atomic_text(os.path.join(args.output_dir, "labels.txt"), "".join(t + "\n" for t in labels))
     for name, n, rec, schema in written:
         st = stats[name]
-        print(f"{name}: {st['sentences']} sentences, {n} rows, {st['windowed']} sentences split into windows "
+        print(f"{name}: {st['sentences']} sentences, {n} rows, {st['windowed']} split into windows "
               f"-> {rec} (schema {schema})", flush=True)
     if kind == "ner":
         print(f"labels ({len(labels)}, id order; task.labels, written to "
