@@ -59,7 +59,7 @@ os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unles
 
 from src import ner  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
-from src.fileio import atomic_text, package_file  # noqa: E402
+from src.fileio import package_file  # noqa: E402
 from src.records import write_records, write_schema  # noqa: E402
 from src.tasks import Task, get_task  # noqa: E402
 from src.tokenization import BertTokenizer, default_vocab_file  # noqa: E402
@@ -450,9 +450,11 @@ def _nonempty(rows: Iterable[dict], what: str) -> Iterator[dict]:
 # output
 # ---------------------------------------------------------------------------------------------------------
 def write_splits(output_dir: str, splits: Dict[str, Tuple[Callable[[], Iterable[dict]], str]],
-                 columns: Dict[str, Tuple[str, int]], fmt: str) -> List[Tuple[str, int, str, str]]:
+                 columns: Dict[str, Tuple[str, int]], fmt: str,
+                 extra_files: Optional[Dict[str, str]] = None) -> List[Tuple[str, int, str, str]]:
     """Write every split to a staging directory inside output_dir, then move all files into place.
-    `splits`: name -> (row factory, source description). On any error nothing of this run remains."""
+    `splits`: name -> (row factory, source description); `extra_files`: file name -> text written beside the
+    records (labels.txt), moved in after them. On any error nothing of this run remains."""
     created = not os.path.isdir(output_dir)
     try:
         os.makedirs(output_dir, exist_ok=True)
@@ -466,11 +468,16 @@ def write_splits(output_dir: str, splits: Dict[str, Tuple[Callable[[], Iterable[
             n = write_records(os.path.join(stage, rec), _nonempty(make_rows(), source), columns, fmt=fmt)
             write_schema(os.path.join(stage, f"{name}_schema.json"), columns, n, fmt=fmt)
             written.append((name, n, rec, f"{name}_schema.json"))
+        for fname, text in (extra_files or {}).items():
+            with open(os.path.join(stage, fname), "w", encoding="utf-8") as f:
+                f.write(text)
         for name, n, rec, schema in written:
             if fmt == "mindrecord":                                   # index first: see src/records.py
                 os.replace(os.path.join(stage, rec + ".db"), os.path.join(output_dir, rec + ".db"))
             os.replace(os.path.join(stage, rec), os.path.join(output_dir, rec))
             os.replace(os.path.join(stage, schema), os.path.join(output_dir, schema))
+        for fname in extra_files or {}:
+            os.replace(os.path.join(stage, fname), os.path.join(output_dir, fname))
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         if created:
@@ -656,9 +663,8 @@ def token_main(args, kind: str, inputs: Sequence[str]) -> int:
         stats[split] = {}
         plan[split] = (lambda s=sentences, st=stats[split]: token_rows(s, labels, tokenizer, L, context, st),
                        sentences[0][3])
-    written = write_splits(args.output_dir, plan, columns, args.format)
-    if kind == "ner":
-        atomic_text(os.path.join(args.output_dir, "labels.txt"), "".join(t + "\n" for t in labels))
+    extra = {"labels.txt": "".join(t + "\n" for t in labels)} if kind == "ner" else None
+    written = write_splits(args.output_dir, plan, columns, args.format, extra)
     for name, n, rec, schema in written:
         st = stats[name]
         print(f"{name}: {st['sentences']} sentences, {n} rows, {st['windowed']} split into windows "
