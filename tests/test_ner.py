@@ -207,6 +207,21 @@ def test_windows_by_hand():
         ner.windows([1], 6, 3)
 
 
+def test_windows_own_every_word_once():
+    rng = random.Random(3)
+    for _ in range(500):
+        width = rng.randint(3, 20)
+        context = rng.randint(0, (width - 1) // 2)
+        counts = [rng.choice([1, 1, 1, 2, 3, 7]) for _ in range(rng.randint(1, 40))]
+        wins = ner.windows(counts, width, context)
+        assert [w for _, s, e, _ in wins for w in range(s, e)] == list(range(len(counts)))
+        for left, s, e, right in wins:
+            assert left <= s < e <= right
+            assert sum(counts[left:s]) <= context and (e - s == 1 or sum(counts[left:right]) <= width)
+        if sum(counts) > width:
+            assert len(wins) > 1 and all(sum(counts[s:e]) <= width or e - s == 1 for _, s, e, _ in wins)
+
+
 def test_long_sentence_recombines_to_one_tag_per_word(tok):
     rng = random.Random(2)
     vocab = ["the", "Netherlands", "unbelievably", "Vermeer", "x", "Delftware", ",", "Amsterdam-based", "of"]
