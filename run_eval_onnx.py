@@ -5,6 +5,7 @@ export batch and sliced off). Usage:
     python run_eval_onnx.py --model_file output/export/td_mr_student.onnx --task MR --data_dir data/mr
     python run_eval_onnx.py --model_file output/export/td_mr_student.mindir --task MR --data_dir data/mr
     python run_eval_onnx.py --model_dir output/export/td_mr --data_dir data/mr     # an exported folder: its task
+    python run_eval_onnx.py --model_file output/export/conll.onnx --task CoNLL --data_dir data/conll  # entity F1
 
 Prints `eval acc 0.xxxxxx | <file>` and the model-zoo line `============== acc is 0.xxxxxx`.
 """
@@ -24,6 +25,7 @@ def parse_args(argv):
     which.add_argument("--model_file", help=".onnx or .mindir written by export.py")
     which.add_argument("--model_dir", help="exported folder (export.py --export_dir): task, shape and model from it")
     p.add_argument("--task", default=None, help="task name (default MR; --model_dir: the folder's, must agree)")
+    p.add_argument("--labels", default=None, help="--task ner / csv: the label names in id order, comma-separated")
     p.add_argument("--data_dir", default="data/mr")
     p.add_argument("--split", default="dev", help="dev = the task's dev split(s); or test, train")
     p.add_argument("--dataset_type", default="tfrecord", help="tfrecord | mindrecord")
@@ -45,7 +47,8 @@ def main(argv=None):
     else:
         model_file = args.model_file
         try:
-            task = get_task(args.task or "MR")
+            labels = [x.strip() for x in (args.labels or "").split(",") if x.strip()]
+            task = get_task(args.task or "MR", labels or None)
         except ValueError as e:
             raise UserError(f"--task: {e}") from None
     from src import runtime

@@ -167,9 +167,9 @@ def ms_side(args, tcfg, scfg, seqs, steps):
         out["phase1_filling"][seq], out["compile_s"][f"phase1_filling_{seq}"] = timed(filling, d)
         out["phase1_cached"][seq], out["compile_s"][f"phase1_cached_{seq}"] = timed(caching, d)
         out["phase1_cache_bytes_per_row"][seq] = cache.nbytes // b
-    p2 = make_step(TaskDistillPhase2Loss(student, teacher, lcfg, False))
+    p2 = make_step(TaskDistillPhase2Loss(student, teacher, lcfg, "classification"))
     out["phase2_live"][seqs[-1]], out["compile_s"]["phase2_live"] = timed(p2, data(seqs[-1]))
-    p2c = make_step(CachedLogitsPhase2Loss(student, lcfg, False))
+    p2c = make_step(CachedLogitsPhase2Loss(student, lcfg, "classification"))
     for seq in seqs:
         d = data(seq)
         logits = ms.Tensor(np.random.default_rng(1).standard_normal((b, tcfg.num_labels)).astype(np.float32))

@@ -19,6 +19,16 @@ from src.errors import UserError
 
 SEQ_COLUMNS = ("input_ids", "input_mask", "segment_ids")
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask")
+TOKEN_COLUMNS = ("label_ids", "teacher_logits")     # one value per position in a token task (NER)
+
+
+def pad_positions(a: np.ndarray, seq_len: int) -> np.ndarray:
+    """Per-position outputs of a trimmed batch ([B, length, C] logits of a length bucket) zero-padded back to
+    `seq_len` positions, so rows of every bucket fit one [N, seq_len, C] array; per-row outputs ([B, C]) as they
+    are. The padded positions are padding of the input too: masked in the losses, dropped by the metrics."""
+    if a.ndim < 3 or a.shape[1] == seq_len:
+        return a
+    return np.pad(a, [(0, 0), (0, seq_len - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
 
 
 def length_buckets_of(seq_len: int, buckets: Optional[Sequence[int]]) -> list:
@@ -36,8 +46,11 @@ def bucket_of(lengths: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
 class ArrayBatcher:
     def __init__(self, arrays: Dict[str, np.ndarray], batch_size: int, shuffle: bool = True, seed: int = 0,
                  drop_remainder: bool = True, rank: int = 0, world: int = 1,
-                 length_buckets: Optional[Sequence[int]] = None, batch_key: str = "train.batch_size"):
+                 length_buckets: Optional[Sequence[int]] = None, batch_key: str = "train.batch_size",
+                 per_token: bool = False):
         self.arrays = arrays
+        # columns trimmed to a bucket's length: the model inputs, and for a token task its labels and teacher logits
+        self.seq_columns = SEQ_COLUMNS + (TOKEN_COLUMNS if per_token else ())
         n = len(next(iter(arrays.values())))
         self.indices = np.arange(n)
         self.batch_size = batch_size            # per worker
@@ -83,7 +96,7 @@ class ArrayBatcher:
             batches = [batches[i] for i in order]
         for length, idx in batches:
             idx = idx[self.rank::self.world]
-            yield {k: (v[idx, :length] if k in SEQ_COLUMNS else v[idx]) for k, v in self.arrays.items()}
+            yield {k: (v[idx, :length] if k in self.seq_columns else v[idx]) for k, v in self.arrays.items()}
 
 
 def to_tensors(batch: dict, names: Sequence[str]):

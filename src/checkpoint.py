@@ -228,10 +228,13 @@ def cell_state(cell, extra_cells: Optional[dict] = None, prefix: str = "") -> Di
 
 
 def head_meta(cell) -> dict:
-    """{"head_type": ...} for a classifier (recorded in its checkpoints: the ReLU of a relu_pooler head has no
-    parameter, so the weights alone cannot tell the heads apart), else {}."""
+    """{"head_type": ..., "head_kind": ...} for a classifier (recorded in its checkpoints: the ReLU of a relu_pooler
+    head has no parameter, and a per-token head has the same weights as a per-row one, so the weights alone cannot
+    tell the heads apart), else {}."""
     head = getattr(cell, "head_type", None)
-    return {"head_type": head} if isinstance(head, str) else {}
+    if not isinstance(head, str):
+        return {}
+    return {"head_type": head, "head_kind": getattr(cell, "HEAD_KIND", "sequence")}
 
 
 def save_cell(cell, path: str, extra: Optional[dict] = None, prefix: str = "", **extra_cells):
@@ -246,6 +249,12 @@ def checkpoint_head_type(ckpt: str) -> Optional[str]:
     backbone-only checkpoints)."""
     head = read_ms_checkpoint(ckpt, with_extra=True)[1].get("head_type")
     return head if isinstance(head, str) else None
+
+
+def checkpoint_head_kind(ckpt: str) -> str:
+    """"token" for a checkpoint of a per-token (NER) model, else "sequence" (also files that record nothing)."""
+    kind = read_ms_checkpoint(ckpt, with_extra=True)[1].get("head_kind")
+    return "token" if kind == "token" else "sequence"
 
 
 def pick_head_type(requested: str, recorded: Optional[str], flag: str, source: str) -> str:
@@ -276,7 +285,8 @@ def load_into(cell, ckpt: str, what: str, strict: bool = True, prefix_map: Optio
     Strict: every missing/unexpected key and shape mismatch is reported in one UserError, except keys starting
     with a prefix in allow_missing / allow_unexpected (e.g. the classifier of a freshly built head).
     prefix_map {"": "bert."} renames checkpoint keys (a BertModel checkpoint into a classifier's backbone).
-    A classifier checkpoint that records its head type (save_cell) loads only into a classifier with that head.
+    A classifier checkpoint that records its head type (save_cell) loads only into a classifier with that head,
+    and one that records its head kind (per row / per token) only into a model of that kind.
     """
     require_file(ckpt, what)
     loaded, meta = read_ms_checkpoint(ckpt, with_extra=True)
@@ -284,6 +294,11 @@ def load_into(cell, ckpt: str, what: str, strict: bool = True, prefix_map: Optio
     if isinstance(recorded, str) and isinstance(head, str) and recorded != head and not prefix_map:
         raise UserError(f"{what} '{ckpt}' was saved with head_type {recorded}, the model to load it into has "
                         f"head_type {head}: set the head type the checkpoint was trained with")
+    kind, cell_kind = meta.get("head_kind"), getattr(cell, "HEAD_KIND", None)
+    if isinstance(kind, str) and isinstance(cell_kind, str) and kind != cell_kind and not prefix_map:
+        raise UserError(f"{what} '{ckpt}' holds a {kind}-level model (one output per "
+                        f"{'position' if kind == 'token' else 'row'}), the task needs a {cell_kind}-level one: "
+                        f"check task.name")
     for old, new in (prefix_map or {}).items():
         loaded = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in loaded.items()}
     state = cell_state(cell, extra_cells)

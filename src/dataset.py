@@ -21,6 +21,7 @@ import numpy as np
 
 from src.errors import UserError
 from src.fileio import require_file
+from src.tasks import IGNORE_LABEL
 
 DATASET_TYPES = ("tfrecord", "mindrecord")
 SCHEMA_TYPES = ("int64", "float32")
@@ -353,6 +354,7 @@ def check_labels(labels: np.ndarray, task, source: str = "labels") -> None:
     """Classification label ids must be integers in [0, task.num_labels); regression labels finite.
     `source` (the record file) is named in the error."""
     arr = np.asarray(labels).reshape(-1)
+    low = IGNORE_LABEL if task.token_level else 0     # a token task's positions without a label hold -1
     if task.regression:
         bad = np.flatnonzero(~np.isfinite(arr.astype(np.float64)))
         if bad.size:
@@ -364,9 +366,11 @@ def check_labels(labels: np.ndarray, task, source: str = "labels") -> None:
         if frac.size:
             raise UserError(f"{source}: row {frac[0]}: label {arr[frac[0]]} is not an integer class id "
                             f"(task {task.name} has {task.num_labels} labels)")
-    bad = np.flatnonzero((arr < 0) | (arr >= task.num_labels))
+    bad = np.flatnonzero((arr < low) | (arr >= task.num_labels))
     if bad.size:
-        raise UserError(f"{source}: row {bad[0]}: label id {arr[bad[0]]} is outside [0, {task.num_labels}) for "
+        where = (f"row {bad[0] // labels.shape[1]} position {bad[0] % labels.shape[1]}" if task.token_level
+                 else f"row {bad[0]}")
+        raise UserError(f"{source}: {where}: label id {arr[bad[0]]} is outside [{low}, {task.num_labels}) for "
                         f"task {task.name} (labels {', '.join(task.labels)})")
 
 
@@ -387,10 +391,20 @@ def load_split(data_dir: str, split: str, dataset_type: str, seq_length: int, ta
     the task's label set."""
     records, schema = split_files(data_dir, split, dataset_type)
     require_file(records, f"data split '{split}'")
-    arrays = read_all(records, schema, list(columns), dataset_type)
+    columns = list(columns)
+    if task is not None and task.token_level and "label_ids" in columns:
+        columns.append("sentence_id")           # ties the windows of a long sentence together (src/ner.py)
+    arrays = read_all(records, schema, columns, dataset_type)
     got = arrays["input_ids"].shape[1]
     if got != seq_length:
         raise UserError(f"{records}: input_ids has length {got}, config data.max_seq_length is {seq_length}")
+    if task is not None and "label_ids" in arrays:
+        labels = arrays["label_ids"]
+        width = seq_length if task.token_level else 1
+        if labels.ndim != 2 or labels.shape[1] != width:
+            raise UserError(f"{records}: label_ids has shape {list(labels.shape[1:])} per row, task {task.name} "
+                            f"expects [{width}] ({'one tag per position' if task.token_level else 'one label'}): "
+                            f"the records were written for another kind of task")
     if task is not None and "label_ids" in arrays:
         if task.regression:
             arrays["label_ids"] = arrays["label_ids"].astype(np.float32)

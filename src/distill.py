@@ -186,12 +186,13 @@ class CachedTeacherPhase1Loss(nn.Cell):
 
 
 class PredictionLoss(nn.Cell):
-    """Prediction-layer loss on logits: soft CE to the teacher (+ optional hard-label CE) for classification,
-    MSE to the teacher output for regression."""
+    """Prediction-layer loss on logits (losses.teacher_loss of the task kind: soft CE to the teacher, over the
+    labelled positions for token tasks, MSE to the teacher output for regression) + optional hard-label loss
+    (losses.label_loss)."""
 
-    def __init__(self, cfg: DistillLossConfig, regression: bool):
+    def __init__(self, cfg: DistillLossConfig, kind: str):
         super().__init__()
-        self.regression = regression
+        self.kind = kind
         self.cfg_t = cfg.temperature
         self.reduction = cfg.soft_ce_reduction
         self.t2 = cfg.temperature_squared
@@ -199,12 +200,8 @@ class PredictionLoss(nn.Cell):
         self.hard_w = cfg.hard_label_weight
 
     def construct(self, s_logits, t_logits, label_ids):
-        if self.regression:
-            soft = losses.mse(s_logits.reshape(-1), t_logits.reshape(-1))
-            hard = losses.mse(s_logits.reshape(-1), label_ids.reshape(-1).astype(ms.float32))
-        else:
-            soft = losses.soft_cross_entropy(s_logits, t_logits, self.cfg_t, self.reduction, self.t2)
-            hard = losses.hard_cross_entropy(s_logits, label_ids.reshape(-1))
+        soft = losses.teacher_loss(s_logits, t_logits, label_ids, self.kind, self.cfg_t, self.reduction, self.t2)
+        hard = losses.label_loss(s_logits, label_ids, self.kind)
         loss = self.pred_w * soft
         if self.hard_w > 0:
             loss = loss + self.hard_w * hard
@@ -214,11 +211,11 @@ class PredictionLoss(nn.Cell):
 class TaskDistillPhase2Loss(nn.Cell):
     """TD phase 2 ("prediction layer distillation") with the teacher run live."""
 
-    def __init__(self, student, teacher, cfg: DistillLossConfig, regression: bool):
+    def __init__(self, student, teacher, cfg: DistillLossConfig, kind: str):
         super().__init__()
         self.student = student
         self.teacher = FrozenTeacher(teacher)
-        self.pred = PredictionLoss(cfg, regression)
+        self.pred = PredictionLoss(cfg, kind)
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
         t_logits = self.teacher(input_ids, segment_ids, input_mask)[0]
@@ -231,10 +228,10 @@ class CachedLogitsPhase2Loss(nn.Cell):
     """TD phase 2 with teacher logits computed once before training (phase 2 needs nothing else of the
     teacher): the batch carries `teacher_logits`."""
 
-    def __init__(self, student, cfg: DistillLossConfig, regression: bool):
+    def __init__(self, student, cfg: DistillLossConfig, kind: str):
         super().__init__()
         self.student = student
-        self.pred = PredictionLoss(cfg, regression)
+        self.pred = PredictionLoss(cfg, kind)
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids, teacher_logits):
         s_logits = self.student(input_ids, segment_ids, input_mask)[0]
@@ -243,19 +240,17 @@ class CachedLogitsPhase2Loss(nn.Cell):
 
 
 class FinetuneLoss(nn.Cell):
-    """Plain supervised fine-tuning of a classifier (the teacher): CE, or MSE for regression."""
+    """Plain supervised fine-tuning of a classifier (the teacher): losses.label_loss of the task kind (CE, CE over
+    the labelled positions for token tasks, MSE for regression)."""
 
-    def __init__(self, model, regression: bool):
+    def __init__(self, model, kind: str):
         super().__init__()
         self.model = model
-        self.regression = regression
+        self.kind = kind
 
     def construct(self, input_ids, segment_ids, input_mask, label_ids):
         logits = self.model(input_ids, segment_ids, input_mask)[0]
-        if self.regression:
-            loss = losses.mse(logits.reshape(-1), label_ids.reshape(-1).astype(ms.float32))
-        else:
-            loss = losses.hard_cross_entropy(logits, label_ids.reshape(-1))
+        loss = losses.label_loss(logits, label_ids, self.kind)
         return loss, (loss,)
 
 

@@ -7,7 +7,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from src.batching import MODEL_INPUTS, bucket_of, length_buckets_of, to_tensors
+from src.batching import MODEL_INPUTS, bucket_of, length_buckets_of, pad_positions, to_tensors
 from src.dataset import padded_batches
 
 
@@ -17,7 +17,8 @@ def predict(logits_fn, arrays: Dict[str, np.ndarray], batch_size: int,
 
     With `length_buckets` (e.g. the training buckets) rows are grouped by length and each group runs with its
     padding columns trimmed to the bucket length (one compiled graph per bucket): same logits up to float
-    rounding (padding is masked), at a fraction of the cost when most rows are short."""
+    rounding (padding is masked), at a fraction of the cost when most rows are short (per-position logits of a
+    token task come back zero-padded to the full length)."""
     n = len(arrays["input_ids"])
     if length_buckets:
         seq_len = arrays["input_ids"].shape[1]
@@ -27,7 +28,8 @@ def predict(logits_fn, arrays: Dict[str, np.ndarray], batch_size: int,
         for b, length in enumerate(buckets):
             idx = np.flatnonzero(which == b)
             if len(idx):
-                part = predict(logits_fn, {k: arrays[k][idx, :length] for k in MODEL_INPUTS}, batch_size)
+                part = pad_positions(predict(logits_fn, {k: arrays[k][idx, :length] for k in MODEL_INPUTS},
+                                             batch_size), seq_len)
                 out = np.zeros((n,) + part.shape[1:], part.dtype) if out is None else out
                 out[idx] = part
         return out
@@ -49,12 +51,17 @@ def numpy_logits(runner):
 
 
 def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size: int, task) -> Dict[str, float]:
-    """Metrics on every eval split (MNLI: dev_matched and dev_mismatched, prefixed 'mm_' for the second)."""
+    """Metrics on every eval split (MNLI: dev_matched and dev_mismatched, prefixed 'mm_' for the second); a token
+    task's are entity-level precision / recall / F1 over its sentences (src/ner.py)."""
     from src.metrics import compute_metrics
+    from src.ner import entity_metrics
     results = {}
     for i, (split, arrays) in enumerate(eval_sets.items()):
         logits = predict(logits_fn, arrays, batch_size)
-        m = compute_metrics(task, logits, arrays["label_ids"].reshape(-1))
+        if task.token_level:        # entity level (conlleval), the windows of a long sentence recombined first
+            m = entity_metrics(task.labels, arrays["label_ids"], logits, arrays["sentence_id"])
+        else:
+            m = compute_metrics(task, logits, arrays["label_ids"].reshape(-1))
         prefix = "" if i == 0 else "mm_" if split == "dev_mismatched" else f"{split}_"
         results.update({prefix + k: v for k, v in m.items()})
     return results

@@ -2,7 +2,8 @@
 
 What an exported model is: inputs `input_ids, token_type_ids, input_mask` (int32, [batch, seq], fixed shapes:
 `ms.export` writes static shapes) and one output, the **logits** [batch, num_labels] (no softmax, no log-softmax:
-the model-zoo exported log-softmax probabilities; argmax and every metric agree either way).
+the model-zoo exported log-softmax probabilities; argmax and every metric agree either way); a token-level (NER)
+model's are per token, [batch, seq, num_labels].
 
 GELU and ONNX: MindSpore 2.10 cannot export `Erf` to ONNX, so the exact (erf) GELU of BERT/MiniLM checkpoints
 does not export as is. For ONNX the graph is built with `gelu_erf_poly` - the exact GELU with erf from
@@ -28,7 +29,7 @@ from mindspore import nn
 from src.errors import UserError
 from src.ort_cpu import ort_session
 from src.tinybert_model import BertConfig, LogitsOnly
-from src.checkpoint import load_into, pick_head_type, resolve_head_type
+from src.checkpoint import checkpoint_head_kind, load_into, pick_head_type, resolve_head_type
 from src.fileio import atomic_json, require_file
 from src.tinybert_model import build_classifier, load_bert_config
 
@@ -120,7 +121,7 @@ def _width_model(cfg: BertConfig, ckpt_file: str, width_mult: float, head_type: 
     """Slice a supernet checkpoint (DynaBERT/OFA) to a physically smaller model at `width_mult` (and
     `depth_mult`: DynaBERT's kept layers) (src/width.py)."""
     from src.width import slice_to_width
-    supernet = build_classifier(cfg, head_type)
+    supernet = build_classifier(cfg, head_type, checkpoint_head_kind(ckpt_file))
     load_into(supernet, ckpt_file, "--ckpt_file (supernet)", strict=True, allow_unexpected=("fit_dense.",))
     try:
         sub = slice_to_width(supernet, float(width_mult), float(depth_mult))
@@ -167,7 +168,7 @@ def build_model(config_path: str, ckpt_file: str, num_labels: Optional[int] = No
     elif ternary:
         cfg, model = _ternary_model(cfg, ckpt_file, head_type)
     else:
-        model = build_classifier(cfg, head_type)
+        model = build_classifier(cfg, head_type, checkpoint_head_kind(ckpt_file))
         load_into(model, ckpt_file, "--ckpt_file", strict=True, allow_unexpected=("fit_dense.",))
     model.set_train(False)
     return cfg, model
@@ -314,6 +315,7 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                                    hidden_act=exp_cfg.hidden_act, depth_mult=depth_mult)
     else:
         exp_model = ref_model
+    token = ref_model.HEAD_KIND == "token"          # per-token logits [batch, seq, num_labels] (NER)
     net = LogitsOnly(exp_model)
     net.set_train(False)
     ids, types, mask = sample_inputs(batch_size, seq_length, ref_cfg.vocab_size)
@@ -380,12 +382,15 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                 f"in fp32 (weights not ternary)")
         info = {"format": fmt, "file": os.path.basename(final), "config": config_path, "ckpt": ckpt_file,
                 "inputs": [{"name": n, "dtype": "int32", "shape": [batch_size, seq_length]} for n in INPUT_NAMES],
-                "output": {"name": "logits", "dtype": "float32", "shape": [batch_size, ref_cfg.num_labels],
-                           "meaning": "classifier logits (no softmax)"},
+                "output": {"name": "logits", "dtype": "float32",
+                           "shape": [batch_size] + ([seq_length] if token else []) + [ref_cfg.num_labels],
+                           "meaning": "per-token classifier logits (no softmax)" if token else
+                                      "classifier logits (no softmax)"},
                 "batch_size": batch_size, "seq_length": seq_length, "num_labels": ref_cfg.num_labels,
                 "hidden_act": exp_cfg.hidden_act, "checkpoint_hidden_act": ref_cfg.hidden_act, "gelu_note": note,
                 "width_mult": width_mult, "depth_mult": depth_mult, "ternary": bool(ternary),
-                "head_type": ref_model.head_type, "model_config": ref_cfg.to_dict()}
+                "head_type": ref_model.head_type, "head_kind": ref_model.HEAD_KIND,
+                "model_config": ref_cfg.to_dict()}
         if rewritten is not None:
             info["onnx_rewrite"] = rewritten
         if int8_counts is not None:

@@ -12,6 +12,10 @@ All functions are graph-mode safe (pure tensor ops). Conventions, stated once be
   (the TinyBERT / TernaryBERT anchors; equals true CE / C); "row_mean" = mean over batch of the sum over classes
   (true CE, DynaBERT / TextBrewer). No T^2 factor (as TinyBERT); say `temperature_squared: true` to add it.
 - regression prediction loss: MSE between student and teacher outputs (not the gold label).
+- token tasks (NER): logits [B, S, C], label_ids [B, S] with -1 where a position has no label (non-first word
+  pieces, specials, padding, context words of another window). Hard and soft CE are per labelled position and
+  averaged over the labelled positions of the batch (each position counts as one row of the sentence-level rule,
+  so "element_mean" still divides by C). `label_loss` / `teacher_loss` pick the rule of a task kind.
 - squares are `ops.square`, not `** 2`: MindSpore 2.10 lowers `** 2` to a Pow kernel, slower on CPU.
 - data parallelism: a masked mean is per rank (sum_r / n_r); `GlobalMaskCounts` gives the factors that make each
   rank's masked loss its share of the global masked mean, so N workers at batch b == 1 worker at batch N*b.
@@ -104,6 +108,60 @@ def hard_cross_entropy(logits, labels):
 
 def mse(a, b):
     return ops.square(a - b).mean()
+
+
+def _labelled(label_ids):
+    """(valid [B*S] float, safe ids [B*S] with -1 -> 0, number of labelled positions >= 1)."""
+    ids = label_ids.reshape(-1).astype(ms.int32)
+    valid = (ids >= 0).astype(ms.float32)
+    return valid, ids * (ids >= 0).astype(ms.int32), ops.maximum(valid.sum(), 1.0)
+
+
+def token_hard_cross_entropy(logits, label_ids):
+    """CE over the labelled positions of [B, S, C] logits (label -1 = no label), averaged over them."""
+    c = logits.shape[-1]
+    valid, ids, n = _labelled(label_ids)
+    logp = ops.log_softmax(logits.reshape(-1, c), axis=-1)
+    onehot = ops.one_hot(ids, c, ms.Tensor(1.0, ms.float32), ms.Tensor(0.0, ms.float32))
+    return (-(onehot * logp).sum(axis=-1) * valid).sum() / n
+
+
+def token_soft_cross_entropy(student_logits, teacher_logits, label_ids, temperature=1.0,
+                             reduction="element_mean", temperature_squared=False):
+    """soft_cross_entropy over the labelled positions of [B, S, C] logits, averaged over them."""
+    c = student_logits.shape[-1]
+    valid, _, n = _labelled(label_ids)
+    t_prob = ops.softmax(teacher_logits.reshape(-1, c) / temperature, axis=-1)
+    s_logp = ops.log_softmax(student_logits.reshape(-1, c) / temperature, axis=-1)
+    per_pos = -(t_prob * s_logp).sum(axis=-1)
+    if reduction == "element_mean":
+        per_pos = per_pos / c
+    loss = (per_pos * valid).sum() / n
+    if temperature_squared:
+        loss = loss * (temperature * temperature)
+    return loss
+
+
+def label_loss(logits, label_ids, kind: str):
+    """The supervised loss of a task kind (src/tasks.py): MSE for regression, CE over the labelled positions for
+    token tasks, CE otherwise."""
+    if kind == "regression":
+        return mse(logits.reshape(-1), label_ids.reshape(-1).astype(ms.float32))
+    if kind == "token":
+        return token_hard_cross_entropy(logits, label_ids)
+    return hard_cross_entropy(logits, label_ids.reshape(-1))
+
+
+def teacher_loss(student_logits, teacher_logits, label_ids, kind: str, temperature=1.0,
+                 reduction="element_mean", temperature_squared=False):
+    """The prediction-layer distillation loss of a task kind: MSE to the teacher's output for regression, soft CE
+    over the labelled positions for token tasks, soft CE otherwise."""
+    if kind == "regression":
+        return mse(student_logits.reshape(-1), teacher_logits.reshape(-1))
+    if kind == "token":
+        return token_soft_cross_entropy(student_logits, teacher_logits, label_ids, temperature, reduction,
+                                        temperature_squared)
+    return soft_cross_entropy(student_logits, teacher_logits, temperature, reduction, temperature_squared)
 
 
 def uniform_layer_map(teacher_layers: int, student_layers: int):

@@ -37,6 +37,11 @@ class Task:
         return self.kind == "token"
 
     @property
+    def head(self) -> str:
+        """The model head of the task: "token" (one output per position) or "sequence" (one per row)."""
+        return "token" if self.token_level else "sequence"
+
+    @property
     def num_labels(self) -> int:
         return 1 if self.regression else len(self.labels)
 

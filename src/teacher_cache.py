@@ -32,7 +32,7 @@ import mindspore as ms
 from src.train_step import TrainStep
 from src.errors import UserError
 from src.fileio import atomic_write
-from src.batching import MODEL_INPUTS
+from src.batching import MODEL_INPUTS, pad_positions
 from src.evaluation import predict
 
 ROW_ID = "row_id"           # column added to the training arrays: the row's index, so the cache can find it
@@ -87,11 +87,13 @@ class TeacherLogits:
 
     FILE = "teacher_logits.npz"
 
-    def __init__(self, n_rows: int):
+    def __init__(self, n_rows: int, seq_length: int):
         self.logits = None
         self.seen = np.zeros(n_rows, bool)
+        self.seq_length = seq_length            # per-position logits (token tasks) are kept at the full length
 
     def put(self, rows: np.ndarray, logits: np.ndarray):
+        logits = pad_positions(logits, self.seq_length)
         if self.logits is None:
             self.logits = np.zeros((len(self.seen),) + logits.shape[1:], np.float32)
         self.logits[rows] = logits

@@ -25,12 +25,12 @@ class TernaryDistillLoss(nn.Cell):
     """TernaryBERT loss: sum of attention-score MSEs + hidden-state MSEs over a layer map (1:1 for a student
     copied from the teacher, no fit_dense) + the prediction loss. Returns (loss, (att, rep, pred))."""
 
-    def __init__(self, student, teacher, attention_map, hidden_map, cfg, regression: bool,
+    def __init__(self, student, teacher, attention_map, hidden_map, cfg, kind: str,
                  data_parallel: bool = False):
         super().__init__()
         self.student = student
         self.teacher = FrozenTeacher(teacher)
-        self.pred = PredictionLoss(cfg, regression)
+        self.pred = PredictionLoss(cfg, kind)
         self.inter = IntermediateLoss(None, attention_map, hidden_map, cfg, data_parallel,
                                       student.config.fused_cpu_kernels)
 

@@ -7,6 +7,10 @@ One readable model file. It knows nothing about distillation, quantization or wi
   states (embedding output first) and all L attention score tensors (pre-softmax, mask added).
 - `BertForSequenceClassification` adds the task head: dropout -> dense (standard, default) or the anchors'
   ReLU-on-pooler head (`head_type="relu_pooler"`, TinyBERT/MindSpore-zoo parity).
+- `BertForTokenClassification` (NER): dropout -> dense on every position of the sequence output, as HF's
+  `BertForTokenClassification` (same parameter names: `classifier`). It keeps the pooler of the backbone (unused:
+  every checkpoint of this project has one layout, so a pre-trained BertModel loads strictly and width slicing,
+  quantization and conversion see the same cells); exported graphs do not contain it.
 
 Parameter names mirror HF `BertModel` (the explicit HF <-> MindSpore map is `NAME_MAP` in `src/hf_checkpoint.py`), e.g.
 `bert.encoder.0.attention.query.weight`, `bert.embeddings.LayerNorm.gamma`.
@@ -294,6 +298,7 @@ class BertForSequenceClassification(nn.Cell):
     """
 
     HEAD_TYPES = HEAD_TYPES
+    HEAD_KIND = "sequence"
 
     def __init__(self, config: BertConfig, head_type: str = "dense"):
         super().__init__()
@@ -307,12 +312,48 @@ class BertForSequenceClassification(nn.Cell):
         self.classifier = _dense(config.hidden_size, config.num_labels, config.initializer_range)
 
     def construct(self, input_ids, token_type_ids, input_mask):
-        _, pooled, hidden_states, attention_scores = self.bert(input_ids, token_type_ids, input_mask)
+        sequence_output, _, hidden_states, attention_scores = self.bert(input_ids, token_type_ids, input_mask)
+        return self.logits_of(sequence_output), hidden_states, attention_scores
+
+    def logits_of(self, sequence_output):
+        """The head on the last hidden state [B, S, H] -> [B, num_labels] (also run by width views)."""
+        pooled = self.bert.tanh(self.bert.pooler(sequence_output[:, 0]))
         if self.head_type == "relu_pooler":
-            x = self.relu(pooled)
-        else:
-            x = self.dropout(pooled)
-        return self.classifier(x), hidden_states, attention_scores
+            return self.classifier(self.relu(pooled))
+        return self.classifier(self.dropout(pooled))
+
+
+class BertForTokenClassification(nn.Cell):
+    """BERT + per-token head (NER). construct -> (logits [B, S, num_labels], hidden_states, attention_scores).
+
+    dropout(sequence_output) -> Dense, as HF `BertForTokenClassification`. Only head_type "dense" exists for token
+    tasks (the ReLU-on-pooler head is sentence-level)."""
+
+    HEAD_TYPES = ("dense",)
+    HEAD_KIND = "token"
+
+    def __init__(self, config: BertConfig, head_type: str = "dense"):
+        super().__init__()
+        if head_type not in self.HEAD_TYPES:
+            raise ValueError(f"head_type '{head_type}' not supported for token classification: expected "
+                             f"{', '.join(self.HEAD_TYPES)}")
+        self.config = copy.deepcopy(config)
+        self.head_type = head_type
+        self.bert = BertModel(config)
+        self.dropout = dropout(config.hidden_dropout_prob)
+        self.classifier = _dense(config.hidden_size, config.num_labels, config.initializer_range)
+
+    def construct(self, input_ids, token_type_ids, input_mask):
+        sequence_output, _, hidden_states, attention_scores = self.bert(input_ids, token_type_ids, input_mask)
+        return self.logits_of(sequence_output), hidden_states, attention_scores
+
+    def logits_of(self, sequence_output):
+        """The head on the last hidden state [B, S, H] -> [B, S, num_labels] (also run by width views)."""
+        return self.classifier(self.dropout(sequence_output))
+
+
+# head kind (Task.head in src/tasks.py; recorded in checkpoints as head_kind) -> model class
+HEADS = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification}
 
 
 class LogitsOnly(nn.Cell):
@@ -350,9 +391,11 @@ def student_config(teacher_cfg: BertConfig, spec: dict) -> BertConfig:
         raise UserError(f"student.arch: {e}") from None
 
 
-def build_classifier(cfg: BertConfig, head_type: str) -> BertForSequenceClassification:
+def build_classifier(cfg: BertConfig, head_type: str, head_kind: str = "sequence") -> nn.Cell:
+    """The model of a head kind (Task.head: "sequence" -> BertForSequenceClassification, "token" ->
+    BertForTokenClassification) with `cfg.num_labels` outputs."""
     try:
-        return BertForSequenceClassification(cfg, head_type=head_type)
+        return HEADS[head_kind](cfg, head_type=head_type)
     except ValueError as e:
         raise UserError(str(e)) from None
 

@@ -25,7 +25,7 @@ from src.distill import FrozenTeacher
 from src.errors import UserError
 from src.fileio import atomic_json, atomic_write
 from src.tinybert_model import BertConfig, BertForSequenceClassification
-from src.checkpoint import load_into, resolve_head_type, save_cell
+from src.checkpoint import checkpoint_head_kind, load_into, resolve_head_type, save_cell
 from src.tinybert_model import build_classifier, load_bert_config
 
 
@@ -211,7 +211,6 @@ class WidthView(nn.Cell):
         self.model = model
         kept = spec.layers or tuple(range(cfg.num_hidden_layers))
         self.layers = nn.CellList([_LayerView(model.bert.encoder[i], spec.heads[i], spec.ffn[i]) for i in kept])
-        self.relu_head = model.head_type == "relu_pooler"
 
     def construct(self, input_ids, token_type_ids, input_mask, head_mask=None):
         bert = self.model.bert
@@ -228,9 +227,7 @@ class WidthView(nn.Cell):
             hidden_states = hidden_states + (hidden,)
             attention_scores = attention_scores + (scores,)
             i = i + 1
-        pooled = bert.tanh(bert.pooler(hidden[:, 0]))
-        x = self.model.relu(pooled) if self.relu_head else self.model.dropout(pooled)
-        return self.model.classifier(x), hidden_states, attention_scores
+        return self.model.logits_of(hidden), hidden_states, attention_scores
 
 
 class ImportanceGrad(nn.Cell):
@@ -238,13 +235,14 @@ class ImportanceGrad(nn.Cell):
 
     Head: |dL/d head_mask| (mask of ones multiplied into the attention probabilities). FFN neuron j of a layer:
     |sum_i W1[j,i] dW1[j,i] + b1[j] db1[j]| + |sum_k W2[k,j] dW2[k,j]| (first-order Taylor of removing it).
-    Loss: CE to the labels (MSE for regression). Gradients are computed per call: nothing accumulates inside."""
+    Loss: losses.label_loss of the task kind (CE to the labels, over the labelled positions for token tasks; MSE
+    for regression). Gradients are computed per call: nothing accumulates inside."""
 
-    def __init__(self, model: BertForSequenceClassification, regression: bool):
+    def __init__(self, model: BertForSequenceClassification, kind: str):
         super().__init__()
         cfg = model.config
         self.view = WidthView(model, width_spec(cfg, 1.0))
-        self.regression = regression
+        self.kind = kind
         self.ffn_params = []
         for layer in model.bert.encoder:
             self.ffn_params += [layer.ffn.intermediate.weight, layer.ffn.intermediate.bias,
@@ -255,9 +253,7 @@ class ImportanceGrad(nn.Cell):
 
     def _loss(self, input_ids, segment_ids, input_mask, head_mask, label_ids):
         logits = self.view(input_ids, segment_ids, input_mask, head_mask)[0]
-        if self.regression:
-            return losses.mse(logits.reshape(-1), label_ids.reshape(-1).astype(ms.float32))
-        return losses.hard_cross_entropy(logits, label_ids.reshape(-1))
+        return losses.label_loss(logits, label_ids, self.kind)
 
     def construct(self, input_ids, segment_ids, input_mask, head_mask, label_ids):
         loss, (g_mask, g_w) = self.grad_fn(input_ids, segment_ids, input_mask, head_mask, label_ids)
@@ -270,7 +266,7 @@ class ImportanceGrad(nn.Cell):
         return loss, ops.abs(g_mask), ffn_scores
 
 
-def compute_importance(model: BertForSequenceClassification, batches, regression: bool,
+def compute_importance(model: BertForSequenceClassification, batches, kind: str,
                        normalize: bool = False) -> Dict[str, object]:
     """Sum of per-batch head / neuron importance over `batches` (dicts with input_ids, segment_ids, input_mask,
     label_ids: use TRAINING data). Model in inference mode (no dropout). `normalize` divides each layer's scores
@@ -279,14 +275,14 @@ def compute_importance(model: BertForSequenceClassification, batches, regression
     cfg = model.config
     if cfg.layer_num_heads and len(set(cfg.layer_num_heads)) > 1:
         raise ValueError("importance needs the same head count in every layer (a full, unsliced model)")
-    net = ImportanceGrad(model, regression)
+    net = ImportanceGrad(model, kind)
     net.set_train(False)
     mask = ms.Tensor(np.ones((cfg.num_hidden_layers, cfg.heads(0)), np.float32))
     head = np.zeros((cfg.num_hidden_layers, cfg.heads(0)), np.float64)
     ffn = [np.zeros(cfg.ffn(i), np.float64) for i in range(cfg.num_hidden_layers)]
     n, total = 0, 0.0
     for batch in batches:
-        label_dtype = ms.float32 if regression else ms.int32
+        label_dtype = ms.float32 if kind == "regression" else ms.int32
         loss, h, f = net(ms.Tensor(batch["input_ids"], ms.int32), ms.Tensor(batch["segment_ids"], ms.int32),
                          ms.Tensor(batch["input_mask"], ms.int32), mask,
                          ms.Tensor(batch["label_ids"], label_dtype))
@@ -385,7 +381,7 @@ def slice_to_width(model: BertForSequenceClassification, width_mult: float,
     has the per-layer sizes; save it with `save_cell` + `config.to_json_file` and it reloads with
     `load_into` (strict)."""
     spec = parse_width_list([width_mult], model.config, "width_mult", [depth_mult], "depth_mult")[0]
-    sub = BertForSequenceClassification(sub_config(model.config, spec), head_type=model.head_type)
+    sub = type(model)(sub_config(model.config, spec), head_type=model.head_type)
     state = slice_state(model, spec)
     for name, p in sub.parameters_and_names():
         if tuple(p.shape) != state[name].shape:
@@ -409,7 +405,7 @@ def slice_checkpoint(supernet_ckpt: str, supernet_config: str, width_mult: float
     overrides = {"num_labels": num_labels} if num_labels else {}
     cfg = load_bert_config(supernet_config, "supernet config", **overrides)
     head_type = resolve_head_type(head_type, supernet_ckpt, "--head_type", "supernet checkpoint")
-    model = build_classifier(cfg, head_type)
+    model = build_classifier(cfg, head_type, checkpoint_head_kind(supernet_ckpt))
     load_into(model, supernet_ckpt, "supernet checkpoint", strict=True, allow_unexpected=("fit_dense.",))
     sub = slice_to_width(model, width_mult, depth_mult)
     os.makedirs(out_dir, exist_ok=True)
@@ -452,13 +448,14 @@ class MultiWidthDistillLoss(nn.Cell):
     (a sub-network with fewer layers (depth < 1) matches its hidden states to the teacher's by
     `WidthSpec.hidden_map`, DynaBERT-D: the state entering kept layer k to teacher hidden k, the final state to the
     teacher's final state; a width-matched teacher view keeps the same layers, so there the map is 1:1)
-    Regression: MSE to the teacher's output instead of soft CE (the anchors' 0 logit loss is a bug). The teacher
+    Regression: MSE to the teacher's output instead of soft CE (the anchors' 0 logit loss is a bug); token tasks:
+    soft CE over the labelled positions (losses.teacher_loss). The teacher
     is the fine-tuned full model (FrozenTeacher), or with `teacher_views` one frozen view per width
     (width-matched teacher). Returns (loss, per-width losses)."""
 
     def __init__(self, model: BertForSequenceClassification, teacher: nn.Cell, specs: Sequence[WidthSpec],
                  lambda1: float = 1.0, lambda2: float = 0.1, soft_ce_reduction: str = "row_mean",
-                 temperature: float = 1.0, regression: bool = False, mask_padding: bool = True,
+                 temperature: float = 1.0, kind: str = "classification", mask_padding: bool = True,
                  teacher_views: Optional[Sequence[nn.Cell]] = None, data_parallel: bool = False):
         super().__init__()
         if soft_ce_reduction not in losses.SOFT_CE_REDUCTIONS:
@@ -474,7 +471,7 @@ class MultiWidthDistillLoss(nn.Cell):
         self.l2 = float(lambda2)
         self.reduction = soft_ce_reduction
         self.temperature = float(temperature)
-        self.regression = regression
+        self.kind = kind
         self.mask_padding = mask_padding
         self.sq_err = MaskedSquaredError() if model.config.fused_cpu_kernels and mask_padding else None
         self.counts = losses.GlobalMaskCounts(data_parallel and mask_padding)
@@ -483,12 +480,9 @@ class MultiWidthDistillLoss(nn.Cell):
         self.hidden_maps = tuple(tuple(range(len(s.hidden_map))) if self.width_matched else
                                  (s.hidden_map if s.layers else tuple(range(n_hidden))) for s in specs)
 
-    def _one(self, view, t_logits, t_hidden, hidden_map, input_ids, segment_ids, input_mask, tokens):
+    def _one(self, view, t_logits, t_hidden, hidden_map, input_ids, segment_ids, input_mask, label_ids, tokens):
         logits, hidden, _ = view(input_ids, segment_ids, input_mask)
-        if self.regression:
-            pred = losses.mse(logits.reshape(-1), t_logits.reshape(-1))
-        else:
-            pred = losses.soft_cross_entropy(logits, t_logits, self.temperature, self.reduction)
+        pred = losses.teacher_loss(logits, t_logits, label_ids, self.kind, self.temperature, self.reduction)
         rep = 0.0
         for j, tj in enumerate(hidden_map):
             rep = rep + losses.hidden_mse(hidden[j], t_hidden[tj], input_mask, self.mask_padding, self.sq_err)
@@ -503,7 +497,7 @@ class MultiWidthDistillLoss(nn.Cell):
             for view in self.views:
                 t_logits, t_hidden, _ = self.teachers[i](input_ids, segment_ids, input_mask)
                 loss = self._one(view, t_logits, t_hidden, self.hidden_maps[i], input_ids, segment_ids, input_mask,
-                                 tokens)
+                                 label_ids, tokens)
                 total = total + loss
                 parts = parts + (loss,)
                 i = i + 1
@@ -512,7 +506,7 @@ class MultiWidthDistillLoss(nn.Cell):
             i = 0
             for view in self.views:
                 loss = self._one(view, t_logits, t_hidden, self.hidden_maps[i], input_ids, segment_ids, input_mask,
-                                 tokens)
+                                 label_ids, tokens)
                 total = total + loss
                 parts = parts + (loss,)
                 i = i + 1

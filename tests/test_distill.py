@@ -99,17 +99,17 @@ def test_regression_loss_cells_are_row_by_row_mse():
     assert ((s - y.reshape(-1)) ** 2).mean() != pytest.approx(((s - y) ** 2).mean(), rel=1e-3)
     f32 = [ms.Tensor(a.astype(np.float32)) for a in (t, y)]
 
-    loss, (ce,) = FinetuneLoss(_FirstIdLogits(), regression=True)(*ins, f32[1])
+    loss, (ce,) = FinetuneLoss(_FirstIdLogits(), kind="regression")(*ins, f32[1])
     assert float(loss.asnumpy()) == float(ce.asnumpy()) == pytest.approx(((s - y) ** 2).mean(), rel=1e-6)
 
     cfg = DistillLossConfig(pred_weight=2.0, hard_label_weight=0.5)
     soft, hard = ((s - t) ** 2).mean(), ((s - y) ** 2).mean()
     for labels in (f32[1], ms.Tensor(y.reshape(-1).astype(np.float32))):          # (B, 1) or (B,)
-        loss, sv, hv = PredictionLoss(cfg, regression=True)(ms.Tensor(s.astype(np.float32)), f32[0], labels)
+        loss, sv, hv = PredictionLoss(cfg, kind="regression")(ms.Tensor(s.astype(np.float32)), f32[0], labels)
         assert (float(sv.asnumpy()), float(hv.asnumpy())) == (pytest.approx(soft, rel=1e-6),
                                                               pytest.approx(hard, rel=1e-6))
         assert float(loss.asnumpy()) == pytest.approx(2.0 * soft + 0.5 * hard, rel=1e-6)
-    loss, (sv, hv) = CachedLogitsPhase2Loss(_FirstIdLogits(), cfg, regression=True)(*ins, f32[1], f32[0])
+    loss, (sv, hv) = CachedLogitsPhase2Loss(_FirstIdLogits(), cfg, kind="regression")(*ins, f32[1], f32[0])
     assert float(loss.asnumpy()) == pytest.approx(2.0 * soft + 0.5 * hard, rel=1e-6)
     assert float(sv.asnumpy()) == pytest.approx(soft, rel=1e-6)
 
@@ -135,9 +135,9 @@ def test_phase2_live_teacher_equals_cached_logits_loss_and_gradients(regression)
     y = (np.array([[0.5], [3.0], [1.5], [4.5]], np.float32) if regression else np.array([[0], [2], [1], [2]], np.int32))
     inputs = [ms.Tensor(ids), ms.Tensor(np.zeros_like(ids)), ms.Tensor(mask), ms.Tensor(y)]
     t_logits = FrozenTeacher(teacher)(*inputs[:3])[0]
-    live = TaskDistillPhase2Loss(student, teacher, cfg, regression)
+    live = TaskDistillPhase2Loss(student, teacher, cfg, "regression" if regression else "classification")
     live.set_train(True)                                    # what the train step does: the teacher stays in inference
-    cached = CachedLogitsPhase2Loss(student, cfg, regression)
+    cached = CachedLogitsPhase2Loss(student, cfg, "regression" if regression else "classification")
     weights = student.trainable_params()
 
     def live_loss(*a):

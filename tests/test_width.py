@@ -175,7 +175,7 @@ def _ce(logits, labels):
 def test_importance_matches_finite_differences_and_sums_fresh_per_batch_gradients():
     m = _model(3)
     b1, b2 = _batch(3), _batch(4)
-    imp1 = compute_importance(m, [b1], regression=False)
+    imp1 = compute_importance(m, [b1], kind="classification")
     net = LogitsOnly(m)
     net.set_train(False)
     ins = _inputs(b1)
@@ -212,11 +212,11 @@ def test_importance_matches_finite_differences_and_sums_fresh_per_batch_gradient
     assert imp1["head"].max() > 1e-3                    # the check above is not a comparison of zeros
 
     # two batches = sum of the two per-batch scores (no stale, accumulating gradients as in the anchors)
-    imp2 = compute_importance(m, [b2], regression=False)
-    both = compute_importance(m, [b1, b2], regression=False)
+    imp2 = compute_importance(m, [b2], kind="classification")
+    both = compute_importance(m, [b1, b2], kind="classification")
     np.testing.assert_allclose(both["head"], imp1["head"] + imp2["head"], rtol=1e-5)
     np.testing.assert_allclose(both["ffn"][1], imp1["ffn"][1] + imp2["ffn"][1], rtol=1e-5)
-    norm = compute_importance(m, [b1], regression=False, normalize=True)
+    norm = compute_importance(m, [b1], kind="classification", normalize=True)
     np.testing.assert_allclose(np.linalg.norm(norm["head"], axis=1), 1.0, rtol=1e-6)
 
 
@@ -226,7 +226,7 @@ def test_rewiring_preserves_logits_and_sorts_importance(tmp_path):
     net = LogitsOnly(m)
     net.set_train(False)
     before = net(*_inputs(batch)).asnumpy()
-    imp = compute_importance(m, [batch], regression=False)
+    imp = compute_importance(m, [batch], kind="classification")
     head_order, ffn_order = importance_order(imp)
     assert head_order[0] != [0, 1, 2, 3] or head_order[1] != [0, 1, 2, 3]   # a real permutation is exercised
     save_importance(imp, head_order, ffn_order, str(tmp_path))
@@ -235,7 +235,7 @@ def test_rewiring_preserves_logits_and_sorts_importance(tmp_path):
     rewire(m, head_order, ffn_order)
     after = net(*_inputs(batch)).asnumpy()
     np.testing.assert_allclose(after, before, atol=1e-5, rtol=0)
-    imp_after = compute_importance(m, [batch], regression=False)
+    imp_after = compute_importance(m, [batch], kind="classification")
     for li in range(2):
         np.testing.assert_allclose(imp_after["head"][li], imp["head"][li][head_order[li]], rtol=1e-4, atol=1e-8)
         assert list(imp_after["head"][li]) == sorted(imp_after["head"][li], reverse=True)
@@ -438,11 +438,11 @@ def test_regression_importance_and_width_loss_are_row_by_row_mse():
     t = teacher(*_inputs(batch))[0].asnumpy().astype(np.float64)
     assert s.shape == t.shape == (B, 1) and np.ptp(s) > 1e-3 and np.ptp(t) > 1e-3
     y = batch["label_ids"].astype(np.float64)
-    imp = compute_importance(student, [batch], regression=True)
+    imp = compute_importance(student, [batch], kind="regression")
     assert imp["loss"] == pytest.approx(((s - y) ** 2).mean(), rel=1e-5)
     assert imp["loss"] != pytest.approx(((s - y.reshape(-1)) ** 2).mean(), rel=1e-3)   # the broadcast value differs
     loss_net = MultiWidthDistillLoss(student, teacher, parse_width_list([1.0], cfg), lambda1=1.0, lambda2=0.0,
-                                     regression=True)
+                                     kind="regression")
     loss_net.set_train(False)
     total, _ = loss_net(*_inputs(batch), ms.Tensor(batch["label_ids"]))
     assert float(total.asnumpy()) == pytest.approx(((s - t) ** 2).mean(), rel=1e-5)

@@ -65,6 +65,62 @@ def write_split(data_dir: str, split: str, n: int, seed: int):
     write_schema(os.path.join(data_dir, f"{split}_schema.json"), COLUMNS, count)
 
 
+TOKEN_LABELS = ["O", "B-X", "I-X"]
+TOKEN_COLUMNS = {"input_ids": ("int64", SEQ), "input_mask": ("int64", SEQ), "segment_ids": ("int64", SEQ),
+                 "label_ids": ("int64", SEQ), "sentence_id": ("int64", 1)}
+
+
+def _tags_of(words) -> list:
+    """Words 20..29 are entity words: B-X where the word before is not one, I-X where it is (the tag needs the
+    context); others O."""
+    return [0 if w < 20 else 2 if i and words[i - 1] >= 20 else 1 for i, w in enumerate(words)]
+
+
+def token_sentences(n: int, seed: int):
+    """(words, tags) of `n` sentences of 3..20 words (ids 4..29, tags by _tags_of), so some sentences need two
+    rows of SEQ positions."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        words = [int(w) for w in rng.integers(4, VOCAB, int(rng.integers(3, 21)))]
+        yield words, _tags_of(words)
+
+
+def token_rows(n: int, seed: int):
+    """The token-task layout of src/tasks.py: each word is its id plus, for every third word, a second piece
+    (label -1); the tag id on the first piece; a sentence longer than SEQ - 2 pieces continues in a second row
+    that repeats its last two words before as context (labels -1). Returns (rows, sentences)."""
+    rows_out, sentences = [], []
+    for sid, (words, tags) in enumerate(token_sentences(n, seed)):
+        sentences.append([TOKEN_LABELS[t] for t in tags])
+        pieces = [[w] + ([4 + (w * 7) % 26] if i % 3 == 2 else []) for i, w in enumerate(words)]
+        start, ctx = 0, 0
+        while start < len(words):
+            ids, labels, end = [2], [-1], start - ctx
+            for j in range(start - ctx, len(words)):
+                if len(ids) + len(pieces[j]) > SEQ - 1:
+                    break
+                ids += pieces[j]
+                labels += ([tags[j]] if j >= start else [-1]) + [-1] * (len(pieces[j]) - 1)
+                end = j + 1
+            ids.append(3)
+            labels.append(-1)
+            pad = SEQ - len(ids)
+            rows_out.append({"input_ids": ids + [0] * pad, "input_mask": [1] * len(ids) + [0] * pad,
+                             "segment_ids": [0] * SEQ, "label_ids": labels + [-1] * pad, "sentence_id": [sid]})
+            start, ctx = end, 2
+    return rows_out, sentences
+
+
+def write_token_split(data_dir: str, split: str, n: int, seed: int) -> list:
+    """A token-task split (token_rows) under data_dir; returns the gold tags of its sentences."""
+    from src.records import write_records, write_schema
+    os.makedirs(data_dir, exist_ok=True)
+    rows_, sentences = token_rows(n, seed)
+    count = write_records(os.path.join(data_dir, f"{split}.tf_record"), iter(rows_), TOKEN_COLUMNS)
+    write_schema(os.path.join(data_dir, f"{split}_schema.json"), TOKEN_COLUMNS, count)
+    return sentences
+
+
 def make_workspace(root: str, n_train: int = 64, n_dev: int = 16) -> dict:
     """Records + tiny teacher under `root`; returns the paths."""
     import mindspore as ms

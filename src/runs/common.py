@@ -19,7 +19,7 @@ def classifier_config(cfg, path: str, what: str, task):
 def teacher_classifier(cfg, task, ckpt=None, what: str = "teacher.ckpt"):
     """(config, classifier) of `teacher:`; loaded from `ckpt` unless it is None (an empty path is an error)."""
     tcfg = classifier_config(cfg, cfg.teacher.config, "teacher.config", task)
-    teacher = build_classifier(tcfg, cfg.teacher.head_type)
+    teacher = build_classifier(tcfg, cfg.teacher.head_type, task.head)
     if ckpt is not None:
         load_into(teacher, ckpt, what, strict=True)
     return tcfg, teacher

@@ -34,11 +34,12 @@ def _run(cfg, out_dir, save_resolved):
     # ---- build
     phase, sched = PHASES[cfg.phase], cfg[cfg.phase]
     tcfg = classifier_config(cfg, cfg.teacher.config, "teacher.config", task)
-    teacher = build_classifier(tcfg, cfg.teacher.head_type)
+    teacher = build_classifier(tcfg, cfg.teacher.head_type, task.head)
     train = train_data(cfg, task, log)
     b = phase.build(cfg, task, tcfg, teacher, train, log)
     batcher = ArrayBatcher(train, sched.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
-                           length_buckets=list(cfg.data.length_buckets), batch_key=f"{cfg.phase}.batch_size")
+                           length_buckets=list(cfg.data.length_buckets), batch_key=f"{cfg.phase}.batch_size",
+                           per_token=task.token_level)
     step, lr = build_train_step(b.loss_net, cfg.optim, sched, len(batcher), cfg.distributed)
     log.info(f"model params {count_params(b.model)}; {len(batcher)} steps per epoch, buckets {batcher.buckets}")
     run_step = b.wrap_step(step, batcher) if b.wrap_step else step
@@ -73,7 +74,8 @@ def _evaluate_checkpoint(cfg, task, eval_sets, log):
     ckpt = cfg.eval.ckpt or os.path.join(cfg.output_dir, "td2", "best.ckpt")
     mcfg = classifier_config(cfg, cfg.eval.model_config or os.path.join(os.path.dirname(ckpt), "config.json"),
                              "eval.model_config", task)
-    model = build_classifier(mcfg, resolve_head_type(cfg.eval.head_type, ckpt, "eval.head_type", "eval.ckpt"))
+    model = build_classifier(mcfg, resolve_head_type(cfg.eval.head_type, ckpt, "eval.head_type", "eval.ckpt"),
+                             task.head)
     load_into(model, ckpt, "eval.ckpt", strict=True, allow_unexpected=("fit_dense.",))
     net = LogitsOnly(model)
     net.set_train(False)

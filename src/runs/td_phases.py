@@ -47,7 +47,7 @@ def _finetune(cfg, task, tcfg, teacher, train, log) -> Built:
               allow_missing=("classifier.",))
     if cfg.finetune.freeze_word_embeddings:
         teacher.bert.embeddings.word_embeddings.embedding_table.requires_grad = False
-    return Built(teacher, tcfg, FinetuneLoss(teacher, task.regression), TASK_INPUTS, ["ce"])
+    return Built(teacher, tcfg, FinetuneLoss(teacher, task.kind), TASK_INPUTS, ["ce"])
 
 
 def _student(cfg, task, tcfg, teacher, log):
@@ -56,7 +56,7 @@ def _student(cfg, task, tcfg, teacher, log):
     scfg = classifier_config(cfg, cfg.student.config, "student.config", task)
     if scfg.vocab_size != tcfg.vocab_size:
         raise UserError(f"student.config vocab_size {scfg.vocab_size} differs from the teacher's {tcfg.vocab_size}")
-    return scfg, build_classifier(scfg, cfg.student.head_type)
+    return scfg, build_classifier(scfg, cfg.student.head_type, task.head)
 
 
 def _td1(cfg, task, tcfg, teacher, train, log) -> Built:
@@ -73,7 +73,7 @@ def _td1(cfg, task, tcfg, teacher, train, log) -> Built:
     train[teacher_cache.ROW_ID] = np.arange(len(train["input_ids"]), dtype=np.int32)
     loss_net = TaskDistillPhase1Loss(student, teacher, fit_dense, att_map, hid_map, lcfg, cfg.distributed,
                                      return_targets=keep)
-    logits = teacher_cache.TeacherLogits(len(train["input_ids"]))
+    logits = teacher_cache.TeacherLogits(*train["input_ids"].shape)
 
     def wrap_step(step, batcher):
         cache = cached = None
@@ -103,7 +103,7 @@ def _td2(cfg, task, tcfg, teacher, train, log) -> Built:
     load_into(student, td1_ckpt(cfg), "student.td1_ckpt", strict=True, allow_unexpected=("fit_dense.",))
     lcfg = loss_config(cfg)
     if not cfg.td2.cache_teacher_logits:
-        return Built(student, scfg, TaskDistillPhase2Loss(student, teacher, lcfg, task.regression), TASK_INPUTS,
+        return Built(student, scfg, TaskDistillPhase2Loss(student, teacher, lcfg, task.kind), TASK_INPUTS,
                      ["soft", "hard"])
     t0, net = time.time(), LogitsOnly(teacher)
     net.set_train(False)
@@ -111,7 +111,7 @@ def _td2(cfg, task, tcfg, teacher, train, log) -> Built:
                                                               list(cfg.data.length_buckets),
                                                               os.path.dirname(td1_ckpt(cfg)), log)
     log.info(f"cached teacher logits for {len(train['input_ids'])} train rows in {time.time() - t0:.1f}s")
-    return Built(student, scfg, CachedLogitsPhase2Loss(student, lcfg, task.regression),
+    return Built(student, scfg, CachedLogitsPhase2Loss(student, lcfg, task.kind),
                  TASK_INPUTS + ["teacher_logits"], ["soft", "hard"])
 
 

@@ -61,9 +61,9 @@ def _run(cfg, out_dir, save_resolved):
     if cfg.eval.teacher_baseline and is_main:
         teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log)
     quantize_model(model, qcfg, sync_ranks=cfg.distributed)
-    loss_net = TernaryDistillLoss(model, teacher, att_map, hid_map, lcfg, task.regression, cfg.distributed)
+    loss_net = TernaryDistillLoss(model, teacher, att_map, hid_map, lcfg, task.kind, cfg.distributed)
     batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
-                           length_buckets=list(cfg.data.length_buckets))
+                           length_buckets=list(cfg.data.length_buckets), per_token=task.token_level)
     step, lr = build_train_step(loss_net, cfg.optim, cfg.train, len(batcher), cfg.distributed)
     optimizer = step.optimizer
     step, refreshed = with_lat_refresh(step, model, optimizer)
@@ -100,7 +100,7 @@ def _run(cfg, out_dir, save_resolved):
 def _student(cfg, task, tcfg):
     """(config, model, log line): a copy of the fine-tuned teacher, or a checkpoint (e.g. a TinyBERT student)."""
     if cfg.student.init == "teacher":
-        model = build_classifier(tcfg, cfg.student.head_type)
+        model = build_classifier(tcfg, cfg.student.head_type, task.head)
         load_into(model, cfg.teacher.ckpt, "teacher.ckpt", strict=True)
         return tcfg, model, f"student initialised from the fine-tuned teacher {cfg.teacher.ckpt}"
     if cfg.student.init == "ckpt":
@@ -109,7 +109,7 @@ def _student(cfg, task, tcfg):
         if scfg.hidden_size != tcfg.hidden_size:
             raise UserError(f"student.config hidden_size {scfg.hidden_size} differs from the teacher's "
                             f"{tcfg.hidden_size}: TernaryBERT's hidden loss has no fit_dense")
-        model = build_classifier(scfg, cfg.student.head_type)
+        model = build_classifier(scfg, cfg.student.head_type, task.head)
         load_into(model, cfg.student.ckpt, "student.ckpt", strict=True, allow_unexpected=("fit_dense.",))
         return scfg, model, f"student initialised from {cfg.student.ckpt}"
     raise UserError(f"student.init '{cfg.student.init}': expected teacher or ckpt")

@@ -41,7 +41,7 @@ def _run(cfg, out_dir, save_resolved):
     # ---- build: data, teacher, supernet (rewired by importance), loss over widths, one optimizer for all
     eval_sets, train = eval_data(cfg, task, log), train_data(cfg, task, log)
     _, teacher = teacher_classifier(cfg, task, cfg.teacher.ckpt)
-    model = build_classifier(tcfg, cfg.teacher.head_type)
+    model = build_classifier(tcfg, cfg.teacher.head_type, task.head)
     load_into(model, cfg.supernet.init_ckpt or cfg.teacher.ckpt, "supernet.init_ckpt", strict=True)
     log.info(f"supernet initialised from {cfg.supernet.init_ckpt or cfg.teacher.ckpt}; teacher {cfg.teacher.ckpt}; "
              f"params {count_params(model)}")
@@ -51,12 +51,12 @@ def _run(cfg, out_dir, save_resolved):
         _rewire_by_importance(cfg, model, teacher, train, task, rank, world, out_dir, log)
     teacher_views = [WidthView(teacher, s) for s in specs] if cfg.train.width_matched_teacher else None
     batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
-                           length_buckets=list(cfg.data.length_buckets))
+                           length_buckets=list(cfg.data.length_buckets), per_token=task.token_level)
     lr, opt = schedule_and_optimizer(model.trainable_params(), cfg.optim, cfg.train, len(batcher))
 
     def make_step(idx):               # a TrainStep over the widths `idx` (one compiled graph per subset)
         loss = MultiWidthDistillLoss(model, teacher, [specs[i] for i in idx], cfg.loss.lambda1, cfg.loss.lambda2,
-                                     cfg.loss.soft_ce_reduction, cfg.loss.temperature, task.regression,
+                                     cfg.loss.soft_ce_reduction, cfg.loss.temperature, task.kind,
                                      cfg.loss.padding == "valid", data_parallel=cfg.distributed,
                                      teacher_views=[teacher_views[i] for i in idx] if teacher_views else None)
         return make_train_step(loss, opt, cfg.optim, cfg.distributed)
@@ -99,7 +99,7 @@ def _run(cfg, out_dir, save_resolved):
                       skip_overflow_steps=cfg.optim.loss_scale != 1.0, extra_state=bests, counter=counter)
     result = trainer.fit()
     if is_main:                 # after training: an error here keeps the trained run (keep_outputs)
-        result["rows"] = keep_outputs_on_error(_report, cfg, specs, bests, task.main_metric, out_dir, log)
+        result["rows"] = keep_outputs_on_error(_report, cfg, specs, bests, task, out_dir, log)
     log.close()
     return result
 
@@ -109,9 +109,10 @@ def _rewire_by_importance(cfg, model, teacher, train, task, rank, world, out_dir
     a width-matched teacher) the teacher reordered so the most important units come first."""
     t0, limit = time.time(), cfg.importance.max_batches
     batcher = ArrayBatcher(train, cfg.importance.batch_size, shuffle=True, seed=cfg.seed + 1,
-                           length_buckets=list(cfg.data.length_buckets), batch_key="importance.batch_size")
+                           length_buckets=list(cfg.data.length_buckets), batch_key="importance.batch_size",
+                           per_token=task.token_level)
     batches = itertools.islice(batcher.epoch(0), limit) if limit else batcher.epoch(0)
-    imp = compute_importance(model, batches, task.regression, cfg.importance.normalize)
+    imp = compute_importance(model, batches, task.kind, cfg.importance.normalize)
     head_order, ffn_order = importance_order(imp)
     if world > 1:
         head_order, ffn_order = share_rank0_order(head_order, ffn_order, rank)
@@ -124,13 +125,14 @@ def _rewire_by_importance(cfg, model, teacher, train, task, rank, world, out_dir
              f"head order layer 0 {head_order[0]}; rewired (saved importance.npz, permutation.json)")
 
 
-def _report(cfg, specs, bests, metric, out_dir, log):
+def _report(cfg, specs, bests, task, out_dir, log):
+    metric = task.main_metric
     """Each best sub-model reloaded with the normal strict loader, its parameters counted and its latency timed;
     the width table logged and written to width_table.md. Returns the rows."""
     rows = []
     for s in specs:
         conf = load_bert_config(os.path.join(out_dir, f"config_w{s.label}.json"), "sub-model config")
-        sub = build_classifier(conf, cfg.teacher.head_type)
+        sub = build_classifier(conf, cfg.teacher.head_type, task.head)
         load_into(sub, os.path.join(out_dir, f"best_w{s.label}.ckpt"), "sub-model checkpoint", strict=True)
         lat = measure_latency(LogitsOnly(sub), cfg.latency.batch_size, cfg.data.max_seq_length, conf.vocab_size,
                               cfg.latency.runs) if cfg.latency.runs else None
