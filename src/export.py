@@ -134,11 +134,12 @@ def _ternary_model(cfg: BertConfig, packed_file: str, head_type: str):
     """The inference model of a packed TernaryBERT artefact (.tpack from tools/pack_ternary.py, src/packing.py):
     ternary weights rebuilt bit-exactly, activation fake-quant as trained. The shape, quantization and head come
     from the artefact itself; only the activation of --config_path (e.g. gelu_erf_poly for ONNX) is applied."""
-    from src.packing import build_ternary_inference_model, unpack
-    state, packed_cfg, qcfg, packed_head, _ = unpack(packed_file)
+    from src.packing import build_ternary_inference_model, header_head_kind, unpack
+    state, packed_cfg, qcfg, packed_head, header = unpack(packed_file)
     pick_head_type(head_type, packed_head, "--head_type", packed_file)
     hidden_act = cfg.hidden_act if cfg.hidden_act != packed_cfg.hidden_act else None
-    net = build_ternary_inference_model(state, packed_cfg, qcfg, packed_head, hidden_act=hidden_act)
+    net = build_ternary_inference_model(state, packed_cfg, qcfg, packed_head, hidden_act=hidden_act,
+                                        head_kind=header_head_kind(header))
     model_cfg = packed_cfg.replace(hidden_act=hidden_act) if hidden_act else packed_cfg
     return model_cfg, net.net
 

@@ -128,21 +128,27 @@ def ternary_join(alpha: np.ndarray, codes: np.ndarray, shape, rowwise: bool) -> 
 
 # ---------------------------------------------------------------- pack / unpack
 
-def quant_layout(bert_config, qcfg, head_type: str = "dense") -> Dict[str, dict]:
+def quant_layout(bert_config, qcfg, head_type: str = "dense", head_kind: str = "sequence") -> Dict[str, dict]:
     """Quantized parameter name -> {role, bits, rowwise}, decided by role on a built model."""
     from src.quant import role_params
-    from src.tinybert_model import BertForSequenceClassification
-    return role_params(BertForSequenceClassification(bert_config, head_type=head_type), qcfg)
+    from src.tinybert_model import HEADS
+    return role_params(HEADS[head_kind](bert_config, head_type=head_type), qcfg)
+
+
+def header_head_kind(header: dict) -> str:
+    """The head kind a packed file records ("token" for a per-token model); files written before it was recorded
+    hold sentence-level models."""
+    return "token" if header.get("head_kind") == "token" else "sequence"
 
 
 def pack(state: Dict[str, np.ndarray], bert_config, qcfg, path: str, head_type: str = "dense",
          codec: str = "2bit", max_positions: Optional[int] = None, source: str = "checkpoint",
-         extra: Optional[dict] = None) -> dict:
+         extra: Optional[dict] = None, head_kind: str = "sequence") -> dict:
     """Write the packed artefact (atomic). `state` = the quantized checkpoint (quantized values). Returns the
     size breakdown in bytes."""
     if codec not in CODECS:
         raise UserError(f"codec '{codec}' not supported: expected one of {CODECS}")
-    layout = quant_layout(bert_config, qcfg, head_type)
+    layout = quant_layout(bert_config, qcfg, head_type, head_kind)
     missing = [n for n in layout if n not in state]
     if missing:
         raise UserError(f"{source}: quantized tensors missing: {missing[:3]}")
@@ -184,7 +190,7 @@ def pack(state: Dict[str, np.ndarray], bert_config, qcfg, path: str, head_type: 
         offset += len(blob)
         entries.append(e)
         blobs.append(blob)
-    header = {"format": 1, "codec": codec, "head_type": head_type, "config": cfg.to_dict(),
+    header = {"format": 1, "codec": codec, "head_type": head_type, "head_kind": head_kind, "config": cfg.to_dict(),
               "quant": qcfg.to_dict(), "tensors": entries, "extra": extra or {}}
     hbytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     def write(f):
@@ -253,22 +259,22 @@ def unpack(path: str):
 # ---------------------------------------------------------------- inference model and export
 
 def build_ternary_inference_model(packed_or_state, bert_config=None, qcfg=None, head_type: str = "dense",
-                                  hidden_act: Optional[str] = None):
+                                  hidden_act: Optional[str] = None, head_kind: str = "sequence"):
     """A plain classifier cell (inputs input_ids, token_type_ids, input_mask -> logits) with the quantized
     weights baked in as ordinary fp32 parameters and the activation fake-quant of the QuantConfig (frozen
     scales when the config uses EMA scales). Pass a .tpack path, or (state, bert_config, qcfg, head_type).
     `hidden_act` overrides the GELU (e.g. "gelu_erf_poly" for ONNX export)."""
     import mindspore as ms
     from src.quant import quantize_model
-    from src.tinybert_model import BertForSequenceClassification, LogitsOnly
+    from src.tinybert_model import HEADS, LogitsOnly
     if isinstance(packed_or_state, str):
-        state, bert_config, qcfg, head_type, _ = unpack(packed_or_state)
+        state, bert_config, qcfg, head_type, header = unpack(packed_or_state)
+        head_kind = header_head_kind(header)
     else:
         state = packed_or_state
     if hidden_act:
         bert_config = bert_config.replace(hidden_act=hidden_act)
-    model = quantize_model(BertForSequenceClassification(bert_config, head_type=head_type), qcfg,
-                           quantize_weights=False)
+    model = quantize_model(HEADS[head_kind](bert_config, head_type=head_type), qcfg, quantize_weights=False)
     params = dict(model.parameters_and_names())
     want = set(params)
     got = set(state)

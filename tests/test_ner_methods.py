@@ -97,10 +97,15 @@ def test_tinybert_phases_distil_a_token_head(teacher):
 def test_ternary_and_width_train_a_token_head(teacher, tmp_path):
     base = tiny_run.best_acc(os.path.join(teacher["run"], "log.txt"))[-1]
     over = _cfg_overrides(teacher)
-    res = tiny_run.run_script("run_ternary.py", tiny_run.ternary_args(teacher, str(tmp_path / "tern"), **over))
+    res = tiny_run.run_script("run_ternary.py", tiny_run.ternary_args(teacher, str(tmp_path / "tern"), **over,
+                                                                      **{"pack.after_train": True}))
     assert res.returncode == 0, res.stderr[-3000:]
+    log = open(os.path.join(str(tmp_path / "tern"), "w2e2a8", "log.txt"), encoding="utf-8").read()
     tern = tiny_run.best_acc(os.path.join(str(tmp_path / "tern"), "w2e2a8", "log.txt"))[-1]
     assert tern >= 0.8 * base, (tern, base)
+    # the packed file rebuilds a per-token model (its head kind is recorded) that scores as trained
+    packed = [line for line in log.splitlines() if line.startswith("packed model eval")]
+    assert packed and abs(float(packed[0].split()[4].rstrip(",")) - tern) <= 0.02, (packed, tern)
     res = tiny_run.run_script("run_ofa_width.py", tiny_run.ofa_args(teacher, str(tmp_path / "ofa"), **over))
     assert res.returncode == 0, res.stderr[-3000:]
     # the width-0.5 sub-model, sliced and reloaded by the strict loader, scores what training logged for it

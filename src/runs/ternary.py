@@ -128,7 +128,7 @@ def pack_run(out_dir: str, codec: str, max_positions: int, head_type: str, log=N
     head_type = pick_head_type(head_type, meta.get("head_type"), "student.head_type", qckpt)
     out_path = out_path or os.path.join(out_dir, "model.tpack")
     sizes = pack(state, bcfg, qcfg, out_path, head_type=head_type, codec=codec, max_positions=max_positions,
-                 source=qckpt)
+                 source=qckpt, head_kind="token" if meta.get("head_kind") == "token" else "sequence")
     fp32 = fp32_ckpt or os.path.join(out_dir, "best.ckpt")
     note = (f"Everything the packed file holds is counted (header with config and tensor table included); "
             f"position table: first {max_positions} rows kept (the deployed max_seq_length). The tokenizer "
