@@ -70,7 +70,8 @@ def _text_lines(path: str) -> Iterator[Tuple[int, str]]:
             try:
                 text = decoder.decode(block, final=not block)
             except UnicodeDecodeError as e:
-                raise UserError(f"{path}: not UTF-8 text (line {line_no + pending.count(chr(10)) + 1}: {e.reason}); "
+                line = line_no + e.object[:e.start].count(b"\n") + 1     # `pending` holds no newline
+                raise UserError(f"{path}: not UTF-8 text (line {line}: {e.reason}); "
                                 f"expected one sentence per line, blank line between documents") from None
             if "\0" in text:
                 raise UserError(f"{path}: not a text file (NUL byte near line {line_no + 1}); expected UTF-8 text, "
