@@ -225,8 +225,8 @@ def gd_cfg(data, **over):
 
 def test_gd_ranks_read_disjoint_rows_covering_the_corpus(tmp_path):
     """96 rows in 10 shards, 2 ranks at batch 4: each rank reads only its 48 rows (12 batches), the two sets are
-    disjoint and cover the corpus, in another order each epoch; 1 rank reads all 96. A shard list file names the
-    same shards."""
+    disjoint and cover the corpus, in another order each epoch; 1 rank reads all 96, and so does the in-memory
+    batcher on the shards. A shard list file names the same shards."""
     numbered_shards(tmp_path / "s")
     seen = {}
     for rank in (0, 1):
@@ -241,6 +241,8 @@ def test_gd_ranks_read_disjoint_rows_covering_the_corpus(tmp_path):
     one, _ = general_distill._batcher(gd_cfg(tmp_path / "s"), 0, 1)
     assert sorted(int(x) for b in one.epoch(1) for x in b["input_ids"][:, 1]) == list(range(96))
     assert next(iter(one.epoch(1)))["input_ids"].dtype == np.int32
+    in_memory, n = general_distill._batcher(gd_cfg(tmp_path / "s", **{"data.in_memory": True}), 0, 1)
+    assert n == 96 and sorted(int(x) for b in in_memory.epoch(1) for x in b["input_ids"][:, 1]) == list(range(96))
 
     lst = tmp_path / "list.txt"
     lst.write_text("# shards\n" + "".join(f"s/train-{i:05d}.tf_record\n" for i in range(10)))
