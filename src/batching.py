@@ -8,6 +8,8 @@
   each, so every rank runs the same number of steps with the same bucket length (no collective hang) and N workers
   at batch b see exactly what 1 worker sees at batch N*b.
 - `DatasetBatcher`: the same interface over a streamed MindSpore dataset (large corpora).
+- `ShardBatcher`: the same interface over the shards of a GD corpus (src/corpus.py), streamed, each data-parallel rank
+  reading its own rows, in an order that is a pure function of (seed, epoch, rank) (exact resume).
 """
 import math
 from typing import Dict, Optional, Sequence
@@ -132,3 +134,88 @@ class DatasetBatcher:
             self._next_epoch += 1
         self._next_epoch = epoch + 1
         yield from self._it                      # to this epoch's end
+
+
+class ShardBatcher:
+    """Streams training batches from record shards (a GD corpus of src/corpus.py; one file counts as one shard) with
+    the ArrayBatcher interface, in an order that is a pure function of (seed, epoch, rank), so the Trainer's resume
+    (it reads past the batches consumed before the crash) continues exactly where an uninterrupted run would be.
+
+    Each epoch: the shards are put in a seeded random order (seed, epoch) and read as one stream of N rows; rank r of
+    `world` takes rows [r * N // world, (r + 1) * N // world) of that stream, i.e. only the shards (and parts of a
+    shard) that hold them, disjoint between ranks and covering the corpus but for N mod world rows. A shuffle buffer
+    of `shuffle_buffer` rows (generator seeded by (seed, epoch, rank)) mixes rows across shard boundaries; batches of
+    `batch_size` rows at full length; every rank runs the same number of steps (its rows // batch_size). Rows read
+    count in `rows_read` (tests)."""
+
+    def __init__(self, files: Sequence[str], rows: Sequence[int], schema_file: str, columns: Sequence[str],
+                 batch_size: int, seq_length: int, dataset_type: str, seed: int = 0, rank: int = 0, world: int = 1,
+                 shuffle_buffer: int = 10000, batch_key: str = "train.batch_size"):
+        from src.dataset import read_schema, schema_columns
+        self.files, self.rows = list(files), [int(n) for n in rows]
+        self.schema = read_schema(schema_file)
+        specs = schema_columns(self.schema)
+        for c in columns:
+            if c not in specs:
+                raise UserError(f"schema {schema_file}: no column {c} (it has {', '.join(specs)})")
+            if c in SEQ_COLUMNS and specs[c][1] != seq_length:
+                raise UserError(f"{self.files[0]}: {c} has length {specs[c][1]}, config data.max_seq_length is "
+                                f"{seq_length}")
+        self.columns, self.batch_size, self.dataset_type = list(columns), batch_size, dataset_type
+        self.seed, self.rank, self.world, self.shuffle_buffer = seed, rank, world, max(1, shuffle_buffer)
+        self.total = sum(self.rows)
+        self.per_rank = self.total // world
+        if self.per_rank < batch_size:
+            raise UserError(f"training set has {self.total} rows, fewer than one batch ({batch_size} x {world} "
+                            f"worker(s)): lower {batch_key} or add data")
+        self.steps = self.per_rank // batch_size
+        self.rows_read = 0
+
+    def __len__(self):
+        return self.steps
+
+    def segments(self, epoch: int):
+        """(file, first row, stop row, rows in the file) of this rank's rows in `epoch`, in reading order."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
+        lo, hi = self.rank * self.per_rank, (self.rank + 1) * self.per_rank
+        pos, out = 0, []
+        for i in order:
+            a, b = max(lo, pos), min(hi, pos + self.rows[i])
+            if a < b:
+                out.append((self.files[i], a - pos, b - pos, self.rows[i]))
+            pos += self.rows[i]
+        return out
+
+    def _stream(self, epoch: int):
+        from src.corpus import read_rows
+        for path, start, stop, n in self.segments(epoch):
+            for row in read_rows(path, self.schema, self.columns, self.dataset_type, start, stop, expected_rows=n):
+                self.rows_read += 1
+                yield row
+
+    def epoch(self, epoch: int):
+        rng = np.random.default_rng([self.seed, epoch, self.rank])
+        size, buf, out, done = self.shuffle_buffer, [], [], 0
+
+        def batch():
+            return {c: np.stack([r[c] for r in out]) for c in self.columns}
+
+        for row in self._stream(epoch):
+            if len(buf) < size:
+                buf.append(row)
+                continue
+            j = int(rng.integers(size))
+            out.append(buf[j])
+            buf[j] = row
+            if len(out) == self.batch_size:
+                yield batch()
+                out, done = [], done + 1
+                if done == self.steps:
+                    return
+        for j in rng.permutation(len(buf)):
+            out.append(buf[j])
+            if len(out) == self.batch_size:
+                yield batch()
+                out, done = [], done + 1
+                if done == self.steps:
+                    return

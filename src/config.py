@@ -43,7 +43,7 @@ MOVED_KEYS = {
 # Renamed keys: old key -> (new key in the same section, {old value: new value}).
 # Keys added to a shipped config after users may have copied it: a --config_path file without one gets the run's
 # own default value, with one WARNING line.
-ADDED_KEYS = ("optim.loss_scale", "task.regression")
+ADDED_KEYS = ("optim.loss_scale", "task.regression", "data.shuffle_buffer")
 DEPRECATED_KEYS = {
     "loss.mask_padding": ("loss.padding", {True: "valid", False: "anchor"}),
 }
@@ -105,7 +105,7 @@ RULES = [
     (("eval.every", "log_every", "checkpoint.every_steps"), *_at_least(0)),
     (("checkpoint.keep_last",), *_at_least(1)),
     (("threads",), *_at_least(0)),             # 0 = MindSpore's default
-    (("data.max_seq_length",), *_at_least(1)),
+    (("data.max_seq_length", "data.shuffle_buffer"), *_at_least(1)),
     (("data.length_buckets",), _buckets, lambda section, data: "each bucket in [1, data.max_seq_length = "
                                                               f"{section['max_seq_length']}]"),
     (("*temperature",), *_above(0)),

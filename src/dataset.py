@@ -24,7 +24,7 @@ from src.fileio import require_file
 from src.tasks import IGNORE_LABEL
 
 DATASET_TYPES = ("tfrecord", "mindrecord")
-SCHEMA_TYPES = ("int64", "float32")
+SCHEMA_TYPES = ("int64", "int32", "float32")
 SEQ_COLUMNS = ("input_ids", "input_mask", "segment_ids")   # length must equal the configured seq_length
 LABEL_COLUMN = "label_ids"
 
@@ -182,7 +182,7 @@ def _check_first_example(path: str, payload: bytes, schema: dict, schema_file: s
             raise UserError(f"{path}: records have no feature {c} required by schema {schema_file} "
                             f"(features: {', '.join(sorted(feats))})")
         kind = feats[c].WhichOneof("kind")
-        want = "int64_list" if specs[c][0] == "int64" else "float_list"
+        want = "float_list" if specs[c][0] == "float32" else "int64_list"
         if kind != want:
             raise UserError(f"schema {schema_file}: column {c} is {specs[c][0]} but records in {path} store "
                             f"{kind}")
@@ -216,7 +216,7 @@ def _ms_schema(schema: dict, columns: Sequence[str]):
     specs = schema_columns(schema)
     for c in columns:
         dtype, length = specs[c]
-        s.add_column(c, de_type=ms.int64 if dtype == "int64" else ms.float32, shape=[length])
+        s.add_column(c, de_type={"int64": ms.int64, "int32": ms.int32}.get(dtype, ms.float32), shape=[length])
     return s
 
 

@@ -5,19 +5,22 @@ with `os.replace` only after the last row was written, so a failed run (bad row,
 leaves a partial file behind. MindRecord stores its own file name inside the data and `.db` files, so both are
 written under their final names inside a temporary sub-directory and then moved out together.
 
-`columns` describes every record column: {name: (dtype, length)} with dtype "int64" or "float32" and a fixed
-length (e.g. input_ids int64[128], label_ids int64[1] or float32[1] for regression).
+`columns` describes every record column: {name: (dtype, length)} with dtype "int64", "int32" or "float32" and a
+fixed length (e.g. input_ids int64[128], label_ids int64[1] or float32[1] for regression). TFRecord has one integer
+kind (int64_list, varint-coded): an int32 column is stored there and declared int32 in the schema, which MindSpore's
+TFRecordDataset returns as int32; MindRecord stores int32 itself.
 """
 import json
 import os
 import shutil
+import struct
 import tempfile
 import uuid
 from typing import Dict, Iterable, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
-DTYPES = {"int64": np.int64, "float32": np.float32}
+DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32}
 FORMATS = ("tfrecord", "mindrecord")
 SCHEMA_DATASET_TYPE = {"tfrecord": "TF", "mindrecord": "MindRecord"}
 # MindRecord's default header/page sizes make even a 10-row file ~50 MB. 1 MB pages hold rows of thousands of
@@ -30,7 +33,7 @@ Row = Mapping[str, Union[Sequence[int], Sequence[float], np.ndarray]]
 
 
 def check_columns(columns: Columns) -> None:
-    """Column specs must be (\"int64\"|\"float32\", positive length)."""
+    """Column specs must be (\"int64\"|\"int32\"|\"float32\", positive length)."""
     if not columns:
         raise ValueError("columns: at least one column is needed")
     for name, spec in columns.items():
@@ -46,7 +49,7 @@ def _row_arrays(row: Row, columns: Columns, index: int) -> Dict[str, np.ndarray]
         if name not in row:
             raise ValueError(f"row {index}: column {name} missing (row has {sorted(row)})")
         raw = np.asarray(row[name])
-        if dtype == "int64" and raw.size and not np.issubdtype(raw.dtype, np.integer):
+        if dtype != "float32" and raw.size and not np.issubdtype(raw.dtype, np.integer):
             raise ValueError(f"row {index}: column {name} must hold integers, got dtype {raw.dtype}")
         value = raw.astype(DTYPES[dtype]).reshape(-1)
         if value.shape[0] != length:
@@ -97,23 +100,29 @@ def write_records(path: str, rows: Iterable[Row], columns: Columns, fmt: str = "
 
 
 def _write_tfrecord(path: str, rows: Iterable[Row], columns: Columns) -> int:
+    """tf.train.Example records, serialized deterministically (features in name order: the bytes of a file are a
+    function of its rows, not of the process's hash seed), framed as TFRecord (length, masked CRC32C of the length,
+    payload, masked CRC32C of the payload)."""
+    from tfrecord import example_pb2
     from tfrecord.writer import TFRecordWriter
 
-    kinds = {name: ("int" if dtype == "int64" else "float") for name, (dtype, _) in columns.items()}
+    floats = {name for name, (dtype, _) in columns.items() if dtype == "float32"}
     tmp = _temp_name(path)
-    writer = None
     n = 0
     try:
-        writer = TFRecordWriter(tmp)
-        for n, row in enumerate(rows, start=1):
-            values = _row_arrays(row, columns, n - 1)
-            writer.write({name: (values[name].tolist(), kinds[name]) for name in columns})
-        writer.close()
-        writer = None
+        with open(tmp, "xb") as f:
+            for n, row in enumerate(rows, start=1):
+                values = _row_arrays(row, columns, n - 1)
+                example = example_pb2.Example()
+                feats = example.features.feature
+                for name in columns:
+                    kind = feats[name].float_list if name in floats else feats[name].int64_list
+                    kind.value.extend(values[name].tolist())
+                record = example.SerializeToString(deterministic=True)
+                length = struct.pack("<Q", len(record))
+                f.write(length + TFRecordWriter.masked_crc(length) + record + TFRecordWriter.masked_crc(record))
         os.replace(tmp, path)
     except BaseException:
-        if writer is not None:
-            writer.close()
         _remove(tmp)
         raise
     return n

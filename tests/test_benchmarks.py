@@ -469,3 +469,31 @@ def test_ternary_attention_table_reads_each_run_record(tmp_path):
     text = bta.render(out)
     assert "c 0.7850 (2 seeds, 98.1% of the fp32 sub-model)" in text
     assert "Ranked by mean best dev acc: c (0.7850) > a (0.7800)" in text
+
+
+def test_bench_gd_corpus_estimates_from_a_saved_result(tmp_path):
+    """--from_json re-renders a saved result: the estimate rows are words x tokens per word / tokens per row, the
+    times rows / rate, the 8-device column 1/8 of them; a file of another kind is one UserError."""
+    from benchmarks import bench_gd_corpus as b
+    run = dict(rows=100_000, seconds=50.0, rows_per_s=2000.0, rows_per_s_per_process=2000.0, cpu_s=40.0,
+               rows_per_cpu_s=2500.0, load_1min=1.0, rss_main_mb=70.0, rss_worker_mb=0.0)
+    saved = {"machine": {"cpu": "x", "cores": 2, "threads": 2, "mhz": 1000.0, "flop_per_cycle": 32, "peak_gflops": 64,
+                         "isa": "AVX2+FMA"},
+             "prepare": [dict(run, docs=25000, workers=1), dict(run, docs=25000, workers=2, rows_per_s=3000.0),
+                         dict(run, docs=3125, workers=1, rows=12500)],
+             "shape": {"words": 1, "tokens": 1, "tokens_per_word": 1.25, "text_tokens_per_row": 100.0,
+                       "random_next_share": 0.55, "shards": 10},
+             "gd": {"steps": 6, "batch": 32, "seq": 128, "seq_per_s": 10.0, "first_step_seq_per_s": 1.0, "wall_s": 1},
+             "wiki_words": 2.5e9, "devices": 8}
+    path = tmp_path / "gd_corpus.json"
+    path.write_text(json.dumps(saved))
+    results = tmp_path / "results.md"
+    b.main(["--from_json", str(path), "--results", str(results)])
+    text = results.read_text()
+    assert "1.50x the rows/s of 1" in text
+    # 2.5e9 x 1.25 / 100 = 31.25 M rows: 15,625 s preparing at 2000 rows/s (4.3 h, 8 devices 33 min), GD 3.125 M s
+    assert "| ~2.5B words (English Wikipedia size) | 31.2 M | 4.3 h | 33 min | 36 days | 5 days |" in text
+    assert "| all 25,000 IMDB reviews (scripts/run_gd_imdb_full.sh) | 100 k | 50 s | 6 s | 2.8 h | 21 min |" in text
+    path.write_text(json.dumps({"prepare": []}))
+    with pytest.raises(UserError, match="not a GD corpus benchmark result"):
+        b.main(["--from_json", str(path)])

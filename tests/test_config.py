@@ -358,6 +358,7 @@ def test_wrong_value_from_the_entry_script(tmp_path):
 # script of the first shipped config holding the key (SHIPPED order).
 BAD_VALUES = {
     "threads": -1, "checkpoint.every_steps": -1, "checkpoint.keep_last": 0, "data.max_seq_length": 0,
+    "data.shuffle_buffer": 0,
     "data.length_buckets": [0, 64], "loss.attention_weight": -1, "loss.hidden_weight": -0.5, "loss.padding": "all",
     "loss.attention_heads": "mean",
     "optim.weight_decay": -0.1, "optim.eps": 0, "optim.end_lr": -1e-5, "optim.clip_norm": 0,

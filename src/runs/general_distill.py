@@ -2,17 +2,19 @@
 Loss: src/distill.py GeneralDistillLoss (attention-score MSE + hidden-state MSE through fit_dense)."""
 import os
 
-from src.batching import ArrayBatcher, DatasetBatcher
+import numpy as np
+
+from src.batching import ArrayBatcher, ShardBatcher
 from src.checkpoint import load_into, save_cell
-from src.dataset import create_train_dataset, load_split, split_files
+from src.corpus import train_shards
+from src.dataset import load_split, read_all, split_files
 from src.distill import FitDense, GeneralDistillLoss, loss_config, student_layer_map
 from src.errors import UserError
-from src.fileio import require_file
 from src.outputs import output_guard
 from src.runs.common import schedule
 from src.runtime import fused_kernels, start_run
 from src.tinybert_model import BertModel, copy_teacher_layers, count_params, load_bert_config, student_config
-from src.train_step import build_train_step, epochs_to_run
+from src.train_step import build_train_step
 from src.trainer import Trainer, train_state_from_config
 
 GD_COLUMNS = ["input_ids", "input_mask", "segment_ids"]
@@ -70,16 +72,24 @@ def _run(cfg, out_dir, save_resolved):
 
 
 def _batcher(cfg, rank, world):
-    """(batcher, rows): in memory with length buckets, or streamed from the records (data.in_memory false)."""
-    if cfg.data.in_memory:
-        arrays = load_split(cfg.data.dir, "train", cfg.data.dataset_type, cfg.data.max_seq_length,
-                            columns=GD_COLUMNS)
-        return ArrayBatcher(arrays, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
-                            length_buckets=list(cfg.data.length_buckets)), len(arrays["input_ids"])
-    records, schema = split_files(cfg.data.dir, "train", cfg.data.dataset_type)
-    require_file(records, "data.dir train records")
-    ds = create_train_dataset(records, schema, GD_COLUMNS, cfg.train.batch_size, cfg.data.max_seq_length,
-                              dataset_type=cfg.data.dataset_type, shuffle=True, seed=cfg.seed, rank_id=rank,
-                              rank_size=world)
-    epochs = epochs_to_run(ds.get_dataset_size(), cfg.train.epochs, cfg.train.max_steps)
-    return DatasetBatcher(ds, epochs), ds.get_dataset_size() * cfg.train.batch_size
+    """(batcher, rows): in memory with length buckets, or streamed from the shards (data.in_memory false).
+    data.dir: a folder with train_schema.json and its shards, a folder with one train.<ext>, or a shard list file
+    (src/corpus.py train_shards)."""
+    files, rows, schema = train_shards(cfg.data.dir, cfg.data.dataset_type)
+    if not cfg.data.in_memory:
+        batcher = ShardBatcher(files, rows, schema, GD_COLUMNS, cfg.train.batch_size, cfg.data.max_seq_length,
+                               cfg.data.dataset_type, seed=cfg.seed, rank=rank, world=world,
+                               shuffle_buffer=cfg.data.shuffle_buffer)
+        return batcher, batcher.total
+    records, _ = split_files(cfg.data.dir, "train", cfg.data.dataset_type) if os.path.isdir(cfg.data.dir) else ("",) * 2
+    if files == [records]:
+        arrays = load_split(cfg.data.dir, "train", cfg.data.dataset_type, cfg.data.max_seq_length, columns=GD_COLUMNS)
+    else:
+        arrays = read_all(",".join(files), schema, GD_COLUMNS, cfg.data.dataset_type)
+        got = arrays["input_ids"].shape[1]
+        if got != cfg.data.max_seq_length:
+            raise UserError(f"{files[0]}: input_ids has length {got}, config data.max_seq_length is "
+                            f"{cfg.data.max_seq_length}")
+        arrays = {k: v.astype(np.int32) for k, v in arrays.items()}
+    return ArrayBatcher(arrays, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
+                        length_buckets=list(cfg.data.length_buckets)), len(arrays["input_ids"])
