@@ -630,11 +630,11 @@ def ms_to_hf_folder(ckpt: str, out_dir: str, config: Union[str, BertConfig, None
         raise UserError(f"task {task.name} is token classification: its HF head (BertForTokenClassification) is "
                         f"not converted here")
     label_names = list(task.labels) if task is not None and not task.regression else None
-    ex = _hf_export(ckpt, config, quant, strict, label_names)
-    cfg = ex["cfg"]
+    cfg, cfg_path = _load_config(config, ckpt)
     if with_classifier and task.num_labels != cfg.num_labels:
-        raise UserError(f"task {task.name} has {task.num_labels} label(s), the model config '{ex['cfg_path']}' has "
+        raise UserError(f"task {task.name} has {task.num_labels} label(s), the model config '{cfg_path}' has "
                         f"num_labels {cfg.num_labels}")
+    ex = _hf_export(ckpt, config, quant, strict, label_names)
     if with_classifier:
         ex["hf_config"]["problem_type"] = "regression" if task.regression else "single_label_classification"
     run_vocab = run.get("teacher", {}).get("vocab") if isinstance(run.get("teacher"), dict) else None
