@@ -51,6 +51,16 @@ def torch_logits(folder: str, arrays_npz: str, out_npy: str, batch_size: int):
     print(json.dumps({"torch": torch.__version__, "transformers": __import__("transformers").__version__}))
 
 
+def run_label(run_dir: str, cfg) -> str:
+    """What the run was, from its config_resolved.yaml (no machine paths in the docs)."""
+    import yaml
+    with open(os.path.join(run_dir, "config_resolved.yaml"), encoding="utf-8") as f:
+        rc = yaml.safe_load(f)
+    steps = rc["train"]["max_steps"] or f"{rc['train']['epochs']} epoch(s)"
+    return (f"run_ternary.py, student.init {rc['student']['init']} ({cfg.num_hidden_layers} layers, hidden "
+            f"{cfg.hidden_size}), {steps} steps of batch {rc['train']['batch_size']}, seed {rc['seed']}")
+
+
 def measure(args) -> dict:
     os.environ.setdefault("GLOG_v", "3")
     import mindspore as ms
@@ -99,7 +109,7 @@ def measure(args) -> dict:
             "agree": {k: float((p == pred["ternary"]).mean()) for k, p in pred.items()},
             "max_diff_torch_vs_ms": float(np.abs(logits["hf_torch"] - logits["hf_ms"]).max()),
             "notation": qcfg.notation, "describe": qcfg.describe(), "versions": versions,
-            "quantized_tensors": len(res["quant"]["quantized_tensors"]), "run_dir": args.run_dir,
+            "quantized_tensors": len(res["quant"]["quantized_tensors"]), "run": run_label(args.run_dir, cfg),
             "batch_size": args.batch_size, "machine": machine(args.threads)}
 
 
@@ -118,11 +128,11 @@ def render(out: dict) -> str:
                                                                 f"{r[5]:+.4f}", f"{r[6]:.4f}"] for r in rows])
     return "\n".join([
         f"MR dev ({out['rows']} rows, batch {out['batch_size']}); {out['describe']}; "
-        f"{out['quantized_tensors']} quantized tensors; run {out['run_dir']}.", "", table, "",
+        f"{out['quantized_tensors']} quantized tensors; {out['run']}.", "", table, "",
         f"transformers vs the project on the same HF folder: max |logit diff| {out['max_diff_torch_vs_ms']:.2e} "
         f"(torch {out['versions']['torch']}).",
         machine_line(out["machine"]) + ".",
-        f"Command: `python benchmarks/bench_hf_ternary.py --run_dir {out['run_dir']}`"])
+        "Command: `python benchmarks/bench_hf_ternary.py --run_dir <run_ternary.py output> --results docs/ternary.md`"])
 
 
 def main(argv=None):

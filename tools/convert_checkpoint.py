@@ -92,7 +92,7 @@ def main(argv=None):
                               quant=args.quant, strict=not args.non_strict, overwrite=args.overwrite)
         pruned = res["pruned_heads"]
         extra = [f"task {res['task']} labels {res['labels']}" if res["labels"] else None,
-                 f"pruned_heads {pruned}" if pruned else None,
+                 f"pruned_heads {pruned}, which transformers 4.x reads (5.x dropped head pruning)" if pruned else None,
                  f"ternary weights {res['quant']['notation']} stored as fp32" if res["quant"] else None]
         print(f"converted {res['tensors']} tensors ({res['params']:,} parameters) from {res['input']} -> "
               f"{res['output']} ({res['architecture']}; vocab {res['vocab_file']}, max_seq_length "
