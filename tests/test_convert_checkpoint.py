@@ -399,9 +399,9 @@ def _hf_prune(full: dict, pruned: dict, head_size: int) -> dict:
 def test_width_and_depth_sub_models_go_to_hf_through_pruned_heads(tmp_path):
     """A sub-model sliced from a rewired model (random head / FFN order, width 0.5, depth 2/3): config.json has
     the last heads of each layer pruned (logits cannot tell which indices are named, HF loads the kept heads in
-    order either way; the names say which heads of the full model the weights are), one intermediate_size, the kept layers renumbered; HF's pruning of the
-    full model's weights gives exactly the sub-model's weights; hf2ms reads the folder back to the same per-layer
-    config and strictly loads it, bit-exact."""
+    order either way; the names say which heads of the full model the weights are), one intermediate_size, the
+    kept layers renumbered; HF's pruning of the full model's weights gives exactly the sub-model's weights; hf2ms
+    reads the folder back to the same per-layer config and strictly loads it, bit-exact."""
     from src.width import rewire, slice_to_width
     cfg = BertConfig(**{**TINY, "num_hidden_layers": 3, "num_labels": 2})
     ms.set_seed(13)
@@ -459,8 +459,11 @@ def test_sub_models_hf_cannot_express_and_bad_pruned_heads(tmp_path):
     for pruned, expected in (({"0": [3]}, "with heads per layer [3, 4] (its pruned_heads / layer_num_heads) "
                                           "does not fit the model"),
                              ({"1": [0, 1, 2, 3]}, "pruned_heads: layer 1 would keep no head"),
-                             ({"5": [0]}, "pruned_heads: layer 5 is out of range")):
-        (folder / "config.json").write_text(json.dumps({**config, "pruned_heads": pruned}))
+                             ({"5": [0]}, "pruned_heads: layer 5 is out of range"),
+                             ({"0": [3], "layer_num_heads": [4, 4]}, "leave [3, 4] heads per layer, but "
+                                                                     "layer_num_heads is [4, 4]")):
+        extra = {k: pruned.pop(k) for k in list(pruned) if not k.isdigit()}
+        (folder / "config.json").write_text(json.dumps({**config, **extra, "pruned_heads": pruned}))
         err = _one_error(_cli("--direction", "hf2ms", "--input", str(folder), "--output", str(tmp_path / "x.ckpt")))
         assert expected in err, err
         assert not (tmp_path / "x.ckpt").exists()
@@ -469,7 +472,8 @@ def test_sub_models_hf_cannot_express_and_bad_pruned_heads(tmp_path):
 def test_ternary_checkpoint_goes_to_hf_as_fp32_ternary_values(tmp_path):
     """run_ternary.py's best_quant.ckpt + quant.json: the quantized values as fp32 (ternary: {-a, 0, +a} per tensor,
     per row for the word embedding), the activation-quantizer state left out, config.json's weight_quantization
-    record. Without quant.json, or the latent best.ckpt: one ERROR line, nothing written."""
+    record. Without quant.json (told by the name, the activation-quantizer state or the values), or the latent
+    best.ckpt: one ERROR line, nothing written."""
     from src.quant import QuantConfig, quantize_model, role_params
     from src.ternary import save_quantized
     cfg = BertConfig(**{**TINY, "num_labels": 2})
@@ -516,4 +520,9 @@ def test_ternary_checkpoint_goes_to_hf_as_fp32_ternary_values(tmp_path):
     err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "model.ckpt"), "--output",
                           str(tmp_path / "hf_noq"), "--vocab_file", vocab))
     assert "activation-quantizer tensors" in err
+    # sym dynamic activations (the default) keep no quantizer state: the quantized values give it away
+    save_checkpoint_atomic({n: v for n, v in qstate.items() if not n.endswith("amax")}, str(run / "plain.ckpt"))
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "plain.ckpt"), "--output",
+                          str(tmp_path / "hf_noq"), "--vocab_file", vocab))
+    assert "'bert.encoder.0.attention.query.weight' holds 3 distinct values (quantized weights)" in err
     assert not (tmp_path / "hf_latent").exists() and not (tmp_path / "hf_noq").exists()
