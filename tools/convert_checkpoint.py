@@ -8,8 +8,16 @@ HF -> MindSpore (writes the .ckpt and a config.json beside it):
   (`bert.` + `classifier.*`) automatically when the HF checkpoint has a classifier. --with_bert_prefix forces
   `bert.` on a plain BertModel checkpoint. `pytorch_model.bin` is read without torch (plain tensors only).
 
-MindSpore -> HF (writes model.safetensors + config.json):
-    python tools/convert_checkpoint.py --direction ms2hf --input output/minilm/minilm.ckpt --output hf_out/
+MindSpore -> HF (writes a folder transformers loads as it is, e.g. `pipeline("text-classification", model=dir)`):
+    python tools/convert_checkpoint.py --direction ms2hf --input output/td_mr/td2/best.ckpt --output hf_out/
+  The folder: model.safetensors, config.json (id2label / label2id from the task's label names), vocab.txt,
+  tokenizer_config.json, special_tokens_map.json. The task, vocab and max_seq_length default to what the run or
+  export folder recorded beside --input (config_resolved.yaml, labels.json, vocab.txt; see --help).
+  Width / depth sub-models (tools/slice_width.py): per-layer heads become HF `pruned_heads` (the last heads of each
+  layer), the kept layers num_hidden_layers; FFN sizes must be the same in every layer (HF has one
+  intermediate_size). TernaryBERT checkpoints (run_ternary.py's best_quant.ckpt + quant.json): the quantized
+  weights as fp32 tensors, recorded in config.json's `weight_quantization`.
+  hf2ms reads such folders back (pruned_heads -> per-layer head counts).
 
 --config defaults to the config.json beside the input. Strict: every missing/unexpected tensor and shape mismatch
 is an error; --non_strict converts what fits and reports what was left out (e.g. a distillation `fit_dense`).
@@ -36,6 +44,20 @@ def parse_args(argv=None):
     p.add_argument("--with_bert_prefix", action="store_true",
                    help="hf2ms: put `bert.` before backbone names even without a classifier")
     p.add_argument("--non_strict", action="store_true", help="convert what fits, report what was left out")
+    g = p.add_argument_group("ms2hf: the folder's task and tokenizer (defaults: what is recorded beside --input)")
+    g.add_argument("--task", default=None, help="task name (MR, SST-2, MNLI, ..., csv) for the label names "
+                   "(default: labels.json or config_resolved.yaml beside --input)")
+    g.add_argument("--labels", default=None, help="task csv: comma-separated label names in id order")
+    g.add_argument("--regression", action="store_true", help="task csv: float labels (one output)")
+    g.add_argument("--vocab_file", default=None, help="WordPiece vocab.txt (default: vocab.txt beside --input, "
+                   "else the run's teacher.vocab, else bert-base-uncased)")
+    g.add_argument("--max_seq_length", type=int, default=None, help="tokenizer model_max_length (default: the "
+                   "run's data.max_seq_length / labels.json, else max_position_embeddings)")
+    g.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=None,
+                   help="tokenizer lower-casing (default: labels.json, else true as tools/prepare_data.py)")
+    g.add_argument("--quant", default=None, help="a TernaryBERT checkpoint's quant.json (default: the one beside "
+                   "--input)")
+    g.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
     return p.parse_args(argv)
 
 
@@ -43,8 +65,11 @@ def main(argv=None):
     args = parse_args(argv)
     if not os.path.exists(args.input):
         raise UserError(f"--input '{args.input}' does not exist")
-    from src.hf_checkpoint import hf_dir_to_ms, ms_to_hf
+    from src.hf_checkpoint import hf_dir_to_ms, ms_to_hf_folder
     if args.direction == "hf2ms":
+        for flag in ("task", "labels", "vocab_file", "max_seq_length", "do_lower_case", "quant"):
+            if getattr(args, flag) is not None:
+                raise UserError(f"--{flag}: only with --direction ms2hf (it describes the HF folder written)")
         if os.path.isdir(args.output) or not args.output.endswith(".ckpt"):
             raise UserError(f"--output '{args.output}': expected the path of a .ckpt file to write")
         res = hf_dir_to_ms(args.input, args.output, config=args.config,
@@ -54,17 +79,25 @@ def main(argv=None):
               f"-> {res['output']}{ignored}; names prefix '{res['prefix']}'; config {res['config_out']}")
     else:
         if args.output.endswith(".safetensors"):
-            out_file = args.output
-        else:
-            os.makedirs(args.output, exist_ok=True)
-            out_file = os.path.join(args.output, "model.safetensors")
-        config_out = os.path.join(os.path.dirname(os.path.abspath(out_file)), "config.json")
-        res = ms_to_hf(args.input, out_file, config=args.config, config_out=config_out, strict=not args.non_strict)
-        print(f"converted {res['tensors']} tensors ({res['params']:,} parameters) from {res['input']} "
-              f"-> {res['output']}; config {res['config_out']}")
-        if res["per_layer_sizes"]:
-            print("note: the config has per-layer head/FFN sizes, which HF transformers' BertModel cannot build; "
-                  "the files load with this project's src.hf_checkpoint.load_hf_into")
+            raise UserError(f"--output '{args.output}': expected a folder (ms2hf writes the whole HF model folder)")
+        task = None
+        if args.task:
+            from src.export_folder import task_for
+            task = task_for(args.task, [x.strip() for x in (args.labels or "").split(",") if x.strip()],
+                            args.regression)
+        elif args.labels or args.regression:
+            raise UserError("--labels / --regression: only with --task csv")
+        res = ms_to_hf_folder(args.input, args.output, config=args.config, task=task, vocab_file=args.vocab_file,
+                              max_seq_length=args.max_seq_length, do_lower_case=args.do_lower_case,
+                              quant=args.quant, strict=not args.non_strict, overwrite=args.overwrite)
+        pruned = res["pruned_heads"]
+        extra = [f"task {res['task']} labels {res['labels']}" if res["labels"] else None,
+                 f"pruned_heads {pruned}, which transformers 4.x reads (5.x dropped head pruning)" if pruned else None,
+                 f"ternary weights {res['quant']['notation']} stored as fp32" if res["quant"] else None]
+        print(f"converted {res['tensors']} tensors ({res['params']:,} parameters) from {res['input']} -> "
+              f"{res['output']} ({res['architecture']}; vocab {res['vocab_file']}, max_seq_length "
+              f"{res['max_seq_length']}, do_lower_case {str(res['do_lower_case']).lower()}"
+              + "".join(f"; {e}" for e in extra if e) + ")")
     if not res["report"].ok:
         print(f"left out: {res['report'].problems()}")
     return 0
