@@ -12,7 +12,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from conftest import ROOT  # noqa: F401  (puts the repository on sys.path)
+from conftest import ROOT
 from src.augment import Augmenter, GloveNeighbours, MaskedLMCandidates, top_k
 from src.dataset import read_all
 from src.errors import run_main
@@ -270,6 +270,31 @@ def test_tool_with_masked_lm(ws, tmp_path, capsys):
     rows = read_all(str(out / "train.mindrecord"), str(out / "train_schema.json"), COLUMNS, "mindrecord")
     assert rows["input_ids"].shape[0] == 21
 
+
+
+@pytest.mark.parametrize("task, splits", [("CoLA", ["dev"]), ("MNLI", ["dev_matched", "dev_mismatched"]),
+                                          ("STS-B", ["dev"])])
+def test_tool_on_glue_layouts(ws, tmp_path, task, splits):
+    """No-header TSV (CoLA), three splits of pairs (MNLI), float labels (STS-B): both segments of a pair change."""
+    glue = os.path.join(ROOT, "tests", "fixtures", "glue", task)
+    out, plain = tmp_path / "aug", tmp_path / "plain"
+    common = ["--task", task, "--input_dir", glue, "--max_seq_length", "48"]
+    augment_data.main(common + ["--output_dir", str(out), "--copies", "2", "--glove", str(ws["root"] / "glove.npy"),
+                                "--glove_words", str(ws["root"] / "glove.txt"), "--p_replace", "1.0"])
+    prepare_data.main(common + ["--output_dir", str(plain)])
+    aug = read_all(str(out / "train.tf_record"), str(out / "train_schema.json"), COLUMNS)
+    ref = read_all(str(plain / "train.tf_record"), str(plain / "train_schema.json"), COLUMNS)
+    assert aug["input_ids"].shape[0] == 3 * ref["input_ids"].shape[0]
+    np.testing.assert_array_equal(aug["input_ids"][::3], ref["input_ids"])
+    np.testing.assert_array_equal(aug["label_ids"], np.repeat(ref["label_ids"], 3, axis=0))
+    if task != "CoLA":                                       # pairs: the second segment is augmented too
+        def second(rows, r):
+            return list(rows["input_ids"][r][rows["segment_ids"][r] == 1])
+        assert any(second(aug, 3 * r + 1) != second(ref, r) for r in range(ref["input_ids"].shape[0]))
+    for split in splits:
+        a = read_all(str(out / f"{split}.tf_record"), str(out / f"{split}_schema.json"), COLUMNS)
+        b = read_all(str(plain / f"{split}.tf_record"), str(plain / f"{split}_schema.json"), COLUMNS)
+        assert all(np.array_equal(a[c], b[c]) for c in COLUMNS)
 
 # ---- bad input ---------------------------------------------------------------------------------------------
 def _fails(argv, capsys, out, fragment):
