@@ -81,7 +81,10 @@ def ws(tmp_path_factory):
     vocab = root / "vocab.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")
     state = hf_mlm_state(len(VOCAB))
-    mlm_dir = write_mlm_dir(root / "mlm", state, len(VOCAB), VOCAB)
+    saved = dict(state)                                   # as HF's .bin files hold them: the tied decoder, its bias
+    saved["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"].copy()
+    saved["cls.predictions.decoder.bias"] = state["cls.predictions.bias"].copy()
+    mlm_dir = write_mlm_dir(root / "mlm", saved, len(VOCAB), VOCAB)
     # GloVe-like table: every whole word of the vocab, 'unbelievably', and 100 fillers
     words = [t for t in VOCAB if not t.startswith(("[", "##"))] + ["unbelievably"] + [f"w{i}" for i in range(100)]
     vectors = np.random.default_rng(1).standard_normal((len(words), 8)).astype(np.float32)
@@ -327,6 +330,10 @@ def test_bad_mlm_dir(ws, tmp_path, capsys):
     _fails(csv_args(ws, out, "--mlm_dir", d), capsys, out, "has no cls.predictions.* tensors")
     d = write_mlm_dir(tmp_path / "big_vocab", hf_mlm_state(len(VOCAB) + 3), len(VOCAB) + 3)
     _fails(csv_args(ws, out, "--mlm_dir", d), capsys, out, f"vocab_size is {len(VOCAB) + 3} but the vocab file")
+    untied = dict(ws["state"], **{"cls.predictions.decoder.weight": ws["state"]["cls.predictions.bias"][:, None]
+                                   * np.ones((1, TINY["hidden_size"]), np.float32)})
+    d = write_mlm_dir(tmp_path / "untied", untied, len(VOCAB))
+    _fails(csv_args(ws, out, "--mlm_dir", d), capsys, out, "cls.predictions.decoder.weight differs from the word")
     d = write_mlm_dir(tmp_path / "other_vocab", ws["state"], len(VOCAB), VOCAB[:-1] + ["zebra"])
     _fails(csv_args(ws, out, "--mlm_dir", d), capsys, out, "its vocab.txt differs from the records' vocab")
 
