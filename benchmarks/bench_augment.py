@@ -18,6 +18,7 @@ renders a saved one again.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -151,15 +152,24 @@ def student_table(out: dict) -> str:
     if not runs:
         return "(not measured: run with --student)"
     base = runs[0]["dev_acc"]
-    rows = [[r["data"], r["train_rows"], r["td1_steps"], r["td2_steps"], r["dev_acc"], r["dev_acc"] - base,
-             r["seconds"] / 60] for r in runs]
-    notes = "\n".join(f"- {r['data']}: {r['teacher_logits']}" for r in runs if r["teacher_logits"])
+    rows = [[r["data"], r["train_rows"], r["td1_steps"], r["td2_steps"], f"{r['dev_acc']:.4f}",
+             f"{r['dev_acc'] - base:+.4f}", r["seconds"] / 60] for r in runs]
+    notes = "\n".join(f"- {r['data']}: {_logits_note(r['teacher_logits'])}" for r in runs if r["teacher_logits"])
     head = (f"Short schedule on 2 cores (phase 1 {runs[0]['td1_steps']} steps, phase 2 {runs[0]['td2_steps']} steps "
             f"of batch 32 in both runs; the paper uses N 20 and several epochs), configs/td_mr.yaml otherwise. "
             f"{machine_line(out['machine'])}.")
     return head + "\n\n" + markdown_table(["train data", "train rows", "phase-1 steps", "phase-2 steps",
                                            "dev acc", "vs MR", "minutes"], rows) + "\n\nPhase 2's teacher logits:\n" \
         + notes
+
+
+def _logits_note(line: str) -> str:
+    """phase 2's log line on its teacher logits, without the run's folder."""
+    m = re.search(r"(\d+) rows from .*teacher_logits\.npz \((checked on [^)]*)\); (\d+) rows computed", line)
+    if not m:
+        return line
+    return (f"{m.group(1)} rows taken from phase 1's teacher_logits.npz ({m.group(2)}), {m.group(3)} computed once "
+            f"before training")
 
 
 def render(out: dict) -> str:
