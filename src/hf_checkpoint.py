@@ -23,6 +23,7 @@ from src.checkpoint import (BERT_PREFIX, LoadReport, _compact, net_prefix, check
                             read_ms_checkpoint, save_checkpoint_atomic)
 from src.errors import UserError
 from src.fileio import TEACHER_INSTALL, TEACHER_PACKAGE, atomic_json, atomic_path, package_file
+from src.mlm_head import BertForMaskedLM
 from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -694,3 +695,55 @@ def ms_to_hf_folder(ckpt: str, out_dir: str, config: Union[str, BertConfig, None
             "do_lower_case": bool(do_lower_case), "pruned_heads": ex["hf_config"].get("pruned_heads", {}),
             "quant": ex["quant"], "tensors": len(ex["hf_state"]),
             "params": int(sum(v.size for v in ex["hf_state"].values())), "report": ex["report"]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masked-LM checkpoints (tools/augment_data.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+# HF BertForMaskedLM head names -> src/mlm_head.py names (the backbone goes through NAME_MAP under `bert.`)
+MLM_HEAD_MAP = [
+    ("cls.predictions.transform.dense.{wb}", "cls.transform_dense.{wb}"),
+    ("cls.predictions.transform.LayerNorm.weight", "cls.transform_LayerNorm.gamma"),
+    ("cls.predictions.transform.LayerNorm.bias", "cls.transform_LayerNorm.beta"),
+    ("cls.predictions.bias", "cls.bias"),
+]
+_MLM_HF_TO_MS = [(_compile(hf), ms_) for hf, ms_ in MLM_HEAD_MAP]
+# the tied decoder (HF saves it in .bin files: it must equal the word embeddings), its copy of the bias, and the
+# next-sentence head of a BertForPreTraining checkpoint: not used
+MLM_TIED_DECODER = "cls.predictions.decoder.weight"
+MLM_SKIPPED = ("cls.predictions.decoder.bias", "cls.seq_relationship.weight", "cls.seq_relationship.bias")
+
+
+def load_hf_mlm(model_dir: str, fused_cpu_kernels: bool = False):
+    """An HF BertForMaskedLM folder (config.json + model.safetensors / pytorch_model.bin with `bert.*` and
+    `cls.predictions.*`) as a `src.mlm_head.BertForMaskedLM` in inference mode, loaded strictly (only the unused
+    pooler may be missing). Returns (net, config)."""
+    weights = find_hf_weights(model_dir)
+    cfg, _ = _load_config(None, weights)
+    cfg = cfg.replace(fused_cpu_kernels=fused_cpu_kernels)
+    hf_state = read_hf_state_dict(weights)
+    if not any(k.startswith("cls.predictions.") for k in hf_state):
+        raise UserError(f"checkpoint '{weights}' has no cls.predictions.* tensors: expected a BertForMaskedLM "
+                        f"checkpoint (bert.* and the masked-LM head cls.predictions.*)")
+    state, ignored = {}, []
+    for name, arr in hf_state.items():
+        if is_ignored_hf_name(name) or name in MLM_SKIPPED or name == MLM_TIED_DECODER:
+            ignored.append(name)
+            continue
+        ms_name = _apply(_MLM_HF_TO_MS, name) or (hf_to_ms_name(name, BERT_PREFIX) if name.startswith(BERT_PREFIX)
+                                                  else None) or name
+        state[ms_name] = arr
+    word_table = state.get("bert.embeddings.word_embeddings.embedding_table")
+    decoder = hf_state.get(MLM_TIED_DECODER)
+    if decoder is not None and word_table is not None and not np.array_equal(decoder, word_table):
+        raise UserError(f"checkpoint '{weights}': {MLM_TIED_DECODER} differs from the word embeddings; only the "
+                        f"tied decoder of BERT's masked LM is supported")
+    net = BertForMaskedLM(cfg)
+    rep = check_state(param_shapes(net), {k: v.shape for k, v in state.items()}, source=f"checkpoint '{weights}'",
+                      strict=True, allow_missing=("bert.pooler.",), ignored=ignored)
+    params = dict(net.parameters_and_names())
+    for name in rep.loaded:
+        params[name].set_data(ms.Tensor(state[name], params[name].dtype))
+    net.set_train(False)
+    return net, cfg

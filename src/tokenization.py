@@ -88,6 +88,12 @@ class BertTokenizer:
         """WordPiece tokens of `text`, without special tokens."""
         return self._tok.encode(text, add_special_tokens=False).tokens
 
+    def basic_words(self, text: str) -> List[str]:
+        """The words of `text` as BERT's BasicTokenizer gives them (normalised, split on whitespace and
+        punctuation), before WordPiece."""
+        normalized = self._tok.normalizer.normalize_str(text)
+        return [w for w, _ in self._tok.pre_tokenizer.pre_tokenize_str(normalized)]
+
     def token_ids(self, text: str) -> List[int]:
         """WordPiece ids of `text`, without special tokens."""
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -65,7 +65,7 @@ def test_scripts_default_glog_v_to_3_unless_set(tmp_path, user_value, seen):
 
 ENTRY_POINTS = ["run_general_distill.py", "run_task_distill.py", "run_ternary.py", "run_ofa_width.py", "export.py",
                 "run_eval_onnx.py", "tools/convert_checkpoint.py", "tools/demo_report.py", "tools/pack_ternary.py",
-                "tools/prepare_data.py", "tools/slice_width.py"]
+                "tools/prepare_data.py", "tools/slice_width.py", "tools/augment_data.py"]
 
 
 @pytest.mark.parametrize("script", ENTRY_POINTS)

