@@ -21,7 +21,13 @@ from src.errors import UserError
 
 SEQ_COLUMNS = ("input_ids", "input_mask", "segment_ids")
 MODEL_INPUTS = ("input_ids", "segment_ids", "input_mask")
-TOKEN_COLUMNS = ("label_ids", "teacher_logits")     # one value per position in a token task (NER)
+# the other columns with one value per position, by task kind (src/tasks.py): a token task's labels and teacher
+# logits, a span task's start / end teacher logits (its label_ids are two positions, not per position)
+POSITION_COLUMNS = {"token": ("label_ids", "teacher_logits"), "span": ("teacher_logits",)}
+
+
+def position_columns(kind: str) -> tuple:
+    return POSITION_COLUMNS[kind] if kind in POSITION_COLUMNS else ()
 
 
 def pad_positions(a: np.ndarray, seq_len: int) -> np.ndarray:
@@ -49,10 +55,10 @@ class ArrayBatcher:
     def __init__(self, arrays: Dict[str, np.ndarray], batch_size: int, shuffle: bool = True, seed: int = 0,
                  drop_remainder: bool = True, rank: int = 0, world: int = 1,
                  length_buckets: Optional[Sequence[int]] = None, batch_key: str = "train.batch_size",
-                 per_token: bool = False):
+                 kind: str = "classification"):
         self.arrays = arrays
-        # columns trimmed to a bucket's length: the model inputs, and for a token task its labels and teacher logits
-        self.seq_columns = SEQ_COLUMNS + (TOKEN_COLUMNS if per_token else ())
+        # columns trimmed to a bucket's length: the model inputs and the task kind's per-position columns
+        self.seq_columns = SEQ_COLUMNS + position_columns(kind)
         n = len(next(iter(arrays.values())))
         self.indices = np.arange(n)
         self.batch_size = batch_size            # per worker

@@ -52,7 +52,8 @@ def numpy_logits(runner):
 
 def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size: int, task) -> Dict[str, float]:
     """Metrics on every eval split (MNLI: dev_matched and dev_mismatched, prefixed 'mm_' for the second); a token
-    task's are entity-level precision / recall / F1 over its sentences (src/ner.py)."""
+    task's are entity-level precision / recall / F1 over its sentences (src/ner.py), a span task's SQuAD exact match
+    and F1 over its questions (src/squad.py)."""
     from src.metrics import compute_metrics
     from src.ner import entity_metrics
     results = {}
@@ -60,6 +61,9 @@ def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size:
         logits = predict(logits_fn, arrays, batch_size)
         if task.token_level:        # entity level (conlleval), the windows of a long sentence recombined first
             m = entity_metrics(task.labels, arrays["label_ids"], logits, arrays["sentence_id"])
+        elif task.kind == "span":   # answers decoded over every window of a question, SQuAD EM / F1
+            from src.squad import span_metrics
+            m = span_metrics(task, logits[:, :, 0], logits[:, :, 1], arrays["features"])
         else:
             m = compute_metrics(task, logits, arrays["label_ids"].reshape(-1))
         prefix = "" if i == 0 else "mm_" if split == "dev_mismatched" else f"{split}_"

@@ -3,7 +3,7 @@
 What an exported model is: inputs `input_ids, token_type_ids, input_mask` (int32, [batch, seq], fixed shapes:
 `ms.export` writes static shapes) and one output, the **logits** [batch, num_labels] (no softmax, no log-softmax:
 the model-zoo exported log-softmax probabilities; argmax and every metric agree either way); a token-level (NER)
-model's are per token, [batch, seq, num_labels].
+model's are per token, [batch, seq, num_labels], a span (QA) model's [batch, seq, 2] start / end logits.
 
 GELU and ONNX: MindSpore 2.10 cannot export `Erf` to ONNX, so the exact (erf) GELU of BERT/MiniLM checkpoints
 does not export as is. For ONNX the graph is built with `gelu_erf_poly` - the exact GELU with erf from
@@ -316,7 +316,7 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                                    hidden_act=exp_cfg.hidden_act, depth_mult=depth_mult)
     else:
         exp_model = ref_model
-    token = ref_model.HEAD_KIND == "token"          # per-token logits [batch, seq, num_labels] (NER)
+    token = ref_model.HEAD_KIND in ("token", "span")    # per-position logits [batch, seq, num_labels] (NER, QA)
     net = LogitsOnly(exp_model)
     net.set_train(False)
     ids, types, mask = sample_inputs(batch_size, seq_length, ref_cfg.vocab_size)
@@ -385,8 +385,9 @@ def export_checkpoint(config_path: str, ckpt_file: str, file_name: str, file_for
                 "inputs": [{"name": n, "dtype": "int32", "shape": [batch_size, seq_length]} for n in INPUT_NAMES],
                 "output": {"name": "logits", "dtype": "float32",
                            "shape": [batch_size] + ([seq_length] if token else []) + [ref_cfg.num_labels],
-                           "meaning": "per-token classifier logits (no softmax)" if token else
-                                      "classifier logits (no softmax)"},
+                           "meaning": {"token": "per-token classifier logits (no softmax)",
+                                       "span": "start and end logits of every position (no softmax)"}.get(
+                                           ref_model.HEAD_KIND, "classifier logits (no softmax)")},
                 "batch_size": batch_size, "seq_length": seq_length, "num_labels": ref_cfg.num_labels,
                 "hidden_act": exp_cfg.hidden_act, "checkpoint_hidden_act": ref_cfg.hidden_act, "gelu_note": note,
                 "width_mult": width_mult, "depth_mult": depth_mult, "ternary": bool(ternary),

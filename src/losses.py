@@ -16,6 +16,10 @@ All functions are graph-mode safe (pure tensor ops). Conventions, stated once be
   pieces, specials, padding, context words of another window). Hard and soft CE are per labelled position and
   averaged over the labelled positions of the batch (each position counts as one row of the sentence-level rule,
   so "element_mean" still divides by C). `label_loss` / `teacher_loss` pick the rule of a task kind.
+- span tasks (extractive QA): logits [B, S, 2], label_ids [B, 2] = gold start / end positions. The start logits
+  over the positions are one distribution, the end logits another (as Google BERT / HF: softmax over all
+  positions of the row); the loss is the mean of the start and end terms (CE to the gold position, or soft CE to
+  the teacher's distribution: "element_mean" divides by S).
 - squares are `ops.square`, not `** 2`: MindSpore 2.10 lowers `** 2` to a Pow kernel, slower on CPU.
 - data parallelism: a masked mean is per rank (sum_r / n_r); `GlobalMaskCounts` gives the factors that make each
   rank's masked loss its share of the global masked mean, so N workers at batch b == 1 worker at batch N*b.
@@ -142,25 +146,47 @@ def token_soft_cross_entropy(student_logits, teacher_logits, label_ids, temperat
     return loss
 
 
+def span_hard_cross_entropy(logits, label_ids):
+    """(CE(start logits over positions, gold start) + CE(end logits, gold end)) / 2 for [B, S, 2] logits."""
+    label_ids = label_ids.reshape(-1, 2)
+    return (hard_cross_entropy(logits[:, :, 0], label_ids[:, 0]) +
+            hard_cross_entropy(logits[:, :, 1], label_ids[:, 1])) / 2.0
+
+
+def span_soft_cross_entropy(student_logits, teacher_logits, temperature=1.0, reduction="element_mean",
+                            temperature_squared=False):
+    """soft_cross_entropy of the start distributions and of the end distributions over positions, averaged."""
+    start = soft_cross_entropy(student_logits[:, :, 0], teacher_logits[:, :, 0], temperature, reduction,
+                               temperature_squared)
+    end = soft_cross_entropy(student_logits[:, :, 1], teacher_logits[:, :, 1], temperature, reduction,
+                             temperature_squared)
+    return (start + end) / 2.0
+
+
 def label_loss(logits, label_ids, kind: str):
     """The supervised loss of a task kind (src/tasks.py): MSE for regression, CE over the labelled positions for
-    token tasks, CE otherwise."""
+    token tasks, start / end CE for span tasks, CE otherwise."""
     if kind == "regression":
         return mse(logits.reshape(-1), label_ids.reshape(-1).astype(ms.float32))
     if kind == "token":
         return token_hard_cross_entropy(logits, label_ids)
+    if kind == "span":
+        return span_hard_cross_entropy(logits, label_ids)
     return hard_cross_entropy(logits, label_ids.reshape(-1))
 
 
 def teacher_loss(student_logits, teacher_logits, label_ids, kind: str, temperature=1.0,
                  reduction="element_mean", temperature_squared=False):
     """The prediction-layer distillation loss of a task kind: MSE to the teacher's output for regression, soft CE
-    over the labelled positions for token tasks, soft CE otherwise."""
+    over the labelled positions for token tasks, soft CE of the start and end distributions for span tasks, soft CE
+    otherwise."""
     if kind == "regression":
         return mse(student_logits.reshape(-1), teacher_logits.reshape(-1))
     if kind == "token":
         return token_soft_cross_entropy(student_logits, teacher_logits, label_ids, temperature, reduction,
                                         temperature_squared)
+    if kind == "span":
+        return span_soft_cross_entropy(student_logits, teacher_logits, temperature, reduction, temperature_squared)
     return soft_cross_entropy(student_logits, teacher_logits, temperature, reduction, temperature_squared)
 
 

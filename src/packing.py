@@ -136,9 +136,11 @@ def quant_layout(bert_config, qcfg, head_type: str = "dense", head_kind: str = "
 
 
 def header_head_kind(header: dict) -> str:
-    """The head kind a packed file records ("token" for a per-token model); files written before it was recorded
-    hold sentence-level models."""
-    return "token" if header.get("head_kind") == "token" else "sequence"
+    """The head kind a packed file records ("token", "span"); files written before it was recorded hold
+    sentence-level models."""
+    from src.checkpoint import HEAD_KINDS
+    kind = header.get("head_kind")
+    return kind if kind in HEAD_KINDS else "sequence"
 
 
 def pack(state: Dict[str, np.ndarray], bert_config, qcfg, path: str, head_type: str = "dense",

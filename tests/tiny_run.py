@@ -121,6 +121,26 @@ def write_token_split(data_dir: str, split: str, n: int, seed: int) -> list:
     return sentences
 
 
+SPAN_WORDS = [f"w{i}" for i in range(23)]
+SPAN_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "where", "mark"] + SPAN_WORDS   # VOCAB entries
+
+
+def span_squad(n: int, seed: int) -> dict:
+    """A SQuAD v1.1-format dataset of `n` questions "where mark": the answer is the word right after the word
+    "mark" in a context of 4..18 random words (so some contexts need several windows of SEQ positions)."""
+    rng = np.random.default_rng(seed)
+    paragraphs = []
+    for q in range(n):
+        words = [SPAN_WORDS[i] for i in rng.integers(0, len(SPAN_WORDS), int(rng.integers(4, 19)))]
+        at = int(rng.integers(0, len(words) - 1))
+        words.insert(at, "mark")
+        context = " ".join(words)
+        start = len(" ".join(words[:at + 1])) + 1
+        paragraphs.append({"context": context, "qas": [{"id": f"q{seed}-{q}", "question": "where mark",
+                                                        "answers": [{"text": words[at + 1], "answer_start": start}]}]})
+    return {"version": "1.1", "data": [{"title": "tiny", "paragraphs": paragraphs}]}
+
+
 def make_workspace(root: str, n_train: int = 64, n_dev: int = 16) -> dict:
     """Records + tiny teacher under `root`; returns the paths."""
     import mindspore as ms

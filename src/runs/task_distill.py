@@ -39,7 +39,7 @@ def _run(cfg, out_dir, save_resolved):
     b = phase.build(cfg, task, tcfg, teacher, train, log)
     batcher = ArrayBatcher(train, sched.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
                            length_buckets=list(cfg.data.length_buckets), batch_key=f"{cfg.phase}.batch_size",
-                           per_token=task.token_level)
+                           kind=task.kind)
     step, lr = build_train_step(b.loss_net, cfg.optim, sched, len(batcher), cfg.distributed)
     log.info(f"model params {count_params(b.model)}; {len(batcher)} steps per epoch, buckets {batcher.buckets}")
     run_step = b.wrap_step(step, batcher) if b.wrap_step else step

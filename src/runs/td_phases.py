@@ -13,7 +13,7 @@ from src.distill import (CachedLogitsPhase2Loss, CachedTeacherPhase1Loss, Finetu
                          TaskDistillPhase2Loss, loss_config, student_layer_map)
 from src.errors import UserError
 from src.runs.common import TASK_INPUTS, classifier_config
-from src.tinybert_model import LogitsOnly, build_classifier, copy_teacher_layers
+from src.tinybert_model import HEAD_PARAMS, LogitsOnly, build_classifier, copy_teacher_layers
 
 
 def teacher_ckpt(cfg) -> str:
@@ -44,7 +44,7 @@ class Built:
 
 def _finetune(cfg, task, tcfg, teacher, train, log) -> Built:
     load_into(teacher, cfg.teacher.init_ckpt, "teacher.init_ckpt", strict=True, prefix_map={"": "bert."},
-              allow_missing=("classifier.",))
+              allow_missing=HEAD_PARAMS)
     if cfg.finetune.freeze_word_embeddings:
         teacher.bert.embeddings.word_embeddings.embedding_table.requires_grad = False
     return Built(teacher, tcfg, FinetuneLoss(teacher, task.kind), TASK_INPUTS, ["ce"])
@@ -129,7 +129,7 @@ PHASES = {"finetune": Phase(_finetune, "best.ckpt", True), "td1": Phase(_td1, "s
 def _init_student(cfg, student, teacher, fit_dense, log):
     init = cfg.student.init
     if init == "gd":
-        load_into(student, cfg.student.gd_ckpt, "student.gd_ckpt", strict=True, allow_missing=("classifier.",),
+        load_into(student, cfg.student.gd_ckpt, "student.gd_ckpt", strict=True, allow_missing=HEAD_PARAMS,
                   extra_cells={"fit_dense": fit_dense})
         log.info(f"student initialised from GD checkpoint {cfg.student.gd_ckpt} (with its fit_dense)")
     elif init == "teacher_layers":

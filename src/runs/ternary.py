@@ -8,7 +8,7 @@ quant.json and config.json; with pack.after_train, model.tpack, model_sizes.md a
 import os
 
 from src.batching import ArrayBatcher
-from src.checkpoint import load_into, pick_head_type, read_ms_checkpoint
+from src.checkpoint import checkpoint_head_kind, load_into, pick_head_type, read_ms_checkpoint
 from src.distill import loss_config, student_layer_map
 from src.errors import UserError
 from src.evaluation import evaluate, teacher_baseline
@@ -63,7 +63,7 @@ def _run(cfg, out_dir, save_resolved):
     quantize_model(model, qcfg, sync_ranks=cfg.distributed)
     loss_net = TernaryDistillLoss(model, teacher, att_map, hid_map, lcfg, task.kind, cfg.distributed)
     batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
-                           length_buckets=list(cfg.data.length_buckets), per_token=task.token_level)
+                           length_buckets=list(cfg.data.length_buckets), kind=task.kind)
     step, lr = build_train_step(loss_net, cfg.optim, cfg.train, len(batcher), cfg.distributed)
     optimizer = step.optimizer
     step, refreshed = with_lat_refresh(step, model, optimizer)
@@ -128,7 +128,7 @@ def pack_run(out_dir: str, codec: str, max_positions: int, head_type: str, log=N
     head_type = pick_head_type(head_type, meta.get("head_type"), "student.head_type", qckpt)
     out_path = out_path or os.path.join(out_dir, "model.tpack")
     sizes = pack(state, bcfg, qcfg, out_path, head_type=head_type, codec=codec, max_positions=max_positions,
-                 source=qckpt, head_kind="token" if meta.get("head_kind") == "token" else "sequence")
+                 source=qckpt, head_kind=checkpoint_head_kind(qckpt))
     fp32 = fp32_ckpt or os.path.join(out_dir, "best.ckpt")
     note = (f"Everything the packed file holds is counted (header with config and tensor table included); "
             f"position table: first {max_positions} rows kept (the deployed max_seq_length). The tokenizer "

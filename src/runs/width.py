@@ -51,7 +51,7 @@ def _run(cfg, out_dir, save_resolved):
         _rewire_by_importance(cfg, model, teacher, train, task, rank, world, out_dir, log)
     teacher_views = [WidthView(teacher, s) for s in specs] if cfg.train.width_matched_teacher else None
     batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
-                           length_buckets=list(cfg.data.length_buckets), per_token=task.token_level)
+                           length_buckets=list(cfg.data.length_buckets), kind=task.kind)
     lr, opt = schedule_and_optimizer(model.trainable_params(), cfg.optim, cfg.train, len(batcher))
 
     def make_step(idx):               # a TrainStep over the widths `idx` (one compiled graph per subset)
@@ -110,7 +110,7 @@ def _rewire_by_importance(cfg, model, teacher, train, task, rank, world, out_dir
     t0, limit = time.time(), cfg.importance.max_batches
     batcher = ArrayBatcher(train, cfg.importance.batch_size, shuffle=True, seed=cfg.seed + 1,
                            length_buckets=list(cfg.data.length_buckets), batch_key="importance.batch_size",
-                           per_token=task.token_level)
+                           kind=task.kind)
     batches = itertools.islice(batcher.epoch(0), limit) if limit else batcher.epoch(0)
     imp = compute_importance(model, batches, task.kind, cfg.importance.normalize)
     head_order, ffn_order = importance_order(imp)
