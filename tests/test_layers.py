@@ -9,7 +9,7 @@ from conftest import ROOT
 
 LAYERS = {
     "base": ["errors", "fileio"],
-    "io": ["config", "checkpoint", "dataset", "records", "tokenization", "outputs", "tasks", "metrics", "ner",
+    "io": ["config", "checkpoint", "dataset", "records", "tokenization", "outputs", "tasks", "metrics", "ner", "squad",
            "rank_table"],
     "model": ["tinybert_model", "cpu_kernels"],
     "algorithms": ["losses", "distill", "quant", "packing", "ternary", "width", "vocab_prune"],
