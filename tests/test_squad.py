@@ -327,6 +327,24 @@ def test_load_features_names_the_file(tmp_path):
         squad.load_features(str(tmp_path), "dev")
 
 
+def test_load_split_reads_span_records(tmp_path):
+    from src.dataset import load_split
+    from src.records import write_records, write_schema
+    arrays, feats = prepare(tmp_path / "out", "v2.0", "--max_seq_length", 40, "--doc_stride", 8)
+    got = load_split(str(tmp_path / "out"), "dev", "tfrecord", 40, get_task("SQuAD-v2"))
+    assert got["label_ids"].dtype == np.int32 and got["label_ids"].tolist() == arrays["label_ids"].tolist()
+    assert got["feature_id"].reshape(-1).tolist() == list(range(feats.num_features))
+    with pytest.raises(UserError, match="label_ids has shape \\[2\\] per row, task MR expects \\[1\\]"):
+        load_split(str(tmp_path / "out"), "dev", "tfrecord", 40, get_task("MR"))
+    rows = [{k: v[i] for k, v in arrays.items()} for i in range(3)]
+    rows[2]["label_ids"] = np.array([7, 5])                          # end before start
+    cols = squad.span_columns(40)
+    write_records(str(tmp_path / "bad.tf_record"), rows, cols)
+    write_schema(str(tmp_path / "bad_schema.json"), cols, 3)
+    with pytest.raises(UserError, match="bad.tf_record: row 2: answer start / end \\[7, 5\\]"):
+        load_split(str(tmp_path), "bad", "tfrecord", 40, get_task("SQuAD"))
+
+
 # ---- bad input --------------------------------------------------------------------------------------------
 def _edit(doc, qid, fn):
     for art in doc["data"]:
