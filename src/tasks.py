@@ -78,6 +78,7 @@ TASKS = {
         Task("CoNLL", CONLL_LABELS, "f1", _ENTITY_METRICS, kind="token"),
         Task("SQuAD", (), "f1", SQUAD_METRICS, kind="span"),
         Task("SQuAD-v2", (), "f1", SQUAD_V2_METRICS, kind="span"),
+        Task("CoNLL-MRC", (), "f1", SQUAD_V2_METRICS, kind="span"),   # CoNLL-2003 as questions, v2 scoring
     ]
 }
 

@@ -395,3 +395,57 @@ def test_version_detection_and_forcing(tmp_path):
         f"{s}{x}" for s in ("train", "dev") for x in (".tf_record", "_schema.json", "_features.json"))
     assert squad.load_features(str(tmp_path / "c"), "train").version == "2.0"
     assert "train with task SQuAD-v2" in r.stdout
+
+
+# ---- CoNLL-2003 in reading-comprehension form -------------------------------------------------------------
+MRC_TAGGED = """-DOCSTART- -X- -X- O
+
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+met VBD B-VP O
+Anna NNP B-NP B-PER
+in IN B-PP O
+Paris NNP B-NP B-LOC
+. . O O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+call NN I-NP O
+. . O O
+"""
+
+
+def test_conll_mrc_questions_and_records(tmp_path):
+    from tools import prepare_data
+    conll = tmp_path / "conll"
+    conll.mkdir()
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        (conll / name).write_text(MRC_TAGGED, encoding="utf-8")
+    sentences = prepare_data.read_tagged(str(conll / "valid.txt"), "iob2")
+    contexts, examples = prepare_data.conll_mrc_examples("dev", sentences)
+    assert contexts == ["Peter Blackburn met Anna in Paris .", "EU rejects German call ."]
+    got = {e.qid: (e.question, e.answers, e.answer_starts, e.is_impossible) for e in examples}
+    assert got == {
+        "dev-0-PER": ("Which person is mentioned?", ["Peter Blackburn", "Anna"], [0, 20], False),
+        "dev-0-ORG": ("Which organization is mentioned?", [], [], True),
+        "dev-0-LOC": ("Which location is mentioned?", ["Paris"], [28], False),
+        "dev-0-MISC": ("Which other named entity is mentioned?", [], [], True),
+        "dev-1-PER": ("Which person is mentioned?", [], [], True),
+        "dev-1-ORG": ("Which organization is mentioned?", ["EU"], [0], False),
+        "dev-1-LOC": ("Which location is mentioned?", [], [], True),
+        "dev-1-MISC": ("Which other named entity is mentioned?", ["German"], [11], False)}
+    out = tmp_path / "out"
+    r = run_cli("--task", "conll_mrc", "--input_dir", conll, "--output_dir", out, "--max_seq_length", 32)
+    assert r.returncode == 0, r.stderr
+    assert "train with task CoNLL-MRC" in r.stdout and "SQuAD" not in r.stdout
+    arrays = read_all(str(out / "dev.tf_record"), str(out / "dev_schema.json"), SPAN_COLUMNS)
+    feats = squad.load_features(str(out), "dev")
+    assert feats.num_features == 8 and feats.version == "2.0"
+    start, end = oracle_logits(arrays)
+    preds, _ = squad.decode(start, end, feats)
+    assert preds["dev-0-PER"] == "Peter Blackburn"                   # the training target is the first entity
+    m = squad.span_metrics(get_task("CoNLL-MRC"), start, end, feats)
+    assert m["f1"] == 1.0 and m["exact"] == 1.0 and m["no_ans_exact"] == 1.0
+    # "Anna" is a gold answer too: the scores take the best match over the sentence's entities of the type
+    assert squad.exact_match("Anna", feats.examples[0]["answers"]) == 1.0

