@@ -374,6 +374,16 @@ def check_labels(labels: np.ndarray, task, source: str = "labels") -> None:
                         f"task {task.name} (labels {', '.join(task.labels)})")
 
 
+def check_span_labels(labels: np.ndarray, seq_length: int, source: str = "labels") -> None:
+    """Span labels [N, 2] are (start, end) row positions with 0 <= start <= end < seq_length ((0, 0): no answer
+    in the row); `source` (the record file) is named in the error."""
+    arr = np.asarray(labels)
+    bad = np.flatnonzero((arr[:, 0] < 0) | (arr[:, 1] < arr[:, 0]) | (arr[:, 1] >= seq_length))
+    if bad.size:
+        raise UserError(f"{source}: row {bad[0]}: answer start / end {arr[bad[0]].tolist()}, expected positions "
+                        f"0 <= start <= end < {seq_length} (max_seq_length)")
+
+
 RECORD_EXT = {"tfrecord": ".tf_record", "mindrecord": ".mindrecord"}
 
 
@@ -388,26 +398,34 @@ def load_split(data_dir: str, split: str, dataset_type: str, seq_length: int, ta
                columns: Sequence[str] = ("input_ids", "input_mask", "segment_ids", "label_ids"),
                ) -> Dict[str, np.ndarray]:
     """All rows of one split as numpy arrays (file order), validated against the expected sequence length and
-    the task's label set."""
+    the task's label set. A token task's rows also get `sentence_id`; a span task's `feature_id` and, under
+    "features", the split's decoding sidecar (src/squad.py load_features: contexts, answers, offsets)."""
     records, schema = split_files(data_dir, split, dataset_type)
     require_file(records, f"data split '{split}'")
     columns = list(columns)
     if task is not None and task.token_level and "label_ids" in columns:
         columns.append("sentence_id")           # ties the windows of a long sentence together (src/ner.py)
+    if task is not None and task.kind == "span" and "feature_id" not in columns:
+        columns.append("feature_id")            # ties a row to its entry in <split>_features.json (src/squad.py)
     arrays = read_all(records, schema, columns, dataset_type)
     got = arrays["input_ids"].shape[1]
     if got != seq_length:
         raise UserError(f"{records}: input_ids has length {got}, config data.max_seq_length is {seq_length}")
     if task is not None and "label_ids" in arrays:
         labels = arrays["label_ids"]
-        width = seq_length if task.token_level else 1
+        width = seq_length if task.token_level else 2 if task.kind == "span" else 1
+        what = {"token": "one tag per position", "span": "answer start and end"}.get(task.kind, "one label")
         if labels.ndim != 2 or labels.shape[1] != width:
             raise UserError(f"{records}: label_ids has shape {list(labels.shape[1:])} per row, task {task.name} "
-                            f"expects [{width}] ({'one tag per position' if task.token_level else 'one label'}): "
-                            f"the records were written for another kind of task")
+                            f"expects [{width}] ({what}): the records were written for another kind of task")
     if task is not None and "label_ids" in arrays:
         if task.regression:
             arrays["label_ids"] = arrays["label_ids"].astype(np.float32)
+        elif task.kind == "span":
+            check_span_labels(arrays["label_ids"], seq_length, source=records)
+            arrays["label_ids"] = arrays["label_ids"].astype(np.int32)
+            from src.squad import load_features
+            arrays["features"] = load_features(data_dir, split)    # what decoding needs (not an array)
         else:
             check_labels(arrays["label_ids"], task, source=records)
             arrays["label_ids"] = arrays["label_ids"].astype(np.int32)

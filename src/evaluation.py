@@ -63,7 +63,8 @@ def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size:
             m = entity_metrics(task.labels, arrays["label_ids"], logits, arrays["sentence_id"])
         elif task.kind == "span":   # answers decoded over every window of a question, SQuAD EM / F1
             from src.squad import span_metrics
-            m = span_metrics(task, logits[:, :, 0], logits[:, :, 1], arrays["features"])
+            m = span_metrics(task, logits[:, :, 0], logits[:, :, 1], arrays["features"],
+                             feature_ids=arrays["feature_id"].reshape(-1))
         else:
             m = compute_metrics(task, logits, arrays["label_ids"].reshape(-1))
         prefix = "" if i == 0 else "mm_" if split == "dev_mismatched" else f"{split}_"

@@ -7,7 +7,9 @@ O, B-PER, I-PER, B-ORG, I-ORG, B-LOC, I-LOC, B-MISC, I-MISC as in the HF `conll2
 Kinds: "classification" (one label per row, label_ids int[1]), "regression" (one float per row, label_ids
 float[1]), "token" (one tag per word, label_ids int[max_seq_length]: the tag id on the first word piece of each
 word, -1 on every other position, which the loss and the metrics ignore; `sentence_id` int[1] ties the windows of
-a long sentence together).
+a long sentence together), "span" (extractive question answering: label_ids int[2], the start and end
+positions of the answer's word pieces in the row, (0, 0) = [CLS] for no answer in the row; `feature_id` int[1]
+ties a row to the features sidecar that decoding reads, src/squad.py describes both).
 """
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -38,15 +40,18 @@ class Task:
 
     @property
     def head(self) -> str:
-        """The model head of the task: "token" (one output per position) or "sequence" (one per row)."""
-        return "token" if self.token_level else "sequence"
+        """The model head of the task: "token" (one output per position), "span" (start and end logits per
+        position) or "sequence" (one per row)."""
+        return self.kind if self.kind in ("token", "span") else "sequence"
 
     @property
     def num_labels(self) -> int:
+        if self.kind == "span":
+            return 2                                        # start and end logits per position
         return 1 if self.regression else len(self.labels)
 
 
-KINDS = ("classification", "regression", "token")
+KINDS = ("classification", "regression", "token", "span")
 IGNORE_LABEL = -1        # label_ids value of a position that has no label (token tasks)
 
 
@@ -54,6 +59,10 @@ _BIN = ("0", "1")
 _ENT2 = ("entailment", "not_entailment")
 CONLL_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 _ENTITY_METRICS = ("f1", "precision", "recall")   # entity level, conlleval semantics
+# SQuAD scores (src/squad.py): v2 "f1" / "exact" at the no-answer threshold of best F1 on the split
+SQUAD_METRICS = ("f1", "exact")
+SQUAD_V2_METRICS = ("f1", "exact", "f1_thresh0", "exact_thresh0", "has_ans_f1", "has_ans_exact", "no_ans_exact",
+                    "null_threshold")
 
 TASKS = {
     t.name.lower(): t for t in [
@@ -68,6 +77,9 @@ TASKS = {
         Task("QNLI", _ENT2, "acc", ("acc",)),
         Task("RTE", _ENT2, "acc", ("acc",)),
         Task("CoNLL", CONLL_LABELS, "f1", _ENTITY_METRICS, kind="token"),
+        Task("SQuAD", (), "f1", SQUAD_METRICS, kind="span"),
+        Task("SQuAD-v2", (), "f1", SQUAD_V2_METRICS, kind="span"),
+        Task("CoNLL-MRC", (), "f1", SQUAD_V2_METRICS, kind="span"),   # CoNLL-2003 as questions, v2 scoring
     ]
 }
 

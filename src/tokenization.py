@@ -102,6 +102,13 @@ class BertTokenizer:
         """`token_ids` for many texts at once (the Rust side runs them in parallel)."""
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def token_ids_offsets_batch(self, texts: Sequence[str]) -> List[Tuple[List[int], List[Tuple[int, int]]]]:
+        """(ids, offsets) of each text: the WordPiece ids as `token_ids` gives them and, per piece, the
+        (start, end) character span of the original text it comes from (text[start:end] is "Café" for the
+        piece "cafe", "s" for "##s")."""
+        return [(e.ids, [tuple(o) for o in e.offsets])
+                for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> List[int]:
         return [self.vocab.get(t, self.unk_id) for t in tokens]
 

@@ -10,7 +10,7 @@ from conftest import ROOT
 LAYERS = {
     "base": ["errors", "fileio"],
     "io": ["config", "checkpoint", "corpus", "dataset", "records", "tokenization", "outputs", "tasks", "metrics",
-           "ner", "rank_table"],
+           "ner", "squad", "rank_table"],
     "model": ["tinybert_model", "cpu_kernels", "mlm_head"],
     "algorithms": ["losses", "distill", "quant", "packing", "ternary", "width", "vocab_prune", "augment"],
     "engine": ["train_step", "batching", "evaluation", "trainer", "runlog", "runtime", "teacher_cache"],

