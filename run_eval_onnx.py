@@ -14,7 +14,7 @@ import os
 import sys
 
 from src.errors import UserError, run_main
-from src.dataset import load_split
+from src.dataset import load_eval_split
 
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
@@ -57,7 +57,7 @@ def main(argv=None):
     runner = runner_for(model_file, args.threads)
     batch, seq = exported_shape(model_file, runner, args.batch_size or None, args.seq_length or None)
     splits = task.eval_splits if args.split == "dev" else (args.split,)
-    eval_sets = {s: load_split(args.data_dir, s, args.dataset_type, seq, task) for s in splits}
+    eval_sets = {s: load_eval_split(args.data_dir, s, args.dataset_type, seq, task) for s in splits}
 
     from src.evaluation import evaluate, numpy_logits
     metrics = evaluate(numpy_logits(runner), eval_sets, batch, task)

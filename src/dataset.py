@@ -398,8 +398,7 @@ def load_split(data_dir: str, split: str, dataset_type: str, seq_length: int, ta
                columns: Sequence[str] = ("input_ids", "input_mask", "segment_ids", "label_ids"),
                ) -> Dict[str, np.ndarray]:
     """All rows of one split as numpy arrays (file order), validated against the expected sequence length and
-    the task's label set. A token task's rows also get `sentence_id`; a span task's `feature_id` and, under
-    "features", the split's decoding sidecar (src/squad.py load_features: contexts, answers, offsets)."""
+    the task's label set. A token task's rows also get `sentence_id`, a span task's `feature_id`."""
     records, schema = split_files(data_dir, split, dataset_type)
     require_file(records, f"data split '{split}'")
     columns = list(columns)
@@ -424,8 +423,6 @@ def load_split(data_dir: str, split: str, dataset_type: str, seq_length: int, ta
         elif task.kind == "span":
             check_span_labels(arrays["label_ids"], seq_length, source=records)
             arrays["label_ids"] = arrays["label_ids"].astype(np.int32)
-            from src.squad import load_features
-            arrays["features"] = load_features(data_dir, split)    # what decoding needs (not an array)
         else:
             check_labels(arrays["label_ids"], task, source=records)
             arrays["label_ids"] = arrays["label_ids"].astype(np.int32)
@@ -451,8 +448,19 @@ def padded_batches(arrays: Dict[str, np.ndarray], names: Sequence[str], batch_si
         yield batch, real
 
 
+def load_eval_split(data_dir: str, split: str, dataset_type: str, seq_length: int, task) -> Dict[str, np.ndarray]:
+    """load_split of an evaluated split: a span task's also holds, under "features", the split's decoding sidecar
+    (src/squad.py load_features: contexts, answers, piece offsets), which its metrics need."""
+    arrays = load_split(data_dir, split, dataset_type, seq_length, task)
+    if task.kind == "span":
+        from src.squad import load_features
+        arrays["features"] = load_features(data_dir, split)
+    return arrays
+
+
 def load_eval_sets(cfg, task) -> Dict[str, Dict[str, np.ndarray]]:
     """The full eval split(s) of the run: the task's dev splits (MNLI: matched and mismatched) or cfg.eval.split."""
     split = cfg.eval.split
     splits = task.eval_splits if split == "dev" else (split,)
-    return {s: load_split(cfg.data.dir, s, cfg.data.dataset_type, cfg.data.max_seq_length, task) for s in splits}
+    return {s: load_eval_split(cfg.data.dir, s, cfg.data.dataset_type, cfg.data.max_seq_length, task)
+            for s in splits}

@@ -125,8 +125,8 @@ def vocab_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
 
 def _eval_sets(cfg, data_dir: str, task, seq: int = 0) -> dict:
     """The task's dev split(s) of `data_dir` at `seq` (0 = data.max_seq_length)."""
-    from src.dataset import load_split
-    return {s: load_split(data_dir, s, cfg.data.dataset_type, seq or cfg.data.max_seq_length, task)
+    from src.dataset import load_eval_split
+    return {s: load_eval_split(data_dir, s, cfg.data.dataset_type, seq or cfg.data.max_seq_length, task)
             for s in task.eval_splits}
 
 
