@@ -251,10 +251,14 @@ def checkpoint_head_type(ckpt: str) -> Optional[str]:
     return head if isinstance(head, str) else None
 
 
+HEAD_KINDS = ("sequence", "token", "span")
+
+
 def checkpoint_head_kind(ckpt: str) -> str:
-    """"token" for a checkpoint of a per-token (NER) model, else "sequence" (also files that record nothing)."""
+    """The head kind a checkpoint records: "token" (per-token, NER), "span" (extractive QA), else "sequence" (also
+    files that record nothing)."""
     kind = read_ms_checkpoint(ckpt, with_extra=True)[1].get("head_kind")
-    return "token" if kind == "token" else "sequence"
+    return kind if kind in HEAD_KINDS else "sequence"
 
 
 def pick_head_type(requested: str, recorded: Optional[str], flag: str, source: str) -> str:
@@ -296,8 +300,8 @@ def load_into(cell, ckpt: str, what: str, strict: bool = True, prefix_map: Optio
                         f"head_type {head}: set the head type the checkpoint was trained with")
     kind, cell_kind = meta.get("head_kind"), getattr(cell, "HEAD_KIND", None)
     if isinstance(kind, str) and isinstance(cell_kind, str) and kind != cell_kind and not prefix_map:
-        raise UserError(f"{what} '{ckpt}' holds a {kind}-level model (one output per "
-                        f"{'position' if kind == 'token' else 'row'}), the task needs a {cell_kind}-level one: "
+        raise UserError(f"{what} '{ckpt}' holds a model with a {kind} head, the task needs a {cell_kind} head "
+                        f"(sequence: one output per row, token: one per position, span: start / end per position): "
                         f"check task.name")
     for old, new in (prefix_map or {}).items():
         loaded = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in loaded.items()}

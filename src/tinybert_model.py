@@ -8,7 +8,8 @@ One readable model file. It knows nothing about distillation, quantization or wi
 - `BertForSequenceClassification` adds the task head: dropout -> dense (standard, default) or the anchors'
   ReLU-on-pooler head (`head_type="relu_pooler"`, TinyBERT/MindSpore-zoo parity).
 - `BertForTokenClassification` (NER): dropout -> dense on every position of the sequence output, as HF's
-  `BertForTokenClassification` (same parameter names: `classifier`). It keeps the pooler of the backbone (unused:
+  `BertForTokenClassification` (same parameter names: `classifier`); `BertForQuestionAnswering` (extractive QA):
+  `qa_outputs` dense -> start / end logits per position, as HF's. It keeps the pooler of the backbone (unused:
   every checkpoint of this project has one layout, so a pre-trained BertModel loads strictly and width slicing,
   quantization and conversion see the same cells); exported graphs do not contain it.
 
@@ -387,8 +388,41 @@ class BertForTokenClassification(nn.Cell):
         return self.classifier(self.dropout(sequence_output))
 
 
+class BertForQuestionAnswering(nn.Cell):
+    """BERT + span head (extractive QA). construct -> (logits [B, S, 2]: start and end logits of every position,
+    hidden_states, attention_scores). One Dense `qa_outputs` on the sequence output, as HF's
+    `BertForQuestionAnswering` (no dropout there either); the pooler is kept unused as in
+    BertForTokenClassification. config.num_labels must be 2."""
+
+    HEAD_TYPES = ("dense",)
+    HEAD_KIND = "span"
+
+    def __init__(self, config: BertConfig, head_type: str = "dense"):
+        super().__init__()
+        if head_type not in self.HEAD_TYPES:
+            raise ValueError(f"head_type '{head_type}' not supported for span extraction: expected "
+                             f"{', '.join(self.HEAD_TYPES)}")
+        if config.num_labels != 2:
+            raise ValueError(f"a span head has 2 outputs (start, end), the config says num_labels "
+                             f"{config.num_labels}")
+        self.config = copy.deepcopy(config)
+        self.head_type = head_type
+        self.bert = BertModel(config)
+        self.qa_outputs = _dense(config.hidden_size, 2, config.initializer_range)
+
+    def construct(self, input_ids, token_type_ids, input_mask):
+        sequence_output, _, hidden_states, attention_scores = self.bert(input_ids, token_type_ids, input_mask)
+        return self.logits_of(sequence_output), hidden_states, attention_scores
+
+    def logits_of(self, sequence_output):
+        """The head on the last hidden state [B, S, H] -> [B, S, 2] (also run by width views)."""
+        return self.qa_outputs(sequence_output)
+
+
 # head kind (Task.head in src/tasks.py; recorded in checkpoints as head_kind) -> model class
-HEADS = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification}
+HEADS = {"sequence": BertForSequenceClassification, "token": BertForTokenClassification,
+         "span": BertForQuestionAnswering}
+HEAD_PARAMS = ("classifier.", "qa_outputs.")   # the task head's parameters: absent from a pre-trained backbone
 
 
 class LogitsOnly(nn.Cell):
@@ -428,7 +462,7 @@ def student_config(teacher_cfg: BertConfig, spec: dict) -> BertConfig:
 
 def build_classifier(cfg: BertConfig, head_type: str, head_kind: str = "sequence") -> nn.Cell:
     """The model of a head kind (Task.head: "sequence" -> BertForSequenceClassification, "token" ->
-    BertForTokenClassification) with `cfg.num_labels` outputs."""
+    BertForTokenClassification, "span" -> BertForQuestionAnswering) with `cfg.num_labels` outputs."""
     try:
         return HEADS[head_kind](cfg, head_type=head_type)
     except ValueError as e:
