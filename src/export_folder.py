@@ -190,15 +190,16 @@ def _config_dict(bert_config) -> dict:
 
 
 def task_for(name: str, labels=None, regression: bool = False) -> Task:
-    """The Task of a name as the data tools spell it: a GLUE task or MR, or csv with its label names in id order
-    (or regression), as tools/prepare_data.py builds it."""
+    """The Task of a name as the data tools spell it: a GLUE task, MR or CoNLL, csv with its label names in id order
+    (or regression), or ner with its tags in id order, as tools/prepare_data.py builds it."""
     csv = str(name).lower() == "csv"
+    own_labels = csv or str(name).lower() == "ner"
     if csv and regression and labels:
         raise UserError("--task csv: give --labels or --regression, not both")
     if regression and not csv:
         raise UserError(f"--regression applies to --task csv only (task {name} has its own label set)")
-    if labels and not csv:
-        raise UserError(f"--labels applies to --task csv only (task {name} has its own label set)")
+    if labels and not own_labels:
+        raise UserError(f"--labels applies to --task csv and ner only (task {name} has its own label set)")
     if csv and not regression and not labels:
         raise UserError("--task csv needs a label list (--labels, comma-separated label strings in id order, e.g. "
                         "neg,pos) or --regression (float labels)")

@@ -19,12 +19,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import mindspore as ms
 
-from src.checkpoint import (BERT_PREFIX, LoadReport, _compact, net_prefix, check_state, param_shapes,
-                            read_ms_checkpoint, save_checkpoint_atomic)
+from src.checkpoint import (BERT_PREFIX, HEAD_KINDS, LoadReport, _compact, net_prefix, check_state,
+                            param_shapes, read_ms_checkpoint, save_checkpoint_atomic)
 from src.errors import UserError
 from src.fileio import TEACHER_INSTALL, TEACHER_PACKAGE, atomic_json, atomic_path, package_file
 from src.mlm_head import BertForMaskedLM
-from src.tinybert_model import BertConfig, BertForSequenceClassification, BertModel
+from src.tinybert_model import HEADS, BertConfig, BertModel
 
 # ---------------------------------------------------------------------------------------------------------------
 # Name map
@@ -48,9 +48,11 @@ NAME_MAP = [
     ("encoder.layer.{i}.output.LayerNorm.bias",             "encoder.{i}.ffn.output_LayerNorm.beta"),
     ("pooler.dense.{wb}",                                   "pooler.{wb}"),
 ]
-# Task head of BertForSequenceClassification: top level on both sides (never under `bert.`).
+# Task heads: top level on both sides (never under `bert.`). `classifier` is the head of BertForSequence- and
+# BertForTokenClassification, `qa_outputs` the one of BertForQuestionAnswering.
 HEAD_MAP = [
     ("classifier.{wb}", "classifier.{wb}"),
+    ("qa_outputs.{wb}", "qa_outputs.{wb}"),
 ]
 # HF buffers that are not parameters: skipped on purpose (HF recreates them).
 IGNORED_HF_NAMES = ("embeddings.position_ids",)
@@ -301,9 +303,10 @@ def map_hf_state(hf_state: Dict[str, np.ndarray], prefix: str = "") -> Tuple[Dic
 
 
 def load_hf_into(net, path_or_dir: str, strict: bool = True, allow_missing: Sequence[str] = ()) -> LoadReport:
-    """Load HF weights (dir, model.safetensors or pytorch_model.bin) into a BertModel or
-    BertForSequenceClassification (`bert.` prefix detected from the net). Strict: ONE UserError listing every
-    missing/unexpected key and shape mismatch. Not strict: loads what fits; the report says what was left out."""
+    """Load HF weights (dir, model.safetensors or pytorch_model.bin) into a BertModel or a task model (`bert.`
+    prefix detected from the net; an HF token / QA model has no pooler: allow_missing=("bert.pooler.",)).
+    Strict: ONE UserError listing every missing/unexpected key and shape mismatch. Not strict: loads what fits;
+    the report says what was left out."""
     weights = find_hf_weights(path_or_dir)
     state, ignored = map_hf_state(read_hf_state_dict(weights), net_prefix(net))
     rep = check_state(param_shapes(net), {k: v.shape for k, v in state.items()}, source=f"checkpoint '{weights}'",
@@ -338,11 +341,109 @@ def _load_config(config: Union[str, BertConfig, None], beside: str) -> Tuple[Ber
         raise UserError(f"model config '{path}': {e}") from None
 
 
-def _expected_shapes(cfg: BertConfig, prefix: str, with_classifier: bool) -> Dict[str, tuple]:
-    """Parameter shapes of the model a config describes (built, so it is always the model's own truth)."""
-    if with_classifier:
-        return param_shapes(BertForSequenceClassification(cfg))
-    return {prefix + n: s for n, s in param_shapes(BertModel(cfg)).items()}
+# Task heads and the HF architecture each becomes. `kind` is the project's head kind (HEADS in
+# src/tinybert_model.py; checkpoints record it as head_kind), `head` the top-level (not `bert.`) tensors of the
+# head, `pooler` whether HF's model has the pooler (BertForTokenClassification and BertForQuestionAnswering are
+# built with add_pooling_layer=False: no pooler tensors), `pipeline` the HF pipeline task the folder is for.
+HF_HEADS = {
+    "backbone": {"architecture": "BertModel", "kind": None, "head": None, "pooler": True,
+                 "pipeline": "feature-extraction"},
+    "sequence_classification": {"architecture": "BertForSequenceClassification", "kind": "sequence",
+                                "head": "classifier", "pooler": True, "pipeline": "text-classification"},
+    "token_classification": {"architecture": "BertForTokenClassification", "kind": "token", "head": "classifier",
+                             "pooler": False, "pipeline": "token-classification"},
+    "question_answering": {"architecture": "BertForQuestionAnswering", "kind": "span", "head": "qa_outputs",
+                           "pooler": False, "pipeline": "question-answering"},
+}
+# The backbone's pooler in a task model: kept (unused) by the project's token / span models, absent from HF's.
+POOLER_NAMES = (BERT_PREFIX + "pooler.weight", BERT_PREFIX + "pooler.bias")
+# What hf2ms puts in the pooler of a token / span model read from an HF folder (which has none), recorded in the
+# checkpoint's metadata as `pooler_init`.
+POOLER_FILL = "zeros"
+
+
+def _expected_shapes(cfg: BertConfig, prefix: str, head: str, cfg_path: str = "<given>") -> Dict[str, tuple]:
+    """Parameter shapes of the model of an HF_HEADS head a config describes (built, so it is always the model's own
+    truth); the backbone's names under `prefix`."""
+    kind = HF_HEADS[head]["kind"]
+    if kind is None:
+        return {prefix + n: s for n, s in param_shapes(BertModel(cfg)).items()}
+    try:
+        return param_shapes(HEADS[kind](cfg))
+    except ValueError as e:
+        raise UserError(f"model config '{cfg_path}': {e}") from None
+
+
+def _recorded_kind(meta: dict) -> Optional[str]:
+    kind = meta.get("head_kind")
+    return kind if kind in HEAD_KINDS else None
+
+
+def checkpoint_head(state_names: Sequence[str], head_kind: Optional[str] = None,
+                    source: str = "checkpoint") -> str:
+    """The HF_HEADS key of a MindSpore checkpoint: from the head kind it records (checkpoint_head_kind; a token
+    model and a sequence one have the same parameter names, `bert.` + `classifier.*`), checked against its names.
+    `head_kind` None (files that record nothing): `classifier.*` is sequence classification, `qa_outputs.*`
+    question answering, plain BertModel names the backbone."""
+    has_prefix = any(k.startswith(BERT_PREFIX) for k in state_names)
+    found = [h for h in ("classifier", "qa_outputs") if any(k.startswith(h + ".") for k in state_names)]
+    if not has_prefix or not found:
+        if head_kind in ("token", "span"):
+            raise UserError(f"{source} records head_kind {head_kind} but holds no task head tensors (expected "
+                            f"`bert.` names and {'qa_outputs' if head_kind == 'span' else 'classifier'}.*)")
+        return "backbone"
+    if len(found) > 1:
+        raise UserError(f"{source} holds both classifier.* and qa_outputs.*: expected one task head")
+    if found[0] == "qa_outputs":
+        if head_kind not in (None, "span"):
+            raise UserError(f"{source} records head_kind {head_kind} but holds a span head (qa_outputs.*)")
+        return "question_answering"
+    if head_kind == "span":
+        raise UserError(f"{source} records head_kind span but holds classifier.* instead of qa_outputs.*")
+    return "token_classification" if head_kind == "token" else "sequence_classification"
+
+
+def ms_checkpoint_head(ckpt: str) -> str:
+    """checkpoint_head of a MindSpore checkpoint file (its names and recorded head_kind)."""
+    state, meta = read_ms_checkpoint(ckpt, with_extra=True)
+    return checkpoint_head(state, _recorded_kind(meta), f"checkpoint '{ckpt}'")
+
+
+def _raw_hf_config(cfg_path: str) -> dict:
+    if cfg_path == "<given>":
+        return {}
+    with open(cfg_path, encoding="utf-8") as f:        # read by _load_config just before: valid JSON
+        d = json.load(f)
+    return d if isinstance(d, dict) else {}
+
+
+_ARCHITECTURES = {v["architecture"]: k for k, v in HF_HEADS.items()}
+
+
+def hf_folder_head(hf_config: dict, hf_state: Dict[str, np.ndarray], weights: str, cfg_path: str) -> str:
+    """The HF_HEADS key of an HF model: its config.json `architectures` when it names a task model
+    (BertForTokenClassification and BertForSequenceClassification have the same tensor names), else (BertModel,
+    which this project's own config.json files say whatever the model, another or no architecture) its names:
+    `classifier.*` sequence classification, `qa_outputs.*` question answering, else the backbone. The head's size
+    is checked against the config: a span head has 2 outputs (start, end), a classifier one per id2label entry."""
+    archs = hf_config.get("architectures") or []
+    head = _ARCHITECTURES.get(archs[0]) if isinstance(archs, list) and archs else None
+    if head in (None, "backbone"):
+        head = ("question_answering" if any(k.startswith("qa_outputs.") for k in hf_state) else
+                "sequence_classification" if any(k.startswith("classifier.") for k in hf_state) else "backbone")
+    info = HF_HEADS[head]
+    weight = hf_state.get(f"{info['head']}.weight")
+    if weight is None or weight.ndim != 2:
+        return head                                   # missing / odd head tensors: the strict check lists them
+    n = int(weight.shape[0])
+    if head == "question_answering" and n != 2:
+        raise UserError(f"HF model '{weights}': qa_outputs.weight has {n} outputs, {info['architecture']} has 2 "
+                        f"(start and end logits of each position)")
+    id2label = hf_config.get("id2label")
+    if info["head"] == "classifier" and isinstance(id2label, dict) and len(id2label) != n:
+        raise UserError(f"HF config '{cfg_path}': id2label has {len(id2label)} label(s), the classifier of "
+                        f"'{weights}' ({info['architecture']}) has {n} outputs: the config is not the model's")
+    return head
 
 
 def hf_dir_to_ms(src: str, out_ckpt: str, config: Union[str, BertConfig, None] = None,
@@ -350,49 +451,58 @@ def hf_dir_to_ms(src: str, out_ckpt: str, config: Union[str, BertConfig, None] =
                  strict: bool = True) -> dict:
     """HF weights (dir / model.safetensors / pytorch_model.bin) -> MindSpore .ckpt + config.json.
 
-    Names: BertModel names (no prefix) unless the checkpoint has a classifier (HF `classifier.*`): then the
-    BertForSequenceClassification names (`bert.` + `classifier.*`). with_bert_prefix=True forces `bert.`,
-    False forbids it. config: defaults to config.json beside the weights; config_out: defaults to config.json
-    beside out_ckpt. Values are copied bit-exactly. Returns a summary dict.
+    The head (hf_folder_head): config.json's `architectures` (BertForSequenceClassification,
+    BertForTokenClassification, BertForQuestionAnswering, BertModel), else the tensor names. Names: BertModel names
+    (no prefix) for a backbone, else those of the project's model of that head (`bert.` + `classifier.*` /
+    `qa_outputs.*`); the checkpoint records head_type dense and head_kind (sequence / token / span), so later
+    loads pick the right class. with_bert_prefix=True forces `bert.` on a backbone, False forbids it.
+
+    HF's token and QA models have no pooler; the project's keep the backbone's pooler as an unused cell (one
+    checkpoint layout for every model). It is filled with zeros, recorded as `pooler_init: zeros`: deterministic,
+    plainly untrained (a random init would look like a trained pooler and differ run to run), and it changes no
+    logit of the token / span model, which never reads it; ms2hf leaves it out again, so the round trip is exact.
+    A sequence classifier fine-tuned from such a checkpoint starts its pooler from zeros.
+
+    config: defaults to config.json beside the weights; config_out: defaults to config.json beside out_ckpt. Values
+    are copied bit-exactly. Everything is checked before anything is written. Returns a summary dict.
     """
     weights = find_hf_weights(src)
     cfg, cfg_path = _load_config(config, weights)
     hf_state = read_hf_state_dict(weights)
-    has_classifier = any(k.startswith("classifier.") for k in hf_state)
-    with_head = has_classifier and with_bert_prefix is not False
-    prefix = BERT_PREFIX if (with_head or with_bert_prefix) else ""
+    head = hf_folder_head(_raw_hf_config(cfg_path), hf_state, weights, cfg_path)
+    if with_bert_prefix is False:
+        head = "backbone"
+    info = HF_HEADS[head]
+    if info["kind"] == "span":
+        cfg = cfg.replace(num_labels=2)           # HF's qa_outputs size (checked above), whatever id2label says
+    prefix = BERT_PREFIX if (info["kind"] is not None or with_bert_prefix) else ""
     state, ignored = map_hf_state(hf_state, prefix)
+    expected = _expected_shapes(cfg, prefix, head, cfg_path)
+    filled = []
+    if not info["pooler"]:
+        emb = state.get(BERT_PREFIX + "embeddings.word_embeddings.embedding_table")
+        dtype = emb.dtype if emb is not None else np.float32
+        for name in POOLER_NAMES:
+            if name not in state and name in expected:
+                state[name] = np.zeros(expected[name], dtype)
+                filled.append(name)
     source = f"checkpoint '{weights}' (config '{cfg_path}')"
     if cfg.layer_num_heads is not None:
         source += f" with heads per layer {cfg.layer_num_heads} (its pruned_heads / layer_num_heads)"
-    rep = check_state(_expected_shapes(cfg, prefix, with_head), {k: v.shape for k, v in state.items()},
+    rep = check_state(expected, {k: v.shape for k, v in state.items()},
                       source=source, strict=strict, ignored=ignored)
-    save_checkpoint_atomic([{"name": n, "data": state[n]} for n in rep.loaded], out_ckpt)
+    extra = {"head_type": "dense", "head_kind": info["kind"]} if info["kind"] is not None else {}
+    if filled:
+        extra["pooler_init"] = POOLER_FILL
+    save_checkpoint_atomic([{"name": n, "data": state[n]} for n in rep.loaded], out_ckpt, extra=extra)
     config_out = config_out or os.path.join(os.path.dirname(os.path.abspath(out_ckpt)), "config.json")
     if not (os.path.exists(config_out) and cfg_path != "<given>" and os.path.samefile(config_out, cfg_path)):
         cfg.to_json_file(config_out)            # (never rewrites the HF config.json it was read from)
     return {"input": weights, "output": out_ckpt, "config": cfg_path, "config_out": config_out, "prefix": prefix,
-            "tensors": len(rep.loaded), "params": int(sum(state[n].size for n in rep.loaded)),
+            "head": head, "architecture": info["architecture"], "pooler_filled": filled,
+            "tensors": len([n for n in rep.loaded if n not in filled]),
+            "params": int(sum(state[n].size for n in rep.loaded if n not in filled)),
             "ignored": ignored, "report": rep}
-
-
-# Task heads and the HF architecture each becomes. A head is the set of top-level (not `bert.`) tensors a checkpoint
-# has beside the backbone; `pooler` says whether HF's model uses the pooled output, `pipeline` the HF pipeline task
-# the folder is for. A token-classification head goes here as "token_classification": BertForTokenClassification,
-# `classifier` on the sequence output, no pooler (HF builds it with add_pooling_layer=False).
-HF_HEADS = {
-    "backbone": {"architecture": "BertModel", "pooler": True, "pipeline": "feature-extraction"},
-    "sequence_classification": {"architecture": "BertForSequenceClassification", "pooler": True,
-                                "pipeline": "text-classification"},
-}
-
-
-def checkpoint_head(state_names: Sequence[str]) -> str:
-    """The HF_HEADS key of a MindSpore checkpoint's names: `bert.` + `classifier.*` is sequence classification,
-    plain BertModel names the backbone."""
-    has_prefix = any(k.startswith(BERT_PREFIX) for k in state_names)
-    has_classifier = any(k.startswith("classifier.") for k in state_names)
-    return "sequence_classification" if has_prefix and has_classifier else "backbone"
 
 
 def hf_pruned_heads(cfg: BertConfig) -> Dict[str, List[int]]:
@@ -403,13 +513,14 @@ def hf_pruned_heads(cfg: BertConfig) -> Dict[str, List[int]]:
     return {str(i): list(range(cfg.heads(i), h)) for i in range(cfg.num_hidden_layers) if cfg.heads(i) < h}
 
 
-def _hf_config_dict(cfg: BertConfig, with_classifier: bool, labels: Optional[Sequence[str]] = None) -> dict:
-    """HF config.json of a model: its architecture, id2label / label2id (the task's label names, LABEL_i when none
-    are given), per-layer heads as `pruned_heads`. HF has one intermediate_size for every layer: a config whose FFN
-    sizes differ per layer is a UserError."""
+def _hf_config_dict(cfg: BertConfig, head: str, labels: Optional[Sequence[str]] = None) -> dict:
+    """HF config.json of a model with an HF_HEADS head: its architecture, id2label / label2id for a classifier
+    (sequence or token: the task's label names, LABEL_i when none are given; a span head has none, HF's
+    BertForQuestionAnswering reads num_labels 2), per-layer heads as `pruned_heads`. HF has one intermediate_size
+    for every layer: a config whose FFN sizes differ per layer is a UserError."""
     d = cfg.to_dict()
-    d["architectures"] = [HF_HEADS["sequence_classification" if with_classifier else "backbone"]["architecture"]]
-    if with_classifier:
+    d["architectures"] = [HF_HEADS[head]["architecture"]]
+    if HF_HEADS[head]["head"] == "classifier":
         names = list(labels) if labels else [f"LABEL_{i}" for i in range(cfg.num_labels)]
         if len(names) != cfg.num_labels:
             raise UserError(f"{len(names)} label name(s) {names} for a model with num_labels {cfg.num_labels}")
@@ -469,12 +580,12 @@ def _quantized_sign(ckpt: str, state: Dict[str, np.ndarray]) -> Optional[str]:
 
 
 def _dequantized(ckpt: str, state: Dict[str, np.ndarray], cfg: BertConfig, qcfg, qsource: str,
-                 head_type: str) -> Tuple[Dict[str, np.ndarray], dict]:
+                 head_type: str, head_kind: str = "sequence") -> Tuple[Dict[str, np.ndarray], dict]:
     """A quantized checkpoint's state as plain fp32 tensors (the quantized values, which the fake-quant model
     computes with) without the activation-quantizer state, and the config.json record of how they were made.
     The latent weights (best.ckpt) are refused: they are not what the ternary model computes with."""
     from src.packing import quant_layout, ternary_signs
-    layout = quant_layout(cfg, qcfg, head_type)
+    layout = quant_layout(cfg, qcfg, head_type, head_kind)
     missing = [n for n in layout if n not in state]
     if missing:
         raise UserError(f"checkpoint '{ckpt}': quantized tensors missing for the settings '{qsource}' "
@@ -505,12 +616,13 @@ def _hf_export(ckpt: str, config, quant, strict: bool, labels: Optional[Sequence
     the HF config dict, the load report."""
     cfg, cfg_path = _load_config(config, ckpt)
     state, meta = read_ms_checkpoint(ckpt, with_extra=True)
-    head = checkpoint_head(state)
-    with_classifier = head == "sequence_classification"
+    head = checkpoint_head(state, _recorded_kind(meta), f"checkpoint '{ckpt}'")
+    info = HF_HEADS[head]
+    with_classifier = info["kind"] is not None
     head_type = meta.get("head_type", "dense")
     if with_classifier and head_type != "dense":
         raise UserError(f"checkpoint '{ckpt}' records head_type {meta['head_type']}: Hugging Face's "
-                        f"BertForSequenceClassification has no ReLU on the pooled output, so the converted model "
+                        f"{info['architecture']} has no ReLU on the pooled output, so the converted model "
                         f"would give other logits; deploy it with export.py (MINDIR / ONNX) instead")
     qcfg, qsource = _quant_settings(ckpt, quant)
     record = None
@@ -524,26 +636,30 @@ def _hf_export(ckpt: str, config, quant, strict: bool, labels: Optional[Sequence
         if not with_classifier:
             raise UserError(f"checkpoint '{ckpt}': quantization settings '{qsource}' given for a checkpoint "
                             f"without a classifier (TernaryBERT checkpoints are classifiers)")
-        state, record = _dequantized(ckpt, state, cfg, qcfg, qsource, head_type)
-    hf_config = _hf_config_dict(cfg, with_classifier, labels)
-    if record is not None:
-        hf_config["weight_quantization"] = record
+        state, record = _dequantized(ckpt, state, cfg, qcfg, qsource, head_type, info["kind"])
+    hf_config = _hf_config_dict(cfg, head, labels)
     has_prefix = any(k.startswith(BERT_PREFIX) for k in state)
-    expected = _expected_shapes(cfg, BERT_PREFIX if has_prefix else "", with_classifier)
+    expected = _expected_shapes(cfg, BERT_PREFIX if has_prefix else "", head, cfg_path)
     rep = check_state(expected, {k: v.shape for k, v in state.items()},
                       source=f"checkpoint '{ckpt}' (config '{cfg_path}')", strict=strict)
-    hf_state = {ms_to_hf_name(n): np.ascontiguousarray(state[n]) for n in rep.loaded}
+    # HF's token / QA models have no pooler: the project's unused one is not written
+    dropped = [n for n in rep.loaded if not info["pooler"] and n in POOLER_NAMES]
+    hf_state = {ms_to_hf_name(n): np.ascontiguousarray(state[n]) for n in rep.loaded if n not in dropped}
+    if record is not None:
+        record["quantized_tensors"] = [n for n in record["quantized_tensors"] if n in hf_state]
+        hf_config["weight_quantization"] = record
     return {"cfg": cfg, "cfg_path": cfg_path, "hf_state": hf_state, "hf_config": hf_config, "report": rep,
-            "head": head, "quant": record}
+            "head": head, "quant": record, "dropped": dropped}
 
 
 def ms_to_hf(ckpt: str, out_safetensors: str, config: Union[str, BertConfig, None] = None,
              config_out: Optional[str] = None, strict: bool = True, quant=None) -> dict:
-    """MindSpore .ckpt (BertModel or BertForSequenceClassification names) -> HF model.safetensors (+ HF
-    config.json at config_out). Checked against the config (default: config.json beside the ckpt); values are
-    copied bit-exactly (a TernaryBERT checkpoint: its quantized values as fp32, `quant` or the quant.json beside
-    it). MindSpore tensors outside the map (e.g. a distillation `fit_dense`) are unexpected: strict=False drops
-    them. `ms_to_hf_folder` writes the whole folder transformers loads. Returns a summary dict."""
+    """MindSpore .ckpt (BertModel names or a task model's: sequence / token classification, QA) -> HF
+    model.safetensors (+ HF config.json at config_out). Checked against the config (default: config.json beside
+    the ckpt); values are copied bit-exactly (a TernaryBERT checkpoint: its quantized values as fp32, `quant` or
+    the quant.json beside it). MindSpore tensors outside the map (e.g. a distillation `fit_dense`) are unexpected:
+    strict=False drops them. `ms_to_hf_folder` writes the whole folder transformers loads. Returns a summary
+    dict."""
     from safetensors.numpy import save_file
     ex = _hf_export(ckpt, config, quant, strict)
     with atomic_path(out_safetensors) as tmp:
@@ -551,7 +667,8 @@ def ms_to_hf(ckpt: str, out_safetensors: str, config: Union[str, BertConfig, Non
     if config_out:
         atomic_json(config_out, ex["hf_config"], sort_keys=True)
     return {"input": ckpt, "output": out_safetensors, "config": ex["cfg_path"], "config_out": config_out,
-            "tensors": len(ex["hf_state"]), "params": int(sum(v.size for v in ex["hf_state"].values())),
+            "head": ex["head"], "dropped": ex["dropped"], "tensors": len(ex["hf_state"]),
+            "params": int(sum(v.size for v in ex["hf_state"].values())),
             "report": ex["report"]}
 
 
@@ -599,14 +716,18 @@ def ms_to_hf_folder(ckpt: str, out_dir: str, config: Union[str, BertConfig, None
                     overwrite: bool = False) -> dict:
     """MindSpore .ckpt -> a Hugging Face model folder that `transformers` loads as it is (AutoModel /
     AutoTokenizer / pipeline): model.safetensors, config.json (architecture, id2label / label2id from the task's
-    label names, per-layer heads as pruned_heads, a TernaryBERT model's `weight_quantization` record), vocab.txt,
-    tokenizer_config.json (BertTokenizer, do_lower_case, model_max_length) and special_tokens_map.json.
+    label names or tags, per-layer heads as pruned_heads, a TernaryBERT model's `weight_quantization` record),
+    vocab.txt, tokenizer_config.json (BertTokenizer, do_lower_case, model_max_length) and special_tokens_map.json.
 
     Defaults come from what lies beside the checkpoint: the task from an export folder's labels.json or a run's
     config_resolved.yaml (task.*); the vocab from vocab.txt beside it, else the run's teacher.vocab, else
     bert-base-uncased (the vocab of the default teacher and of tools/prepare_data.py); max_seq_length from
     labels.json / the run's data.max_seq_length, else max_position_embeddings; do_lower_case from labels.json, else
-    true (tools/prepare_data.py's default). A classifier needs a task (its label names). Everything is checked
+    true (tools/prepare_data.py's default). The head comes from the head_kind the checkpoint records
+    (ms_checkpoint_head): BertForSequenceClassification, BertForTokenClassification (NER: id2label = the task's
+    tags, CoNLL's CONLL_LABELS or task ner's labels), BertForQuestionAnswering (no labels) or BertModel. The token
+    and QA folders hold no pooler tensors (HF builds those models without one; the project's model keeps it unused).
+    A classifier (sequence or token) needs a task (its label names). Everything is checked
     first; the folder is built under a temp name beside `out_dir` and renamed into place, so an error leaves
     nothing."""
     import shutil
@@ -621,22 +742,23 @@ def ms_to_hf_folder(ckpt: str, out_dir: str, config: Union[str, BertConfig, None
     labels_json, run = _run_record(ckpt)
     if task is None:
         task = _record_task(ckpt, labels_json, run)
-    state_names = read_ms_checkpoint(ckpt)
-    with_classifier = checkpoint_head(state_names) == "sequence_classification"
+    head = ms_checkpoint_head(ckpt)
+    kind = HF_HEADS[head]["kind"]
+    with_classifier = HF_HEADS[head]["head"] == "classifier"       # sequence / token: label names
     if with_classifier and task is None:
         raise UserError(f"checkpoint '{ckpt}' is a classifier, and no task is recorded beside it (labels.json or "
                         f"config_resolved.yaml): pass --task (and --labels for task csv) so config.json gets the "
                         f"label names")
-    if task is not None and task.token_level:
-        raise UserError(f"task {task.name} is token classification: its HF head (BertForTokenClassification) is "
-                        f"not converted here")
-    label_names = list(task.labels) if task is not None and not task.regression else None
+    if task is not None and kind is not None and task.head != kind:
+        raise UserError(f"task {task.name} needs a {task.head} head, checkpoint '{ckpt}' holds a {kind} head "
+                        f"({HF_HEADS[head]['architecture']}): pass the task the model was trained for")
+    label_names = list(task.labels) if with_classifier and not task.regression else None
     cfg, cfg_path = _load_config(config, ckpt)
     if with_classifier and task.num_labels != cfg.num_labels:
         raise UserError(f"task {task.name} has {task.num_labels} label(s), the model config '{cfg_path}' has "
                         f"num_labels {cfg.num_labels}")
     ex = _hf_export(ckpt, config, quant, strict, label_names)
-    if with_classifier:
+    if kind == "sequence":
         ex["hf_config"]["problem_type"] = "regression" if task.regression else "single_label_classification"
     run_vocab = run.get("teacher", {}).get("vocab") if isinstance(run.get("teacher"), dict) else None
     beside = os.path.join(os.path.dirname(os.path.abspath(ckpt)), "vocab.txt")
@@ -690,7 +812,8 @@ def ms_to_hf_folder(ckpt: str, out_dir: str, config: Union[str, BertConfig, None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return {"input": ckpt, "output": out_dir, "config": ex["cfg_path"], "head": ex["head"],
-            "architecture": ex["hf_config"]["architectures"][0], "task": task.name if task else None,
+            "architecture": ex["hf_config"]["architectures"][0], "pipeline": HF_HEADS[head]["pipeline"],
+            "dropped": ex["dropped"], "task": task.name if task else None,
             "labels": label_names, "vocab_file": vocab_file, "max_seq_length": int(max_seq_length),
             "do_lower_case": bool(do_lower_case), "pruned_heads": ex["hf_config"].get("pruned_heads", {}),
             "quant": ex["quant"], "tensors": len(ex["hf_state"]),

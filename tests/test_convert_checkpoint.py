@@ -526,3 +526,152 @@ def test_ternary_checkpoint_goes_to_hf_as_fp32_ternary_values(tmp_path):
                           str(tmp_path / "hf_noq"), "--vocab_file", vocab))
     assert "'bert.encoder.0.attention.query.weight' holds 3 distinct values (quantized weights)" in err
     assert not (tmp_path / "hf_latent").exists() and not (tmp_path / "hf_noq").exists()
+
+
+# ---- token classification (NER) and question answering heads ----
+
+def _logits(net, seed=0):
+    """The net's logits (eval mode, PyNative) on a fixed random batch with padding."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, TINY["vocab_size"], size=(2, 12)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 8:] = 0
+    prev = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        net.set_train(False)
+        return net(ms.Tensor(ids), ms.Tensor(np.zeros_like(ids)), ms.Tensor(mask))[0].asnumpy()
+    finally:
+        ms.set_context(mode=prev)
+
+
+def _head_run(tmp_path, net, name, task_yaml=None):
+    d = tmp_path / name
+    d.mkdir()
+    save_cell(net, str(d / "best.ckpt"))
+    net.config.to_json_file(str(d / "config.json"))
+    if task_yaml:
+        (d / "config_resolved.yaml").write_text(task_yaml + "data:\n  max_seq_length: 24\n")
+    return d
+
+
+@pytest.mark.parametrize("kind", ["token", "span"])
+def test_token_and_qa_models_round_trip_ms_hf_ms(tmp_path, kind):
+    """A NER model (CoNLL tags recorded by the run) and a QA model -> HF folder -> MindSpore: the HF folder has
+    the right architecture and pipeline, CoNLL's tags as id2label (QA: none), no pooler tensors, bit-exact head
+    and backbone; the checkpoint read back records its head kind, has a zero pooler and loads strictly into the
+    project's class of that head with the same weights and logits."""
+    from src.hf_checkpoint import ms_to_hf_folder
+    from src.tasks import CONLL_LABELS
+    from src.tinybert_model import HEADS
+    ms.set_seed(21)
+    cls = HEADS[kind]
+    num_labels = len(CONLL_LABELS) if kind == "token" else 2
+    net = cls(BertConfig(**{**TINY, "num_labels": num_labels}))
+    run = _head_run(tmp_path, net, "run", "task:\n  name: CoNLL\n  labels: []\n" if kind == "token" else None)
+    vocab = _vocab(tmp_path / "vocab.txt")
+    hf = tmp_path / "hf"
+    if kind == "token":                               # the CLI, as a user runs it
+        out = _cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output", str(hf),
+                   "--vocab_file", vocab)
+        assert out.returncode == 0, out.stderr
+        assert "BertForTokenClassification, pipeline token-classification" in out.stdout
+        assert "no pooler tensors" in out.stdout
+    else:
+        res = ms_to_hf_folder(str(run / "best.ckpt"), str(hf), vocab_file=vocab)
+        assert res["architecture"] == "BertForQuestionAnswering" and res["pipeline"] == "question-answering"
+        assert res["labels"] is None and res["task"] is None
+    config = json.loads((hf / "config.json").read_text())
+    arch = "BertForTokenClassification" if kind == "token" else "BertForQuestionAnswering"
+    assert config["architectures"] == [arch] and "problem_type" not in config
+    if kind == "token":
+        assert config["id2label"] == {str(i): t for i, t in enumerate(CONLL_LABELS)}
+        assert config["label2id"] == {t: i for i, t in enumerate(CONLL_LABELS)}
+    else:
+        assert "id2label" not in config and "label2id" not in config and config["num_labels"] == 2
+    weights = load_file(str(hf / "model.safetensors"))
+    assert not [n for n in weights if "pooler" in n]
+    expected = {ms_to_hf_name(n): v for n, v in _params(net).items() if not n.startswith("bert.pooler.")}
+    assert sorted(weights) == sorted(expected)
+    for name, value in expected.items():
+        assert np.array_equal(weights[name], value), name
+    head = "classifier" if kind == "token" else "qa_outputs"
+    assert weights[f"{head}.weight"].shape == (num_labels, TINY["hidden_size"])
+
+    res = hf_dir_to_ms(str(hf), str(tmp_path / "back" / "m.ckpt"))
+    assert res["architecture"] == arch and res["pooler_filled"] == ["bert.pooler.weight", "bert.pooler.bias"]
+    state, meta = read_ms_checkpoint(str(tmp_path / "back" / "m.ckpt"), with_extra=True)
+    assert meta["head_kind"] == kind and meta["head_type"] == "dense" and meta["pooler_init"] == "zeros"
+    assert ckpt.checkpoint_head_kind(str(tmp_path / "back" / "m.ckpt")) == kind
+    assert not state["bert.pooler.weight"].any() and not state["bert.pooler.bias"].any()
+    back_cfg = BertConfig.from_json_file(str(tmp_path / "back" / "config.json"))
+    assert back_cfg == net.config
+    again = cls(back_cfg)
+    load_into(again, str(tmp_path / "back" / "m.ckpt"), "converted checkpoint", strict=True)
+    for name, value in _params(again).items():
+        if not name.startswith("bert.pooler."):
+            assert np.array_equal(value, _params(net)[name]), name
+    ours = _logits(net)
+    assert ours.shape == (2, 12, num_labels)
+    np.testing.assert_array_equal(_logits(again), ours)
+    other = HEADS["sequence" if kind == "span" else "span"]
+    with pytest.raises(UserError, match=f"holds a model with a {kind} head"):
+        load_into(other(back_cfg.replace(num_labels=2)), str(tmp_path / "back" / "m.ckpt"), "converted checkpoint")
+
+
+def test_ner_tags_from_the_command_line_and_a_task_of_another_head(tmp_path):
+    """--task ner --labels gives id2label for a token model; a sentence task for a token checkpoint (same tensor
+    names) and a token task for a sequence checkpoint are one ERROR line each, nothing written."""
+    from src.tinybert_model import BertForTokenClassification
+    ms.set_seed(22)
+    net = BertForTokenClassification(BertConfig(**{**TINY, "num_labels": 3}))
+    run = _head_run(tmp_path, net, "run")
+    vocab = _vocab(tmp_path / "vocab.txt")
+    out = _cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output", str(tmp_path / "hf"),
+               "--vocab_file", vocab, "--task", "ner", "--labels", "O,B-X,I-X")
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["BertForTokenClassification"]
+    assert config["id2label"] == {"0": "O", "1": "B-X", "2": "I-X"}
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(run / "best.ckpt"), "--output",
+                          str(tmp_path / "hf2"), "--vocab_file", vocab, "--task", "MNLI"))
+    assert "task MNLI needs a sequence head" in err and "holds a token head (BertForTokenClassification)" in err
+    seq = BertForSequenceClassification(BertConfig(**{**TINY, "num_labels": 3}))
+    seq_run = _head_run(tmp_path, seq, "seq")
+    err = _one_error(_cli("--direction", "ms2hf", "--input", str(seq_run / "best.ckpt"), "--output",
+                          str(tmp_path / "hf2"), "--vocab_file", vocab, "--task", "ner", "--labels", "O,B-X,I-X"))
+    assert "task ner needs a token head" in err and "holds a sequence head" in err
+    assert sorted(os.listdir(tmp_path)) == ["hf", "run", "seq", "vocab.txt"]
+
+
+def test_hf_token_and_qa_folders_with_bad_heads_are_one_error(tmp_path):
+    """HF folders as transformers writes them (no pooler): a BertForQuestionAnswering whose qa_outputs has 3
+    outputs, a BertForTokenClassification whose id2label has another size than its classifier: one ERROR line,
+    nothing written."""
+    from src.tinybert_model import BertForTokenClassification
+    ms.set_seed(23)
+    net = BertForTokenClassification(BertConfig(**{**TINY, "num_labels": 3}))
+    state = {ms_to_hf_name(n): v for n, v in _params(net).items() if not n.startswith("bert.pooler.")}
+    qa, tok = tmp_path / "qa", tmp_path / "tok"
+    for folder, arch, tensors, labels in (
+            (qa, "BertForQuestionAnswering",
+             {n.replace("classifier.", "qa_outputs."): v for n, v in state.items()}, 3),
+            (tok, "BertForTokenClassification", state, 5)):
+        folder.mkdir()
+        save_file(tensors, str(folder / "model.safetensors"))
+        config = {**net.config.to_dict(), "architectures": [arch],
+                  "id2label": {str(i): f"L{i}" for i in range(labels)}}
+        del config["num_labels"]                      # as HF's save_pretrained writes it
+        (folder / "config.json").write_text(json.dumps(config))
+    err = _one_error(_cli("--direction", "hf2ms", "--input", str(qa), "--output", str(tmp_path / "out" / "qa.ckpt")))
+    assert "qa_outputs.weight has 3 outputs, BertForQuestionAnswering has 2" in err
+    err = _one_error(_cli("--direction", "hf2ms", "--input", str(tok), "--output", str(tmp_path / "out" / "t.ckpt")))
+    assert "id2label has 5 label(s)" in err and "(BertForTokenClassification) has 3 outputs" in err
+    assert not (tmp_path / "out").exists()
+    # the same token folder with a matching id2label converts, and its head kind is token (not sequence)
+    config = json.loads((tok / "config.json").read_text())
+    config["id2label"] = {str(i): f"L{i}" for i in range(3)}
+    (tok / "config.json").write_text(json.dumps(config))
+    res = hf_dir_to_ms(str(tok), str(tmp_path / "out" / "t.ckpt"))
+    assert res["head"] == "token_classification"
+    assert ckpt.checkpoint_head_kind(str(tmp_path / "out" / "t.ckpt")) == "token"

@@ -4,13 +4,19 @@ HF -> MindSpore (writes the .ckpt and a config.json beside it):
     python tools/convert_checkpoint.py --direction hf2ms --input <HF dir | model.safetensors | pytorch_model.bin> \\
         --output output/minilm/minilm.ckpt
     e.g. the default teacher: --input "$(python -c 'from src.hf_checkpoint import default_teacher_dir as d; print(d())')"
-  MindSpore names are BertModel names (`encoder.0.attention.query.weight`), or BertForSequenceClassification names
-  (`bert.` + `classifier.*`) automatically when the HF checkpoint has a classifier. --with_bert_prefix forces
-  `bert.` on a plain BertModel checkpoint. `pytorch_model.bin` is read without torch (plain tensors only).
+  MindSpore names are BertModel names (`encoder.0.attention.query.weight`), or the names of the project's model of
+  the HF head (config.json `architectures`, else the tensor names): BertForSequenceClassification and
+  BertForTokenClassification (`bert.` + `classifier.*`), BertForQuestionAnswering (`bert.` + `qa_outputs.*`); the
+  checkpoint records its head kind. HF's token / QA models have no pooler: the project's unused one is zeros.
+  --with_bert_prefix forces `bert.` on a plain BertModel checkpoint. `pytorch_model.bin` is read without torch
+  (plain tensors only).
 
-MindSpore -> HF (writes a folder transformers loads as it is, e.g. `pipeline("text-classification", model=dir)`):
+MindSpore -> HF (writes a folder transformers loads as it is, e.g. `pipeline("text-classification", model=dir)`,
+`pipeline("token-classification", ...)` for an NER model, `pipeline("question-answering", ...)` for a QA model):
     python tools/convert_checkpoint.py --direction ms2hf --input output/td_mr/td2/best.ckpt --output hf_out/
-  The folder: model.safetensors, config.json (id2label / label2id from the task's label names), vocab.txt,
+  The head is the one the checkpoint records (head_kind: sequence, token, span). The folder: model.safetensors
+  (no pooler for token / QA models: HF's have none), config.json (id2label / label2id from the task's label names
+  or NER tags; none for QA), vocab.txt,
   tokenizer_config.json, special_tokens_map.json. The task, vocab and max_seq_length default to what the run or
   export folder recorded beside --input (config_resolved.yaml, labels.json, vocab.txt; see --help).
   Width / depth sub-models (tools/slice_width.py): per-layer heads become HF `pruned_heads` (the last heads of each
@@ -45,9 +51,10 @@ def parse_args(argv=None):
                    help="hf2ms: put `bert.` before backbone names even without a classifier")
     p.add_argument("--non_strict", action="store_true", help="convert what fits, report what was left out")
     g = p.add_argument_group("ms2hf: the folder's task and tokenizer (defaults: what is recorded beside --input)")
-    g.add_argument("--task", default=None, help="task name (MR, SST-2, MNLI, ..., csv) for the label names "
+    g.add_argument("--task", default=None, help="task name (MR, SST-2, MNLI, ..., CoNLL, csv, ner) for the label names "
                    "(default: labels.json or config_resolved.yaml beside --input)")
-    g.add_argument("--labels", default=None, help="task csv: comma-separated label names in id order")
+    g.add_argument("--labels", default=None, help="task csv: comma-separated label names in id order; task ner: "
+                   "its tags in id order (O,B-PER,I-PER,...)")
     g.add_argument("--regression", action="store_true", help="task csv: float labels (one output)")
     g.add_argument("--vocab_file", default=None, help="WordPiece vocab.txt (default: vocab.txt beside --input, "
                    "else the run's teacher.vocab, else bert-base-uncased)")
@@ -65,7 +72,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not os.path.exists(args.input):
         raise UserError(f"--input '{args.input}' does not exist")
-    from src.hf_checkpoint import hf_dir_to_ms, ms_to_hf_folder
+    from src.hf_checkpoint import POOLER_FILL, hf_dir_to_ms, ms_to_hf_folder
     if args.direction == "hf2ms":
         for flag in ("task", "labels", "vocab_file", "max_seq_length", "do_lower_case", "quant"):
             if getattr(args, flag) is not None:
@@ -75,8 +82,11 @@ def main(argv=None):
         res = hf_dir_to_ms(args.input, args.output, config=args.config,
                            with_bert_prefix=True if args.with_bert_prefix else None, strict=not args.non_strict)
         ignored = f" (ignored HF buffers: {', '.join(res['ignored'])})" if res["ignored"] else ""
+        pooler = (f"; pooler {POOLER_FILL} ({res['architecture']} has none; unused by the model)"
+                  if res["pooler_filled"] else "")
         print(f"converted {res['tensors']} tensors ({res['params']:,} parameters) from {res['input']} "
-              f"-> {res['output']}{ignored}; names prefix '{res['prefix']}'; config {res['config_out']}")
+              f"-> {res['output']}{ignored}; {res['architecture']}, names prefix '{res['prefix']}'{pooler}; "
+              f"config {res['config_out']}")
     else:
         if args.output.endswith(".safetensors"):
             raise UserError(f"--output '{args.output}': expected a folder (ms2hf writes the whole HF model folder)")
@@ -86,16 +96,18 @@ def main(argv=None):
             task = task_for(args.task, [x.strip() for x in (args.labels or "").split(",") if x.strip()],
                             args.regression)
         elif args.labels or args.regression:
-            raise UserError("--labels / --regression: only with --task csv")
+            raise UserError("--labels / --regression: only with --task csv (--labels also with --task ner)")
         res = ms_to_hf_folder(args.input, args.output, config=args.config, task=task, vocab_file=args.vocab_file,
                               max_seq_length=args.max_seq_length, do_lower_case=args.do_lower_case,
                               quant=args.quant, strict=not args.non_strict, overwrite=args.overwrite)
         pruned = res["pruned_heads"]
         extra = [f"task {res['task']} labels {res['labels']}" if res["labels"] else None,
                  f"pruned_heads {pruned}, which transformers 4.x reads (5.x dropped head pruning)" if pruned else None,
-                 f"ternary weights {res['quant']['notation']} stored as fp32" if res["quant"] else None]
+                 f"ternary weights {res['quant']['notation']} stored as fp32" if res["quant"] else None,
+                 f"no pooler tensors ({res['architecture']} has none)" if res["dropped"] else None]
         print(f"converted {res['tensors']} tensors ({res['params']:,} parameters) from {res['input']} -> "
-              f"{res['output']} ({res['architecture']}; vocab {res['vocab_file']}, max_seq_length "
+              f"{res['output']} ({res['architecture']}, pipeline {res['pipeline']}; vocab {res['vocab_file']}, "
+              f"max_seq_length "
               f"{res['max_seq_length']}, do_lower_case {str(res['do_lower_case']).lower()}"
               + "".join(f"; {e}" for e in extra if e) + ")")
     if not res["report"].ok:
