@@ -126,18 +126,21 @@ SPAN_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "where", "mark"] + S
 
 
 def span_squad(n: int, seed: int) -> dict:
-    """A SQuAD v1.1-format dataset of `n` questions "where mark": the answer is the word right after the word
-    "mark" in a context of 4..18 random words (so some contexts need several windows of SEQ positions)."""
+    """A SQuAD v1.1-format dataset of `n` questions "where mark": a context of 4..18 random words w5..w22 holds an
+    answer word (w0..w4) right after the word "mark", and half of them another answer word elsewhere (the answer
+    needs the word before it); some contexts need several windows of SEQ positions."""
     rng = np.random.default_rng(seed)
     paragraphs = []
     for q in range(n):
-        words = [SPAN_WORDS[i] for i in rng.integers(0, len(SPAN_WORDS), int(rng.integers(4, 19)))]
-        at = int(rng.integers(0, len(words) - 1))
-        words.insert(at, "mark")
-        context = " ".join(words)
+        words = [SPAN_WORDS[i] for i in rng.integers(5, len(SPAN_WORDS), int(rng.integers(4, 19)))]
+        if rng.random() < 0.5:                  # a distractor: an answer word not after "mark"
+            words.insert(int(rng.integers(0, len(words))), SPAN_WORDS[int(rng.integers(0, 5))])
+        at = int(rng.integers(0, len(words)))
+        words[at:at] = ["mark", SPAN_WORDS[int(rng.integers(0, 5))]]
         start = len(" ".join(words[:at + 1])) + 1
-        paragraphs.append({"context": context, "qas": [{"id": f"q{seed}-{q}", "question": "where mark",
-                                                        "answers": [{"text": words[at + 1], "answer_start": start}]}]})
+        answer = {"text": words[at + 1], "answer_start": start}
+        paragraphs.append({"context": " ".join(words),
+                           "qas": [{"id": f"q{seed}-{q}", "question": "where mark", "answers": [answer]}]})
     return {"version": "1.1", "data": [{"title": "tiny", "paragraphs": paragraphs}]}
 
 
