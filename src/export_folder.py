@@ -223,6 +223,10 @@ def folder_task_from_flags(export_dir: Optional[str], file_name: Optional[str], 
     if not task:
         raise UserError("--export_dir needs --task (the folder records the task's labels and metric)")
     t = task_for(task, [x.strip() for x in (labels or "").split(",") if x.strip()], regression)
+    if t.kind in ("token", "span"):
+        raise UserError(f"--export_dir --task {t.name}: an exported folder (run_predict.py) holds a sentence-level "
+                        f"classifier or regressor, and {t.name} is a {t.kind} task; export the model file with "
+                        f"--file_name and score it with run_eval_onnx.py --task {t.name}")
     if num_labels and num_labels != t.num_labels:
         raise UserError(f"--num_labels {num_labels}: task {t.name} has {t.num_labels} label(s)")
     return t

@@ -125,3 +125,15 @@ def test_ternary_and_width_train_a_token_head(teacher, tmp_path):
     net.set_train(False)
     dev = {"dev": load_split(teacher["ner"], "dev", "tfrecord", SEQ, task)}
     assert f"is {evaluate(net, dev, 16, task)['f1']:.6f}" in logged[-1], logged
+
+
+def test_an_exported_folder_of_a_token_task_is_one_error(teacher, tmp_path):
+    """run_predict.py folders hold sentence-level models: --export_dir with a token task stops before any work."""
+    out = tmp_path / "folder"
+    res = tiny_run.run_script("export.py", ["--config_path", os.path.join(teacher["run"], "config.json"),
+                                            "--ckpt_file", teacher["ckpt"], "--export_dir", str(out), "--task",
+                                            "ner", "--labels", ",".join(TOKEN_LABELS)])
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "ner is a token task" in errors[0] and "run_eval_onnx.py" in errors[0], errors[0]
+    assert not out.exists()
