@@ -12,7 +12,7 @@ last step, so each score is the last step's, no selection on dev):
           depth_lambda2);
   joint   the whole grid at once from the fine-tuned teacher, --steps1 + --steps2 steps (as many optimizer steps as
           the two stages together), loss.lambda2 0.1 (DynaBERT's width_lambda2, the run's default).
-Per grid point: dev accuracy of both (from each run's own table of reloaded, sliced sub-models), % of the fine-tuned
+Per grid point: dev accuracy of both (each run's evaluation at its last step), % of the fine-tuned
 teacher, parameters, and onnxruntime latency of the sliced sub-network (batch 1, seq 64, as bench_export's first
 cell). Each staged sub-network is sliced from stage 2's supernet.ckpt, exported to ONNX and its logits compared with
 the supernet's view (max |diff|); each joint one is sliced and compared in MindSpore. Writes
@@ -38,12 +38,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="staged vs joint DynaBERT width x depth grid on MR")
     add_timing_args(p, "seconds of timed onnxruntime calls per sub-network and round")
     p.add_argument("--runs_dir", default="output/bench/width_grid_runs", help="where the three training runs go")
-    p.add_argument("--reuse", action="store_true", help="keep a run of --runs_dir that already finished")
+    p.add_argument("--reuse", action="store_true", help="keep a run of --runs_dir that already finished, and wait "
+                                                         "for one that was started there and is still training")
     p.add_argument("--steps1", type=int, default=80, help="stage-1 steps (joint: steps1 + steps2)")
     p.add_argument("--steps2", type=int, default=80, help="stage-2 steps")
     p.add_argument("--train_threads", type=int, default=2)
     p.add_argument("--config", default="configs/ofa_mr.yaml")
     p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--note", default="", help="how the runs shared the machine (written under the table)")
     p.add_argument("--from_json", default="", help="render a saved width_grid.json again, without training or timing")
     return p.parse_args(argv)
 
@@ -69,11 +71,31 @@ def _records(run_dir: str, kind: str) -> list:
         return [r for r in map(json.loads, f) if r.get("kind") == kind]
 
 
+def _trained(run_dir: str) -> bool:
+    """The run finished training: its last evaluation (at train.max_steps) is recorded and the last supernet saved
+    (the table the run writes after that is not needed here: the scores are the last eval record's)."""
+    try:
+        with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
+            steps = json.load(f)["config"]["train"]["max_steps"]
+        last = _records(run_dir, "eval")
+    except (OSError, ValueError, KeyError):
+        return False
+    state = os.path.join(run_dir, "state")
+    return bool(last) and last[-1]["step"] == steps and os.path.isfile(os.path.join(run_dir, "supernet.ckpt")) \
+        and not (os.path.isdir(state) and os.listdir(state))
+
+
+def _label(w: float, d: float) -> str:
+    return f"{w:.3f}" if d == 1.0 else f"{w:.3f}_d{d:.3f}"
+
+
 def train(args, name: str) -> dict:
-    """One run (skipped with --reuse when its table exists): its rows by (width, depth), teacher score, command,
-    training wall time (first to last record)."""
+    """One run (skipped with --reuse when it finished training): its dev scores by (width, depth) from its last
+    evaluation, teacher score, command, training wall time (first to last record)."""
     run_dir = os.path.join(args.runs_dir, name)
-    if not (args.reuse and os.path.isfile(os.path.join(run_dir, "width_table.md"))):
+    while args.reuse and os.path.isfile(os.path.join(run_dir, "manifest.json")) and not _trained(run_dir):
+        time.sleep(30)                              # started elsewhere, still training
+    if not (args.reuse and _trained(run_dir)):
         cmd = [sys.executable, os.path.join(ROOT, "run_ofa_width.py")] + run_args(args, name)
         print("training:", " ".join(cmd[1:]), flush=True)
         if subprocess.run(cmd, cwd=ROOT).returncode != 0:
@@ -82,14 +104,18 @@ def train(args, name: str) -> dict:
     with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
     times = [r["time"] for kind in ("teacher_eval", "train", "eval") for r in _records(run_dir, kind)]
-    rows = {f"{r['width']:.3f}_{r['depth']:.3f}": r for r in _records(run_dir, "width")}
+    last = _records(run_dir, "eval")[-1]
+    depths = DEPTHS if name != "stage1" else (1.0,)
+    rows = {f"{w:.3f}_{d:.3f}": {"width": w, "depth": d, "step": last["step"],
+                                 "metric": last["acc" if (w, d) == (1.0, 1.0) else f"acc_w{_label(w, d)}"]}
+            for d in depths for w in WIDTHS}
     return {"rows": rows, "teacher_acc": _records(run_dir, "teacher_eval")[-1]["acc"], "command": manifest["command"],
             "git": manifest["git"][:12], "train_s": max(times) - min(times), "dir": run_dir}
 
 
 def measure(args) -> dict:
     rounds, budget = rounds_and_budget(args)
-    runs = {name: train(args, name) for name in ("stage1", "stage2", "joint")}
+    runs = {name: train(args, name) for name in ("stage1", "stage2")}
     from src import runtime
     runtime.init_context("CPU", "graph", threads=args.threads)
     points = []
@@ -99,12 +125,15 @@ def measure(args) -> dict:
         for w in WIDTHS:
             point = {"width": w, "depth": d}
             point.update(_staged_onnx(runs["stage2"]["dir"], w, d, args.seq, work, rounds, budget, args.threads))
-            point["joint_parity"] = _joint_parity(runs["joint"]["dir"], w, d, args.seq)
             points.append(point)
             print(f"w {w} d {d}: params {point['params']:,} ort {point['ort_ms']:.2f} ms, parity staged "
-                  f"{point['staged_parity']:.1e} joint {point['joint_parity']:.1e}", flush=True)
+                  f"{point['staged_parity']:.1e}", flush=True)
+    runs["joint"] = train(args, "joint")
+    for point in points:
+        point["joint_parity"] = _joint_parity(runs["joint"]["dir"], point["width"], point["depth"], args.seq)
     return {"machine": machine(args.threads), "steps1": args.steps1, "steps2": args.steps2, "seq": args.seq,
-            "rounds": rounds, "runs": {k: {x: v for x, v in r.items() if x != "dir"} for k, r in runs.items()},
+            "rounds": rounds, "note": args.note,
+            "runs": {k: {x: v for x, v in r.items() if x != "dir"} for k, r in runs.items()},
             "points": points}
 
 
@@ -201,7 +230,8 @@ def render(out) -> str:
     cmds = "\n".join(f"- {k}: `{r['command']}` (git {r['git']})" for k, r in runs.items())
     return "\n\n".join([head, table, verdict, machine_line(out["machine"]) + "; onnxruntime median of "
                         f"{out['rounds']} rounds; slice parity = max |logit diff| of the sliced plain model (staged: "
-                        f"its ONNX export) against the supernet's view.", cmds])
+                        f"its ONNX export) against the supernet's view." + (f" {out['note']}" if out.get("note")
+                                                                             else ""), cmds])
 
 
 def main(argv=None):
