@@ -227,11 +227,18 @@ def render(out) -> str:
     verdict = (f"Goal width {gw:g} x depth {gd:g} staged >= {gp:g} % of the teacher: {g_pct:.1f} %, "
                f"{'met' if g_pct >= gp else 'NOT met'}. Staged >= joint at every grid point: "
                + ("yes." if not worse else "no, lower at " + ", ".join(worse) + "."))
-    cmds = "\n".join(f"- {k}: `{r['command']}` (git {r['git']})" for k, r in runs.items())
+    cmds = "\n".join(f"- {k}: `{_runs_dir_named(r['command'])}` (git {r['git']})" for k, r in runs.items())
+    cmds = "Runs (RUNS = --runs_dir):\n" + cmds
     return "\n\n".join([head, table, verdict, machine_line(out["machine"]) + "; onnxruntime median of "
                         f"{out['rounds']} rounds; slice parity = max |logit diff| of the sliced plain model (staged: "
                         f"its ONNX export) against the supernet's view." + (f" {out['note']}" if out.get("note")
                                                                              else ""), cmds])
+
+
+def _runs_dir_named(command: str) -> str:
+    """A run's command line with the machine's --runs_dir folder written as RUNS (the table names no local paths)."""
+    import re
+    return re.sub(r"\S*/(stage1|stage2|joint)\b", r"RUNS/\1", command)
 
 
 def main(argv=None):
