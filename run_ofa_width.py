@@ -4,6 +4,8 @@ widths with distillation from the fine-tuned teacher. Usage (model-zoo style):
     python run_ofa_width.py --config_path configs/ofa_mr.yaml
     python run_ofa_width.py --width_mult_list 1.0 0.75 0.5 --train.epochs 2
     grep "The best acc" output/ofa_mr/log.txt
+    python run_ofa_width.py --train.distill_from supernet --supernet.init_ckpt output/ofa_mr/supernet.ckpt \
+        --depth_mult_list 1.0 0.75 0.5 --loss.lambda2 1.0 --output_dir output/ofa_mr_wd   # stage 2 (docs/width.md)
 
 Writes <output_dir>/: log.txt, metrics.jsonl, manifest.json, config_resolved.yaml, importance.npz,
 permutation.json, best_w<width>.ckpt + config_w<width>.json (each width's best sub-model, physically sliced),

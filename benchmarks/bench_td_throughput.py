@@ -158,7 +158,7 @@ def ms_side(args, tcfg, scfg, seqs, steps):
     for seq in seqs:
         cache = teacher_cache.Phase1TeacherCache([seq], np.zeros(b, np.int64), len(hid), len(att),
                                                  tcfg.hidden_size, tcfg.num_attention_heads)
-        caching = teacher_cache.Phase1Step(live, teacher_cache.TeacherLogits(b), cached, cache)
+        caching = teacher_cache.Phase1Step(live, teacher_cache.TeacherLogits(b, seq), cached, cache)
         d = data(seq) + [ms.Tensor(np.arange(b, dtype=np.int32))]
 
         def filling(*inputs):

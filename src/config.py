@@ -43,9 +43,10 @@ MOVED_KEYS = {
 # Renamed keys: old key -> (new key in the same section, {old value: new value}).
 # Keys added to a shipped config after users may have copied it: a --config_path file without one gets the run's
 # own default value, with one WARNING line.
-ADDED_KEYS = ("optim.loss_scale", "task.regression", "data.shuffle_buffer")
+ADDED_KEYS = ("optim.loss_scale", "task.regression", "data.shuffle_buffer", "importance.rewire_supernet")
 DEPRECATED_KEYS = {
     "loss.mask_padding": ("loss.padding", {True: "valid", False: "anchor"}),
+    "train.width_matched_teacher": ("train.distill_from", {True: "narrowed_teacher", False: "teacher"}),
 }
 # Renamed values of a key: key -> {old value: new value}.
 DEPRECATED_VALUES = {
@@ -96,6 +97,7 @@ RULES = [
     (("loss.padding",), *_one_of("valid", "anchor")),
     (("loss.attention_heads",), *_one_of("each", "average")),
     (("loss.soft_ce_reduction",), *_one_of("row_mean", "element_mean")),
+    (("train.distill_from",), *_one_of("teacher", "supernet", "narrowed_teacher")),
     (("optim.clip_mode",), *_one_of("global", "per_tensor", "none")),
     (("*batch_size",), *_at_least(1)),
     (("lr", "*.lr"), *_above(0)),

@@ -414,6 +414,25 @@ def slice_checkpoint(supernet_ckpt: str, supernet_config: str, width_mult: float
     return ckpt, conf
 
 
+SUPERNET_KEY = "supernet_widths"
+
+
+def supernet_mark(specs: Sequence[WidthSpec]) -> Dict[str, str]:
+    """The metadata a width run writes into its supernet checkpoints (supernet.ckpt, best.ckpt): the trained widths
+    and depths, as JSON. `supernet_record` reads it back; stage 2 (train.distill_from: supernet) requires it."""
+    import json
+    return {SUPERNET_KEY: json.dumps({"widths": sorted({s.width for s in specs}, reverse=True),
+                                      "depths": sorted({s.depth for s in specs}, reverse=True)})}
+
+
+def supernet_record(ckpt: str) -> Optional[dict]:
+    """{"widths": [...], "depths": [...]} a width run recorded in `ckpt`, or None (not a width supernet)."""
+    import json
+    from src.checkpoint import read_ms_checkpoint
+    value = read_ms_checkpoint(ckpt, with_extra=True)[1].get(SUPERNET_KEY)
+    return json.loads(value) if isinstance(value, str) else None
+
+
 class PerWidthBest:
     """Keep-best per width: each width's best score, and its sliced sub-model saved as best_w<width>.ckpt +
     config_w<width>.json on every improvement (`counter.value`: the step recorded). Saved with the training
@@ -463,8 +482,13 @@ class MultiWidthDistillLoss(nn.Cell):
                              f"{losses.SOFT_CE_REDUCTIONS}")
         self.views = nn.CellList([WidthView(model, s) for s in specs])
         self.width_matched = teacher_views is not None
-        if self.width_matched:
-            self.teachers = nn.CellList([FrozenTeacher(t) for t in teacher_views])
+        if self.width_matched:          # one frozen teacher per distinct view (widths may share one), run once a step
+            unique = []
+            for t in teacher_views:
+                if not any(t is u for u in unique):
+                    unique.append(t)
+            self.teachers = nn.CellList([FrozenTeacher(t) for t in unique])
+            self.teacher_index = tuple(next(j for j, u in enumerate(unique) if u is t) for t in teacher_views)
         else:
             self.teacher = FrozenTeacher(teacher)
         self.l1 = float(lambda1)
@@ -476,9 +500,8 @@ class MultiWidthDistillLoss(nn.Cell):
         self.sq_err = MaskedSquaredError() if model.config.fused_cpu_kernels and mask_padding else None
         self.counts = losses.GlobalMaskCounts(data_parallel and mask_padding)
         self.n = len(specs)
-        n_hidden = model.config.num_hidden_layers + 1
-        self.hidden_maps = tuple(tuple(range(len(s.hidden_map))) if self.width_matched else
-                                 (s.hidden_map if s.layers else tuple(range(n_hidden))) for s in specs)
+        self.hidden_maps = tuple(teacher_hidden_map(s, getattr(t, "spec", None) if self.width_matched else None)
+                                 for s, t in zip(specs, teacher_views or specs))
 
     def _one(self, view, t_logits, t_hidden, hidden_map, input_ids, segment_ids, input_mask, label_ids, tokens):
         logits, hidden, _ = view(input_ids, segment_ids, input_mask)
@@ -493,9 +516,12 @@ class MultiWidthDistillLoss(nn.Cell):
         parts = ()
         tokens, _ = self.counts(input_mask)
         if self.width_matched:
+            t_outs = ()
+            for t in self.teachers:
+                t_outs = t_outs + (t(input_ids, segment_ids, input_mask),)
             i = 0
             for view in self.views:
-                t_logits, t_hidden, _ = self.teachers[i](input_ids, segment_ids, input_mask)
+                t_logits, t_hidden, _ = t_outs[self.teacher_index[i]]
                 loss = self._one(view, t_logits, t_hidden, self.hidden_maps[i], input_ids, segment_ids, input_mask,
                                  label_ids, tokens)
                 total = total + loss
@@ -511,6 +537,18 @@ class MultiWidthDistillLoss(nn.Cell):
                 parts = parts + (loss,)
                 i = i + 1
         return total, parts
+
+
+def teacher_hidden_map(student: WidthSpec, teacher: Optional[WidthSpec]) -> Tuple[int, ...]:
+    """Teacher hidden-state index for each of the student's hidden states. `teacher` None (the full model) or a
+    view at full depth (stage 2: the supernet at the student's width): `student.hidden_map` (DynaBERT: kept
+    layers + the final state). A teacher view that keeps the student's own layers: 1:1."""
+    n_layers = len(student.heads)
+    if teacher is None or len(teacher.layers or range(n_layers)) == n_layers:
+        return student.hidden_map
+    if tuple(teacher.layers) == tuple(student.layers or range(n_layers)):
+        return tuple(range(len(student.hidden_map)))
+    raise ValueError(f"teacher view layers {teacher.layers} are neither all layers nor the student's {student.layers}")
 
 
 def sample_widths(n: int, k: int, rng: np.random.Generator) -> Tuple[int, ...]:

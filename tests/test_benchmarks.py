@@ -497,3 +497,49 @@ def test_bench_gd_corpus_estimates_from_a_saved_result(tmp_path):
     path.write_text(json.dumps({"prepare": []}))
     with pytest.raises(UserError, match="not a GD corpus benchmark result"):
         b.main(["--from_json", str(path)])
+
+
+def _grid_json():
+    """A width_grid.json as bench_width_grid.measure writes it, with made-up scores: staged below joint at one point."""
+    from benchmarks import bench_width_grid as g
+    runs = {}
+    for name, base in (("stage1", 0.81), ("stage2", 0.80), ("joint", 0.79)):
+        rows = {}
+        for d in (g.DEPTHS if name != "stage1" else (1.0,)):
+            for w in g.WIDTHS:
+                rows[f"{w:.3f}_{d:.3f}"] = {"width": w, "depth": d, "metric": base - 0.01 * (1 - w) - 0.02 * (1 - d)}
+        runs[name] = {"rows": rows, "teacher_acc": 0.82, "command": f"run_ofa_width.py {name}", "git": "abc",
+                      "train_s": 600.0}
+    runs["joint"]["rows"]["0.250_0.500"]["metric"] = 0.99
+    points = [{"width": w, "depth": d, "layers": 6, "heads": 12, "ffn": 1536, "params": 1000, "ort_ms": 10.0 * w * d,
+               "staged_parity": 1e-6, "joint_parity": 2e-6} for d in g.DEPTHS for w in g.WIDTHS]
+    return {"machine": {"cpu": "cpu", "cores": 2, "threads": 2, "isa": "AVX2+FMA", "mhz": 2000.0,
+                        "peak_gflops": 128.0}, "steps1": 80, "steps2": 80, "seq": 64, "rounds": 3, "runs": runs,
+            "points": points}
+
+
+def test_bench_width_grid_renders_a_saved_json_and_its_runs(tmp_path):
+    """--from_json renders the grid again into the markers (no training); the goal line and the staged-vs-joint
+    verdict come from the numbers; stage 2 starts from stage 1's supernet, joint trains steps1 + steps2 steps."""
+    from benchmarks import bench_width_grid as g
+    saved = tmp_path / "width_grid.json"
+    saved.write_text(json.dumps(_grid_json()))
+    doc = tmp_path / "doc.md"
+    doc.write_text("# grid\n<!-- bench:width_grid:start -->\nold\n<!-- bench:width_grid:end -->\n")
+    g.main(["--from_json", str(saved), "--results", str(doc)])
+    text = doc.read_text()
+    assert "old" not in text and "Schedule: stage 1 80 steps (widths only), stage 2 80 steps from it; joint 160" in text
+    # staged 0.5 x 0.5: 0.80 - 0.005 - 0.01 = 0.785 of 0.82 = 95.7 %
+    assert "Goal width 0.5 x depth 0.5 staged >= 98 % of the teacher: 95.7 %, NOT met" in text
+    assert "no, lower at w 0.25 x d 0.5 (" in text and "w 1 x d 1" not in text
+    assert "| 0.50 | 0.50 | 6 | 12 | 1,536 | 1,000 | - | 0.7850 | 95.7 % | 0.7750 | 94.5 % | +1.22 | 2.50 | 4.00x |" \
+        in text
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"runs": {}}))
+    with pytest.raises(UserError, match="--from_json"):
+        g.main(["--from_json", str(bad)])
+    args = g.parse_args(["--runs_dir", "R", "--steps1", "7", "--steps2", "5"])
+    s2, joint = g.run_args(args, "stage2"), g.run_args(args, "joint")
+    assert s2[s2.index("--supernet.init_ckpt") + 1] == os.path.join("R", "stage1", "supernet.ckpt")
+    assert s2[s2.index("--train.distill_from") + 1] == "supernet" and s2[s2.index("--loss.lambda2") + 1] == "1.0"
+    assert joint[joint.index("--train.max_steps") + 1] == "12" and "--train.distill_from" not in joint

@@ -371,6 +371,7 @@ BAD_VALUES = {
     "td2.warmup_ratio": 1.01, "td2.max_steps": -1, "eval.batch_size": 0, "eval.every": -1,
     "quant.weight_clip": -1, "quant.activation_clip": -0.5, "quant.ema_decay": 1.0, "quant.lat_iters": 0,
     "pack.max_positions": -1, "importance.max_batches": -1, "importance.batch_size": 0, "train.sample_widths": -1,
+    "train.distill_from": "paper",
     "loss.lambda1": -1, "loss.lambda2": -0.1, "latency.batch_size": 0, "latency.runs": -1,
 }
 

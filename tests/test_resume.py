@@ -281,12 +281,13 @@ def test_crash_mid_epoch_then_resume_is_bit_identical(ws, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["ternary", "width"])
+@pytest.mark.parametrize("method", ["ternary", "width", "width_stage2"])
 def test_ternary_and_width_crash_then_resume_is_bit_identical(method, ws, tmp_path):
     """TernaryBERT with 8-bit activations on EMA ranges (frozen quantizer state that a resume must restore, not
-    only weights and Adam moments) and the width supernet training a sampled width per step (the sampled
-    sequence and the per-width bests must continue where they stopped): crashed after step 20, resumed from the
-    state of step 18 (mid-epoch 2), bit-identical to an uninterrupted run."""
+    only weights and Adam moments), the width supernet training a sampled width per step (the sampled
+    sequence and the per-width bests must continue where they stopped) and stage 2 from a width supernet (the
+    frozen supernet teacher reloaded from supernet.init_ckpt, no rewiring on resume): crashed after step 20,
+    resumed from the state of step 18 (mid-epoch 2), bit-identical to an uninterrupted run."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     if method == "ternary":
         script, make, sub = "run_ternary.py", tiny_run.ternary_args, "w2e2a8"
@@ -296,6 +297,11 @@ def test_ternary_and_width_crash_then_resume_is_bit_identical(method, ws, tmp_pa
         script, make, sub = "run_ofa_width.py", tiny_run.ofa_args, ""
         extra = {"train.sample_widths": 1, "train.epochs": 2, "eval.every": 4}
         files = ("supernet.ckpt", "best_w1.000.ckpt", "best_w0.500.ckpt")
+    if method == "width_stage2":
+        s1 = str(tmp_path / "stage1")
+        assert tiny_run.run_script(script, make(ws, s1)).returncode == 0
+        extra = {"train.distill_from": "supernet", "supernet.init_ckpt": os.path.join(s1, "supernet.ckpt"),
+                 "train.epochs": 2, "eval.every": 4}
     extra.update({"checkpoint.every_steps": 3, "checkpoint.keep_last": 2})
     ref = tiny_run.run_script(script, make(ws, a, **extra))
     assert ref.returncode == 0, ref.stderr[-2000:]

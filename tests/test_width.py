@@ -446,3 +446,48 @@ def test_regression_importance_and_width_loss_are_row_by_row_mse():
     loss_net.set_train(False)
     total, _ = loss_net(*_inputs(batch), ms.Tensor(batch["label_ids"]))
     assert float(total.asnumpy()) == pytest.approx(((s - t) ** 2).mean(), rel=1e-5)
+
+
+def test_every_width_x_depth_grid_point_slices_to_a_plain_model_with_the_supernet_logits(tmp_path):
+    """DynaBERT's grid, widths 1/0.75/0.5/0.25 x depths 1/0.75/0.5 on a 4-layer, 4-head supernet: each sub-network
+    saved as a plain model reloads strictly from its own config.json and gives the supernet view's logits; the
+    teacher map of stage 2 (teacher at full depth) is DynaBERT's, of a narrowed teacher with the same layers 1:1.
+    PyNative: 24 forwards of 12 shapes without 24 graph compilations (graph-mode parity: the tests above)."""
+    from src.width import teacher_hidden_map
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        _grid_slices(tmp_path)
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+    deep = TINY.replace(num_hidden_layers=4)
+    half = width_spec(deep, 0.5, 0.5)
+    assert half.layers == (0, 2)
+    assert teacher_hidden_map(half, width_spec(deep, 0.5)) == (0, 2, 4) == teacher_hidden_map(half, None)
+    assert teacher_hidden_map(half, half) == (0, 1, 2)
+    with pytest.raises(ValueError):
+        teacher_hidden_map(half, width_spec(deep, 0.5, 0.75))
+
+
+def _grid_slices(tmp_path):
+    deep = TINY.replace(num_hidden_layers=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ms.set_seed(13)
+    supernet = BertForSequenceClassification(deep)
+    supernet.set_train(False)
+    ins = _inputs(_batch(4))
+    specs = parse_width_list([1.0, 0.75, 0.5, 0.25], deep, depths=[1.0, 0.75, 0.5])
+    assert len(specs) == 12
+    for s in specs:
+        view = LogitsOnly(WidthView(supernet, s))
+        view.set_train(False)
+        sub = slice_to_width(supernet, s.width, s.depth)
+        folder = tmp_path / s.label
+        folder.mkdir()
+        save_cell(sub, str(folder / "model.ckpt"))
+        sub.config.to_json_file(str(folder / "config.json"))
+        conf = load_bert_config(str(folder / "config.json"), "c")
+        assert conf.num_hidden_layers == len(s.layers) and conf.layer_num_heads == [s.heads[0]] * len(s.layers)
+        reloaded = build_classifier(conf, "dense")
+        load_into(reloaded, str(folder / "model.ckpt"), "sub", strict=True)
+        net = LogitsOnly(reloaded)
+        net.set_train(False)
+        np.testing.assert_allclose(net(*ins).asnumpy(), view(*ins).asnumpy(), atol=1e-5, rtol=0, err_msg=s.label)

@@ -2,6 +2,7 @@
 reloadable, reproducing their logged metric), the full-width `The best acc` line, the table, the slicing tool,
 and a bad width list -> exit code 2 with one line naming width_mult_list."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -261,3 +262,166 @@ def test_error_in_the_final_table_keeps_the_trained_run(setup, tmp_path, monkeyp
         run_ofa(cfg, str(out), save_resolved)
     for name in ("supernet.ckpt", "best.ckpt", "best_w0.500.ckpt", "config_w0.500.json", "log.txt"):
         assert (out / name).is_file(), name
+
+
+# ---------------------------------------------------------------- stage 2 (train.distill_from supernet)
+
+def _stage1(d):
+    """A width supernet (stage 1, widths 1.0 0.75 0.5), trained once for the stage-2 tests."""
+    out = d / "stage1"
+    if not (out / "supernet.ckpt").is_file():
+        cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"),
+                          _argv(d, out, ["--train.epochs", "1", "--eval.every", "0", "--latency.runs", "0"]))
+        run_ofa(cfg, str(out), save_resolved)
+    return out / "supernet.ckpt"
+
+
+def _stage2_argv(d, out, start, extra=()):
+    return _argv(d, out, ["--train.distill_from", "supernet", "--supernet.init_ckpt", str(start),
+                          "--depth_mult_list", "1.0", "0.5", "--train.epochs", "1", "--eval.every", "0",
+                          "--latency.runs", "0", *extra])
+
+
+def _stage2_loss_net(d, monkeypatch, out, extra=()):
+    """Stage 2 built up to training: the loss cell it would train (a spy on MultiWidthDistillLoss), then stopped."""
+    import src.runs.width
+    made = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    real = src.runs.width.MultiWidthDistillLoss
+    monkeypatch.setattr(src.runs.width, "MultiWidthDistillLoss", spy)
+    monkeypatch.setattr(src.runs.width, "Trainer", stop)
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), _stage2_argv(d, out, _stage1(d), extra))
+    with pytest.raises(Stop):
+        run_ofa(cfg, str(out), save_resolved)
+    return made[0]
+
+
+def test_stage2_starts_from_the_supernet_unrewired_with_the_supernet_as_teacher(setup, tmp_path, monkeypatch):
+    """Stage 2 from a width supernet: the student at step 0 IS the supernet (no importance, no reordering, although
+    importance.rewire is true); the teacher of sub-network (w, d) is the supernet at width w and full depth (logits
+    and hidden states equal to a fresh load's view), one teacher per width, the student's hidden states matched to
+    the kept layers + the final state; at depth 1.0 the student equals its teacher, so its loss is exactly the
+    entropy of its own prediction. importance.rewire_supernet true does reorder (the start then differs)."""
+    from src.checkpoint import read_ms_checkpoint
+    d = setup
+    start = _stage1(d)
+    saved = read_ms_checkpoint(str(start))
+    loss_net = _stage2_loss_net(d, monkeypatch, tmp_path / "run")
+    student = loss_net.views[0].model
+    names = dict(student.parameters_and_names())
+    assert sorted(names) == sorted(k for k in saved if not k.startswith("fit_dense."))
+    for k, p in names.items():
+        np.testing.assert_array_equal(p.asnumpy(), saved[k], err_msg=k)
+    assert not (tmp_path / "run" / "permutation.json").exists()
+
+    specs = [v.spec for v in loss_net.views]
+    assert [(s.width, s.depth) for s in specs] == [(1.0, 1.0), (0.75, 1.0), (0.5, 1.0), (1.0, 0.5), (0.75, 0.5),
+                                                   (0.5, 0.5)]
+    assert len(loss_net.teachers) == 3                  # one per width, shared by its depths
+    fresh = build_classifier(TINY, "dense")
+    load_into(fresh, str(start), "supernet", strict=True)
+    batch = _rows(16, 5)
+    rows = list(batch)
+    ins = [ms.Tensor(np.array([r[k] for r in rows], np.int32)) for k in ("input_ids", "segment_ids", "input_mask")]
+    for i, s in enumerate(specs):
+        teacher = loss_net.teachers[loss_net.teacher_index[i]]
+        t_logits, t_hidden, _ = teacher(*ins)
+        ref = WidthView(fresh, width_spec(TINY, s.width, 1.0))
+        ref.set_train(False)
+        r_logits, r_hidden, _ = ref(*ins)
+        np.testing.assert_allclose(t_logits.asnumpy(), r_logits.asnumpy(), atol=1e-5, rtol=0)   # fused kernels
+        assert len(t_hidden) == 3
+        for a, b in zip(t_hidden, r_hidden):
+            np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), atol=1e-5, rtol=0)
+        assert loss_net.hidden_maps[i] == ((0, 1, 2) if s.depth == 1.0 else (0, 2))
+    loss_net.set_train(False)
+    _, parts = loss_net(*ins, ms.Tensor(np.array([r["label_ids"] for r in rows], np.int32)))
+    for s, part in zip(specs, parts):
+        if s.depth == 1.0:
+            logits = WidthView(fresh, width_spec(TINY, s.width)).set_train(False)(*ins)[0].asnumpy()
+            p = np.exp(logits - logits.max(-1, keepdims=True))
+            p = (p / p.sum(-1, keepdims=True)).astype(np.float64)
+            assert float(part.asnumpy()) == pytest.approx(-(p * np.log(p)).sum(-1).mean(), rel=1e-5)
+        else:                                           # a shallower student is off its teacher
+            assert float(part.asnumpy()) > 1e-3
+
+    rewired = _stage2_loss_net(d, monkeypatch, tmp_path / "rewired", ["--importance.rewire_supernet", "true"])
+    q = dict(rewired.views[0].model.parameters_and_names())["bert.encoder.0.attention.query.weight"].asnumpy()
+    assert not np.array_equal(q, saved["bert.encoder.0.attention.query.weight"])
+
+
+def test_stage2_run_slices_every_grid_point(setup):
+    """A short stage-2 run end to end: every (width, depth) best sub-model reloads strictly as a plain model and
+    reproduces its logged dev score; slice_width.py on its supernet.ckpt gives the supernet view's logits."""
+    d = setup
+    out = d / "stage2"
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), _stage2_argv(d, out, _stage1(d)))
+    result = run_ofa(cfg, str(out), save_resolved)
+    rows = {(r["width"], r["depth"]): r for r in result["rows"]}
+    assert sorted(rows) == [(w, dep) for w in (0.5, 0.75, 1.0) for dep in (0.5, 1.0)]
+    log = open(out / "log.txt").read()
+    assert "no rewiring: supernet.init_ckpt is a width supernet" in log and "teacher: the width supernet" in log
+    task = get_task("MR")
+    dev = load_split(str(d / "data"), "dev", "tfrecord", SEQ, task)
+    for (w, dep), r in rows.items():
+        label = f"{w:.3f}" + ("" if dep == 1.0 else f"_d{dep:.3f}")
+        conf = BertConfig.from_json_file(str(out / f"config_w{label}.json"))
+        assert conf.num_hidden_layers == (2 if dep == 1.0 else 1)
+        sub = build_classifier(conf, "dense")
+        load_into(sub, str(out / f"best_w{label}.ckpt"), "best", strict=True)
+        assert evaluate(LogitsOnly(sub).set_train(False), {"dev": dev}, 16, task)["acc"] == pytest.approx(r["metric"])
+    from src.width import supernet_record
+    assert supernet_record(str(out / "supernet.ckpt")) == {"widths": [1.0, 0.75, 0.5], "depths": [1.0, 0.5]}
+    for w, dep in ((0.75, 0.5), (0.5, 0.5)):
+        _slice_tool_matches_view(out, d / f"sliced2_{w}_{dep}", dev, w, dep)
+
+
+def _cli(argv):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run_ofa_width.py"), *argv], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+
+
+def test_stage2_bad_start_is_one_error_line(setup, tmp_path):
+    """Stage 2 pointed at the fine-tuned teacher (not a supernet), at a supernet of another shape than
+    teacher.config, or asked for a width the supernet never trained: exit 2, one ERROR line naming the key,
+    nothing written."""
+    from src.width import parse_width_list, supernet_mark
+    d = setup
+    other = TINY.replace(hidden_size=8, intermediate_size=8)
+    ms.set_seed(1)
+    wrong = BertForSequenceClassification(other)
+    mark = supernet_mark(parse_width_list([1.0, 0.75, 0.5], other))
+    save_cell(wrong, str(tmp_path / "other_supernet.ckpt"), extra=mark)
+    cases = ((d / "teacher.ckpt", [], "ERROR: supernet.init_ckpt '.*': not a width supernet"),
+             (tmp_path / "other_supernet.ckpt", [], "ERROR: supernet.init_ckpt '.*'.*shape"),
+             (_stage1(d), ["--width_mult_list", "1.0", "0.25"],
+              "ERROR: width_mult_list: width 0.25 was not trained in supernet.init_ckpt"))
+    for i, (start, extra, message) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        argv = _stage2_argv(d, out, start)
+        if extra:
+            j = argv.index("--width_mult_list")
+            argv = argv[:j] + argv[j + 4:] + extra
+        proc = _cli(argv)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert re.match(message, lines[0]), lines[0]
+        assert not out.exists()
+
+
+def test_width_matched_teacher_spelling_still_reads():
+    """train.width_matched_teacher (old spelling) -> train.distill_from: true = narrowed_teacher."""
+    cfg = load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), ["--train.width_matched_teacher", "true"])
+    assert cfg.train.distill_from == "narrowed_teacher"
+    with pytest.raises(UserError, match="train.distill_from"):
+        load_config(os.path.join(ROOT, "configs", "ofa_mr.yaml"), ["--train.distill_from", "paper"])
