@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from src.errors import UserError
-from src.fileio import atomic_json, atomic_text
+from src.fileio import atomic_folder, atomic_json, atomic_text
 from src.outputs import check_output_dir
 from src.tasks import TASKS, Task, get_task
 from src.tokenization import load_vocab
@@ -332,12 +332,7 @@ def write_export_folder(out_dir: str, model_file: str, vocab_file: str, bert_con
               "do_lower_case": bool(do_lower_case), "batch_size": b, "seq_length": s, "model_file": model_name,
               "format": fmt}
 
-    parent, name = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-    old = None
-    try:
-        os.makedirs(tmp)
+    with atomic_folder(out_dir) as tmp:
         shutil.copyfile(model_file, os.path.join(tmp, model_name))
         if side is not None:
             atomic_json(os.path.join(tmp, model_name + ".json"), dict(side, file=model_name), sort_keys=True)
@@ -349,22 +344,6 @@ def write_export_folder(out_dir: str, model_file: str, vocab_file: str, bert_con
         if tpack_file is not None:
             shutil.copyfile(tpack_file, os.path.join(tmp, TPACK_FILE))
         atomic_text(os.path.join(tmp, CARD_FILE), render_model_card(card, labels, _file_sizes(tmp)))
-        if os.path.isdir(out_dir):
-            if os.listdir(out_dir):                                   # overwrite: move the old one aside first
-                old = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.old")
-                os.rename(out_dir, old)
-            else:
-                os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not os.path.exists(out_dir):
-            os.rename(old, out_dir)
-            old = None
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return dict(labels, path=out_dir, files=_file_sizes(out_dir))
 
 

@@ -44,6 +44,38 @@ def atomic_path(path: str):
         remove_quietly(tmp)
 
 
+@contextlib.contextmanager
+def atomic_folder(out_dir: str):
+    """Yields an empty temp folder beside `out_dir`; on a clean exit it becomes `out_dir` (an existing non-empty
+    `out_dir` is moved aside first and removed once the new one is in place, an empty one removed), on an error the
+    temp folder is removed and the old `out_dir` is put back. For outputs made of several files (exported folders,
+    Hugging Face folders): a reader sees the old folder or the new one, never half of one."""
+    import shutil
+    parent, name = os.path.split(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    old = None
+    try:
+        os.makedirs(tmp)
+        yield tmp
+        if os.path.isdir(out_dir):
+            if os.listdir(out_dir):
+                old = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.old")
+                os.rename(out_dir, old)
+            else:
+                os.rmdir(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.exists(out_dir):
+            os.rename(old, out_dir)
+            old = None
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_write(path: str, write_fn: Callable, mode: str = "w") -> str:
     """`write_fn(file)` into a temp file beside `path`, then the temp file replaces `path`. Returns `path`."""
     with atomic_path(path) as tmp:

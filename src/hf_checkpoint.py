@@ -22,7 +22,7 @@ import mindspore as ms
 from src.checkpoint import (BERT_PREFIX, HEAD_KINDS, LoadReport, _compact, net_prefix, check_state,
                             param_shapes, read_ms_checkpoint, save_checkpoint_atomic)
 from src.errors import UserError
-from src.fileio import TEACHER_INSTALL, TEACHER_PACKAGE, atomic_json, atomic_path, package_file
+from src.fileio import TEACHER_INSTALL, TEACHER_PACKAGE, atomic_folder, atomic_json, atomic_path, package_file
 from src.mlm_head import BertForMaskedLM
 from src.tinybert_model import HEADS, BertConfig, BertModel
 
@@ -731,7 +731,6 @@ def ms_to_hf_folder(ckpt: str, out_dir: str, config: Union[str, BertConfig, None
     first; the folder is built under a temp name beside `out_dir` and renamed into place, so an error leaves
     nothing."""
     import shutil
-    import uuid
     from safetensors.numpy import save_file
     from src.tokenization import default_vocab_file, load_vocab
     from src.outputs import check_output_dir
@@ -784,33 +783,12 @@ def ms_to_hf_folder(ckpt: str, out_dir: str, config: Union[str, BertConfig, None
                   "model_max_length": int(max_seq_length), "tokenize_chinese_chars": True, "strip_accents": None,
                   "clean_up_tokenization_spaces": True, **specials}
 
-    parent, name = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-    old = None
-    try:
-        os.makedirs(tmp)
+    with atomic_folder(out_dir) as tmp:
         save_file(ex["hf_state"], os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         atomic_json(os.path.join(tmp, "config.json"), ex["hf_config"], sort_keys=True)
         shutil.copyfile(vocab_file, os.path.join(tmp, "vocab.txt"))
         atomic_json(os.path.join(tmp, "tokenizer_config.json"), tok_config, sort_keys=True)
         atomic_json(os.path.join(tmp, "special_tokens_map.json"), specials, sort_keys=True)
-        if os.path.isdir(out_dir):
-            if os.listdir(out_dir):
-                old = os.path.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.old")
-                os.rename(out_dir, old)
-            else:
-                os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not os.path.exists(out_dir):
-            os.rename(old, out_dir)
-            old = None
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return {"input": ckpt, "output": out_dir, "config": ex["cfg_path"], "head": ex["head"],
             "architecture": ex["hf_config"]["architectures"][0], "pipeline": HF_HEADS[head]["pipeline"],
             "dropped": ex["dropped"], "task": task.name if task else None,
