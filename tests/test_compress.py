@@ -157,6 +157,12 @@ def test_a_stage_starts_from_another_runs_folder(ws, chain, tmp_path):
     ({"export.format": "int4"}, "export.format 'int4': expected one of"),
     ({"teacher.ckpt": "/nonexistent/best.ckpt"}, "teacher.ckpt: '/nonexistent/best.ckpt' does not exist"),
     ({"stages": ["vocab", "export"], "input_dir": "/nonexistent/run"}, "input_dir: '/nonexistent/run' is not a folder"),
+    # token tasks: the re-encoding moves word pieces but not their tags
+    ({"task.name": "CoNLL"}, "stages: vocab is not possible for the token task CoNLL: the vocab stage re-encodes"),
+    ({"task.name": "ner", "task.labels": ["O", "B-X", "I-X"], "stages": ["ternary", "vocab"]},
+     "vocab is not possible for the token task ner: the vocab stage re-encodes the records from their word pieces "
+     "(src/vocab_prune.py reencode), which re-splits a word whose pieces were dropped while the per-piece tags "
+     "(label_ids) and sentence ids stay where they were; remove vocab from stages, e.g. stages: [ternary]"),
 ])
 def test_bad_plan_is_one_error_line_before_any_work(ws, tmp_path, extra, expected):
     out = tmp_path / "run"
