@@ -203,3 +203,22 @@ def test_a_vocab_that_does_not_match_the_model_is_one_error(ws, chain, tmp_path)
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR:")]
     assert res.returncode == 2 and len(errors) == 1 and "vocab" in errors[0] and "30" in errors[0], res.stderr[-999:]
     assert not (new / "vocab").exists() and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("task", [{"task.name": "CoNLL"}, {"task.name": "ner", "task.labels": ["O", "B-X", "I-X"]}])
+def test_token_task_plan_without_vocab_passes_the_checks(ws, tmp_path, task):
+    """CoNLL / ner with the vocab stage left out: the plan check (every stage's config as its run loads it, with the
+    token task passed down) accepts it; each training stage's run sees the task."""
+    from src.config import load_config
+    from src.runs import compress
+    from src.runs.compress_stages import argv_of, user_args, wired_common
+    stages = ["depth", "width", "ternary", "export"]
+    cfg = load_config(os.path.join(tiny_run.ROOT, "configs", "compress_mr.yaml"),
+                      compress_args(ws, str(tmp_path / "run"), stages=stages, **task),
+                      open_sections=compress.OPEN_SECTIONS)
+    assert compress.check_plan(cfg) == (stages, "")
+    for name in ("depth", "width", "ternary"):
+        argv = argv_of({**wired_common(cfg, str(tmp_path / name)), **user_args(cfg, name)})
+        child = load_config(cfg[name].config, ["--config_path", cfg[name].config] + argv)
+        assert (child.task.name, list(child.task.labels)) == (task["task.name"], task.get("task.labels", []))
+    assert not (tmp_path / "run").exists()
