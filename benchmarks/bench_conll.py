@@ -11,7 +11,8 @@ Dev F1: each run's best dev eval (metrics.jsonl; width: the "width" record of wi
 PATH an eval folder of `run_task_distill.py --phase eval --eval.split test` (its metrics.jsonl) or a text file holding
 the output of `run_eval_onnx.py --split test` (its `eval f1 ...` line; the command on a first line starting with
 `$ `). References: the teacher for the student and width 0.5; for TernaryBERT its own fp32 model (the run's
-teacher_eval record on dev, the teacher's test F1 on test). A row without a run is "-" (not run). The per-type table
+teacher_eval record on dev, else the best dev F1 beside the teacher checkpoint it quantized; the teacher's test F1 on
+test). A row without a run is "-" (not run). The per-type table
 (src/ner.py format_entity_table) runs the teacher checkpoint on --data_dir's dev split (MindSpore, CPU); without
 --data_dir it is left out. Writes <out_dir>/conll.json; --from_json renders a saved one again. Block: bench:conll.
 """
@@ -156,8 +157,16 @@ def measure(args, argv) -> dict:
                                      f"{cfg.get('td1', {}).get('batch_size', '?')}, td2 {r['schedule']}")
                     r["td1_command"] = _manifest(td1).get("command")
             if row == "ternary":
+                # its fp32 model: the teacher_eval record, else (eval.teacher_baseline false) the dev F1 recorded
+                # beside the teacher checkpoint it quantized (student.init teacher: the same model)
                 base = [x for x in _records(run_dir) if x["kind"] == "teacher_eval"]
-                r["fp32_dev"] = base[-1]["f1"] if base else None
+                if base:
+                    r["fp32_dev"], r["fp32_from"] = base[-1]["f1"], "teacher_eval record"
+                else:
+                    ckpt = _manifest(run_dir).get("config", {}).get("teacher", {}).get("ckpt", "")
+                    if ckpt and os.path.isfile(os.path.join(os.path.dirname(ckpt), "metrics.jsonl")):
+                        r["fp32_dev"] = best_dev("teacher", os.path.dirname(ckpt))
+                        r["fp32_from"] = f"best dev eval of {os.path.dirname(ckpt)}"
         if row in tests:
             r["test"], r["test_command"] = test_f1(tests[row])
         out_rows.append(r)
@@ -205,7 +214,8 @@ def render(out: dict) -> str:
             continue
         cmds = ([f"`{r['td1_command']}`"] if r.get("td1_command") else []) + [f"`{r['command']}`"]
         lines.append(f"- {label}: {', then '.join(cmds)} (git {(r['git'] or '?')[:12]})"
-                     + (f"; test: `{r['test_command']}`" if r["test_command"] else ""))
+                     + (f"; test: `{r['test_command']}`" if r["test_command"] else "")
+                     + (f"; fp32 model's dev F1 {r['fp32_dev']:.4f} ({r['fp32_from']})" if r.get("fp32_from") else ""))
     if out["per_type_dev"]:
         lines += ["", "Teacher per entity type on dev (conlleval, %):", "", "```", out["per_type_dev"], "```"]
     return "\n".join(lines)

@@ -514,6 +514,13 @@ def test_bench_conll_rows_against_their_references(tmp_path):
                                                 "met"]
     assert lines["width 0.5 (DynaBERT)"][4:8] == ["97.8%", "-", ">= 98%", "not met"]
     assert "(widths 1, 0.5)" in lines["width 0.5 (DynaBERT)"][8]
+    # without a teacher_eval record (eval.teacher_baseline false) the fp32 model is the teacher checkpoint it
+    # quantized: the dev F1 recorded beside it (0.90)
+    tern2 = run("tern2", tr + [{"kind": "eval", "f1": 0.883}],
+                {"train": {"batch_size": 16}, "teacher": {"ckpt": os.path.join(teacher, "best.ckpt")}})
+    out = bench_conll.main(["--teacher_run", teacher, "--ternary_run", tern2, "--out_dir", str(tmp_path / "o")])
+    assert [r["fp32_dev"] for r in out["rows"] if r["row"] == "ternary"] == [0.90]
+    assert "| TernaryBERT W2E2A8 | 0.8830 | - | its fp32 model | 98.1% | - | >= 98% | met |" in bench_conll.render(out)
     # a run not given is a '-' row; an eval of the dev split is no test score
     out = bench_conll.main(["--teacher_run", teacher, "--out_dir", str(tmp_path / "o")])
     assert "| TernaryBERT W2E2A8 | - | - | - | - | - | >= 98% | not run | - |" in bench_conll.render(out)
