@@ -175,6 +175,7 @@ def measure(args, argv) -> dict:
     return {"machine": machine(args.threads), "rows": out_rows, "per_type_dev": table,
             "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "command": "python benchmarks/bench_conll.py" + (" " + shlex.join(argv) if argv else ""),
+            "runs_root": os.path.abspath(args.runs_root) if args.runs_root else "",
             "commit": git_hash()}
 
 
@@ -182,8 +183,17 @@ def _pct(v, ref):
     return f"{100 * v / ref:.1f}%" if v is not None and ref else "-"
 
 
+def _shown(text, root: str):
+    """`text` with the runs' folder --runs_root written as <runs> (the table names the runs, not this machine's
+    folders)."""
+    if not root or not isinstance(text, str):
+        return text
+    return text.replace(root.rstrip("/") + "/", "<runs>/").replace(root.rstrip("/"), "<runs>")
+
+
 def render(out: dict) -> str:
-    rows = {r["row"]: r for r in out["rows"]}
+    root = out.get("runs_root", "")
+    rows = {r["row"]: {k: _shown(v, root) for k, v in r.items()} for r in out["rows"]}
     teacher = rows["teacher"]
     lines, body = [], []
     for key, (label, ref_key, goal) in ROWS.items():
@@ -205,8 +215,8 @@ def render(out: dict) -> str:
                                  "% of reference (test)", "goal (dev)", "goal", "schedule"], body))
     lines.append("")
     lines.append(f"{machine_line(out['machine'])} (1-minute load average {out['load']:.1f} when the table was "
-                 f"written; the runs shared the machine with other jobs). Written by `{out['command']}` at commit "
-                 f"{out['commit'][:12]}.")
+                 f"written; the runs shared the machine with other jobs). Written by `{_shown(out['command'], root)}` "
+                 f"at commit {out['commit'][:12]}" + (" (<runs> = the folder of the runs)." if root else "."))
     lines.append("")
     for key, (label, _, _) in ROWS.items():
         r = rows[key]
@@ -231,6 +241,7 @@ def main(argv=None):
     p.add_argument("--test", action="append", default=[], metavar="ROW=PATH",
                    help=f"test-split eval of a row ({', '.join(ROWS)}): eval folder or run_eval_onnx.py output")
     p.add_argument("--data_dir", default="", help="CoNLL records: the teacher's per-type table on their dev split")
+    p.add_argument("--runs_root", default="", help="a folder holding the runs: written as <runs> in the commands")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out_dir", default="output/bench/conll", help="where conll.json is written")
     p.add_argument("--from_json", default="", help="render a saved conll.json instead of reading the runs")

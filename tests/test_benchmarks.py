@@ -500,8 +500,10 @@ def test_bench_conll_rows_against_their_references(tmp_path):
                     "eval f1 0.776000, precision 0.7, recall 0.8 | 3454 rows | t.onnx\n")
     out = bench_conll.main(["--teacher_run", teacher, "--student_run", student, "--ternary_run", ternary,
                             "--width_run", width, "--test", f"teacher={test_t}", "--test", f"ternary={onnx}",
-                            "--out_dir", str(tmp_path / "o")])
+                            "--out_dir", str(tmp_path / "o"), "--runs_root", str(tmp_path)])
     rows = {r["row"]: r for r in out["rows"]}
+    text = bench_conll.render(out)
+    assert str(tmp_path) not in text and "--teacher_run <runs>/td/teacher" in text   # no machine paths in docs
     assert (rows["teacher"]["dev"], rows["student"]["dev"], rows["width"]["dev"]) == (0.90, 0.873, 0.88)
     assert (rows["teacher"]["test"], rows["ternary"]["test"], rows["ternary"]["fp32_dev"]) == (0.80, 0.776, 0.80)
     lines = {ln.split(" | ")[0].strip("| "): ln.split(" | ") for ln in bench_conll.render(out).splitlines()
