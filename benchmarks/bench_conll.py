@@ -212,7 +212,7 @@ def render(out: dict) -> str:
                      _pct(r["dev"], ref_dev), _pct(r["test"], ref_test), f">= {100 * goal:.0f}%" if goal else "-",
                      met, r["schedule"]])
     lines.append(markdown_table(["model", "dev entity F1", "test entity F1", "reference", "% of reference (dev)",
-                                 "% of reference (test)", "goal (dev)", "goal", "schedule"], body))
+                                 "% of reference (test)", "goal (dev)", "met (dev)", "schedule"], body))
     lines.append("")
     lines.append(f"{machine_line(out['machine'])} (1-minute load average {out['load']:.1f} when the table was "
                  f"written; the runs shared the machine with other jobs). Written by `{_shown(out['command'], root)}` "
