@@ -543,3 +543,65 @@ def test_bench_width_grid_renders_a_saved_json_and_its_runs(tmp_path):
     assert s2[s2.index("--supernet.init_ckpt") + 1] == os.path.join("R", "stage1", "supernet.ckpt")
     assert s2[s2.index("--train.distill_from") + 1] == "supernet" and s2[s2.index("--loss.lambda2") + 1] == "1.0"
     assert joint[joint.index("--train.max_steps") + 1] == "12" and "--train.distill_from" not in joint
+
+
+def test_bench_conll_rows_against_their_references(tmp_path):
+    """Best dev F1 of each run, test F1 from an eval folder (split test only) or a saved run_eval_onnx output, %
+    of the teacher (TernaryBERT: of its fp32 model's dev F1), the goal met or not, '-' rows for runs not given."""
+    from benchmarks import bench_conll
+
+    def run(name, records, config, command="run_x.py"):
+        d = tmp_path / name
+        d.mkdir(parents=True)
+        with open(d / "metrics.jsonl", "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        (d / "manifest.json").write_text(json.dumps({"command": command, "git": "abcdef1234567890", "config": config}))
+        return str(d)
+    tr = [{"kind": "train", "step": 50}, {"kind": "train", "step": 100}]
+    teacher = run("td/teacher", tr + [{"kind": "eval", "f1": 0.80}, {"kind": "eval", "f1": 0.90},
+                                      {"kind": "eval", "f1": 0.85}], {"finetune": {"batch_size": 32}})
+    run("td/td1", [{"kind": "train", "step": 150}], {"td1": {"batch_size": 32}}, "run_td1.py")
+    student = run("td/td2", tr + [{"kind": "eval", "f1": 0.873}], {"td2": {"batch_size": 32}})
+    ternary = run("tern", tr + [{"kind": "teacher_eval", "f1": 0.80}, {"kind": "eval", "f1": 0.79}],
+                  {"train": {"batch_size": 16}})
+    width = run("ofa", tr + [{"kind": "width", "width": 1.0, "metric": 0.95},
+                             {"kind": "width", "width": 0.5, "metric": 0.88}],
+                {"train": {"batch_size": 16}, "width_mult_list": [1.0, 0.5]})
+    test_t = run("test/teacher", [{"kind": "eval", "f1": 0.80}], {"eval": {"split": "test"}}, "run_eval.py")
+    onnx = tmp_path / "tern_test.txt"
+    onnx.write_text("$ run_eval_onnx.py --model_file t.onnx --task CoNLL --split test\n"
+                    "eval f1 0.776000, precision 0.7, recall 0.8 | 3454 rows | t.onnx\n")
+    out = bench_conll.main(["--teacher_run", teacher, "--student_run", student, "--ternary_run", ternary,
+                            "--width_run", width, "--test", f"teacher={test_t}", "--test", f"ternary={onnx}",
+                            "--out_dir", str(tmp_path / "o"), "--runs_root", str(tmp_path)])
+    rows = {r["row"]: r for r in out["rows"]}
+    text = bench_conll.render(out)
+    assert str(tmp_path) not in text and "--teacher_run <runs>/td/teacher" in text   # no machine paths in docs
+    assert (rows["teacher"]["dev"], rows["student"]["dev"], rows["width"]["dev"]) == (0.90, 0.873, 0.88)
+    assert (rows["teacher"]["test"], rows["ternary"]["test"], rows["ternary"]["fp32_dev"]) == (0.80, 0.776, 0.80)
+    lines = {ln.split(" | ")[0].strip("| "): ln.split(" | ") for ln in bench_conll.render(out).splitlines()
+             if ln.startswith("| ") and "---" not in ln}
+    # student 0.873 / 0.90 = 97.0% (goal 97%: met); ternary 0.79 / 0.80 = 98.75% of its fp32 model (met), on test
+    # 0.776 / 0.80 = 97.0% of the teacher; width 0.88 / 0.90 = 97.8% (goal 98%: not met)
+    assert lines["TinyBERT student"][4:8] == ["97.0%", "-", ">= 97%", "met"]
+    assert lines["TinyBERT student"][8].startswith("td1 150 steps x 32, td2 100 steps x 32")
+    assert lines["TernaryBERT W2E2A8"][1:8] == ["0.7900", "0.7760", "its fp32 model", "98.8%", "97.0%", ">= 98%",
+                                                "met"]
+    assert lines["width 0.5 (DynaBERT)"][4:8] == ["97.8%", "-", ">= 98%", "not met"]
+    assert "(widths 1, 0.5)" in lines["width 0.5 (DynaBERT)"][8]
+    # without a teacher_eval record (eval.teacher_baseline false) the fp32 model is the teacher checkpoint it
+    # quantized: the dev F1 recorded beside it (0.90)
+    tern2 = run("tern2", tr + [{"kind": "eval", "f1": 0.883}],
+                {"train": {"batch_size": 16}, "teacher": {"ckpt": os.path.join(teacher, "best.ckpt")}})
+    out = bench_conll.main(["--teacher_run", teacher, "--ternary_run", tern2, "--out_dir", str(tmp_path / "o")])
+    assert [r["fp32_dev"] for r in out["rows"] if r["row"] == "ternary"] == [0.90]
+    assert "| TernaryBERT W2E2A8 | 0.8830 | - | its fp32 model | 98.1% | - | >= 98% | met |" in bench_conll.render(out)
+    # a run not given is a '-' row; an eval of the dev split is no test score
+    out = bench_conll.main(["--teacher_run", teacher, "--out_dir", str(tmp_path / "o")])
+    assert "| TernaryBERT W2E2A8 | - | - | - | - | - | >= 98% | not run | - |" in bench_conll.render(out)
+    dev_eval = run("test/dev", [{"kind": "eval", "f1": 0.8}], {"eval": {"split": "dev"}})
+    with pytest.raises(UserError, match="expected --eval.split test"):
+        bench_conll.main(["--teacher_run", teacher, "--test", f"teacher={dev_eval}", "--out_dir", str(tmp_path)])
+    with pytest.raises(UserError, match="--test x=1: expected ROW=PATH"):
+        bench_conll.main(["--teacher_run", teacher, "--test", "x=1", "--out_dir", str(tmp_path)])

@@ -157,6 +157,13 @@ def test_a_stage_starts_from_another_runs_folder(ws, chain, tmp_path):
     ({"export.format": "int4"}, "export.format 'int4': expected one of"),
     ({"teacher.ckpt": "/nonexistent/best.ckpt"}, "teacher.ckpt: '/nonexistent/best.ckpt' does not exist"),
     ({"stages": ["vocab", "export"], "input_dir": "/nonexistent/run"}, "input_dir: '/nonexistent/run' is not a folder"),
+    # token tasks: the re-encoding moves word pieces but not their tags
+    ({"task.name": "CoNLL"}, "stages: vocab is not possible for the token task CoNLL: the vocab stage re-encodes"),
+    ({"task.name": "ner", "task.labels": ["O", "B-X", "I-X"], "stages": ["ternary", "vocab"]},
+     "vocab is not possible for the token task ner: the vocab stage re-encodes the records from their word pieces "
+     "(src/vocab_prune.py reencode), which re-splits a word whose pieces were dropped while the per-piece tags "
+     "(label_ids) and sentence ids stay where they were; remove vocab from stages, e.g. stages: [ternary]"),
+    ({"task.name": "SQuAD"}, "stages: vocab is not possible for the span task SQuAD: the vocab stage re-encodes"),
 ])
 def test_bad_plan_is_one_error_line_before_any_work(ws, tmp_path, extra, expected):
     out = tmp_path / "run"
@@ -197,3 +204,22 @@ def test_a_vocab_that_does_not_match_the_model_is_one_error(ws, chain, tmp_path)
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR:")]
     assert res.returncode == 2 and len(errors) == 1 and "vocab" in errors[0] and "30" in errors[0], res.stderr[-999:]
     assert not (new / "vocab").exists() and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("task", [{"task.name": "CoNLL"}, {"task.name": "ner", "task.labels": ["O", "B-X", "I-X"]}])
+def test_token_task_plan_without_vocab_passes_the_checks(ws, tmp_path, task):
+    """CoNLL / ner with the vocab stage left out: the plan check (every stage's config as its run loads it, with the
+    token task passed down) accepts it; each training stage's run sees the task."""
+    from src.config import load_config
+    from src.runs import compress
+    from src.runs.compress_stages import argv_of, user_args, wired_common
+    stages = ["depth", "width", "ternary", "export"]
+    cfg = load_config(os.path.join(tiny_run.ROOT, "configs", "compress_mr.yaml"),
+                      compress_args(ws, str(tmp_path / "run"), stages=stages, **task),
+                      open_sections=compress.OPEN_SECTIONS)
+    assert compress.check_plan(cfg) == (stages, "")
+    for name in ("depth", "width", "ternary"):
+        argv = argv_of({**wired_common(cfg, str(tmp_path / name)), **user_args(cfg, name)})
+        child = load_config(cfg[name].config, ["--config_path", cfg[name].config] + argv)
+        assert (child.task.name, list(child.task.labels)) == (task["task.name"], task.get("task.labels", []))
+    assert not (tmp_path / "run").exists()

@@ -13,7 +13,9 @@ from src.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # shipped config -> its entry script and the sections holding a training schedule
 SHIPPED = {"gd": ("run_general_distill.py", ["train"]), "td_mr": ("run_task_distill.py", ["finetune", "td1", "td2"]),
-           "ternary_mr": ("run_ternary.py", ["train"]), "ofa_mr": ("run_ofa_width.py", ["train"])}
+           "ternary_mr": ("run_ternary.py", ["train"]), "ofa_mr": ("run_ofa_width.py", ["train"]),
+           "td_conll": ("run_task_distill.py", ["finetune", "td1", "td2"]),
+           "ternary_conll": ("run_ternary.py", ["train"]), "ofa_conll": ("run_ofa_width.py", ["train"])}
 
 BASE = """\
 seed: 1                  # random seed
@@ -205,6 +207,12 @@ def test_help_lists_keys(base, capsys):
     assert "--train.deep.level = 3" in out and "--layer_map = null" in out
 
 
+def _lookup_dotted(data, key):
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
 def shipped(name):
     return os.path.join(ROOT, "configs", f"{name}.yaml")
 
@@ -233,6 +241,46 @@ def test_one_schedule_schema_and_optimizer_keys():
         assert set(cfg.optim) == {"weight_decay", "eps", "end_lr", "clip_norm", "clip_mode", "loss_scale"}, name
         optim = optim or set(cfg.optim)
         assert set(cfg.optim) == optim
+
+
+
+def _leaf_keys(data, prefix=""):
+    for k, v in data.items():
+        if isinstance(v, dict):
+            yield from _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            yield prefix + k
+
+
+# keys a CoNLL config may set apart from its MR counterpart; every other value is the MR config's
+CONLL_CHANGES = {"output_dir", "task.name", "data.dir", "data.max_seq_length", "data.length_buckets", "teacher.config",
+                 "teacher.ckpt", "checkpoint.every_steps", "eval.every", "pack.after_train"} | {
+                     f"{s}.{k}" for s in ("finetune", "td1", "td2") for k in ("epochs", "lr", "max_steps")}
+
+
+@pytest.mark.parametrize("method", ["td", "ternary", "ofa"])
+def test_conll_configs_are_their_mr_configs_for_the_token_task(method):
+    """configs/*_conll.yaml: the MR config's keys (the schema) and values except the task, data and schedule keys;
+    task CoNLL (token level) on 128-piece records; ternary and width start from the teacher td_conll fine-tunes."""
+    from src.tasks import get_task
+    conll = load_config(shipped(f"{method}_conll"), []).to_dict()      # the RULES ran on every value
+    mr = load_config(shipped(f"{method}_mr"), []).to_dict()
+    assert sorted(_leaf_keys(conll)) == sorted(_leaf_keys(mr))
+    flat_conll, flat_mr = ({k: _lookup_dotted(d, k) for k in _leaf_keys(d)} for d in (conll, mr))
+    changed = {k for k in flat_mr if flat_conll[k] != flat_mr[k]}
+    assert changed <= CONLL_CHANGES, changed - CONLL_CHANGES
+    task = get_task(conll["task"]["name"], conll["task"]["labels"], conll["task"]["regression"])
+    assert task.name == "CoNLL" and task.token_level and task.main_metric == "f1"
+    assert conll["data"]["dir"] == "data/conll" and conll["data"]["max_seq_length"] == 128
+    assert conll["data"]["length_buckets"][-1] == 128 and conll["output_dir"] == f"output/{method}_conll"
+    td = load_config(shipped("td_conll"), [])
+    if method == "td":
+        assert td.teacher.init_ckpt == "output/minilm/minilm.ckpt" and td.teacher.ckpt == ""
+        assert all(td[p].epochs == 3 and td[p].max_steps == 0 for p in ("finetune", "td1", "td2"))
+        assert 5e-5 <= td.finetune.lr <= 1e-4
+        assert (td.loss.hard_label_weight, td.loss.pred_weight) == (0.0, 1.0)
+    else:
+        assert conll["teacher"]["ckpt"] == f"{td.output_dir}/teacher/best.ckpt"
 
 
 def test_moved_key_is_one_error_naming_the_new_key(tmp_path):

@@ -92,7 +92,14 @@ def check_plan(cfg):
     if cfg.export.seq_length < 1:                     # export.batch_size: config RULES (*batch_size)
         raise UserError(f"export.seq_length {cfg.export.seq_length}: expected >= 1")
     from src.tasks import task_from_config
-    task_from_config(cfg)                            # task.name, task.labels and task.regression agree
+    task = task_from_config(cfg)                     # task.name, task.labels and task.regression agree
+    if task.kind in ("token", "span") and "vocab" in stages:
+        what = "per-piece tags (label_ids) and sentence ids" if task.token_level else \
+            "answer positions (label_ids) and the features file's piece offsets"
+        raise UserError(f"stages: vocab is not possible for the {task.kind} task {task.name}: the vocab stage "
+                        f"re-encodes the records from their word pieces (src/vocab_prune.py reencode), which re-splits "
+                        f"a word whose pieces were dropped while the {what} stay where they were; remove vocab from "
+                        f"stages, e.g. stages: [{', '.join(s for s in stages if s != 'vocab')}]")
     require_file(cfg.teacher.config, "teacher.config")
     require_file(cfg.teacher.ckpt, "teacher.ckpt")
     from src.runs.compress_stages import argv_of, user_args, wired_common

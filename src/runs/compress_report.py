@@ -25,10 +25,10 @@ def shape_of(config_path: str) -> dict:
             "ffn": sizes_txt([c.ffn(i) for i in range(n)]), "vocab": c.vocab_size, "hidden": c.hidden_size}
 
 
-def params_of(config_path: str, num_labels: int, head_type: str) -> int:
+def params_of(config_path: str, num_labels: int, head_type: str, head_kind: str) -> int:
     from src.tinybert_model import build_classifier, count_params, load_bert_config
     return count_params(build_classifier(load_bert_config(config_path, "model config", num_labels=num_labels),
-                                         head_type))
+                                         head_type, head_kind))
 
 
 def onnx_of(cfg, model: Model, path: str, num_labels: int, batch: int = 1, seq: int = 0) -> str:
@@ -90,7 +90,7 @@ def report(cfg, out_dir: str, teacher: Model, log) -> list:
         lat = latency_ms(lat_path, cfg.export.seq_length, shape["vocab"], cfg.report.latency_runs,
                          cfg.threads) if cfg.report.latency_runs else None
         rows.append({"stage": name, **shape, "params": params_of(model.config, task.num_labels,
-                                                                 cfg.teacher.head_type),
+                                                                 cfg.teacher.head_type, task.head),
                      "kind": model.kind, "bytes": os.path.getsize(path),
                      "packed_bytes": os.path.getsize(model.packed) if model.packed else None,
                      "latency_ms": lat, "metric": metrics.get(metric)})
