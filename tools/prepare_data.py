@@ -61,6 +61,7 @@ count; for SQuAD an answer that is not at its answer_start, an empty context, a 
 for the context) prints one `ERROR: ...` line, exits with status 2 and leaves nothing behind.
 """
 import argparse
+import contextlib
 import csv
 import importlib.util
 import itertools
@@ -429,6 +430,34 @@ def _nonempty(rows: Iterable[dict], what: str) -> Iterator[dict]:
 # ---------------------------------------------------------------------------------------------------------
 # output
 # ---------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def staged_output(output_dir: str):
+    """A staging directory inside output_dir (created if needed) for files moved into place once all are written;
+    on any error the staging directory is removed, and output_dir too if this call created it."""
+    created = not os.path.isdir(output_dir)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"output directory {output_dir}: cannot create it ({e.strerror})") from None
+    stage = tempfile.mkdtemp(prefix=".prepare_data.", suffix=".tmp", dir=output_dir)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def move_records(stage: str, output_dir: str, rec: str, fmt: str) -> None:
+    """One record file from the staging directory into output_dir (a MindRecord's index first: see
+    src/records.py)."""
+    if fmt == "mindrecord":
+        os.replace(os.path.join(stage, rec + ".db"), os.path.join(output_dir, rec + ".db"))
+    os.replace(os.path.join(stage, rec), os.path.join(output_dir, rec))
+
+
 def write_splits(output_dir: str, splits: Dict[str, Tuple[Callable[[], Iterable[dict]], str]],
                  columns: Dict[str, Tuple[str, int]], fmt: str,
                  extra_files: Optional[Dict[str, object]] = None) -> List[Tuple[str, int, str, str]]:
@@ -436,14 +465,8 @@ def write_splits(output_dir: str, splits: Dict[str, Tuple[Callable[[], Iterable[
     `splits`: name -> (row factory, source description); `extra_files`: file name -> text (or a function
     returning it, called once every split's rows are written) written beside the records (labels.txt,
     <split>_features.json), moved in after them. On any error nothing of this run remains."""
-    created = not os.path.isdir(output_dir)
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"output directory {output_dir}: cannot create it ({e.strerror})") from None
-    stage = tempfile.mkdtemp(prefix=".prepare_data.", suffix=".tmp", dir=output_dir)
     written = []
-    try:
+    with staged_output(output_dir) as stage:
         for name, (make_rows, source) in splits.items():
             rec = name + RECORD_EXT[fmt]
             n = write_records(os.path.join(stage, rec), _nonempty(make_rows(), source), columns, fmt=fmt)
@@ -453,21 +476,10 @@ def write_splits(output_dir: str, splits: Dict[str, Tuple[Callable[[], Iterable[
             with open(os.path.join(stage, fname), "w", encoding="utf-8") as f:
                 f.write(text() if callable(text) else text)
         for name, n, rec, schema in written:
-            if fmt == "mindrecord":                                   # index first: see src/records.py
-                os.replace(os.path.join(stage, rec + ".db"), os.path.join(output_dir, rec + ".db"))
-            os.replace(os.path.join(stage, rec), os.path.join(output_dir, rec))
+            move_records(stage, output_dir, rec, fmt)
             os.replace(os.path.join(stage, schema), os.path.join(output_dir, schema))
         for fname in extra_files or {}:
             os.replace(os.path.join(stage, fname), os.path.join(output_dir, fname))
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created:
-            try:
-                os.rmdir(output_dir)
-            except OSError:
-                pass
-        raise
-    shutil.rmtree(stage, ignore_errors=True)
     return [(name, n, os.path.join(output_dir, rec), os.path.join(output_dir, schema))
             for name, n, rec, schema in written]
 
@@ -722,26 +734,12 @@ def write_sharded(output_dir: str, rows: Iterable[dict], columns: Dict[str, Tupl
     """Shards + schema (src/corpus.py write_shards) written to a staging folder inside output_dir, then moved in
     (MindRecord index files first); shards of an earlier, longer corpus in output_dir are removed. On any error
     nothing of this run remains."""
-    created = not os.path.isdir(output_dir)
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"output directory {output_dir}: cannot create it ({e.strerror})") from None
-    stage = tempfile.mkdtemp(prefix=".prepare_data.", suffix=".tmp", dir=output_dir)
-    try:
+    with staged_output(output_dir) as stage:
         shards = corpus.write_shards(stage, rows, columns, fmt, rows_per_shard)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created:
-            shutil.rmtree(output_dir, ignore_errors=True)
-        raise
-    names = [n for n, _ in shards]
-    for name in names:
-        if fmt == "mindrecord":
-            os.replace(os.path.join(stage, name + ".db"), os.path.join(output_dir, name + ".db"))
-        os.replace(os.path.join(stage, name), os.path.join(output_dir, name))
-    os.replace(os.path.join(stage, "train_schema.json"), os.path.join(output_dir, "train_schema.json"))
-    shutil.rmtree(stage, ignore_errors=True)
+        names = [n for n, _ in shards]
+        for name in names:
+            move_records(stage, output_dir, name, fmt)
+        os.replace(os.path.join(stage, "train_schema.json"), os.path.join(output_dir, "train_schema.json"))
     keep = set(names) | {n + ".db" for n in names}
     for old in os.listdir(output_dir):
         if SHARD_FILE.match(old) and old not in keep:
