@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tiny_run
-from tiny_run import SEQ, run_script
+from tiny_run import SEQ, compress_args, run_script
 
 WORDS = [f"w{i:02d}" for i in range(5, tiny_run.VOCAB)]      # ids 5..29; 0-4 are the special tokens
 TRAIN_MAX_ID = 20                                            # training text uses ids <= 20: 21..29 are pruned
@@ -33,29 +33,9 @@ def ws(tmp_path_factory):
         path = os.path.join(w["data"], f"{split}.tf_record")
         k = write_records(path, _rows(n, seed, max_id), tiny_run.COLUMNS)
         write_schema(os.path.join(w["data"], f"{split}_schema.json"), tiny_run.COLUMNS, k)
-    w["vocab"] = str(root / "vocab.txt")
-    with open(w["vocab"], "w", encoding="utf-8") as f:
-        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
+    w["vocab"] = tiny_run.write_vocab(str(root / "vocab.txt"))
     w["teacher"] = tiny_run.classifier_teacher(w)
     return w
-
-
-def compress_args(w, out, **extra):
-    a = {"output_dir": out, "threads": 1, "data.dir": w["data"], "data.max_seq_length": SEQ,
-         "teacher.config": w["config"], "teacher.ckpt": w["teacher"], "teacher.vocab": w["vocab"],
-         "depth.args.student.config": w["config"], "depth.args.student.init": "random",
-         "depth.args.data.length_buckets": [SEQ], "depth.args.td1.max_steps": 4, "depth.args.td1.batch_size": 8,
-         "depth.args.td2.max_steps": 4, "depth.args.td2.batch_size": 8, "depth.args.eval.batch_size": 16,
-         "depth.args.checkpoint.every_steps": 0, "depth.args.log_every": 2,
-         "width.args.data.length_buckets": [SEQ], "width.args.train.max_steps": 4, "width.args.train.batch_size": 8, "width.args.importance.max_batches": 2,
-         "width.args.importance.batch_size": 8, "width.args.eval.every": 0, "width.args.eval.batch_size": 16,
-         "width.args.checkpoint.every_steps": 0, "width.args.log_every": 2,
-         "ternary.args.data.length_buckets": [SEQ], "ternary.args.train.max_steps": 4,
-         "ternary.args.train.batch_size": 8, "ternary.args.train.lr": 0.002, "ternary.args.eval.batch_size": 16,
-         "ternary.args.checkpoint.every_steps": 0, "ternary.args.log_every": 2,
-         "export.seq_length": SEQ, "report.latency_runs": 2}
-    a.update(extra)
-    return tiny_run.cli(a)
 
 
 def stage(out, name):
@@ -223,3 +203,22 @@ def test_token_task_plan_without_vocab_passes_the_checks(ws, tmp_path, task):
         child = load_config(cfg[name].config, ["--config_path", cfg[name].config] + argv)
         assert (child.task.name, list(child.task.labels)) == (task["task.name"], task.get("task.labels", []))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_ternary_stage_that_cannot_match_the_teachers_hidden_states_is_refused_before_any_stage(ws, tmp_path):
+    """A depth student wider than the teacher (hidden 64 vs 16) with ternary.distill_from teacher: TernaryBERT's
+    hidden loss has no fit_dense, so the plan check refuses it before the depth stage trains; distill_from depth
+    passes the check."""
+    from src.config import load_config
+    from src.runs import compress
+    wide = {"stages": ["depth", "ternary"], "depth.args.student.config": tiny_run.dropout_student_config(ws)}
+    out = tmp_path / "run"
+    res = run_script("run_compress.py", compress_args(ws, str(out), **wide), timeout=120)
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert res.returncode == 2 and len(errors) == 1, res.stderr[-2000:]
+    assert "ternary.distill_from teacher: the model entering the ternary stage" in errors[0], errors[0]
+    assert "hidden_size 64, the teacher 16" in errors[0] and not out.exists(), errors[0]
+    cfg = load_config(os.path.join(tiny_run.ROOT, "configs", "compress_mr.yaml"),
+                      compress_args(ws, str(out), **wide, **{"ternary.distill_from": "depth"}),
+                      open_sections=compress.OPEN_SECTIONS)
+    assert compress.check_plan(cfg) == (["depth", "ternary"], "")

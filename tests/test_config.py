@@ -283,6 +283,34 @@ def test_conll_configs_are_their_mr_configs_for_the_token_task(method):
         assert conll["teacher"]["ckpt"] == f"{td.output_dir}/teacher/best.ckpt"
 
 
+def test_compress_conll_is_compress_mr_for_the_token_task(tmp_path):
+    """configs/compress_conll.yaml: compress_mr's keys outside the stages' args, its values except the task, data,
+    teacher, stage configs, schedules and export shape; no vocab stage (refused for token tasks); each stage runs
+    its method's CoNLL config, and the plan check accepts the whole chain for the token task."""
+    from src.runs import compress
+    open_ = compress.OPEN_SECTIONS
+    conll, mr = (load_config(shipped(n), [], open_sections=open_).to_dict() for n in ("compress_conll", "compress_mr"))
+    for d in (conll, mr):
+        for s in ("depth", "width", "ternary"):
+            d[s].pop("args")
+    assert sorted(_leaf_keys(conll)) == sorted(_leaf_keys(mr))
+    flat_conll, flat_mr = ({k: _lookup_dotted(d, k) for k in _leaf_keys(d)} for d in (conll, mr))
+    changed = {k for k in flat_mr if flat_conll[k] != flat_mr[k]}
+    assert changed == {"output_dir", "stages", "task.name", "data.dir", "data.max_seq_length", "teacher.config",
+                       "teacher.ckpt", "depth.config", "width.config", "ternary.config", "export.seq_length"}
+    assert conll["stages"] == ["depth", "width", "ternary", "export"]
+    assert {conll[s]["config"] for s in ("depth", "width", "ternary")} == {
+        "configs/td_conll.yaml", "configs/ofa_conll.yaml", "configs/ternary_conll.yaml"}
+    assert conll["teacher"]["ckpt"] == "output/td_conll/teacher/best.ckpt"
+    files = {"config": tmp_path / "config.json", "ckpt": tmp_path / "best.ckpt"}
+    files["config"].write_text('{"hidden_size": 384}')              # the MiniLM teacher's width, as the GD student's
+    files["ckpt"].write_text("")
+    cfg = load_config(shipped("compress_conll"), ["--teacher.config", str(files["config"]), "--teacher.ckpt",
+                                                  str(files["ckpt"]), "--output_dir", str(tmp_path / "run")],
+                      open_sections=open_)
+    assert compress.check_plan(cfg) == (["depth", "width", "ternary", "export"], "")
+
+
 def test_moved_key_is_one_error_naming_the_new_key(tmp_path):
     gd = shipped("gd")
     assert load_config(gd, ["--train.lr", "1e-4"]).train.lr == 1e-4

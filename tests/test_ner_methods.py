@@ -1,7 +1,8 @@
 """Token classification (NER) through the methods, on a tiny tagging task (tests/tiny_run.py token_rows: tags that
 need the word before, sentences split over two rows, second word pieces unlabelled): the token losses count only
 labelled positions; fine-tuning reports entity-level F1 that the exported ONNX reproduces on the same rows;
-TinyBERT phases 1 + 2, TernaryBERT and the width supernet train a token head from that teacher."""
+TinyBERT phases 1 + 2 train a token head from that teacher, and the compression pipeline chains the width
+supernet, TernaryBERT and export on it."""
 import json
 import os
 
@@ -94,28 +95,27 @@ def test_tinybert_phases_distil_a_token_head(teacher):
     assert student >= 0.8 * base, (student, base)
 
 
-def test_ternary_and_width_train_a_token_head(teacher, tmp_path):
+def test_the_compression_pipeline_chains_width_ternary_and_export_on_a_token_task(teacher, tmp_path):
+    """run_compress.py width -> ternary -> export on the token task: the width-0.5 sub-model, sliced and reloaded
+    strictly, scores what its training logged; the packed TernaryBERT file rebuilds a per-token model scoring as
+    trained; run_eval_onnx.py on the final ONNX reproduces the pipeline's `The best acc` exactly."""
     base = tiny_run.best_acc(os.path.join(teacher["run"], "log.txt"))[-1]
-    over = _cfg_overrides(teacher)
-    res = tiny_run.run_script("run_ternary.py", tiny_run.ternary_args(teacher, str(tmp_path / "tern"), **over,
-                                                                      **{"pack.after_train": True}))
-    assert res.returncode == 0, res.stderr[-3000:]
-    log = open(os.path.join(str(tmp_path / "tern"), "w2e2a8", "log.txt"), encoding="utf-8").read()
-    tern = tiny_run.best_acc(os.path.join(str(tmp_path / "tern"), "w2e2a8", "log.txt"))[-1]
-    assert tern >= 0.8 * base, (tern, base)
-    # the packed file rebuilds a per-token model (its head kind is recorded) that scores as trained
-    packed = [line for line in log.splitlines() if line.startswith("packed model eval")]
-    assert packed and abs(float(packed[0].split()[4].rstrip(",")) - tern) <= 0.02, (packed, tern)
-    res = tiny_run.run_script("run_ofa_width.py", tiny_run.ofa_args(teacher, str(tmp_path / "ofa"), **over))
-    assert res.returncode == 0, res.stderr[-3000:]
-    # the width-0.5 sub-model, sliced and reloaded by the strict loader, scores what training logged for it
+    out = str(tmp_path / "chain")
+    ws = {"data": teacher["ner"], "config": os.path.join(teacher["run"], "config.json"), "teacher": teacher["ckpt"],
+          "vocab": tiny_run.write_vocab(str(tmp_path / "vocab.txt"))}
+    res = tiny_run.run_script("run_compress.py", tiny_run.compress_args(
+        ws, out, stages=["width", "ternary", "export"], **NER, **{"width.config": "configs/ofa_conll.yaml",
+                                                                   "ternary.config": "configs/ternary_conll.yaml",
+                                                                   "width.args.train.max_steps": 40,
+                                                                   "ternary.args.train.max_steps": 16}), timeout=600)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     from src.dataset import load_split
     from src.evaluation import evaluate
     from src.tasks import get_task
     from src.tinybert_model import LogitsOnly, build_classifier, load_bert_config
     from src.checkpoint import load_into
     task = get_task("ner", TOKEN_LABELS)
-    run = str(tmp_path / "ofa")
+    run = os.path.join(out, "width")
     logged = [line for line in open(os.path.join(run, "log.txt"), encoding="utf-8")
               if line.startswith("The best f1 of width 0.500 is")]
     sub = build_classifier(load_bert_config(os.path.join(run, "config_w0.500.json"), "sub", num_labels=3), "dense",
@@ -124,7 +124,20 @@ def test_ternary_and_width_train_a_token_head(teacher, tmp_path):
     net = LogitsOnly(sub)
     net.set_train(False)
     dev = {"dev": load_split(teacher["ner"], "dev", "tfrecord", SEQ, task)}
-    assert f"is {evaluate(net, dev, 16, task)['f1']:.6f}" in logged[-1], logged
+    width = evaluate(net, dev, 16, task)["f1"]
+    assert f"is {width:.6f}" in logged[-1], logged
+    assert width >= 0.8 * base, (width, base)
+    tern_log = open(os.path.join(out, "ternary", "w2e2a8", "log.txt"), encoding="utf-8").read()
+    tern = tiny_run.best_acc(os.path.join(out, "ternary", "w2e2a8", "log.txt"))[-1]
+    assert tern >= 0.7 * base, (tern, base)
+    packed = [line for line in tern_log.splitlines() if line.startswith("packed model eval")]
+    assert packed and abs(float(packed[0].split()[4].rstrip(",")) - tern) <= 0.02, (packed, tern)
+    final = tiny_run.best_acc(os.path.join(out, "log.txt"))[-1]
+    res = tiny_run.run_script("run_eval_onnx.py", ["--model_file", os.path.join(out, "export", "model.onnx"),
+                                                   "--task", "ner", "--labels", ",".join(TOKEN_LABELS),
+                                                   "--data_dir", teacher["ner"], "--threads", "1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"f1 is {final:.6f}" in res.stdout, (final, res.stdout)
 
 
 def test_an_exported_folder_of_a_token_task_is_one_error(teacher, tmp_path):

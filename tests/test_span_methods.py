@@ -1,8 +1,8 @@
 """Extractive QA (span task) through the methods, on a tiny SQuAD-format set (tests/tiny_run.py span_squad: the
 answer is the word after "mark", half the contexts hold a distractor, long contexts span several windows),
 prepared by tools/prepare_data.py --task squad: the span losses are the start / end rules; fine-tuning reports
-SQuAD F1 / EM that the exported ONNX reproduces through the same decoding; TinyBERT phases 1 + 2, TernaryBERT and
-the width supernet train a span head from that teacher."""
+SQuAD F1 / EM that the exported ONNX reproduces through the same decoding; the compression pipeline chains
+TinyBERT phases 1 + 2, the width supernet, TernaryBERT and export on that teacher."""
 import json
 import os
 
@@ -80,20 +80,26 @@ def test_finetuned_span_head_f1_is_reproduced_by_the_exported_onnx(teacher, tmp_
     assert f"f1 is {best:.6f}" in res.stdout, (best, res.stdout)
 
 
-def test_tinybert_ternary_and_width_train_a_span_head(teacher, tmp_path):
+def test_the_compression_pipeline_chains_every_method_on_a_span_task(teacher, tmp_path):
+    """run_compress.py depth (TinyBERT td1 + td2) -> width -> ternary -> export on the span task: every stage keeps
+    most of the teacher's F1, and run_eval_onnx.py on the final ONNX reproduces the pipeline's `The best acc`."""
     base = _best(teacher["run"])
-    over = {**SQUAD, "data.dir": teacher["squad"], "teacher.ckpt": teacher["ckpt"]}
-    res = tiny_run.run_script("run_task_distill.py", tiny_run.td1_args(teacher, teacher["out"], epochs=1, **over))
-    assert res.returncode == 0, res.stderr[-3000:]
-    res = tiny_run.run_script("run_task_distill.py", tiny_run.td1_args(
-        teacher, teacher["out"], **over, **{"phase": "td2", "td2.batch_size": 8, "td2.epochs": 4, "td2.lr": 0.005}))
-    assert res.returncode == 0, res.stderr[-3000:]
-    student = _best(os.path.join(teacher["out"], "td2"))
-    res = tiny_run.run_script("run_ternary.py", tiny_run.ternary_args(teacher, str(tmp_path / "tern"), **over))
-    assert res.returncode == 0, res.stderr[-3000:]
-    tern = _best(str(tmp_path / "tern" / "w2e2a8"))
-    res = tiny_run.run_script("run_ofa_width.py", tiny_run.ofa_args(teacher, str(tmp_path / "ofa"), **over))
-    assert res.returncode == 0, res.stderr[-3000:]
-    width = _best(str(tmp_path / "ofa"))
-    for name, got in (("td2", student), ("ternary", tern), ("width", width)):
+    out = str(tmp_path / "chain")
+    ws = {"data": teacher["squad"], "config": os.path.join(teacher["run"], "config.json"), "teacher": teacher["ckpt"],
+          "vocab": os.path.join(os.path.dirname(teacher["out"]), "vocab.txt")}
+    res = tiny_run.run_script("run_compress.py", tiny_run.compress_args(
+        ws, out, stages=["depth", "width", "ternary", "export"], **SQUAD,
+        **{"depth.args.student.config": tiny_run.dropout_student_config(teacher), "depth.args.td1.max_steps": 0,
+           "depth.args.td1.epochs": 1, "depth.args.td1.lr": 0.002, "depth.args.td2.max_steps": 0,
+           "depth.args.td2.epochs": 4, "depth.args.td2.lr": 0.005, "width.args.train.max_steps": 40,
+           "ternary.args.train.max_steps": 40, "ternary.distill_from": "depth"}), timeout=900)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    for name, run in (("depth", "depth/td2"), ("width", "width"), ("ternary", "ternary/w2e2a8")):
+        got = _best(os.path.join(out, run))
         assert got >= 0.6 * base, (name, got, base)
+    final = _best(out)
+    res = tiny_run.run_script("run_eval_onnx.py", ["--model_file", os.path.join(out, "export", "model.onnx"),
+                                                   "--task", "SQuAD", "--data_dir", teacher["squad"],
+                                                   "--threads", "1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"f1 is {final:.6f}" in res.stdout, (final, res.stdout)

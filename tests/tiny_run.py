@@ -246,6 +246,33 @@ def gd_args(ws: dict, out: str, batch: int = 4, **extra) -> list:
                                                    "log_every": 4, "checkpoint.every_steps": 0, **extra}))
 
 
+def write_vocab(path: str) -> str:
+    """A vocab.txt of VOCAB pieces (special tokens at ids 0-4, then w05 .. w29) for runs that need the teacher's
+    vocab file (run_compress.py's vocab and export stages)."""
+    with open(path, "w", encoding="utf-8") as f:
+        words = [f"w{i:02d}" for i in range(5, VOCAB)]
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    return path
+
+
+def compress_args(ws: dict, out: str, **extra) -> list:
+    """run_compress.py on a tiny workspace (ws: data, config, teacher, vocab): every training stage 4 steps of 8
+    rows, one length bucket, no checkpoints, latency from 2 runs."""
+    a = {"output_dir": out, "threads": 1, "data.dir": ws["data"], "data.max_seq_length": SEQ,
+         "teacher.config": ws["config"], "teacher.ckpt": ws["teacher"], "teacher.vocab": ws["vocab"],
+         "depth.args.student.config": ws["config"], "depth.args.student.init": "random",
+         "export.seq_length": SEQ, "report.latency_runs": 2}
+    common = {"data.length_buckets": [SEQ], "eval.batch_size": 16, "checkpoint.every_steps": 0, "log_every": 2}
+    steps = {"depth": {"td1.max_steps": 4, "td1.batch_size": 8, "td2.max_steps": 4, "td2.batch_size": 8},
+             "width": {"train.max_steps": 4, "train.batch_size": 8, "importance.max_batches": 2,
+                       "importance.batch_size": 8, "eval.every": 0},
+             "ternary": {"train.max_steps": 4, "train.batch_size": 8, "train.lr": 0.002}}
+    for name, keys in steps.items():
+        a.update({f"{name}.args.{k}": v for k, v in {**common, **keys}.items()})
+    a.update(extra)
+    return cli(a)
+
+
 def cli(args: dict) -> list:
     """{"a.b": value} -> ["--a.b", "value"]; lists as several tokens, booleans as true/false."""
     out = []

@@ -136,7 +136,7 @@ def compress_report(args):
     print(table)
     final = rows[-1]
     if final["metric"] is not None:
-        print(f"The best {metric} is {final['metric']:.6f}")
+        print(f"The best acc is {final['metric']:.6f}")
     if args.results:
         from tools.marked_blocks import write_between
         write_between(args.results, f"<!-- {args.block}:start -->", f"<!-- {args.block}:end -->", table)

@@ -103,13 +103,38 @@ def check_plan(cfg):
     require_file(cfg.teacher.config, "teacher.config")
     require_file(cfg.teacher.ckpt, "teacher.ckpt")
     from src.runs.compress_stages import argv_of, user_args, wired_common
+    children = {}
     for name in (s for s in stages if s in TRAINING):
         argv = argv_of({**wired_common(cfg, os.path.join(cfg.output_dir, name)), **user_args(cfg, name)})
         try:
-            load_config(cfg[name].config, ["--config_path", cfg[name].config] + argv)
+            children[name] = load_config(cfg[name].config, ["--config_path", cfg[name].config] + argv)
         except UserError as e:
             raise UserError(f"{name} stage ({cfg[name].config}): {e}") from None
+    _check_ternary_hidden(cfg, stages, children)
     return stages, cfg.from_stage
+
+
+def _check_ternary_hidden(cfg, stages, children):
+    """ternary.distill_from teacher needs the model entering the ternary stage to be as wide (hidden_size) as the
+    teacher (TernaryBERT matches hidden states without fit_dense): checked here, not after the earlier stages
+    trained. The entering model's shape is the depth stage's student.config, else the first stage's input."""
+    if "ternary" not in stages or cfg.ternary.distill_from != "teacher":
+        return
+    if "depth" in stages:
+        entering = children["depth"].student.config
+    else:                                            # only width can come first, and it keeps hidden_size
+        entering = first_input(cfg, stages, Model(cfg.teacher.config, cfg.teacher.ckpt)).config
+    import json
+    sizes = []
+    for path in (entering, cfg.teacher.config):
+        if not os.path.isfile(path):
+            return                                   # a missing file is the stage's own error
+        with open(path, encoding="utf-8") as f:
+            sizes.append(json.load(f).get("hidden_size"))
+    if sizes[0] != sizes[1]:
+        raise UserError(f"ternary.distill_from teacher: the model entering the ternary stage ({entering}) has "
+                        f"hidden_size {sizes[0]}, the teacher {sizes[1]}; TernaryBERT matches hidden states without "
+                        f"fit_dense: set ternary.distill_from depth (or width)")
 
 
 def first_input(cfg, stages, teacher: Model) -> Model:
