@@ -26,6 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import ROOT, emit, machine, machine_line, markdown_table, measured_or_saved, write_json  # noqa
+from src.runlog import read_records  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 GOAL_ROWS_PER_S = 100
@@ -113,8 +114,7 @@ def _student(args):
         _run([sys.executable, "run_task_distill.py", *common, "--phase", "td2", "--td2.max_steps",
               str(args.td2_steps)], os.path.join(work, os.path.basename(run_dir) + "_td2.log"))
         seconds = time.perf_counter() - t
-        with open(os.path.join(run_dir, "td2", "metrics.jsonl")) as f:
-            evals = [e for e in map(json.loads, f) if e.get("kind") == "eval"]
+        evals = read_records(os.path.join(run_dir, "td2"), "eval")
         with open(os.path.join(run_dir, "td2", "log.txt")) as f:
             cache = [line.strip() for line in f if line.startswith("teacher logits for phase 2")]
         with open(os.path.join(data, "train_schema.json")) as f:

@@ -25,6 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import emit, machine, machine_line, markdown_table, read_result, write_json  # noqa: E402
+from src.runlog import read_records  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 # row -> (label, reference row, goal: fraction of the reference)
@@ -33,15 +34,6 @@ ROWS = {"teacher": ("MiniLM-L6 teacher (fine-tuned)", None, None),
         "ternary": ("TernaryBERT W2E2A8", "fp32", 0.98),
         "width": ("width 0.5 (DynaBERT)", "teacher", 0.98)}
 SCHEDULE_KEY = {"teacher": "finetune", "student": "td2", "ternary": "train", "width": "train"}
-
-
-def _records(run_dir: str) -> list:
-    from src.errors import UserError
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} missing: is '{run_dir}' a finished run?")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _manifest(run_dir: str) -> dict:
@@ -55,7 +47,7 @@ def _manifest(run_dir: str) -> dict:
 def best_dev(row: str, run_dir: str, width: float = 0.5) -> float:
     """The run's best dev entity F1: the largest eval f1 (width: the width record of `width`)."""
     from src.errors import UserError
-    recs = _records(run_dir)
+    recs = read_records(run_dir)
     if row == "width":
         got = [r["metric"] for r in recs if r["kind"] == "width" and abs(r["width"] - width) < 1e-6]
         if not got:
@@ -69,7 +61,7 @@ def best_dev(row: str, run_dir: str, width: float = 0.5) -> float:
 
 def schedule(row: str, run_dir: str) -> str:
     """'N steps x B' of the run (its last train record and its config's batch size)."""
-    steps = [r["step"] for r in _records(run_dir) if r["kind"] == "train"]
+    steps = [r["step"] for r in read_records(run_dir) if r["kind"] == "train"]
     cfg = _manifest(run_dir).get("config", {})
     batch = cfg.get(SCHEDULE_KEY[row], {}).get("batch_size", "?")
     text = f"{steps[-1] if steps else '?'} steps x {batch}"
@@ -82,7 +74,7 @@ def test_f1(path: str) -> tuple:
     """(test f1, command) from an eval folder (metrics.jsonl) or a saved run_eval_onnx.py output."""
     from src.errors import UserError
     if os.path.isdir(path):
-        evals = [r for r in _records(path) if r["kind"] == "eval"]
+        evals = [r for r in read_records(path) if r["kind"] == "eval"]
         if not evals:
             raise UserError(f"{path}/metrics.jsonl: no eval record")
         m = _manifest(path)
@@ -151,7 +143,7 @@ def measure(args, argv) -> dict:
             if row == "student":
                 td1 = os.path.join(os.path.dirname(os.path.normpath(run_dir)), "td1")
                 if os.path.isdir(td1):
-                    steps = [x["step"] for x in _records(td1) if x["kind"] == "train"]
+                    steps = [x["step"] for x in read_records(td1) if x["kind"] == "train"]
                     cfg = _manifest(td1).get("config", {})
                     r["schedule"] = (f"td1 {steps[-1] if steps else '?'} steps x "
                                      f"{cfg.get('td1', {}).get('batch_size', '?')}, td2 {r['schedule']}")
@@ -159,7 +151,7 @@ def measure(args, argv) -> dict:
             if row == "ternary":
                 # its fp32 model: the teacher_eval record, else (eval.teacher_baseline false) the dev F1 recorded
                 # beside the teacher checkpoint it quantized (student.init teacher: the same model)
-                base = [x for x in _records(run_dir) if x["kind"] == "teacher_eval"]
+                base = [x for x in read_records(run_dir) if x["kind"] == "teacher_eval"]
                 if base:
                     r["fp32_dev"], r["fp32_from"] = base[-1]["f1"], "teacher_eval record"
                 else:

@@ -21,7 +21,6 @@ fp32 eval as run_ternary.py logs it before training). Seconds: wall time of each
 baseline, training, packing and evals). Writes <out_dir>/ternary_attention.json; --from_json renders it again.
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -33,6 +32,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.common import (emit, fmt, machine, machine_line, markdown_table, measured_or_saved,  # noqa: E402
                                write_json)
+from src.runlog import read_records  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 BLOCK = "ternary_attention"
@@ -42,14 +42,6 @@ QUICK_SEQ = 16
 
 
 # ------------------------------------------------------------------------------------------------ run records
-
-def read_records(run_dir: str) -> list:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise RuntimeError(f"{path}: missing (did the run fail? see its log.txt)")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
 
 def parse_ternary_run(run_dir: str, metric: str = "acc") -> dict:
     """A run_ternary.py run folder -> {best, best_step, evals, packed, teacher, steps, train_s}: the best of its

@@ -28,6 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (ROOT, add_timing_args, emit, machine, machine_line, markdown_table,  # noqa: E402
                                measured_or_saved, rounds_and_budget, time_call)
+from src.runlog import read_records  # noqa: E402
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 DEPTHS = (1.0, 0.75, 0.5)
@@ -66,18 +67,13 @@ def run_args(args, name: str) -> list:
     return grid + extra + ["--train.max_steps", str(steps), "--eval.every", str(steps)] + common
 
 
-def _records(run_dir: str, kind: str) -> list:
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        return [r for r in map(json.loads, f) if r.get("kind") == kind]
-
-
 def _trained(run_dir: str) -> bool:
     """The run finished training: its last evaluation (at train.max_steps) is recorded and the last supernet saved
     (the table the run writes after that is not needed here: the scores are the last eval record's)."""
     try:
         with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
             steps = json.load(f)["config"]["train"]["max_steps"]
-        last = _records(run_dir, "eval")
+        last = read_records(run_dir, "eval", missing_ok=True)
     except (OSError, ValueError, KeyError):
         return False
     state = os.path.join(run_dir, "state")
@@ -103,14 +99,15 @@ def train(args, name: str) -> dict:
             raise UserError(f"the {name} run failed (its log: {run_dir}/log.txt)")
     with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
-    times = [r["time"] for kind in ("teacher_eval", "train", "eval") for r in _records(run_dir, kind)]
-    last = _records(run_dir, "eval")[-1]
+    times = [r["time"] for kind in ("teacher_eval", "train", "eval") for r in read_records(run_dir, kind)]
+    last = read_records(run_dir, "eval")[-1]
     depths = DEPTHS if name != "stage1" else (1.0,)
     rows = {f"{w:.3f}_{d:.3f}": {"width": w, "depth": d, "step": last["step"],
                                  "metric": last["acc" if (w, d) == (1.0, 1.0) else f"acc_w{_label(w, d)}"]}
             for d in depths for w in WIDTHS}
-    return {"rows": rows, "teacher_acc": _records(run_dir, "teacher_eval")[-1]["acc"], "command": manifest["command"],
-            "git": manifest["git"][:12], "train_s": max(times) - min(times), "dir": run_dir}
+    teacher = read_records(run_dir, "teacher_eval")[-1]["acc"]
+    return {"rows": rows, "teacher_acc": teacher, "command": manifest["command"], "git": manifest["git"][:12],
+            "train_s": max(times) - min(times), "dir": run_dir}
 
 
 def measure(args) -> dict:

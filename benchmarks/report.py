@@ -16,20 +16,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import emit, markdown_table, write_json  # noqa: E402
+from src.runlog import read_records  # noqa: E402
 
 DEFAULT_RUNS = ["MiniLM-L6 teacher=output/td_mr/teacher", "MR student=output/compress_mr/depth/td2"]
-
-
-def read_metrics(path: str):
-    train, evals = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            rec = json.loads(line)
-            (train if rec.get("kind") == "train" else evals if rec.get("kind") == "eval" else []).append(rec)
-    return train, evals
 
 
 def run_summary(name: str, run_dir: str, metric: str):
@@ -37,10 +26,9 @@ def run_summary(name: str, run_dir: str, metric: str):
     width-supernet run (its `<metric>_w0.667` evals, best_w0.667.ckpt, config_w0.667.json). A TernaryBERT run
     counts its packed artefact (model_base3.tpack, else model.tpack), which is what ships."""
     run_dir, _, width = run_dir.partition("#")
-    m = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(m):
+    if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
         return None
-    train, evals = read_metrics(m)
+    train, evals = read_records(run_dir, "train"), read_records(run_dir, "eval")
     if width:
         metric = f"{metric}_{width}" if any(f"{metric}_{width}" in e for e in evals) else metric
         train = []                                   # the supernet's loss is not this sub-model's

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from src.errors import UserError
 from src.fileio import atomic_json
 
 
@@ -44,6 +45,19 @@ class RunLog:
     def close(self):
         self._f.close()
         self._m.close()
+
+
+def read_records(run_dir: str, kind: str = None, missing_ok: bool = False) -> list:
+    """The records `RunLog.record` wrote to <run_dir>/metrics.jsonl (rank 0), in order; only those of `kind`
+    ("train", "eval", "width", ...) when given. A missing file is a UserError naming it ([] with missing_ok)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        if missing_ok:
+            return []
+        raise UserError(f"{path}: missing (is '{run_dir}' a finished run? see its log.txt)")
+    with open(path, encoding="utf-8") as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    return [r for r in recs if r.get("kind") == kind] if kind else recs
 
 
 def format_duration(seconds: float) -> str:

@@ -25,12 +25,10 @@ START, END = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
 
 
 def best_eval(run_dir):
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        raise UserError(f"{path} missing: run that phase first")
-    evals = [json.loads(line) for line in open(path, encoding="utf-8") if '"kind": "eval"' in line]
+    from src.runlog import read_records
+    evals = read_records(run_dir, "eval")
     if not evals:
-        raise UserError(f"{path} has no eval record")
+        raise UserError(f"{run_dir}/metrics.jsonl has no eval record")
     return evals[-1]["best"], evals
 
 

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
 from src.errors import UserError, run_main  # noqa: E402
+from src.runlog import read_records  # noqa: E402
 from src.dataset import load_eval_sets
 from src.tasks import task_from_config
 
@@ -45,14 +46,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _records(path):
-    out = []
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            out = [json.loads(line) for line in f if line.strip()]
-    return out
-
-
 def _teacher_best(run_dir: str) -> float:
     """The teacher's own recorded best dev acc (metrics.jsonl beside its checkpoint), for runs that skipped the
     teacher baseline eval."""
@@ -62,7 +55,7 @@ def _teacher_best(run_dir: str) -> float:
             ckpt = yaml.safe_load(f)["teacher"]["ckpt"]
     except (OSError, KeyError, TypeError):
         return float("nan")
-    evals = [r for r in _records(os.path.join(os.path.dirname(ckpt), "metrics.jsonl")) if r["kind"] == "eval"]
+    evals = read_records(os.path.dirname(ckpt), "eval", missing_ok=True)
     return max((r["acc"] for r in evals), default=float("nan"))
 
 
@@ -76,7 +69,7 @@ def report(folder: str) -> str:
     if not runs:
         raise UserError(f"--report: no run folders with metrics.jsonl under '{folder}'")
     for d in runs:
-        recs = _records(os.path.join(d, "metrics.jsonl"))
+        recs = read_records(d)
         quant = {}
         if os.path.isfile(os.path.join(d, "quant.json")):
             with open(os.path.join(d, "quant.json"), encoding="utf-8") as f:

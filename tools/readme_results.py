@@ -45,8 +45,8 @@ def width_block(run_dir: str) -> str:
         raise UserError(f"{path} missing: run run_ofa_width.py first")
     with open(path, encoding="utf-8") as f:
         table = f.read().strip()
-    teacher = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8")
-               if '"teacher' in line]
+    from src.runlog import read_records
+    teacher = [r for r in read_records(run_dir) if r["kind"].startswith("teacher")]
     note = ""
     if teacher:
         acc = {k: v for k, v in teacher[-1].items() if k not in ("kind", "time")}

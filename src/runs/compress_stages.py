@@ -185,12 +185,10 @@ def stage_metrics(out: Model) -> dict:
     """The dev metrics of a training stage's output: a ternary run's packed-model eval (what deploys), else the
     metrics its keep-best checkpoint records."""
     from src.checkpoint import read_ms_checkpoint
+    from src.runlog import read_records
     if out.kind == "ternary":
-        path = os.path.join(out.dir, "metrics.jsonl")
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                packed = [json.loads(line) for line in f if '"packed_eval"' in line]
-            if packed:
-                return {k: v for k, v in packed[-1].items() if isinstance(v, float) and k not in ("ratio", "time")}
+        packed = read_records(out.dir, "packed_eval", missing_ok=True)
+        if packed:
+            return {k: v for k, v in packed[-1].items() if isinstance(v, float) and k not in ("ratio", "time")}
     _, meta = read_ms_checkpoint(out.ckpt, with_extra=True)
     return {k: float(v) for k, v in meta.items() if isinstance(v, float) and k not in ("width_mult", "depth_mult")}
