@@ -11,9 +11,11 @@ Usage (model-zoo style):
     python run_eval_onnx.py --model_file output/export/td_mr_student.onnx --task MR --data_dir data/mr
     python export.py ... --file_format ONNX --task MR --export_dir output/export/td_mr   # a folder to ship:
     python run_predict.py --model_dir output/export/td_mr "a gripping, funny film"     # model + vocab + labels
+    python export.py ... --file_format ONNX --task CoNLL --export_dir output/export/conll   # token / span tasks too
 
 Inputs: input_ids, token_type_ids, input_mask (int32, [batch_size, seq_length], fixed). Output: the logits
-[batch_size, num_labels]. Every export is reloaded and compared with the checkpoint before it is written.
+[batch_size, num_labels] ([batch_size, seq_length, num_labels] for token and span heads). Every export is reloaded
+and compared with the checkpoint before it is written.
 """
 import argparse
 import os
@@ -44,6 +46,16 @@ def parse_args(argv):
     p.add_argument("--regression", action="store_true", help="--export_dir with --task csv: a regression model")
     p.add_argument("--text_pair", default="auto", choices=["auto", "single", "pair"],
                    help="--export_dir: inputs are single texts or text pairs (auto: known for GLUE tasks and MR)")
+    p.add_argument("--window_context", type=int, default=None,
+                   help="--export_dir, token task: the --window_context the records were made with (default: "
+                        "tools/prepare_data.py's, min(16, (max_seq_length - 3) // 2))")
+    p.add_argument("--doc_stride", type=int, default=None,
+                   help="--export_dir, span task: the --doc_stride the records were made with (default 128)")
+    p.add_argument("--max_query_length", type=int, default=None,
+                   help="--export_dir, span task: the --max_query_length the records were made with (default 64)")
+    p.add_argument("--null_threshold", type=float, default=None,
+                   help="--export_dir, SQuAD-v2 / CoNLL-MRC: run_predict answers \"no answer\" when the null score "
+                        "minus the best span's score is above this (default 0.0)")
     p.add_argument("--include_tpack", action="store_true",
                    help="--export_dir with --ternary: copy the packed artefact (--ckpt_file) into the folder too")
     p.add_argument("--file_format", default="MINDIR", help="MINDIR | ONNX | AIR (AIR: Ascend only)")
@@ -88,7 +100,10 @@ def main(argv=None):
             raise UserError(f"--task: {e}") from None
     folder_flags = {"--vocab_file": args.vocab_file, "--max_seq_length": args.max_seq_length,
                     "--labels": args.labels, "--regression": args.regression, "--text_pair": args.text_pair != "auto",
-                    "--include_tpack": args.include_tpack, "--no-do_lower_case": not args.do_lower_case}
+                    "--include_tpack": args.include_tpack, "--no-do_lower_case": not args.do_lower_case,
+                    "--window_context": args.window_context is not None, "--doc_stride": args.doc_stride is not None,
+                    "--max_query_length": args.max_query_length is not None,
+                    "--null_threshold": args.null_threshold is not None}
     from src.export_folder import folder_task_from_flags
     task = folder_task_from_flags(args.export_dir, args.file_name, args.task, args.labels, args.regression,
                                   args.num_labels, [f for f, v in folder_flags.items() if v])
@@ -102,7 +117,10 @@ def main(argv=None):
         return export_to_folder(args.export_dir, task, args.config_path, args.ckpt_file, args.vocab_file,
                                 args.max_seq_length or None, args.do_lower_case, args.file_format, args.batch_size,
                                 args.seq_length, include_tpack=args.include_tpack,
-                                text_pair={"auto": None, "single": False, "pair": True}[args.text_pair], **kw)
+                                text_pair={"auto": None, "single": False, "pair": True}[args.text_pair],
+                                settings={"window_context": args.window_context, "doc_stride": args.doc_stride,
+                                          "max_query_length": args.max_query_length,
+                                          "null_threshold": args.null_threshold}, **kw)
     from src.export import export_checkpoint
     return export_checkpoint(args.config_path, args.ckpt_file, args.file_name or "tinybert", args.file_format,
                              args.batch_size, args.seq_length, num_labels, **kw)

@@ -1,13 +1,17 @@
-"""Predict with an exported folder (export.py --export_dir) on raw text: label and probabilities per input.
+"""Predict with an exported folder (export.py --export_dir) on raw text: labels, NER tags or QA answers per input.
 
     python run_predict.py --model_dir output/export/td_mr "a gripping, funny film" "flat and dull"
     python run_predict.py --model_dir output/export/td_mr --text_file texts.txt        # one text per line
     python run_predict.py --model_dir output/export/mrpc --text_file pairs.txt         # text_a<TAB>text_b
     python run_predict.py --model_dir output/export/td_mr --csv reviews.csv --text_column text --output out.jsonl
+    python run_predict.py --model_dir output/export/conll "John Smith lives in Paris."  # token task (NER)
+    python run_predict.py --model_dir output/export/squad --text_file qa.txt           # question<TAB>context
 
 Tokenized with the folder's vocab.txt and settings exactly as tools/prepare_data.py makes records, run in the
-exported fixed batch (tail padded and sliced off). Prints `label<TAB>label=p ...<TAB>text` per input (regression:
-the value); --output writes .jsonl or .csv. Bad input: one ERROR line, exit 2, nothing written.
+exported fixed batch (tail padded and sliced off). Prints per input `label<TAB>label=p ...<TAB>text` (regression:
+the value), for a token task `word/TAG ...<TAB>entities: PER "John Smith", LOC "Paris"`, for a span task
+`answer<TAB>score<TAB>question`; --output writes .jsonl or .csv (src/predict.py, docs/export.md). Bad input: one
+ERROR line, exit 2, nothing written.
 """
 import argparse
 import os
@@ -20,12 +24,15 @@ os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unles
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("texts", nargs="*", help="texts to classify (a pair: 'text_a<TAB>text_b')")
+    p.add_argument("texts", nargs="*", help="texts to classify or tag (a pair: 'text_a<TAB>text_b'; QA: "
+                                                  "'question<TAB>context')")
     p.add_argument("--model_dir", required=True, help="exported folder written by export.py --export_dir")
-    p.add_argument("--text_file", default=None, help="one text per line (pairs: text_a<TAB>text_b)")
+    p.add_argument("--text_file", default=None, help="one text per line (pairs: text_a<TAB>text_b; QA: "
+                                                         "question<TAB>context)")
     p.add_argument("--csv", default=None, help="CSV (or .tsv) file with a header line")
     p.add_argument("--text_column", default="text", help="--csv: the column with the texts")
-    p.add_argument("--text_b_column", default=None, help="--csv: the column with the second texts of pairs")
+    p.add_argument("--text_b_column", default=None, help="--csv: the column with the second texts of pairs "
+                                                                "(QA: the contexts)")
     p.add_argument("--output", default=None, help="also write the predictions to this .jsonl or .csv file")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (onnxruntime intra-op / MindSpore)")
     return p.parse_args(argv)

@@ -1,4 +1,5 @@
-"""The exported folder: one self-describing folder to ship a classifier in, and its reader.
+"""The exported folder: one self-describing folder to ship a model in (a sentence classifier or regressor, a token
+tagger or an extractive question-answering model), and its reader.
 
 Layout (every name fixed, so a reader needs only the folder's path):
 
@@ -6,7 +7,10 @@ Layout (every name fixed, so a reader needs only the folder's path):
     vocab.txt                     the WordPiece vocabulary the model was trained with (one token per line)
     config.json                   the model's BertConfig (Hugging Face style, plus id2label / label2id)
     labels.json                   task, labels in id order, regression flag, main metric, tokenizer settings,
-                                  the exported batch and sequence length, the model file's name (FOLDER_VERSION)
+                                  the exported batch and sequence length, the model file's name (FOLDER_VERSION);
+                                  a token task also its window_context, a span task its doc_stride and
+                                  max_query_length (and null_threshold for SQuAD v2.0 scoring): the settings
+                                  run_predict.py featurizes and decodes raw text with (TASK_SETTINGS)
     quant.json                    only for a ternary model: its quantization settings (src/quant.py QuantConfig)
     model.tpack                   only when given: the packed TernaryBERT artefact the graph was exported from
     model_card.md                 a short generated model card (render_model_card)
@@ -41,6 +45,11 @@ MODEL_FILES = {".onnx": ("model.onnx", "ONNX"), ".mindir": ("model.mindir", "MIN
 # recorded as unknown (null) unless the writer says.
 PAIR_TASKS = {"MRPC": True, "STS-B": True, "QQP": True, "MNLI": True, "QNLI": True, "RTE": True,
               "MR": False, "SST-2": False, "CoLA": False}
+KIND_TEXT_PAIR = {"token": False, "span": True}     # a tagger reads single texts, a QA model question + context
+# Optional labels.json keys of token / span tasks: kind -> {key: type}. Absent keys read as the defaults of
+# tools/prepare_data.py (window_context, doc_stride, max_query_length) and 0.0 (null_threshold).
+TASK_SETTINGS = {"token": {"window_context": int},
+                 "span": {"doc_stride": int, "max_query_length": int, "null_threshold": float}}
 # The keys of a model card dict (render_model_card); any other key is an error, so a misspelt one is not dropped.
 CARD_KEYS = ("title", "teacher", "recipe", "stages", "metrics", "sizes", "latency", "machine", "command", "commit",
              "notes")
@@ -71,6 +80,7 @@ class ExportFolder:
     vocab_size: int
     bert_config: dict
     quant: Optional[dict]
+    settings: dict                    # token / span tasks: TASK_SETTINGS of labels.json, defaults filled in
 
     @property
     def labels(self):
@@ -136,11 +146,20 @@ def render_model_card(card: Optional[dict], labels: dict, files: dict) -> str:
     (str), command (str), commit (str), notes (str)."""
     card = check_card(card)
     task = labels["task"]
-    out = [f"# {card.get('title') or f'{task} classifier'}", ""]
-    kind = "regression (one value)" if labels["regression"] else \
-        "labels " + ", ".join(f"`{x}`" for x in labels["labels"]) + " (in id order)"
-    pair = {True: "text pairs", False: "single texts", None: "single texts or pairs"}[labels.get("text_pair")]
-    out += [f"- task: {task}, {kind}; main metric {labels['main_metric']}; input: {pair}",
+    head = _kind_of(labels)
+    what = {"token": "tagger", "span": "question answering"}.get(head, "classifier")
+    out = [f"# {card.get('title') or f'{task} {what}'}", ""]
+    if head == "span":
+        kind = "extractive QA (start and end logits per position)"
+        pair = "question<TAB>context pairs"
+    else:
+        kind = "regression (one value)" if labels["regression"] else \
+            ("tags " if head == "token" else "labels ") + ", ".join(f"`{x}`" for x in labels["labels"]) + \
+            (" (in id order, IOB2, one per word)" if head == "token" else " (in id order)")
+        pair = {True: "text pairs", False: "single texts", None: "single texts or pairs"}[labels.get("text_pair")]
+    settings = ", ".join(f"{k} {_num(labels[k])}" for k in TASK_SETTINGS.get(head, {}) if k in labels)
+    out += [f"- task: {task}, {kind}; main metric {labels['main_metric']}; input: {pair}"
+            + (f"; {settings}" if settings else ""),
             f"- model file: `{labels['model_file']}` ({labels['format']}), fixed batch {_num(labels['batch_size'])} x "
             f"sequence {_num(labels['seq_length'])}; tokenizer: `{VOCAB_FILE}`, max_seq_length "
             f"{_num(labels['max_seq_length'])}, do_lower_case {_num(labels['do_lower_case'])}"]
@@ -164,7 +183,8 @@ def render_model_card(card: Optional[dict], labels: dict, files: dict) -> str:
         out += [f"- {k}: `{v}`" if k != "machine" else f"- {k}: {_num(v)}" for k, v in repro]
     if card.get("notes"):
         out += ["", str(card["notes"])]
-    out += ["", "Run it: `python run_predict.py --model_dir <this folder> \"some text\"`; evaluate it: "
+    example = '"question<TAB>context"' if head == "span" else '"some text"'
+    out += ["", f"Run it: `python run_predict.py --model_dir <this folder> {example}`; evaluate it: "
                 "`python run_eval_onnx.py --model_dir <this folder> --data_dir <records>`.", ""]
     return "\n".join(out)
 
@@ -223,10 +243,6 @@ def folder_task_from_flags(export_dir: Optional[str], file_name: Optional[str], 
     if not task:
         raise UserError("--export_dir needs --task (the folder records the task's labels and metric)")
     t = task_for(task, [x.strip() for x in (labels or "").split(",") if x.strip()], regression)
-    if t.kind in ("token", "span"):
-        raise UserError(f"--export_dir --task {t.name}: an exported folder (run_predict.py) holds a sentence-level "
-                        f"classifier or regressor, and {t.name} is a {t.kind} task; export the model file with "
-                        f"--file_name and score it with run_eval_onnx.py --task {t.name}")
     if num_labels and num_labels != t.num_labels:
         raise UserError(f"--num_labels {num_labels}: task {t.name} has {t.num_labels} label(s)")
     return t
@@ -234,6 +250,49 @@ def folder_task_from_flags(export_dir: Optional[str], file_name: Optional[str], 
 
 def _task_of(task: Union[Task, str]) -> Task:
     return task if isinstance(task, Task) else task_for(task)
+
+
+def _kind_of(labels: dict) -> str:
+    """The task kind of a labels.json dict: a named task's, token for ner, else classification / regression."""
+    name = str(labels["task"]).lower()
+    if name in TASKS:
+        return TASKS[name].kind
+    return "token" if name == "ner" else "regression" if labels["regression"] else "classification"
+
+
+def task_settings(task: Task, settings: Optional[dict], max_seq_length: int) -> dict:
+    """The labels.json settings of a token / span task (TASK_SETTINGS): `settings` checked, the defaults of
+    tools/prepare_data.py filled in (null_threshold 0.0, recorded for SQuAD v2.0 scoring only); {} for a
+    sentence-level task, where any setting is an error."""
+    from src import ner, squad
+    from src.tasks import SQUAD_V2_METRICS
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    allowed = TASK_SETTINGS.get(task.kind, {})
+    v2 = tuple(task.metrics) == SQUAD_V2_METRICS
+    wrong = [k for k in given if k not in allowed or (k == "null_threshold" and not v2)]
+    if wrong:
+        raise UserError(f"task {task.name} ({task.kind}): {', '.join(wrong)} do(es) not apply (window_context: "
+                        f"token tasks; doc_stride, max_query_length: span tasks; null_threshold: SQuAD v2.0 "
+                        f"scoring)")
+    out = {}
+    if task.kind == "token":
+        c = int(given.get("window_context", ner.default_window_context(max_seq_length)))
+        if c < 0 or 2 * c >= max_seq_length - 2:
+            raise UserError(f"window_context {c}: expected 0 <= 2 * window_context < max_seq_length - 2 "
+                            f"(= {max_seq_length - 2})")
+        out["window_context"] = c
+    elif task.kind == "span":
+        for key, default in (("doc_stride", squad.DOC_STRIDE), ("max_query_length", squad.MAX_QUERY_LENGTH)):
+            value = int(given.get(key, default))
+            if value < 1:
+                raise UserError(f"{key} {value}: expected a positive number")
+            out[key] = value
+        if v2:
+            thr = float(given.get("null_threshold", 0.0))
+            if thr != thr or thr in (float("inf"), float("-inf")):
+                raise UserError(f"null_threshold {thr}: expected a finite number")
+            out["null_threshold"] = thr
+    return out
 
 
 def _quant_dict(quant) -> Optional[dict]:
@@ -263,7 +322,7 @@ def write_export_folder(out_dir: str, model_file: str, vocab_file: str, bert_con
                         max_seq_length: int, do_lower_case: bool = True, quant=None, card: Optional[dict] = None,
                         tpack_file: Optional[str] = None, text_pair: Optional[bool] = None,
                         batch_size: Optional[int] = None, seq_length: Optional[int] = None,
-                        overwrite: bool = False) -> dict:
+                        overwrite: bool = False, settings: Optional[dict] = None) -> dict:
     """Write the exported folder `out_dir` around an exported model; returns labels.json's content plus
     `path` and `files` (name -> bytes).
 
@@ -276,7 +335,8 @@ def write_export_folder(out_dir: str, model_file: str, vocab_file: str, bert_con
     (render_model_card's keys). tpack_file: a packed TernaryBERT artefact copied as model.tpack. text_pair:
     whether inputs are text pairs (default: known for GLUE tasks and MR, else unrecorded). batch_size / seq_length:
     the exported shape, needed only when there is no sidecar (read from the file / sidecar otherwise, and checked
-    against it when given). overwrite: replace an existing non-empty `out_dir` (else an error).
+    against it when given). overwrite: replace an existing non-empty `out_dir` (else an error). settings: a token
+    or span task's featurizing / decoding settings (TASK_SETTINGS; task_settings fills in the defaults).
 
     Built in a temp folder beside out_dir and renamed into place at the end: on any error nothing is left."""
     from src.export import OnnxRunner, exported_shape
@@ -306,13 +366,20 @@ def write_export_folder(out_dir: str, model_file: str, vocab_file: str, bert_con
     if side is not None and side.get("num_labels") not in (None, t.num_labels):
         raise UserError(f"'{sidecar}': the model outputs {side['num_labels']} logits, task {t.name} has "
                         f"{t.num_labels} label(s)")
+    if side is not None and side.get("head_kind") not in (None, t.head):
+        raise UserError(f"'{sidecar}': the model has a {side['head_kind']} head, task {t.name} (a {t.kind} task) "
+                        f"needs a {t.head} head")
     _, vocab_lines = load_vocab(vocab_file)
     if vocab_lines != config["vocab_size"]:
         raise UserError(f"vocab file '{vocab_file}' has {vocab_lines} lines, the model config's vocab_size is "
                         f"{config['vocab_size']}: the vocab is not the model's")
     if text_pair is None:
-        text_pair = PAIR_TASKS.get(t.name)
-    least = 3 if text_pair else 2
+        text_pair = KIND_TEXT_PAIR.get(t.kind, PAIR_TASKS.get(t.name))
+    if t.kind in KIND_TEXT_PAIR and bool(text_pair) != KIND_TEXT_PAIR[t.kind]:
+        raise UserError(f"task {t.name}: a {t.kind} task takes "
+                        f"{'question<TAB>context pairs' if t.kind == 'span' else 'single texts'}, not "
+                        f"{'text pairs' if text_pair else 'single texts'} (--text_pair)")
+    least = 5 if t.kind == "span" else 3 if text_pair else 2
     if not least <= int(max_seq_length) <= s:
         raise UserError(f"max_seq_length {max_seq_length}: expected {least}..{s} (the exported seq length)")
     if s > config["max_position_embeddings"]:
@@ -322,7 +389,8 @@ def write_export_folder(out_dir: str, model_file: str, vocab_file: str, bert_con
         raise UserError(f"packed model '{tpack_file}': not found")
     qd = _quant_dict(quant)
     card = check_card(card)
-    if not t.regression:
+    extra = task_settings(t, settings, int(max_seq_length))
+    if t.labels:
         config["id2label"] = {str(i): x for i, x in enumerate(t.labels)}
         config["label2id"] = {x: i for i, x in enumerate(t.labels)}
     labels = {"format_version": FOLDER_VERSION, "task": t.name, "labels": list(t.labels),
@@ -330,7 +398,7 @@ def write_export_folder(out_dir: str, model_file: str, vocab_file: str, bert_con
               "metrics": list(t.metrics), "eval_splits": list(t.eval_splits),
               "text_pair": None if text_pair is None else bool(text_pair), "max_seq_length": int(max_seq_length),
               "do_lower_case": bool(do_lower_case), "batch_size": b, "seq_length": s, "model_file": model_name,
-              "format": fmt}
+              "format": fmt, **extra}
 
     with atomic_folder(out_dir) as tmp:
         shutil.copyfile(model_file, os.path.join(tmp, model_name))
@@ -351,16 +419,18 @@ def export_to_folder(export_dir: str, task: Union[Task, str], config_path: str, 
                      vocab_file: Optional[str] = None, max_seq_length: Optional[int] = None,
                      do_lower_case: bool = True, file_format: str = "ONNX", batch_size: int = 32,
                      seq_length: int = 64, card: Optional[dict] = None, include_tpack: bool = False,
-                     text_pair: Optional[bool] = None, overwrite: bool = False, log=print, **export_kw) -> dict:
+                     text_pair: Optional[bool] = None, overwrite: bool = False, log=print,
+                     settings: Optional[dict] = None, **export_kw) -> dict:
     """export_checkpoint (src/export.py; export_kw: head_type, gelu, width_mult, depth_mult, ternary, int8, nbits,
     device_target, verify) into a temp folder, then write_export_folder around the result. vocab_file default: the
     vocab.txt beside the checkpoint, else bert-base-uncased (src/tokenization.py:default_vocab_file).
     max_seq_length default: seq_length. A ternary model's quant.json comes from its packed artefact's header;
-    include_tpack copies the artefact too. Returns write_export_folder's dict with the export's sidecar under
-    `export`."""
+    include_tpack copies the artefact too. settings: a token / span task's settings (write_export_folder).
+    Returns write_export_folder's dict with the export's sidecar under `export`."""
     from src.export import check_format, export_checkpoint
     from src.tokenization import default_vocab_file
     t = _task_of(task)
+    task_settings(t, settings, int(max_seq_length or seq_length))     # bad settings fail before the export runs
     check_format(file_format, export_kw.get("device_target", "CPU"))
     check_output_dir(export_dir, "--export_dir")
     if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
@@ -390,7 +460,7 @@ def export_to_folder(export_dir: str, task: Union[Task, str], config_path: str, 
         out = write_export_folder(export_dir, os.path.join(work, info["file"]), vocab_file, info["model_config"], t,
                                   max_seq_length or seq_length, do_lower_case, quant=quant, card=card,
                                   tpack_file=ckpt_file if include_tpack else None, text_pair=text_pair,
-                                  overwrite=overwrite)
+                                  overwrite=overwrite, settings=settings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log(f"export folder {out['path']}: " + ", ".join(f"{n} ({b} bytes)" for n, b in sorted(out["files"].items())))
@@ -410,6 +480,11 @@ def _read_json(path: str, expected: str):
 
 def _folder_task(labels: dict, path: str) -> Task:
     name = labels["task"]
+    if name.lower() == "ner":
+        try:
+            return get_task("ner", [str(x) for x in labels["labels"]])
+        except ValueError as e:
+            raise UserError(f"'{path}': {e}") from None
     known = TASKS.get(name.lower())
     if known is not None:
         if list(known.labels) != labels["labels"] or known.regression != labels["regression"]:
@@ -452,6 +527,15 @@ def read_export_folder(path: str) -> ExportFolder:
     task = _folder_task(labels, lpath)
     if labels["num_labels"] != task.num_labels:
         raise UserError(f"'{lpath}': num_labels {labels['num_labels']}, its labels give {task.num_labels}")
+    for key, typ in TASK_SETTINGS.get(task.kind, {}).items():
+        v = labels.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float) if typ is float else int)):
+            raise UserError(f"'{lpath}': '{key}' is {v!r}, expected {'a number' if typ is float else 'int'}")
+    try:
+        settings = task_settings(task, {k: labels.get(k) for k in TASK_SETTINGS.get(task.kind, {})},
+                                 labels["max_seq_length"])
+    except UserError as e:
+        raise UserError(f"'{lpath}': {e}") from None
     for key in ("batch_size", "seq_length", "max_seq_length"):
         if labels[key] < 1:
             raise UserError(f"'{lpath}': '{key}' is {labels[key]}, expected a positive number")
@@ -494,6 +578,9 @@ def read_export_folder(path: str) -> ExportFolder:
             want = labels[key] if key != "num_labels" else task.num_labels
             if isinstance(side, dict) and side.get(key) not in (None, want):
                 raise UserError(f"'{sidecar}': {key} {side[key]}, {LABELS_FILE} has {want}")
+        if isinstance(side, dict) and side.get("head_kind") not in (None, task.head):
+            raise UserError(f"'{sidecar}': the model has a {side['head_kind']} head, {LABELS_FILE} says task "
+                            f"{task.name} (a {task.kind} task, {task.head} head)")
     else:
         sidecar = None
     qpath = os.path.join(folder, QUANT_FILE)
@@ -510,5 +597,5 @@ def read_export_folder(path: str) -> ExportFolder:
         card_file=opt[CARD_FILE] if os.path.isfile(opt[CARD_FILE]) else None,
         task=task, text_pair=labels.get("text_pair"), max_seq_length=labels["max_seq_length"],
         do_lower_case=labels["do_lower_case"], batch_size=labels["batch_size"], seq_length=labels["seq_length"],
-        file_format=labels["format"], vocab_size=vocab_lines, bert_config=config, quant=quant)
+        file_format=labels["format"], vocab_size=vocab_lines, bert_config=config, quant=quant, settings=settings)
 

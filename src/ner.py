@@ -264,6 +264,11 @@ def windows(piece_counts: Sequence[int], width: int, context: int) -> List[Tuple
     return out
 
 
+def default_window_context(max_seq_length: int) -> int:
+    """The context pieces per side that tools/prepare_data.py --task conll / ner uses without --window_context."""
+    return min(16, (max_seq_length - 3) // 2)
+
+
 def sentence_rows(pieces: Sequence[Sequence[int]], tag_ids: Sequence[int], sentence_id: int, tokenizer,
                   max_seq_length: int, context: int) -> List[dict]:
     """The record rows of one sentence (see the module text) from its words' piece ids (`word_pieces`) and tag

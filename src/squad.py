@@ -58,6 +58,10 @@ from src.tasks import SQUAD_METRICS, SQUAD_V2_METRICS
 VERSIONS = ("1.1", "2.0")
 FEATURES_FORMAT = "squad-features"
 FEATURES_FORMAT_VERSION = 1
+DOC_STRIDE = 128             # tools/prepare_data.py --task squad defaults (--doc_stride, --max_query_length)
+MAX_QUERY_LENGTH = 64
+N_BEST = 20                  # decode's defaults
+MAX_ANSWER_LENGTH = 30
 _PUNCTUATION = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 
@@ -468,8 +472,9 @@ def _feature_order(n_rows: int, feats: SquadFeatures, feature_ids) -> np.ndarray
     return rows
 
 
-def decode(start_logits, end_logits, feats: SquadFeatures, n_best: int = 20, max_answer_length: int = 30,
-           feature_ids=None) -> Tuple[Dict[str, str], Dict[str, float]]:
+def decode(start_logits, end_logits, feats: SquadFeatures, n_best: int = N_BEST,
+           max_answer_length: int = MAX_ANSWER_LENGTH, feature_ids=None,
+           span_scores: Optional[Dict[str, float]] = None) -> Tuple[Dict[str, str], Dict[str, float]]:
     """Best answer span per question, Google run_squad's n-best search over all features of a question.
 
     start_logits, end_logits: [N, S] (row i = feature i, or feature feature_ids[i] when given; S may be shorter
@@ -482,7 +487,9 @@ def decode(start_logits, end_logits, feats: SquadFeatures, n_best: int = 20, max
       null_scores[qid]  min over the question's features of (start_logit[CLS] + end_logit[CLS]) minus the best
                         candidate's score (Google's score_null - best non-null; +inf when there is no
                         candidate). A v2 prediction is "no answer" when its null score is above the threshold
-                        (apply_null_threshold); for v1.1 files the value is computed the same way, unused."""
+                        (apply_null_threshold); for v1.1 files the value is computed the same way, unused.
+    span_scores (a dict, when given) gets the best candidate's score start_logit + end_logit per question (-inf
+    when there is no candidate)."""
     start_logits = np.asarray(start_logits, dtype=np.float64)
     end_logits = np.asarray(end_logits, dtype=np.float64)
     if start_logits.ndim != 2 or start_logits.shape != end_logits.shape:
@@ -517,6 +524,8 @@ def decode(start_logits, end_logits, feats: SquadFeatures, n_best: int = 20, max
                     score = s_row[s] + e_row[t]
                     if best is None or score > best[0]:
                         best = (score, i, int(s), int(t))
+        if span_scores is not None:
+            span_scores[ex["id"]] = -math.inf if best is None else float(best[0])
         if best is None:
             predictions[ex["id"]], null_scores[ex["id"]] = "", math.inf
             continue

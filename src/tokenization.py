@@ -94,6 +94,22 @@ class BertTokenizer:
         normalized = self._tok.normalizer.normalize_str(text)
         return [w for w, _ in self._tok.pre_tokenizer.pre_tokenize_str(normalized)]
 
+    def surface_words(self, text: str) -> List[Tuple[str, int, int]]:
+        """(word, start, end) of each `basic_words` word as it is written in `text` (text[start:end], not
+        normalised: "Café" where basic_words gives "cafe"), from the character offsets of the word's pieces."""
+        enc = self._tok.encode(text, add_special_tokens=False)
+        spans: List[List[int]] = []
+        last = None
+        for wid, (start, end) in zip(enc.word_ids, enc.offsets):
+            if wid is None:
+                continue
+            if wid != last:
+                spans.append([start, end])
+                last = wid
+            else:
+                spans[-1][1] = max(spans[-1][1], end)
+        return [(text[s:e], s, e) for s, e in spans]
+
     def token_ids(self, text: str) -> List[int]:
         """WordPiece ids of `text`, without special tokens."""
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -140,13 +140,21 @@ def test_the_compression_pipeline_chains_width_ternary_and_export_on_a_token_tas
     assert f"f1 is {final:.6f}" in res.stdout, (final, res.stdout)
 
 
-def test_an_exported_folder_of_a_token_task_is_one_error(teacher, tmp_path):
-    """run_predict.py folders hold sentence-level models: --export_dir with a token task stops before any work."""
+def test_an_exported_folder_of_a_token_task_scores_as_trained(teacher, tmp_path):
+    """export.py --export_dir with a token task writes a folder (labels.json: task ner, its tags, window_context)
+    that run_eval_onnx.py --model_dir scores at the F1 training logged."""
+    best = tiny_run.best_acc(os.path.join(teacher["run"], "log.txt"))[-1]
+    vocab = tiny_run.write_vocab(str(tmp_path / "vocab.txt"))
     out = tmp_path / "folder"
     res = tiny_run.run_script("export.py", ["--config_path", os.path.join(teacher["run"], "config.json"),
                                             "--ckpt_file", teacher["ckpt"], "--export_dir", str(out), "--task",
-                                            "ner", "--labels", ",".join(TOKEN_LABELS)])
-    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("ERROR:")]
-    assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
-    assert "ner is a token task" in errors[0] and "run_eval_onnx.py" in errors[0], errors[0]
-    assert not out.exists()
+                                            "ner", "--labels", ",".join(TOKEN_LABELS), "--vocab_file", str(vocab),
+                                            "--file_format", "ONNX", "--batch_size", "8", "--seq_length", str(SEQ)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    labels = json.loads((out / "labels.json").read_text(encoding="utf-8"))
+    assert (labels["task"], labels["labels"], labels["text_pair"]) == ("ner", TOKEN_LABELS, False)
+    assert labels["window_context"] == (SEQ - 3) // 2
+    res = tiny_run.run_script("run_eval_onnx.py", ["--model_dir", str(out), "--data_dir", teacher["ner"],
+                                                   "--threads", "1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"f1 is {best:.6f}" in res.stdout, (best, res.stdout)

@@ -106,6 +106,18 @@ def test_every_cjk_character_is_its_own_token_as_in_google_bert(bert_tok):
     assert bert_tok.tokenize("the\u00e9cat") == bert_tok.tokenize("theecat")     # not CJK: stays in the word
 
 
+def test_surface_words_are_the_basic_words_as_written(bert_tok):
+    """surface_words: the BasicTokenizer's words (whitespace, punctuation, CJK characters apart, control characters
+    dropped), each cut from the original text; normalised they are basic_words."""
+    text = "Café  Müller's\tNEW-York,\x00ok 東京x ..."
+    words = bert_tok.surface_words(text)
+    assert [w for w, _, _ in words] == ["Café", "Müller", "'", "s", "NEW", "-", "York", ",", "ok", "東", "京", "x",
+                                        ".", ".", "."]
+    assert all(text[s:e] == w for w, s, e in words)
+    assert [bert_tok.basic_words(w)[0] for w, _, _ in words] == bert_tok.basic_words(text)
+    assert bert_tok.surface_words(" \x00 ") == []
+
+
 def test_lower_casing_can_be_turned_off(tmp_path):
     vocab = tiny_vocab(tmp_path)
     cased = BertTokenizer(vocab, do_lower_case=False)

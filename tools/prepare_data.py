@@ -665,7 +665,7 @@ def token_main(args, kind: str, inputs: Sequence[str]) -> int:
     except ValueError as e:
         raise UserError(f"--scheme: {e}") from None
     L = args.max_seq_length
-    context = min(16, (L - 3) // 2) if args.window_context is None else args.window_context
+    context = ner.default_window_context(L) if args.window_context is None else args.window_context
     if context < 0 or 2 * context >= L - 2:
         raise UserError(f"--window_context {context}: expected 0 <= 2 * window_context < max_seq_length - 2 "
                         f"(= {L - 2})")
@@ -788,8 +788,8 @@ def squad_main(args, inputs: Sequence[str], kind: str = "squad") -> int:
     elif args.input_dir or not inputs:
         raise UserError("--task squad needs --input SPLIT=PATH (repeated: train=train-v1.1.json, "
                         "dev=dev-v1.1.json), not --input_dir")
-    stride = 128 if args.doc_stride is None else args.doc_stride
-    max_query = 64 if args.max_query_length is None else args.max_query_length
+    stride = squad.DOC_STRIDE if args.doc_stride is None else args.doc_stride
+    max_query = squad.MAX_QUERY_LENGTH if args.max_query_length is None else args.max_query_length
     for flag, value in (("doc_stride", stride), ("max_query_length", max_query)):
         if value < 1:
             raise UserError(f"--{flag} {value}: expected a positive number")

@@ -32,13 +32,33 @@ def export_step(cfg, model: Model, stage_dir: str, teacher: Model, log):
                      vocab_file=model.vocab or cfg.teacher.vocab or default_vocab_file(),
                      max_seq_length=cfg.data.max_seq_length, batch_size=cfg.export.batch_size,
                      seq_length=cfg.export.seq_length, include_tpack=ternary, overwrite=True, log=log.info,
-                     head_type=cfg.teacher.head_type, ternary=ternary, **flags)
+                     settings=span_settings(cfg, task), head_type=cfg.teacher.head_type, ternary=ternary, **flags)
     metrics = evaluate_folder(cfg, stage_dir, eval_records(cfg, model), task)
     log.info("exported model eval " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items())
              + f" | {os.path.join(stage_dir, 'model.onnx')}")
     out = Model(os.path.join(stage_dir, "config.json"), os.path.join(stage_dir, "model.onnx"), model.kind,
                 os.path.join(stage_dir, "model.tpack") if ternary else "", os.path.join(stage_dir, "vocab.txt"))
     return out, metrics
+
+
+def span_settings(cfg, task) -> dict:
+    """A span task's doc_stride and max_query_length as its records were made (the dev features sidecar of
+    data.dir, written by tools/prepare_data.py --task squad), for run_predict to featurize raw text alike; {} for
+    other tasks or when the sidecar is absent (the folder then records prepare_data's defaults)."""
+    if task.kind != "span":
+        return {}
+    import json
+    from src.squad import features_file
+    path = features_file(cfg.data.dir, task.eval_splits[0])
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return {}                          # a bad sidecar is reported by the evaluation that reads it next
+    return {k: doc[k] for k in ("doc_stride", "max_query_length")
+            if isinstance(doc, dict) and isinstance(doc.get(k), int) and not isinstance(doc.get(k), bool)}
 
 
 def evaluate_folder(cfg, folder: str, data_dir: str, task) -> dict:
