@@ -1,13 +1,15 @@
 """CoNLL-2003 NER results of the methods against their reference, read from the run folders (never typed): the
-fine-tuned teacher, the TinyBERT student, TernaryBERT W2E2A8 and width 0.5, dev and test entity-level F1, the share
-of the reference each keeps and the goal it is held to; plus the teacher's per-type table on dev.
+fine-tuned teacher, the TinyBERT student, TernaryBERT W2E2A8, width 0.5 and the compression pipeline's final file
+(run_compress.py, configs/compress_conll.yaml), dev and test entity-level F1, the share of the reference each keeps
+and the goal it is held to (met or not on dev and on test); plus the teacher's per-type table on dev.
 
     python benchmarks/bench_conll.py --teacher_run output/td_conll/teacher --student_run output/td_conll/td2 \\
         --ternary_run output/ternary_conll/w2e2a8 --width_run output/ofa_conll \\
         --test teacher=output/conll_test/teacher/eval --test student=output/conll_test/student/eval \\
         --data_dir data/conll --results docs/results.md
 
-Dev F1: each run's best dev eval (metrics.jsonl; width: the "width" record of width 0.5). Test F1: --test ROW=PATH,
+Dev F1: each run's best dev eval (metrics.jsonl; width: the "width" record of width 0.5; compressed: the last row
+of its stages.json, export/model.onnx evaluated in onnxruntime). Test F1: --test ROW=PATH,
 PATH an eval folder of `run_task_distill.py --phase eval --eval.split test` (its metrics.jsonl) or a text file holding
 the output of `run_eval_onnx.py --split test` (its `eval f1 ...` line; the command on a first line starting with
 `$ `). References: the teacher for the student and width 0.5; for TernaryBERT its own fp32 model (the run's
@@ -32,8 +34,30 @@ from tools.marked_blocks import add_results_arg  # noqa: E402
 ROWS = {"teacher": ("MiniLM-L6 teacher (fine-tuned)", None, None),
         "student": ("TinyBERT student", "teacher", 0.97),
         "ternary": ("TernaryBERT W2E2A8", "fp32", 0.98),
-        "width": ("width 0.5 (DynaBERT)", "teacher", 0.98)}
+        "width": ("width 0.5 (DynaBERT)", "teacher", 0.98),
+        "compound": ("compressed: depth -> width 0.5 -> W2E2A8 -> 2-bit ONNX", "teacher", None)}
 SCHEDULE_KEY = {"teacher": "finetune", "student": "td2", "ternary": "train", "width": "train"}
+COMPOUND_STEPS = (("td1", "depth/td1"), ("td2", "depth/td2"), ("width", "width"), ("ternary", "ternary/w2e2a8"))
+
+
+def compound(run_dir: str) -> dict:
+    """A run_compress.py folder: the final file's dev F1 (stages.json, last row: export/model.onnx in onnxruntime),
+    its bytes against the teacher's ONNX, and each training stage's steps."""
+    from src.errors import UserError
+    path = os.path.join(run_dir, "stages.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} missing: is '{run_dir}' a finished run_compress.py run?")
+    with open(path, encoding="utf-8") as f:
+        rows = json.load(f)
+    final = rows[-1]
+    steps = []
+    for name, sub in COMPOUND_STEPS:
+        done = [r["step"] for r in read_records(os.path.join(run_dir, sub), "train", missing_ok=True)]
+        if done:
+            steps.append(f"{name} {done[-1]}")
+    schedule = ", ".join(steps) + (f" steps; {final['stage']} file {final['bytes']:,} bytes, "
+                                   f"{final['x_smaller']:.1f}x smaller than the teacher's ONNX")
+    return {"dev": final["metric"], "schedule": schedule}
 
 
 def _manifest(run_dir: str) -> dict:
@@ -130,7 +154,7 @@ def _seq_of(data_dir: str) -> int:
 def measure(args, argv) -> dict:
     from src.runlog import git_hash
     runs = {"teacher": args.teacher_run, "student": args.student_run, "ternary": args.ternary_run,
-            "width": args.width_run}
+            "width": args.width_run, "compound": args.compound_run}
     tests = dict(t.split("=", 1) for t in args.test)
     out_rows = []
     for row, run_dir in runs.items():
@@ -138,8 +162,9 @@ def measure(args, argv) -> dict:
              "git": None, "test_command": None, "fp32_dev": None}
         if run_dir:
             m = _manifest(run_dir)
-            r.update(dev=best_dev(row, run_dir), schedule=schedule(row, run_dir), command=m.get("command"),
-                     git=m.get("git"))
+            got = compound(run_dir) if row == "compound" else {"dev": best_dev(row, run_dir),
+                                                               "schedule": schedule(row, run_dir)}
+            r.update(**got, command=m.get("command"), git=m.get("git"))
             if row == "student":
                 td1 = os.path.join(os.path.dirname(os.path.normpath(run_dir)), "td1")
                 if os.path.isdir(td1):
@@ -199,12 +224,14 @@ def render(out: dict) -> str:
         met = "-"
         if goal and ref_dev:
             met = "met" if r["dev"] >= goal * ref_dev else "not met"
+            if r["test"] is not None and ref_test:
+                met += " / " + ("met" if r["test"] >= goal * ref_test else "not met")
         body.append([label, f"{r['dev']:.4f}", "-" if r["test"] is None else f"{r['test']:.4f}",
                      {"fp32": "its fp32 model", "teacher": "teacher", None: "-"}[ref_key],
                      _pct(r["dev"], ref_dev), _pct(r["test"], ref_test), f">= {100 * goal:.0f}%" if goal else "-",
                      met, r["schedule"]])
     lines.append(markdown_table(["model", "dev entity F1", "test entity F1", "reference", "% of reference (dev)",
-                                 "% of reference (test)", "goal (dev)", "met (dev)", "schedule"], body))
+                                 "% of reference (test)", "goal", "met (dev / test)", "schedule"], body))
     lines.append("")
     lines.append(f"{machine_line(out['machine'])} (1-minute load average {out['load']:.1f} when the table was "
                  f"written; the runs shared the machine with other jobs). Written by `{_shown(out['command'], root)}` "
@@ -230,6 +257,7 @@ def main(argv=None):
     p.add_argument("--student_run", default="", help="phase td2 folder (<out>/td2; td1 beside it)")
     p.add_argument("--ternary_run", default="", help="run_ternary.py folder (<out>/w2e2a8)")
     p.add_argument("--width_run", default="", help="run_ofa_width.py folder (width 0.5 among its widths)")
+    p.add_argument("--compound_run", default="", help="run_compress.py folder (configs/compress_conll.yaml)")
     p.add_argument("--test", action="append", default=[], metavar="ROW=PATH",
                    help=f"test-split eval of a row ({', '.join(ROWS)}): eval folder or run_eval_onnx.py output")
     p.add_argument("--data_dir", default="", help="CoNLL records: the teacher's per-type table on their dev split")

@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (ROOT, add_timing_args, emit, machine, machine_line, markdown_table,  # noqa: E402
-                               measured_or_saved, rounds_and_budget, time_call)
+                               measured_or_saved, rounds_and_budget, time_call, write_json)
 from src.runlog import read_records  # noqa: E402
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -48,6 +48,11 @@ def parse_args(argv=None):
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--note", default="", help="how the runs shared the machine (written under the table)")
     p.add_argument("--from_json", default="", help="render a saved width_grid.json again, without training or timing")
+    p.add_argument("--stage3", nargs=2, type=float, action="append", default=[], metavar=("WIDTH", "DEPTH"),
+                   help="also run stage 3 for this grid point (repeatable): slice it from stage 2's supernet and "
+                        "distil it alone from the fine-tuned teacher (run_task_distill.py --phase td2); with "
+                        "--from_json the saved grid gets the stage-3 rows added (RUNS/stage2 must still exist)")
+    p.add_argument("--stage3_config", default="configs/td_mr.yaml", help="stage 3's td2 settings")
     return p.parse_args(argv)
 
 
@@ -79,6 +84,12 @@ def _trained(run_dir: str) -> bool:
     state = os.path.join(run_dir, "state")
     return bool(last) and last[-1]["step"] == steps and os.path.isfile(os.path.join(run_dir, "supernet.ckpt")) \
         and not (os.path.isdir(state) and os.listdir(state))
+
+
+def _teacher_ckpt(run_dir: str) -> str:
+    """The fine-tuned teacher a width run distilled from (its manifest's teacher.ckpt)."""
+    with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
+        return json.load(f)["config"]["teacher"]["ckpt"]
 
 
 def _label(w: float, d: float) -> str:
@@ -195,6 +206,33 @@ def _joint_parity(run_dir, w, d, seq) -> float:
     return float(np.abs(sub(*[ms.Tensor(x) for x in inputs]).asnumpy() - ref).max())
 
 
+def stage3(args, w: float, d: float, teacher_ckpt: str) -> dict:
+    """Stage 3 of one grid point: slice (tools/slice_width.py) from RUNS/stage2/supernet.ckpt, then td2 from the
+    fine-tuned teacher (soft CE to its logits, --stage3_config's td2 schedule); skipped when RUNS/stage3_<label>
+    already holds a finished td2. Its best dev acc (one evaluation per epoch), steps and commands."""
+    from src.errors import UserError
+    out = os.path.join(args.runs_dir, f"stage3_{_label(w, d)}")
+    sub, td2 = os.path.join(out, "sub"), os.path.join(out, "td2")
+    cmds = [["tools/slice_width.py", "--ckpt", os.path.join(args.runs_dir, "stage2", "supernet.ckpt"),
+             "--width_mult", str(w), "--depth_mult", str(d), "--output_dir", sub],
+            ["run_task_distill.py", "--config_path", args.stage3_config, "--phase", "td2", "--threads",
+             str(args.train_threads), "--teacher.ckpt", teacher_ckpt, "--student.config",
+             os.path.join(sub, "config.json"), "--student.td1_ckpt", os.path.join(sub, "model.ckpt"),
+             "--log_every", "20", "--output_dir", out]]
+    if not (args.reuse and any(r["kind"] == "train" for r in read_records(td2, missing_ok=True))
+            and os.path.isfile(os.path.join(td2, "best.ckpt"))):
+        for cmd in cmds:
+            print("stage 3:", " ".join(cmd), flush=True)
+            if subprocess.run([sys.executable, os.path.join(ROOT, cmd[0])] + cmd[1:], cwd=ROOT).returncode != 0:
+                raise UserError(f"stage 3 of w {w:g} x d {d:g} failed ({cmd[0]}; its output: {out})")
+    evals = read_records(td2, "eval")
+    steps = [r["step"] for r in read_records(td2, "train")]
+    with open(os.path.join(td2, "manifest.json"), encoding="utf-8") as f:
+        git = json.load(f)["git"][:12]
+    return {"width": w, "depth": d, "acc": max(e["acc"] for e in evals), "evals": len(evals),
+            "steps": steps[-1] if steps else 0, "commands": [" ".join(c) for c in cmds], "git": git}
+
+
 def render(out) -> str:
     runs, pts = out["runs"], out["points"]
     t = runs["stage1"]["teacher_acc"]
@@ -225,7 +263,23 @@ def render(out) -> str:
                f"{'met' if g_pct >= gp else 'NOT met'}. Staged >= joint at every grid point: "
                + ("yes." if not worse else "no, lower at " + ", ".join(worse) + "."))
     cmds = "\n".join(f"- {k}: `{_runs_dir_named(r['command'])}` (git {r['git']})" for k, r in runs.items())
+    s3_lines = []
+    for r in out.get("stage3", []):
+        key = f"{r['width']:.3f}_{r['depth']:.3f}"
+        before = runs["stage2"]["rows"][key]["metric"]
+        pct = 100 * r["acc"] / t
+        goal_note = "" if (r["width"], r["depth"]) != (gw, gd) else \
+            f"; goal >= {gp:g} % {'met' if pct >= gp else 'NOT met'}"
+        s3_lines.append(f"- w {r['width']:g} x d {r['depth']:g}: stage 3 acc {r['acc']:.4f} = {pct:.1f} % of the "
+                        f"teacher (staged before it {100 * before / t:.1f} %, {pct - 100 * before / t:+.1f} pts), "
+                        f"{r['steps']} td2 steps, best of {r['evals']} dev evaluation(s){goal_note}")
+        cmds += "".join(f"\n- stage 3 w {r['width']:g} x d {r['depth']:g}: `{_runs_dir_named(c)}` (git {r['git']})"
+                        for c in r["commands"])
     cmds = "Runs (RUNS = --runs_dir):\n" + cmds
+    if s3_lines:
+        verdict += ("\n\nStage 3 (the chosen sub-network sliced from stage 2 and distilled alone from the fine-tuned "
+                    "teacher: td2 soft CE to its logits; DynaBERT's final fine-tuning uses the labels only). It gives "
+                    "up the other sub-networks:\n" + "\n".join(s3_lines))
     return "\n\n".join([head, table, verdict, machine_line(out["machine"]) + "; onnxruntime median of "
                         f"{out['rounds']} rounds; slice parity = max |logit diff| of the sliced plain model (staged: "
                         f"its ONNX export) against the supernet's view." + (f" {out['note']}" if out.get("note")
@@ -235,13 +289,20 @@ def render(out) -> str:
 def _runs_dir_named(command: str) -> str:
     """A run's command line with the machine's --runs_dir folder written as RUNS (the table names no local paths)."""
     import re
-    return re.sub(r"\S*/(stage1|stage2|joint)\b", r"RUNS/\1", command)
+    return re.sub(r"\S*/(stage1|stage2|joint|stage3_[0-9._d]+)\b", r"RUNS/\1", command)
 
 
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
     out = measured_or_saved(args, measure, render, "width_grid.json", "a width_grid.json")
+    if args.stage3:
+        teacher = _teacher_ckpt(os.path.join(args.runs_dir, "stage1"))
+        done = {(r["width"], r["depth"]): r for r in out.get("stage3", [])}
+        for w, d in args.stage3:
+            done[(w, d)] = stage3(args, w, d, teacher)
+        out["stage3"] = list(done.values())
+        write_json(os.path.join(args.out_dir, "width_grid.json"), out)
     emit("width_grid", render(out), args.results or None)
     print(f"({time.time() - t0:.0f} s)")
     return out

@@ -538,6 +538,15 @@ def test_bench_width_grid_renders_a_saved_json_and_its_runs(tmp_path):
     bad.write_text(json.dumps({"runs": {}}))
     with pytest.raises(UserError, match="--from_json"):
         g.main(["--from_json", str(bad)])
+    # a stage-3 result: its line against the staged score before it, the goal read on it, its commands as RUNS/...
+    with_s3 = _grid_json()
+    with_s3["stage3"] = [{"width": 0.5, "depth": 0.5, "acc": 0.8077, "evals": 1, "steps": 213, "git": "abc",
+                          "commands": ["tools/slice_width.py --ckpt /x/y/stage2/supernet.ckpt --output_dir "
+                                       "/x/y/stage3_0.500_d0.500/sub"]}]
+    text = g.render(with_s3)
+    assert ("- w 0.5 x d 0.5: stage 3 acc 0.8077 = 98.5 % of the teacher (staged before it 95.7 %, +2.8 pts), 213 td2 "
+            "steps, best of 1 dev evaluation(s); goal >= 98 % met") in text
+    assert "`tools/slice_width.py --ckpt RUNS/stage2/supernet.ckpt --output_dir RUNS/stage3_0.500_d0.500/sub`" in text
     args = g.parse_args(["--runs_dir", "R", "--steps1", "7", "--steps2", "5"])
     s2, joint = g.run_args(args, "stage2"), g.run_args(args, "joint")
     assert s2[s2.index("--supernet.init_ckpt") + 1] == os.path.join("R", "stage1", "supernet.ckpt")
@@ -587,9 +596,24 @@ def test_bench_conll_rows_against_their_references(tmp_path):
     assert lines["TinyBERT student"][4:8] == ["97.0%", "-", ">= 97%", "met"]
     assert lines["TinyBERT student"][8].startswith("td1 150 steps x 32, td2 100 steps x 32")
     assert lines["TernaryBERT W2E2A8"][1:8] == ["0.7900", "0.7760", "its fp32 model", "98.8%", "97.0%", ">= 98%",
-                                                "met"]
+                                                "met / not met"]           # the goal held on dev and on test
     assert lines["width 0.5 (DynaBERT)"][4:8] == ["97.8%", "-", ">= 98%", "not met"]
     assert "(widths 1, 0.5)" in lines["width 0.5 (DynaBERT)"][8]
+    # the compression pipeline's row: the final file's dev F1 and bytes from stages.json, each stage's steps
+    comp = tmp_path / "comp"
+    for sub, step in (("depth/td1", 150), ("depth/td2", 436), ("width", 200), ("ternary/w2e2a8", 439)):
+        run(f"comp/{sub}", [{"kind": "train", "step": step}], {})
+    (comp / "stages.json").write_text(json.dumps([{"stage": "teacher", "metric": 0.9, "bytes": 9000, "x_smaller": 1.0},
+                                                  {"stage": "export", "metric": 0.81, "bytes": 1000, "x_smaller": 9.0}]))
+    (comp / "manifest.json").write_text(json.dumps({"command": "run_compress.py", "git": "abc", "config": {}}))
+    test_c = tmp_path / "comp_test.txt"
+    test_c.write_text("$ run_eval_onnx.py --model_file comp/export/model.onnx --task CoNLL --split test\n"
+                      "eval f1 0.720000, precision 0.7, recall 0.8 | 3454 rows\n")
+    out = bench_conll.main(["--teacher_run", teacher, "--compound_run", str(comp), "--test", f"teacher={test_t}",
+                            "--test", f"compound={test_c}", "--out_dir", str(tmp_path / "o")])
+    line = next(ln for ln in bench_conll.render(out).splitlines() if ln.startswith("| compressed"))
+    assert line.split(" | ")[1:8] == ["0.8100", "0.7200", "teacher", "90.0%", "90.0%", "-", "-"], line
+    assert "td1 150, td2 436, width 200, ternary 439 steps; export file 1,000 bytes, 9.0x smaller" in line
     # without a teacher_eval record (eval.teacher_baseline false) the fp32 model is the teacher checkpoint it
     # quantized: the dev F1 recorded beside it (0.90)
     tern2 = run("tern2", tr + [{"kind": "eval", "f1": 0.883}],
