@@ -121,6 +121,12 @@ RULES = [
     (("quant.lat_iters",), *_at_least(1)),
     (("importance.max_batches", "latency.runs", "train.sample_widths", "pack.max_positions"), *_at_least(0)),
     (("*teacher_cache_max_gb",), *_above(0)),
+    # the compression pipeline (configs/compress_*.yaml); export.format and vocab.single_chars are checked by the
+    # pipeline against the lists its stages define
+    (("ternary.distill_from",), *_one_of("teacher", "depth", "width")),
+    (("width.target",), *_within(0, 1, open_low=True, open_high=True)),
+    (("vocab.top_n", "report.latency_runs"), *_at_least(0)),
+    (("export.seq_length",), *_at_least(1)),
 ]
 
 
