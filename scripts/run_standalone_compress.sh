@@ -16,5 +16,7 @@ if [ "$CONFIG" = "configs/compress_mr.yaml" ]; then
   if [ ! -f output/gd/student.ckpt ]; then
     $PYTHON run_general_distill.py --config_path configs/gd.yaml
   fi
+elif [ "$CONFIG" = "configs/compress_conll.yaml" ]; then       # CoNLL-2003: data/conll, its teacher, the GD student
+  PYTHON=$PYTHON bash scripts/prepare_conll.sh --teacher --student
 fi
 $PYTHON run_compress.py --config_path "$CONFIG" "$@"

@@ -12,5 +12,7 @@ CONFIG=configs/ofa_mr.yaml
 if [ $# -gt 0 ] && [[ "$1" != --* ]]; then CONFIG=$1; shift; fi      # [CONFIG] is optional before --key value
 if [ "$CONFIG" = "configs/ofa_mr.yaml" ]; then
   PYTHON=$PYTHON bash scripts/prepare_default.sh --teacher
+elif [ "$CONFIG" = "configs/ofa_conll.yaml" ]; then           # CoNLL-2003: data/conll and its teacher
+  PYTHON=$PYTHON bash scripts/prepare_conll.sh --teacher
 fi
 $PYTHON run_ofa_width.py --config_path "$CONFIG" "$@"

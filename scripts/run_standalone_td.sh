@@ -3,6 +3,8 @@
 # and a GD student.
 #   bash scripts/run_standalone_td.sh                      # embedded default (MR), fine-tunes the teacher and
 #                                                          # runs GD first when their checkpoints are missing
+#   bash scripts/run_standalone_td.sh configs/td_conll.yaml   # CoNLL-2003 NER: prepares data/conll and
+#                                                          # fine-tunes its teacher first when missing
 #   bash scripts/run_standalone_td.sh [CONFIG] [--key value ...]
 #   grep "The best acc" output/td_mr/td2/log.txt
 set -euo pipefail
@@ -17,6 +19,8 @@ if [ "$CONFIG" = "configs/td_mr.yaml" ] && [ $# -eq 0 ]; then
     echo "GD student missing: running general distillation first"
     PYTHON=$PYTHON bash scripts/run_standalone_gd.sh
   fi
+elif [ "$CONFIG" = "configs/td_conll.yaml" ] && [ $# -eq 0 ]; then
+  PYTHON=$PYTHON bash scripts/prepare_conll.sh --teacher --student
 fi
 $PYTHON run_task_distill.py --config_path "$CONFIG" --phase td1 "$@"
 $PYTHON run_task_distill.py --config_path "$CONFIG" --phase td2 "$@"

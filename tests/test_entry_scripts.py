@@ -161,3 +161,44 @@ def test_every_src_import_in_scripts_and_docs_resolves():
                 if not hasattr(mod, name) and importlib.util.find_spec(f"{module}.{name}") is None:
                     missing.append(f"{os.path.relpath(path, ROOT)}: {module}.{name}")
     assert found >= 3 and missing == []
+
+
+@pytest.mark.parametrize("script, config, expected", [
+    ("run_standalone_td.sh", "configs/td_conll.yaml",
+     ["tools/prepare_data.py --task conll --max_seq_length 128 --output_dir data/conll",
+      "run_task_distill.py --config_path configs/td_conll.yaml --phase finetune",
+      "run_general_distill.py --config_path configs/gd.yaml",
+      "run_task_distill.py --config_path configs/td_conll.yaml --phase td1",
+      "run_task_distill.py --config_path configs/td_conll.yaml --phase td2"]),
+    ("run_standalone_ternary.sh", "configs/ternary_conll.yaml",
+     ["tools/prepare_data.py --task conll --max_seq_length 128 --output_dir data/conll",
+      "run_task_distill.py --config_path configs/td_conll.yaml --phase finetune",
+      "run_ternary.py --config_path configs/ternary_conll.yaml"]),
+    ("run_standalone_compress.sh", "configs/compress_conll.yaml",
+     ["tools/prepare_data.py --task conll --max_seq_length 128 --output_dir data/conll",
+      "run_task_distill.py --config_path configs/td_conll.yaml --phase finetune",
+      "run_general_distill.py --config_path configs/gd.yaml",
+      "run_compress.py --config_path configs/compress_conll.yaml"]),
+])
+def test_conll_scripts_prepare_the_data_and_teacher_first(tmp_path, script, config, expected):
+    """In a checkout without data or outputs, a standalone script given a CoNLL config first builds data/conll
+    (and MiniLM), fine-tunes the CoNLL teacher (and, where the run needs it, the GD student), in that order."""
+    import shutil
+    repo = tmp_path / "repo"
+    shutil.copytree(os.path.join(ROOT, "scripts"), repo / "scripts")
+    python, log = fake_python(tmp_path)
+    res = subprocess.run(["bash", f"scripts/{script}", config], cwd=repo, env=user_env(PYTHON=python),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    calls = [line.split(" ", 2)[2] for line in log.read_text().splitlines()]
+    found = [next((i for i, c in enumerate(calls) if c.startswith(e)), None) for e in expected]
+    assert None not in found and found == sorted(found), (calls, expected)
+
+
+def test_prepare_conll_refuses_an_unknown_option(tmp_path):
+    python, log = fake_python(tmp_path)
+    res = subprocess.run(["bash", "scripts/prepare_conll.sh", "--techer"], cwd=ROOT, env=user_env(PYTHON=python),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "ERROR: scripts/prepare_conll.sh: unknown option '--techer' (expected --teacher and/or --student)")
+    assert not log.exists()                                          # checked before any step ran
