@@ -25,6 +25,7 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log (the per-type table's eval): errors only unless set
 
 from benchmarks.common import emit, machine, machine_line, markdown_table, read_result, write_json  # noqa: E402
 from src.runlog import read_records  # noqa: E402
