@@ -67,18 +67,9 @@ def test_finetuned_token_head_f1_is_reproduced_by_the_exported_onnx(teacher, tmp
     best = tiny_run.best_acc(os.path.join(teacher["run"], "log.txt"))[-1]
     assert best > 0.3, best                      # all-O predictions score 0
     onnx = str(tmp_path / "ner")
-    res = tiny_run.run_script("export.py", ["--config_path", os.path.join(teacher["run"], "config.json"),
-                                            "--ckpt_file", teacher["ckpt"], "--num_labels", "3", "--file_format",
-                                            "ONNX", "--batch_size", "8", "--seq_length", str(SEQ),
-                                            "--file_name", onnx])
-    assert res.returncode == 0, res.stderr[-3000:]
-    with open(onnx + ".onnx.json", encoding="utf-8") as f:
-        assert json.load(f)["output"]["shape"] == [8, SEQ, 3]
-    res = tiny_run.run_script("run_eval_onnx.py", ["--model_file", onnx + ".onnx", "--task", "ner", "--labels",
-                                                   ",".join(TOKEN_LABELS), "--data_dir", teacher["ner"],
-                                                   "--threads", "1"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"f1 is {best:.6f}" in res.stdout, (best, res.stdout)
+    assert tiny_run.export_onnx(teacher["run"], teacher["ckpt"], 3, onnx) == [8, SEQ, 3]
+    tiny_run.assert_onnx_f1(best, "--model_file", onnx + ".onnx", "--task", "ner", "--labels", ",".join(TOKEN_LABELS),
+                            "--data_dir", teacher["ner"])
 
 
 def test_tinybert_phases_distil_a_token_head(teacher):
@@ -133,11 +124,8 @@ def test_the_compression_pipeline_chains_width_ternary_and_export_on_a_token_tas
     packed = [line for line in tern_log.splitlines() if line.startswith("packed model eval")]
     assert packed and abs(float(packed[0].split()[4].rstrip(",")) - tern) <= 0.02, (packed, tern)
     final = tiny_run.best_acc(os.path.join(out, "log.txt"))[-1]
-    res = tiny_run.run_script("run_eval_onnx.py", ["--model_file", os.path.join(out, "export", "model.onnx"),
-                                                   "--task", "ner", "--labels", ",".join(TOKEN_LABELS),
-                                                   "--data_dir", teacher["ner"], "--threads", "1"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"f1 is {final:.6f}" in res.stdout, (final, res.stdout)
+    tiny_run.assert_onnx_f1(final, "--model_file", os.path.join(out, "export", "model.onnx"), "--task", "ner",
+                            "--labels", ",".join(TOKEN_LABELS), "--data_dir", teacher["ner"])
 
 
 def test_an_exported_folder_of_a_token_task_scores_as_trained(teacher, tmp_path):
@@ -154,7 +142,4 @@ def test_an_exported_folder_of_a_token_task_scores_as_trained(teacher, tmp_path)
     labels = json.loads((out / "labels.json").read_text(encoding="utf-8"))
     assert (labels["task"], labels["labels"], labels["text_pair"]) == ("ner", TOKEN_LABELS, False)
     assert labels["window_context"] == (SEQ - 3) // 2
-    res = tiny_run.run_script("run_eval_onnx.py", ["--model_dir", str(out), "--data_dir", teacher["ner"],
-                                                   "--threads", "1"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"f1 is {best:.6f}" in res.stdout, (best, res.stdout)
+    tiny_run.assert_onnx_f1(best, "--model_dir", str(out), "--data_dir", teacher["ner"])

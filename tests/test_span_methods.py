@@ -67,17 +67,8 @@ def test_finetuned_span_head_f1_is_reproduced_by_the_exported_onnx(teacher, tmp_
     best = _best(teacher["run"])
     assert best >= 0.6, best                      # the distractor alone caps a model blind to "mark" near 0.75
     onnx = str(tmp_path / "qa")
-    res = tiny_run.run_script("export.py", ["--config_path", os.path.join(teacher["run"], "config.json"),
-                                            "--ckpt_file", teacher["ckpt"], "--num_labels", "2", "--file_format",
-                                            "ONNX", "--batch_size", "8", "--seq_length", str(SEQ),
-                                            "--file_name", onnx])
-    assert res.returncode == 0, res.stderr[-3000:]
-    with open(onnx + ".onnx.json", encoding="utf-8") as f:
-        assert json.load(f)["output"]["shape"] == [8, SEQ, 2]
-    res = tiny_run.run_script("run_eval_onnx.py", ["--model_file", onnx + ".onnx", "--task", "SQuAD",
-                                                   "--data_dir", teacher["squad"], "--threads", "1"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"f1 is {best:.6f}" in res.stdout, (best, res.stdout)
+    assert tiny_run.export_onnx(teacher["run"], teacher["ckpt"], 2, onnx) == [8, SEQ, 2]
+    tiny_run.assert_onnx_f1(best, "--model_file", onnx + ".onnx", "--task", "SQuAD", "--data_dir", teacher["squad"])
 
 
 def test_the_compression_pipeline_chains_every_method_on_a_span_task(teacher, tmp_path):
@@ -98,8 +89,5 @@ def test_the_compression_pipeline_chains_every_method_on_a_span_task(teacher, tm
         got = _best(os.path.join(out, run))
         assert got >= 0.6 * base, (name, got, base)
     final = _best(out)
-    res = tiny_run.run_script("run_eval_onnx.py", ["--model_file", os.path.join(out, "export", "model.onnx"),
-                                                   "--task", "SQuAD", "--data_dir", teacher["squad"],
-                                                   "--threads", "1"])
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"f1 is {final:.6f}" in res.stdout, (final, res.stdout)
+    tiny_run.assert_onnx_f1(final, "--model_file", os.path.join(out, "export", "model.onnx"), "--task", "SQuAD",
+                            "--data_dir", teacher["squad"])

@@ -3,6 +3,7 @@ parallel, bad inputs): MR-style records (seq 16, vocab 30), a tiny teacher BertM
 and the command-line overrides that point configs/td_mr.yaml / configs/gd.yaml at them. No dropout, except in the
 student of td1_args (tests/test_determinism.py). Used by tests/test_resume.py, tests/test_distributed.py,
 tests/test_bad_input.py, tests/test_determinism.py and benchmarks/bench_distributed.py."""
+import json
 import os
 import subprocess
 import sys
@@ -294,6 +295,25 @@ def env(threads: int = 1) -> dict:
 def run_script(script: str, args: list, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, os.path.join(ROOT, script)] + list(args), cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def export_onnx(run_dir: str, ckpt: str, num_labels: int, file_name: str, batch: int = 8) -> list:
+    """export.py of a run's checkpoint (its config.json) to <file_name>.onnx at batch `batch`, seq SEQ; returns the
+    output shape the sidecar JSON records."""
+    res = run_script("export.py", ["--config_path", os.path.join(run_dir, "config.json"), "--ckpt_file", ckpt,
+                                   "--num_labels", str(num_labels), "--file_format", "ONNX", "--batch_size",
+                                   str(batch), "--seq_length", str(SEQ), "--file_name", file_name])
+    assert res.returncode == 0, res.stderr[-3000:]
+    with open(file_name + ".onnx.json", encoding="utf-8") as f:
+        return json.load(f)["output"]["shape"]
+
+
+def assert_onnx_f1(f1: float, *args: str) -> None:
+    """run_eval_onnx.py with `args` (model, task, records; 1 thread) prints `f1 is <f1>` to 6 decimals: the exported
+    file reproduces an F1 a run logged."""
+    res = run_script("run_eval_onnx.py", [*args, "--threads", "1"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"f1 is {f1:.6f}" in res.stdout, (f1, res.stdout)
 
 
 def read_ckpt(path: str) -> dict:
