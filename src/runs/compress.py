@@ -113,13 +113,11 @@ def _check_ternary_hidden(cfg, stages, children):
         entering = children["depth"].student.config
     else:                                            # only width can come first, and it keeps hidden_size
         entering = first_input(cfg, stages, Model(cfg.teacher.config, cfg.teacher.ckpt)).config
-    import json
-    sizes = []
-    for path in (entering, cfg.teacher.config):
-        if not os.path.isfile(path):
-            return                                   # a missing file is the stage's own error
-        with open(path, encoding="utf-8") as f:
-            sizes.append(json.load(f).get("hidden_size"))
+    if not os.path.isfile(entering):
+        return                                       # not written yet (or missing: the stage's own error)
+    from src.tinybert_model import load_bert_config
+    sizes = [load_bert_config(path, what).hidden_size
+             for path, what in ((entering, "the ternary stage's input config"), (cfg.teacher.config, "teacher.config"))]
     if sizes[0] != sizes[1]:
         raise UserError(f"ternary.distill_from teacher: the model entering the ternary stage ({entering}) has "
                         f"hidden_size {sizes[0]}, the teacher {sizes[1]}; TernaryBERT matches hidden states without "
