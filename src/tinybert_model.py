@@ -325,8 +325,35 @@ class BertModel(nn.Cell):
         return hidden, pooled, hidden_states, attention_scores
 
 
-class BertForSequenceClassification(nn.Cell):
-    """BERT + task head. construct -> (logits, hidden_states, attention_scores).
+class BertWithHead(nn.Cell):
+    """BERT + a task head: the head-type check, the config copy and the backbone are here, the head layers and
+    `logits_of` in each subclass. construct -> (logits, hidden_states, attention_scores). The backbone's pooler
+    exists in every head kind (one checkpoint layout); only the sequence head uses it."""
+
+    HEAD_TYPES = ("dense",)
+    HEAD_KIND = ""
+    TASK = ""          # in the head-type error: "... not supported for <TASK>"
+
+    def __init__(self, config: BertConfig, head_type: str = "dense"):
+        super().__init__()
+        if head_type not in self.HEAD_TYPES:
+            raise ValueError(f"head_type '{head_type}' not supported for {self.TASK}: expected one of "
+                             f"{', '.join(self.HEAD_TYPES)}")
+        self.config = copy.deepcopy(config)
+        self.head_type = head_type
+        self.bert = BertModel(config)
+
+    def construct(self, input_ids, token_type_ids, input_mask):
+        sequence_output, _, hidden_states, attention_scores = self.bert(input_ids, token_type_ids, input_mask)
+        return self.logits_of(sequence_output), hidden_states, attention_scores
+
+    def logits_of(self, sequence_output):
+        """The head on the last hidden state [B, S, H] (also run by width views)."""
+        raise NotImplementedError
+
+
+class BertForSequenceClassification(BertWithHead):
+    """BERT + sentence head -> logits [B, num_labels].
 
     head_type "dense": dropout(pooled) -> Dense (HF / Google BERT fine-tuning head, the default).
     head_type "relu_pooler": Dense(ReLU(pooled)) — the TinyBERT / model-zoo head, for parity runs only.
@@ -335,87 +362,58 @@ class BertForSequenceClassification(nn.Cell):
 
     HEAD_TYPES = HEAD_TYPES
     HEAD_KIND = "sequence"
+    TASK = "sequence classification"
 
     def __init__(self, config: BertConfig, head_type: str = "dense"):
-        super().__init__()
-        if head_type not in self.HEAD_TYPES:
-            raise ValueError(f"head_type '{head_type}' not supported: expected one of {self.HEAD_TYPES}")
-        self.config = copy.deepcopy(config)
-        self.head_type = head_type
-        self.bert = BertModel(config)
+        super().__init__(config, head_type)
         self.dropout = dropout(config.hidden_dropout_prob)
         self.relu = nn.ReLU()
         self.classifier = _dense(config.hidden_size, config.num_labels, config.initializer_range)
 
-    def construct(self, input_ids, token_type_ids, input_mask):
-        sequence_output, _, hidden_states, attention_scores = self.bert(input_ids, token_type_ids, input_mask)
-        return self.logits_of(sequence_output), hidden_states, attention_scores
-
     def logits_of(self, sequence_output):
-        """The head on the last hidden state [B, S, H] -> [B, num_labels] (also run by width views)."""
+        """[B, S, H] -> [B, num_labels]."""
         pooled = self.bert.tanh(self.bert.pooler(sequence_output[:, 0]))
         if self.head_type == "relu_pooler":
             return self.classifier(self.relu(pooled))
         return self.classifier(self.dropout(pooled))
 
 
-class BertForTokenClassification(nn.Cell):
-    """BERT + per-token head (NER). construct -> (logits [B, S, num_labels], hidden_states, attention_scores).
+class BertForTokenClassification(BertWithHead):
+    """BERT + per-token head (NER) -> logits [B, S, num_labels].
 
     dropout(sequence_output) -> Dense, as HF `BertForTokenClassification`. Only head_type "dense" exists for token
     tasks (the ReLU-on-pooler head is sentence-level)."""
 
-    HEAD_TYPES = ("dense",)
     HEAD_KIND = "token"
+    TASK = "token classification"
 
     def __init__(self, config: BertConfig, head_type: str = "dense"):
-        super().__init__()
-        if head_type not in self.HEAD_TYPES:
-            raise ValueError(f"head_type '{head_type}' not supported for token classification: expected "
-                             f"{', '.join(self.HEAD_TYPES)}")
-        self.config = copy.deepcopy(config)
-        self.head_type = head_type
-        self.bert = BertModel(config)
+        super().__init__(config, head_type)
         self.dropout = dropout(config.hidden_dropout_prob)
         self.classifier = _dense(config.hidden_size, config.num_labels, config.initializer_range)
 
-    def construct(self, input_ids, token_type_ids, input_mask):
-        sequence_output, _, hidden_states, attention_scores = self.bert(input_ids, token_type_ids, input_mask)
-        return self.logits_of(sequence_output), hidden_states, attention_scores
-
     def logits_of(self, sequence_output):
-        """The head on the last hidden state [B, S, H] -> [B, S, num_labels] (also run by width views)."""
+        """[B, S, H] -> [B, S, num_labels]."""
         return self.classifier(self.dropout(sequence_output))
 
 
-class BertForQuestionAnswering(nn.Cell):
-    """BERT + span head (extractive QA). construct -> (logits [B, S, 2]: start and end logits of every position,
-    hidden_states, attention_scores). One Dense `qa_outputs` on the sequence output, as HF's
-    `BertForQuestionAnswering` (no dropout there either); the pooler is kept unused as in
-    BertForTokenClassification. config.num_labels must be 2."""
+class BertForQuestionAnswering(BertWithHead):
+    """BERT + span head (extractive QA) -> logits [B, S, 2]: start and end logits of every position. One Dense
+    `qa_outputs` on the sequence output, as HF's `BertForQuestionAnswering` (no dropout there either).
+    config.num_labels must be 2."""
 
-    HEAD_TYPES = ("dense",)
     HEAD_KIND = "span"
+    TASK = "span extraction"
 
     def __init__(self, config: BertConfig, head_type: str = "dense"):
-        super().__init__()
-        if head_type not in self.HEAD_TYPES:
-            raise ValueError(f"head_type '{head_type}' not supported for span extraction: expected "
-                             f"{', '.join(self.HEAD_TYPES)}")
         if config.num_labels != 2:
             raise ValueError(f"a span head has 2 outputs (start, end), the config says num_labels "
                              f"{config.num_labels}")
-        self.config = copy.deepcopy(config)
-        self.head_type = head_type
-        self.bert = BertModel(config)
+        super().__init__(config, head_type)
         self.qa_outputs = _dense(config.hidden_size, 2, config.initializer_range)
 
-    def construct(self, input_ids, token_type_ids, input_mask):
-        sequence_output, _, hidden_states, attention_scores = self.bert(input_ids, token_type_ids, input_mask)
-        return self.logits_of(sequence_output), hidden_states, attention_scores
-
     def logits_of(self, sequence_output):
-        """The head on the last hidden state [B, S, H] -> [B, S, 2] (also run by width views)."""
+        """[B, S, H] -> [B, S, 2]."""
         return self.qa_outputs(sequence_output)
 
 
