@@ -20,7 +20,7 @@ import numpy as np
 import mindspore as ms
 
 from src.errors import UserError
-from src.fileio import package_file, require_file
+from src.fileio import package_file, read_errors, require_file
 from src.tokenization import BertTokenizer
 
 GLOVE_BLOCK = 64           # query words per GloVe product (padded, so every product has the shape [64, words])
@@ -60,11 +60,8 @@ def read_glove_words(path: str) -> List[str]:
             raise UserError(f"--glove_words {path}: no column '{GLOVE_WORD_COLUMN}' (columns: "
                             f"{', '.join(table.column_names)})")
         return [str(w) for w in table.column(GLOVE_WORD_COLUMN).to_pylist()]
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f]
-    except UnicodeDecodeError as e:
-        raise UserError(f"--glove_words {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    with read_errors(f"--glove_words {path}"), open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
 
 
 def read_glove(vectors_path: str, words_path: str, k: int) -> "GloveNeighbours":

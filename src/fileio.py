@@ -5,6 +5,7 @@ hidden temp name in the target's own folder and moved over the target with `os.r
 the old file or the whole new one, never half of it, and a failed write leaves nothing behind.
 """
 import contextlib
+import csv
 import importlib.util
 import json
 import os
@@ -90,6 +91,22 @@ def atomic_text(path: str, text: str) -> str:
 
 def atomic_json(path: str, obj, indent: int = 2, sort_keys: bool = False) -> str:
     return atomic_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+@contextlib.contextmanager
+def read_errors(name: str, expected: str = "", table: str = "CSV"):
+    """Reading a file inside the block: a byte that is not UTF-8, JSON that does not parse or a `table` (CSV / TSV)
+    the csv module cannot read becomes one UserError that starts with `name` (the file as the message shows it: a
+    path, or the flag and path) and ends with "; expected `expected`" when given."""
+    tail = f"; expected {expected}" if expected else ""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start}){tail}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{name}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}){tail}") from None
+    except csv.Error as e:
+        raise UserError(f"{name}: cannot parse as {table}: {e}{tail}") from None
 
 
 def package_file(package: str, relpath: str, install_hint: str, what: str) -> str:

@@ -39,7 +39,7 @@ from src import ner, squad
 from src.dataset import padded_batches
 from src.errors import UserError
 from src.export_folder import ExportFolder, read_export_folder
-from src.fileio import atomic_text
+from src.fileio import atomic_text, read_errors
 from src.outputs import check_output_dir
 from src.tokenization import BertTokenizer
 
@@ -88,11 +88,8 @@ def read_inputs(texts: Sequence[str] = (), text_file: Optional[str] = None, csv_
     if text_file:
         if not os.path.isfile(text_file):
             raise UserError(f"--text_file '{text_file}': not found")
-        try:
-            with open(text_file, encoding="utf-8-sig") as f:
-                raw = f.read().split("\n")
-        except UnicodeDecodeError as e:
-            raise UserError(f"--text_file '{text_file}': not UTF-8 text ({e.reason} at byte {e.start})") from None
+        with read_errors(f"--text_file '{text_file}'"), open(text_file, encoding="utf-8-sig") as f:
+            raw = f.read().split("\n")
         lines = [(f"{text_file} line {i + 1}", t.rstrip("\r")) for i, t in enumerate(raw) if t.strip()]
         if not lines:
             raise UserError(f"--text_file '{text_file}': no text (empty input)")
@@ -107,7 +104,7 @@ def _read_csv(path: str, text_column: str, text_b_column: Optional[str]):
     delimiter = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     a, b, wheres = [], [], []
-    try:
+    with read_errors(f"--csv '{path}'", table="TSV" if delimiter == "\t" else "CSV"):
         with open(path, "r", encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
             names = next(reader, None)
@@ -132,10 +129,6 @@ def _read_csv(path: str, text_column: str, text_b_column: Optional[str]):
                 wheres.append(f"--csv '{path}' line {reader.line_num}")
                 if "--text_b_column" in index:
                     b.append(row[index["--text_b_column"]])
-    except UnicodeDecodeError as e:
-        raise UserError(f"--csv '{path}': not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise UserError(f"--csv '{path}': cannot parse it ({e})") from None
     if not a:
         raise UserError(f"--csv '{path}': no rows (empty input)")
     return a, (b if text_b_column else None), path, wheres

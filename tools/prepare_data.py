@@ -81,7 +81,7 @@ os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unles
 
 from src import ner, squad  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
-from src.fileio import package_file  # noqa: E402
+from src.fileio import package_file, read_errors  # noqa: E402
 from src import corpus  # noqa: E402
 from src.records import write_records, write_schema  # noqa: E402
 from src.tasks import Task, get_task  # noqa: E402
@@ -142,7 +142,7 @@ def read_table(path: str, text_a, text_b, label, header: bool = True,
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     wanted = {"text_a": text_a, "text_b": text_b, "label": label}
     out: List[Example] = []
-    try:
+    with read_errors(path, table="TSV" if delimiter == "\t" else "CSV"):
         with open(path, "r", encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
             index: Dict[str, int] = {}
@@ -170,10 +170,6 @@ def read_table(path: str, text_a, text_b, label, header: bool = True,
                 out.append((row[index["text_a"]],
                             row[index["text_b"]] if "text_b" in index else None,
                             row[index["label"]].strip(), path, reader.line_num))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise UserError(f"{path}: cannot parse as {'TSV' if delimiter == chr(9) else 'CSV'}: {e}") from None
     if not out:
         raise UserError(f"{path}: no examples (empty input)")
     return out
@@ -290,7 +286,7 @@ def read_tagged(path: str, scheme: str) -> List[Sentence]:
             tags.clear()
             lines.clear()
 
-    try:
+    with read_errors(path):
         with open(path, "r", encoding="utf-8-sig") as f:
             for n, line in enumerate(f, 1):
                 line = line.rstrip("\r\n")
@@ -321,8 +317,6 @@ def read_tagged(path: str, scheme: str) -> List[Sentence]:
                 tags.append(tag)
                 lines.append(n)
         close()
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not sentences:
         raise UserError(f"{path}: no sentences (empty input)")
     return sentences
