@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import (emit, fmt, machine, machine_line, markdown_table, read_result, time_call,  # noqa
                                write_json)
+from src.runlog import read_manifest  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 FORMAT_NOTES = {"nbits_int8": ": 2-bit codes stored, int8 kernels", "int8": ": int8 codes, int8 kernels",
@@ -228,10 +229,7 @@ def main(argv=None):
                     time_file(r["files"][key], sample_inputs(b, s, r["vocab"], seed=1), args.threads, args.budget))
         print(f"round {rnd + 1}/{args.rounds} done", flush=True)
     summarize(rows, keys)
-    manifest = {}
-    if os.path.isfile(os.path.join(args.run_dir, "manifest.json")):
-        with open(os.path.join(args.run_dir, "manifest.json"), encoding="utf-8") as f:
-            manifest = json.load(f)
+    manifest = read_manifest(args.run_dir, missing_ok=True)
     out = {"machine": machine(args.threads), "rounds": args.rounds, "budget_s": args.budget, "load": load,
            "cells": keys, "metric": task.main_metric, "export_format": cfg.export.format,
            "export_seq": cfg.export.seq_length,

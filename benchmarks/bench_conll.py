@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log (the per-type table's eval): errors only unless set
 
 from benchmarks.common import emit, machine, machine_line, markdown_table, read_result, write_json  # noqa: E402
-from src.runlog import read_records  # noqa: E402
+from src.runlog import read_manifest, read_records  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 # row -> (label, reference row, goal: fraction of the reference)
@@ -61,14 +61,6 @@ def compound(run_dir: str) -> dict:
     return {"dev": final["metric"], "schedule": schedule}
 
 
-def _manifest(run_dir: str) -> dict:
-    path = os.path.join(run_dir, "manifest.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def best_dev(row: str, run_dir: str, width: float = 0.5) -> float:
     """The run's best dev entity F1: the largest eval f1 (width: the width record of `width`)."""
     from src.errors import UserError
@@ -87,7 +79,7 @@ def best_dev(row: str, run_dir: str, width: float = 0.5) -> float:
 def schedule(row: str, run_dir: str) -> str:
     """'N steps x B' of the run (its last train record and its config's batch size)."""
     steps = [r["step"] for r in read_records(run_dir) if r["kind"] == "train"]
-    cfg = _manifest(run_dir).get("config", {})
+    cfg = read_manifest(run_dir, missing_ok=True).get("config", {})
     batch = cfg.get(SCHEDULE_KEY[row], {}).get("batch_size", "?")
     text = f"{steps[-1] if steps else '?'} steps x {batch}"
     if row == "width":
@@ -102,7 +94,7 @@ def test_f1(path: str) -> tuple:
         evals = [r for r in read_records(path) if r["kind"] == "eval"]
         if not evals:
             raise UserError(f"{path}/metrics.jsonl: no eval record")
-        m = _manifest(path)
+        m = read_manifest(path, missing_ok=True)
         split = m.get("config", {}).get("eval", {}).get("split", "?")
         if split != "test":
             raise UserError(f"{path}: an eval of split '{split}', expected --eval.split test")
@@ -162,7 +154,7 @@ def measure(args, argv) -> dict:
         r = {"row": row, "run": run_dir or None, "dev": None, "test": None, "schedule": None, "command": None,
              "git": None, "test_command": None, "fp32_dev": None}
         if run_dir:
-            m = _manifest(run_dir)
+            m = read_manifest(run_dir, missing_ok=True)
             got = compound(run_dir) if row == "compound" else {"dev": best_dev(row, run_dir),
                                                                "schedule": schedule(row, run_dir)}
             r.update(**got, command=m.get("command"), git=m.get("git"))
@@ -170,10 +162,10 @@ def measure(args, argv) -> dict:
                 td1 = os.path.join(os.path.dirname(os.path.normpath(run_dir)), "td1")
                 if os.path.isdir(td1):
                     steps = [x["step"] for x in read_records(td1) if x["kind"] == "train"]
-                    cfg = _manifest(td1).get("config", {})
+                    cfg = read_manifest(td1, missing_ok=True).get("config", {})
                     r["schedule"] = (f"td1 {steps[-1] if steps else '?'} steps x "
                                      f"{cfg.get('td1', {}).get('batch_size', '?')}, td2 {r['schedule']}")
-                    r["td1_command"] = _manifest(td1).get("command")
+                    r["td1_command"] = read_manifest(td1, missing_ok=True).get("command")
             if row == "ternary":
                 # its fp32 model: the teacher_eval record, else (eval.teacher_baseline false) the dev F1 recorded
                 # beside the teacher checkpoint it quantized (student.init teacher: the same model)
@@ -181,7 +173,7 @@ def measure(args, argv) -> dict:
                 if base:
                     r["fp32_dev"], r["fp32_from"] = base[-1]["f1"], "teacher_eval record"
                 else:
-                    ckpt = _manifest(run_dir).get("config", {}).get("teacher", {}).get("ckpt", "")
+                    ckpt = read_manifest(run_dir, missing_ok=True).get("config", {}).get("teacher", {}).get("ckpt", "")
                     if ckpt and os.path.isfile(os.path.join(os.path.dirname(ckpt), "metrics.jsonl")):
                         r["fp32_dev"] = best_dev("teacher", os.path.dirname(ckpt))
                         r["fp32_from"] = f"best dev eval of {os.path.dirname(ckpt)}"

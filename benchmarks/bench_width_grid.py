@@ -19,7 +19,6 @@ the supernet's view (max |diff|); each joint one is sliced and compared in MindS
 <out_dir>/width_grid.json; --from_json renders a saved one again.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (ROOT, add_timing_args, emit, machine, machine_line, markdown_table,  # noqa: E402
                                measured_or_saved, rounds_and_budget, time_call, write_json)
-from src.runlog import read_records  # noqa: E402
+from src.runlog import read_manifest, read_records  # noqa: E402
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 DEPTHS = (1.0, 0.75, 0.5)
@@ -76,8 +75,7 @@ def _trained(run_dir: str) -> bool:
     """The run finished training: its last evaluation (at train.max_steps) is recorded and the last supernet saved
     (the table the run writes after that is not needed here: the scores are the last eval record's)."""
     try:
-        with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
-            steps = json.load(f)["config"]["train"]["max_steps"]
+        steps = read_manifest(run_dir, missing_ok=True)["config"]["train"]["max_steps"]
         last = read_records(run_dir, "eval", missing_ok=True)
     except (OSError, ValueError, KeyError):
         return False
@@ -88,8 +86,7 @@ def _trained(run_dir: str) -> bool:
 
 def _teacher_ckpt(run_dir: str) -> str:
     """The fine-tuned teacher a width run distilled from (its manifest's teacher.ckpt)."""
-    with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
-        return json.load(f)["config"]["teacher"]["ckpt"]
+    return read_manifest(run_dir)["config"]["teacher"]["ckpt"]
 
 
 def _label(w: float, d: float) -> str:
@@ -108,8 +105,7 @@ def train(args, name: str) -> dict:
         if subprocess.run(cmd, cwd=ROOT).returncode != 0:
             from src.errors import UserError
             raise UserError(f"the {name} run failed (its log: {run_dir}/log.txt)")
-    with open(os.path.join(run_dir, "manifest.json"), encoding="utf-8") as f:
-        manifest = json.load(f)
+    manifest = read_manifest(run_dir)
     times = [r["time"] for kind in ("teacher_eval", "train", "eval") for r in read_records(run_dir, kind)]
     last = read_records(run_dir, "eval")[-1]
     depths = DEPTHS if name != "stage1" else (1.0,)
@@ -227,8 +223,7 @@ def stage3(args, w: float, d: float, teacher_ckpt: str) -> dict:
                 raise UserError(f"stage 3 of w {w:g} x d {d:g} failed ({cmd[0]}; its output: {out})")
     evals = read_records(td2, "eval")
     steps = [r["step"] for r in read_records(td2, "train")]
-    with open(os.path.join(td2, "manifest.json"), encoding="utf-8") as f:
-        git = json.load(f)["git"][:12]
+    git = read_manifest(td2)["git"][:12]
     return {"width": w, "depth": d, "acc": max(e["acc"] for e in evals), "evals": len(evals),
             "steps": steps[-1] if steps else 0, "commands": [" ".join(c) for c in cmds], "git": git}
 

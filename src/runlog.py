@@ -60,6 +60,18 @@ def read_records(run_dir: str, kind: str = None, missing_ok: bool = False) -> li
     return [r for r in recs if r.get("kind") == kind] if kind else recs
 
 
+def read_manifest(run_dir: str, missing_ok: bool = False) -> dict:
+    """<run_dir>/manifest.json as `RunLog` wrote it (resolved config, command, seed, versions, git hash). A missing
+    file is a UserError naming it ({} with missing_ok)."""
+    path = os.path.join(run_dir, "manifest.json")
+    if not os.path.isfile(path):
+        if missing_ok:
+            return {}
+        raise UserError(f"{path}: missing (is '{run_dir}' a run folder? see its log.txt)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def format_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
