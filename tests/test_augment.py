@@ -408,3 +408,16 @@ def test_bench_pair_table_from_json(tmp_path):
     assert "| CoNLL entity typing + augmented, N 2 | 23,766 | 150 | 210 | 0.7800 | +0.0100 | 97.5% | yes |" in text
     assert "7,922 train / 992 dev sentence + claim pairs" in text
     assert "1 epoch on the plain pairs: dev acc 0.8000" in text
+
+
+def test_bench_runs_reuse_the_first_phase_1_of_their_data():
+    """--td2_steps 210 640 --aug_td2_steps 210 640: four runs; the second of each data starts phase 2 from the
+    first one's phase 1."""
+    from benchmarks import bench_augment
+    args = bench_augment.parse_args(["--student", "--td2_steps", "210", "640", "--aug_td2_steps", "210", "640"])
+    assert bench_augment._runs(args, "MR", "d", "MR + aug", "a") == [
+        ("MR", "d", "td_plain", 210, None), ("MR", "d", "td_plain_td2_640", 640, "td_plain"),
+        ("MR + aug", "a", "td_aug", 210, None), ("MR + aug", "a", "td_aug_td2_640", 640, "td_aug")]
+    args = bench_augment.parse_args(["--pairs", "--td2_steps", "250"])
+    assert [r[2:] for r in bench_augment._runs(args, "P", "d", "P + aug", "a")] == [
+        ("td_plain", 250, None), ("td_aug", 250, None)]
