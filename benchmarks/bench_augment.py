@@ -12,8 +12,9 @@ encoding, writing); the reference is tools/prepare_data.py's encoding + writing 
 
 --student: TinyBERT task distillation of the demo's student (configs/td_mr.yaml: the general-distillation student,
 the fine-tuned teacher output/td_mr/teacher/best.ckpt) on MR and on MR augmented with --student_copies copies,
-phase 1 for --td1_steps steps and phase 2 for each --td2_steps / --aug_td2_steps (a short schedule: the machine has
-2 cores; the second and later phase-2 lengths of one data start from the first run's phase 1), dev accuracy of
+phase 1 for --td1_steps steps and phase 2 for each --td2_steps / --aug_td2_steps steps, over as many epochs as they
+need (a short schedule: the machine has 2 cores; the second and later phase-2 lengths of one data start from the
+first run's phase 1; phase 2 evaluates after each epoch and keeps the best), dev accuracy of
 phase 2's best checkpoint against the teacher's; minutes from the first to the last record of the run's phases.
 Runs go under --work_dir (--reuse keeps those whose phase 2 finished). Writes <out_dir>/augment.json; --from_json
 renders a saved one again.
@@ -74,7 +75,8 @@ def parse_args(argv=None):
                         "the first one's phase 1")
     p.add_argument("--aug_td2_steps", type=int, nargs="+", default=None,
                    help="the same for the augmented runs (default --td2_steps)")
-    p.add_argument("--reuse", action="store_true", help="keep the runs under --work_dir whose phase 2 finished")
+    p.add_argument("--reuse", action="store_true", help="keep the runs under --work_dir whose phase 2 finished and "
+                                                        "the rows/s of <out_dir>/augment.json")
     p.add_argument("--work_dir", default="output/bench/augment/runs", help="augmented data and TD runs")
     p.add_argument("--out_dir", default="output/bench/augment")
     p.add_argument("--from_json", default=None, help="render a saved augment.json instead of measuring")
@@ -188,8 +190,8 @@ def _distil(args, work, runs, teacher_ckpt, overrides=()):
                 _run([sys.executable, "run_task_distill.py", *common, "--phase", "td1", "--td1.max_steps",
                       str(args.td1_steps)], os.path.join(work, run + "_td1.log"))
             start = [] if td1_of is None else ["--student.td1_ckpt", os.path.join(work, td1_of, "td1", "student.ckpt")]
-            _run([sys.executable, "run_task_distill.py", *common, *start, "--phase", "td2", "--td2.max_steps",
-                  str(td2_steps)], os.path.join(work, run + "_td2.log"))
+            _run([sys.executable, "run_task_distill.py", *common, *start, "--phase", "td2", "--td2.epochs", "0",
+                  "--td2.max_steps", str(td2_steps)], os.path.join(work, run + "_td2.log"))
         times = [r["time"] for phase in (("td2",) if td1_of else ("td1", "td2"))
                  for r in read_records(os.path.join(run_dir, phase))]
         seconds = max(times) - min(times)
@@ -261,7 +263,12 @@ def measure(args) -> dict:
     if args.pairs:
         out["pairs"] = _pairs(args)
         return out
-    out["rate"] = _rows_per_s(args)
+    saved = os.path.join(args.out_dir, "augment.json")
+    if args.reuse and os.path.isfile(saved):                     # the rows/s of the last run, with --reuse
+        with open(saved, encoding="utf-8") as f:
+            out["rate"] = json.load(f)["rate"]
+    else:
+        out["rate"] = _rows_per_s(args)
     if args.student:
         write_json(os.path.join(args.out_dir, "augment.json"), out)            # the rates survive a failed run
         out["student"] = _student(args)
