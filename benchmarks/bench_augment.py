@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import ROOT, emit, machine, machine_line, markdown_table, measured_or_saved, write_json  # noqa
-from src.runlog import read_records  # noqa: E402
+from src.runlog import read_manifest, read_records  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 GOAL_ROWS_PER_S = 100
@@ -184,8 +184,10 @@ def _distil(args, work, runs, teacher_ckpt, overrides=()):
         run_dir = os.path.join(work, run)
         common = ["--config_path", "configs/td_mr.yaml", "--output_dir", run_dir, "--data.dir", data,
                   "--teacher.ckpt", teacher_ckpt, *overrides]
-        done = read_records(os.path.join(run_dir, "td2"), "eval", missing_ok=True)
-        if not (args.reuse and done and done[-1]["step"] == td2_steps):
+        td2 = os.path.join(run_dir, "td2")
+        asked = read_manifest(td2, missing_ok=True).get("config", {}).get("td2", {})
+        finished = read_records(td2, "eval", missing_ok=True) and asked.get("max_steps") == td2_steps
+        if not (args.reuse and finished):
             if td1_of is None:
                 _run([sys.executable, "run_task_distill.py", *common, "--phase", "td1", "--td1.max_steps",
                       str(args.td1_steps)], os.path.join(work, run + "_td1.log"))
@@ -199,8 +201,9 @@ def _distil(args, work, runs, teacher_ckpt, overrides=()):
             cache = [line.strip() for line in f if line.startswith("teacher logits for phase 2")]
         with open(os.path.join(data, "train_schema.json")) as f:
             rows = json.load(f)["numRows"]
-        out.append({"data": name, "train_rows": rows, "td1_steps": args.td1_steps, "td2_steps": td2_steps,
-                    "td1_of": td1_of, "dev_acc": _best(os.path.join(run_dir, "td2")), "seconds": seconds,
+        out.append({"data": name, "train_rows": rows, "td1_steps": args.td1_steps,
+                    "td2_steps": read_records(td2, "eval")[-1]["step"],            # the steps it ran
+                    "td1_of": td1_of, "dev_acc": _best(td2), "seconds": seconds,
                     "teacher_logits": cache[0] if cache else ""})
     return out
 
