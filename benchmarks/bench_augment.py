@@ -31,6 +31,7 @@ fine-tuned on the plain pairs (phase finetune, --pair_teacher_epochs). Writes <o
 """
 import argparse
 import csv
+import datetime
 import json
 import os
 import re
@@ -125,6 +126,12 @@ def _run(cmd, log):
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {r.returncode}); see {log}")
 
 
+def _last_run_records(folder: str) -> list:
+    """The records of the folder's last run (its metrics.jsonl also keeps those of earlier runs there)."""
+    started = datetime.datetime.fromisoformat(read_manifest(folder)["started"]).timestamp()
+    return [r for r in read_records(folder) if r["time"] >= started]
+
+
 def _best(run_dir: str) -> float:
     return read_records(run_dir, "eval")[-1]["best"]
 
@@ -195,7 +202,7 @@ def _distil(args, work, runs, teacher_ckpt, overrides=()):
             _run([sys.executable, "run_task_distill.py", *common, *start, "--phase", "td2", "--td2.epochs", "0",
                   "--td2.max_steps", str(td2_steps)], os.path.join(work, run + "_td2.log"))
         times = [r["time"] for phase in (("td2",) if td1_of else ("td1", "td2"))
-                 for r in read_records(os.path.join(run_dir, phase))]
+                 for r in _last_run_records(os.path.join(run_dir, phase))]
         seconds = max(times) - min(times)
         with open(os.path.join(run_dir, "td2", "log.txt")) as f:
             cache = [line.strip() for line in f if line.startswith("teacher logits for phase 2")]
