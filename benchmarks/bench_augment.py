@@ -44,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import ROOT, emit, machine, machine_line, markdown_table, measured_or_saved, write_json  # noqa
+from src.fileio import atomic_write  # noqa: E402
 from src.runlog import read_manifest, read_records  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
@@ -167,12 +168,8 @@ def write_pair_csvs(folder: str, seed: int, train_pairs: int) -> dict:
         sentences = [(words, tags) for words, tags, _, _ in read_tagged(files[split], "iob2")]
         pairs = entity_type_pairs(sentences, np.random.default_rng([seed, i]))
         pairs = pairs[:train_pairs] if split == "train" else pairs
-        tmp = os.path.join(folder, f".{split}.csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["sentence", "claim", "label"])
-            w.writerows(pairs)
-        os.replace(tmp, os.path.join(folder, f"{split}.csv"))
+        atomic_write(os.path.join(folder, f"{split}.csv"),
+                     lambda f: csv.writer(f).writerows([("sentence", "claim", "label"), *pairs]))
         counts[split] = len(pairs)
     return counts
 
@@ -208,9 +205,10 @@ def _distil(args, work, runs, teacher_ckpt, overrides=()):
             cache = [line.strip() for line in f if line.startswith("teacher logits for phase 2")]
         with open(os.path.join(data, "train_schema.json")) as f:
             rows = json.load(f)["numRows"]
+        last = read_records(td2, "eval")[-1]
         out.append({"data": name, "train_rows": rows, "td1_steps": args.td1_steps,
-                    "td2_steps": read_records(td2, "eval")[-1]["step"],            # the steps it ran
-                    "td1_of": td1_of, "dev_acc": _best(td2), "seconds": seconds,
+                    "td2_steps": last["step"],                                     # the steps it ran
+                    "td1_of": td1_of, "dev_acc": last["best"], "seconds": seconds,
                     "teacher_logits": cache[0] if cache else ""})
     return out
 
@@ -254,17 +252,12 @@ def _pairs(args):
     task = ["--task.name", "csv", "--task.labels", *PAIR_LABELS]
     teacher_dir = os.path.join(work, "teacher_run", "teacher")
     if not os.path.isfile(os.path.join(teacher_dir, "best.ckpt")):
-        t = time.perf_counter()
         _run([sys.executable, "run_task_distill.py", "--config_path", "configs/td_mr.yaml", "--phase", "finetune",
               "--output_dir", os.path.dirname(teacher_dir), "--data.dir", data, *task, "--finetune.epochs",
               str(args.pair_teacher_epochs)], os.path.join(work, "teacher.log"))
-        teacher_s = time.perf_counter() - t
-    else:
-        teacher_s = None
     runs = _runs(args, "CoNLL entity typing", data, f"CoNLL entity typing + augmented, N {args.student_copies}",
                  aug_dir)
     return {"pairs": counts, "teacher_acc": _best(teacher_dir), "teacher_epochs": args.pair_teacher_epochs,
-            "teacher_seconds": teacher_s,
             "runs": _distil(args, work, runs, os.path.join(teacher_dir, "best.ckpt"), task)}
 
 
@@ -321,11 +314,10 @@ def student_table(out: dict, key: str = "student") -> str:
     else:
         task = f"MR, fine-tuned MiniLM teacher ({TEACHER_DIR}): dev acc {teacher:.4f}"
     reused = [r["data"] + f" ({r['td2_steps']} phase-2 steps)" for r in runs if r.get("td1_of")]
-    if reused:
-        reused = (f"; {', '.join(reused)}: phase 2 started from the first run's phase 1 on the same data (their "
-                  f"minutes are phase 2's)")
+    reuse_note = (f"; {', '.join(reused)}: phase 2 started from the first run's phase 1 on the same data (their "
+                  f"minutes are phase 2's)") if reused else ""
     head = (f"{task}. Short schedule on 2 cores (batch 32, steps in the table; the paper uses N 20 and several "
-            f"epochs), configs/td_mr.yaml otherwise{''.join(reused)}. {machine_line(out['machine'])}.")
+            f"epochs), configs/td_mr.yaml otherwise{reuse_note}. {machine_line(out['machine'])}.")
     first = runs[0]["data"]
     return head + "\n\n" + markdown_table(["train data", "train rows", "phase-1 steps", "phase-2 steps", "dev acc",
                                            f"vs {first}", "of teacher", f">= {100 * goal:.1f}%", "minutes"],

@@ -394,7 +394,6 @@ def test_bench_pair_table_from_json(tmp_path):
     machine = {"cpu": "x", "cores": 2, "threads": 2, "isa": "AVX2", "mhz": 2000.0, "peak_gflops": 64.0}
     out = {"machine": machine, "p_replace": 0.4, "candidates": 15,
            "pairs": {"pairs": {"train": 7922, "dev": 992}, "teacher_acc": 0.8, "teacher_epochs": 1,
-                     "teacher_seconds": 100.0,
                      "runs": [dict(run, data="CoNLL entity typing", train_rows=7922, dev_acc=0.77),
                               dict(run, data="CoNLL entity typing + augmented, N 2", train_rows=23766,
                                    dev_acc=0.78)]}}
