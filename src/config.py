@@ -43,7 +43,8 @@ MOVED_KEYS = {
 # Renamed keys: old key -> (new key in the same section, {old value: new value}).
 # Keys added to a shipped config after users may have copied it: a --config_path file without one gets the run's
 # own default value, with one WARNING line.
-ADDED_KEYS = ("optim.loss_scale", "task.regression", "data.shuffle_buffer", "importance.rewire_supernet")
+ADDED_KEYS = ("optim.loss_scale", "task.regression", "data.shuffle_buffer", "importance.rewire_supernet",
+              "eval.length_buckets")
 DEPRECATED_KEYS = {
     "loss.mask_padding": ("loss.padding", {True: "valid", False: "anchor"}),
     "train.width_matched_teacher": ("train.distill_from", {True: "narrowed_teacher", False: "teacher"}),

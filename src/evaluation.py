@@ -50,15 +50,16 @@ def numpy_logits(runner):
     return logits_fn
 
 
-def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size: int, task) -> Dict[str, float]:
+def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size: int, task,
+             length_buckets: Optional[Sequence[int]] = None) -> Dict[str, float]:
     """Metrics on every eval split (MNLI: dev_matched and dev_mismatched, prefixed 'mm_' for the second); a token
     task's are entity-level precision / recall / F1 over its sentences (src/ner.py), a span task's SQuAD exact match
-    and F1 over its questions (src/squad.py)."""
+    and F1 over its questions (src/squad.py). `length_buckets`: batches grouped by length (predict)."""
     from src.metrics import compute_metrics
     from src.ner import entity_metrics
     results = {}
     for i, (split, arrays) in enumerate(eval_sets.items()):
-        logits = predict(logits_fn, arrays, batch_size)
+        logits = predict(logits_fn, arrays, batch_size, length_buckets)
         if task.token_level:        # entity level (conlleval), the windows of a long sentence recombined first
             m = entity_metrics(task.labels, arrays["label_ids"], logits, arrays["sentence_id"])
         elif task.kind == "span":   # answers decoded over every window of a question, SQuAD EM / F1
@@ -72,13 +73,14 @@ def evaluate(logits_fn, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size:
     return results
 
 
-def teacher_baseline(teacher, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size: int, task, log) -> dict:
+def teacher_baseline(teacher, eval_sets: Dict[str, Dict[str, np.ndarray]], batch_size: int, task, log,
+                     length_buckets: Optional[Sequence[int]] = None) -> dict:
     """The fine-tuned teacher's own score before training, logged and recorded as `teacher_eval` (the reference
     of the ternary and width tables: tools/pack_ternary.py, tools/readme_results.py)."""
     from src.tinybert_model import LogitsOnly
     net = LogitsOnly(teacher)
     net.set_train(False)
-    metrics = evaluate(net, eval_sets, batch_size, task)
+    metrics = evaluate(net, eval_sets, batch_size, task, length_buckets)
     log.info("teacher fp32 " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()))
     log.record("teacher_eval", **metrics)
     return metrics

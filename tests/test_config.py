@@ -254,7 +254,7 @@ def _leaf_keys(data, prefix=""):
 
 # keys a CoNLL config may set apart from its MR counterpart; every other value is the MR config's
 CONLL_CHANGES = {"output_dir", "task.name", "data.dir", "data.max_seq_length", "data.length_buckets", "teacher.config",
-                 "teacher.ckpt", "checkpoint.every_steps", "eval.every", "pack.after_train"} | {
+                 "teacher.ckpt", "checkpoint.every_steps", "eval.every", "eval.length_buckets", "pack.after_train"} | {
                      f"{s}.{k}" for s in ("finetune", "td1", "td2") for k in ("epochs", "lr", "max_steps")}
 
 

@@ -119,3 +119,39 @@ def test_mnli_keep_best_follows_the_matched_split(tmp_path):
     assert saved == [{"acc": 0.25, "mm_acc": 0.2}, {"acc": 0.75, "mm_acc": 0.4}]
     text = open(tmp_path / "log.txt", encoding="utf-8").read()
     assert re.findall(r"^The best acc is ([0-9.]+)$", text, re.M) == ["0.250000", "0.750000"]
+
+
+def test_token_metrics_from_length_buckets_equal_the_full_length_ones():
+    """eval.length_buckets: a token task's per-position logits come back in row order and at the right positions
+    (zero-padded to the full length), so entity F1 of a bucketed eval equals the full-length one: a real tiny model
+    (logits equal up to float rounding) and a stub tagging every word right (F1 1.0 only if each position's
+    logits reach its own label)."""
+    import tiny_run
+    from src.evaluation import evaluate
+    from src.tasks import get_task
+    from src.tinybert_model import LogitsOnly, build_classifier
+    task = get_task("ner", tiny_run.TOKEN_LABELS)
+    rows, _ = tiny_run.token_rows(30, 3)
+    arrays = {k: np.asarray([r[k] for r in rows], np.int32) for k in rows[0]}
+    lengths = arrays["input_mask"].sum(1)
+    assert lengths.min() <= 8 < lengths.max()                # both buckets below are used
+    cfg = BertConfig(**tiny_run.TINY, num_labels=3)
+    net = LogitsOnly(build_classifier(cfg, "dense", "token"))
+    net.set_train(False)
+    full, bucketed = predict(net, arrays, 4), predict(net, arrays, 4, length_buckets=[8, tiny_run.SEQ])
+    real = arrays["input_mask"] == 1                          # padding positions: zeros when trimmed
+    np.testing.assert_allclose(bucketed[real], full[real], rtol=0, atol=2e-6)
+    gold = np.maximum(arrays["label_ids"], 0)
+    label_of = {tuple(np.trim_zeros(ids, "b")): g for ids, g in zip(arrays["input_ids"], gold)}
+    assert len(label_of) == len(rows)                         # each row found again from its ids
+
+    def tagger(input_ids, segment_ids, input_mask):           # a row's gold tags, trimmed to the batch's length
+        ids = input_ids.asnumpy()
+        lab = np.stack([label_of.get(tuple(np.trim_zeros(r, "b")), np.zeros(tiny_run.SEQ, int))[:ids.shape[1]]
+                        for r in ids])
+        return ms.Tensor(np.eye(3, dtype=np.float32)[lab])
+    sets = {"dev": arrays}
+    exact = evaluate(tagger, sets, 4, task)
+    assert exact["f1"] == 1.0, exact
+    assert evaluate(tagger, sets, 4, task, length_buckets=[8, tiny_run.SEQ]) == exact
+    assert evaluate(net, sets, 4, task, length_buckets=[8, tiny_run.SEQ]) == evaluate(net, sets, 4, task)

@@ -39,13 +39,19 @@ def train_data(cfg, task, log):
     return train
 
 
-def logits_eval(model, eval_sets, batch_size: int, task, train_cells=()):
+def eval_buckets(cfg):
+    """The length buckets of the run's eval batches: data.length_buckets when eval.length_buckets is true, else None
+    (every batch at data.max_seq_length)."""
+    return list(cfg.data.length_buckets) if cfg.eval.length_buckets else None
+
+
+def logits_eval(model, eval_sets, batch_size: int, task, train_cells=(), length_buckets=None):
     """fn() -> metrics of `model` on `eval_sets` in inference mode; `train_cells` are put back in training mode."""
     net = LogitsOnly(model)
 
     def run():
         net.set_train(False)
-        metrics = evaluate(net, eval_sets, batch_size, task)
+        metrics = evaluate(net, eval_sets, batch_size, task, length_buckets)
         for c in train_cells:
             c.set_train(True)
         return metrics

@@ -7,7 +7,7 @@ from src.batching import ArrayBatcher
 from src.checkpoint import load_into, resolve_head_type, save_cell
 from src.evaluation import evaluate
 from src.outputs import output_guard
-from src.runs.common import classifier_config, eval_data, logits_eval, schedule, train_data
+from src.runs.common import classifier_config, eval_buckets, eval_data, logits_eval, schedule, train_data
 from src.runs.td_phases import PHASES
 from src.runtime import start_run
 from src.tasks import task_from_config
@@ -50,8 +50,9 @@ def _run(cfg, out_dir, save_resolved):
     ckpt = os.path.join(out_dir, phase.ckpt)
     evaluation = None
     if phase.evaluates:
-        evaluation = Evaluation(logits_eval(b.model, eval_sets, cfg.eval.batch_size, task, [step]), task.main_metric,
-                                cfg.eval.every, lambda m: save_cell(b.model, ckpt, extra={**m}, **b.extra_cells))
+        evaluation = Evaluation(logits_eval(b.model, eval_sets, cfg.eval.batch_size, task, [step],
+                                            eval_buckets(cfg)), task.main_metric, cfg.eval.every,
+                                lambda m: save_cell(b.model, ckpt, extra={**m}, **b.extra_cells))
     last = os.path.join(out_dir, "last.ckpt") if phase.evaluates else ckpt
     state, resume = train_state_from_config(cfg, step, out_dir, is_main)
     trainer = Trainer(run_step, batcher, inputs=b.inputs, parts=b.parts, log=log, schedule=schedule(sched, lr),
@@ -79,7 +80,7 @@ def _evaluate_checkpoint(cfg, task, eval_sets, log):
     load_into(model, ckpt, "eval.ckpt", strict=True, allow_unexpected=("fit_dense.",))
     net = LogitsOnly(model)
     net.set_train(False)
-    metrics = evaluate(net, eval_sets, cfg.eval.batch_size, task)
+    metrics = evaluate(net, eval_sets, cfg.eval.batch_size, task, eval_buckets(cfg))
     log.info("eval " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()) + f" | {ckpt}")
     log.info(f"============== {task.main_metric} is {metrics[task.main_metric]:.6f}")
     log.record("eval", ckpt=ckpt, **metrics)

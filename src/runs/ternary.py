@@ -16,8 +16,8 @@ from src.fileio import atomic_text, require_file
 from src.outputs import output_guard
 from src.packing import build_ternary_inference_model, check_pack_options, pack, size_table
 from src.quant import quantize_model, with_lat_refresh
-from src.runs.common import (classifier_config, eval_data, keep_outputs_on_error, logits_eval, schedule,
-                             teacher_classifier, train_data)
+from src.runs.common import (classifier_config, eval_buckets, eval_data, keep_outputs_on_error, logits_eval,
+                             schedule, teacher_classifier, train_data)
 from src.runtime import start_run
 from src.tasks import task_from_config
 from src.ternary import TernaryDistillLoss, quant_config, read_quant_json, save_quantized, write_quant_json
@@ -59,7 +59,7 @@ def _run(cfg, out_dir, save_resolved):
     hid_txt = hid_map if lcfg.hidden_weight else "none (loss.hidden_weight 0)"
     log.info(f"layer map: attention {att_txt}, hidden {hid_txt}")
     if cfg.eval.teacher_baseline and is_main:
-        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log)
+        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log, eval_buckets(cfg))
     quantize_model(model, qcfg, sync_ranks=cfg.distributed)
     loss_net = TernaryDistillLoss(model, teacher, att_map, hid_map, lcfg, task.kind, cfg.distributed)
     batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
@@ -76,7 +76,8 @@ def _run(cfg, out_dir, save_resolved):
 
     # ---- fit. Resume state: latent weights + optimizer + the student's frozen quantizer state (activation ranges,
     # gathered over data-parallel ranks; the LAT Hessian)
-    evaluation = Evaluation(logits_eval(model, eval_sets, cfg.eval.batch_size, task, [step]), task.main_metric,
+    evaluation = Evaluation(logits_eval(model, eval_sets, cfg.eval.batch_size, task, [step], eval_buckets(cfg)),
+                            task.main_metric,
                             cfg.eval.every, lambda m: save_quantized(model, out_dir, "best", qcfg, extra={**m}))
     state, resume = train_state_from_config(cfg, StateOf(model, optimizer, frozen_state=True), out_dir, is_main)
     trainer = Trainer(step, batcher, inputs=["input_ids", "segment_ids", "input_mask", "label_ids"],
@@ -92,7 +93,8 @@ def _run(cfg, out_dir, save_resolved):
     if cfg.pack.after_train and is_main:
         result["packed"] = keep_outputs_on_error(
             pack_run, out_dir, cfg.pack.codec, cfg.pack.max_positions or cfg.data.max_seq_length,
-            cfg.student.head_type, log=log, eval_sets=eval_sets, eval_batch=cfg.eval.batch_size, task=task)
+            cfg.student.head_type, log=log, eval_sets=eval_sets, eval_batch=cfg.eval.batch_size, task=task,
+            eval_buckets=eval_buckets(cfg))
     log.close()
     return result
 
@@ -116,10 +118,12 @@ def _student(cfg, task, tcfg):
 
 
 def pack_run(out_dir: str, codec: str, max_positions: int, head_type: str, log=None, eval_sets=None,
-             eval_batch: int = 64, task=None, fp32_ckpt: str = "", out_path: str = "") -> dict:
+             eval_batch: int = 64, task=None, fp32_ckpt: str = "", out_path: str = "",
+             eval_buckets=None) -> dict:
     """Pack <out_dir>/best_quant.ckpt into <out_dir>/model.tpack, write model_sizes.md, and (with eval_sets)
-    evaluate the model rebuilt from the packed file. `head_type` = the run's student.head_type: the packed file
-    records it and the rebuilt model uses it. Returns sizes and metrics."""
+    evaluate the model rebuilt from the packed file (batches grouped by `eval_buckets` when given). `head_type` =
+    the run's student.head_type: the packed file records it and the rebuilt model uses it. Returns sizes and
+    metrics."""
     say = log.info if log is not None else print
     qcfg = read_quant_json(os.path.join(out_dir, "quant.json"))
     bcfg = load_bert_config(os.path.join(out_dir, "config.json"), "run config.json")
@@ -141,7 +145,7 @@ def pack_run(out_dir: str, codec: str, max_positions: int, head_type: str, log=N
     say(f"packed size ratio {ratio:.2f}x ({os.path.getsize(fp32):,} -> {os.path.getsize(out_path):,} bytes)")
     result = {"fp32_bytes": os.path.getsize(fp32), "packed_bytes": os.path.getsize(out_path), "ratio": ratio}
     if eval_sets is not None:
-        metrics = evaluate(build_ternary_inference_model(out_path), eval_sets, eval_batch, task)
+        metrics = evaluate(build_ternary_inference_model(out_path), eval_sets, eval_batch, task, eval_buckets)
         say("packed model eval " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()) + f" | {out_path}")
         if log is not None:
             log.record("packed_eval", ratio=ratio, packed_bytes=result["packed_bytes"],

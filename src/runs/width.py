@@ -11,8 +11,8 @@ from src.evaluation import evaluate, teacher_baseline
 from src.errors import UserError
 from src.fileio import atomic_text, require_file
 from src.outputs import output_guard
-from src.runs.common import (TASK_INPUTS, classifier_config, eval_data, keep_outputs_on_error, schedule,
-                             teacher_classifier, train_data)
+from src.runs.common import (TASK_INPUTS, classifier_config, eval_buckets, eval_data, keep_outputs_on_error,
+                             schedule, teacher_classifier, train_data)
 from src.runtime import start_run
 from src.tasks import task_from_config
 from src.tinybert_model import LogitsOnly, build_classifier, count_params, load_bert_config
@@ -53,7 +53,7 @@ def _run(cfg, out_dir, save_resolved):
     log.info(f"supernet initialised from {init_ckpt}{' (a width supernet: ' + str(start) + ')' if start else ''}; "
              f"teacher {init_ckpt if supernet_teacher else cfg.teacher.ckpt}; params {count_params(model)}")
     if cfg.eval.teacher_baseline and is_main:      # the reference the width table is read against
-        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log)
+        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log, eval_buckets(cfg))
     if cfg.importance.rewire and (start is None or cfg.importance.rewire_supernet):
         aligned = {"narrowed_teacher": teacher, "supernet": supernet_teacher}.get(source)
         _rewire_by_importance(cfg, model, aligned, train, task, rank, world, out_dir, log)
@@ -93,7 +93,7 @@ def _run(cfg, out_dir, save_resolved):
         metrics = {}
         for s, net in zip(specs, eval_nets):
             net.set_train(False)
-            m = evaluate(net, eval_sets, cfg.eval.batch_size, task)
+            m = evaluate(net, eval_sets, cfg.eval.batch_size, task, eval_buckets(cfg))
             metrics.update({key if s is specs[0] else f"{key}_w{s.label}": v for key, v in m.items()})
             b = bests.update(model, s, m)
             log.info(f"width {s.label} (heads {sizes_txt(s.heads)}, FFN {sizes_txt(s.ffn)}): {task.main_metric} "
