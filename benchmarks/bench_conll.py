@@ -205,9 +205,12 @@ def render(out: dict) -> str:
     root = out.get("runs_root", "")
     rows = {r["row"]: {k: _shown(v, root) for k, v in r.items()} for r in out["rows"]}
     teacher = rows["teacher"]
+    given_only = out.get("block", "conll") != "conll"
     lines, body = [], []
     for key, (label, ref_key, goal) in ROWS.items():
         r = rows[key]
+        if r["run"] is None and given_only:
+            continue
         if r["run"] is None:
             body.append([label, "-", "-", "-", "-", "-", f">= {100 * goal:.0f}%" if goal else "-", "not run",
                          "-"])
@@ -258,6 +261,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out_dir", default="output/bench/conll", help="where conll.json is written")
     p.add_argument("--from_json", default="", help="render a saved conll.json instead of reading the runs")
+    p.add_argument("--block", default="conll", help="the bench:NAME block and NAME.json written; another name than "
+                                                    "conll: a second table of only the rows given")
     add_results_arg(p)
     args = p.parse_args(argv)
     from src.errors import UserError
@@ -269,10 +274,10 @@ def main(argv=None):
             raise UserError(f"--test {bad[0]}: expected ROW=PATH with ROW one of {', '.join(ROWS)}")
         if not args.teacher_run:
             raise UserError("--teacher_run: the fine-tuned teacher's folder is needed (the reference of every row)")
-        out = measure(args, argv)
+        out = {**measure(args, argv), "block": args.block}
         os.makedirs(args.out_dir, exist_ok=True)
-        write_json(os.path.join(args.out_dir, "conll.json"), out)
-    emit("conll", render(out), args.results or None)
+        write_json(os.path.join(args.out_dir, f"{args.block}.json"), out)
+    emit(out.get("block", "conll"), render(out), args.results or None)
     return out
 
 

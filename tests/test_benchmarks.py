@@ -624,6 +624,16 @@ def test_bench_conll_rows_against_their_references(tmp_path):
     # a run not given is a '-' row; an eval of the dev split is no test score
     out = bench_conll.main(["--teacher_run", teacher, "--out_dir", str(tmp_path / "o")])
     assert "| TernaryBERT W2E2A8 | - | - | - | - | - | >= 98% | not run | - |" in bench_conll.render(out)
+    # another block: only the rows given, into bench:NAME of the results file and NAME.json
+    md = tmp_path / "results.md"
+    md.write_text("<!-- bench:conll:start -->\nkept\n<!-- bench:conll:end -->\n")
+    out = bench_conll.main(["--teacher_run", teacher, "--ternary_run", tern2, "--block", "conll_rerun", "--out_dir",
+                            str(tmp_path / "o"), "--results", str(md)])
+    written = md.read_text()
+    assert "kept" in written and "<!-- bench:conll_rerun:start -->" in written
+    assert "| TernaryBERT W2E2A8 | 0.8830 |" in written and "TinyBERT student" not in written
+    assert os.path.isfile(tmp_path / "o" / "conll_rerun.json")
+    assert bench_conll.main(["--from_json", str(tmp_path / "o" / "conll_rerun.json")])["block"] == "conll_rerun"
     dev_eval = run("test/dev", [{"kind": "eval", "f1": 0.8}], {"eval": {"split": "dev"}})
     with pytest.raises(UserError, match="expected --eval.split test"):
         bench_conll.main(["--teacher_run", teacher, "--test", f"teacher={dev_eval}", "--out_dir", str(tmp_path)])
