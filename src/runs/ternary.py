@@ -46,6 +46,7 @@ def _run(cfg, out_dir, save_resolved):
 
     # ---- build: data, teacher, quantized student, loss, train step (LAT: refreshes D after every step)
     eval_sets, train = eval_data(cfg, task, log), train_data(cfg, task, log)
+    buckets = eval_buckets(cfg)
     lcfg = loss_config(cfg)
     tcfg, teacher = teacher_classifier(cfg, task, cfg.teacher.ckpt)
     scfg, model, how = _student(cfg, task, tcfg)
@@ -59,7 +60,7 @@ def _run(cfg, out_dir, save_resolved):
     hid_txt = hid_map if lcfg.hidden_weight else "none (loss.hidden_weight 0)"
     log.info(f"layer map: attention {att_txt}, hidden {hid_txt}")
     if cfg.eval.teacher_baseline and is_main:
-        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log, eval_buckets(cfg))
+        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log, buckets)
     quantize_model(model, qcfg, sync_ranks=cfg.distributed)
     loss_net = TernaryDistillLoss(model, teacher, att_map, hid_map, lcfg, task.kind, cfg.distributed)
     batcher = ArrayBatcher(train, cfg.train.batch_size, shuffle=True, seed=cfg.seed, rank=rank, world=world,
@@ -76,9 +77,9 @@ def _run(cfg, out_dir, save_resolved):
 
     # ---- fit. Resume state: latent weights + optimizer + the student's frozen quantizer state (activation ranges,
     # gathered over data-parallel ranks; the LAT Hessian)
-    evaluation = Evaluation(logits_eval(model, eval_sets, cfg.eval.batch_size, task, [step], eval_buckets(cfg)),
-                            task.main_metric,
-                            cfg.eval.every, lambda m: save_quantized(model, out_dir, "best", qcfg, extra={**m}))
+    evaluation = Evaluation(logits_eval(model, eval_sets, cfg.eval.batch_size, task, [step], buckets),
+                            task.main_metric, cfg.eval.every,
+                            lambda m: save_quantized(model, out_dir, "best", qcfg, extra={**m}))
     state, resume = train_state_from_config(cfg, StateOf(model, optimizer, frozen_state=True), out_dir, is_main)
     trainer = Trainer(step, batcher, inputs=["input_ids", "segment_ids", "input_mask", "label_ids"],
                       parts=["att", "rep", "pred"], log=log, schedule=schedule(cfg.train, lr), log_every=cfg.log_every,
@@ -94,7 +95,7 @@ def _run(cfg, out_dir, save_resolved):
         result["packed"] = keep_outputs_on_error(
             pack_run, out_dir, cfg.pack.codec, cfg.pack.max_positions or cfg.data.max_seq_length,
             cfg.student.head_type, log=log, eval_sets=eval_sets, eval_batch=cfg.eval.batch_size, task=task,
-            eval_buckets=eval_buckets(cfg))
+            eval_buckets=buckets)
     log.close()
     return result
 

@@ -43,6 +43,7 @@ def _run(cfg, out_dir, save_resolved):
 
     # ---- build: data, teacher, supernet (rewired by importance), loss over widths, one optimizer for all
     eval_sets, train = eval_data(cfg, task, log), train_data(cfg, task, log)
+    buckets = eval_buckets(cfg)
     _, teacher = teacher_classifier(cfg, task, cfg.teacher.ckpt)
     model = build_classifier(tcfg, cfg.teacher.head_type, task.head)
     load_into(model, init_ckpt, "supernet.init_ckpt", strict=True)
@@ -53,7 +54,7 @@ def _run(cfg, out_dir, save_resolved):
     log.info(f"supernet initialised from {init_ckpt}{' (a width supernet: ' + str(start) + ')' if start else ''}; "
              f"teacher {init_ckpt if supernet_teacher else cfg.teacher.ckpt}; params {count_params(model)}")
     if cfg.eval.teacher_baseline and is_main:      # the reference the width table is read against
-        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log, eval_buckets(cfg))
+        teacher_baseline(teacher, eval_sets, cfg.eval.batch_size, task, log, buckets)
     if cfg.importance.rewire and (start is None or cfg.importance.rewire_supernet):
         aligned = {"narrowed_teacher": teacher, "supernet": supernet_teacher}.get(source)
         _rewire_by_importance(cfg, model, aligned, train, task, rank, world, out_dir, log)
@@ -93,7 +94,7 @@ def _run(cfg, out_dir, save_resolved):
         metrics = {}
         for s, net in zip(specs, eval_nets):
             net.set_train(False)
-            m = evaluate(net, eval_sets, cfg.eval.batch_size, task, eval_buckets(cfg))
+            m = evaluate(net, eval_sets, cfg.eval.batch_size, task, buckets)
             metrics.update({key if s is specs[0] else f"{key}_w{s.label}": v for key, v in m.items()})
             b = bests.update(model, s, m)
             log.info(f"width {s.label} (heads {sizes_txt(s.heads)}, FFN {sizes_txt(s.ffn)}): {task.main_metric} "
