@@ -44,7 +44,7 @@ MOVED_KEYS = {
 # Keys added to a shipped config after users may have copied it: a --config_path file without one gets the run's
 # own default value, with one WARNING line.
 ADDED_KEYS = ("optim.loss_scale", "task.regression", "data.shuffle_buffer", "importance.rewire_supernet",
-              "eval.length_buckets")
+              "eval.length_buckets", "quant.weight_rowwise")
 DEPRECATED_KEYS = {
     "loss.mask_padding": ("loss.padding", {True: "valid", False: "anchor"}),
     "train.width_matched_teacher": ("train.distill_from", {True: "narrowed_teacher", False: "teacher"}),

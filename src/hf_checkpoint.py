@@ -604,7 +604,8 @@ def _dequantized(ckpt: str, state: Dict[str, np.ndarray], cfg: BertConfig, qcfg,
            if n.rsplit(".", 1)[-1] not in ACT_QUANT_TENSORS}
     record = {"method": "TernaryBERT", "notation": qcfg.notation, "weight_bits": qcfg.weight_bits,
               "embedding_bits": qcfg.embedding_bits, "weight_method": qcfg.weight_method,
-              "weight_clip": qcfg.weight_clip, "embedding_rowwise": qcfg.embedding_rowwise,
+              "weight_clip": qcfg.weight_clip, "weight_rowwise": qcfg.weight_rowwise,
+              "embedding_rowwise": qcfg.embedding_rowwise,
               "trained_activation_bits": qcfg.activation_bits, "roles": list(qcfg.roles),
               "quantized_tensors": sorted(ms_to_hf_name(n) for n in layout),
               "stored_as": "float32: the quantized weight values (dequantized); activations run in fp32"}

@@ -9,8 +9,9 @@ artefact in src/packing.py rebuilds exactly these values).
 
 Weights (`QuantConfig.weight_bits`, `embedding_bits`):
 - 2 bits = ternary. TWN (paper + both anchors): Delta = 0.7 * mean|w|, alpha = mean of |w| over |w| > Delta,
-  w_hat = alpha * sign(w) * 1[|w| > Delta]; per tensor for linear weights, per ROW for the word embedding
-  (paper / PyTorch anchor; the MindSpore anchor does per tensor: `embedding_rowwise: false`).
+  w_hat = alpha * sign(w) * 1[|w| > Delta]; per tensor for linear weights (paper + both anchors;
+  `weight_rowwise: true` = one alpha per output row, a finer granularity than the paper's), per ROW for the word
+  embedding (paper / PyTorch anchor; the MindSpore anchor does per tensor: `embedding_rowwise: false`).
   LAT (loss-aware, paper eq. 5-6): alternate alpha = ||b*D*w||_1 / ||b*D||_1 and b = sign(w)*1[|w| > alpha/2],
   starting from the TWN support, with D = sqrt(Adam second moment) + eps (`lat`, refreshed after every
   optimizer step by `LatHessianRefresh`) or D = 1 (`lat_d1`, the BinaryBERT code's variant).
@@ -50,6 +51,7 @@ class QuantConfig:
     activation_bits: int = 8
     weight_method: str = "twn"          # twn | lat | lat_d1 (ternary weights only)
     weight_clip: float = 2.5            # clip weights to +-c before quantizing (PyTorch 2.5, MindSpore anchor 3.0)
+    weight_rowwise: bool = False        # ternary Dense weights: one alpha per output row, or per tensor (paper)
     embedding_rowwise: bool = True      # ternary word embedding: one alpha per row (paper) or per tensor
     activation_mode: str = "sym"        # sym (PyTorch anchor) | asym (MindSpore anchor, EMA min/max)
     activation_scale: str = "dynamic"   # sym: dynamic (per batch) | ema (frozen at inference); asym is always ema
@@ -85,8 +87,11 @@ class QuantConfig:
         return f"W{self.weight_bits}E{self.embedding_bits}A{self.activation_bits}"
 
     def describe(self) -> str:
-        w = {"twn": "TWN", "lat": "LAT (Adam D)", "lat_d1": "LAT (D=1)"}[self.weight_method] \
-            if self.weight_bits == 2 else f"{self.weight_bits}-bit min-max" if self.weight_bits < 32 else "fp32"
+        if self.weight_bits == 2:
+            w = {"twn": "TWN", "lat": "LAT (Adam D)", "lat_d1": "LAT (D=1)"}[self.weight_method] \
+                + (" per row" if self.weight_rowwise else "")
+        else:
+            w = f"{self.weight_bits}-bit min-max" if self.weight_bits < 32 else "fp32"
         e = ("ternary " + ("per row" if self.embedding_rowwise else "per tensor")) if self.embedding_bits == 2 \
             else f"{self.embedding_bits}-bit min-max" if self.embedding_bits < 32 else "fp32"
         if self.activation_bits == 32:
@@ -365,7 +370,8 @@ def quantize_model(model, qcfg: QuantConfig, quantize_weights: bool = True, sync
             continue
         wq = None
         if quantize_weights and qcfg.weight_bits != 32:
-            wq = WeightQuantizer(qcfg.weight_bits, qcfg.weight_method, qcfg.weight_clip, False, qcfg.lat_iters,
+            wq = WeightQuantizer(qcfg.weight_bits, qcfg.weight_method, qcfg.weight_clip,
+                                 qcfg.weight_rowwise and qcfg.weight_bits == 2, qcfg.lat_iters,
                                  tuple(cell.weight.shape))
         setattr(parent, attr, QuantDense(cell, wq, _act(qcfg, sync_ranks)))
     for n, p in model.parameters_and_names():
@@ -386,7 +392,8 @@ def role_params(model, qcfg: QuantConfig) -> Dict[str, dict]:
         if bits == 32:
             continue
         p = cell.embedding_table if emb else cell.weight
-        out[names[id(p)]] = {"role": role, "bits": bits, "rowwise": bool(emb and bits == 2 and qcfg.embedding_rowwise)}
+        rowwise = qcfg.embedding_rowwise if emb else qcfg.weight_rowwise
+        out[names[id(p)]] = {"role": role, "bits": bits, "rowwise": bool(bits == 2 and rowwise)}
     return out
 
 

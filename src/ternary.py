@@ -48,7 +48,8 @@ def quant_config(cfg) -> QuantConfig:
     try:
         return QuantConfig(weight_bits=q.bits.weight, embedding_bits=q.bits.embedding,
                            activation_bits=q.bits.activation, weight_method=q.weight_method,
-                           weight_clip=q.weight_clip, embedding_rowwise=q.embedding_rowwise,
+                           weight_clip=q.weight_clip, weight_rowwise=q.weight_rowwise,
+                           embedding_rowwise=q.embedding_rowwise,
                            activation_mode=q.activation_mode, activation_scale=q.activation_scale,
                            activation_clip=q.activation_clip, ema_decay=q.ema_decay, lat_iters=q.lat_iters,
                            roles=list(q.roles))

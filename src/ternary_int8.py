@@ -7,7 +7,8 @@ What the export holds at each quantized matmul (src/quant.py: symmetric 8-bit ac
 
     amax = max|x| of this tensor (scale "dynamic") or the frozen EMA value (scale "ema")
     y    = floor(x * 127 / amax + 0.5) * amax / 127      (+ x - x, the straight-through term)
-    Gemm(y, W, bias) with W = alpha * C, C in {-1, 0, 1}
+    Gemm(y, W, bias) with W = alpha * C, C in {-1, 0, 1}   (alpha one value, or one per output row:
+                                                            `quant.weight_rowwise`)
 
 The same product in integers, with a = amax / 127:
 
@@ -132,11 +133,13 @@ def integerize_model(model) -> Dict[str, int]:
             site = _fake_quant_site(G, a_in)
             if site is None:
                 continue
-            t = ternary_signs(w, rowwise=False)
-            if t is None or t[0][0] == 0:                           # not ternary, or all zero: left in fp32
+            t = ternary_signs(w, rowwise=True)                       # w is [out, in]: one alpha per output row
+            if t is None or not t[0].any():                          # not ternary, or all zero: left in fp32
                 counts["dense_fp32"] += 1
                 continue
-            alpha, codes = float(t[0][0]), t[1]
+            alpha, codes = t[0], t[1]
+            if np.all(alpha == alpha[0]):                            # one alpha for the tensor (the paper's)
+                alpha = alpha[0]
             q, a, nodes = quantize(site)
             if shape is not None:
                 nodes.append(helper.make_node("Reshape", [q, shape], [p + ".q2d"], name=p + ".Reshape"))

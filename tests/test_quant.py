@@ -247,6 +247,34 @@ def test_roles_select_weights_and_names_do_not_change():
     assert np.abs(q_net(*_inputs()).asnumpy() - ref).max() > 1e-4
 
 
+def test_rowwise_dense_weights_have_one_alpha_per_output_row_and_pack_exactly(tmp_path):
+    """quant.weight_rowwise: each Dense weight [out, in] gets TWN per output row (numpy reference on the clipped
+    latent weight), the layout says so, and the packed file unpacks to the same values."""
+    from src.packing import pack, unpack
+    ms.set_seed(0)
+    model = BertForSequenceClassification(TINY.replace(initializer_range=0.3))
+    latent = {n: p.asnumpy().copy() for n, p in model.parameters_and_names()}
+    qcfg = QuantConfig(weight_rowwise=True, activation_bits=32)
+    assert "TWN per row" in qcfg.describe()
+    layout = role_params(model, qcfg)
+    name = "bert.encoder.0.ffn.intermediate.weight"
+    assert layout[name]["rowwise"] is True and layout["bert.embeddings.word_embeddings.embedding_table"]["rowwise"]
+    assert role_params(model, QuantConfig())[name]["rowwise"] is False
+    quantize_model(model, qcfg)
+    state = quantized_state(model)
+    w = np.clip(latent[name], -2.5, 2.5).astype(np.float64)
+    a = np.abs(w)
+    keep = a > 0.7 * a.mean(axis=1, keepdims=True)
+    alpha = (a * keep).sum(axis=1, keepdims=True) / keep.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(state[name], np.sign(w) * keep * alpha, rtol=1e-5, atol=1e-7)
+    assert np.unique(np.round(alpha, 6)).size == w.shape[0]          # a different alpha in every row
+    pack(state, TINY.replace(initializer_range=0.3), qcfg, str(tmp_path / "m.tpack"))
+    got, _, q2, _, _ = unpack(str(tmp_path / "m.tpack"))
+    assert q2.weight_rowwise is True
+    for n in layout:
+        np.testing.assert_array_equal(got[n], state[n])
+
+
 class _SquaredLogits(nn.Cell):
     """A train-step loss: the sum of squared logits (loss, (loss,))."""
 

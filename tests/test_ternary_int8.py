@@ -72,11 +72,13 @@ def _quant_ref(x):
     return np.rint(x / a).astype(np.float64), float(a)
 
 
-def test_rewrite_computes_the_integer_product_exactly(tmp_path):
+@pytest.mark.parametrize("per_row", [False, True])
+def test_rewrite_computes_the_integer_product_exactly(per_row, tmp_path):
     rng = np.random.default_rng(1)
     codes = rng.integers(-1, 2, size=(N, K)).astype(np.float32)
-    alpha = np.float32(0.37)
-    model, bias = _graph(alpha * codes)
+    # one alpha, or one per output row (quant.weight_rowwise): W = alpha[:, None] * C
+    alpha = (np.linspace(0.2, 0.9, N) if per_row else np.full(N, 0.37)).astype(np.float32)
+    model, bias = _graph(alpha[:, None] * codes)
     feeds = {"x": rng.normal(size=(R, K)).astype(np.float32) * 3,
              "ya": rng.normal(size=(2, R, K)).astype(np.float32), "yb": rng.normal(size=(2, R, K)).astype(np.float32)}
     fp32_out, fp32_scores = _run(model, feeds, tmp_path / "fp32.onnx")
@@ -87,9 +89,11 @@ def test_rewrite_computes_the_integer_product_exactly(tmp_path):
     assert "Floor" not in ops and "Gemm" not in ops and "W" not in {t.name for t in model.graph.initializer}
     codes_init = [t for t in model.graph.initializer if t.name.endswith(".codes")]
     assert len(codes_init) == 1 and np.array_equal(numpy_helper.to_array(codes_init[0]), codes.T.astype(np.int8))
+    alpha_init = [numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith(".alpha")]
+    assert len(alpha_init) == 1 and alpha_init[0].shape == ((N,) if per_row else ())
     out, scores = _run(model, feeds, tmp_path / "int8.onnx")
     q, a = _quant_ref(feeds["x"])
-    want = a * float(alpha) * (q @ codes.T.astype(np.float64)) + bias
+    want = a * (q @ codes.T.astype(np.float64)) * alpha.astype(np.float64) + bias
     np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-5)
     qa, aa = _quant_ref(feeds["ya"])
     qb, ab = _quant_ref(feeds["yb"])
@@ -104,8 +108,9 @@ def test_rewrite_computes_the_integer_product_exactly(tmp_path):
 def test_lookalikes_are_left_in_fp32(change):
     rng = np.random.default_rng(2)
     w = (0.3 * rng.integers(-1, 2, size=(N, K))).astype(np.float32)
+    w[:, 0], w[:, 1] = 0.3, -0.3                              # every row has non-zero codes
     if change == "two_alphas":
-        w[0, :] *= 2                                          # not one alpha: not ternary per tensor
+        w[0, : K // 2] *= 2                                   # two alphas in one output row: not ternary
     model, _ = _graph(w, half=0.4 if change == "half" else 0.5, levels=100.0 if change == "levels" else 127.0,
                       axes=[1] if change == "per_row_max" else [])
     counts = integerize_model(model)
@@ -125,7 +130,8 @@ def packed(tmp_path_factory):
     cfg.to_json_file(str(d / "config.json"))
     out = {"dir": d, "config": str(d / "config.json"), "cfg": cfg}
     for name, q in (("dynamic", QuantConfig()), ("ema", QuantConfig(activation_scale="ema")),
-                    ("w8", QuantConfig(weight_bits=8)), ("asym", QuantConfig(activation_mode="asym"))):
+                    ("w8", QuantConfig(weight_bits=8)), ("asym", QuantConfig(activation_mode="asym")),
+                    ("rowwise", QuantConfig(weight_rowwise=True))):
         ms.set_seed(0)
         model = BertForSequenceClassification(cfg.replace(initializer_range=0.3))
         quantize_model(model, q)
@@ -136,7 +142,7 @@ def packed(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("scale", ["dynamic", "ema"])
+@pytest.mark.parametrize("scale", ["dynamic", "ema", "rowwise"])
 def test_export_int8_of_a_packed_ternary_model(packed, scale, tmp_path):
     """64 rows of real (non-zero, row-dependent) logits: the fp32 fake-quant file equals the packed model up to fp32
     rounding; the integer-kernel file rounds activations half to even from a scale computed as max|x| / 127
@@ -156,12 +162,17 @@ def test_export_int8_of_a_packed_ternary_model(packed, scale, tmp_path):
     assert ops.count("MatMulInteger") == 8 * layers + 1 and ops.count("Gemm") == 1     # the classifier stays fp32
     # the fake-quant is gone; one QuantizeLinear per activation scale (EMA: query/key/value each have their own
     # frozen scale; dynamic: one max|x| of their shared input, which MindSpore's export computes once)
-    assert "Floor" not in ops and ops.count("QuantizeLinear") == (8 if scale == "dynamic" else 10) * layers + 1
+    assert "Floor" not in ops and ops.count("QuantizeLinear") == (10 if scale == "ema" else 8) * layers + 1
+    alphas = [numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer if t.name.endswith(".alpha")]
+    dense_alphas = [a for a in alphas if a.ndim < 2]        # the embedding's alphas are [vocab, 1]
+    assert len(dense_alphas) == 6 * layers + 1
+    # rowwise (quant.weight_rowwise): one alpha per output row of every Dense, else one per tensor
+    assert all(a.ndim == (1 if scale == "rowwise" else 0) for a in dense_alphas)
     assert os.path.getsize(path) < os.path.getsize(str(tmp_path / "f.onnx"))
     opt = str(tmp_path / "opt.onnx")
     ort_session(path, 2, optimized_model_filepath=opt)
     fused = [n.op_type for n in onnx.load(opt).graph.node]
-    if scale == "dynamic":      # onnxruntime fuses MatMulInteger -> Cast -> Mul(a, alpha) into one kernel
+    if scale != "ema":          # onnxruntime fuses MatMulInteger -> Cast -> Mul(a, alpha) into one kernel
         assert fused.count("MatMulIntegerToFloat") == 8 * layers + 1 and "MatMulInteger" not in fused
     else:                       # frozen scales: it folds Mul(a, alpha) to a constant first, so the pattern is gone
         assert fused.count("MatMulInteger") == 8 * layers + 1 and "MatMulIntegerToFloat" not in fused

@@ -145,7 +145,8 @@ def packed(tmp_path_factory):
     cfg.to_json_file(str(d / "config.json"))
     out = {"dir": d, "config": str(d / "config.json"), "cfg": cfg}
     for name, q in (("ema", QuantConfig(activation_scale="ema")), ("dynamic", QuantConfig()),
-                    ("asym", QuantConfig(activation_mode="asym")), ("w8", QuantConfig(weight_bits=8))):
+                    ("asym", QuantConfig(activation_mode="asym")), ("w8", QuantConfig(weight_bits=8)),
+                    ("rowwise", QuantConfig(weight_rowwise=True))):
         ms.set_seed(0)
         model = BertForSequenceClassification(cfg.replace(initializer_range=0.3))
         quantize_model(model, q)
@@ -160,7 +161,7 @@ def _init_bytes(model, skip=()):
     return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer if t.name not in skip)
 
 
-@pytest.mark.parametrize("scale", ["ema", "dynamic", "asym"])
+@pytest.mark.parametrize("scale", ["ema", "dynamic", "asym", "rowwise"])
 def test_export_nbits_of_a_packed_ternary_model(packed, scale, tmp_path):
     from src.export import OnnxRunner, export_checkpoint, sample_inputs
     from src.packing import build_ternary_inference_model
@@ -188,6 +189,11 @@ def test_export_nbits_of_a_packed_ternary_model(packed, scale, tmp_path):
     assert len(nb) == 6 * layers + 1 and all(n.domain == "com.microsoft" for n in nb)
     assert all(helper.get_attribute_value(a) == 2 for n in nb for a in n.attribute if a.name == "bits")
     assert [n.op_type for n in m.graph.node].count("Gemm") == 1
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    # the block scales [N, blocks]: one value per output row (quant.weight_rowwise) or one for the whole matrix
+    distinct = [np.unique(inits[n.input[2]]).size for n in nb]
+    assert all(d == inits[n.input[2]].shape[0] for d, n in zip(distinct, nb)) if scale == "rowwise" \
+        else distinct == [1] * len(nb)
     ternary = {t.name for t in fp32.graph.initializer if numpy_helper.to_array(t).ndim == 2
                and numpy_helper.to_array(t).shape[0] > 2 and ternary_signs(numpy_helper.to_array(t), True) is not None}
     assert len(ternary) == 6 * layers + 2                         # the Dense weights and the word embedding
