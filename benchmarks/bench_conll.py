@@ -167,6 +167,8 @@ def measure(args, argv) -> dict:
                                      f"{cfg.get('td1', {}).get('batch_size', '?')}, td2 {r['schedule']}")
                     r["td1_command"] = read_manifest(td1, missing_ok=True).get("command")
             if row == "ternary":
+                if m.get("config", {}).get("quant", {}).get("weight_rowwise"):
+                    r["variant"] = "row-wise Dense alphas"             # quant.weight_rowwise: named in its label
                 # its fp32 model: the teacher_eval record, else (eval.teacher_baseline false) the dev F1 recorded
                 # beside the teacher checkpoint it quantized (student.init teacher: the same model)
                 base = [x for x in read_records(run_dir) if x["kind"] == "teacher_eval"]
@@ -207,8 +209,10 @@ def render(out: dict) -> str:
     teacher = rows["teacher"]
     given_only = out.get("block", "conll") != "conll"
     lines, body = [], []
-    for key, (label, ref_key, goal) in ROWS.items():
-        r = rows[key]
+    labels = {key: label + (f" ({rows[key]['variant']})" if rows[key].get("variant") else "")
+              for key, (label, _, _) in ROWS.items()}
+    for key, (_, ref_key, goal) in ROWS.items():
+        r, label = rows[key], labels[key]
         if r["run"] is None and given_only:
             continue
         if r["run"] is None:
@@ -233,7 +237,7 @@ def render(out: dict) -> str:
                  f"written; the runs shared the machine with other jobs). Written by `{_shown(out['command'], root)}` "
                  f"at commit {out['commit'][:12]}" + (" (<runs> = the folder of the runs)." if root else "."))
     lines.append("")
-    for key, (label, _, _) in ROWS.items():
+    for key, label in labels.items():
         r = rows[key]
         if r["run"] is None:
             continue

@@ -621,6 +621,14 @@ def test_bench_conll_rows_against_their_references(tmp_path):
     out = bench_conll.main(["--teacher_run", teacher, "--ternary_run", tern2, "--out_dir", str(tmp_path / "o")])
     assert [r["fp32_dev"] for r in out["rows"] if r["row"] == "ternary"] == [0.90]
     assert "| TernaryBERT W2E2A8 | 0.8830 | - | its fp32 model | 98.1% | - | >= 98% | met |" in bench_conll.render(out)
+    # a run with quant.weight_rowwise says so in its label, in the table and in its command line
+    tern3 = run("tern3", tr + [{"kind": "eval", "f1": 0.883}],
+                {"train": {"batch_size": 16}, "quant": {"weight_rowwise": True},
+                 "teacher": {"ckpt": os.path.join(teacher, "best.ckpt")}})
+    text = bench_conll.render(bench_conll.main(["--teacher_run", teacher, "--ternary_run", tern3,
+                                                "--out_dir", str(tmp_path / "o")]))
+    assert "| TernaryBERT W2E2A8 (row-wise Dense alphas) | 0.8830 |" in text
+    assert "- TernaryBERT W2E2A8 (row-wise Dense alphas): `run_x.py`" in text
     # a run not given is a '-' row; an eval of the dev split is no test score
     out = bench_conll.main(["--teacher_run", teacher, "--out_dir", str(tmp_path / "o")])
     assert "| TernaryBERT W2E2A8 | - | - | - | - | - | >= 98% | not run | - |" in bench_conll.render(out)
