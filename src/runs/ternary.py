@@ -5,7 +5,10 @@ quantized checkpoints), src/packing.py (the packed artefact).
 Keep-best writes best.ckpt (latent fp32 weights + activation-quantizer state), best_quant.ckpt (quantized values),
 quant.json and config.json; with pack.after_train, model.tpack, model_sizes.md and the packed model's dev metric.
 """
+import gc
 import os
+
+import mindspore as ms
 
 from src.batching import ArrayBatcher
 from src.checkpoint import checkpoint_head_kind, load_into, pick_head_type, read_ms_checkpoint
@@ -43,10 +46,29 @@ def _run(cfg, out_dir, save_resolved):
     is_main = rank == 0
     log.info(f"TernaryBERT {qcfg.notation}, task {task.name}, output {out_dir}, rank {rank}/{world}")
     log.info(f"quant {qcfg.describe()}")
+    eval_sets, buckets = eval_data(cfg, task, log), eval_buckets(cfg)
+    result = _fit(cfg, out_dir, task, qcfg, log, (rank, world), eval_sets, buckets)
 
-    # ---- build: data, teacher, quantized student, loss, train step (LAT: refreshes D after every step)
-    eval_sets, train = eval_data(cfg, task, log), train_data(cfg, task, log)
-    buckets = eval_buckets(cfg)
+    # ---- report (packing was checked before training: any later error keeps the trained run). The fit's cells
+    # went with _fit; their compiled graphs (about 20 GB on CoNLL's four buckets) are released before the packed
+    # model compiles its own (MindSpore keeps every graph it compiled until ms_memory_recycle)
+    gc.collect()
+    ms.ms_memory_recycle()
+    if cfg.pack.after_train and is_main:
+        result["packed"] = keep_outputs_on_error(
+            pack_run, out_dir, cfg.pack.codec, cfg.pack.max_positions or cfg.data.max_seq_length,
+            cfg.student.head_type, log=log, eval_sets=eval_sets, eval_batch=cfg.eval.batch_size, task=task,
+            eval_buckets=buckets)
+    log.close()
+    return result
+
+
+def _fit(cfg, out_dir, task, qcfg, log, rank_world, eval_sets, buckets) -> dict:
+    """Build (data, teacher, quantized student, loss, train step; LAT refreshes D after every step) and fit;
+    returns the Trainer's result."""
+    rank, world = rank_world
+    is_main = rank == 0
+    train = train_data(cfg, task, log)
     lcfg = loss_config(cfg)
     tcfg, teacher = teacher_classifier(cfg, task, cfg.teacher.ckpt)
     scfg, model, how = _student(cfg, task, tcfg)
@@ -86,17 +108,9 @@ def _run(cfg, out_dir, save_resolved):
                       evaluation=evaluation, state=state, resume=resume, is_main=is_main,
                       skip_overflow_steps=cfg.optim.loss_scale != 1.0)
     result = trainer.fit()
-
-    # ---- report (packing was checked before training: any later error keeps the trained run)
     if is_main:
         log.info(f"best {task.main_metric} {trainer.best:.6f} at step {trainer.best_step} ({qcfg.notation}); "
                  f"checkpoints {os.path.join(out_dir, 'best.ckpt')}, {os.path.join(out_dir, 'best_quant.ckpt')}")
-    if cfg.pack.after_train and is_main:
-        result["packed"] = keep_outputs_on_error(
-            pack_run, out_dir, cfg.pack.codec, cfg.pack.max_positions or cfg.data.max_seq_length,
-            cfg.student.head_type, log=log, eval_sets=eval_sets, eval_batch=cfg.eval.batch_size, task=task,
-            eval_buckets=buckets)
-    log.close()
     return result
 
 
