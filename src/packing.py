@@ -104,6 +104,17 @@ def ternary_signs(w: np.ndarray, rowwise: bool):
     return np.abs(w2).max(axis=1).astype(np.float32), np.sign(w2).astype(np.int8).reshape(np.shape(w))
 
 
+def dense_ternary(w: np.ndarray):
+    """A Dense weight [out, in] -> (alpha, signs int8) when each output row holds only 0 and +-its alpha: alpha has
+    one value per row (quant.weight_rowwise), or one value ([1]) when every row shares it (per tensor, the paper's);
+    None when not ternary or all zero (the exports leave such a matmul in fp32)."""
+    t = ternary_signs(np.asarray(w, np.float32), rowwise=True)
+    if t is None or not t[0].any():
+        return None
+    alpha, signs = t
+    return (alpha[:1] if np.all(alpha == alpha.max()) else alpha), signs
+
+
 def ternary_split(w: np.ndarray, rowwise: bool, name: str = "tensor", source: str = ""):
     """A ternary tensor -> (alpha [rows or 1] float32, codes uint8 in {0,1,2}). UserError if not ternary."""
     parts = ternary_signs(w, rowwise)

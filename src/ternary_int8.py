@@ -41,7 +41,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from src.onnx_graph import _Graph, replace_nodes
-from src.packing import ternary_signs
+from src.packing import dense_ternary, ternary_signs
 
 ZP = 128                     # uint8 zero point: Q in [-127, 127] -> Q + 128 in [1, 255]
 
@@ -133,12 +133,12 @@ def integerize_model(model) -> Dict[str, int]:
             site = _fake_quant_site(G, a_in)
             if site is None:
                 continue
-            t = ternary_signs(w, rowwise=True)                       # w is [out, in]: one alpha per output row
-            if t is None or not t[0].any():                          # not ternary, or all zero: left in fp32
+            t = dense_ternary(w)                                     # w is [out, in]: alphas per output row
+            if t is None:                                            # not ternary, or all zero: left in fp32
                 counts["dense_fp32"] += 1
                 continue
-            alpha, codes = t[0], t[1]
-            if np.all(alpha == alpha[0]):                            # one alpha for the tensor (the paper's)
+            alpha, codes = t
+            if alpha.size == 1:                                      # one alpha for the tensor: a scalar
                 alpha = alpha[0]
             q, a, nodes = quantize(site)
             if shape is not None:

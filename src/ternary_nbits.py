@@ -42,7 +42,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from src.onnx_graph import _Graph, replace_nodes
-from src.packing import ternary_signs
+from src.packing import dense_ternary, ternary_signs
 
 BITS = 2
 ZERO_POINT = 2                    # code = sign + 2: {-1, 0, 1} -> {1, 2, 3}
@@ -108,13 +108,11 @@ def _dense_weight(G: _Graph, n):
         w, bias = w.T, None
     else:
         return None
-    t = ternary_signs(np.asarray(w, np.float32), rowwise=True)
-    if t is None or not t[0].any():                                         # not ternary, or all zero
+    t = dense_ternary(w)
+    if t is None:                                                           # not ternary, or all zero
         return n.input[0], None, None, bias
-    alpha = t[0]
-    if np.all(alpha == alpha.max()):
-        alpha = alpha[:1]                                                    # one alpha for the tensor
-    return n.input[0], t[1], alpha, bias
+    alpha, signs = t
+    return n.input[0], signs, alpha, bias
 
 
 def nbits_model(model, accuracy_level: int = 0, max_block: int = MAX_BLOCK,

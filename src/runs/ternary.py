@@ -49,9 +49,10 @@ def _run(cfg, out_dir, save_resolved):
     eval_sets, buckets = eval_data(cfg, task, log), eval_buckets(cfg)
     result = _fit(cfg, out_dir, task, qcfg, log, (rank, world), eval_sets, buckets)
 
-    # ---- report (packing was checked before training: any later error keeps the trained run). The fit's cells
-    # went with _fit; their compiled graphs (about 20 GB on CoNLL's four buckets) are released before the packed
-    # model compiles its own (MindSpore keeps every graph it compiled until ms_memory_recycle)
+    # ---- report (packing was checked before training: any later error keeps the trained run). The fit's
+    # compiled graphs (about 20 GB on CoNLL's four buckets) are released before the packed model compiles its
+    # own: MindSpore keeps every graph it compiled until ms_memory_recycle, whether or not its cell is still
+    # referenced; gc.collect first frees the fit's weights and optimizer state that went out of scope with _fit
     gc.collect()
     ms.ms_memory_recycle()
     if cfg.pack.after_train and is_main:
