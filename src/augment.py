@@ -9,6 +9,8 @@ Each of the N copies of an example then replaces each word, with probability p, 
 Words without a letter or digit (punctuation) and words without candidates (not in GloVe) are kept. On a pair task
 both segments are augmented (TinyBERT's rule); `segments="a"` or `"b"` keeps the other one as written (a claim or a
 question that must stay what it is), with the same draws for the augmented segment.
+On a token task (`Augmenter.augment_words`) a sentence's words are replaced one for one, so each copy keeps the
+sentence's tags; `keep` leaves chosen words (e.g. those of entities) as written.
 
 Deterministic: the draws of example i (segment s) come from a generator seeded by (seed, i, s) and are made for
 every word whether or not it has candidates; candidates are kept as a set (sorted), so their score order does not
@@ -212,6 +214,7 @@ class AugmentStats:
     mlm_words: int = 0          # words whose candidates came from the masked LM
     glove_words: int = 0        # words whose candidates came from GloVe (and had some)
     no_candidates: int = 0      # replaceable words without candidates (not in GloVe): kept
+    kept_entities: int = 0      # token tasks with keep: words of an entity, kept in every copy
     draws: int = 0              # (copy, word with candidates) pairs
     replaced: int = 0           # of those, replaced by a candidate
     glove_products: int = 0
@@ -245,8 +248,9 @@ class Augmenter:
         for w, ids in zip(new, self.tokenizer.token_ids_batch(new) if new else []):
             self.pieces[w] = tuple(ids)
 
-    def _candidates(self, segments: List[List[str]]) -> List[List[Tuple[str, ...]]]:
-        """Per segment, per word: its candidates (() = keep the word)."""
+    def _candidates(self, segments: List[List[str]], keep: Optional[Sequence[Sequence[bool]]] = None
+                    ) -> List[List[Tuple[str, ...]]]:
+        """Per segment, per word: its candidates (() = keep the word; keep[s][j] True: no candidates)."""
         st = self.stats
         cands: List[List[Tuple[str, ...]]] = [[() for _ in words] for words in segments]
         requests, slots, glove_slots = [], [], []
@@ -259,7 +263,9 @@ class Augmenter:
             offset = 0
             for j, w in enumerate(words):
                 n = len(self.pieces[w]) if self.mlm is not None else 0
-                if replaceable(w):
+                if keep is not None and keep[s][j]:
+                    st.kept_entities += 1
+                elif replaceable(w):
                     if self.mlm is not None and n == 1 and offset < len(pieces):
                         requests.append((tuple(pieces), offset))
                         slots.append((s, j))
@@ -282,7 +288,9 @@ class Augmenter:
         st.mlm_forwards = self.mlm.forwards if self.mlm is not None else 0
         return cands
 
-    def _copies(self, index: int, seg: int, words: List[str], cands: List[Tuple[str, ...]]) -> List[str]:
+    def _copies(self, index: int, seg: int, words: Sequence[str], cands: List[Tuple[str, ...]]
+                ) -> List[List[str]]:
+        """The N copies of one segment as word lists (the draws of (seed, index, seg))."""
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, index, seg])))
         coin = rng.random((self.copies, len(words)))
         pick = rng.random((self.copies, len(words)))
@@ -296,7 +304,7 @@ class Augmenter:
             for j in np.flatnonzero(replace[n]):
                 c = cands[j]
                 new[j] = c[min(int(pick[n, j] * len(c)), len(c) - 1)]
-            out.append(" ".join(new))
+            out.append(new)
         return out
 
     def augment(self, examples: Sequence[Pair]) -> Iterator[List[Pair]]:
@@ -314,8 +322,25 @@ class Augmenter:
                         per_example[i][seg] = [text] * self.copies
             cands = self._candidates(segments)
             for (i, seg), words, c in zip(owner, segments, cands):
-                per_example[i][seg] = self._copies(start + i, seg, words, c)
+                per_example[i][seg] = [" ".join(w) for w in self._copies(start + i, seg, words, c)]
             for i, texts in enumerate(per_example):
                 self.stats.examples += 1
                 b = texts.get(1)
                 yield [(texts[0][n], None if b is None else b[n]) for n in range(self.copies)]
+
+    def augment_words(self, sentences: Sequence[Sequence[str]],
+                      keep: Optional[Sequence[Sequence[bool]]] = None) -> Iterator[List[List[str]]]:
+        """Per sentence of a token task (in order): its N copies, each with one word for each word of the
+        sentence, so the tags stay where they were. A word's candidates are those of its basic-tokenizer form
+        with the pieces joined ('U.S.' -> 'u.s.': a word is never split into two); a kept word (keep[i][j]
+        True) and a word not replaced are written as they were. The draws of sentence i are those of example
+        i's first segment."""
+        if keep is not None and [len(k) for k in keep] != [len(w) for w in sentences]:
+            raise ValueError("augment_words: keep needs one flag per word of each sentence")
+        for start in range(0, len(sentences), self.batch_size):
+            batch = sentences[start:start + self.batch_size]
+            forms = [["".join(self.tokenizer.basic_words(w)) for w in words] for words in batch]
+            cands = self._candidates(forms, None if keep is None else keep[start:start + self.batch_size])
+            for i, (words, c) in enumerate(zip(batch, cands)):
+                self.stats.examples += 1
+                yield self._copies(start + i, 0, words, c)

@@ -439,3 +439,120 @@ def test_one_segment_of_a_pair_keeps_the_other_as_written(ws, tmp_path, capsys):
         Augmenter(ws["tok"], glove, segments="c")
     _fails(csv_args(ws, tmp_path / "x", "--augment_segments", "b"), capsys, tmp_path / "x",
            "--augment_segments b: task csv has one text segment")
+
+
+# ---- token tasks (conll / ner) -----------------------------------------------------------------------------
+TAGGED = [("the movie was unbelievably good .", "O B-MISC O O O O"),
+          ("a very dull plot , but great acting !", "O O O B-MISC O O O B-PER O"),
+          ("funny , sad and happy actors", "B-ORG I-ORG I-ORG O O O"),
+          ("the story is not fun and the music is long", "O B-PER I-PER O O O O O O O")]
+TOKEN_COLUMNS = COLUMNS + ["sentence_id"]
+
+
+def test_token_copies_replace_one_word_for_one(ws, mlm_net):
+    """augment_words: every copy has one word per word (so the tags stay aligned), the draws and candidates
+    (GloVe, and the masked LM's) are those of the same sentence as one text segment, and kept words are never
+    replaced."""
+    glove = GloveNeighbours(ws["vectors"], ws["words"], 4)
+    sents = [s.split() for s, _ in TAGGED]
+    words = list(Augmenter(ws["tok"], glove, None, 0.5, 6, 9, batch_size=3).augment_words(sents))
+    texts = list(Augmenter(ws["tok"], glove, None, 0.5, 6, 9).augment([(" ".join(s), None) for s in sents]))
+    assert [[" ".join(c) for c in copies] for copies in words] == [[a for a, _ in t] for t in texts]
+    mlm = MaskedLMCandidates(mlm_net, ws["tok"], 4, 24, rows_per_forward=4)
+    words = list(Augmenter(ws["tok"], glove, mlm, 0.5, 6, 9).augment_words(sents))
+    texts = list(Augmenter(ws["tok"], glove, mlm, 0.5, 6, 9).augment([(" ".join(s), None) for s in sents]))
+    assert [[" ".join(c) for c in copies] for copies in words] == [[a for a, _ in t] for t in texts]
+    words = list(Augmenter(ws["tok"], glove, None, 0.5, 6, 9, batch_size=3).augment_words(sents))
+    assert all(len(c) == len(s) for s, copies in zip(sents, words) for c in copies)
+    keep = [[t != "O" for t in tags.split()] for _, tags in TAGGED]
+    aug = Augmenter(ws["tok"], glove, None, 1.0, 6, 9)
+    kept = list(aug.augment_words(sents, keep))
+    for s, k, copies in zip(sents, keep, kept):
+        for c in copies:
+            assert all((a == w) if f else (a != w or not any(ch.isalnum() for ch in w)) for a, w, f in zip(c, s, k))
+    assert aug.stats.kept_entities == sum(map(sum, keep))
+    cased = list(Augmenter(ws["tok"], glove, None, 0.5, 6, 9).augment_words([[w.upper() for w in s] for s in sents]))
+    assert [[[a.lower() for a in c] for c in copies] for copies in cased] == words   # looked up by the basic form
+    with pytest.raises(ValueError, match="one flag per word"):
+        list(aug.augment_words(sents, keep[:-1]))
+
+
+@pytest.fixture(scope="module")
+def ner_files(ws):
+    root = ws["root"] / "ner"
+    root.mkdir()
+    for split, rows in (("train", TAGGED), ("dev", TAGGED[:2])):
+        (root / f"{split}.tsv").write_text("\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(s.split(), tags.split()))
+                                                      for s, tags in rows) + "\n")
+    return root
+
+
+def ner_args(ws, ner_files, out, *extra):
+    return ["--task", "ner", "--input", f"train={ner_files / 'train.tsv'}", "--input",
+            f"dev={ner_files / 'dev.tsv'}", "--labels", "O,B-PER,I-PER,B-ORG,I-ORG,B-MISC,I-MISC",
+            "--vocab_file", ws["vocab"], "--max_seq_length", "10", "--window_context", "2",
+            "--glove", str(ws["root"] / "glove.npy"), "--glove_words", str(ws["root"] / "glove.txt"),
+            "--output_dir", str(out), *map(str, extra)]
+
+
+def test_tool_token_task_rows_keep_the_tags(ws, ner_files, tmp_path, capsys):
+    """--task ner: each sentence's rows, then its copies' rows; a copy's labelled positions carry the sentence's
+    tags in order (a long sentence's windows included), --keep_entities leaves entity pieces as they were, the
+    split not augmented is the plain one byte for byte, and a rerun at another batch size writes the same."""
+    out, plain, kept = tmp_path / "aug", tmp_path / "plain", tmp_path / "kept"
+    assert augment_data.main(ner_args(ws, ner_files, out, "--copies", 2, "--seed", 3, "--candidates", 4)) == 0
+    log = capsys.readouterr().out
+    assert "augment train: 4 sentences x (1 + 2 copies)" in log and "train: 12 sentences" in log
+    prepare_data.main(ner_args(ws, ner_files, plain)[:14] + ["--output_dir", str(plain)])
+    aug = read_all(str(out / "train.tf_record"), str(out / "train_schema.json"), TOKEN_COLUMNS)
+    ref = read_all(str(plain / "train.tf_record"), str(plain / "train_schema.json"), TOKEN_COLUMNS)
+    sid, ref_sid = aug["sentence_id"][:, 0], ref["sentence_id"][:, 0]
+    assert sorted(set(sid)) == list(range(12))
+
+    def tags_of(rows, ids, s):
+        lab = rows["label_ids"][ids == s]
+        return lab[lab >= 0].tolist()
+    windowed = False
+    for i in range(len(TAGGED)):
+        n_ref = int((ref_sid == i).sum())
+        windowed |= n_ref > 1
+        np.testing.assert_array_equal(aug["input_ids"][sid == 3 * i], ref["input_ids"][ref_sid == i])  # original
+        for c in (1, 2):
+            assert tags_of(aug, sid, 3 * i + c) == tags_of(ref, ref_sid, i)
+    assert windowed                                          # the 9- and 10-word sentences need two windows at 10
+    assert any(not np.array_equal(aug["input_ids"][sid == 3 * i + 1], ref["input_ids"][ref_sid == i])
+               for i in range(len(TAGGED)))
+    for name in ("dev.tf_record", "dev_schema.json", "labels.txt"):
+        assert (out / name).read_bytes() == (plain / name).read_bytes()
+    again = tmp_path / "again"
+    augment_data.main(ner_args(ws, ner_files, again, "--copies", 2, "--seed", 3, "--candidates", 4,
+                               "--batch_size", 1))
+    assert (again / "train.tf_record").read_bytes() == (out / "train.tf_record").read_bytes()
+    augment_data.main(ner_args(ws, ner_files, kept, "--copies", 2, "--seed", 3, "--candidates", 4,
+                               "--p_replace", 1, "--keep_entities"))
+    k = read_all(str(kept / "train.tf_record"), str(kept / "train_schema.json"), TOKEN_COLUMNS)
+    ksid = k["sentence_id"][:, 0]
+    for i in range(len(TAGGED)):
+        orig = k["input_ids"][ksid == 3 * i][0]
+        lab = k["label_ids"][ksid == 3 * i][0]
+        ent = [int(orig[p]) for p in np.flatnonzero(lab > 0)]             # first pieces of the entity words
+        for c in (1, 2):
+            ids, lab_c = k["input_ids"][ksid == 3 * i + c][0], k["label_ids"][ksid == 3 * i + c][0]
+            assert [int(ids[p]) for p in np.flatnonzero(lab_c > 0)] == ent
+            assert (ids != orig).any()                                    # the other words all replaced
+
+
+def test_token_task_bad_flags(ws, ner_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    _fails(ner_args(ws, ner_files, out, "--augment_segments", "a"), capsys, out,
+           "--augment_segments a: task ner has one text segment")
+    _fails(csv_args(ws, out, "--keep_entities"), capsys, out, "apply to --task conll / ner only")
+    _fails(["--task", "squad", "--input", "x.json", "--output_dir", str(out)], capsys, out,
+           "span tasks are not augmented")
+    _fails(ner_args(ws, ner_files, out, "--augment_splits", "test"), capsys, out,
+           "--augment_splits test: expected splits of this task (train, dev)")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("good\tB-PER\nfilm\tB-LOC\n")
+    args = ner_args(ws, ner_files, out)
+    args[args.index(f"dev={ner_files / 'dev.tsv'}")] = f"dev={bad}"
+    _fails(args, capsys, out, "line 2: tag 'B-LOC' is not in the tag set given by --labels")

