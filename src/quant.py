@@ -81,6 +81,15 @@ class QuantConfig:
             raise ValueError(f"quant lat_iters must be >= 1, got {self.lat_iters}")
         self.roles = list(self.roles)
 
+    def bits(self, role: str) -> int:
+        """Weight bits of a role: embedding_bits for the word embedding, weight_bits for the Dense roles."""
+        return self.embedding_bits if role == "word_embedding" else self.weight_bits
+
+    def rowwise(self, role: str) -> bool:
+        """Whether a role's weight gets one alpha per row: only ternary (2-bit) weights have alphas."""
+        per_row = self.embedding_rowwise if role == "word_embedding" else self.weight_rowwise
+        return self.bits(role) == 2 and per_row
+
     @property
     def notation(self) -> str:
         """The paper's W-E-A notation, e.g. W2E2A8 (32 = full precision)."""
@@ -363,16 +372,14 @@ def quantize_model(model, qcfg: QuantConfig, quantize_weights: bool = True, sync
         if role == "word_embedding":
             if qcfg.embedding_bits == 32 or not quantize_weights:
                 continue
-            wq = WeightQuantizer(qcfg.embedding_bits, qcfg.weight_method, qcfg.weight_clip,
-                                 qcfg.embedding_rowwise and qcfg.embedding_bits == 2, qcfg.lat_iters,
-                                 tuple(cell.embedding_table.shape))
+            wq = WeightQuantizer(qcfg.embedding_bits, qcfg.weight_method, qcfg.weight_clip, qcfg.rowwise(role),
+                                 qcfg.lat_iters, tuple(cell.embedding_table.shape))
             setattr(parent, attr, QuantEmbedding(cell, wq))
             continue
         wq = None
         if quantize_weights and qcfg.weight_bits != 32:
-            wq = WeightQuantizer(qcfg.weight_bits, qcfg.weight_method, qcfg.weight_clip,
-                                 qcfg.weight_rowwise and qcfg.weight_bits == 2, qcfg.lat_iters,
-                                 tuple(cell.weight.shape))
+            wq = WeightQuantizer(qcfg.weight_bits, qcfg.weight_method, qcfg.weight_clip, qcfg.rowwise(role),
+                                 qcfg.lat_iters, tuple(cell.weight.shape))
         setattr(parent, attr, QuantDense(cell, wq, _act(qcfg, sync_ranks)))
     for n, p in model.parameters_and_names():
         p.name = orig.get(id(p), prefix + n)
@@ -387,13 +394,10 @@ def role_params(model, qcfg: QuantConfig) -> Dict[str, dict]:
         if role not in qcfg.roles:
             continue
         cell = getattr(parent, attr)
-        emb = role == "word_embedding"
-        bits = qcfg.embedding_bits if emb else qcfg.weight_bits
-        if bits == 32:
+        if qcfg.bits(role) == 32:
             continue
-        p = cell.embedding_table if emb else cell.weight
-        rowwise = qcfg.embedding_rowwise if emb else qcfg.weight_rowwise
-        out[names[id(p)]] = {"role": role, "bits": bits, "rowwise": bool(bits == 2 and rowwise)}
+        p = cell.embedding_table if role == "word_embedding" else cell.weight
+        out[names[id(p)]] = {"role": role, "bits": qcfg.bits(role), "rowwise": qcfg.rowwise(role)}
     return out
 
 

@@ -225,12 +225,12 @@ def _copy_file(src: str, dst: str) -> None:
 
 def _embedding_quant(quant_json: str) -> Tuple[str, bool]:
     """(description, whether re-quantizing the pruned latent table gives the pruned quantized table)."""
-    with open(quant_json, encoding="utf-8") as f:
-        q = json.load(f)
-    bits = int(q.get("embedding_bits", 2))
+    from src.ternary import read_quant_json
+    q = read_quant_json(quant_json)
+    bits = q.embedding_bits
     if bits == 32:
         return "fp32 (not quantized)", True
-    if bits == 2 and q.get("embedding_rowwise", True):
+    if q.rowwise("word_embedding"):
         return "ternary, one alpha per row", True
     return (f"{'ternary' if bits == 2 else f'{bits}-bit'}, one scale for the whole table", False)
 
