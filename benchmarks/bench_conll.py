@@ -144,6 +144,23 @@ def _seq_of(data_dir: str) -> int:
     return int(schema["columns"]["input_ids"]["shape"][0])
 
 
+def ternary_variant(config: dict) -> str:
+    """What a TernaryBERT run changed from configs/ternary_conll.yaml's recipe, in words ('' for none): row-wise
+    Dense alphas, a prediction-loss weight other than 1, training data with augmented copies (an augment.json
+    of tools/augment_data.py in its data.dir)."""
+    parts = []
+    if config.get("quant", {}).get("weight_rowwise"):
+        parts.append("row-wise Dense alphas")
+    pred = config.get("loss", {}).get("pred_weight", 1.0)
+    if pred != 1.0:
+        parts.append(f"prediction loss x{pred:g}")
+    aug = os.path.join(config.get("data", {}).get("dir", ""), "augment.json")
+    if os.path.isfile(aug):
+        with open(aug, encoding="utf-8") as f:
+            parts.append(f"train data + {json.load(f)['copies']} augmented copies")
+    return ", ".join(parts)
+
+
 def measure(args, argv) -> dict:
     from src.runlog import git_hash
     runs = {"teacher": args.teacher_run, "student": args.student_run, "ternary": args.ternary_run,
@@ -167,8 +184,9 @@ def measure(args, argv) -> dict:
                                      f"{cfg.get('td1', {}).get('batch_size', '?')}, td2 {r['schedule']}")
                     r["td1_command"] = read_manifest(td1, missing_ok=True).get("command")
             if row == "ternary":
-                if m.get("config", {}).get("quant", {}).get("weight_rowwise"):
-                    r["variant"] = "row-wise Dense alphas"             # quant.weight_rowwise: named in its label
+                variant = ternary_variant(m.get("config", {}))
+                if variant:
+                    r["variant"] = variant                              # named in its label
                 # its fp32 model: the teacher_eval record, else (eval.teacher_baseline false) the dev F1 recorded
                 # beside the teacher checkpoint it quantized (student.init teacher: the same model)
                 base = [x for x in read_records(run_dir) if x["kind"] == "teacher_eval"]

@@ -257,6 +257,8 @@ def test_tool_writes_originals_copies_and_labels(ws, tmp_path, capsys):
         a = read_all(str(out / f"{split}.tf_record"), str(out / f"{split}_schema.json"), COLUMNS)
         b = read_all(str(plain / f"{split}.tf_record"), str(plain / f"{split}_schema.json"), COLUMNS)
         assert all(np.array_equal(a[c], b[c]) for c in COLUMNS)
+    rec = json.loads((out / "augment.json").read_text())
+    assert (rec["task"], rec["copies"], rec["candidates"], rec["stats"]["train"]["examples"]) == ("csv", 3, 5, n)
     again = tmp_path / "again"
     augment_data.main(csv_args(ws, again, "--copies", 3, "--seed", 4, "--candidates", 5, "--batch_size", 2))
     assert (again / "train.tf_record").read_bytes() == (out / "train.tf_record").read_bytes()
@@ -524,6 +526,10 @@ def test_tool_token_task_rows_keep_the_tags(ws, ner_files, tmp_path, capsys):
                for i in range(len(TAGGED)))
     for name in ("dev.tf_record", "dev_schema.json", "labels.txt"):
         assert (out / name).read_bytes() == (plain / name).read_bytes()
+    rec = json.loads((out / "augment.json").read_text())
+    assert (rec["copies"], rec["augment_splits"], rec["stats"]["train"]["examples"]) == (2, ["train"], 4)
+    assert rec["stats"]["train"]["draws"] == 2 * sum(any(c.isalnum() for c in w) for s, _ in TAGGED for w in s.split())
+    assert not (plain / "augment.json").exists()
     again = tmp_path / "again"
     augment_data.main(ner_args(ws, ner_files, again, "--copies", 2, "--seed", 3, "--candidates", 4,
                                "--batch_size", 1))

@@ -629,6 +629,17 @@ def test_bench_conll_rows_against_their_references(tmp_path):
                                                 "--out_dir", str(tmp_path / "o")]))
     assert "| TernaryBERT W2E2A8 (row-wise Dense alphas) | 0.8830 |" in text
     assert "- TernaryBERT W2E2A8 (row-wise Dense alphas): `run_x.py`" in text
+    # so do a prediction-loss weight other than 1 and train data with augmented copies (its augment.json)
+    aug = tmp_path / "aug_data"
+    aug.mkdir()
+    (aug / "augment.json").write_text(json.dumps({"copies": 4}))
+    tern4 = run("tern4", tr + [{"kind": "eval", "f1": 0.883}],
+                {"train": {"batch_size": 16}, "quant": {"weight_rowwise": True}, "loss": {"pred_weight": 10.0},
+                 "data": {"dir": str(aug)}, "teacher": {"ckpt": os.path.join(teacher, "best.ckpt")}})
+    text = bench_conll.render(bench_conll.main(["--teacher_run", teacher, "--ternary_run", tern4,
+                                                "--out_dir", str(tmp_path / "o")]))
+    assert ("| TernaryBERT W2E2A8 (row-wise Dense alphas, prediction loss x10, train data + 4 augmented copies) "
+            "| 0.8830 |") in text
     # a run not given is a '-' row; an eval of the dev split is no test score
     out = bench_conll.main(["--teacher_run", teacher, "--out_dir", str(tmp_path / "o")])
     assert "| TernaryBERT W2E2A8 | - | - | - | - | - | >= 98% | not run | - |" in bench_conll.render(out)

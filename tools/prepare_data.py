@@ -672,9 +672,10 @@ def token_inputs(args, kind: str, inputs: Sequence[str]) -> Tuple[Dict[str, List
     return {split: _limit(sentences, args.max_examples) for split, sentences in splits.items()}, labels, context
 
 
-def write_token_splits(args, kind: str, splits: Dict[str, List[Sentence]], labels: List[str],
-                       context: int) -> int:
-    """Write the token-task records of every split (all or none) and print one line per split."""
+def write_token_splits(args, kind: str, splits: Dict[str, List[Sentence]], labels: List[str], context: int,
+                       extra_files: Optional[dict] = None) -> int:
+    """Write the token-task records of every split (all or none) and print one line per split; `extra_files` as
+    write_splits takes them."""
     tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
     L = args.max_seq_length
     columns = text_columns(L)
@@ -686,7 +687,9 @@ def write_token_splits(args, kind: str, splits: Dict[str, List[Sentence]], label
         stats[split] = {}
         plan[split] = (lambda s=sentences, st=stats[split]: token_rows(s, labels, tokenizer, L, context, st),
                        sentences[0][3])
-    extra = {"labels.txt": "".join(t + "\n" for t in labels)} if kind == "ner" else None
+    extra = dict(extra_files or {})
+    if kind == "ner":
+        extra["labels.txt"] = "".join(t + "\n" for t in labels)
     written = write_splits(args.output_dir, plan, columns, args.format, extra)
     for name, n, rec, schema in written:
         st = stats[name]
