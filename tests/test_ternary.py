@@ -198,28 +198,62 @@ def test_error_after_training_keeps_the_trained_run(run, tmp_path, monkeypatch):
         assert (d / name).is_file(), name
 
 
+def _cells_holding_graphs():
+    import gc
+    from mindspore import nn
+    gc.collect()
+    seen = []
+    for o in gc.get_objects():
+        try:
+            if isinstance(o, nn.Cell) and o.compile_cache:
+                seen.append(type(o).__name__)           # a cell that still holds compiled graphs
+        except ReferenceError:                     # a weak proxy whose object is gone
+            pass
+    return seen
+
+
 def test_the_fit_graphs_are_released_before_the_packed_model_compiles(run, tmp_path, monkeypatch):
     """When packing starts, no graph of the fit is held any more (on CoNLL's four buckets the fit's graphs took
     ~20 GB and the packed model's eval beside them ran the machine out of memory)."""
-    import gc
-    from mindspore import nn
     from src.runs import ternary
     seen, real = [], ternary.pack_run
 
     def pack_and_look(*a, **kw):
-        gc.collect()
-        for o in gc.get_objects():
-            try:
-                if isinstance(o, nn.Cell) and o.compile_cache:
-                    seen.append(type(o).__name__)           # a cell that still holds compiled graphs
-            except ReferenceError:                     # a weak proxy whose object is gone
-                pass
+        seen.extend(_cells_holding_graphs())
         return real(*a, **kw)
     monkeypatch.setattr(ternary, "pack_run", pack_and_look)
     i = run["argv"].index("--output_dir")
     argv = run["argv"][:i] + ["--output_dir", str(tmp_path / "o")] + run["argv"][i + 2:] + ["--train.epochs", "1"]
     assert run_ternary.main(argv)["packed"]["ratio"] > 1
     assert seen == []
+
+
+def test_the_teacher_baseline_memory_is_recycled_before_training(run, tmp_path, monkeypatch):
+    """The fp32 teacher's eval (eval.teacher_baseline) gives back MindSpore's cached runtime memory of its graphs
+    before the student trains, and the fit's before packing: deleting a cell frees its graph but not that memory,
+    which only ms_memory_recycle returns (a CoNLL run held both beside its training graphs)."""
+    import mindspore
+    from src.runs import ternary
+    events, real = [], mindspore.ms_memory_recycle
+
+    def recycle():
+        events.append("recycle")
+        real()
+
+    class Look(ternary.Trainer):
+        def fit(self):
+            events.append("fit")
+            return super().fit()
+    monkeypatch.setattr(mindspore, "ms_memory_recycle", recycle)
+    monkeypatch.setattr(ternary.ms, "ms_memory_recycle", recycle)
+    monkeypatch.setattr(ternary, "Trainer", Look)
+    i = run["argv"].index("--output_dir")
+    argv = run["argv"][:i] + ["--output_dir", str(tmp_path / "o")] + run["argv"][i + 2:] + [
+        "--train.epochs", "1", "--eval.teacher_baseline", "true"]
+    run_ternary.main(argv)
+    assert events == ["recycle", "fit", "recycle"]
+    assert [r["kind"] for r in _records(tmp_path / "o" / "w2e2a8", "teacher_eval")] == ["teacher_eval"]
+    assert _cells_holding_graphs() == []
 
 
 def test_loss_scale_lets_the_trainer_skip_overflowing_steps(run, tmp_path, monkeypatch):
