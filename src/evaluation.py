@@ -3,7 +3,6 @@
 Eval sets are never shuffled and never dropped: fixed-size batches, the last one padded with zero rows that are
 sliced off again.
 """
-import gc
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -78,16 +77,15 @@ def teacher_baseline(teacher, eval_sets: Dict[str, Dict[str, np.ndarray]], batch
                      length_buckets: Optional[Sequence[int]] = None) -> dict:
     """The fine-tuned teacher's own score before training, logged and recorded as `teacher_eval` (the reference
     of the ternary and width tables: tools/pack_ternary.py, tools/readme_results.py)."""
-    import mindspore as ms
+    from src.runtime import release_compiled_graphs
     from src.tinybert_model import LogitsOnly
     net = LogitsOnly(teacher)
     net.set_train(False)
     metrics = evaluate(net, eval_sets, batch_size, task, length_buckets)
     log.info("teacher fp32 " + ", ".join(f"{k} {v:.6f}" for k, v in metrics.items()))
     log.record("teacher_eval", **metrics)
-    # its eval graphs (one per length bucket) are not used again: MindSpore holds every compiled graph until
-    # ms_memory_recycle, so without this they stay beside the training graphs for the whole run
+    # its eval graphs (one per length bucket) are not used again; without this their memory stays beside the
+    # training graphs for the whole run
     del net
-    gc.collect()
-    ms.ms_memory_recycle()
+    release_compiled_graphs()
     return metrics

@@ -1,5 +1,6 @@
 """The MindSpore process a run starts in: device and mode, CPU threads, the fused-kernel choice, determinism, seeds,
 data-parallel setup, and `start_run`, the opening every training run shares."""
+import gc
 import os
 import random
 
@@ -62,6 +63,15 @@ def start_run(cfg, out_dir: str, save_resolved, manifest_extra: dict):
         save_resolved(cfg, out_dir)
         write_manifest(out_dir, cfg.to_dict(), cfg.seed, {**manifest_extra, "rank_size": world})
     return rank, world, log
+
+
+def release_compiled_graphs() -> None:
+    """Give back the memory of every graph MindSpore compiled so far. MindSpore keeps each compiled graph's
+    runtime memory until ms_memory_recycle, whether or not its cell is still referenced (deleting a cell frees
+    its graph, not that memory); gc.collect first frees cells and tensors that went out of scope. A cell still
+    in use compiles again at its next call."""
+    gc.collect()
+    ms.ms_memory_recycle()
 
 
 def kernel_choice(cfg):

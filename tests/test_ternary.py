@@ -245,7 +245,6 @@ def test_the_teacher_baseline_memory_is_recycled_before_training(run, tmp_path, 
             events.append("fit")
             return super().fit()
     monkeypatch.setattr(mindspore, "ms_memory_recycle", recycle)
-    monkeypatch.setattr(ternary.ms, "ms_memory_recycle", recycle)
     monkeypatch.setattr(ternary, "Trainer", Look)
     i = run["argv"].index("--output_dir")
     argv = run["argv"][:i] + ["--output_dir", str(tmp_path / "o")] + run["argv"][i + 2:] + [

@@ -86,9 +86,9 @@ def check_args(args):
     elif args.keep_entities or args.window_context is not None or args.scheme != "iob2":
         raise UserError(f"--keep_entities, --scheme and --window_context apply to --task conll / ner only (not "
                         f"{args.task})")
-    if args.regression and args.task.lower() != "csv":
+    if args.regression and kind != "csv":
         raise UserError(f"--regression applies to --task csv only (task {args.task} has its own label kind)")
-    if args.input_dir and args.task.lower() in ("csv", "mr"):
+    if args.input_dir and kind in ("csv", "mr"):
         raise UserError(f"--task {args.task} reads --input, not --input_dir")
     if args.max_seq_length < 3:
         raise UserError(f"--max_seq_length {args.max_seq_length}: expected at least 3")
@@ -206,7 +206,8 @@ def token_main(args, kind: str) -> int:
         aug = augmenters[split] = Augmenter(tokenizer, glove, mlm, args.p_replace, args.copies, args.seed,
                                             args.batch_size)
         splits[split] = augmented_sentences(splits[split], aug, args.keep_entities)
-    write_token_splits(args, kind, splits, labels, context, {AUGMENT_FILE: augment_file(args, augmenters)})
+    write_token_splits(args, kind, splits, labels, context, tokenizer,
+                       {AUGMENT_FILE: augment_file(args, augmenters)})
     seconds = time.perf_counter() - start
     for split, aug in augmenters.items():
         print_stats(args, split, aug.stats, seconds, "sentences")

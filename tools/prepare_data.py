@@ -673,10 +673,9 @@ def token_inputs(args, kind: str, inputs: Sequence[str]) -> Tuple[Dict[str, List
 
 
 def write_token_splits(args, kind: str, splits: Dict[str, List[Sentence]], labels: List[str], context: int,
-                       extra_files: Optional[dict] = None) -> int:
+                       tokenizer: BertTokenizer, extra_files: Optional[dict] = None) -> int:
     """Write the token-task records of every split (all or none) and print one line per split; `extra_files` as
     write_splits takes them."""
-    tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
     L = args.max_seq_length
     columns = text_columns(L)
     columns["label_ids"] = ("int64", L)
@@ -704,7 +703,8 @@ def write_token_splits(args, kind: str, splits: Dict[str, List[Sentence]], label
 def token_main(args, kind: str, inputs: Sequence[str]) -> int:
     """--task conll / ner: tagged words -> token-task records (src/ner.py layout)."""
     splits, labels, context = token_inputs(args, kind, inputs)
-    return write_token_splits(args, kind, splits, labels, context)
+    tokenizer = BertTokenizer(args.vocab_file or default_vocab_file(), do_lower_case=args.do_lower_case)
+    return write_token_splits(args, kind, splits, labels, context, tokenizer)
 
 
 def _write_corpus(args, docs, tokenizer: BertTokenizer, vocab_file: str) -> int:

@@ -5,10 +5,7 @@ quantized checkpoints), src/packing.py (the packed artefact).
 Keep-best writes best.ckpt (latent fp32 weights + activation-quantizer state), best_quant.ckpt (quantized values),
 quant.json and config.json; with pack.after_train, model.tpack, model_sizes.md and the packed model's dev metric.
 """
-import gc
 import os
-
-import mindspore as ms
 
 from src.batching import ArrayBatcher
 from src.checkpoint import checkpoint_head_kind, load_into, pick_head_type, read_ms_checkpoint
@@ -21,7 +18,7 @@ from src.packing import build_ternary_inference_model, check_pack_options, pack,
 from src.quant import quantize_model, with_lat_refresh
 from src.runs.common import (classifier_config, eval_buckets, eval_data, keep_outputs_on_error, logits_eval,
                              schedule, teacher_classifier, train_data)
-from src.runtime import start_run
+from src.runtime import release_compiled_graphs, start_run
 from src.tasks import task_from_config
 from src.ternary import TernaryDistillLoss, quant_config, read_quant_json, save_quantized, write_quant_json
 from src.tinybert_model import build_classifier, count_params, load_bert_config
@@ -51,10 +48,8 @@ def _run(cfg, out_dir, save_resolved):
 
     # ---- report (packing was checked before training: any later error keeps the trained run). The fit's
     # compiled graphs (about 20 GB on CoNLL's four buckets) are released before the packed model compiles its
-    # own: MindSpore keeps every graph it compiled until ms_memory_recycle, whether or not its cell is still
-    # referenced; gc.collect first frees the fit's weights and optimizer state that went out of scope with _fit
-    gc.collect()
-    ms.ms_memory_recycle()
+    # own (release_compiled_graphs); the fit's weights and optimizer state went out of scope with _fit
+    release_compiled_graphs()
     if cfg.pack.after_train and is_main:
         result["packed"] = keep_outputs_on_error(
             pack_run, out_dir, cfg.pack.codec, cfg.pack.max_positions or cfg.data.max_seq_length,
