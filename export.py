@@ -21,13 +21,14 @@ import argparse
 import os
 import sys
 
+from src.cli import doc_parser
 from src.errors import UserError, run_main
 
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = doc_parser(__doc__)
     p.add_argument("--config_path", required=True, help="model config.json written beside the checkpoint")
     p.add_argument("--ckpt_file", required=True, help="classifier checkpoint (e.g. <run>/best.ckpt)")
     p.add_argument("--file_name", default=None, help="output path; the format's extension is added (default "

@@ -9,10 +9,10 @@ export batch and sliced off). Usage:
 
 Prints `eval acc 0.xxxxxx | <file>` and the model-zoo line `============== acc is 0.xxxxxx`.
 """
-import argparse
 import os
 import sys
 
+from src.cli import doc_parser
 from src.errors import UserError, run_main
 from src.dataset import load_eval_split
 
@@ -20,7 +20,7 @@ os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unles
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = doc_parser(__doc__)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model_file", help=".onnx or .mindir written by export.py")
     which.add_argument("--model_dir", help="exported folder (export.py --export_dir): task, shape and model from it")

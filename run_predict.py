@@ -13,17 +13,17 @@ the value), for a token task `word/TAG ...<TAB>entities: PER "John Smith", LOC "
 `answer<TAB>score<TAB>question`; --output writes .jsonl or .csv (src/predict.py, docs/export.md). Bad input: one
 ERROR line, exit 2, nothing written.
 """
-import argparse
 import os
 import sys
 
+from src.cli import doc_parser
 from src.errors import run_main
 
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = doc_parser(__doc__)
     p.add_argument("texts", nargs="*", help="texts to classify or tag (a pair: 'text_a<TAB>text_b'; QA: "
                                                   "'question<TAB>context')")
     p.add_argument("--model_dir", required=True, help="exported folder written by export.py --export_dir")

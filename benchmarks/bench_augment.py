@@ -29,7 +29,6 @@ CSV files and go through tools/prepare_data.py / tools/augment_data.py --task cs
 replaces words in both segments, as TinyBERT's rule does for pair tasks); the teacher is all-MiniLM-L6-v2
 fine-tuned on the plain pairs (phase finetune, --pair_teacher_epochs). Writes <out_dir>/augment_pairs.json.
 """
-import argparse
 import csv
 import datetime
 import json
@@ -44,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import ROOT, emit, machine, machine_line, markdown_table, measured_or_saved, write_json  # noqa
+from src.cli import doc_parser  # noqa: E402
 from src.fileio import atomic_write  # noqa: E402
 from src.runlog import read_manifest, read_records  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
@@ -57,8 +57,7 @@ TYPE_CLAIMS = {"PER": "a person", "ORG": "an organization", "LOC": "a location",
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser(__doc__)
     p.add_argument("--copies", type=int, nargs="+", default=None, help="N of the rows/s rows (default 4 20)")
     p.add_argument("--max_examples", type=int, default=None, help="first N train sentences (default all; --quick 20)")
     p.add_argument("--p_replace", type=float, default=0.4)

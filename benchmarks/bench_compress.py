@@ -16,7 +16,6 @@ the median of the rounds; every ratio is against the teacher row of this run. De
 "metrics" (the teacher's: its checkpoint's record, as in the stage table). Writes <out_dir>/compress.json;
 --from_json renders a saved one again.
 """
-import argparse
 import json
 import os
 import shlex
@@ -29,6 +28,7 @@ from benchmarks.common import (emit, fmt, machine, machine_line, markdown_table,
                                write_json)
 from src.runlog import read_manifest  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 
 FORMAT_NOTES = {"nbits_int8": ": 2-bit codes stored, int8 kernels", "int8": ": int8 codes, int8 kernels",
                 "nbits": ": 2-bit MatMulNBits, fp32 compute", "fp32": ": ternary weights as fp32, fake-quant graph"}
@@ -178,8 +178,7 @@ def table(out: dict) -> str:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(description="size and onnxruntime latency of each stage of a run_compress.py run "
-                                            "against its teacher")
+    p = doc_parser(__doc__)
     p.add_argument("--run_dir", default="output/compress_mr", help="a finished run_compress.py output folder")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5, help="timing rounds (median of their medians)")

@@ -18,7 +18,6 @@ test). A row without a run is "-" (not run). The per-type table
 (src/ner.py format_entity_table) runs the teacher checkpoint on --data_dir's dev split (MindSpore, CPU); without
 --data_dir it is left out. Writes <out_dir>/conll.json; --from_json renders a saved one again. Block: bench:conll.
 """
-import argparse
 import json
 import os
 import shlex
@@ -28,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log (the per-type table's eval): errors only unless set
 
 from benchmarks.common import emit, machine, machine_line, markdown_table, read_result, write_json  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 from src.runlog import read_manifest, read_records  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
@@ -270,7 +270,7 @@ def render(out: dict) -> str:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = doc_parser(__doc__)
     p.add_argument("--teacher_run", default="", help="run_task_distill.py --phase finetune folder (<out>/teacher)")
     p.add_argument("--student_run", default="", help="phase td2 folder (<out>/td2; td1 beside it)")
     p.add_argument("--ternary_run", default="", help="run_ternary.py folder (<out>/w2e2a8)")

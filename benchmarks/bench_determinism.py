@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import ROOT, write_json  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 
 MODES = ("on", "off", "nodropout")
 
@@ -115,7 +116,7 @@ def render(out: dict) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="seconds per td1 step with deterministic on vs off")
+    p = doc_parser(__doc__)
     p.add_argument("--processes", type=int, default=3)
     p.add_argument("--steps", type=int, default=30, help="timed steps per mode and process")
     p.add_argument("--warmup", type=int, default=8, help="untimed steps first (compile, MindSpore's kernel tuning)")

@@ -11,7 +11,6 @@ written into that file between the bench:distributed markers (its block is in do
 seq/s counts every worker's rows (the run's global throughput, as the Trainer logs it).
 Timings on a shared machine are noisy: run it on an otherwise idle host for numbers you quote.
 """
-import argparse
 import json
 import os
 import socket
@@ -26,6 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import numpy as np  # noqa: E402
 
+from src.cli import doc_parser  # noqa: E402
 import tiny_run  # noqa: E402
 
 
@@ -71,7 +71,7 @@ def steady_rate(metrics_path: str) -> float:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = doc_parser(__doc__)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=312)
     ap.add_argument("--seq", type=int, default=64)

@@ -11,7 +11,6 @@ quantization of the students in onnxruntime. Every ratio is against rows measure
 latency table checks the latency goals in every cell: TinyBERT-4 vs BERT-base >= 14x, width 0.667 vs the full
 teacher >= 1.45x. Writes output/bench/export.json; --from_json renders a saved one again.
 """
-import argparse
 import math
 import os
 import shutil
@@ -25,6 +24,7 @@ from benchmarks.common import (ROOT, add_timing_args, bert_flops, emit, machine,
                                markdown_table, measured_or_saved, rounds_and_budget, time_call)
 from src.fileio import require_file  # noqa: E402
 from src.tinybert_model import build_classifier, load_bert_config  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 
 TEACHER, BASE, TINY4 = "MiniLM-L6 teacher", "BERT-base shape", "TinyBERT-4 shape"
 STUDENT = "MR student"
@@ -153,7 +153,7 @@ def quant_python(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="exported-model latency/throughput and size tables")
+    p = doc_parser(__doc__)
     add_timing_args(p, "seconds of timed calls per model, cell and round")
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument("--seqs", type=int, nargs="+", default=None)

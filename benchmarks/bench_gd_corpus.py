@@ -18,7 +18,6 @@ corpus.
    the one measured here): an estimate, not a measurement.
 Results go to <out_dir>/gd_corpus.json; --from_json re-renders a saved result.
 """
-import argparse
 import os
 import re
 import statistics
@@ -31,6 +30,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.common import emit, machine, machine_line, markdown_table, measured_or_saved  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 WIKI_WORDS = 2.5e9
@@ -183,7 +183,7 @@ def render(out: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = doc_parser(__doc__)
     p.add_argument("--docs", type=int, default=25000, help="IMDB reviews prepared (of 25000)")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--gd_steps", type=int, default=6)

@@ -13,7 +13,6 @@ then evaluates on the dev split of --data_dir, every model in this run, with the
 The table gives accuracy, the difference to the ternary A8 model, the share of dev rows where the prediction agrees
 with it, and the largest logit difference between transformers and the project on the same folder.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -26,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.common import emit, machine, machine_line, markdown_table  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 BLOCK = "hf_ternary"
@@ -140,7 +140,7 @@ def main(argv=None):
     if argv[:1] == ["--torch_side"]:
         torch_logits(argv[1], argv[2], argv[3], int(argv[4]))
         return 0
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser(__doc__)
     p.add_argument("--run_dir", required=True, help="run_ternary.py output (best_quant.ckpt, quant.json)")
     p.add_argument("--data_dir", default="data/mr", help="MR records (tools/prepare_data.py)")
     p.add_argument("--seq", type=int, default=64, help="the records' sequence length")

@@ -14,7 +14,6 @@ the activations quantized with the trained symmetric 8-bit rule, MatMulInteger i
 Both files of a row are evaluated on the whole dev split by run_eval_onnx.py's code (onnxruntime, the project's
 sessions) and timed in rounds at their exported shape. Writes output/bench/int8.json.
 """
-import argparse
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import (add_timing_args, emit, machine, machine_line, markdown_table,  # noqa: E402
                                rounds_and_budget, time_call, write_json)
+from src.cli import doc_parser  # noqa: E402
 
 DEFAULT_MODELS = ("MiniLM-L6 teacher=output/bench/onnx/MiniLM-L6_teacher.onnx",
                   "MR student=output/bench/onnx/MR_student.onnx",
@@ -61,7 +61,7 @@ def _ternary_kernels(src: str, dst: str, name: str) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="int8 versions of the exported models: dev accuracy and latency vs fp32")
+    p = doc_parser(__doc__)
     add_timing_args(p, "seconds of timed calls per file and round")
     p.add_argument("--model", action="append", default=None,
                    help="NAME=FILE.onnx, int8 by onnxruntime quantize_dynamic (repeatable; default: the teacher, MR "

@@ -26,7 +26,6 @@ the round medians. With --teacher_dir the same files are also made from a post-t
 fine-tuned teacher (no quantization-aware training: its accuracy is low, it shows whether the files agree) and
 evaluated on the whole dev split with run_eval_onnx.py's code. Writes <out_dir>/nbits_<shape>.json.
 """
-import argparse
 import os
 import shutil
 import statistics
@@ -37,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import (add_timing_args, emit, machine, machine_line, markdown_table,  # noqa: E402
                                rounds_and_budget, time_call, write_json)
+from src.cli import doc_parser  # noqa: E402
 
 KINDS = ("fp32", "int8", "nbits", "nbits_int8", "nbits_acc4", "nbits_acc4_own")
 REFERENCE = "teacher_fp32"
@@ -202,7 +202,7 @@ def dev_metrics(args, work: str) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="2-bit TernaryBERT ONNX (MatMulNBits) vs the fp32 and int8 exports")
+    p = doc_parser(__doc__)
     add_timing_args(p, "seconds of timed calls per file and round")
     p.add_argument("--shape", default="minilm", choices=["minilm", "compressed", "base"],
                    help="minilm: 6L / 384H / 1536 (the MiniLM-L6 teacher); compressed: 3L / 384H / 6 heads of 32 per "

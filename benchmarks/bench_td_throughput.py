@@ -15,7 +15,6 @@ graph) are a row of their own. Goal (the verdict line under the table): project 
 The torch side runs in --torch_python (default: this python if it has torch + transformers, else
 .venv-bench/bin/python); without one the torch columns say "skipped". Writes output/bench/td_throughput.json.
 """
-import argparse
 import json
 import os
 import statistics
@@ -31,6 +30,7 @@ from benchmarks.common import ROOT, emit, machine, machine_line, markdown_table,
 from src.batching import bucket_of  # noqa: E402
 from src.dataset import load_split  # noqa: E402
 from src.tinybert_model import build_classifier, load_bert_config  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 
 TORCH_SKIPPED = "skipped: no python with torch + transformers (pip install -r requirements-bench.txt)"
 
@@ -214,7 +214,7 @@ def torch_side(py, args, tcfg, scfg, seqs, steps):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="TD step/epoch throughput: MindSpore project vs PyTorch+transformers")
+    p = doc_parser(__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--eval_batch", type=int, default=None)

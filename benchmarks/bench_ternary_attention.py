@@ -20,7 +20,6 @@ table prints them against the fp32 sub-model (the width stage's best at --width)
 fp32 eval as run_ternary.py logs it before training). Seconds: wall time of each subprocess (compile, teacher
 baseline, training, packing and evals). Writes <out_dir>/ternary_attention.json; --from_json renders it again.
 """
-import argparse
 import os
 import statistics
 import subprocess
@@ -34,6 +33,7 @@ from benchmarks.common import (emit, fmt, machine, machine_line, markdown_table,
                                write_json)
 from src.runlog import read_records  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 
 BLOCK = "ternary_attention"
 OPTIONS = ("a", "b", "c", "d")
@@ -284,7 +284,7 @@ def _teacher_metric(runs):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="TernaryBERT of a width sub-model: teacher / attention-loss options")
+    p = doc_parser(__doc__)
     p.add_argument("--student_dir", default="output/td_mr/td2", help="depth student: config.json + best.ckpt")
     p.add_argument("--teacher_dir", default="output/td_mr/teacher", help="fine-tuned teacher: config.json + best.ckpt")
     p.add_argument("--data_dir", default="data/mr")

@@ -28,11 +28,12 @@ os.environ.setdefault("GLOG_v", "3")
 import numpy as np  # noqa: E402
 
 from benchmarks.common import emit, markdown_table, write_json  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 from tools.marked_blocks import add_results_arg  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser(__doc__)
     p.add_argument("--teacher_dir", default="output/td_mr/teacher")
     p.add_argument("--data_dir", default="data/mr")
     p.add_argument("--corpus", default="data/imdb_gd")

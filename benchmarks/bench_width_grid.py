@@ -18,7 +18,6 @@ cell). Each staged sub-network is sliced from stage 2's supernet.ckpt, exported 
 the supernet's view (max |diff|); each joint one is sliced and compared in MindSpore. Writes
 <out_dir>/width_grid.json; --from_json renders a saved one again.
 """
-import argparse
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (ROOT, add_timing_args, emit, machine, machine_line, markdown_table,  # noqa: E402
                                measured_or_saved, rounds_and_budget, time_call, write_json)
 from src.runlog import read_manifest, read_records  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 DEPTHS = (1.0, 0.75, 0.5)
@@ -35,7 +35,7 @@ GOAL = (0.5, 0.5, 98.0)             # width, depth, % of the teacher the staged 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="staged vs joint DynaBERT width x depth grid on MR")
+    p = doc_parser(__doc__)
     add_timing_args(p, "seconds of timed onnxruntime calls per sub-network and round")
     p.add_argument("--runs_dir", default="output/bench/width_grid_runs", help="where the three training runs go")
     p.add_argument("--reuse", action="store_true", help="keep a run of --runs_dir that already finished, and wait "

@@ -9,7 +9,6 @@ metric. PNGs (needs matplotlib, requirements-bench.txt; the table prints without
 tradeoff.png (dev metric vs latency, marker area ~ bytes) and curves.png (training loss per logged step and the
 metric per eval, every run). No MindSpore needed: runs with either venv.
 """
-import argparse
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import emit, markdown_table, write_json  # noqa: E402
 from src.runlog import read_records  # noqa: E402
+from src.cli import doc_parser  # noqa: E402
 
 DEFAULT_RUNS = ["MiniLM-L6 teacher=output/td_mr/teacher", "MR student=output/compress_mr/depth/td2"]
 
@@ -70,7 +70,7 @@ def latency_of(bench: dict, name: str, batch: int, seq: int):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="trade-off table + plots from run records")
+    p = doc_parser(__doc__)
     p.add_argument("--run", action="append", default=None,
                    help="NAME=RUN_DIR (repeat; RUN_DIR#w0.667 = one width of a width run); default: teacher + TD "
                         "student")

@@ -31,6 +31,7 @@ from typing import Iterator, List
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_v", "3")
 
+from src.cli import doc_parser  # noqa: E402
 from src.augment import SEGMENTS, Augmenter, MaskedLMCandidates, default_glove, read_glove  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 from src.tokenization import BertTokenizer, default_vocab_file, load_vocab  # noqa: E402
@@ -44,9 +45,7 @@ SPAN_TASKS = ("squad", "conll_mrc")     # not augmented: a replaced word would m
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = doc_parser(__doc__)
     add_source_args(p)
     add_token_args(p)
     p.add_argument("--p_replace", type=float, default=0.4, help="probability of replacing a word (default 0.4)")

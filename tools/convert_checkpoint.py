@@ -36,11 +36,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
+from src.cli import doc_parser  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser(__doc__)
     p.add_argument("--direction", required=True, choices=["hf2ms", "ms2hf"])
     p.add_argument("--input", required=True,
                    help="hf2ms: HF model dir, model.safetensors or pytorch_model.bin; ms2hf: a MindSpore .ckpt")

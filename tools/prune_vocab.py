@@ -26,13 +26,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
+from src.cli import doc_parser  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = doc_parser(__doc__)
     p.add_argument("--model_dir", required=True, help="run folder: config.json + best.ckpt (+ best_quant.ckpt, "
                                                       "quant.json), or a plain fp32 checkpoint")
     p.add_argument("--train_data", required=True, help="records folder of the task (its train split is kept)")

@@ -6,13 +6,13 @@ hand): the `tools/pack_ternary.py --report` table of every run under --ternary_d
 
 Blocks: <!-- bench:ternary:start --> ... <!-- bench:ternary:end --> and the same with `width`.
 """
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from src.cli import doc_parser  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 from tools.marked_blocks import RESULTS, add_results_arg, write_block  # noqa: E402
 
@@ -55,7 +55,7 @@ def width_block(run_dir: str) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = doc_parser(__doc__)
     p.add_argument("--ternary_dir", default="output/ternary_mr")
     p.add_argument("--width_dir", default="output/ofa_mr")
     add_results_arg(p, default=RESULTS)

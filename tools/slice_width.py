@@ -9,18 +9,18 @@ normal strict loader and gives the supernet's logits at that width. --config def
 --ckpt. Active heads = round(H * width_mult), FFN = round(F * width_mult); --depth_mult keeps round(L * d) layers
 (layer floor(i / d), DynaBERT), renumbered in the sub-model.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
+from src.cli import doc_parser  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = doc_parser(__doc__)
     p.add_argument("--ckpt", required=True, help="supernet checkpoint (BertForSequenceClassification names)")
     p.add_argument("--config", default=None, help="supernet config.json (default: the one beside --ckpt)")
     p.add_argument("--width_mult", required=True, help="width in (0, 1], e.g. 0.6666666666666666")

@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from benchmarks.bench_export import BASE, GOAL_TINY4, GOAL_WIDTH, TEACHER, TINY4  # noqa: E402
 from benchmarks.common import (add_timing_args, bert_flops, emit, machine, machine_line,  # noqa: E402
                                markdown_table, read_result, rounds_and_budget, time_call, write_json)
+from src.cli import doc_parser  # noqa: E402
 
 WIDTH = "width 0.667"
 QUICK_NOTE = " QUICK MODE: tiny shapes, timings meaningless."
@@ -525,8 +526,7 @@ def measure(args) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="onnxruntime CPU settings: SkipLayerNormalization fusion, denormals as "
-                                            "zero, per-node profile")
+    p = doc_parser(__doc__)
     p.add_argument("--study", choices=sorted(STUDIES), required=True)
     add_timing_args(p, "seconds of timed calls per measurement (profile: per model and cell, unprofiled and "
                        "profiled each)")
