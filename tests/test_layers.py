@@ -8,7 +8,7 @@ import os
 from conftest import ROOT
 
 LAYERS = {
-    "base": ["errors", "fileio"],
+    "base": ["errors", "fileio", "cli"],
     "io": ["config", "checkpoint", "corpus", "dataset", "records", "tokenization", "outputs", "tasks", "metrics",
            "ner", "squad", "rank_table"],
     "model": ["tinybert_model", "cpu_kernels", "mlm_head"],
@@ -62,3 +62,14 @@ def test_imports_point_down():
                 upward.append(f"{module} ({layer}) imports {target} ({other})")
     assert upward == []
 
+
+
+def test_readme_layer_table_names_every_module():
+    """The README's layer table is where a newcomer looks a module up: each row names its layer's modules."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().splitlines()
+    rows = {line.split("|")[1].strip().split(" ")[0]: line for line in readme
+            if line.startswith("| ") and line.split("|")[1].strip().split(" ")[0] in LAYERS}
+    missing = [f"{layer}: src/{m.replace('.', '/')}.py" for layer, mods in LAYERS.items() for m in mods
+               if f"src/{m.replace('.', '/')}.py" not in rows.get(layer, "")]
+    assert sorted(rows) == sorted(LAYERS)
+    assert missing == []
