@@ -145,9 +145,9 @@ def _seq_of(data_dir: str) -> int:
 
 
 def ternary_variant(config: dict) -> str:
-    """What a TernaryBERT run changed from configs/ternary_conll.yaml's recipe, in words ('' for none): row-wise
-    Dense alphas, a prediction-loss weight other than 1, training data with augmented copies (an augment.json
-    of tools/augment_data.py in its data.dir)."""
+    """What a TernaryBERT run changed from the paper's recipe (per-tensor alphas, unit loss weights, the task's own
+    training data), in words ('' for none): row-wise Dense alphas, a prediction-loss weight other than 1, training
+    data with augmented copies (an augment.json of tools/augment_data.py in its data.dir)."""
     parts = []
     if config.get("quant", {}).get("weight_rowwise"):
         parts.append("row-wise Dense alphas")
