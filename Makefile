@@ -20,8 +20,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/run_demo.sh
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), one test file per worker at a time so that a file's
+# module fixtures are built once; TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 	$(MAKE) --no-print-directory hf-parity
 
 # Benchmarks (not part of the two set-up commands): PyTorch + transformers + matplotlib live in a second venv because
