@@ -335,3 +335,42 @@ def test_width_submodel_with_fewer_heads_goes_on_to_ternarybert(run, narrow_stud
     assert "layer map: attention none (loss.attention_weight 0), hidden [0, 1, 2]" in \
         (tmp_path / "no_att" / "w2e2a8" / "log.txt").read_text()
     assert all(r["att"] == 0.0 for r in train) and train[-1]["rep"] < train[0]["rep"]
+
+
+def test_quant_ablation_recomputes_the_run_and_its_fp32_model(run, tmp_path):
+    """benchmarks/bench_quant_ablation.py: "as trained" is the run's best eval and "fp32 model" its teacher_eval,
+    recomputed from best.ckpt / teacher.ckpt under the run's config (a wrong checkpoint, quant config or eval
+    setting moves them); every row is measured (per-batch scales: the A8-only row too); a saved result renders
+    again."""
+    from benchmarks import bench_quant_ablation
+    out = bench_quant_ablation.main(["--run_dir", str(run["dir"]), "--out_dir", str(tmp_path),
+                                     "--block", "quant_ablation_test"])
+    by = {r["key"]: r["value"] for r in out["rows"]}
+    assert by["as_trained"] == max(r["acc"] for r in _records(run["dir"], "eval"))
+    assert by["fp32"] == _records(run["dir"], "teacher_eval")[0]["acc"]
+    assert [r["key"] for r in out["rows"]] == [k for k, *_ in bench_quant_ablation.ROWS]
+    assert all(isinstance(v, float) for v in by.values())
+    again = bench_quant_ablation.main(["--from_json", str(tmp_path / "quant_ablation.json"),
+                                       "--block", "quant_ablation_test"])
+    assert bench_quant_ablation.render(again) == bench_quant_ablation.render(out)
+
+
+def test_quant_ablation_needs_a_ternary_run_folder(tmp_path):
+    from benchmarks import bench_quant_ablation
+    with pytest.raises(UserError, match="config_resolved.yaml missing"):
+        bench_quant_ablation.main(["--run_dir", str(tmp_path), "--out_dir", str(tmp_path)])
+
+
+def test_quant_ablation_of_a_run_with_frozen_activation_scales(run, tmp_path):
+    """EMA scales live in best.ckpt: "as trained" loads them (recomputing the run's best eval), the rows without
+    activation fake-quant leave them out, and the A8-only row of the untrained fp32 model is not measured."""
+    from benchmarks import bench_quant_ablation
+    argv = run["argv"][:run["argv"].index("--output_dir")] + run["argv"][run["argv"].index("--output_dir") + 2:]
+    run_ternary.main(argv + ["--output_dir", str(tmp_path / "ema"), "--quant.activation_scale", "ema",
+                             "--train.epochs", "1", "--pack.after_train", "false"])
+    d = tmp_path / "ema" / "w2e2a8"
+    out = bench_quant_ablation.main(["--run_dir", str(d), "--out_dir", str(tmp_path)])
+    by = {r["key"]: r["value"] for r in out["rows"]}
+    assert by["as_trained"] == max(r["acc"] for r in _records(d, "eval"))
+    assert by["fp32_a8"] is None and isinstance(by["a32"], float)
+    assert "| fp32 model, A8 only (no training) | - | - | - |" in bench_quant_ablation.render(out)
