@@ -118,7 +118,7 @@ def _schedule(cfg) -> str:
     return f"student.init {cfg.student.init}, {steps} of batch {cfg.train.batch_size}, seed {cfg.seed}"
 
 
-def render(out: dict) -> str:
+def render(out: dict, block: str = "quant_ablation") -> str:
     by = {r["key"]: r["value"] for r in out["rows"]}
     ref, run = by["fp32"], by["as_trained"]
     body = []
@@ -141,7 +141,7 @@ def render(out: dict) -> str:
         f"{out['buckets'] or 'off'}); TernaryBERT {out['notation']}: {out['describe']}; {out['schedule']}.{check}",
         "", table, "", machine_line(out["machine"]) + ".",
         "Command: `python benchmarks/bench_quant_ablation.py --run_dir <run_ternary.py output> "
-        f"--block {out.get('block', 'quant_ablation')} --results <file.md>`"])
+        f"--block {block} --results <file.md>`"])
 
 
 def main(argv=None):
@@ -157,12 +157,8 @@ def main(argv=None):
     if not args.from_json and not args.run_dir:
         from src.errors import UserError
         raise UserError("--run_dir: required (a run_ternary.py output folder), or give --from_json")
-
-    def to_json(out):
-        return {**out, "block": args.block}
-    out = measured_or_saved(args, measure, render, "quant_ablation.json", "a quant ablation result", to_json)
-    out["block"] = args.block
-    emit(args.block, render(out), args.results)
+    out = measured_or_saved(args, measure, render, "quant_ablation.json", "a quant ablation result")
+    emit(args.block, render(out, args.block), args.results)
     return out
 
 

@@ -59,6 +59,12 @@ def run(tmp_path_factory):
     return {"dir": out / "w2e2a8", "result": result, "teacher": str(teacher_dir / "best.ckpt"), "argv": argv}
 
 
+def _argv(run, out, *extra):
+    """The module run's command line writing to `out` instead, then `extra`."""
+    i = run["argv"].index("--output_dir")
+    return run["argv"][:i] + ["--output_dir", str(out)] + run["argv"][i + 2:] + list(extra)
+
+
 def _records(run_dir, kind):
     with open(run_dir / "metrics.jsonl", encoding="utf-8") as f:
         return [r for r in map(json.loads, f) if r["kind"] == kind]
@@ -162,10 +168,8 @@ def test_pack_tool_needs_the_resolved_config(run, tmp_path):
 def test_bad_pack_option_stops_before_training(run, tmp_path, flag, value, msg):
     """Packing runs after training: its options are checked before the first step, and nothing is written."""
     out = tmp_path / "bad_pack"
-    argv = run["argv"][:run["argv"].index("--output_dir")] + ["--output_dir", str(out)] + \
-        run["argv"][run["argv"].index("--output_dir") + 2:]
     with pytest.raises(UserError, match=msg):
-        run_ternary.main(argv + [flag, value])
+        run_ternary.main(_argv(run, out, flag, value))
     assert not out.exists()
 
 
@@ -173,10 +177,9 @@ def test_empty_teacher_ckpt_with_a_student_checkpoint_is_an_error(run, tmp_path)
     """student.init ckpt reads the student from its own file; `--teacher.ckpt ""` must still be refused, not
     leave the freshly built teacher untrained and distil from it."""
     out = tmp_path / "no_teacher"
-    i = run["argv"].index("--output_dir")
-    argv = run["argv"][:i] + ["--output_dir", str(out)] + run["argv"][i + 2:]
     with pytest.raises(UserError, match=r"teacher\.ckpt: no path given"):
-        run_ternary.main(argv + ["--student.init", "ckpt", "--student.ckpt", run["teacher"], "--teacher.ckpt", ""])
+        run_ternary.main(_argv(run, out, "--student.init", "ckpt", "--student.ckpt", run["teacher"],
+                               "--teacher.ckpt", ""))
     assert not out.exists()
 
 
@@ -189,10 +192,8 @@ def test_error_after_training_keeps_the_trained_run(run, tmp_path, monkeypatch):
         raise UserError("disk full while packing")
     monkeypatch.setattr(ternary, "pack_run", fail)
     out = tmp_path / "kept"
-    i = run["argv"].index("--output_dir")
-    argv = run["argv"][:i] + ["--output_dir", str(out)] + run["argv"][i + 2:] + ["--train.epochs", "1"]
     with pytest.raises(UserError, match="disk full while packing"):
-        run_ternary.main(argv)
+        run_ternary.main(_argv(run, out, "--train.epochs", "1"))
     d = out / "w2e2a8"
     for name in ("best.ckpt", "best_quant.ckpt", "log.txt", "metrics.jsonl", "config_resolved.yaml"):
         assert (d / name).is_file(), name
@@ -222,9 +223,7 @@ def test_the_fit_graphs_are_released_before_the_packed_model_compiles(run, tmp_p
         seen.extend(_cells_holding_graphs())
         return real(*a, **kw)
     monkeypatch.setattr(ternary, "pack_run", pack_and_look)
-    i = run["argv"].index("--output_dir")
-    argv = run["argv"][:i] + ["--output_dir", str(tmp_path / "o")] + run["argv"][i + 2:] + ["--train.epochs", "1"]
-    assert run_ternary.main(argv)["packed"]["ratio"] > 1
+    assert run_ternary.main(_argv(run, tmp_path / "o", "--train.epochs", "1"))["packed"]["ratio"] > 1
     assert seen == []
 
 
@@ -246,10 +245,7 @@ def test_the_teacher_baseline_memory_is_recycled_before_training(run, tmp_path, 
             return super().fit()
     monkeypatch.setattr(mindspore, "ms_memory_recycle", recycle)
     monkeypatch.setattr(ternary, "Trainer", Look)
-    i = run["argv"].index("--output_dir")
-    argv = run["argv"][:i] + ["--output_dir", str(tmp_path / "o")] + run["argv"][i + 2:] + [
-        "--train.epochs", "1", "--eval.teacher_baseline", "true"]
-    run_ternary.main(argv)
+    run_ternary.main(_argv(run, tmp_path / "o", "--train.epochs", "1", "--eval.teacher_baseline", "true"))
     assert events == ["recycle", "fit", "recycle"]
     assert [r["kind"] for r in _records(tmp_path / "o" / "w2e2a8", "teacher_eval")] == ["teacher_eval"]
     assert _cells_holding_graphs() == []
@@ -268,21 +264,17 @@ def test_loss_scale_lets_the_trainer_skip_overflowing_steps(run, tmp_path, monke
             seen["skip_overflow_steps"] = kwargs.get("skip_overflow_steps")
             super().__init__(*args, **kwargs)
     monkeypatch.setattr(ternary, "Trainer", Spy)
-    i = run["argv"].index("--output_dir")
-    base = run["argv"][:i] + run["argv"][i + 2:] + ["--train.max_steps", "1", "--pack.after_train", "false"]
     for scale, expected in (("1024", True), ("1.0", False)):
-        run_ternary.main(base + ["--output_dir", str(tmp_path / scale), "--optim.loss_scale", scale])
+        run_ternary.main(_argv(run, tmp_path / scale, "--train.max_steps", "1", "--pack.after_train", "false",
+                               "--optim.loss_scale", scale))
         assert seen.pop("skip_overflow_steps") is expected
 
 
 def test_lat_with_only_a_ternary_embedding_refreshes_its_hessian(run, tmp_path):
     """LAT with 8-bit Dense weights and the ternary word embedding: the run refreshes the embedding's D after every
     step (it once refreshed only when the Dense weights were ternary, so D stayed 1 and LAT ran as lat_d1)."""
-    i = run["argv"].index("--output_dir")
-    argv = run["argv"][:i] + ["--output_dir", str(tmp_path / "lat")] + run["argv"][i + 2:] + \
-        ["--train.max_steps", "2", "--pack.after_train", "false", "--quant.weight_method", "lat",
-         "--quant.bits.weight", "8", "--quant.bits.embedding", "2"]
-    run_ternary.main(argv)
+    run_ternary.main(_argv(run, tmp_path / "lat", "--train.max_steps", "2", "--pack.after_train", "false",
+                           "--quant.weight_method", "lat", "--quant.bits.weight", "8", "--quant.bits.embedding", "2"))
     log = next((tmp_path / "lat").glob("*/log.txt")).read_text()
     assert "LAT: D = sqrt(Adam v) + eps refreshed after every step for 1 weight(s)" in log
 
@@ -309,10 +301,8 @@ def narrow_student(run, tmp_path_factory):
 
 
 def _narrow_argv(run, out, ckpt, *extra):
-    i = run["argv"].index("--output_dir")
-    return (run["argv"][:i] + ["--output_dir", str(out)] + run["argv"][i + 2:] +
-            ["--student.init", "ckpt", "--student.ckpt", ckpt, "--train.epochs", "1", "--pack.after_train", "false",
-             *extra])
+    return _argv(run, out, "--student.init", "ckpt", "--student.ckpt", ckpt, "--train.epochs", "1",
+                 "--pack.after_train", "false", *extra)
 
 
 @pytest.mark.slow
@@ -365,9 +355,8 @@ def test_quant_ablation_of_a_run_with_frozen_activation_scales(run, tmp_path):
     """EMA scales live in best.ckpt: "as trained" loads them (recomputing the run's best eval), the rows without
     activation fake-quant leave them out, and the A8-only row of the untrained fp32 model is not measured."""
     from benchmarks import bench_quant_ablation
-    argv = run["argv"][:run["argv"].index("--output_dir")] + run["argv"][run["argv"].index("--output_dir") + 2:]
-    run_ternary.main(argv + ["--output_dir", str(tmp_path / "ema"), "--quant.activation_scale", "ema",
-                             "--train.epochs", "1", "--pack.after_train", "false"])
+    run_ternary.main(_argv(run, tmp_path / "ema", "--quant.activation_scale", "ema", "--train.epochs", "1",
+                           "--pack.after_train", "false"))
     d = tmp_path / "ema" / "w2e2a8"
     out = bench_quant_ablation.main(["--run_dir", str(d), "--out_dir", str(tmp_path)])
     by = {r["key"]: r["value"] for r in out["rows"]}
