@@ -47,16 +47,14 @@ def cell_key(batch: int, seq: int) -> str:
 
 def load_run(run_dir: str):
     """(cfg, task, [(name, Model, metrics)]) of a finished run_compress.py folder; UserError when it is not one."""
-    from src.config import load_config
+    from src.config import load_run_config
     from src.errors import UserError
-    from src.fileio import require_file
     from src.runs.compress import OPEN_SECTIONS
     from src.runs.compress_report import entries_of
     from src.runs.compress_stages import Model
     from src.tasks import task_from_config
-    resolved = os.path.join(run_dir, "config_resolved.yaml")
-    require_file(resolved, "--run_dir's config_resolved.yaml (run_compress.py writes it)")
-    cfg = load_config(resolved, ["--config_path", resolved], check_values=False, open_sections=OPEN_SECTIONS)
+    cfg = load_run_config(run_dir, "expected a run_compress.py output folder as --run_dir",
+                          open_sections=OPEN_SECTIONS)
     task = task_from_config(cfg)
     entries = entries_of(run_dir, Model(cfg.teacher.config, cfg.teacher.ckpt), task.main_metric)
     if len(entries) == 1:

@@ -53,12 +53,11 @@ def torch_logits(folder: str, arrays_npz: str, out_npy: str, batch_size: int):
 
 def run_label(run_dir: str, cfg) -> str:
     """What the run was, from its config_resolved.yaml (no machine paths in the docs)."""
-    import yaml
-    with open(os.path.join(run_dir, "config_resolved.yaml"), encoding="utf-8") as f:
-        rc = yaml.safe_load(f)
-    steps = rc["train"]["max_steps"] or f"{rc['train']['epochs']} epoch(s)"
-    return (f"run_ternary.py, student.init {rc['student']['init']} ({cfg.num_hidden_layers} layers, hidden "
-            f"{cfg.hidden_size}), {steps} steps of batch {rc['train']['batch_size']}, seed {rc['seed']}")
+    from src.config import load_run_config
+    rc = load_run_config(run_dir, "expected a run_ternary.py output folder as --run_dir")
+    steps = rc.train.max_steps or f"{rc.train.epochs} epoch(s)"
+    return (f"run_ternary.py, student.init {rc.student.init} ({cfg.num_hidden_layers} layers, hidden "
+            f"{cfg.hidden_size}), {steps} steps of batch {rc.train.batch_size}, seed {rc.seed}")
 
 
 def measure(args) -> dict:

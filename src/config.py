@@ -28,6 +28,8 @@ import yaml
 
 from src.errors import UserError
 
+RESOLVED_NAME = "config_resolved.yaml"   # every run's resolved config, beside its outputs
+
 _BOOL_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
 _BOOL_RE = re.compile(r"^(?:true|false)$", re.IGNORECASE)
 _EXP_FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
@@ -567,7 +569,17 @@ def _set_open(data: dict, key: str, tokens):
     node[leaf] = _check(f"--{key}", value, old, raw)
 
 
-def save_resolved(cfg: Config, out_dir: str, name: str = "config_resolved.yaml") -> str:
+def load_run_config(run_dir: str, expected: str, overrides=(), open_sections=()) -> Config:
+    """A finished run's config_resolved.yaml (+ `--a.b VALUE` overrides) -> Config, for a tool that packs, reports or
+    re-evaluates that run; the value rules are not applied again (see load_config). A missing file is one error
+    naming it, `expected` saying what folder --run_dir should have been."""
+    path = os.path.join(run_dir, RESOLVED_NAME)
+    if not os.path.isfile(path):
+        raise UserError(f"{path} missing: {expected}")
+    return load_config(path, ["--config_path", path, *overrides], check_values=False, open_sections=open_sections)
+
+
+def save_resolved(cfg: Config, out_dir: str, name: str = RESOLVED_NAME) -> str:
     """Write the resolved config as YAML (temp file + os.replace) and return its path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)

@@ -34,11 +34,8 @@ def best_eval(run_dir):
 
 def main_metric(run_dir):
     """The metric the run's eval records call `best` (its task's main metric: acc, f1, mcc, ...)."""
-    from src.config import load_config
-    path = os.path.join(run_dir, "config_resolved.yaml")
-    if not os.path.exists(path):
-        raise UserError(f"{path} missing: run that phase first")
-    return task_from_config(load_config(path, ["--config_path", path], check_values=False)).main_metric
+    from src.config import load_run_config
+    return task_from_config(load_run_config(run_dir, "run that phase first")).main_metric
 
 
 def train_seconds(run_dir):
@@ -109,10 +106,9 @@ def compress_report(args):
     if not os.path.isfile(path):
         raise UserError(f"{path} missing: run run_compress.py to the end first")
     rows = json.load(open(path, encoding="utf-8"))
-    resolved = os.path.join(args.compress_dir, "config_resolved.yaml")
-    from src.config import load_config
+    from src.config import load_run_config
     from src.runs.compress import OPEN_SECTIONS
-    cfg = load_config(resolved, ["--config_path", resolved], check_values=False, open_sections=OPEN_SECTIONS)
+    cfg = load_run_config(args.compress_dir, "run run_compress.py to the end first", open_sections=OPEN_SECTIONS)
     metric = task_from_config(cfg).main_metric
     lines = format_table(rows, metric, cfg.export.seq_length)
     bytes_json = os.path.join(args.compress_dir, "export_bytes.json")

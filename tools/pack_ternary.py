@@ -99,13 +99,10 @@ def main(argv=None):
         return 0
     if not args.run_dir:
         raise UserError("--run_dir: required (a run_ternary.py output folder), or use --report")
-    from src.config import load_config
+    from src.config import load_run_config
     from src.runs import ternary
-    cfg_path = os.path.join(args.run_dir, "config_resolved.yaml")
-    if not os.path.isfile(cfg_path):
-        raise UserError(f"{cfg_path} missing: expected the run's resolved config (student.head_type, "
-                        f"data.max_seq_length), as run_ternary.py writes it")
-    cfg = load_config(cfg_path, ["--config_path", cfg_path], check_values=False)
+    cfg = load_run_config(args.run_dir, "expected the run's resolved config (student.head_type, "
+                          "data.max_seq_length), as run_ternary.py writes it")
     max_pos = args.max_positions if args.max_positions >= 0 else cfg.data.max_seq_length
     eval_sets = task = None
     if args.int8 and "ONNX" not in args.export:
