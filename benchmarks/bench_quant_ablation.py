@@ -16,8 +16,11 @@ eval.batch_size and length buckets, from config_resolved.yaml; --data_dir replac
     Dense weights fp32    best.ckpt, every Dense layer's latent fp32 weight instead of its quantized one
     all fp32              best.ckpt's latent weights with no quantization at all
 Each row: the run's main metric, its share of the fp32 model's, and its change against "as trained"; a part whose
-row gains most is what the quantized model loses most to. Writes <out_dir>/quant_ablation.json; --from_json renders
-a saved one again. Block: bench:BLOCK (--block, default quant_ablation).
+row gains most is what the quantized model loses most to. A row can also lose: the latent weights were trained
+through their quantizer (the straight-through gradient steers what they quantize to, not their own values), so they
+need not be a good model unquantized; that part's cost is then what the other rows leave unexplained.
+Writes <out_dir>/quant_ablation.json; --from_json renders a saved one again. Block: bench:BLOCK (--block, default
+quant_ablation).
 """
 import dataclasses
 import os
@@ -42,13 +45,9 @@ ACT_STATE = ("amax", "ema_min", "ema_max")   # activation-quantizer state in bes
 
 
 def _run_config(run_dir: str, data_dir: str):
-    from src.config import load_config
-    from src.errors import UserError
-    path = os.path.join(run_dir, "config_resolved.yaml")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} missing: is '{run_dir}' a run_ternary.py output folder?")
-    argv = ["--config_path", path] + (["--data.dir", data_dir] if data_dir else [])
-    return load_config(path, argv, check_values=False)
+    from src.config import load_run_config
+    return load_run_config(run_dir, f"is '{run_dir}' a run_ternary.py output folder?",
+                           ["--data.dir", data_dir] if data_dir else [])
 
 
 def _fp32_ckpt(cfg) -> str:
@@ -138,7 +137,7 @@ def render(out: dict, block: str = "quant_ablation") -> str:
              f" The run's own best eval recorded {m} {recorded:.4f} (metrics.jsonl); \"as trained\" recomputes it.")
     return "\n".join([
         f"{out['task']} {out['split']} ({out['eval_rows']} rows, batch {out['eval_batch']}, length buckets "
-        f"{out['buckets'] or 'off'}); TernaryBERT {out['notation']}: {out['describe']}; {out['schedule']}.{check}",
+        f"{out['buckets'] or 'off'}); TernaryBERT {out['describe']}; {out['schedule']}.{check}",
         "", table, "", machine_line(out["machine"]) + ".",
         "Command: `python benchmarks/bench_quant_ablation.py --run_dir <run_ternary.py output> "
         f"--block {block} --results <file.md>`"])
