@@ -105,7 +105,7 @@ def measure(args) -> dict:
         print(f"{label}: {metric} {value:.6f}", flush=True)
         rows.append({"key": key, "label": label, "value": float(value)})
     split = cfg.eval.split
-    return {"rows": rows, "metric": metric, "task": task.name, "split": split, "notation": qcfg.notation,
+    return {"rows": rows, "metric": metric, "task": task.name, "split": split,
             "describe": qcfg.describe(), "recorded_best": _best_recorded(args.run_dir, metric),
             "eval_rows": int(sum(len(a["input_ids"]) for a in eval_sets.values())),
             "eval_batch": cfg.eval.batch_size, "buckets": buckets,

@@ -21,6 +21,7 @@ import mindspore as ms
 
 from src.checkpoint import (BERT_PREFIX, HEAD_KINDS, LoadReport, _compact, net_prefix, check_state,
                             param_shapes, read_ms_checkpoint, save_checkpoint_atomic)
+from src.config import RESOLVED_NAME
 from src.errors import UserError
 from src.fileio import TEACHER_INSTALL, TEACHER_PACKAGE, atomic_folder, atomic_json, atomic_path, package_file
 from src.mlm_head import BertForMaskedLM
@@ -678,7 +679,7 @@ def _run_record(ckpt: str) -> Tuple[dict, dict]:
     import yaml
     folder = os.path.dirname(os.path.abspath(ckpt))
     out = []
-    for name, what in (("labels.json", "an export folder's labels"), ("config_resolved.yaml", "a run's config")):
+    for name, what in (("labels.json", "an export folder's labels"), (RESOLVED_NAME, "a run's config")):
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             out.append({})

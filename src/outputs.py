@@ -3,6 +3,7 @@ one of its parents is a file."""
 import contextlib
 import os
 
+from src.config import RESOLVED_NAME
 from src.errors import UserError
 
 
@@ -34,7 +35,7 @@ def _files_under(folder: str) -> set:
     return out
 
 
-RUN_DESCRIPTION_FILES = ("config_resolved.yaml", "manifest.json", "config.json", "quant.json")
+RUN_DESCRIPTION_FILES = (RESOLVED_NAME, "manifest.json", "config.json", "quant.json")
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("GLOG_v", "3")   # MindSpore's C++ log: errors only, unless GLOG_v is set (GLOG_v=2: warnings)
 
 from src.cli import doc_parser  # noqa: E402
+from src.config import RESOLVED_NAME  # noqa: E402
 from src.errors import UserError, run_main  # noqa: E402
 from src.runlog import read_records  # noqa: E402
 from src.dataset import load_eval_sets
@@ -51,7 +52,7 @@ def _teacher_best(run_dir: str) -> float:
     teacher baseline eval."""
     import yaml
     try:
-        with open(os.path.join(run_dir, "config_resolved.yaml"), encoding="utf-8") as f:
+        with open(os.path.join(run_dir, RESOLVED_NAME), encoding="utf-8") as f:
             ckpt = yaml.safe_load(f)["teacher"]["ckpt"]
     except (OSError, KeyError, TypeError):
         return float("nan")

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from src.config import RESOLVED_NAME
 from src.fileio import atomic_json, atomic_text
 from src.runs.compress_stages import ORDER, Model, read_stage
 
@@ -141,7 +142,7 @@ def write_card(cfg, folder: str, rows: list, metric: str):
             "sizes": {"teacher ONNX (fp32)": teacher["bytes"], "this model.onnx": final["bytes"]},
             "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs; onnxruntime {cfg.threads} "
                        f"threads",
-            "command": f"python run_compress.py --config_path {os.path.join(cfg.output_dir, 'config_resolved.yaml')}",
+            "command": f"python run_compress.py --config_path {os.path.join(cfg.output_dir, RESOLVED_NAME)}",
             "commit": git_hash()}
     if final["latency_ms"] is not None:
         card["latency"] = {"teacher, batch 1": teacher["latency_ms"], "this model, batch 1": final["latency_ms"]}
