@@ -81,6 +81,24 @@ def test_lat_hessian_weights_alpha():
     np.testing.assert_allclose(out, [0, 0, 1.25, -1.25], rtol=1e-6)
 
 
+
+def lat_rows(x, d):
+    return quant.lat(x, d, True, 10)
+
+
+def test_lat_per_row_hand_made():
+    """quant.weight_method lat with weight_rowwise: each row its own TWN start, threshold and D-weighted alpha
+    (the rows are the two cases above; per tensor they would share one alpha)."""
+    w = np.array([[0.55, 1.0, 1.0, -1.0, 1.0], [0.2, 0.5, 1.0, -2.0, 0.0]], np.float32)
+    d = np.array([[1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 3.0, 1.0, 1.0]], np.float32)
+    # row 0 (D = 1): TWN Delta 0.637 drops 0.55, threshold alpha/2 = 0.5 takes it back, alpha 4.55 / 5 = 0.91
+    # row 1: mean 0.74, Delta 0.518 -> {1.0, -2.0}, alpha (3*1 + 2) / (3 + 1) = 1.25, threshold 0.625 keeps it
+    out = Fn(lat_rows)(T(w), T(d)).asnumpy()
+    np.testing.assert_allclose(out, [[0.91, 0.91, 0.91, -0.91, 0.91], [0, 0, 1.25, -1.25, 0]], rtol=1e-6)
+    shared = Fn(lat10)(T(w), T(d)).asnumpy()
+    assert np.unique(np.abs(shared[shared != 0])).size == 1
+
+
 def test_minmax_4bit_values():
     w = np.linspace(-1.0, 2.0, 50, dtype=np.float32).reshape(5, 10)
     out = Fn(WeightQuantizer(4, clip=0))(T(w)).asnumpy()
