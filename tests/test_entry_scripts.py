@@ -163,6 +163,45 @@ def test_every_src_import_in_scripts_and_docs_resolves():
     assert found >= 3 and missing == []
 
 
+def _heading_anchors(path: str) -> set:
+    """The anchors GitHub gives the headings of a markdown file: the rendered text (link text kept, code marks
+    dropped) lower-cased, punctuation but '-' and '_' removed, spaces as '-'; a repeated heading gets -1, -2, ..."""
+    import re
+    out, in_code = set(), False
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("```"):
+            in_code = not in_code
+        m = None if in_code else re.match(r"#{1,6} (.*)", line)
+        if m:
+            text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1)).replace("`", "").strip().lower()
+            base = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+            anchor, n = base, 0
+            while anchor in out:
+                n += 1
+                anchor = f"{base}-{n}"
+            out.add(anchor)
+    return out
+
+
+def test_every_section_link_in_the_docs_finds_its_heading(tmp_path):
+    """Each `[..](file.md#anchor)` and `[..](#anchor)` of README.md and docs/ names a file that exists and one
+    of its headings (a renamed heading breaks the links to it)."""
+    import glob
+    import re
+    md = tmp_path / "a.md"
+    md.write_text("## CoNLL-2003 NER ([x.md](x.md#y))\n```\n# not a heading\n```\n"
+                  "### Runs (`run.py`)\n### Runs (`run.py`)\n")
+    assert _heading_anchors(str(md)) == {"conll-2003-ner-xmd", "runs-runpy", "runs-runpy-1"}
+    found, broken = 0, []
+    for path in [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", open(path, encoding="utf-8").read()):
+            file = os.path.normpath(os.path.join(os.path.dirname(path), target)) if target else path
+            found += 1
+            if not os.path.isfile(file) or anchor not in _heading_anchors(file):
+                broken.append(f"{os.path.relpath(path, ROOT)}: {target}#{anchor}")
+    assert found >= 10 and broken == []
+
+
 @pytest.mark.parametrize("script, config, expected", [
     ("run_standalone_td.sh", "configs/td_conll.yaml",
      ["tools/prepare_data.py --task conll --max_seq_length 128 --output_dir data/conll",
