@@ -148,11 +148,11 @@ def ternary_variant(config: dict) -> str:
     """What a TernaryBERT run changed from the paper's recipe (TWN, per-tensor alphas, unit loss weights, the task's
     own training data), in words ('' for none): LAT weights, row-wise Dense alphas, a prediction-loss weight other
     than 1, training data with augmented copies (an augment.json of tools/augment_data.py in its data.dir)."""
-    parts = []
-    method = config.get("quant", {}).get("weight_method", "twn")
+    parts, quant = [], config.get("quant", {})
+    method = quant.get("weight_method", "twn")
     if method != "twn":
         parts.append({"lat": "LAT weights", "lat_d1": "LAT weights with D = 1"}[method])
-    if config.get("quant", {}).get("weight_rowwise"):
+    if quant.get("weight_rowwise"):
         parts.append("row-wise Dense alphas")
     pred = config.get("loss", {}).get("pred_weight", 1.0)
     if pred != 1.0:

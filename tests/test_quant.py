@@ -34,6 +34,10 @@ def lat10(x, d):
     return quant.lat(x, d, False, 10)
 
 
+def lat_rows(x, d):
+    return quant.lat(x, d, True, 10)
+
+
 def T(x):
     return ms.Tensor(np.asarray(x, np.float32))
 
@@ -79,11 +83,6 @@ def test_lat_hessian_weights_alpha():
     # support {1.0, -2.0}: alpha = (3*1 + 1*2) / (3 + 1) = 1.25; threshold 0.625 keeps the support
     out = Fn(lat10)(T(w), T(d)).asnumpy()
     np.testing.assert_allclose(out, [0, 0, 1.25, -1.25], rtol=1e-6)
-
-
-
-def lat_rows(x, d):
-    return quant.lat(x, d, True, 10)
 
 
 def test_lat_per_row_hand_made():
