@@ -144,10 +144,14 @@ def _seq_of(data_dir: str) -> int:
     return int(schema["columns"]["input_ids"]["shape"][0])
 
 
+BASE_LR = 5e-5                 # the ternary configs' learning rate, MindSpore TernaryBERT's (the PyTorch release: 2e-5)
+
+
 def ternary_variant(config: dict) -> str:
     """What a TernaryBERT run changed from the paper's recipe (TWN, per-tensor alphas, unit loss weights, the task's
-    own training data), in words ('' for none): LAT weights, row-wise Dense alphas, a prediction-loss weight other
-    than 1, training data with augmented copies (an augment.json of tools/augment_data.py in its data.dir)."""
+    own training data) at MindSpore TernaryBERT's lr 5e-5, in words ('' for none): LAT weights, row-wise Dense
+    alphas, a prediction-loss weight other than 1, another learning rate, training data with augmented copies (an
+    augment.json of tools/augment_data.py in its data.dir)."""
     parts, quant = [], config.get("quant", {})
     method = quant.get("weight_method", "twn")
     if method != "twn":
@@ -157,6 +161,9 @@ def ternary_variant(config: dict) -> str:
     pred = config.get("loss", {}).get("pred_weight", 1.0)
     if pred != 1.0:
         parts.append(f"prediction loss x{pred:g}")
+    lr = config.get("train", {}).get("lr", BASE_LR)
+    if lr != BASE_LR:
+        parts.append(f"lr {lr:g}")
     aug = os.path.join(config.get("data", {}).get("dir", ""), "augment.json")
     if os.path.isfile(aug):
         with open(aug, encoding="utf-8") as f:
