@@ -88,7 +88,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     ws = workspace(os.path.join(args.out, "ws"), args.layers, args.hidden, args.seq, args.vocab,
                    rows=2 * args.batch * (args.steps + 2))
-    common = {"finetune.max_steps": args.steps, "finetune.lr": args.lr, "finetune.epochs": 1, "log_every": 5, "eval.every": 0,
+    common = {"finetune.max_steps": args.steps, "finetune.lr": args.lr, "finetune.epochs": 1, "log_every": 5,
+              "eval.every": 0,
               "data.max_seq_length": args.seq, "data.length_buckets": [args.seq], "eval.batch_size": 64}
     results = {}
     for name, workers in (("1_worker", 1), ("2_workers", 2)):

@@ -285,7 +285,7 @@ def _measure_cell(models, b, seq, first, work, keep, qpy, rounds, budget, thread
         for row, path, inputs in cell:
             runner = OnnxRunner(path, threads)
             row.setdefault("ort_rounds_s", []).append(time_call(lambda: runner(*inputs), budget_s=budget))
-            del runner
+            runner = None                                        # its session closes before the next opens
     for row, path, _ in cell:
         row["ort_s"] = statistics.median(row["ort_rounds_s"])
         results.append(row)

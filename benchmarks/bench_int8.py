@@ -115,7 +115,7 @@ def main(argv=None):
                 runner = runner_for(row[kind + "_file"], args.threads)
                 inputs = feeds[row["model"]]
                 row.setdefault(kind + "_rounds_s", []).append(time_call(lambda: runner(*inputs), budget_s=budget))
-                del runner
+                runner = None                                    # its session closes before the next opens
     ref = next((r["fp32_metrics"][main_metric] for r in rows if r["model"] == REFERENCE), None)
     for row in rows:
         for kind in ("fp32", "int8"):

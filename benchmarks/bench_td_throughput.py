@@ -107,7 +107,8 @@ def cache_batches(lens, seq, buckets, batch, seed, epochs=3):
 def ms_side(args, tcfg, scfg, seqs, steps):
     import mindspore as ms
     from src import teacher_cache
-    from src.distill import (CachedLogitsPhase2Loss, CachedTeacherPhase1Loss, DistillLossConfig, FitDense, TaskDistillPhase1Loss, TaskDistillPhase2Loss)
+    from src.distill import (CachedLogitsPhase2Loss, CachedTeacherPhase1Loss, DistillLossConfig, FitDense,
+                             TaskDistillPhase1Loss, TaskDistillPhase2Loss)
     from src.train_step import TrainStep, WarmupLinearDecayLR, build_optimizer
     from src.export import sample_inputs
     from src.losses import resolve_layer_map

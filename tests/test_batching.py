@@ -30,7 +30,8 @@ def test_batcher_length_buckets_trim_only_padding():
         for lab, mask in zip(batch["label_ids"], batch["input_mask"]):
             full = a["input_mask"][lab]
             assert full.sum() == mask.sum() <= width           # nothing real was cut
-            np.testing.assert_array_equal(a["input_ids"][lab][:width], batch["input_ids"][list(batch["label_ids"]).index(lab)])
+            np.testing.assert_array_equal(a["input_ids"][lab][:width],
+                                          batch["input_ids"][list(batch["label_ids"]).index(lab)])
         rows += len(batch["label_ids"])
     assert rows == 8 and len(b) == 4       # 5 rows <= 4 tokens, 5 longer; batch 2 drops one per bucket
     # batch 6: 10 rows are more than a batch, but neither bucket holds 6 -> no step at all; one clear error

@@ -41,7 +41,8 @@ def _packed_ternary(run_dir):
 
 def test_bench_export_quick_has_every_row(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text("# Title\n\n<!-- bench:export_latency:start -->\nold\n<!-- bench:export_latency:end -->\n\nTail\n")
+    readme.write_text("# Title\n\n<!-- bench:export_latency:start -->\nold\n"
+                      "<!-- bench:export_latency:end -->\n\nTail\n")
     tpack = _packed_ternary(str(tmp_path / "ternary"))
     out = bench_export.main(["--quick", "--no_mindir", "--batches", "2", "--seqs", "16", "24", "--rounds", "2",
                              "--quant_python", sys.executable, "--out_dir", str(tmp_path / "bench"),
@@ -603,8 +604,9 @@ def test_bench_conll_rows_against_their_references(tmp_path):
     comp = tmp_path / "comp"
     for sub, step in (("depth/td1", 150), ("depth/td2", 436), ("width", 200), ("ternary/w2e2a8", 439)):
         run(f"comp/{sub}", [{"kind": "train", "step": step}], {})
-    (comp / "stages.json").write_text(json.dumps([{"stage": "teacher", "metric": 0.9, "bytes": 9000, "x_smaller": 1.0},
-                                                  {"stage": "export", "metric": 0.81, "bytes": 1000, "x_smaller": 9.0}]))
+    stages = [{"stage": "teacher", "metric": 0.9, "bytes": 9000, "x_smaller": 1.0},
+              {"stage": "export", "metric": 0.81, "bytes": 1000, "x_smaller": 9.0}]
+    (comp / "stages.json").write_text(json.dumps(stages))
     (comp / "manifest.json").write_text(json.dumps({"command": "run_compress.py", "git": "abc", "config": {}}))
     test_c = tmp_path / "comp_test.txt"
     test_c.write_text("$ run_eval_onnx.py --model_file comp/export/model.onnx --task CoNLL --split test\n"

@@ -37,7 +37,8 @@ GLUE_EXPECTED = {
                               "strategy .", '" The foodservice pie business does not fit our long-term growth '
                                             'strategy .'))},
     "STS-B": {"train": ([5.0, 3.8, 3.8, 2.6], ("A plane is taking off.", "An air plane is taking off.")),
-              "dev": ([5.0, 4.75, 0.25], ("A man with a hard hat is dancing.", "A man wearing a hard hat is dancing."))},
+              "dev": ([5.0, 4.75, 0.25],
+                      ("A man with a hard hat is dancing.", "A man wearing a hard hat is dancing."))},
     "QQP": {"train": ([0, 1, 0], ("How is the life of a math student? Could you describe your own experiences?",
                                   "Which level of prepration is enough for the exam jlpt5?")),
             "dev": ([0, 1], ("Why are African-Americans so beautiful?", "Why are hispanics so beautiful?"))},

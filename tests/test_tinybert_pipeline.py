@@ -2,7 +2,8 @@
 through the real entry points (run_task_distill.main / run_general_distill.main) and the real record files.
 
 The task is synthetic but easy to learn: a sequence is positive when its first word is a "positive" token
-(ids 10..34) rather than a "negative" one (35..59); the rest of the sequence is noise. The pipeline runs once per module; each test checks one promise of it.
+(ids 10..34) rather than a "negative" one (35..59); the rest of the sequence is noise. The pipeline runs once per
+module; each test checks one promise of it.
 """
 import json
 import os

@@ -3,7 +3,8 @@
 HF -> MindSpore (writes the .ckpt and a config.json beside it):
     python tools/convert_checkpoint.py --direction hf2ms --input <HF dir | model.safetensors | pytorch_model.bin> \\
         --output output/minilm/minilm.ckpt
-    e.g. the default teacher: --input "$(python -c 'from src.hf_checkpoint import default_teacher_dir as d; print(d())')"
+    e.g. the default teacher:
+        --input "$(python -c 'from src.hf_checkpoint import default_teacher_dir as d; print(d())')"
   MindSpore names are BertModel names (`encoder.0.attention.query.weight`), or the names of the project's model of
   the HF head (config.json `architectures`, else the tensor names): BertForSequenceClassification and
   BertForTokenClassification (`bert.` + `classifier.*`), BertForQuestionAnswering (`bert.` + `qa_outputs.*`); the

@@ -401,14 +401,14 @@ def profile_model(path, inputs, threads, budget, warmup, work):
     sess = ort_session(path, threads)
     feeds = dict(zip([i.name for i in sess.get_inputs()], inputs))
     seconds = time_call(lambda: sess.run(None, feeds), budget_s=budget, warmup=2)
-    del sess
+    sess = None
     prefix = os.path.join(work, "prof")
     sess = ort_session(path, threads, profile_prefix=prefix)
     for _ in range(warmup):
         sess.run(None, feeds)
     time_call(lambda: sess.run(None, feeds), budget_s=budget, warmup=0)
     prof = sess.end_profiling()
-    del sess
+    sess = None
     try:
         k = kernel_times(prof, warmup)
     finally:
