@@ -144,7 +144,7 @@ def _seq_of(data_dir: str) -> int:
     return int(schema["columns"]["input_ids"]["shape"][0])
 
 
-BASE_LR = 5e-5                 # the ternary configs' learning rate, MindSpore TernaryBERT's (the PyTorch release: 2e-5)
+BASE_LR = 5e-5                 # MindSpore TernaryBERT's learning rate (the PyTorch release: 2e-5), ternary_mr.yaml's
 
 
 def ternary_variant(config: dict) -> str:

@@ -642,7 +642,7 @@ def test_bench_conll_rows_against_their_references(tmp_path):
                                                 "--out_dir", str(tmp_path / "o")]))
     assert ("| TernaryBERT W2E2A8 (row-wise Dense alphas, prediction loss x10, train data + 4 augmented copies) "
             "| 0.8830 |") in text
-    # and LAT weights (quant.weight_method lat) and a learning rate other than the ternary configs' 5e-5
+    # and LAT weights (quant.weight_method lat) and a learning rate other than MindSpore TernaryBERT's 5e-5
     tern5 = run("tern5", tr + [{"kind": "eval", "f1": 0.883}],
                 {"train": {"batch_size": 16, "lr": 1e-4}, "quant": {"weight_method": "lat", "weight_rowwise": True},
                  "teacher": {"ckpt": os.path.join(teacher, "best.ckpt")}})

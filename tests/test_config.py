@@ -272,7 +272,7 @@ CONLL_CHANGES = {"output_dir", "task.name", "data.dir", "data.max_seq_length", "
                  "teacher.ckpt", "checkpoint.every_steps", "eval.every", "eval.length_buckets", "pack.after_train"} | {
                      f"{s}.{k}" for s in ("finetune", "td1", "td2") for k in ("epochs", "lr", "max_steps")}
 # TernaryBERT on CoNLL trains the best measured recipe, not the paper's (docs/results.md#conll-2003-ner)
-TERNARY_CONLL_RECIPE = {"quant.weight_rowwise": True, "loss.pred_weight": 10.0, "train.epochs": 3,
+TERNARY_CONLL_RECIPE = {"quant.weight_rowwise": True, "loss.pred_weight": 10.0, "train.epochs": 3, "train.lr": 1e-4,
                         "eval.batch_size": 32}
 
 
