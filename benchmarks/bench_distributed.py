@@ -89,8 +89,8 @@ def main(argv=None):
     ws = workspace(os.path.join(args.out, "ws"), args.layers, args.hidden, args.seq, args.vocab,
                    rows=2 * args.batch * (args.steps + 2))
     common = {"finetune.max_steps": args.steps, "finetune.lr": args.lr, "finetune.epochs": 1, "log_every": 5,
-              "eval.every": 0,
-              "data.max_seq_length": args.seq, "data.length_buckets": [args.seq], "eval.batch_size": 64}
+              "eval.every": 0, "eval.batch_size": 64, "data.max_seq_length": args.seq,
+              "data.length_buckets": [args.seq]}
     results = {}
     for name, workers in (("1_worker", 1), ("2_workers", 2)):
         out = os.path.join(args.out, name)
